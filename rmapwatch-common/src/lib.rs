@@ -1,0 +1,229 @@
+//! The ABI between rmapwatch's eBPF programs and its daemon.
+//!
+//! Everything here is `#[repr(C)]`, `Copy` and free of implicit padding: the
+//! kernel side writes these bytes into a ring buffer or reads them from
+//! globals, and user space reads them back on the same machine.
+#![no_std]
+
+/// Kernel objects that rmapwatch counts.
+pub mod object {
+    /// `struct anon_vma` (cache `anon_vma`, never merged).
+    pub const ANON_VMA: u32 = 0;
+    /// `struct anon_vma_chain` (cache merged with `fs_cache` and `eventpoll_pwq`).
+    pub const AVC: u32 = 1;
+    /// Number of object kinds.
+    pub const COUNT: usize = 2;
+}
+
+/// Call paths ("sites") of the slab allocations and frees, identified by the
+/// kmem tracepoints' `call_site`: the allocation helpers are inlined, so the
+/// call site is the enclosing rmap function.
+pub mod site {
+    /// `__anon_vma_prepare`: first write fault of a VMA.
+    pub const PREPARE: u32 = 0;
+    /// `anon_vma_clone`: split, merge, mremap, and the first half of fork.
+    pub const CLONE: u32 = 1;
+    /// `anon_vma_fork`: the child's own anon_vma and AVC at fork.
+    pub const FORK: u32 = 2;
+    /// `unlink_anon_vmas`: munmap, exit, merge.
+    pub const UNLINK: u32 = 3;
+    /// `__put_anon_vma`: last reference dropped.
+    pub const PUT: u32 = 4;
+    /// Number of sites.
+    pub const COUNT: usize = 5;
+    /// Kernel function names of the sites, indexed by site id.
+    pub const NAMES: [&str; COUNT] = [
+        "__anon_vma_prepare",
+        "anon_vma_clone",
+        "anon_vma_fork",
+        "unlink_anon_vmas",
+        "__put_anon_vma",
+    ];
+}
+
+/// Function hooks (fentry, else kprobe, else covered by the tracepoint path).
+pub mod hook {
+    /// `__anon_vma_prepare(vma)`.
+    pub const PREPARE: u32 = 0;
+    /// `anon_vma_fork(vma, pvma)`.
+    pub const FORK: u32 = 1;
+    /// `anon_vma_clone(dst, src)`.
+    pub const CLONE: u32 = 2;
+    /// `unlink_anon_vmas(vma)`.
+    pub const UNLINK: u32 = 3;
+    /// `__put_anon_vma(anon_vma)`.
+    pub const PUT: u32 = 4;
+    /// `folio_add_new_anon_rmap(folio, vma, address, flags)`: a new anonymous folio.
+    pub const RMAP_NEW: u32 = 5;
+    /// `folio_add_anon_rmap_ptes(folio, page, nr_pages, vma, address, flags)`.
+    pub const RMAP_PTES: u32 = 6;
+    /// `folio_add_anon_rmap_pmd(folio, page, vma, address, flags)`.
+    pub const RMAP_PMD: u32 = 7;
+    /// Number of hooks.
+    pub const COUNT: usize = 8;
+}
+
+/// Indices of the per-CPU `STATS` array.
+pub mod stat {
+    /// Events lost because the ring buffer was full.
+    pub const DROPPED: u32 = 0;
+    /// First of `hook::COUNT` call counters, one per hook.
+    pub const HOOK_CALLS: u32 = 1;
+    /// Pages mapped through `folio_add_anon_rmap_ptes` (its `nr_pages` argument summed).
+    pub const RMAP_PTES_PAGES: u32 = HOOK_CALLS + super::hook::COUNT as u32;
+    /// Slab events that matched an rmap call site (streamed or dropped).
+    pub const MATCHED: u32 = RMAP_PTES_PAGES + 1;
+    /// Length of the array.
+    pub const COUNT: u32 = MATCHED + 1;
+}
+
+/// Kinds of [`Event`].
+pub mod kind {
+    /// An anon_vma or AVC was allocated.
+    pub const ALLOC: u32 = 1;
+    /// An anon_vma or AVC is being freed.
+    pub const FREE: u32 = 2;
+    /// A task was created (`sched_process_fork`, in the parent).
+    pub const FORK: u32 = 3;
+    /// A process executed a new image (`sched_process_exec`).
+    pub const EXEC: u32 = 4;
+    /// A thread-group leader exited (`sched_process_exit`).
+    pub const EXIT: u32 = 5;
+}
+
+/// Bits of [`Event::flags`].
+pub mod flags {
+    /// The allocation ran inside a fork syscall of the current task, before
+    /// `sched_process_fork`: it belongs to the child being created.
+    pub const IN_FORK: u32 = 1;
+}
+
+/// Length of a task's `comm`.
+pub const COMM_LEN: usize = 16;
+
+/// One record of the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// One of [`kind`].
+    pub kind: u32,
+    /// For ALLOC/FREE: one of [`object`].
+    pub object: u32,
+    /// For ALLOC/FREE: one of [`site`].
+    pub site: u32,
+    /// Bits of [`flags`].
+    pub flags: u32,
+    /// Thread id of the current task (the parent, for FORK).
+    pub tid: u32,
+    /// Process id (tgid) of the current task (the parent, for FORK).
+    pub tgid: u32,
+    /// For FORK: the child's thread id.
+    pub child_tid: u32,
+    /// For FORK: the child's tgid (equal to the parent's for a thread).
+    pub child_tgid: u32,
+    /// For ALLOC/FREE: the object's address.
+    pub ptr: u64,
+    /// For FORK: the child's comm; EXEC: the new comm; EXIT: the exiting
+    /// task's comm; zero for ALLOC/FREE (user space knows it from lineage).
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Most text ranges of call sites the probes look at.
+pub const MAX_SITE_RANGES: usize = 16;
+
+/// Run-time settings that the loader reads from the running kernel (BTF,
+/// kallsyms) and hands to the programs as the global `CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Start addresses of the call-site ranges (function text, `.cold` parts included).
+    pub range_start: [u64; MAX_SITE_RANGES],
+    /// End addresses (exclusive) of the call-site ranges.
+    pub range_end: [u64; MAX_SITE_RANGES],
+    /// The [`site`] of each range.
+    pub range_site: [u32; MAX_SITE_RANGES],
+    /// Number of valid ranges.
+    pub nr_ranges: u32,
+    /// `offsetof(struct kmem_cache, ctor)`.
+    pub kmem_cache_ctor_off: u32,
+    /// Lowest start of all ranges: one comparison rejects most slab events.
+    pub lo: u64,
+    /// Highest end of all ranges.
+    pub hi: u64,
+    /// Address of `anon_vma_ctor`: the anon_vma cache is the only one whose
+    /// `ctor` is this function, and merged caches have no ctor, so this
+    /// tells an anon_vma from an AVC allocated at the same call site.
+    pub anon_vma_ctor: u64,
+    /// `offsetof(struct task_struct, pid)`.
+    pub task_pid_off: u32,
+    /// `offsetof(struct task_struct, tgid)`.
+    pub task_tgid_off: u32,
+    /// `offsetof(struct task_struct, comm)`.
+    pub task_comm_off: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+impl Config {
+    /// The site of `call_site`, if it lies in one of the ranges.
+    #[inline(always)]
+    #[must_use]
+    pub fn classify(&self, call_site: u64) -> Option<u32> {
+        if call_site < self.lo || call_site >= self.hi {
+            return None;
+        }
+        let mut i = 0;
+        while i < MAX_SITE_RANGES {
+            if i as u32 >= self.nr_ranges {
+                break;
+            }
+            if call_site >= self.range_start[i] && call_site < self.range_end[i] {
+                return Some(self.range_site[i]);
+            }
+            i += 1;
+        }
+        None
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: both are repr(C), Copy, made of integers with no padding.
+    unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Config {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abi_sizes_have_no_hidden_padding() {
+        assert_eq!(core::mem::size_of::<Event>(), 8 * 4 + 8 + COMM_LEN);
+        assert_eq!(
+            core::mem::size_of::<Config>(),
+            MAX_SITE_RANGES * (8 + 8 + 4) + 4 + 4 + 8 * 3 + 4 * 4
+        );
+    }
+
+    #[test]
+    fn classify_finds_ranges_and_rejects_outside() {
+        let mut c = Config::default();
+        c.range_start[0] = 100;
+        c.range_end[0] = 200;
+        c.range_site[0] = site::FORK;
+        c.range_start[1] = 300;
+        c.range_end[1] = 400;
+        c.range_site[1] = site::PUT;
+        c.nr_ranges = 2;
+        c.lo = 100;
+        c.hi = 400;
+        assert_eq!(c.classify(99), None);
+        assert_eq!(c.classify(100), Some(site::FORK));
+        assert_eq!(c.classify(199), Some(site::FORK));
+        assert_eq!(c.classify(200), None);
+        assert_eq!(c.classify(350), Some(site::PUT));
+        assert_eq!(c.classify(400), None);
+    }
+}

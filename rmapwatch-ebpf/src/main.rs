@@ -1,0 +1,297 @@
+//! rmapwatch's kernel side.
+//!
+//! - Slab tracepoints (raw, so that the `void *ptr` argument loads on 6.1 and
+//!   6.12 verifiers too): anon_vma / AVC allocations and frees, classified by
+//!   `call_site` against the rmap functions' text ranges, streamed.
+//! - `sched_process_{fork,exec,exit}`: lineage and names, streamed.
+//! - `syscalls:sys_{enter,exit}_{clone,clone3,fork,vfork}`: the fork window, so
+//!   that allocations made by the parent inside fork are handed to the child.
+//! - Function hooks (fentry or kprobe, chosen by the loader): per-CPU call
+//!   counters only; the per-page rmap hooks are far too hot to stream.
+//!
+//! No struct layout is compiled in: every offset comes from the running
+//! kernel's BTF through the `CONFIG` global.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    macros::{fentry, kprobe, map, raw_tracepoint, tracepoint},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::{FEntryContext, ProbeContext, RawTracePointContext, TracePointContext},
+};
+use rmapwatch_common::{COMM_LEN, Config, Event, flags, hook, kind, site, stat};
+
+/// Ring buffer to user space. The loader may resize it (`--ring-buffer-kb`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Per-CPU counters, indexed by `rmapwatch_common::stat`.
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Threads currently inside a fork-family syscall (tid -> 1).
+#[map]
+static FORKING: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// Set by the loader before load; read-only to the verifier.
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config {
+    range_start: [0; rmapwatch_common::MAX_SITE_RANGES],
+    range_end: [0; rmapwatch_common::MAX_SITE_RANGES],
+    range_site: [0; rmapwatch_common::MAX_SITE_RANGES],
+    nr_ranges: 0,
+    kmem_cache_ctor_off: 0,
+    lo: 0,
+    hi: 0,
+    anon_vma_ctor: 0,
+    task_pid_off: 0,
+    task_tgid_off: 0,
+    task_comm_off: 0,
+    _pad: 0,
+};
+
+#[inline(always)]
+fn config() -> &'static Config {
+    // SAFETY: CONFIG lives in .rodata; volatile keeps the compiler from
+    // folding the zero initialiser into the code.
+    unsafe { &*core::ptr::read_volatile(&&raw const CONFIG) }
+}
+
+#[inline(always)]
+fn bump(index: u32, by: u64) {
+    if let Some(counter) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *counter += by };
+    }
+}
+
+#[inline(always)]
+fn emit(event: &Event) {
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(*event);
+            entry.submit(0);
+        }
+        None => bump(stat::DROPPED, 1),
+    }
+}
+
+#[inline(always)]
+fn read_kernel<T>(addr: u64) -> Result<T, i64> {
+    // SAFETY: bpf_probe_read_kernel tolerates any address.
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.map_err(i64::from)
+}
+
+#[raw_tracepoint(tracepoint = "kmem_cache_alloc")]
+pub fn kmem_cache_alloc(ctx: RawTracePointContext) -> i32 {
+    let _ = try_slab(&ctx, kind::ALLOC);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "kmem_cache_free")]
+pub fn kmem_cache_free(ctx: RawTracePointContext) -> i32 {
+    let _ = try_slab(&ctx, kind::FREE);
+    0
+}
+
+/// `kmem_cache_alloc(call_site, ptr, s, gfp, node)` and
+/// `kmem_cache_free(call_site, ptr, s)`.
+#[inline(always)]
+fn try_slab(ctx: &RawTracePointContext, event_kind: u32) -> Result<(), i64> {
+    let call_site: u64 = ctx.arg(0);
+    let cfg = config();
+    let Some(site_id) = cfg.classify(call_site) else {
+        return Ok(());
+    };
+    let ptr: u64 = ctx.arg(1);
+    if ptr == 0 {
+        return Ok(());
+    }
+    let cache: u64 = ctx.arg(2);
+    let ctor: u64 = read_kernel(cache + u64::from(cfg.kmem_cache_ctor_off))?;
+    let object = if ctor == cfg.anon_vma_ctor {
+        rmapwatch_common::object::ANON_VMA
+    } else {
+        rmapwatch_common::object::AVC
+    };
+    bump(stat::MATCHED, 1);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let mut event_flags = 0;
+    if event_kind == kind::ALLOC
+        && (site_id == site::CLONE || site_id == site::FORK)
+        // SAFETY: plain lookup; the value is not used.
+        && unsafe { FORKING.get(&tid) }.is_some()
+    {
+        event_flags |= flags::IN_FORK;
+    }
+    emit(&Event {
+        kind: event_kind,
+        object,
+        site: site_id,
+        flags: event_flags,
+        tid,
+        tgid: (pid_tgid >> 32) as u32,
+        ptr,
+        ..Event::default()
+    });
+    Ok(())
+}
+
+#[inline(always)]
+fn task_ids(task: u64) -> Result<(u32, u32), i64> {
+    let cfg = config();
+    let pid: u32 = read_kernel(task + u64::from(cfg.task_pid_off))?;
+    let tgid: u32 = read_kernel(task + u64::from(cfg.task_tgid_off))?;
+    Ok((pid, tgid))
+}
+
+#[inline(always)]
+fn task_comm(task: u64) -> [u8; COMM_LEN] {
+    read_kernel(task + u64::from(config().task_comm_off)).unwrap_or([0; COMM_LEN])
+}
+
+/// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`,
+/// fired in the parent after `copy_process` (so after `dup_mmap`).
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    let _ = try_fork(&ctx);
+    0
+}
+
+fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let parent: u64 = ctx.arg(0);
+    let child: u64 = ctx.arg(1);
+    let (tid, tgid) = task_ids(parent)?;
+    let (child_tid, child_tgid) = task_ids(child)?;
+    emit(&Event {
+        kind: kind::FORK,
+        tid,
+        tgid,
+        child_tid,
+        child_tgid,
+        comm: task_comm(child),
+        ..Event::default()
+    });
+    Ok(())
+}
+
+/// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
+    let _ = try_exec(&ctx);
+    0
+}
+
+fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let task: u64 = ctx.arg(0);
+    let (tid, tgid) = task_ids(task)?;
+    emit(&Event {
+        kind: kind::EXEC,
+        tid,
+        tgid,
+        comm: task_comm(task),
+        ..Event::default()
+    });
+    Ok(())
+}
+
+/// `sched_process_exit(struct task_struct *p, ...)`: only leaders are streamed.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+    let _ = try_exit(&ctx);
+    0
+}
+
+fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let task: u64 = ctx.arg(0);
+    let (tid, tgid) = task_ids(task)?;
+    if tid != tgid {
+        return Ok(());
+    }
+    emit(&Event {
+        kind: kind::EXIT,
+        tid,
+        tgid,
+        comm: task_comm(task),
+        ..Event::default()
+    });
+    Ok(())
+}
+
+/// Attached to `syscalls:sys_enter_{clone,clone3,fork,vfork}`.
+#[tracepoint]
+pub fn fork_enter(_ctx: TracePointContext) -> i32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = FORKING.insert(&tid, &1, 0);
+    0
+}
+
+/// Attached to `syscalls:sys_exit_{clone,clone3,fork,vfork}` (the parent's
+/// side; a failed fork never reaches `sched_process_fork`).
+#[tracepoint]
+pub fn fork_exit(_ctx: TracePointContext) -> i32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = FORKING.remove(&tid);
+    0
+}
+
+/// One fentry and one kprobe program per hook; the loader loads whichever
+/// the kernel accepts, for the function name (or older alias) it has.
+macro_rules! function_hook {
+    ($fentry:ident, $kprobe:ident, $hook:expr) => {
+        #[fentry]
+        pub fn $fentry(_ctx: FEntryContext) -> i32 {
+            bump(stat::HOOK_CALLS + $hook, 1);
+            0
+        }
+
+        #[kprobe]
+        pub fn $kprobe(_ctx: ProbeContext) -> i32 {
+            bump(stat::HOOK_CALLS + $hook, 1);
+            0
+        }
+    };
+}
+
+function_hook!(fentry_prepare, kprobe_prepare, hook::PREPARE);
+function_hook!(fentry_fork, kprobe_fork, hook::FORK);
+function_hook!(fentry_clone, kprobe_clone, hook::CLONE);
+function_hook!(fentry_unlink, kprobe_unlink, hook::UNLINK);
+function_hook!(fentry_put, kprobe_put, hook::PUT);
+function_hook!(fentry_rmap_new, kprobe_rmap_new, hook::RMAP_NEW);
+function_hook!(fentry_rmap_pmd, kprobe_rmap_pmd, hook::RMAP_PMD);
+
+/// `folio_add_anon_rmap_ptes(folio, page, int nr_pages, vma, address, flags)`:
+/// also sums `nr_pages`.
+#[fentry]
+pub fn fentry_rmap_ptes(ctx: FEntryContext) -> i32 {
+    let nr_pages: u64 = ctx.arg(2);
+    count_ptes(nr_pages);
+    0
+}
+
+#[kprobe]
+pub fn kprobe_rmap_ptes(ctx: ProbeContext) -> i32 {
+    let nr_pages: u64 = ctx.arg(2).unwrap_or(0);
+    count_ptes(nr_pages);
+    0
+}
+
+#[inline(always)]
+fn count_ptes(nr_pages: u64) {
+    bump(stat::HOOK_CALLS + hook::RMAP_PTES, 1);
+    // `int nr_pages`: only the low 32 bits are defined.
+    bump(stat::RMAP_PTES_PAGES, u64::from(nr_pages as u32));
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,332 @@
+//! Accounting of the actual objects: allocations and frees system-wide, per
+//! call site and per process. Pure: events in, numbers out.
+//!
+//! Attribution goes through ownership, not through `current`:
+//! - an object belongs to the process that allocated it, except that
+//!   allocations made inside a fork (flag `IN_FORK`, or the `anon_vma_fork`
+//!   site) belong to the child that `sched_process_fork` names next;
+//! - a free is charged to the object's owner, whichever task runs it
+//!   (exit, ksmd, kcompactd...); objects that existed before start-up have
+//!   no known owner and count system-wide only.
+use std::collections::{BTreeMap, HashMap};
+
+use rmapwatch_common::{Event, flags, kind, object, site};
+
+use crate::decode::comm_str;
+
+/// Allocations and frees of one object kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Flow {
+    /// Objects allocated.
+    pub allocs: u64,
+    /// Objects freed.
+    pub frees: u64,
+}
+
+/// System-wide totals of one object kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ObjectTotals {
+    /// Allocations and frees.
+    pub flow: Flow,
+    /// Allocations per site.
+    pub alloc_by_site: [u64; site::COUNT],
+    /// Frees per site.
+    pub free_by_site: [u64; site::COUNT],
+    /// Frees of objects allocated before start-up (owner unknown).
+    pub frees_of_preexisting: u64,
+}
+
+/// One process (thread group).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Process {
+    /// tgid.
+    pub pid: u32,
+    /// Name (empty until known).
+    pub comm: String,
+    /// Parent tgid, when the fork was seen.
+    pub ppid: Option<u32>,
+    /// Whether the process has exited.
+    pub exited: bool,
+    /// Flows per object kind.
+    pub flows: [Flow; object::COUNT],
+}
+
+/// The accounting state.
+#[derive(Clone, Debug, Default)]
+pub struct Accounting {
+    /// Totals per object kind.
+    pub objects: [ObjectTotals; object::COUNT],
+    /// Processes seen, by tgid.
+    pub processes: BTreeMap<u32, Process>,
+    /// Events applied.
+    pub events: u64,
+    /// Live objects allocated since start-up: address -> (owner tgid, kind).
+    owners: HashMap<u64, (u32, u32)>,
+    /// Allocations made inside a fork, waiting for the child: tid -> objects.
+    pending: HashMap<u32, Vec<(u64, u32)>>,
+    /// Processes first seen without a name (the daemon looks them up).
+    unnamed: Vec<u32>,
+}
+
+impl Accounting {
+    /// Applies one event.
+    pub fn apply(&mut self, e: &Event) {
+        self.events += 1;
+        match e.kind {
+            kind::ALLOC => self.alloc(e),
+            kind::FREE => self.free(e),
+            kind::FORK => self.fork(e),
+            kind::EXEC => {
+                let comm = comm_str(&e.comm);
+                self.process(e.tgid).comm = comm;
+            }
+            kind::EXIT => {
+                let comm = comm_str(&e.comm);
+                let p = self.process(e.tgid);
+                p.exited = true;
+                if p.comm.is_empty() {
+                    p.comm = comm;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn alloc(&mut self, e: &Event) {
+        let (obj, s) = (e.object as usize, e.site as usize);
+        let t = &mut self.objects[obj];
+        t.flow.allocs += 1;
+        t.alloc_by_site[s] += 1;
+        // Inside fork the current task is the parent; the child is named by
+        // the sched_process_fork event that follows from the same thread.
+        if e.flags & flags::IN_FORK != 0 {
+            self.pending
+                .entry(e.tid)
+                .or_default()
+                .push((e.ptr, e.object));
+        } else {
+            self.own(e.ptr, e.tgid, e.object);
+        }
+    }
+
+    fn own(&mut self, ptr: u64, tgid: u32, obj: u32) {
+        self.owners.insert(ptr, (tgid, obj));
+        self.process(tgid).flows[obj as usize].allocs += 1;
+    }
+
+    fn free(&mut self, e: &Event) {
+        let (obj, s) = (e.object as usize, e.site as usize);
+        let t = &mut self.objects[obj];
+        t.flow.frees += 1;
+        t.free_by_site[s] += 1;
+        match self.owners.remove(&e.ptr) {
+            Some((owner, _)) => self.process(owner).flows[obj].frees += 1,
+            None => {
+                // An allocation still pending (fork failed after dup_mmap)
+                // or an object older than start-up.
+                let pending = self.pending.get_mut(&e.tid);
+                if let Some(pos) = pending
+                    .as_ref()
+                    .and_then(|v| v.iter().position(|&(p, _)| p == e.ptr))
+                    && let Some(v) = pending
+                {
+                    v.swap_remove(pos);
+                    let p = self.process(e.tgid);
+                    p.flows[obj].allocs += 1;
+                    p.flows[obj].frees += 1;
+                } else {
+                    self.objects[obj].frees_of_preexisting += 1;
+                }
+            }
+        }
+    }
+
+    fn fork(&mut self, e: &Event) {
+        let pending = self.pending.remove(&e.tid).unwrap_or_default();
+        if e.child_tgid != e.tgid {
+            let comm = comm_str(&e.comm);
+            let parent = e.tgid;
+            // A reused pid starts a new life.
+            let child = self.processes.entry(e.child_tgid).or_default();
+            if child.exited {
+                *child = Process::default();
+            }
+            child.pid = e.child_tgid;
+            child.comm = comm;
+            child.ppid = Some(parent);
+            self.process(parent);
+        }
+        for (ptr, obj) in pending {
+            self.own(ptr, e.child_tgid, obj);
+        }
+    }
+
+    fn process(&mut self, tgid: u32) -> &mut Process {
+        let unnamed = &mut self.unnamed;
+        self.processes.entry(tgid).or_insert_with(|| {
+            unnamed.push(tgid);
+            Process {
+                pid: tgid,
+                ..Process::default()
+            }
+        })
+    }
+
+    /// Processes seen since the last call whose name is still unknown.
+    pub fn take_unnamed(&mut self) -> Vec<u32> {
+        let mut v = std::mem::take(&mut self.unnamed);
+        v.retain(|pid| self.processes.get(pid).is_some_and(|p| p.comm.is_empty()));
+        v
+    }
+
+    /// Sets a process's name (looked up by the daemon).
+    pub fn set_comm(&mut self, tgid: u32, comm: String) {
+        if let Some(p) = self.processes.get_mut(&tgid) {
+            p.comm = comm;
+        }
+    }
+
+    /// Objects allocated since start-up and still live.
+    #[must_use]
+    pub fn tracked_live(&self) -> usize {
+        self.owners.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slab(kind_: u32, obj: u32, s: u32, tgid: u32, ptr: u64, fl: u32) -> Event {
+        Event {
+            kind: kind_,
+            object: obj,
+            site: s,
+            flags: fl,
+            tid: tgid,
+            tgid,
+            ptr,
+            ..Event::default()
+        }
+    }
+
+    fn fork(parent: u32, child: u32) -> Event {
+        let mut comm = [0u8; 16];
+        comm[..3].copy_from_slice(b"kid");
+        Event {
+            kind: kind::FORK,
+            tid: parent,
+            tgid: parent,
+            child_tid: child,
+            child_tgid: child,
+            comm,
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn fork_time_allocations_belong_to_the_child() {
+        let mut a = Accounting::default();
+        a.apply(&slab(
+            kind::ALLOC,
+            object::ANON_VMA,
+            site::PREPARE,
+            10,
+            1,
+            0,
+        ));
+        a.apply(&slab(kind::ALLOC, object::AVC, site::PREPARE, 10, 2, 0));
+        a.apply(&slab(
+            kind::ALLOC,
+            object::AVC,
+            site::CLONE,
+            10,
+            3,
+            flags::IN_FORK,
+        ));
+        a.apply(&slab(
+            kind::ALLOC,
+            object::ANON_VMA,
+            site::FORK,
+            10,
+            4,
+            flags::IN_FORK,
+        ));
+        a.apply(&slab(
+            kind::ALLOC,
+            object::AVC,
+            site::FORK,
+            10,
+            5,
+            flags::IN_FORK,
+        ));
+        a.apply(&fork(10, 11));
+        let parent = &a.processes[&10];
+        let child = &a.processes[&11];
+        assert_eq!(parent.flows[object::ANON_VMA as usize].allocs, 1);
+        assert_eq!(parent.flows[object::AVC as usize].allocs, 1);
+        assert_eq!(child.flows[object::ANON_VMA as usize].allocs, 1);
+        assert_eq!(child.flows[object::AVC as usize].allocs, 2);
+        assert_eq!(child.comm, "kid");
+        assert_eq!(child.ppid, Some(10));
+        assert_eq!(a.objects[object::AVC as usize].flow.allocs, 3);
+        assert_eq!(
+            a.objects[object::AVC as usize].alloc_by_site[site::CLONE as usize],
+            1
+        );
+    }
+
+    #[test]
+    fn clone_outside_fork_stays_with_the_current_process() {
+        let mut a = Accounting::default();
+        a.apply(&slab(kind::ALLOC, object::AVC, site::CLONE, 10, 3, 0));
+        a.apply(&fork(10, 11));
+        assert_eq!(a.processes[&10].flows[object::AVC as usize].allocs, 1);
+        assert_eq!(a.processes[&11].flows[object::AVC as usize].allocs, 0);
+    }
+
+    #[test]
+    fn frees_are_charged_to_the_owner_not_the_freeing_task() {
+        let mut a = Accounting::default();
+        a.apply(&slab(
+            kind::ALLOC,
+            object::ANON_VMA,
+            site::PREPARE,
+            10,
+            1,
+            0,
+        ));
+        // freed by a kernel thread (pid 42, e.g. ksmd)
+        a.apply(&slab(kind::FREE, object::ANON_VMA, site::PUT, 42, 1, 0));
+        assert_eq!(a.processes[&10].flows[0].frees, 1);
+        assert!(!a.processes.contains_key(&42));
+        // a preexisting object
+        a.apply(&slab(kind::FREE, object::ANON_VMA, site::PUT, 42, 99, 0));
+        assert_eq!(a.objects[0].frees_of_preexisting, 1);
+        assert_eq!(a.objects[0].flow.frees, 2);
+        assert_eq!(a.tracked_live(), 0);
+    }
+
+    #[test]
+    fn a_reused_pid_starts_fresh() {
+        let mut a = Accounting::default();
+        a.apply(&fork(1, 5));
+        a.apply(&slab(kind::ALLOC, object::AVC, site::PREPARE, 5, 1, 0));
+        let mut exit = fork(5, 5);
+        exit.kind = kind::EXIT;
+        a.apply(&exit);
+        assert!(a.processes[&5].exited);
+        a.apply(&fork(1, 5));
+        assert!(!a.processes[&5].exited);
+        assert_eq!(a.processes[&5].flows[1].allocs, 0);
+    }
+
+    #[test]
+    fn unnamed_processes_are_reported_once() {
+        let mut a = Accounting::default();
+        a.apply(&slab(kind::ALLOC, object::AVC, site::PREPARE, 10, 1, 0));
+        a.apply(&fork(10, 11));
+        assert_eq!(a.take_unnamed(), vec![10]);
+        assert!(a.take_unnamed().is_empty());
+    }
+}

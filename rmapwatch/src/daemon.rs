@@ -1,0 +1,93 @@
+//! The collector: drains the ring buffer asynchronously into the accounting,
+//! until the duration ends or Ctrl-C / SIGTERM / SIGHUP.
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{account::Accounting, decode::decode, loader::Probes};
+
+/// Why the collector stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// `--duration` elapsed.
+    Duration,
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM or SIGHUP.
+    Terminate,
+}
+
+/// Looks up names of processes first seen without one.
+pub fn fill_comms(acct: &mut Accounting) {
+    for pid in acct.take_unnamed() {
+        if let Ok(c) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+            acct.set_comm(pid, c.trim_end().to_owned());
+        }
+    }
+}
+
+/// Runs the collector; `tick` is called every `interval` with the state.
+///
+/// # Errors
+/// Ring buffer or signal set-up failures.
+pub async fn collect(
+    probes: &mut Probes,
+    acct: &mut Accounting,
+    duration: Option<Duration>,
+    interval: Option<Duration>,
+    mut tick: impl FnMut(&Accounting, &Probes, Duration),
+) -> anyhow::Result<Stop> {
+    let ring = probes.take_ring()?;
+    // SAFETY: the ring buffer owns its fd and keeps it open until the AsyncFd
+    // (which owns the ring buffer) is dropped.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let start = Instant::now();
+    let deadline = tokio::time::sleep(duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+    tokio::pin!(deadline);
+    let mut ticker = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    ticker.tick().await;
+    let mut bad_records = 0u64;
+    let stop = loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    match decode(&item) {
+                        Ok(e) => acct.apply(&e),
+                        Err(_) => bad_records += 1,
+                    }
+                }
+                guard.clear_ready();
+                fill_comms(acct);
+            }
+            () = &mut deadline => break Stop::Duration,
+            _ = sigint.recv() => break Stop::Interrupt,
+            _ = sigterm.recv() => break Stop::Terminate,
+            _ = sighup.recv() => break Stop::Terminate,
+            _ = ticker.tick(), if interval.is_some() => tick(acct, probes, start.elapsed()),
+        }
+    };
+    // Whatever is still in the buffer happened before the stop.
+    let rb = ring.get_mut();
+    while let Some(item) = rb.next() {
+        match decode(&item) {
+            Ok(e) => acct.apply(&e),
+            Err(_) => bad_records += 1,
+        }
+    }
+    fill_comms(acct);
+    if bad_records > 0 {
+        eprintln!("rmapwatch: warning: {bad_records} undecodable ring buffer records skipped");
+    }
+    Ok(stop)
+}

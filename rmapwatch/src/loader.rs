@@ -1,0 +1,296 @@
+//! Loads the eBPF object, hands it the kernel's layouts, and attaches every
+//! program, choosing fentry, kprobe or the tracepoint path per hook.
+//!
+//! This and `daemon` are the only modules that know about aya.
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Btf, Ebpf, EbpfLoader, Endianness,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{FEntry, KProbe, RawTracePoint, TracePoint},
+};
+use rmapwatch_common::stat;
+
+use crate::{
+    hooks::{HOOKS, HookMode, HookSpec, HookStatus, ProbeMode},
+    kernel::KernelFacts,
+};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rmapwatch"));
+
+/// Raw tracepoints and the programs attached to them.
+const RAW_TRACEPOINTS: [&str; 5] = [
+    "kmem_cache_alloc",
+    "kmem_cache_free",
+    "sched_process_fork",
+    "sched_process_exec",
+    "sched_process_exit",
+];
+
+/// Fork-family syscalls whose entry/exit delimit the fork window.
+const FORK_SYSCALLS: [&str; 4] = ["clone", "clone3", "fork", "vfork"];
+
+/// The loaded and attached programs. Dropping it detaches and unloads all.
+pub struct Probes {
+    ebpf: Ebpf,
+    /// How each function hook was attached.
+    pub hooks: Vec<HookStatus>,
+    /// Whether the fork window (syscall tracepoints) is attached.
+    pub fork_window: bool,
+    /// Warnings for the user (fallbacks taken).
+    pub warnings: Vec<String>,
+}
+
+/// First line of an error chain, for compact fallback notes.
+fn short(e: &dyn std::fmt::Display) -> String {
+    let s = format!("{e:#}");
+    s.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(160)
+        .collect()
+}
+
+impl Probes {
+    /// Loads and attaches everything.
+    ///
+    /// # Errors
+    /// The object fails to load, or a required tracepoint fails to attach.
+    pub fn load(
+        facts: &KernelFacts,
+        mode: ProbeMode,
+        ring_bytes: Option<u32>,
+    ) -> anyhow::Result<Self> {
+        let mut loader = EbpfLoader::new();
+        loader.override_global("CONFIG", &facts.config, true);
+        if let Some(bytes) = ring_bytes {
+            loader.map_max_entries("EVENTS", bytes);
+        }
+        let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+
+        for tp in RAW_TRACEPOINTS {
+            let prog: &mut RawTracePoint = ebpf
+                .program_mut(tp)
+                .ok_or_else(|| anyhow!("program {tp} missing from the eBPF object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("loading raw tracepoint program {tp}"))?;
+            prog.attach(tp)
+                .with_context(|| format!("attaching raw tracepoint {tp}"))?;
+        }
+
+        let mut warnings = Vec::new();
+        let fork_window = match attach_fork_window(&mut ebpf) {
+            Ok(()) => true,
+            Err(e) => {
+                warnings.push(format!(
+                    "fork window unavailable ({}): AVCs that anon_vma_clone allocates inside \
+                     fork are attributed to the parent",
+                    short(&e)
+                ));
+                false
+            }
+        };
+
+        let btf = match mode {
+            ProbeMode::Auto | ProbeMode::Fentry => Some(
+                Btf::parse_file(&facts.btf_path, Endianness::default())
+                    .context("parsing BTF for fentry"),
+            ),
+            _ => None,
+        };
+        let mut hooks = Vec::new();
+        for spec in &HOOKS {
+            let status = attach_hook(&mut ebpf, facts, spec, mode, btf.as_ref());
+            hooks.push(status);
+        }
+        if matches!(mode, ProbeMode::Fentry | ProbeMode::Kprobe)
+            && hooks
+                .iter()
+                .all(|h| h.mode != HookMode::Fentry && h.mode != HookMode::Kprobe)
+        {
+            let why = hooks
+                .first()
+                .and_then(|h| h.fallbacks.first().cloned())
+                .unwrap_or_default();
+            return Err(anyhow!(
+                "--probe-mode {} was forced but this kernel accepts no such hook: {why}",
+                if mode == ProbeMode::Fentry {
+                    "fentry"
+                } else {
+                    "kprobe"
+                }
+            ));
+        }
+        Ok(Self {
+            ebpf,
+            hooks,
+            fork_window,
+            warnings,
+        })
+    }
+
+    /// Takes the ring buffer (once).
+    ///
+    /// # Errors
+    /// Called twice.
+    pub fn take_ring(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| anyhow!("ring buffer already taken"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// The per-CPU counters, summed over CPUs.
+    ///
+    /// # Errors
+    /// The map cannot be read.
+    pub fn stats(&self) -> anyhow::Result<Vec<u64>> {
+        let map = self
+            .ebpf
+            .map("STATS")
+            .ok_or_else(|| anyhow!("STATS map missing"))?;
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+        (0..stat::COUNT)
+            .map(|i| Ok(arr.get(&i, 0)?.iter().sum()))
+            .collect()
+    }
+}
+
+fn tracefs_mounted() -> bool {
+    Path::new("/sys/kernel/tracing/events").exists()
+}
+
+/// Classic tracepoints need tracefs; mount it if it is not (root only).
+fn ensure_tracefs() -> anyhow::Result<()> {
+    if tracefs_mounted() {
+        return Ok(());
+    }
+    let status = Command::new("mount")
+        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .status()
+        .context("running mount -t tracefs")?;
+    if status.success() && tracefs_mounted() {
+        Ok(())
+    } else {
+        Err(anyhow!("tracefs is not mounted and mounting it failed"))
+    }
+}
+
+fn attach_fork_window(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    ensure_tracefs()?;
+    for (prog_name, phase) in [("fork_enter", "enter"), ("fork_exit", "exit")] {
+        let prog: &mut TracePoint = ebpf
+            .program_mut(prog_name)
+            .ok_or_else(|| anyhow!("program {prog_name} missing"))?
+            .try_into()?;
+        prog.load()?;
+        for sc in FORK_SYSCALLS {
+            let name = format!("sys_{phase}_{sc}");
+            // clone3 or vfork may be absent on some architectures: skip those.
+            if !Path::new("/sys/kernel/tracing/events/syscalls")
+                .join(&name)
+                .exists()
+            {
+                continue;
+            }
+            prog.attach("syscalls", &name)
+                .with_context(|| format!("attaching syscalls:{name}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn attach_hook(
+    ebpf: &mut Ebpf,
+    facts: &KernelFacts,
+    spec: &HookSpec,
+    mode: ProbeMode,
+    btf: Option<&anyhow::Result<Btf>>,
+) -> HookStatus {
+    let mut fallbacks = Vec::new();
+    let symbol = std::iter::once(spec.name)
+        .chain(spec.aliases.iter().copied())
+        .find(|s| facts.kallsyms.has(s));
+    let done = |mode, symbol: Option<&str>, fallbacks| HookStatus {
+        name: spec.name,
+        symbol: symbol.map(str::to_owned),
+        mode,
+        fallbacks,
+    };
+    let Some(symbol) = symbol else {
+        fallbacks.push(format!("{} not in this kernel", spec.name));
+        let mode = if spec.slab_covered {
+            HookMode::Tracepoint
+        } else {
+            HookMode::Unavailable
+        };
+        return done(mode, None, fallbacks);
+    };
+    if matches!(mode, ProbeMode::Auto | ProbeMode::Fentry) {
+        match try_fentry(ebpf, spec, symbol, btf) {
+            Ok(()) => return done(HookMode::Fentry, Some(symbol), fallbacks),
+            Err(e) => fallbacks.push(format!("fentry: {}", short(&e))),
+        }
+    }
+    if matches!(mode, ProbeMode::Auto | ProbeMode::Kprobe) {
+        match try_kprobe(ebpf, spec, symbol) {
+            Ok(()) => return done(HookMode::Kprobe, Some(symbol), fallbacks),
+            Err(e) => fallbacks.push(format!("kprobe: {}", short(&e))),
+        }
+    }
+    let mode = if spec.slab_covered {
+        HookMode::Tracepoint
+    } else {
+        HookMode::Unavailable
+    };
+    done(mode, Some(symbol), fallbacks)
+}
+
+fn try_fentry(
+    ebpf: &mut Ebpf,
+    spec: &HookSpec,
+    symbol: &str,
+    btf: Option<&anyhow::Result<Btf>>,
+) -> anyhow::Result<()> {
+    let btf = match btf {
+        Some(Ok(btf)) => btf,
+        Some(Err(e)) => return Err(anyhow!("{e:#}")),
+        None => return Err(anyhow!("not requested")),
+    };
+    let prog: &mut FEntry = ebpf
+        .program_mut(spec.fentry_prog)
+        .ok_or_else(|| anyhow!("program {} missing", spec.fentry_prog))?
+        .try_into()?;
+    prog.load(symbol, btf)
+        .map_err(|e| anyhow!("{}", describe_load_error(&e)))?;
+    prog.attach()?;
+    Ok(())
+}
+
+fn try_kprobe(ebpf: &mut Ebpf, spec: &HookSpec, symbol: &str) -> anyhow::Result<()> {
+    if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        return Err(anyhow!("kernel has no kprobe support (CONFIG_KPROBES)"));
+    }
+    let prog: &mut KProbe = ebpf
+        .program_mut(spec.kprobe_prog)
+        .ok_or_else(|| anyhow!("program {} missing", spec.kprobe_prog))?
+        .try_into()?;
+    prog.load()
+        .map_err(|e| anyhow!("{}", describe_load_error(&e)))?;
+    prog.attach(symbol, 0)?;
+    Ok(())
+}
+
+/// A load error without the (long) verifier log, but with the errno.
+fn describe_load_error(e: &aya::programs::ProgramError) -> String {
+    match e {
+        aya::programs::ProgramError::LoadError { io_error, .. } => {
+            format!("load refused by the kernel: {io_error}")
+        }
+        other => other.to_string(),
+    }
+}
