@@ -21,6 +21,37 @@ pub enum Stop {
     Terminate,
 }
 
+/// The signals that stop the collector, installed before the programs are
+/// attached so that a signal right after "attached" is never lost.
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (inside the runtime).
+    ///
+    /// # Errors
+    /// The handlers cannot be installed.
+    pub fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+
+    /// The next stopping signal.
+    pub async fn recv(&mut self) -> Stop {
+        tokio::select! {
+            _ = self.int.recv() => Stop::Interrupt,
+            _ = self.term.recv() => Stop::Terminate,
+            _ = self.hup.recv() => Stop::Terminate,
+        }
+    }
+}
+
 /// Looks up names of processes first seen without one.
 pub fn fill_comms(acct: &mut Accounting) {
     for pid in acct.take_unnamed() {
@@ -37,6 +68,7 @@ pub fn fill_comms(acct: &mut Accounting) {
 pub async fn collect(
     probes: &mut Probes,
     acct: &mut Accounting,
+    signals: &mut Signals,
     duration: Option<Duration>,
     interval: Option<Duration>,
     mut tick: impl FnMut(&Accounting, &Probes, Duration),
@@ -46,9 +78,6 @@ pub async fn collect(
     // (which owns the ring buffer) is dropped.
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     let start = Instant::now();
     let deadline = tokio::time::sleep(duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(deadline);
@@ -71,9 +100,7 @@ pub async fn collect(
                 fill_comms(acct);
             }
             () = &mut deadline => break Stop::Duration,
-            _ = sigint.recv() => break Stop::Interrupt,
-            _ = sigterm.recv() => break Stop::Terminate,
-            _ = sighup.recv() => break Stop::Terminate,
+            stop = signals.recv() => break stop,
             _ = ticker.tick(), if interval.is_some() => tick(acct, probes, start.elapsed()),
         }
     };

@@ -80,13 +80,13 @@ enum Command {
 #[derive(Args, Debug)]
 struct ReportArgs {
     /// Seconds to count; without it, count until Ctrl-C / SIGTERM.
-    #[arg(long, short = 'd', value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, short = 'd', value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
     duration: Option<Duration>,
     /// Print the report as JSON (schema rmapwatch.report/1, see README).
     #[arg(long)]
     json: bool,
     /// Also print an interim report every SECS (one JSON object per line with --json).
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
     interval: Option<Duration>,
     /// Processes listed in the text report.
     #[arg(long, default_value_t = 20)]
@@ -149,6 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn report(facts: &KernelFacts, global: &GlobalArgs, args: &ReportArgs) -> anyhow::Result<()> {
+    let mut signals = daemon::Signals::install()?;
     let mut probes = Probes::load(
         facts,
         global.probe_mode,
@@ -214,6 +215,7 @@ async fn report(facts: &KernelFacts, global: &GlobalArgs, args: &ReportArgs) -> 
     let stop = daemon::collect(
         &mut probes,
         &mut acct,
+        &mut signals,
         args.duration,
         args.interval,
         |a, p, el| {

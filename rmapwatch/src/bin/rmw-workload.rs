@@ -1,1 +1,270 @@
-fn main() {}
+//! rmw-workload: a controlled anon_vma / AVC workload for rmapwatch's tests
+//! and benchmarks.
+//!
+//! 1. maps K private anonymous regions (one page each, between PROT_NONE guards so
+//!    that no two VMAs merge or share an anon_vma) and writes to each: K
+//!    first faults, K `__anon_vma_prepare`;
+//! 2. makes noise in the slab cache that AVCs share (`fs_struct` through
+//!    `unshare(CLONE_FS)`, epoll watches through `epoll_ctl`), which must not
+//!    be counted as AVCs;
+//! 3. forks F children that write to every region (copy-on-write) and wait;
+//! 4. prints `ready <parent> <child>...`, waits for a line on stdin if
+//!    `--hold`, releases the children and reaps them.
+//!
+//! Optional: `--split` mprotects half of each region after the fault (a VMA
+//! split), `--wipe` sets MADV_WIPEONFORK and `--dontfork` MADV_DONTFORK on
+//! every region before forking.
+use std::{
+    io::{BufRead as _, Write as _},
+    process::ExitCode,
+};
+
+struct Opts {
+    regions: usize,
+    pages: usize,
+    children: usize,
+    noise: usize,
+    hold: bool,
+    split: bool,
+    advice: Option<libc::c_int>,
+}
+
+const USAGE: &str = "usage: rmw-workload [--regions K] [--pages P] [--children F] [--noise N] \
+                     [--hold] [--split] [--wipe|--dontfork]";
+
+fn parse() -> Result<Opts, String> {
+    let mut o = Opts {
+        regions: 100,
+        pages: 1,
+        children: 4,
+        noise: 100,
+        hold: false,
+        split: false,
+        advice: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut num = |name: &str| -> Result<usize, String> {
+            args.next()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("{name} needs a whole number\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--regions" => o.regions = num("--regions")?,
+            "--pages" => o.pages = num("--pages")?.max(1),
+            "--children" => o.children = num("--children")?,
+            "--noise" => o.noise = num("--noise")?,
+            "--hold" => o.hold = true,
+            "--split" => o.split = true,
+            "--wipe" => o.advice = Some(libc::MADV_WIPEONFORK),
+            "--dontfork" => o.advice = Some(libc::MADV_DONTFORK),
+            "-h" | "--help" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    if o.split && o.pages < 2 {
+        o.pages = 2;
+    }
+    Ok(o)
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
+
+fn check(rc: libc::c_int, what: &str) -> Result<(), String> {
+    if rc < 0 {
+        Err(format!("{what}: {}", std::io::Error::last_os_error()))
+    } else {
+        Ok(())
+    }
+}
+
+/// K read-write regions of P pages, carved out of a PROT_NONE reservation so
+/// that each is its own VMA between PROT_NONE guards. A plain mapping would
+/// merge with a neighbouring anonymous VMA that already has an anon_vma, and
+/// the regions would then share it (seen in testing: 200 regions, one
+/// anon_vma, AVCs from splits instead of first faults).
+fn map_regions(o: &Opts) -> Result<Vec<*mut u8>, String> {
+    let ps = page_size();
+    let len = o.pages * ps;
+    let total = (2 * o.regions + 1) * len;
+    if o.regions == 0 {
+        return Ok(Vec::new());
+    }
+    // SAFETY: anonymous private mapping, no file.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            total,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+    }
+    let base = base.cast::<u8>();
+    let mut regions = Vec::with_capacity(o.regions);
+    for i in 0..o.regions {
+        // SAFETY: within the reservation made above.
+        let region = unsafe { base.add((2 * i + 1) * len) };
+        // SAFETY: our own reservation.
+        check(
+            unsafe { libc::mprotect(region.cast(), len, libc::PROT_READ | libc::PROT_WRITE) },
+            "mprotect",
+        )?;
+        // Keep THP out of the picture: every fault is one small page.
+        // SAFETY: advice on our own region.
+        unsafe { libc::madvise(region.cast(), len, libc::MADV_NOHUGEPAGE) };
+        regions.push(region);
+    }
+    Ok(regions)
+}
+
+fn touch(regions: &[*mut u8], pages: usize, value: u8) {
+    let ps = page_size();
+    for &r in regions {
+        for p in 0..pages {
+            // SAFETY: each region is `pages` pages of our own writable memory.
+            unsafe { r.add(p * ps).write_volatile(value) };
+        }
+    }
+}
+
+/// Allocations from the cache that AVCs share, none of them AVCs.
+fn noise(n: usize) -> Result<(), String> {
+    for _ in 0..n {
+        // A fresh fs_struct each time (freed by the next call).
+        // SAFETY: affects only this task.
+        check(
+            unsafe { libc::unshare(libc::CLONE_FS) },
+            "unshare(CLONE_FS)",
+        )?;
+    }
+    let mut fds = [0; 2];
+    // SAFETY: valid out-pointer.
+    check(unsafe { libc::pipe(fds.as_mut_ptr()) }, "pipe")?;
+    // SAFETY: plain syscall.
+    let ep = unsafe { libc::epoll_create1(0) };
+    check(ep, "epoll_create1")?;
+    let mut watched = Vec::new();
+    for _ in 0..n {
+        // SAFETY: dup of our own pipe end.
+        let fd = unsafe { libc::dup(fds[0]) };
+        check(fd, "dup")?;
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: 0,
+        };
+        // Each watch allocates an eppoll_entry from the merged 64-byte cache.
+        // SAFETY: valid fds and event.
+        check(
+            unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &raw mut ev) },
+            "epoll_ctl",
+        )?;
+        watched.push(fd);
+    }
+    for fd in watched.into_iter().chain([ep, fds[0], fds[1]]) {
+        // SAFETY: closing fds we opened.
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
+fn run(o: &Opts) -> Result<(), String> {
+    let regions = map_regions(o)?;
+    touch(&regions, o.pages, 1);
+    if o.split {
+        let ps = page_size();
+        for &r in &regions {
+            // Changing protection of the second half splits the VMA:
+            // anon_vma_clone copies the chain to the new VMA.
+            // SAFETY: our own region.
+            check(
+                unsafe { libc::mprotect(r.add(ps).cast(), ps, libc::PROT_READ) },
+                "mprotect",
+            )?;
+        }
+    }
+    if let Some(advice) = o.advice {
+        for &r in &regions {
+            // SAFETY: our own region.
+            check(
+                unsafe { libc::madvise(r.cast(), o.pages * page_size(), advice) },
+                "madvise",
+            )?;
+        }
+    }
+    noise(o.noise)?;
+
+    let mut ready = [0; 2];
+    let mut release = [0; 2];
+    // SAFETY: valid out-pointers.
+    check(unsafe { libc::pipe(ready.as_mut_ptr()) }, "pipe")?;
+    // SAFETY: as above.
+    check(unsafe { libc::pipe(release.as_mut_ptr()) }, "pipe")?;
+    let mut children = Vec::new();
+    for _ in 0..o.children {
+        // SAFETY: the child only makes async-signal-safe calls before _exit.
+        let pid = unsafe { libc::fork() };
+        check(pid, "fork")?;
+        if pid == 0 {
+            touch(&regions, if o.split { 1 } else { o.pages }, 2);
+            let mut b = [0u8; 1];
+            // SAFETY: plain syscalls on our pipes; then _exit.
+            unsafe {
+                libc::close(release[1]);
+                libc::write(ready[1], b.as_ptr().cast(), 1);
+                libc::read(release[0], b.as_mut_ptr().cast(), 1);
+                libc::_exit(0);
+            }
+        }
+        children.push(pid);
+    }
+    // SAFETY: closing our copies of the ends the children use.
+    unsafe {
+        libc::close(ready[1]);
+        libc::close(release[0]);
+    }
+    let mut b = [0u8; 1];
+    for _ in 0..o.children {
+        // SAFETY: reading one byte into a valid buffer.
+        if unsafe { libc::read(ready[0], b.as_mut_ptr().cast(), 1) } != 1 {
+            return Err("a child died before it was ready".into());
+        }
+    }
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    let pids: Vec<String> = children.iter().map(ToString::to_string).collect();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "ready {me} {}", pids.join(" "));
+    let _ = out.flush();
+    drop(out);
+    if o.hold {
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+    }
+    // SAFETY: closing the release pipe lets every child's read return.
+    unsafe { libc::close(release[1]) };
+    for pid in children {
+        let mut status = 0;
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid, &raw mut status, 0) };
+    }
+    println!("done");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match parse().and_then(|o| run(&o)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rmw-workload: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

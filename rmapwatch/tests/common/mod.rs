@@ -1,0 +1,210 @@
+//! Helpers shared by the binary and kernel tests.
+#![allow(dead_code, reason = "each test file uses a subset")]
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    process::{Child, ChildStdout, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+pub const RMAPWATCH: &str = env!("CARGO_BIN_EXE_rmapwatch");
+pub const WORKLOAD: &str = env!("CARGO_BIN_EXE_rmw-workload");
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Privileged tests call this first: they are `#[ignore]`d so that plain
+/// `cargo test` needs no root, and `cargo xtask test` runs them as root.
+pub fn require_root() {
+    assert!(
+        is_root(),
+        "this test loads eBPF programs: run it as root (cargo xtask test)"
+    );
+}
+
+/// Objects in use in a slab cache. SLUB counts objects that sit free in
+/// per-CPU slabs and sheaves as in use; shrinking the cache first flushes
+/// them, which makes the count exact.
+pub fn slab_objects(cache: &str) -> i64 {
+    std::fs::write(format!("/sys/kernel/slab/{cache}/shrink"), "1").unwrap();
+    let s = std::fs::read_to_string(format!("/sys/kernel/slab/{cache}/objects")).unwrap();
+    s.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+pub fn send(child: &Child, sig: libc::c_int) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+}
+
+/// Reads lines of a child's stream on a thread; `wait_for` waits for one.
+pub struct Lines {
+    rx: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Lines {
+    pub fn new(stream: impl std::io::Read + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("timed out waiting for {needle:?}; saw {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Every line until the stream closes.
+    pub fn rest(&mut self) -> Vec<String> {
+        while let Ok(line) = self.rx.recv_timeout(Duration::from_secs(30)) {
+            self.seen.push(line);
+        }
+        self.seen.clone()
+    }
+}
+
+/// A running `rmapwatch report --json`, attached.
+pub struct Rmapwatch {
+    pub child: Child,
+    pub stdout: Lines,
+    pub stderr: Lines,
+}
+
+impl Rmapwatch {
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(RMAPWATCH)
+            .args(["report", "--json"])
+            .args(args)
+            .env("RMAPWATCH_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = Lines::new(child.stdout.take().unwrap());
+        let mut stderr = Lines::new(child.stderr.take().unwrap());
+        stderr.wait_for("attached", Duration::from_secs(60));
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// SIGINT, then the final report.
+    pub fn stop(mut self) -> serde_json::Value {
+        send(&self.child, libc::SIGINT);
+        let status = self.child.wait().unwrap();
+        let lines = self.stdout.rest();
+        let errs = self.stderr.rest();
+        assert!(status.success(), "rmapwatch failed: {status:?}\n{errs:#?}");
+        let last = lines
+            .last()
+            .unwrap_or_else(|| panic!("no report; stderr {errs:#?}"));
+        let v: serde_json::Value = serde_json::from_str(last).unwrap();
+        assert_eq!(v["done"], true);
+        v
+    }
+}
+
+/// A running `rmw-workload --hold`, stopped at its `ready` line.
+pub struct Workload {
+    pub child: Child,
+    pub parent: u32,
+    pub children: Vec<u32>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Workload {
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(WORKLOAD)
+            .args(args)
+            .arg("--hold")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let mut words = line.split_whitespace();
+        assert_eq!(words.next(), Some("ready"), "workload said {line:?}");
+        let pids: Vec<u32> = words.map(|w| w.parse().unwrap()).collect();
+        Self {
+            child,
+            parent: pids[0],
+            children: pids[1..].to_vec(),
+            stdout,
+        }
+    }
+
+    /// Releases the children and waits for everything to exit.
+    pub fn finish(mut self) {
+        drop(self.child.stdin.take());
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).unwrap();
+        assert!(self.child.wait().unwrap().success());
+        assert!(rest.contains("done"));
+    }
+}
+
+/// Names of loaded BPF programs (from bpftool).
+pub fn loaded_programs() -> String {
+    let out = Command::new("bpftool")
+        .args(["prog", "list"])
+        .output()
+        .expect("bpftool is installed by cargo xtask setup");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Programs of ours, by the names rmapwatch-ebpf gives them (truncated to
+/// the kernel's 15 characters).
+pub fn rmapwatch_programs_loaded() -> Vec<String> {
+    const OURS: [&str; 6] = [
+        "kmem_cache_allo",
+        "kmem_cache_free",
+        "sched_process_f",
+        "fork_enter",
+        "fork_exit",
+        "fentry_prepare",
+    ];
+    loaded_programs()
+        .lines()
+        .filter(|l| OURS.iter().any(|n| l.contains(&format!("name {n}"))))
+        .map(str::to_owned)
+        .collect()
+}
+
+pub fn wait_gone(timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = rmapwatch_programs_loaded();
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,422 @@
+//! Privileged tests: the real programs in the running kernel, a controlled
+//! workload, and exact comparisons with ground truth (bpftrace counting the
+//! same tracepoints by call site, and the anon_vma slab counter).
+//!
+//! `#[ignore]`d so that plain `cargo test` needs no root; `cargo xtask test`
+//! runs them as root, one at a time (the kernel is shared state).
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::*;
+
+const SITES: [&str; 5] = [
+    "__anon_vma_prepare",
+    "anon_vma_clone",
+    "anon_vma_fork",
+    "unlink_anon_vmas",
+    "__put_anon_vma",
+];
+
+/// bpftrace counting kmem_cache_alloc/free by (call site, cache name).
+struct Bpftrace {
+    child: std::process::Child,
+    stdout: Lines,
+}
+
+impl Bpftrace {
+    fn start() -> Self {
+        // Keyed by the current pid: summed over the workload's pids this is
+        // exact even though rmapwatch hands fork-time objects to the child.
+        let script = "tracepoint:kmem:kmem_cache_alloc /args->ptr != 0/ \
+                      { @alloc[pid, ksym(args->call_site), str(args->name)] = count(); } \
+                      tracepoint:kmem:kmem_cache_free \
+                      { @free[pid, ksym(args->call_site), str(args->name)] = count(); }";
+        let mut child = Command::new("bpftrace")
+            .args(["-e", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("bpftrace is installed by cargo xtask setup");
+        let mut stdout = Lines::new(child.stdout.take().unwrap());
+        stdout.wait_for("Attaching", Duration::from_secs(60));
+        // bpftrace prints "Attaching" just before it attaches.
+        std::thread::sleep(Duration::from_millis(500));
+        Self { child, stdout }
+    }
+
+    /// (map, pid, site, cache) -> count.
+    fn stop(mut self) -> BTreeMap<(String, u32, String, String), u64> {
+        send(&self.child, libc::SIGINT);
+        self.child.wait().unwrap();
+        let mut counts = BTreeMap::new();
+        for line in self.stdout.rest() {
+            // @alloc[anon_vma_fork, anon_vma]: 2238
+            let Some((key, n)) = line.split_once("]: ") else {
+                continue;
+            };
+            let Some((map, rest)) = key.trim_start_matches('@').split_once('[') else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split(", ").collect();
+            let [pid, site, cache] = fields[..] else {
+                continue;
+            };
+            *counts
+                .entry((
+                    map.to_owned(),
+                    pid.parse().unwrap(),
+                    site.to_owned(),
+                    cache.to_owned(),
+                ))
+                .or_default() += n.trim().parse::<u64>().unwrap();
+        }
+        counts
+    }
+}
+
+fn close(a: u64, b: u64, what: &str) {
+    let tol = (a.max(b) / 100).max(3);
+    assert!(
+        a.abs_diff(b) <= tol,
+        "{what}: rmapwatch {a} vs ground truth {b} (tolerance {tol})"
+    );
+}
+
+fn site_count(report: &serde_json::Value, object: &str, dir: &str, site: &str) -> u64 {
+    report["objects"][object][format!("{dir}_by_site")][site]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn process<'a>(report: &'a serde_json::Value, pid: u32) -> &'a serde_json::Value {
+    report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .unwrap_or_else(|| panic!("pid {pid} not in the report"))
+}
+
+fn flow(p: &serde_json::Value, object: &str, dir: &str) -> u64 {
+    p[object][dir].as_u64().unwrap()
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn counts_match_bpftrace_and_slab_counter_and_exclude_merged_cache_noise() {
+    require_root();
+    const K: u64 = 300;
+    const F: u64 = 8;
+    const NOISE: u64 = 400;
+    let bt = Bpftrace::start();
+    let mut rw = Rmapwatch::start(&["--interval", "0.2"]);
+    let slab0 = slab_objects("anon_vma");
+    let w = Workload::start(&[
+        "--regions",
+        &K.to_string(),
+        "--children",
+        &F.to_string(),
+        "--noise",
+        &NOISE.to_string(),
+    ]);
+    let slab1 = slab_objects("anon_vma");
+    // Interim reports keep coming while the workload holds; take one from
+    // after the slab reading.
+    let seen = rw.stdout.seen.len();
+    std::thread::sleep(Duration::from_millis(700));
+    rw.stdout.wait_for("\"done\":false", Duration::from_secs(5));
+    assert!(rw.stdout.seen.len() > seen);
+    let interim: serde_json::Value = serde_json::from_str(rw.stdout.seen.last().unwrap()).unwrap();
+    let net_at_hold = interim["objects"]["anon_vma"]["allocs"].as_i64().unwrap()
+        - interim["objects"]["anon_vma"]["frees"].as_i64().unwrap();
+    let (parent, children) = (w.parent, w.children.clone());
+    w.finish();
+    std::thread::sleep(Duration::from_millis(300));
+    let report = rw.stop();
+    let truth = bt.stop();
+
+    // 1. The slab counter moved as rmapwatch says, while the workload held.
+    let slab_delta = slab1 - slab0;
+    let tol = (K * (F + 1) / 100) as i64 + 3;
+    assert!(
+        (slab_delta - net_at_hold).abs() <= tol,
+        "anon_vma slab delta {slab_delta} vs rmapwatch net {net_at_hold} (tolerance {tol})"
+    );
+
+    // 2. The workload's objects, per site, equal bpftrace's call-site counts
+    //    in the workload's tasks exactly; system-wide, bpftrace's wider
+    //    window (it attaches first) holds at most rmapwatch's own start-up more.
+    let pids: Vec<u32> = std::iter::once(parent)
+        .chain(children.iter().copied())
+        .collect();
+    let bt_in = |map: &str, site: &str, anon_vma: bool, only: Option<&[u32]>| -> u64 {
+        truth
+            .iter()
+            .filter(|((m, p, s, c), _)| {
+                m == map
+                    && s == site
+                    && (c == "anon_vma") == anon_vma
+                    && only.is_none_or(|o| o.contains(p))
+            })
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let bt = |map: &str, site: &str, anon_vma: bool| bt_in(map, site, anon_vma, None);
+    let family: Vec<&serde_json::Value> = report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["pid"] == parent || children.iter().any(|c| p["pid"] == *c))
+        .collect();
+    assert_eq!(family.len(), children.len() + 1);
+    for (object, is_av) in [("anon_vma", true), ("anon_vma_chain", false)] {
+        for (dir, map) in [("allocs", "alloc"), ("frees", "free")] {
+            let ours: u64 = family.iter().map(|p| flow(p, object, dir)).sum();
+            let theirs: u64 = SITES
+                .iter()
+                .map(|s| bt_in(map, s, is_av, Some(&pids)))
+                .sum();
+            if dir == "allocs" {
+                // Every allocation runs in a workload task: exact.
+                assert_eq!(ours, theirs, "workload {object} {dir}");
+            } else {
+                // Everything the workload allocated was freed and charged back
+                // to it, even the few frees that ran in another task (a last
+                // __put_anon_vma elsewhere), which bpftrace files under that
+                // task's pid.
+                let allocs: u64 = family.iter().map(|p| flow(p, object, "allocs")).sum();
+                assert_eq!(
+                    ours, allocs,
+                    "workload {object}: all freed and charged back"
+                );
+                assert!(
+                    theirs <= ours && ours - theirs <= ours / 100 + 2,
+                    "workload {object} frees: rmapwatch {ours}, bpftrace in its tasks {theirs}"
+                );
+            }
+            for site in SITES {
+                let (all, bt_all) = (site_count(&report, object, dir, site), bt(map, site, is_av));
+                let slack = bt_all / 100 + 40;
+                assert!(
+                    all <= bt_all && bt_all - all <= slack,
+                    "{object} {dir} at {site}: rmapwatch {all}, bpftrace {bt_all}"
+                );
+            }
+        }
+    }
+    let bt_avc_allocs: u64 = SITES
+        .iter()
+        .map(|s| bt_in("alloc", s, false, Some(&pids)))
+        .sum();
+    assert!(
+        bt_avc_allocs >= K * (2 * F + 1),
+        "workload AVCs: {bt_avc_allocs} < {}",
+        K * (2 * F + 1)
+    );
+
+    // 3. The noise really hit the merged cache, and was not counted.
+    let cache_of_avc: Vec<&String> = truth
+        .keys()
+        .filter(|(m, _, s, _)| m == "alloc" && s == "anon_vma_fork")
+        .map(|(_, _, _, c)| c)
+        .filter(|c| *c != "anon_vma")
+        .collect();
+    let cache_of_avc: std::collections::BTreeSet<&String> = cache_of_avc.into_iter().collect();
+    assert_eq!(cache_of_avc.len(), 1, "{truth:?}");
+    let cache_of_avc: Vec<&String> = cache_of_avc.into_iter().collect();
+    let merged_noise: u64 = truth
+        .iter()
+        .filter(|((m, p, s, c), _)| {
+            m == "alloc" && pids.contains(p) && c == cache_of_avc[0] && !SITES.contains(&s.as_str())
+        })
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        merged_noise >= NOISE,
+        "noise in {}: {merged_noise}",
+        cache_of_avc[0]
+    );
+
+    // 4. Attribution: fork-time objects on the children, exactly.
+    let kids: Vec<&serde_json::Value> = children.iter().map(|&c| process(&report, c)).collect();
+    let av = flow(kids[0], "anon_vma", "allocs");
+    assert!(av >= K, "child anon_vma allocs {av} < {K}");
+    for kid in &kids {
+        assert_eq!(
+            flow(kid, "anon_vma", "allocs"),
+            av,
+            "children differ: {kid}"
+        );
+        assert_eq!(
+            flow(kid, "anon_vma_chain", "allocs"),
+            2 * av,
+            "one cloned + one own AVC per VMA: {kid}"
+        );
+        assert_eq!(flow(kid, "anon_vma", "frees"), av, "exit freed them: {kid}");
+        assert_eq!(flow(kid, "anon_vma_chain", "frees"), 2 * av);
+        assert_eq!(kid["ppid"], parent);
+        assert_eq!(kid["comm"], "rmw-workload");
+    }
+    let p = process(&report, parent);
+    assert!(flow(p, "anon_vma", "allocs") >= K);
+    assert!(
+        flow(p, "anon_vma", "allocs") < av + 16,
+        "the parent is not charged for its children: {p}"
+    );
+    assert_eq!(report["dropped_events"], 0);
+    assert!(
+        wait_gone(Duration::from_secs(5)).is_empty(),
+        "programs left loaded"
+    );
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn probe_modes_are_probed_reported_and_consistent() {
+    require_root();
+    let rw = Rmapwatch::start(&[]);
+    let report = rw.stop();
+    let modes = report["probes"].as_object().unwrap();
+    assert_eq!(modes.len(), 8);
+    for (hook, mode) in modes {
+        let mode = mode.as_str().unwrap();
+        assert!(
+            ["fentry", "kprobe", "tracepoint", "unavailable"].contains(&mode),
+            "{hook}: {mode}"
+        );
+        let calls = &report["hooks"][hook]["calls"];
+        assert_eq!(
+            calls.is_null(),
+            !["fentry", "kprobe"].contains(&mode),
+            "{hook}"
+        );
+        if mode == "tracepoint" || mode == "unavailable" {
+            assert!(
+                !report["hooks"][hook]["fallbacks"]
+                    .as_array()
+                    .unwrap()
+                    .is_empty(),
+                "{hook} says why"
+            );
+        }
+    }
+    for slab_hook in SITES {
+        assert_ne!(
+            modes[slab_hook], "unavailable",
+            "{slab_hook} is always covered by the slab tracepoints"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn forced_fentry_attaches_or_says_why_not() {
+    require_root();
+    let out = Command::new(RMAPWATCH)
+        .args([
+            "--probe-mode",
+            "fentry",
+            "report",
+            "--duration",
+            "0.5",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            r["probes"]
+                .as_object()
+                .unwrap()
+                .values()
+                .any(|m| m == "fentry"),
+            "{r}"
+        );
+        assert!(
+            r["probes"]
+                .as_object()
+                .unwrap()
+                .values()
+                .all(|m| m != "kprobe")
+        );
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("--probe-mode fentry was forced"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
+    }
+    assert!(wait_gone(Duration::from_secs(5)).is_empty());
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn sigterm_and_ctrl_c_detach_everything() {
+    require_root();
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        let mut rw = Rmapwatch::start(&[]);
+        assert!(
+            !rmapwatch_programs_loaded().is_empty(),
+            "programs are visible while running"
+        );
+        send(&rw.child, sig);
+        let status = rw.child.wait().unwrap();
+        assert!(status.success(), "signal {sig}: {status:?}");
+        rw.stderr
+            .wait_for("programs detached", Duration::from_secs(5));
+        let left = wait_gone(Duration::from_secs(5));
+        assert!(left.is_empty(), "after signal {sig}: {left:?}");
+    }
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn missing_btf_is_a_clear_environment_error() {
+    require_root();
+    let out = Command::new(RMAPWATCH)
+        .args(["--btf", "/nonexistent/vmlinux", "report", "--duration", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("cannot read kernel BTF at /nonexistent/vmlinux"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("CONFIG_DEBUG_INFO_BTF"), "{stderr}");
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn hidden_kernel_addresses_are_a_clear_environment_error() {
+    require_root();
+    const SYSCTL: &str = "/proc/sys/kernel/kptr_restrict";
+    struct Restore(String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write(SYSCTL, &self.0);
+        }
+    }
+    let _restore = Restore(std::fs::read_to_string(SYSCTL).unwrap());
+    std::fs::write(SYSCTL, "2").unwrap();
+    let out = Command::new(RMAPWATCH)
+        .args(["report", "--duration", "1"])
+        .output()
+        .unwrap();
+    drop(_restore);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("kernel symbol addresses are hidden"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("kptr_restrict is 2"), "{stderr}");
+}
