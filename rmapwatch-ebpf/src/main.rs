@@ -11,7 +11,7 @@
 //!
 //! No struct layout is compiled in: every offset comes from the running
 //! kernel's BTF through the `CONFIG` global.
-#![no_std]
+#![cfg_attr(target_arch = "bpf", no_std)]
 #![no_main]
 
 use aya_ebpf::{
@@ -122,7 +122,7 @@ fn try_slab(ctx: &RawTracePointContext, event_kind: u32) -> Result<(), i64> {
     if event_kind == kind::ALLOC
         && (site_id == site::CLONE || site_id == site::FORK)
         // SAFETY: plain lookup; the value is not used.
-        && unsafe { FORKING.get(&tid) }.is_some()
+        && unsafe { FORKING.get(tid) }.is_some()
     {
         event_flags |= flags::IN_FORK;
     }
@@ -224,7 +224,7 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
 #[tracepoint]
 pub fn fork_enter(_ctx: TracePointContext) -> i32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = FORKING.insert(&tid, &1, 0);
+    let _ = FORKING.insert(tid, 1, 0);
     0
 }
 
@@ -233,7 +233,7 @@ pub fn fork_enter(_ctx: TracePointContext) -> i32 {
 #[tracepoint]
 pub fn fork_exit(_ctx: TracePointContext) -> i32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = FORKING.remove(&tid);
+    let _ = FORKING.remove(tid);
     0
 }
 
@@ -286,7 +286,8 @@ fn count_ptes(nr_pages: u64) {
     bump(stat::RMAP_PTES_PAGES, u64::from(nr_pages as u32));
 }
 
-#[cfg(not(test))]
+// Only for the bpf target: on the host (clippy) std provides one.
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}

@@ -129,6 +129,8 @@ const fn spec(
 /// How one hook was attached, and why not better.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HookStatus {
+    /// Index into the per-hook counters.
+    pub id: u32,
     /// The hook's current kernel name.
     pub name: &'static str,
     /// The symbol actually hooked (an alias on older kernels).

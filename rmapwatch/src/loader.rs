@@ -216,6 +216,7 @@ fn attach_hook(
         .chain(spec.aliases.iter().copied())
         .find(|s| facts.kallsyms.has(s));
     let done = |mode, symbol: Option<&str>, fallbacks| HookStatus {
+        id: spec.id,
         name: spec.name,
         symbol: symbol.map(str::to_owned),
         mode,

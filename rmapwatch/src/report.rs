@@ -161,9 +161,8 @@ impl Report {
         let hooks = ctx
             .hooks
             .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                let calls = hooked(h).then(|| stat_at(stat::HOOK_CALLS + i as u32));
+            .map(|h| {
+                let calls = hooked(h).then(|| stat_at(stat::HOOK_CALLS + h.id));
                 let r = HookReport {
                     mode: h.mode,
                     symbol: h.symbol.clone(),

@@ -79,21 +79,13 @@ impl Bpftrace {
     }
 }
 
-fn close(a: u64, b: u64, what: &str) {
-    let tol = (a.max(b) / 100).max(3);
-    assert!(
-        a.abs_diff(b) <= tol,
-        "{what}: rmapwatch {a} vs ground truth {b} (tolerance {tol})"
-    );
-}
-
 fn site_count(report: &serde_json::Value, object: &str, dir: &str, site: &str) -> u64 {
     report["objects"][object][format!("{dir}_by_site")][site]
         .as_u64()
         .unwrap_or(0)
 }
 
-fn process<'a>(report: &'a serde_json::Value, pid: u32) -> &'a serde_json::Value {
+fn process(report: &serde_json::Value, pid: u32) -> &serde_json::Value {
     report["processes"]
         .as_array()
         .unwrap()

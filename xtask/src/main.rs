@@ -1,1 +1,230 @@
-fn main() {}
+//! Workflows for rmapwatch: set-up, run, test. Building is cargo's job
+//! (`rmapwatch/build.rs` builds the eBPF object); xtask only orchestrates.
+//!
+//! `cargo xtask setup` installs what the eBPF build needs, idempotently, and
+//! says what it does: Debian's rustc-web with its library sources (linked into
+//! rustup as `rmapwatch-bpf`), LLVM 22 and bpf-linker built against it, and
+//! the test peers (bpftrace, bpftool). See ../shared/docs/toolchain.md for
+//! why this recipe and not a rustup nightly.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+/// Name under which Debian's toolchain is linked into rustup.
+const BPF_TOOLCHAIN: &str = "rmapwatch-bpf";
+
+/// Debian packages: the eBPF toolchain, then test peers and tools.
+const TOOLCHAIN_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+];
+const TEST_PACKAGES: &[&str] = &["bpftrace", "bpftool", "util-linux", "tmux"];
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "rmapwatch workflows")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the eBPF toolchain and test tools if missing (idempotent).
+    Setup,
+    /// Set up, build (release) and run rmapwatch as root; arguments after `--` go to rmapwatch.
+    Run {
+        /// Arguments for rmapwatch.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every check and test: fmt, clippy, unit and binary
+    /// tests, and the privileged kernel tests (as root, one at a time).
+    Test {
+        /// Skip fmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.cmd {
+        Cmd::Setup => setup(),
+        Cmd::Run { args } => {
+            setup()?;
+            step("building rmapwatch (release)");
+            cargo(&["build", "--release", "--package", "rmapwatch"])?;
+            let bin = root.join("target/release/rmapwatch");
+            step(&format!("running {} {}", bin.display(), args.join(" ")));
+            let status = as_root(&bin, &args)
+                .status()
+                .context("starting rmapwatch")?;
+            // rmapwatch already printed why it stopped; pass its code on.
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Test { no_lint } => test(no_lint),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn step(msg: &str) {
+    eprintln!("xtask: {msg}");
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A command run as root: directly when we are root, else through sudo.
+fn as_root(program: &Path, args: &[String]) -> Command {
+    if is_root() {
+        let mut c = Command::new(program);
+        c.args(args);
+        c
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("--preserve-env=RMAPWATCH_LOG,RMAPWATCH_BPF_TOOLCHAIN")
+            .arg(program)
+            .args(args);
+        c
+    }
+}
+
+fn sh(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.output().is_ok_and(|o| o.status.success())
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    sh(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(args))
+}
+
+fn deb_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !deb_installed(p)).collect();
+    if missing.is_empty() {
+        step(&format!("Debian packages present: {}", pkgs.join(" ")));
+        return Ok(());
+    }
+    step(&format!("installing Debian packages: {}", missing.join(" ")));
+    let sudo = if is_root() { vec![] } else { vec!["sudo"] };
+    let run = |args: &[&str]| {
+        let mut all: Vec<&str> = sudo.clone();
+        all.extend_from_slice(args);
+        let mut c = Command::new(all[0]);
+        c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+        sh(&mut c)
+    };
+    run(&["apt-get", "update", "-q"])?;
+    let mut args = vec!["apt-get", "install", "-y", "-q", "--no-install-recommends"];
+    args.extend(&missing);
+    run(&args)
+}
+
+fn setup() -> anyhow::Result<()> {
+    step("setting up the eBPF toolchain (idempotent)");
+    if let Ok(tc) = std::env::var("RMAPWATCH_BPF_TOOLCHAIN") {
+        step(&format!("RMAPWATCH_BPF_TOOLCHAIN={tc}: using that rustup toolchain as is"));
+    } else {
+        if !Path::new("/usr/bin/dpkg-query").exists() {
+            bail!(
+                "not a Debian/Ubuntu system: install a rustup nightly with rust-src and \
+                 bpf-linker, then set RMAPWATCH_BPF_TOOLCHAIN=nightly"
+            );
+        }
+        apt_install(TOOLCHAIN_PACKAGES)?;
+        let linked = succeeds(Command::new("rustup").args(["run", BPF_TOOLCHAIN, "rustc", "--version"]));
+        if linked {
+            step(&format!("rustup toolchain {BPF_TOOLCHAIN} -> /usr present"));
+        } else {
+            step(&format!("linking Debian's rustc into rustup as {BPF_TOOLCHAIN}"));
+            sh(Command::new("rustup").args(["toolchain", "link", BPF_TOOLCHAIN, "/usr"]))?;
+        }
+        if !Path::new("/usr/lib/rustlib/src/rust/library/core").exists() {
+            bail!("rust-web-src did not install /usr/lib/rustlib/src/rust/library");
+        }
+    }
+    if succeeds(Command::new("bpf-linker").arg("--version")) {
+        step("bpf-linker present");
+    } else {
+        step("building bpf-linker against LLVM 22 (about a minute)");
+        sh(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                "^0.13",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    apt_install(TEST_PACKAGES)?;
+    step("set-up complete");
+    Ok(())
+}
+
+fn test(no_lint: bool) -> anyhow::Result<()> {
+    setup()?;
+    if !no_lint {
+        step("cargo fmt --check");
+        cargo(&["fmt", "--all", "--", "--check"])?;
+        step("cargo clippy -D warnings");
+        cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    }
+    step("unit and binary tests (no root needed)");
+    // The default members: the eBPF crate is built for bpf by build.rs.
+    cargo(&["test"])?;
+    step("privileged kernel tests (root, one at a time)");
+    cargo(&["build", "--tests", "--package", "rmapwatch"])?;
+    if is_root() {
+        cargo(&["test", "--package", "rmapwatch", "--", "--ignored", "--test-threads=1"])
+    } else {
+        let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        sh(Command::new("sudo")
+            .args(["--preserve-env=PATH,RUSTUP_HOME,CARGO_HOME", &cargo_bin])
+            .args(["test", "--package", "rmapwatch", "--", "--ignored", "--test-threads=1"]))
+    }
+}

@@ -111,14 +111,6 @@ impl KernelBtf {
         }
         None
     }
-
-    /// Whether the kernel describes a function of this name (fentry needs it).
-    #[must_use]
-    pub fn has_func(&self, name: &str) -> bool {
-        self.btf
-            .resolve_types_by_name(name)
-            .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
-    }
 }
 
 /// The layouts the programs and the daemon use, read from BTF.
