@@ -147,7 +147,10 @@ fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
         step(&format!("Debian packages present: {}", pkgs.join(" ")));
         return Ok(());
     }
-    step(&format!("installing Debian packages: {}", missing.join(" ")));
+    step(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
     let sudo = if is_root() { vec![] } else { vec!["sudo"] };
     let run = |args: &[&str]| {
         let mut all: Vec<&str> = sudo.clone();
@@ -165,7 +168,9 @@ fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
 fn setup() -> anyhow::Result<()> {
     step("setting up the eBPF toolchain (idempotent)");
     if let Ok(tc) = std::env::var("RMAPWATCH_BPF_TOOLCHAIN") {
-        step(&format!("RMAPWATCH_BPF_TOOLCHAIN={tc}: using that rustup toolchain as is"));
+        step(&format!(
+            "RMAPWATCH_BPF_TOOLCHAIN={tc}: using that rustup toolchain as is"
+        ));
     } else {
         if !Path::new("/usr/bin/dpkg-query").exists() {
             bail!(
@@ -174,11 +179,14 @@ fn setup() -> anyhow::Result<()> {
             );
         }
         apt_install(TOOLCHAIN_PACKAGES)?;
-        let linked = succeeds(Command::new("rustup").args(["run", BPF_TOOLCHAIN, "rustc", "--version"]));
+        let linked =
+            succeeds(Command::new("rustup").args(["run", BPF_TOOLCHAIN, "rustc", "--version"]));
         if linked {
             step(&format!("rustup toolchain {BPF_TOOLCHAIN} -> /usr present"));
         } else {
-            step(&format!("linking Debian's rustc into rustup as {BPF_TOOLCHAIN}"));
+            step(&format!(
+                "linking Debian's rustc into rustup as {BPF_TOOLCHAIN}"
+            ));
             sh(Command::new("rustup").args(["toolchain", "link", BPF_TOOLCHAIN, "/usr"]))?;
         }
         if !Path::new("/usr/lib/rustlib/src/rust/library/core").exists() {
@@ -189,17 +197,19 @@ fn setup() -> anyhow::Result<()> {
         step("bpf-linker present");
     } else {
         step("building bpf-linker against LLVM 22 (about a minute)");
-        sh(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "install",
-                "bpf-linker",
-                "--version",
-                "^0.13",
-                "--no-default-features",
-                "--features",
-                "llvm-22",
-            ])
-            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+        sh(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--version",
+                    "^0.13",
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
+                ])
+                .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+        )?;
     }
     apt_install(TEST_PACKAGES)?;
     step("set-up complete");
@@ -212,7 +222,14 @@ fn test(no_lint: bool) -> anyhow::Result<()> {
         step("cargo fmt --check");
         cargo(&["fmt", "--all", "--", "--check"])?;
         step("cargo clippy -D warnings");
-        cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])?;
     }
     step("unit and binary tests (no root needed)");
     // The default members: the eBPF crate is built for bpf by build.rs.
@@ -220,11 +237,25 @@ fn test(no_lint: bool) -> anyhow::Result<()> {
     step("privileged kernel tests (root, one at a time)");
     cargo(&["build", "--tests", "--package", "rmapwatch"])?;
     if is_root() {
-        cargo(&["test", "--package", "rmapwatch", "--", "--ignored", "--test-threads=1"])
+        cargo(&[
+            "test",
+            "--package",
+            "rmapwatch",
+            "--",
+            "--ignored",
+            "--test-threads=1",
+        ])
     } else {
         let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         sh(Command::new("sudo")
             .args(["--preserve-env=PATH,RUSTUP_HOME,CARGO_HOME", &cargo_bin])
-            .args(["test", "--package", "rmapwatch", "--", "--ignored", "--test-threads=1"]))
+            .args([
+                "test",
+                "--package",
+                "rmapwatch",
+                "--",
+                "--ignored",
+                "--test-threads=1",
+            ]))
     }
 }
