@@ -160,8 +160,116 @@ pub struct Config {
     pub task_tgid_off: u32,
     /// `offsetof(struct task_struct, comm)`.
     pub task_comm_off: u32,
+    /// Offsets the snapshot iterator reads.
+    pub snap: SnapshotLayout,
     /// Explicit padding.
     pub _pad: u32,
+}
+
+/// Offsets (bytes) the `iter/task_vma` snapshot reads, from BTF.
+/// [`ABSENT`] marks a member this kernel does not have.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotLayout {
+    /// `vm_area_struct.vm_start`.
+    pub vma_start: u32,
+    /// `vm_area_struct.vm_end`.
+    pub vma_end: u32,
+    /// `vm_area_struct.vm_mm`.
+    pub vma_mm: u32,
+    /// `vm_area_struct.vm_flags`.
+    pub vma_flags: u32,
+    /// `vm_area_struct.vm_file`.
+    pub vma_file: u32,
+    /// `vm_area_struct.anon_vma`.
+    pub vma_anon_vma: u32,
+    /// `vm_area_struct.anon_vma_chain` (list head).
+    pub vma_chain: u32,
+    /// `anon_vma_chain.same_vma` (list node).
+    pub avc_same_vma: u32,
+    /// `anon_vma_chain.anon_vma`.
+    pub avc_anon_vma: u32,
+    /// `anon_vma.root`.
+    pub av_root: u32,
+    /// `anon_vma.parent`.
+    pub av_parent: u32,
+    /// `anon_vma.refcount`.
+    pub av_refcount: u32,
+    /// `anon_vma.num_children` (`degree` before 6.0 is not supported).
+    pub av_num_children: u32,
+    /// `anon_vma.num_active_vmas`, or [`ABSENT`].
+    pub av_num_active_vmas: u32,
+}
+
+/// Marks an absent member in [`SnapshotLayout`].
+pub const ABSENT: u32 = u32::MAX;
+
+/// Kinds of snapshot records.
+pub mod snap {
+    /// A [`super::SnapVma`].
+    pub const VMA: u32 = 1;
+    /// A [`super::SnapAvc`].
+    pub const AVC: u32 = 2;
+    /// Longest AVC chain walked per VMA; longer ones are flagged truncated.
+    pub const MAX_CHAIN: u32 = 128;
+}
+
+/// One VMA, written by the `iter/task_vma` program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapVma {
+    /// [`snap::VMA`].
+    pub kind: u32,
+    /// Process (tgid) of the iterated task.
+    pub tgid: u32,
+    /// `vm_mm`.
+    pub mm: u64,
+    /// The VMA's address.
+    pub vma: u64,
+    /// `vm_start`.
+    pub start: u64,
+    /// `vm_end`.
+    pub end: u64,
+    /// `vm_flags`.
+    pub flags: u64,
+    /// `vm_file` (0: anonymous).
+    pub file: u64,
+    /// `anon_vma` (0: none yet).
+    pub anon_vma: u64,
+    /// `anon_vma->root`.
+    pub av_root: u64,
+    /// `anon_vma->parent`.
+    pub av_parent: u64,
+    /// `anon_vma->num_children` (a root counts itself).
+    pub av_num_children: u64,
+    /// `anon_vma->num_active_vmas`.
+    pub av_num_active_vmas: u64,
+    /// `anon_vma->refcount`.
+    pub av_refcount: u32,
+    /// AVCs in the VMA's chain (walked, at most [`snap::MAX_CHAIN`]).
+    pub chain_len: u32,
+    /// 1 when the chain was longer than [`snap::MAX_CHAIN`].
+    pub chain_truncated: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// The task's comm.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// One AVC of a VMA's chain, written after its [`SnapVma`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapAvc {
+    /// [`snap::AVC`].
+    pub kind: u32,
+    /// Process (tgid) of the iterated task.
+    pub tgid: u32,
+    /// The VMA whose chain this is.
+    pub vma: u64,
+    /// The AVC's address.
+    pub avc: u64,
+    /// `avc->anon_vma`.
+    pub anon_vma: u64,
 }
 
 impl Config {
@@ -192,6 +300,8 @@ mod user {
     unsafe impl aya::Pod for super::Event {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SnapshotLayout {}
 }
 
 #[cfg(test)]
@@ -203,8 +313,11 @@ mod tests {
         assert_eq!(core::mem::size_of::<Event>(), 8 * 4 + 8 + COMM_LEN);
         assert_eq!(
             core::mem::size_of::<Config>(),
-            MAX_SITE_RANGES * (8 + 8 + 4) + 4 + 4 + 8 * 3 + 4 * 4
+            MAX_SITE_RANGES * (8 + 8 + 4) + 4 + 4 + 8 * 3 + 4 * 4 + size_of::<SnapshotLayout>()
         );
+        assert_eq!(size_of::<SnapshotLayout>(), 14 * 4);
+        assert_eq!(size_of::<SnapVma>(), 4 * 2 + 8 * 11 + 4 * 4 + COMM_LEN);
+        assert_eq!(size_of::<SnapAvc>(), 4 * 2 + 8 * 3);
     }
 
     #[test]

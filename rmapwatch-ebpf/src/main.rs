@@ -20,7 +20,9 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, ProbeContext, RawTracePointContext, TracePointContext},
 };
-use rmapwatch_common::{COMM_LEN, Config, Event, flags, hook, kind, site, stat};
+use rmapwatch_common::{
+    ABSENT, COMM_LEN, Config, Event, SnapAvc, SnapVma, flags, hook, kind, site, snap, stat,
+};
 
 /// Ring buffer to user space. The loader may resize it (`--ring-buffer-kb`).
 #[map]
@@ -48,6 +50,22 @@ static CONFIG: Config = Config {
     task_pid_off: 0,
     task_tgid_off: 0,
     task_comm_off: 0,
+    snap: rmapwatch_common::SnapshotLayout {
+        vma_start: 0,
+        vma_end: 0,
+        vma_mm: 0,
+        vma_flags: 0,
+        vma_file: 0,
+        vma_anon_vma: 0,
+        vma_chain: 0,
+        avc_same_vma: 0,
+        avc_anon_vma: 0,
+        av_root: 0,
+        av_parent: 0,
+        av_refcount: 0,
+        av_num_children: 0,
+        av_num_active_vmas: 0,
+    },
     _pad: 0,
 };
 
@@ -284,6 +302,105 @@ fn count_ptes(nr_pages: u64) {
     bump(stat::HOOK_CALLS + hook::RMAP_PTES, 1);
     // `int nr_pages`: only the low 32 bits are defined.
     bump(stat::RMAP_PTES_PAGES, u64::from(nr_pages as u32));
+}
+
+// Only for the bpf target: on the host (clippy) std provides one.
+/// `iter/task_vma`: one [`SnapVma`] per VMA of every process, followed by
+/// one [`SnapAvc`] per AVC of its chain (bounded walk: the iterator holds the
+/// mmap lock for reading, but a chain may still grow under us; a short
+/// chain is tolerated).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task_vma")]
+pub extern "C" fn task_vma(ctx: *mut core::ffi::c_void) -> i32 {
+    let _ = try_task_vma(ctx);
+    0
+}
+
+fn try_task_vma(ctx: *mut core::ffi::c_void) -> Result<(), i64> {
+    // struct bpf_iter__task_vma { meta, task, vma }. These are direct loads
+    // from the context, so that the verifier knows meta->seq is a seq_file.
+    let args = ctx as *const *const u8;
+    // SAFETY: the context has these three pointer members.
+    let (meta, task, vma) = unsafe { (*args, *args.add(1), *args.add(2)) };
+    if task.is_null() || vma.is_null() {
+        return Ok(());
+    }
+    // SAFETY: meta is a valid struct bpf_iter_meta; seq is its first member.
+    let seq = unsafe { *(meta as *const *mut aya_ebpf::bindings::seq_file) };
+    let cfg = config();
+    let l = &cfg.snap;
+    let vma = vma as u64;
+    let task = task as u64;
+    let field =
+        |base: u64, off: u32| -> u64 { read_kernel::<u64>(base + u64::from(off)).unwrap_or(0) };
+    let mut rec = SnapVma {
+        kind: snap::VMA,
+        tgid: read_kernel::<u32>(task + u64::from(cfg.task_tgid_off)).unwrap_or(0),
+        mm: field(vma, l.vma_mm),
+        vma,
+        start: field(vma, l.vma_start),
+        end: field(vma, l.vma_end),
+        flags: field(vma, l.vma_flags),
+        file: field(vma, l.vma_file),
+        anon_vma: field(vma, l.vma_anon_vma),
+        comm: task_comm(task),
+        ..SnapVma::default()
+    };
+    let av = rec.anon_vma;
+    if av != 0 {
+        rec.av_root = field(av, l.av_root);
+        rec.av_parent = field(av, l.av_parent);
+        rec.av_num_children = field(av, l.av_num_children);
+        if l.av_num_active_vmas != ABSENT {
+            rec.av_num_active_vmas = field(av, l.av_num_active_vmas);
+        }
+        rec.av_refcount = read_kernel::<u32>(av + u64::from(l.av_refcount)).unwrap_or(0);
+    }
+    // Count the chain first so the VMA record precedes its AVCs.
+    let head = vma + u64::from(l.vma_chain);
+    let mut node = field(head, 0);
+    let mut n = 0;
+    while n < snap::MAX_CHAIN {
+        if node == head || node == 0 {
+            break;
+        }
+        n += 1;
+        node = field(node, 0);
+    }
+    rec.chain_len = n;
+    rec.chain_truncated = u32::from(n == snap::MAX_CHAIN && node != head);
+    seq_write(seq, &rec);
+    let mut node = field(head, 0);
+    let mut i = 0;
+    while i < n {
+        if node == head || node == 0 {
+            break;
+        }
+        let avc = node - u64::from(l.avc_same_vma);
+        let link = SnapAvc {
+            kind: snap::AVC,
+            tgid: rec.tgid,
+            vma,
+            avc,
+            anon_vma: field(avc, l.avc_anon_vma),
+        };
+        seq_write(seq, &link);
+        node = field(node, 0);
+        i += 1;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn seq_write<T>(seq: *mut aya_ebpf::bindings::seq_file, rec: &T) {
+    // SAFETY: seq is the iterator's seq_file; rec lives on our stack.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_seq_write(
+            seq,
+            (rec as *const T).cast(),
+            size_of::<T>() as u32,
+        );
+    }
 }
 
 // Only for the bpf target: on the host (clippy) std provides one.

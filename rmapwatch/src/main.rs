@@ -5,7 +5,9 @@ mod decode;
 mod hooks;
 mod kernel;
 mod loader;
+mod model;
 mod report;
+mod snapshot;
 
 use std::{io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 

@@ -128,6 +128,8 @@ pub struct Layout {
     pub task_tgid: u32,
     /// `offsetof(struct task_struct, comm)`.
     pub task_comm: u32,
+    /// What the snapshot iterator reads.
+    pub snap: rmapwatch_common::SnapshotLayout,
 }
 
 impl Layout {
@@ -143,6 +145,24 @@ impl Layout {
             task_pid: btf.member_offset("task_struct", "pid")?,
             task_tgid: btf.member_offset("task_struct", "tgid")?,
             task_comm: btf.member_offset("task_struct", "comm")?,
+            snap: rmapwatch_common::SnapshotLayout {
+                vma_start: btf.member_offset("vm_area_struct", "vm_start")?,
+                vma_end: btf.member_offset("vm_area_struct", "vm_end")?,
+                vma_mm: btf.member_offset("vm_area_struct", "vm_mm")?,
+                vma_flags: btf.member_offset("vm_area_struct", "vm_flags")?,
+                vma_file: btf.member_offset("vm_area_struct", "vm_file")?,
+                vma_anon_vma: btf.member_offset("vm_area_struct", "anon_vma")?,
+                vma_chain: btf.member_offset("vm_area_struct", "anon_vma_chain")?,
+                avc_same_vma: btf.member_offset("anon_vma_chain", "same_vma")?,
+                avc_anon_vma: btf.member_offset("anon_vma_chain", "anon_vma")?,
+                av_root: btf.member_offset("anon_vma", "root")?,
+                av_parent: btf.member_offset("anon_vma", "parent")?,
+                av_refcount: btf.member_offset("anon_vma", "refcount")?,
+                av_num_children: btf.member_offset("anon_vma", "num_children")?,
+                av_num_active_vmas: btf
+                    .member_offset("anon_vma", "num_active_vmas")
+                    .unwrap_or(rmapwatch_common::ABSENT),
+            },
         })
     }
 }

@@ -143,6 +143,7 @@ pub fn program_config(kallsyms: &Kallsyms, layout: &Layout) -> Result<Config, En
         task_pid_off: layout.task_pid,
         task_tgid_off: layout.task_tgid,
         task_comm_off: layout.task_comm,
+        snap: layout.snap,
         anon_vma_ctor: kallsyms
             .addr("anon_vma_ctor")
             .ok_or_else(|| kallsyms::KallsymsError::Missing("anon_vma_ctor".into()))?,
