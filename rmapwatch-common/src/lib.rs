@@ -214,7 +214,7 @@ pub mod snap {
     pub const MAX_CHAIN: u32 = 128;
 }
 
-/// One VMA, written by the `iter/task_vma` program.
+/// One VMA, written by the `iter/task_vma` program after its AVC records.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SnapVma {
@@ -246,7 +246,7 @@ pub struct SnapVma {
     pub av_num_active_vmas: u64,
     /// `anon_vma->refcount`.
     pub av_refcount: u32,
-    /// AVCs in the VMA's chain (walked, at most [`snap::MAX_CHAIN`]).
+    /// AVC records written before this one (at most [`snap::MAX_CHAIN`]).
     pub chain_len: u32,
     /// 1 when the chain was longer than [`snap::MAX_CHAIN`].
     pub chain_truncated: u32,
@@ -256,7 +256,7 @@ pub struct SnapVma {
     pub comm: [u8; COMM_LEN],
 }
 
-/// One AVC of a VMA's chain, written after its [`SnapVma`].
+/// One AVC of a VMA's chain, written before its [`SnapVma`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SnapAvc {

@@ -305,10 +305,10 @@ fn count_ptes(nr_pages: u64) {
 }
 
 // Only for the bpf target: on the host (clippy) std provides one.
-/// `iter/task_vma`: one [`SnapVma`] per VMA of every process, followed by
-/// one [`SnapAvc`] per AVC of its chain (bounded walk: the iterator holds the
-/// mmap lock for reading, but a chain may still grow under us; a short
-/// chain is tolerated).
+/// `iter/task_vma`: per VMA of every process, one [`SnapAvc`] per AVC of its
+/// chain (bounded walk), then one [`SnapVma`]. The iterator holds the mmap
+/// lock for reading, but a chain may still change under us: the walk stops at
+/// the head, a null link or the bound, whichever comes first.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task_vma")]
 pub extern "C" fn task_vma(ctx: *mut core::ffi::c_void) -> i32 {
@@ -356,23 +356,13 @@ fn try_task_vma(ctx: *mut core::ffi::c_void) -> Result<(), i64> {
         }
         rec.av_refcount = read_kernel::<u32>(av + u64::from(l.av_refcount)).unwrap_or(0);
     }
-    // Count the chain first so the VMA record precedes its AVCs.
+    // One pass (two passes multiply the verifier's states by the chain
+    // length): each AVC record as it is walked, then the VMA record with the
+    // count, which closes the group.
     let head = vma + u64::from(l.vma_chain);
     let mut node = field(head, 0);
     let mut n = 0;
     while n < snap::MAX_CHAIN {
-        if node == head || node == 0 {
-            break;
-        }
-        n += 1;
-        node = field(node, 0);
-    }
-    rec.chain_len = n;
-    rec.chain_truncated = u32::from(n == snap::MAX_CHAIN && node != head);
-    seq_write(seq, &rec);
-    let mut node = field(head, 0);
-    let mut i = 0;
-    while i < n {
         if node == head || node == 0 {
             break;
         }
@@ -386,8 +376,11 @@ fn try_task_vma(ctx: *mut core::ffi::c_void) -> Result<(), i64> {
         };
         seq_write(seq, &link);
         node = field(node, 0);
-        i += 1;
+        n += 1;
     }
+    rec.chain_len = n;
+    rec.chain_truncated = u32::from(n == snap::MAX_CHAIN && node != head);
+    seq_write(seq, &rec);
     Ok(())
 }
 

@@ -32,8 +32,11 @@ pub struct ObjectTotals {
     pub alloc_by_site: [u64; site::COUNT],
     /// Frees per site.
     pub free_by_site: [u64; site::COUNT],
-    /// Frees of objects allocated before start-up (owner unknown).
+    /// Frees of objects with no known owner (allocated before start-up and
+    /// not in the seeding snapshot).
     pub frees_of_preexisting: u64,
+    /// Live objects with a known owner.
+    pub live: u64,
 }
 
 /// One process (thread group).
@@ -49,6 +52,8 @@ pub struct Process {
     pub exited: bool,
     /// Flows per object kind.
     pub flows: [Flow; object::COUNT],
+    /// Live objects it owns (seeded from a snapshot, then event-maintained).
+    pub live: [u64; object::COUNT],
 }
 
 /// The accounting state.
@@ -110,8 +115,46 @@ impl Accounting {
     }
 
     fn own(&mut self, ptr: u64, tgid: u32, obj: u32) {
-        self.owners.insert(ptr, (tgid, obj));
         self.process(tgid).flows[obj as usize].allocs += 1;
+        self.set_owner(ptr, tgid, obj);
+    }
+
+    /// Records `ptr` as live and owned by `tgid`. An address that is already
+    /// live can only be one the seeding snapshot saw after its allocation
+    /// event was queued: it is not counted twice.
+    fn set_owner(&mut self, ptr: u64, tgid: u32, obj: u32) {
+        if let Some((old, old_obj)) = self.owners.insert(ptr, (tgid, obj)) {
+            self.drop_live(old, old_obj);
+        }
+        self.process(tgid).live[obj as usize] += 1;
+        self.objects[obj as usize].live += 1;
+    }
+
+    fn drop_live(&mut self, tgid: u32, obj: u32) {
+        if let Some(p) = self.processes.get_mut(&tgid) {
+            p.live[obj as usize] = p.live[obj as usize].saturating_sub(1);
+        }
+        let t = &mut self.objects[obj as usize];
+        t.live = t.live.saturating_sub(1);
+    }
+
+    /// Seeds ownership of the objects that exist now (from a snapshot):
+    /// `(address, owner tgid, object kind)`. Frees of them are then charged
+    /// to their owners, and `live` counts start from them.
+    pub fn seed(
+        &mut self,
+        objects: impl IntoIterator<Item = (u64, u32, u32)>,
+        comms: impl IntoIterator<Item = (u32, String)>,
+    ) {
+        for (tgid, comm) in comms {
+            let p = self.process(tgid);
+            if p.comm.is_empty() {
+                p.comm = comm;
+            }
+        }
+        for (ptr, tgid, obj) in objects {
+            self.set_owner(ptr, tgid, obj);
+        }
     }
 
     fn free(&mut self, e: &Event) {
@@ -120,7 +163,10 @@ impl Accounting {
         t.flow.frees += 1;
         t.free_by_site[s] += 1;
         match self.owners.remove(&e.ptr) {
-            Some((owner, _)) => self.process(owner).flows[obj].frees += 1,
+            Some((owner, owned_obj)) => {
+                self.process(owner).flows[obj].frees += 1;
+                self.drop_live(owner, owned_obj);
+            }
             None => {
                 // An allocation still pending (fork failed after dup_mmap)
                 // or an object older than start-up.
@@ -299,6 +345,31 @@ mod tests {
         assert_eq!(a.objects[0].frees_of_preexisting, 1);
         assert_eq!(a.objects[0].flow.frees, 2);
         assert!(a.owners.is_empty());
+    }
+
+    #[test]
+    fn seeded_objects_are_live_charged_on_free_and_never_double_counted() {
+        let mut a = Accounting::default();
+        a.seed(
+            [
+                (1, 10, object::ANON_VMA),
+                (2, 10, object::AVC),
+                (3, 11, object::AVC),
+            ],
+            [(10, "a".into())],
+        );
+        assert_eq!(a.processes[&10].live, [1, 1]);
+        assert_eq!(a.objects[object::AVC as usize].live, 2);
+        // an allocation event queued before the snapshot saw the object
+        a.apply(&slab(kind::ALLOC, object::AVC, site::PREPARE, 11, 3, 0));
+        assert_eq!(a.objects[object::AVC as usize].live, 2);
+        assert_eq!(a.processes[&11].live, [0, 1]);
+        // a free by a kernel thread of a seeded object goes to its owner
+        a.apply(&slab(kind::FREE, object::AVC, site::UNLINK, 77, 2, 0));
+        assert_eq!(a.processes[&10].live, [1, 0]);
+        assert_eq!(a.processes[&10].flows[1].frees, 1);
+        assert_eq!(a.objects[object::AVC as usize].frees_of_preexisting, 0);
+        assert_eq!(a.processes[&10].comm, "a");
     }
 
     #[test]

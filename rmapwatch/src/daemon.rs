@@ -71,7 +71,7 @@ pub async fn collect(
     signals: &mut Signals,
     duration: Option<Duration>,
     interval: Option<Duration>,
-    mut tick: impl FnMut(&Accounting, &Probes, Duration),
+    mut tick: impl FnMut(&Accounting, &mut Probes, Duration),
 ) -> anyhow::Result<Stop> {
     let ring = probes.take_ring()?;
     // SAFETY: the ring buffer owns its fd and keeps it open until the AsyncFd

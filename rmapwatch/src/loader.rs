@@ -8,7 +8,7 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, KProbe, RawTracePoint, TracePoint},
+    programs::{FEntry, Iter, KProbe, RawTracePoint, TracePoint},
 };
 use rmapwatch_common::stat;
 
@@ -40,6 +40,17 @@ pub struct Probes {
     pub fork_window: bool,
     /// Warnings for the user (fallbacks taken).
     pub warnings: Vec<String>,
+    /// Why snapshots are unavailable, if they are (`iter/task_vma` needs 5.12+).
+    pub snapshot_error: Option<String>,
+}
+
+/// What to attach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// Everything: event probes and the snapshot iterator.
+    All,
+    /// Only the snapshot iterator (`inspect`).
+    SnapshotOnly,
 }
 
 /// First line of an error chain, for compact fallback notes.
@@ -62,6 +73,7 @@ impl Probes {
         facts: &KernelFacts,
         mode: ProbeMode,
         ring_bytes: Option<u32>,
+        attach: Attach,
     ) -> anyhow::Result<Self> {
         let mut loader = EbpfLoader::new();
         loader.override_global("CONFIG", &facts.config, true);
@@ -69,6 +81,16 @@ impl Probes {
             loader.map_max_entries("EVENTS", bytes);
         }
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+        let snapshot_error = load_iterator(&mut ebpf, facts).err().map(|e| short(&e));
+        if attach == Attach::SnapshotOnly {
+            return Ok(Self {
+                ebpf,
+                hooks: Vec::new(),
+                fork_window: false,
+                warnings: Vec::new(),
+                snapshot_error,
+            });
+        }
 
         for tp in RAW_TRACEPOINTS {
             let prog: &mut RawTracePoint = ebpf
@@ -129,7 +151,35 @@ impl Probes {
             hooks,
             fork_window,
             warnings,
+            snapshot_error,
         })
+    }
+
+    /// Walks every process's VMAs with the `iter/task_vma` program and
+    /// returns the raw records (decoded by `snapshot::Snapshot::parse`).
+    ///
+    /// # Errors
+    /// The iterator is unavailable or reading it fails.
+    pub fn snapshot_bytes(&mut self) -> anyhow::Result<Vec<u8>> {
+        use std::io::Read as _;
+        if let Some(e) = &self.snapshot_error {
+            return Err(anyhow!("snapshots unavailable: {e}"));
+        }
+        let prog: &mut Iter = self
+            .ebpf
+            .program_mut("task_vma")
+            .ok_or_else(|| anyhow!("program task_vma missing"))?
+            .try_into()?;
+        let link_id = prog.attach().context("attaching iter/task_vma")?;
+        let link = prog.take_link(link_id)?;
+        let mut file = link.into_file().context("opening the iterator")?;
+        let mut buf = Vec::with_capacity(1 << 20);
+        file.read_to_end(&mut buf).context("reading the iterator")?;
+        // RMAPWATCH_DUMP_SNAPSHOT=FILE keeps the raw records (for bug reports).
+        if let Some(path) = std::env::var_os("RMAPWATCH_DUMP_SNAPSHOT") {
+            std::fs::write(&path, &buf).context("writing RMAPWATCH_DUMP_SNAPSHOT")?;
+        }
+        Ok(buf)
     }
 
     /// Takes the ring buffer (once).
@@ -158,6 +208,17 @@ impl Probes {
             .map(|i| Ok(arr.get(&i, 0)?.iter().sum()))
             .collect()
     }
+}
+
+fn load_iterator(ebpf: &mut Ebpf, facts: &KernelFacts) -> anyhow::Result<()> {
+    let btf = Btf::parse_file(&facts.btf_path, Endianness::default()).context("parsing BTF")?;
+    let prog: &mut Iter = ebpf
+        .program_mut("task_vma")
+        .ok_or_else(|| anyhow!("program task_vma missing"))?
+        .try_into()?;
+    prog.load("task_vma", &btf)
+        .map_err(|e| anyhow!("iter/task_vma: {}", describe_load_error(&e)))?;
+    Ok(())
 }
 
 fn tracefs_mounted() -> bool {
@@ -289,7 +350,19 @@ fn try_kprobe(ebpf: &mut Ebpf, spec: &HookSpec, symbol: &str) -> anyhow::Result<
 /// A load error without the (long) verifier log, but with the errno.
 fn describe_load_error(e: &aya::programs::ProgramError) -> String {
     match e {
-        aya::programs::ProgramError::LoadError { io_error, .. } => {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            // RMAPWATCH_VERIFIER_LOG=1 prints the verifier's last words (for
+            // bug reports from kernels rmapwatch was not tested on).
+            if std::env::var_os("RMAPWATCH_VERIFIER_LOG").is_some() {
+                let log = verifier_log.to_string();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                for line in tail.iter().rev() {
+                    eprintln!("rmapwatch: verifier: {line}");
+                }
+            }
             format!("load refused by the kernel: {io_error}")
         }
         other => other.to_string(),

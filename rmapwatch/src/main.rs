@@ -1,5 +1,6 @@
 //! rmapwatch: what anon_vma and anon_vma_chain cost on this machine, live.
 mod account;
+mod app;
 mod daemon;
 mod decode;
 mod hooks;
@@ -9,17 +10,14 @@ mod model;
 mod report;
 mod snapshot;
 
-use std::{io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    account::Accounting,
     hooks::ProbeMode,
     kernel::{EnvError, KernelFacts},
-    loader::Probes,
-    report::{Context, Report},
 };
 
 /// Exit codes, documented in the README.
@@ -71,6 +69,11 @@ struct GlobalArgs {
     /// Ring buffer size in KiB (power of two, at least the page size).
     #[arg(long, value_name = "KIB", global = true, value_parser = parse_ring_kb)]
     ring_buffer_kb: Option<u32>,
+    /// Lazy model: assume fork children created as tree-parents keep no AVC
+    /// links (the series does not say; by default they keep their chain).
+    /// The report shows the other value alongside either way.
+    #[arg(long, global = true)]
+    tree_parent_drops_chain: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -143,92 +146,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             top: 20,
         },
     };
+    let opts = app::ReportOptions {
+        duration: report_args.duration,
+        interval: report_args.interval,
+        json: report_args.json,
+        top: report_args.top,
+        model: model::Options {
+            tree_parent_keeps_chain: !cli.global.tree_parent_drops_chain,
+        },
+        probe_mode: cli.global.probe_mode,
+        ring_bytes: cli.global.ring_buffer_kb.map(|kb| kb * 1024),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(report(&facts, &cli.global, &report_args))
-}
-
-async fn report(facts: &KernelFacts, global: &GlobalArgs, args: &ReportArgs) -> anyhow::Result<()> {
-    let mut signals = daemon::Signals::install()?;
-    let mut probes = Probes::load(
-        facts,
-        global.probe_mode,
-        global.ring_buffer_kb.map(|kb| kb * 1024),
-    )?;
-    for w in &probes.warnings {
-        eprintln!("rmapwatch: warning: {w}");
-    }
-    for h in &probes.hooks {
-        let via = h
-            .symbol
-            .as_deref()
-            .filter(|s| *s != h.name)
-            .map(|s| format!(" (as {s})"))
-            .unwrap_or_default();
-        let why = if h.fallbacks.is_empty() {
-            String::new()
-        } else {
-            format!(" [{}]", h.fallbacks.join("; "))
-        };
-        eprintln!(
-            "rmapwatch: hook {:<26} {}{via}{why}",
-            h.name,
-            h.mode.as_str()
-        );
-    }
-    eprintln!(
-        "rmapwatch: attached; counting {}",
-        args.duration.map_or_else(
-            || "until Ctrl-C".to_owned(),
-            |d| format!("for {:.1} s", d.as_secs_f64())
-        )
-    );
-    let mut acct = Accounting::default();
-    let make = |acct: &Accounting, probes: &Probes, elapsed: Duration, done: bool| {
-        let stats = probes.stats().unwrap_or_default();
-        Report::build(
-            acct,
-            &Context {
-                kernel: &facts.id,
-                hooks: &probes.hooks,
-                fork_window: probes.fork_window,
-                stats: &stats,
-                duration_s: elapsed.as_secs_f64(),
-                anon_vma_size: facts.layout.anon_vma_size,
-                avc_size: facts.layout.avc_size,
-                done,
-            },
-        )
-    };
-    let print = |r: &Report| -> anyhow::Result<()> {
-        let mut out = std::io::stdout().lock();
-        if args.json {
-            serde_json::to_writer(&mut out, r)?;
-            writeln!(out)?;
-        } else {
-            writeln!(out, "{}", r.to_text(args.top))?;
-        }
-        out.flush()?;
-        Ok(())
-    };
-    let start = std::time::Instant::now();
-    let stop = daemon::collect(
-        &mut probes,
-        &mut acct,
-        &mut signals,
-        args.duration,
-        args.interval,
-        |a, p, el| {
-            if let Err(e) = print(&make(a, p, el, false)) {
-                eprintln!("rmapwatch: warning: {e:#}");
-            }
-        },
-    )
-    .await?;
-    let final_report = make(&acct, &probes, start.elapsed(), true);
-    drop(probes); // detach before printing: nothing stays loaded
-    eprintln!("rmapwatch: stopped ({stop:?}); programs detached");
-    print(&final_report)
+    runtime.block_on(app::report(&facts, &opts))
 }

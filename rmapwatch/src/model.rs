@@ -108,6 +108,7 @@ pub struct Objects {
     /// anon_vma objects.
     pub anon_vma: u64,
     /// anon_vma_chain objects.
+    #[serde(rename = "anon_vma_chain")]
     pub avc: u64,
 }
 

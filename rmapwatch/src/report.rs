@@ -9,7 +9,183 @@ use crate::{
     account::{Accounting, Flow, ObjectTotals},
     hooks::{HookMode, HookStatus},
     kernel::KernelId,
+    model::{self, Estimate, LazyState, Objects, Options, Rule},
 };
+
+/// Objects and their bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct ObjBytes {
+    /// Objects.
+    pub objects: u64,
+    /// Bytes (objects times the slab's per-object size).
+    pub bytes: u64,
+}
+
+/// Lazy objects, bytes and change against actual.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct LazyBytes {
+    /// Objects.
+    pub objects: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// (lazy - actual) / actual in percent; null when actual is 0.
+    pub change_pct: Option<f64>,
+}
+
+/// `live` block: objects that exist now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct LiveBlock {
+    /// anon_vma.
+    pub anon_vma: ObjBytes,
+    /// AVC.
+    pub anon_vma_chain: ObjBytes,
+}
+
+/// `lazy` block: what ANON_VMA_LAZY would hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct LazyBlock {
+    /// anon_vma.
+    pub anon_vma: LazyBytes,
+    /// AVC.
+    pub anon_vma_chain: LazyBytes,
+}
+
+/// Per-object byte sizes used for KB figures: the slab's object size
+/// (`/sys/kernel/slab/*/slab_size`) where readable, else `sizeof` from BTF.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Sizes {
+    /// anon_vma.
+    pub anon_vma: u32,
+    /// AVC.
+    pub anon_vma_chain: u32,
+}
+
+impl Sizes {
+    fn bytes(self, o: Objects) -> (u64, u64) {
+        (
+            o.anon_vma * u64::from(self.anon_vma),
+            o.avc * u64::from(self.anon_vma_chain),
+        )
+    }
+
+    /// A `live` block.
+    #[must_use]
+    pub fn live(self, o: Objects) -> LiveBlock {
+        let (a, c) = self.bytes(o);
+        LiveBlock {
+            anon_vma: ObjBytes {
+                objects: o.anon_vma,
+                bytes: a,
+            },
+            anon_vma_chain: ObjBytes {
+                objects: o.avc,
+                bytes: c,
+            },
+        }
+    }
+
+    /// A `lazy` block against `actual`.
+    #[must_use]
+    pub fn lazy(self, lazy: Objects, actual: Objects) -> LazyBlock {
+        let (a, c) = self.bytes(lazy);
+        LazyBlock {
+            anon_vma: LazyBytes {
+                objects: lazy.anon_vma,
+                bytes: a,
+                change_pct: round2(model::change_pct(actual.anon_vma, lazy.anon_vma)),
+            },
+            anon_vma_chain: LazyBytes {
+                objects: lazy.avc,
+                bytes: c,
+                change_pct: round2(model::change_pct(actual.avc, lazy.avc)),
+            },
+        }
+    }
+}
+
+fn round2(v: Option<f64>) -> Option<f64> {
+    v.map(|x| (x * 100.0).round() / 100.0)
+}
+
+/// The model's inputs for a report: the latest snapshot's estimate.
+pub struct ModelView<'a> {
+    /// The estimate.
+    pub estimate: &'a Estimate,
+    /// The snapshot's own actual counts.
+    pub snapshot_actual: Objects,
+    /// The snapshot's actual counts per process.
+    pub snapshot_processes: &'a BTreeMap<u32, Objects>,
+    /// Seconds since the snapshot was taken.
+    pub age_s: f64,
+    /// Snapshot statistics.
+    pub stats: SnapshotStats,
+    /// `/sys/kernel/slab/anon_vma/objects` after a shrink, when readable.
+    pub slab_anon_vma: Option<u64>,
+}
+
+/// Statistics of a snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct SnapshotStats {
+    /// Snapshots taken so far.
+    pub taken: u64,
+    /// VMAs walked.
+    pub vmas: u64,
+    /// Processes with an mm.
+    pub processes: u64,
+    /// VMA records of an already-walked mm (threads).
+    pub duplicate_vmas: u64,
+    /// Chains that changed under the walk.
+    pub short_chains: u64,
+    /// Chains longer than the walk's bound.
+    pub truncated_chains: u64,
+    /// Milliseconds the walk and decoding took.
+    pub walk_ms: f64,
+}
+
+/// Event-maintained live counts against a fresh snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Drift {
+    /// live (events) - snapshot, anon_vma.
+    pub anon_vma: i64,
+    /// live (events) - snapshot, AVC.
+    pub anon_vma_chain: i64,
+    /// Processes whose event-maintained live counts differ from the snapshot.
+    pub processes_differing: u64,
+}
+
+/// `model` block.
+#[derive(Debug, Serialize)]
+pub struct ModelBlock {
+    /// Options used.
+    pub options: Options,
+    /// What the model cannot see.
+    pub blind_spots: &'static [&'static str],
+    /// The estimate under the other value of `tree_parent_keeps_chain`.
+    pub lazy_other_option: LazyBlock,
+    /// Objects saved per rule.
+    pub saved_by_rule: BTreeMap<Rule, Objects>,
+    /// VMAs per lazy state.
+    pub vmas_by_state: BTreeMap<LazyState, u64>,
+    /// Event-maintained live counts minus the latest snapshot's.
+    pub drift: Drift,
+    /// The snapshot behind `lazy`.
+    pub snapshot: SnapshotBlock,
+    /// Slab anon_vma objects the snapshot cannot reach (pinned by KSM,
+    /// migration, RCU): slab count minus snapshot count.
+    pub unreachable_anon_vmas: Option<i64>,
+}
+
+/// The snapshot behind the estimate.
+#[derive(Debug, Serialize)]
+pub struct SnapshotBlock {
+    /// Seconds since it was taken.
+    pub age_s: f64,
+    /// Statistics.
+    #[serde(flatten)]
+    pub stats: SnapshotStats,
+    /// Its actual counts.
+    pub actual: LiveBlock,
+}
 
 /// JSON schema name.
 pub const SCHEMA: &str = "rmapwatch.report/1";
@@ -32,6 +208,10 @@ pub struct Context<'a> {
     pub avc_size: u32,
     /// Whether the run ended (final report) or is an interim line.
     pub done: bool,
+    /// Byte sizes for KB figures.
+    pub sizes: Sizes,
+    /// The model, when a snapshot is available.
+    pub model: Option<ModelView<'a>>,
 }
 
 /// Per-object block.
@@ -68,6 +248,10 @@ pub struct ProcessReport {
     pub anon_vma: Flow,
     /// AVC flow.
     pub anon_vma_chain: Flow,
+    /// Objects it owns now.
+    pub live: LiveBlock,
+    /// What lazy would hold for it (as of the latest snapshot).
+    pub lazy: Option<LazyBlock>,
 }
 
 /// A function hook's mode and call count.
@@ -108,7 +292,13 @@ pub struct Report {
     pub rmap: Option<RmapReport>,
     /// anon_vma and anon_vma_chain blocks.
     pub objects: BTreeMap<&'static str, ObjectReport>,
-    /// Processes with any anon_vma or AVC traffic, biggest first.
+    /// Objects that exist now (snapshot-seeded, event-maintained).
+    pub live: LiveBlock,
+    /// What lazy would hold (null without a snapshot).
+    pub lazy: Option<LazyBlock>,
+    /// The model's options, blind spots, drift and snapshot.
+    pub model: Option<ModelBlock>,
+    /// Processes with anon_vma/AVC traffic or objects, biggest first.
     pub processes: Vec<ProcessReport>,
 }
 
@@ -123,6 +313,44 @@ pub struct RmapReport {
     pub ptes_pages: u64,
     /// `folio_add_anon_rmap_pmd` calls.
     pub pmd_calls: u64,
+}
+
+fn model_block(acct: &Accounting, m: &ModelView<'_>, live: Objects, sizes: Sizes) -> ModelBlock {
+    let processes_differing = acct
+        .processes
+        .values()
+        .filter(|p| {
+            let snap = m
+                .snapshot_processes
+                .get(&p.pid)
+                .copied()
+                .unwrap_or_default();
+            !p.exited
+                && (p.live[object::ANON_VMA as usize] != snap.anon_vma
+                    || p.live[object::AVC as usize] != snap.avc)
+        })
+        .count() as u64;
+    let diff = |a: u64, b: u64| a.cast_signed() - b.cast_signed();
+    ModelBlock {
+        options: m.estimate.options,
+        blind_spots: &model::BLIND_SPOTS,
+        lazy_other_option: sizes.lazy(m.estimate.lazy_other_option, m.estimate.system.actual),
+        saved_by_rule: m.estimate.saved_by_rule.clone(),
+        vmas_by_state: m.estimate.vmas_by_state.clone(),
+        drift: Drift {
+            anon_vma: diff(live.anon_vma, m.snapshot_actual.anon_vma),
+            anon_vma_chain: diff(live.avc, m.snapshot_actual.avc),
+            processes_differing,
+        },
+        snapshot: SnapshotBlock {
+            age_s: (m.age_s * 1000.0).round() / 1000.0,
+            stats: m.stats,
+            actual: sizes.live(m.snapshot_actual),
+        },
+        unreachable_anon_vmas: m
+            .slab_anon_vma
+            .map(|slab| slab.cast_signed() - m.snapshot_actual.anon_vma.cast_signed()),
+    }
 }
 
 fn object_report(t: &ObjectTotals, size: u32) -> ObjectReport {
@@ -188,24 +416,62 @@ impl Report {
             .zip(acct.objects.iter().zip(sizes))
             .map(|(&name, (t, size))| (name, object_report(t, size)))
             .collect();
+        let live_of = |l: &[u64; object::COUNT]| Objects {
+            anon_vma: l[object::ANON_VMA as usize],
+            avc: l[object::AVC as usize],
+        };
         let mut processes: Vec<ProcessReport> = acct
             .processes
             .values()
-            .filter(|p| p.flows.iter().any(|f| f.allocs + f.frees > 0))
-            .map(|p| ProcessReport {
-                pid: p.pid,
-                comm: if p.comm.is_empty() {
-                    "?".into()
-                } else {
-                    p.comm.clone()
-                },
-                ppid: p.ppid,
-                exited: p.exited,
-                anon_vma: p.flows[object::ANON_VMA as usize],
-                anon_vma_chain: p.flows[object::AVC as usize],
+            .filter(|p| {
+                p.flows.iter().any(|f| f.allocs + f.frees > 0) || p.live.iter().any(|&n| n > 0)
+            })
+            .map(|p| {
+                let lazy = ctx.model.as_ref().map(|m| {
+                    let pair = m
+                        .estimate
+                        .processes
+                        .get(&p.pid)
+                        .copied()
+                        .unwrap_or_default();
+                    ctx.sizes.lazy(pair.lazy, pair.actual)
+                });
+                ProcessReport {
+                    pid: p.pid,
+                    comm: if p.comm.is_empty() {
+                        "?".into()
+                    } else {
+                        p.comm.clone()
+                    },
+                    ppid: p.ppid,
+                    exited: p.exited,
+                    anon_vma: p.flows[object::ANON_VMA as usize],
+                    anon_vma_chain: p.flows[object::AVC as usize],
+                    live: ctx.sizes.live(live_of(&p.live)),
+                    lazy,
+                }
             })
             .collect();
-        processes.sort_by_key(|p| std::cmp::Reverse(p.anon_vma.allocs + p.anon_vma_chain.allocs));
+        // Biggest saving first, then most traffic.
+        processes.sort_by_key(|p| {
+            let saved = p.lazy.map_or(0, |l| {
+                (p.live.anon_vma.bytes + p.live.anon_vma_chain.bytes)
+                    .saturating_sub(l.anon_vma.bytes + l.anon_vma_chain.bytes)
+            });
+            std::cmp::Reverse((saved, p.anon_vma.allocs + p.anon_vma_chain.allocs))
+        });
+        let live = Objects {
+            anon_vma: acct.objects[object::ANON_VMA as usize].live,
+            avc: acct.objects[object::AVC as usize].live,
+        };
+        let lazy = ctx.model.as_ref().map(|m| {
+            ctx.sizes
+                .lazy(m.estimate.system.lazy, m.estimate.system.actual)
+        });
+        let model = ctx
+            .model
+            .as_ref()
+            .map(|m| model_block(acct, m, live, ctx.sizes));
         Self {
             schema: SCHEMA,
             kernel: ctx.kernel.clone(),
@@ -218,8 +484,57 @@ impl Report {
             done: ctx.done,
             rmap,
             objects,
+            live: ctx.sizes.live(live),
+            lazy,
+            model,
             processes,
         }
+    }
+
+    /// The seed's table: Object | Actual (KB) | Lazy (KB) | Change.
+    #[must_use]
+    pub fn seed_table(&self) -> Option<String> {
+        let lazy = self.lazy?;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:<16} | {:>12} | {:>12} | {:>8} | {:>9} | {:>9}",
+            "Object", "Actual (KB)", "Lazy (KB)", "Change", "Actual #", "Lazy #"
+        );
+        let kb = |b: u64| b as f64 / 1024.0;
+        let row = |s: &mut String, name: &str, a: ObjBytes, l: LazyBytes| {
+            let change = l
+                .change_pct
+                .map_or_else(|| "-".to_owned(), |c| format!("{c:+.1}%"));
+            let _ = writeln!(
+                s,
+                "{name:<16} | {:>12.1} | {:>12.1} | {change:>8} | {:>9} | {:>9}",
+                kb(a.bytes),
+                kb(l.bytes),
+                a.objects,
+                l.objects
+            );
+        };
+        let actual = self.model.as_ref().map_or(self.live, |m| m.snapshot.actual);
+        row(&mut s, "anon_vma", actual.anon_vma, lazy.anon_vma);
+        row(
+            &mut s,
+            "anon_vma_chain",
+            actual.anon_vma_chain,
+            lazy.anon_vma_chain,
+        );
+        let sum_a = ObjBytes {
+            objects: actual.anon_vma.objects + actual.anon_vma_chain.objects,
+            bytes: actual.anon_vma.bytes + actual.anon_vma_chain.bytes,
+        };
+        let sum_l_bytes = lazy.anon_vma.bytes + lazy.anon_vma_chain.bytes;
+        let sum_l = LazyBytes {
+            objects: lazy.anon_vma.objects + lazy.anon_vma_chain.objects,
+            bytes: sum_l_bytes,
+            change_pct: round2(model::change_pct(sum_a.bytes, sum_l_bytes)),
+        };
+        row(&mut s, "total", sum_a, sum_l);
+        Some(s)
     }
 
     /// Human-readable rendering; `top` limits the process list.
@@ -242,6 +557,29 @@ impl Report {
             .collect();
         let _ = writeln!(s, "probes: {}", modes.join(" "));
         let _ = writeln!(s);
+        if let Some(table) = self.seed_table() {
+            let _ = writeln!(s, "{table}");
+        }
+        if let Some(m) = &self.model {
+            let _ = writeln!(
+                s,
+                "live (events): anon_vma {} objects, AVC {} objects; drift vs snapshot {:+} / {:+}",
+                self.live.anon_vma.objects,
+                self.live.anon_vma_chain.objects,
+                m.drift.anon_vma,
+                m.drift.anon_vma_chain
+            );
+            let _ = writeln!(
+                s,
+                "if tree-parent VMAs dropped their chain links: AVC {} objects ({})",
+                m.lazy_other_option.anon_vma_chain.objects,
+                m.lazy_other_option
+                    .anon_vma_chain
+                    .change_pct
+                    .map_or_else(|| "-".into(), |c| format!("{c:+.1}%"))
+            );
+            let _ = writeln!(s);
+        }
         let _ = writeln!(
             s,
             "{:<16} {:>10} {:>10} {:>10} {:>9}  by call site",

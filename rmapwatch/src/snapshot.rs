@@ -97,8 +97,8 @@ pub enum SnapshotError {
     /// The stream ends inside a record.
     #[error("snapshot ends inside a record at byte {0}")]
     Truncated(usize),
-    /// An AVC record with no VMA before it.
-    #[error("snapshot AVC record without its VMA at byte {0}")]
+    /// AVC records not closed by their VMA's record.
+    #[error("snapshot AVC records without their VMA at byte {0}")]
     Orphan(usize),
 }
 
@@ -117,26 +117,38 @@ impl Snapshot {
         let mut s = Self::default();
         let mut seen: HashSet<(u64, u64)> = HashSet::new();
         let mut mm_owner: HashMap<u64, u32> = HashMap::new();
-        // (index of the current VMA, AVC records it announced, whether kept)
-        let mut current: Option<(usize, u32, bool)> = None;
+        // AVC records of the VMA whose record comes next.
+        let mut pending: Vec<(u64, u64)> = Vec::new();
+        let mut pending_vma = 0;
+        let mut pending_at = 0;
         let mut at = 0;
-        let mut close = |s: &mut Self, current: Option<(usize, u32, bool)>| {
-            if let Some((i, announced, true)) = current
-                && (s.vmas[i].chain.len() as u32) < announced
-            {
-                s.short_chains += 1;
-            }
-        };
         while at < bytes.len() {
             let kind: u32 = read(bytes, at).ok_or(SnapshotError::Truncated(at))?;
             match kind {
+                snap::AVC => {
+                    let r: SnapAvc = read(bytes, at).ok_or(SnapshotError::Truncated(at))?;
+                    if pending.is_empty() {
+                        pending_vma = r.vma;
+                        pending_at = at;
+                    } else if r.vma != pending_vma {
+                        return Err(SnapshotError::Orphan(pending_at));
+                    }
+                    pending.push((r.avc, r.anon_vma));
+                    at += size_of::<SnapAvc>();
+                }
                 snap::VMA => {
                     let r: SnapVma = read(bytes, at).ok_or(SnapshotError::Truncated(at))?;
-                    close(&mut s, current.take());
+                    if !pending.is_empty() && pending_vma != r.vma {
+                        return Err(SnapshotError::Orphan(pending_at));
+                    }
+                    let chain = std::mem::take(&mut pending);
+                    if (chain.len() as u64) < u64::from(r.chain_len) {
+                        s.short_chains += 1;
+                    }
                     let owner = *mm_owner.entry(r.mm).or_insert(r.tgid);
-                    let keep = r.mm != 0 && seen.insert((r.mm, r.vma));
-                    if keep {
+                    if r.mm != 0 && seen.insert((r.mm, r.vma)) {
                         let idx = s.vmas.len();
+                        s.truncated_chains += u64::from(r.chain_truncated != 0);
                         s.vmas.push(Vma {
                             tgid: owner,
                             mm: r.mm,
@@ -150,10 +162,9 @@ impl Snapshot {
                             av_parent: r.av_parent,
                             av_num_children: r.av_num_children,
                             av_refcount: r.av_refcount,
-                            chain: Vec::with_capacity(r.chain_len as usize),
+                            chain,
                             chain_truncated: r.chain_truncated != 0,
                         });
-                        s.truncated_chains += u64::from(r.chain_truncated != 0);
                         let p = s.procs.entry(owner).or_insert_with(|| Proc {
                             pid: owner,
                             mm: r.mm,
@@ -163,29 +174,19 @@ impl Snapshot {
                             p.comm = comm_str(&r.comm);
                         }
                         p.vmas.push(idx);
-                        current = Some((idx, r.chain_len, true));
                     } else {
                         s.duplicate_vmas += 1;
-                        current = Some((0, r.chain_len, false));
                     }
                     at += size_of::<SnapVma>();
-                }
-                snap::AVC => {
-                    let r: SnapAvc = read(bytes, at).ok_or(SnapshotError::Truncated(at))?;
-                    match current {
-                        Some((i, _, true)) if s.vmas[i].addr == r.vma => {
-                            s.vmas[i].chain.push((r.avc, r.anon_vma));
-                        }
-                        Some((_, _, false)) => {}
-                        _ => return Err(SnapshotError::Orphan(at)),
-                    }
-                    at += size_of::<SnapAvc>();
                 }
                 kind => return Err(SnapshotError::Kind { kind, offset: at }),
             }
         }
-        close(&mut s, current);
-        Ok(s)
+        if pending.is_empty() {
+            Ok(s)
+        } else {
+            Err(SnapshotError::Orphan(pending_at))
+        }
     }
 
     /// Actual objects: distinct anon_vmas referenced by any VMA or chain,
@@ -267,14 +268,14 @@ pub(crate) mod tests {
 
     #[test]
     fn threads_are_deduplicated_by_mm_and_short_chains_counted() {
-        let mut b = vma(10, 0x1000, 0xa, 0x100, 1);
-        b.extend(avc(10, 0xa, 0x500, 0x100));
+        let mut b = avc(10, 0xa, 0x500, 0x100);
+        b.extend(vma(10, 0x1000, 0xa, 0x100, 1));
         // the same mm walked again through a thread
-        b.extend(vma(11, 0x1000, 0xa, 0x100, 1));
         b.extend(avc(11, 0xa, 0x500, 0x100));
-        // a chain that shrank under the walk
-        b.extend(vma(10, 0x1000, 0xb, 0x200, 2));
+        b.extend(vma(11, 0x1000, 0xa, 0x100, 1));
+        // a record that announces more AVCs than were written
         b.extend(avc(10, 0xb, 0x600, 0x200));
+        b.extend(vma(10, 0x1000, 0xb, 0x200, 2));
         let s = Snapshot::parse(&b).unwrap();
         assert_eq!(s.vmas.len(), 2);
         assert_eq!(s.duplicate_vmas, 1);

@@ -111,6 +111,8 @@ pub struct KernelFacts {
     pub kallsyms: Kallsyms,
     /// The programs' global configuration.
     pub config: Config,
+    /// Per-object sizes for KB figures.
+    pub sizes: crate::report::Sizes,
 }
 
 impl KernelFacts {
@@ -123,7 +125,18 @@ impl KernelFacts {
         let layout = Layout::read(&btf)?;
         let kallsyms = Kallsyms::read()?;
         let config = program_config(&kallsyms, &layout)?;
+        let slab_size = |cache: &str, fallback: u32| {
+            std::fs::read_to_string(format!("/sys/kernel/slab/{cache}/slab_size"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(fallback)
+        };
+        let sizes = crate::report::Sizes {
+            anon_vma: slab_size("anon_vma", layout.anon_vma_size),
+            anon_vma_chain: slab_size("anon_vma_chain", layout.avc_size),
+        };
         Ok(Self {
+            sizes,
             id: KernelId::current(),
             btf_path: btf_path.to_owned(),
             layout,
