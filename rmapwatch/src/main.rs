@@ -4,6 +4,7 @@ mod app;
 mod daemon;
 mod decode;
 mod hooks;
+mod inspect;
 mod kernel;
 mod loader;
 mod model;
@@ -26,6 +27,9 @@ mod exit {
     pub const FAILURE: u8 = 1;
     /// This system cannot run rmapwatch (privileges, BTF, kernel symbols).
     pub const ENVIRONMENT: u8 = 3;
+    /// The process to inspect does not exist, is a kernel thread, exited,
+    /// or the name is ambiguous.
+    pub const TARGET: u8 = 4;
 }
 
 #[derive(Parser, Debug)]
@@ -80,6 +84,22 @@ struct GlobalArgs {
 enum Command {
     /// Count until --duration ends or Ctrl-C, then print a report.
     Report(ReportArgs),
+    /// One process: its VMAs with anon_vma, AVCs and lazy verdict, its
+    /// anon_vma family, and what lazy would save.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args, Debug)]
+struct InspectArgs {
+    /// A pid, or a process name (comm) that matches exactly one process.
+    #[arg(value_name = "PID|COMM")]
+    target: String,
+    /// Print JSON (schema rmapwatch.inspect/1, see README).
+    #[arg(long)]
+    json: bool,
+    /// Also list VMAs without an anon_vma.
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Args, Debug)]
@@ -126,6 +146,8 @@ fn main() -> ExitCode {
             eprintln!("rmapwatch: error: {e:#}");
             let code = if e.downcast_ref::<EnvError>().is_some() {
                 exit::ENVIRONMENT
+            } else if e.downcast_ref::<inspect::TargetError>().is_some() {
+                exit::TARGET
             } else {
                 exit::FAILURE
             };
@@ -137,7 +159,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     kernel::check_privileges()?;
     let facts = KernelFacts::read(&cli.global.btf)?;
+    let model_opts = model::Options {
+        tree_parent_keeps_chain: !cli.global.tree_parent_drops_chain,
+    };
     let report_args = match cli.command {
+        Some(Command::Inspect(a)) => return run_inspect(&facts, &a, model_opts),
         Some(Command::Report(a)) => a,
         None => ReportArgs {
             duration: None,
@@ -151,9 +177,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         interval: report_args.interval,
         json: report_args.json,
         top: report_args.top,
-        model: model::Options {
-            tree_parent_keeps_chain: !cli.global.tree_parent_drops_chain,
-        },
+        model: model_opts,
         probe_mode: cli.global.probe_mode,
         ring_bytes: cli.global.ring_buffer_kb.map(|kb| kb * 1024),
     };
@@ -162,4 +186,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(app::report(&facts, &opts))
+}
+
+fn run_inspect(
+    facts: &KernelFacts,
+    args: &InspectArgs,
+    opts: model::Options,
+) -> anyhow::Result<()> {
+    use inspect::{PidStatus, Target};
+    let target = Target::parse(&args.target);
+    let before = match target {
+        Target::Pid(pid) => inspect::pid_status(pid),
+        Target::Comm(_) => PidStatus::User,
+    };
+    // Fail before loading anything when the answer is already known.
+    if let Target::Pid(pid) = target {
+        match &before {
+            PidStatus::Absent => return Err(inspect::TargetError::NoSuchProcess(pid).into()),
+            PidStatus::KernelThread(name) => {
+                return Err(inspect::TargetError::KernelThread(pid, name.clone()).into());
+            }
+            PidStatus::User => {}
+        }
+    }
+    let mut probes = loader::Probes::load(
+        facts,
+        ProbeMode::Tracepoint,
+        None,
+        loader::Attach::SnapshotOnly,
+    )?;
+    let (snap, _) = app::take_snapshot(&mut probes, 1)?;
+    drop(probes);
+    let after = match target {
+        Target::Pid(pid) => inspect::pid_status(pid),
+        Target::Comm(_) => PidStatus::User,
+    };
+    let pid = inspect::resolve(&target, &snap, &before, &after)?;
+    let est = model::estimate(&snap, opts);
+    let paths = inspect::map_paths(pid);
+    let i = inspect::inspect(&snap, &est, pid, &paths, facts.sizes);
+    if args.json {
+        println!("{}", serde_json::to_string(&i)?);
+    } else {
+        print!("{}", i.to_text(args.all));
+    }
+    Ok(())
 }

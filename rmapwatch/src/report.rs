@@ -252,6 +252,8 @@ pub struct ProcessReport {
     pub live: LiveBlock,
     /// What lazy would hold for it (as of the latest snapshot).
     pub lazy: Option<LazyBlock>,
+    /// What the latest snapshot saw it own (compare with `live`).
+    pub snapshot: Option<LiveBlock>,
 }
 
 /// A function hook's mode and call count.
@@ -427,15 +429,15 @@ impl Report {
                 p.flows.iter().any(|f| f.allocs + f.frees > 0) || p.live.iter().any(|&n| n > 0)
             })
             .map(|p| {
-                let lazy = ctx.model.as_ref().map(|m| {
-                    let pair = m
-                        .estimate
+                let pair = ctx.model.as_ref().map(|m| {
+                    m.estimate
                         .processes
                         .get(&p.pid)
                         .copied()
-                        .unwrap_or_default();
-                    ctx.sizes.lazy(pair.lazy, pair.actual)
+                        .unwrap_or_default()
                 });
+                let lazy = pair.map(|pair| ctx.sizes.lazy(pair.lazy, pair.actual));
+                let snapshot = pair.map(|pair| ctx.sizes.live(pair.actual));
                 ProcessReport {
                     pid: p.pid,
                     comm: if p.comm.is_empty() {
@@ -449,6 +451,7 @@ impl Report {
                     anon_vma_chain: p.flows[object::AVC as usize],
                     live: ctx.sizes.live(live_of(&p.live)),
                     lazy,
+                    snapshot,
                 }
             })
             .collect();

@@ -8,8 +8,8 @@
 //!    `unshare(CLONE_FS)`, epoll watches through `epoll_ctl`), which must not
 //!    be counted as AVCs;
 //! 3. forks F children that write to every region (copy-on-write) and wait;
-//! 4. prints `ready <parent> <child>...`, waits for a line on stdin if
-//!    `--hold`, releases the children and reaps them.
+//! 4. prints `regions <start> <end>` and `ready <parent> <child>...`, waits
+//!    for a line on stdin if `--hold`, releases the children and reaps them.
 //!
 //! Optional: `--split` mprotects half of each region after the fault (a VMA
 //! split), `--wipe` sets MADV_WIPEONFORK and `--dontfork` MADV_DONTFORK on
@@ -177,6 +177,11 @@ fn noise(n: usize) -> Result<(), String> {
 
 fn run(o: &Opts) -> Result<(), String> {
     let regions = map_regions(o)?;
+    if let (Some(first), Some(last)) = (regions.first(), regions.last()) {
+        // Where the regions are, for tests that look at exactly them.
+        let end = *last as usize + o.pages * page_size();
+        println!("regions {:#x} {:#x}", *first as usize, end);
+    }
     touch(&regions, o.pages, 1);
     if o.split {
         let ps = page_size();
@@ -213,7 +218,10 @@ fn run(o: &Opts) -> Result<(), String> {
         let pid = unsafe { libc::fork() };
         check(pid, "fork")?;
         if pid == 0 {
-            touch(&regions, if o.split { 1 } else { o.pages }, 2);
+            // With MADV_DONTFORK the child has no regions to touch.
+            if o.advice != Some(libc::MADV_DONTFORK) {
+                touch(&regions, if o.split { 1 } else { o.pages }, 2);
+            }
             let mut b = [0u8; 1];
             // SAFETY: plain syscalls on our pipes; then _exit.
             unsafe {

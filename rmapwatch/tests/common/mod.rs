@@ -135,6 +135,8 @@ pub struct Workload {
     pub child: Child,
     pub parent: u32,
     pub children: Vec<u32>,
+    /// Address range of the regions.
+    pub regions: (u64, u64),
     stdout: BufReader<ChildStdout>,
 }
 
@@ -149,7 +151,22 @@ impl Workload {
             .unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
+        let mut regions = (0, 0);
+        loop {
+            line.clear();
+            assert!(
+                stdout.read_line(&mut line).unwrap() > 0,
+                "workload ended early"
+            );
+            if let Some(r) = line.strip_prefix("regions ") {
+                let hex =
+                    |s: &str| u64::from_str_radix(s.trim().trim_start_matches("0x"), 16).unwrap();
+                let (a, b) = r.split_once(' ').unwrap();
+                regions = (hex(a), hex(b));
+            } else {
+                break;
+            }
+        }
         let mut words = line.split_whitespace();
         assert_eq!(words.next(), Some("ready"), "workload said {line:?}");
         let pids: Vec<u32> = words.map(|w| w.parse().unwrap()).collect();
@@ -157,6 +174,7 @@ impl Workload {
             child,
             parent: pids[0],
             children: pids[1..].to_vec(),
+            regions,
             stdout,
         }
     }
@@ -207,4 +225,32 @@ pub fn wait_gone(timeout: Duration) -> Vec<String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `rmapwatch inspect <pid> --json`.
+pub fn inspect(pid: u32) -> serde_json::Value {
+    let out = Command::new(RMAPWATCH)
+        .args(["inspect", &pid.to_string(), "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The inspected VMAs inside `range`.
+pub fn vmas_in(inspection: &serde_json::Value, range: (u64, u64)) -> Vec<serde_json::Value> {
+    let hex = |v: &serde_json::Value| {
+        u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+    };
+    inspection["vmas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| hex(&v["start"]) >= range.0 && hex(&v["end"]) <= range.1)
+        .cloned()
+        .collect()
 }

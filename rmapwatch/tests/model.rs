@@ -1,0 +1,263 @@
+//! Privileged tests of the snapshot and the lazy model on the running
+//! kernel: real workloads, the model's expected numbers, ground truth.
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use common::*;
+
+/// Counts of (lazy_state, avc, lazy_avc) among anon-bearing VMAs in range.
+fn states(vmas: &[serde_json::Value]) -> BTreeMap<(String, u64, u64), u64> {
+    let mut m = BTreeMap::new();
+    for v in vmas {
+        let key = (
+            v["lazy_state"].as_str().unwrap().to_owned(),
+            v["avc"].as_u64().unwrap(),
+            v["lazy_avc"].as_u64().unwrap(),
+        );
+        *m.entry(key).or_default() += 1;
+    }
+    m
+}
+
+fn key(s: &str, avc: u64, lazy: u64) -> (String, u64, u64) {
+    (s.to_owned(), avc, lazy)
+}
+
+const K: u64 = 50;
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn touched_regions_without_fork_are_all_lazy() {
+    require_root();
+    let w = Workload::start(&[
+        "--regions",
+        &K.to_string(),
+        "--children",
+        "0",
+        "--noise",
+        "0",
+    ]);
+    let i = inspect(w.parent);
+    let regions = vmas_in(&i, w.regions);
+    // K regions and the K - 1 PROT_NONE guards between them.
+    assert_eq!(regions.len() as u64, 2 * K - 1);
+    let s = states(&regions);
+    assert_eq!(s[&key("L", 1, 0)], K, "{s:?}");
+    assert_eq!(s[&key("U", 0, 0)], K - 1, "{s:?}");
+    w.finish();
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_parent_with_f_children_keeps_its_anon_vmas_and_children_become_tree_parents() {
+    require_root();
+    let w = Workload::start(&[
+        "--regions",
+        &K.to_string(),
+        "--children",
+        "3",
+        "--noise",
+        "0",
+    ]);
+    let p = states(&vmas_in(&inspect(w.parent), w.regions));
+    assert_eq!(p[&key("R", 1, 1)], K, "{p:?}");
+    for &c in &w.children {
+        let i = inspect(c);
+        let s = states(&vmas_in(&i, w.regions));
+        assert_eq!(s[&key("P", 2, 1)], K, "child {c}: {s:?}");
+        let fam: Vec<u64> = i["family"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["pid"].as_u64().unwrap())
+            .collect();
+        assert!(
+            fam.contains(&u64::from(w.parent)),
+            "the parent is family: {fam:?}"
+        );
+    }
+    w.finish();
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn split_halves_share_one_anon_vma_and_stay_lazy() {
+    require_root();
+    let w = Workload::start(&[
+        "--regions",
+        &K.to_string(),
+        "--children",
+        "0",
+        "--noise",
+        "0",
+        "--split",
+    ]);
+    let regions = vmas_in(&inspect(w.parent), w.regions);
+    let s = states(&regions);
+    assert_eq!(s[&key("L", 1, 0)], 2 * K, "{s:?}");
+    let avs: std::collections::BTreeSet<&str> = regions
+        .iter()
+        .filter_map(|v| v["anon_vma"].as_str())
+        .collect();
+    assert_eq!(avs.len() as u64, K, "the halves share their anon_vma");
+    w.finish();
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn wipeonfork_and_dontfork_share_nothing() {
+    require_root();
+    // --wipe: the child gets the VMAs without anon_vma, and its own writes
+    // fault fresh, unshared ones (L); --dontfork: the child has no regions.
+    for (flag, child_lazy) in [("--wipe", K), ("--dontfork", 0)] {
+        let w = Workload::start(&[
+            "--regions",
+            &K.to_string(),
+            "--children",
+            "2",
+            "--noise",
+            "0",
+            flag,
+        ]);
+        let p = states(&vmas_in(&inspect(w.parent), w.regions));
+        assert_eq!(p[&key("L", 1, 0)], K, "{flag}: {p:?}");
+        assert!(
+            !p.keys().any(|k| k.0 == "R"),
+            "{flag}: nothing was shared: {p:?}"
+        );
+        for &c in &w.children {
+            let s = states(&vmas_in(&inspect(c), w.regions));
+            assert_eq!(
+                s.get(&key("L", 1, 0)).copied().unwrap_or(0),
+                child_lazy,
+                "{flag}: {s:?}"
+            );
+            assert!(s.keys().all(|k| k.0 == "L" || k.0 == "U"), "{flag}: {s:?}");
+        }
+        w.finish();
+    }
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn snapshot_moves_exactly_with_the_slab_counter() {
+    require_root();
+    let snap_avs = || {
+        let out = std::process::Command::new(RMAPWATCH)
+            .args(["report", "--duration", "0.2", "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let m = &r["model"];
+        (
+            m["snapshot"]["actual"]["anon_vma"]["objects"]
+                .as_i64()
+                .unwrap(),
+            m["unreachable_anon_vmas"].as_i64().unwrap(),
+        )
+    };
+    let (before, unreachable_before) = snap_avs();
+    let slab0 = slab_objects("anon_vma");
+    let w = Workload::start(&["--regions", "300", "--children", "4", "--noise", "0"]);
+    let slab1 = slab_objects("anon_vma");
+    let (during, unreachable_during) = snap_avs();
+    w.finish();
+    assert!(
+        unreachable_before >= 0,
+        "the snapshot never sees more than the slab holds"
+    );
+    // Whatever the snapshot cannot reach (KSM, migration, processes the
+    // iterator does not visit) stays out of both; what the workload adds,
+    // the snapshot sees exactly.
+    assert_eq!(
+        during - before,
+        slab1 - slab0,
+        "snapshot delta vs slab delta"
+    );
+    assert!(
+        (unreachable_during - unreachable_before).abs() <= 2,
+        "unreachable {unreachable_before} -> {unreachable_during}"
+    );
+    assert!(during - before >= 300 * 5);
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn event_maintained_state_equals_a_fresh_snapshot() {
+    require_root();
+    let rw = Rmapwatch::start(&[]);
+    let w = Workload::start(&[
+        "--regions",
+        "200",
+        "--children",
+        "3",
+        "--noise",
+        "50",
+        "--split",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    let (parent, children) = (w.parent, w.children.clone());
+    let report = rw.stop(); // final snapshot while the workload holds
+    w.finish();
+    let drift = &report["model"]["drift"];
+    for pid in std::iter::once(parent).chain(children) {
+        let p = report["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .unwrap();
+        for obj in ["anon_vma", "anon_vma_chain"] {
+            assert_eq!(
+                p["live"][obj]["objects"], p["snapshot"][obj]["objects"],
+                "pid {pid} {obj}: events vs fresh snapshot"
+            );
+        }
+        assert!(p["live"]["anon_vma"]["objects"].as_u64().unwrap() >= 200);
+    }
+    assert_eq!(drift["anon_vma"], 0, "{drift}");
+    assert_eq!(drift["anon_vma_chain"], 0, "{drift}");
+    assert_eq!(report["dropped_events"], 0);
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn inspect_bad_targets_are_clear_errors() {
+    require_root();
+    let run = |target: &str| {
+        let out = std::process::Command::new(RMAPWATCH)
+            .args(["inspect", target])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run("4000000");
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("no process with pid 4000000"), "{err}");
+    // kthreadd is pid 2 in the initial pid namespace
+    if std::fs::read_to_string("/proc/2/status").is_ok_and(|s| s.contains("Kthread:\t1")) {
+        let (code, err) = run("2");
+        assert_eq!(code, Some(4), "{err}");
+        assert!(err.contains("is a kernel thread"), "{err}");
+    }
+    let (code, err) = run("no-such-comm");
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("no process named \"no-such-comm\""), "{err}");
+    let a = Workload::start(&["--regions", "1", "--children", "0", "--noise", "0"]);
+    let b = Workload::start(&["--regions", "1", "--children", "0", "--noise", "0"]);
+    let (code, err) = run("rmw-workload");
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("matches 2 processes"), "{err}");
+    assert!(
+        err.contains(&a.parent.to_string()) && err.contains(&b.parent.to_string()),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    a.finish();
+    b.finish();
+}
