@@ -1,29 +1,34 @@
-//! The report flow: attach, seed from a snapshot, collect, re-snapshot for
-//! the model and drift, detach, print.
+//! The flows: `report` (attach, seed from a snapshot, collect, re-snapshot
+//! for the model and drift, detach, print) and the live view (the same
+//! collector on a background thread, feeding the TUI over a channel).
 use std::{
     collections::BTreeMap,
     io::Write as _,
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
+use rmapwatch_common::object;
 
 use crate::{
     account::Accounting,
     daemon,
+    inspect::{self, Inspection},
     kernel::KernelFacts,
     loader::{Attach, Probes},
+    log,
     model::{self, Estimate, Objects, Options},
     report::{Context, ModelView, Report, SnapshotStats},
     snapshot::Snapshot,
+    tui,
 };
-use rmapwatch_common::object;
 
-/// What the report command was asked.
-pub struct ReportOptions {
+/// What the report and live commands were asked.
+pub struct RunOptions {
     /// How long to count.
     pub duration: Option<Duration>,
-    /// Interim reports.
+    /// Interim reports / refresh interval.
     pub interval: Option<Duration>,
     /// JSON output.
     pub json: bool,
@@ -43,6 +48,8 @@ pub struct ModelState {
     pub estimate: Estimate,
     /// Actual per process, from the snapshot.
     pub per_process: BTreeMap<u32, Objects>,
+    /// VMAs per process.
+    pub vmas: BTreeMap<u32, u64>,
     /// When it was taken.
     pub taken_at: Instant,
     /// Walk statistics.
@@ -52,6 +59,30 @@ pub struct ModelState {
 }
 
 impl ModelState {
+    /// Runs the model over a snapshot.
+    #[must_use]
+    pub fn new(snap: &Snapshot, stats: SnapshotStats, opts: Options) -> Self {
+        let estimate = model::estimate(snap, opts);
+        let per_process = estimate
+            .processes
+            .iter()
+            .map(|(&pid, p)| (pid, p.actual))
+            .collect();
+        let vmas = snap
+            .procs
+            .values()
+            .map(|p| (p.pid, p.vmas.len() as u64))
+            .collect();
+        Self {
+            estimate,
+            per_process,
+            vmas,
+            taken_at: Instant::now(),
+            stats,
+            slab_anon_vma: None,
+        }
+    }
+
     /// The view a report needs.
     #[must_use]
     pub fn view(&self) -> ModelView<'_> {
@@ -59,6 +90,7 @@ impl ModelState {
             estimate: &self.estimate,
             snapshot_actual: self.estimate.system.actual,
             snapshot_processes: &self.per_process,
+            vmas: &self.vmas,
             age_s: self.taken_at.elapsed().as_secs_f64(),
             stats: self.stats,
             slab_anon_vma: self.slab_anon_vma,
@@ -86,24 +118,6 @@ pub fn take_snapshot(probes: &mut Probes, taken: u64) -> anyhow::Result<(Snapsho
     Ok((snap, stats))
 }
 
-/// Runs the model over a snapshot.
-#[must_use]
-pub fn model_state(snap: &Snapshot, stats: SnapshotStats, opts: Options) -> ModelState {
-    let estimate = model::estimate(snap, opts);
-    let per_process = estimate
-        .processes
-        .iter()
-        .map(|(&pid, p)| (pid, p.actual))
-        .collect();
-    ModelState {
-        estimate,
-        per_process,
-        taken_at: Instant::now(),
-        stats,
-        slab_anon_vma: None,
-    }
-}
-
 /// Seeds the accounting's ownership from a snapshot.
 pub fn seed(acct: &mut Accounting, snap: &Snapshot) {
     let (av, avc) = snap.owners();
@@ -128,89 +142,158 @@ pub fn slab_anon_vma_objects() -> Option<u64> {
         .ok()
 }
 
-/// The `report` command.
-///
-/// # Errors
-/// Loading, attaching, or the collector fails.
-pub async fn report(facts: &KernelFacts, opts: &ReportOptions) -> anyhow::Result<()> {
-    let mut signals = daemon::Signals::install()?;
-    let mut probes = Probes::load(facts, opts.probe_mode, opts.ring_bytes, Attach::All)?;
-    for w in &probes.warnings {
-        eprintln!("rmapwatch: warning: {w}");
-    }
-    for h in &probes.hooks {
-        let via = h
-            .symbol
-            .as_deref()
-            .filter(|s| *s != h.name)
-            .map(|s| format!(" (as {s})"))
-            .unwrap_or_default();
-        let why = if h.fallbacks.is_empty() {
-            String::new()
-        } else {
-            format!(" [{}]", h.fallbacks.join("; "))
+/// A counting session: the probes' results, the accounting and the model.
+pub struct Session<'a> {
+    facts: &'a KernelFacts,
+    opts: Options,
+    /// The latest model, if snapshots work.
+    pub model: Option<ModelState>,
+    /// The latest snapshot (for the detail view).
+    pub snapshot: Option<Snapshot>,
+    taken: u64,
+}
+
+impl<'a> Session<'a> {
+    /// Attaches and seeds: an object allocated between attach and snapshot
+    /// is both queued and in the snapshot, and the accounting counts it once.
+    ///
+    /// # Errors
+    /// Loading or attaching fails.
+    pub fn start(
+        facts: &'a KernelFacts,
+        run: &RunOptions,
+        acct: &mut Accounting,
+    ) -> anyhow::Result<(Self, Probes)> {
+        let mut probes = Probes::load(facts, run.probe_mode, run.ring_bytes, Attach::All)?;
+        for w in &probes.warnings {
+            log::warn(w);
+        }
+        for h in &probes.hooks {
+            let via = h
+                .symbol
+                .as_deref()
+                .filter(|s| *s != h.name)
+                .map(|s| format!(" (as {s})"))
+                .unwrap_or_default();
+            let why = if h.fallbacks.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", h.fallbacks.join("; "))
+            };
+            log::info(&format!(
+                "hook {:<26} {}{via}{why}",
+                h.name,
+                h.mode.as_str()
+            ));
+        }
+        let mut s = Self {
+            facts,
+            opts: run.model,
+            model: None,
+            snapshot: None,
+            taken: 0,
         };
-        eprintln!(
-            "rmapwatch: hook {:<26} {}{via}{why}",
-            h.name,
-            h.mode.as_str()
-        );
+        match take_snapshot(&mut probes, 1) {
+            Ok((snap, stats)) => {
+                seed(acct, &snap);
+                log::info(&format!(
+                    "snapshot: {} processes, {} VMAs in {:.1} ms",
+                    stats.processes, stats.vmas, stats.walk_ms
+                ));
+                s.taken = 1;
+                s.model = Some(ModelState::new(&snap, stats, s.opts));
+                s.snapshot = Some(snap);
+            }
+            Err(e) => log::warn(&format!("{e:#}; no live or lazy figures")),
+        }
+        Ok((s, probes))
     }
-    let mut acct = Accounting::default();
-    let mut snapshots = 0;
-    // Attached first, then the snapshot: an object allocated in between is
-    // both in the snapshot and in the queue, and the accounting counts it once.
-    let mut model = match take_snapshot(&mut probes, 1) {
-        Ok((snap, stats)) => {
-            snapshots = 1;
-            seed(&mut acct, &snap);
-            eprintln!(
-                "rmapwatch: snapshot: {} processes, {} VMAs in {:.1} ms",
-                stats.processes, stats.vmas, stats.walk_ms
-            );
-            Some(model_state(&snap, stats, opts.model))
+
+    /// Takes a fresh snapshot for the model (if snapshots work).
+    pub fn refresh(&mut self, probes: &mut Probes, with_slab: bool) {
+        if self.model.is_none() {
+            return;
         }
-        Err(e) => {
-            eprintln!("rmapwatch: warning: {e:#}; no live or lazy figures");
-            None
+        match take_snapshot(probes, self.taken + 1) {
+            Ok((snap, stats)) => {
+                self.taken += 1;
+                let mut m = ModelState::new(&snap, stats, self.opts);
+                if with_slab {
+                    m.slab_anon_vma = slab_anon_vma_objects();
+                }
+                self.model = Some(m);
+                self.snapshot = Some(snap);
+            }
+            Err(e) => log::warn(&format!("snapshot: {e:#}")),
         }
-    };
-    eprintln!(
-        "rmapwatch: attached; counting {}",
-        opts.duration.map_or_else(
-            || "until Ctrl-C".to_owned(),
-            |d| format!("for {:.1} s", d.as_secs_f64())
-        )
-    );
-    let make = |acct: &Accounting,
-                probes: &Probes,
-                model: Option<&ModelState>,
-                elapsed: Duration,
-                done: bool| {
+    }
+
+    /// Builds a report.
+    #[must_use]
+    pub fn report(
+        &self,
+        acct: &Accounting,
+        probes: &Probes,
+        elapsed: Duration,
+        done: bool,
+    ) -> Report {
         let stats = probes.stats().unwrap_or_default();
         Report::build(
             acct,
             &Context {
-                kernel: &facts.id,
+                kernel: &self.facts.id,
                 hooks: &probes.hooks,
                 fork_window: probes.fork_window,
                 stats: &stats,
                 duration_s: elapsed.as_secs_f64(),
-                anon_vma_size: facts.layout.anon_vma_size,
-                avc_size: facts.layout.avc_size,
+                anon_vma_size: self.facts.layout.anon_vma_size,
+                avc_size: self.facts.layout.avc_size,
                 done,
-                sizes: facts.sizes,
-                model: model.map(ModelState::view),
+                sizes: self.facts.sizes,
+                model: self.model.as_ref().map(ModelState::view),
             },
         )
-    };
+    }
+
+    /// The inspection of one process from the latest snapshot.
+    #[must_use]
+    pub fn inspect(&self, pid: u32) -> Option<Inspection> {
+        let (snap, m) = (self.snapshot.as_ref()?, self.model.as_ref()?);
+        snap.procs.contains_key(&pid).then(|| {
+            inspect::inspect(
+                snap,
+                &m.estimate,
+                pid,
+                &inspect::map_paths(pid),
+                self.facts.sizes,
+            )
+        })
+    }
+}
+
+fn counting(duration: Option<Duration>) -> String {
+    duration.map_or_else(
+        || "until Ctrl-C".to_owned(),
+        |d| format!("for {:.1} s", d.as_secs_f64()),
+    )
+}
+
+/// The `report` command.
+///
+/// # Errors
+/// Loading, attaching, or the collector fails.
+pub async fn report(facts: &KernelFacts, run: &RunOptions) -> anyhow::Result<()> {
+    let mut signals = daemon::Signals::install(None)?;
+    let mut acct = Accounting::default();
+    let (mut session, mut probes) = Session::start(facts, run, &mut acct)?;
+    log::info(&format!("attached; counting {}", counting(run.duration)));
     let print = |r: &Report| -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
-        if opts.json {
+        if run.json {
             serde_json::to_writer(&mut out, r)?;
             writeln!(out)?;
         } else {
-            writeln!(out, "{}", r.to_text(opts.top))?;
+            writeln!(out, "{}", r.to_text(run.top))?;
         }
         out.flush()?;
         Ok(())
@@ -220,34 +303,100 @@ pub async fn report(facts: &KernelFacts, opts: &ReportOptions) -> anyhow::Result
         &mut probes,
         &mut acct,
         &mut signals,
-        opts.duration,
-        opts.interval,
+        run.duration,
+        run.interval,
         |a, p, el| {
-            if model.is_some()
-                && let Ok((snap, stats)) = take_snapshot(p, snapshots + 1)
-            {
-                snapshots += 1;
-                model = Some(model_state(&snap, stats, opts.model));
-            }
-            if let Err(e) = print(&make(a, p, model.as_ref(), el, false)) {
-                eprintln!("rmapwatch: warning: {e:#}");
+            session.refresh(p, false);
+            if let Err(e) = print(&session.report(a, p, el, false)) {
+                log::warn(&format!("{e:#}"));
             }
         },
     )
     .await?;
     // A fresh snapshot for the final model and the drift check.
-    if model.is_some() {
-        match take_snapshot(&mut probes, snapshots + 1) {
-            Ok((snap, stats)) => {
-                let mut m = model_state(&snap, stats, opts.model);
-                m.slab_anon_vma = slab_anon_vma_objects();
-                model = Some(m);
-            }
-            Err(e) => eprintln!("rmapwatch: warning: final snapshot: {e:#}"),
-        }
-    }
-    let final_report = make(&acct, &probes, model.as_ref(), start.elapsed(), true);
+    session.refresh(&mut probes, true);
+    let final_report = session.report(&acct, &probes, start.elapsed(), true);
     drop(probes); // detach before printing: nothing stays loaded
-    eprintln!("rmapwatch: stopped ({stop:?}); programs detached");
+    log::info(&format!("stopped ({stop:?}); programs detached"));
     print(&final_report)
+}
+
+/// The live view: `sudo rmapwatch`.
+///
+/// # Errors
+/// Not a terminal, loading or attaching fails, or the terminal fails.
+pub fn live(facts: &KernelFacts, run: &RunOptions, log_path: &str) -> anyhow::Result<()> {
+    tui::check_terminal()?;
+    let delay = run.interval.unwrap_or(Duration::from_secs(1));
+    log::to_file(log_path).with_context(|| format!("opening the log file {log_path}"))?;
+    eprintln!("rmapwatch: attaching (log: {log_path})...");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (quit_tx, quit_rx) = tokio::sync::oneshot::channel();
+    let mut signals = runtime.block_on(async { daemon::Signals::install(Some(quit_rx)) })?;
+    let mut acct = Accounting::default();
+    let (mut session, mut probes) =
+        runtime.block_on(async { Session::start(facts, run, &mut acct) })?;
+    let (update_tx, update_rx) = mpsc::channel();
+    let (detail_tx, detail_rx) = mpsc::channel::<Option<u32>>();
+    let send_frame = move |session: &Session<'_>,
+                           a: &Accounting,
+                           p: &Probes,
+                           el: Duration,
+                           detail: Option<u32>,
+                           tx: &mpsc::Sender<tui::state::Update>| {
+        let frame = tui::state::Frame {
+            report: session.report(a, p, el, false),
+            detail: detail.and_then(|pid| session.inspect(pid)),
+        };
+        let _ = tx.send(tui::state::Update::Frame(Box::new(frame)));
+    };
+    send_frame(&session, &acct, &probes, Duration::ZERO, None, &update_tx);
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let tx = update_tx.clone();
+        let collector = scope.spawn(move || {
+            let mut detail = None;
+            let result = runtime.block_on(daemon::collect(
+                &mut probes,
+                &mut acct,
+                &mut signals,
+                run.duration,
+                Some(delay),
+                |a, p, el| {
+                    while let Ok(d) = detail_rx.try_recv() {
+                        detail = d;
+                    }
+                    session.refresh(p, false);
+                    send_frame(&session, a, p, el, detail, &tx);
+                },
+            ));
+            let why = match &result {
+                Ok(stop) => format!("stopped ({stop:?})"),
+                Err(e) => format!("collector failed: {e:#}"),
+            };
+            let _ = tx.send(tui::state::Update::Stopped(why.clone()));
+            drop(probes); // detach
+            (result, why)
+        });
+        let ui_result = (|| -> anyhow::Result<()> {
+            let mut guard = tui::TerminalGuard::new()?;
+            let mut app = tui::state::App::new(delay, Some(log_path.to_owned()));
+            tui::run(
+                &mut guard.terminal,
+                &mut app,
+                &mut tui::Crossterm,
+                &update_rx,
+                &detail_tx,
+            )
+        })();
+        let _ = quit_tx.send(());
+        let (collected, why) = collector
+            .join()
+            .map_err(|_| anyhow::anyhow!("the collector thread panicked"))?;
+        eprintln!("rmapwatch: {why}; programs detached");
+        ui_result?;
+        collected.map(|_| ())
+    })
 }

@@ -19,6 +19,8 @@ pub enum Stop {
     Interrupt,
     /// SIGTERM or SIGHUP.
     Terminate,
+    /// The user quit the live view.
+    Quit,
 }
 
 /// The signals that stop the collector, installed before the programs are
@@ -27,6 +29,7 @@ pub struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    quit: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Signals {
@@ -34,20 +37,30 @@ impl Signals {
     ///
     /// # Errors
     /// The handlers cannot be installed.
-    pub fn install() -> anyhow::Result<Self> {
+    pub fn install(quit: Option<tokio::sync::oneshot::Receiver<()>>) -> anyhow::Result<Self> {
         Ok(Self {
+            quit,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
         })
     }
 
-    /// The next stopping signal.
+    /// The next stopping signal (or the UI quitting).
     pub async fn recv(&mut self) -> Stop {
+        let quit = async {
+            match self.quit.as_mut() {
+                Some(rx) => {
+                    let _ = rx.await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = self.int.recv() => Stop::Interrupt,
             _ = self.term.recv() => Stop::Terminate,
             _ = self.hup.recv() => Stop::Terminate,
+            () = quit => Stop::Quit,
         }
     }
 }
@@ -114,7 +127,9 @@ pub async fn collect(
     }
     fill_comms(acct);
     if bad_records > 0 {
-        eprintln!("rmapwatch: warning: {bad_records} undecodable ring buffer records skipped");
+        crate::log::warn(&format!(
+            "{bad_records} undecodable ring buffer records skipped"
+        ));
     }
     Ok(stop)
 }

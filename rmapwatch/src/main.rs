@@ -7,9 +7,11 @@ mod hooks;
 mod inspect;
 mod kernel;
 mod loader;
+mod log;
 mod model;
 mod report;
 mod snapshot;
+mod tui;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -25,6 +27,8 @@ use crate::{
 mod exit {
     /// Runtime failure.
     pub const FAILURE: u8 = 1;
+    /// Bad usage (clap's own code), or the live view without a terminal.
+    pub const USAGE: u8 = 2;
     /// This system cannot run rmapwatch (privileges, BTF, kernel symbols).
     pub const ENVIRONMENT: u8 = 3;
     /// The process to inspect does not exist, is a kernel thread, exited,
@@ -40,14 +44,18 @@ mod exit {
     long_about = "rmapwatch attaches eBPF programs to the slab, sched and rmap paths of the \
 running kernel and counts every anon_vma and anon_vma_chain (AVC) that is allocated and freed, \
 system-wide, per call path and per process.\n\n\
-Run without a command for the live view; `rmapwatch report` for a headless report \
-(text or JSON).\n\n\
+Run without a command for the live dashboard (htop-like keys, ? for help); \
+`rmapwatch report` for a headless report (text or JSON); `rmapwatch inspect PID|COMM` for one \
+process.\n\n\
 Function hooks are attached as fentry, else kprobe, else left to the tracepoint path \
 (probed at start-up; --probe-mode forces one). Needs root.",
-    after_help = "Examples:\n  sudo rmapwatch                         live view\n  \
+    after_help = "Examples:\n  sudo rmapwatch                         live dashboard\n  \
+sudo rmapwatch -d 2                    live dashboard, refresh every 2 s\n  \
+sudo rmapwatch inspect 1234            one process's VMAs and lazy verdicts\n  \
 sudo rmapwatch report --duration 10    report after 10 s\n  \
 sudo rmapwatch report --json           JSON report when you press Ctrl-C\n\n\
-Exit codes: 0 ok, 1 runtime failure, 2 bad usage, 3 this system cannot run rmapwatch."
+Exit codes: 0 ok, 1 runtime failure, 2 bad usage (or no terminal for the live view), \
+3 this system cannot run rmapwatch, 4 no such process to inspect."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -78,6 +86,17 @@ struct GlobalArgs {
     /// The report shows the other value alongside either way.
     #[arg(long, global = true)]
     tree_parent_drops_chain: bool,
+    /// Live view: refresh interval in seconds (each refresh re-walks the VMAs).
+    #[arg(short = 'd', long, value_name = "SECS", default_value = "1", value_parser = parse_secs, allow_negative_numbers = true)]
+    delay: Duration,
+    /// Live view: where warnings go (the screen belongs to the dashboard).
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "RMAPWATCH_LOG_FILE",
+        default_value = "/tmp/rmapwatch.log"
+    )]
+    log_file: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -105,7 +124,7 @@ struct InspectArgs {
 #[derive(Args, Debug)]
 struct ReportArgs {
     /// Seconds to count; without it, count until Ctrl-C / SIGTERM.
-    #[arg(long, short = 'd', value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
+    #[arg(long, short = 't', value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
     duration: Option<Duration>,
     /// Print the report as JSON (schema rmapwatch.report/1, see README).
     #[arg(long)]
@@ -148,6 +167,8 @@ fn main() -> ExitCode {
                 exit::ENVIRONMENT
             } else if e.downcast_ref::<inspect::TargetError>().is_some() {
                 exit::TARGET
+            } else if e.downcast_ref::<tui::NotATerminal>().is_some() {
+                exit::USAGE
             } else {
                 exit::FAILURE
             };
@@ -157,35 +178,39 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.command.is_none() {
+        // The live view's own precondition, before anything is set up.
+        tui::check_terminal()?;
+    }
     kernel::check_privileges()?;
     let facts = KernelFacts::read(&cli.global.btf)?;
     let model_opts = model::Options {
         tree_parent_keeps_chain: !cli.global.tree_parent_drops_chain,
     };
-    let report_args = match cli.command {
-        Some(Command::Inspect(a)) => return run_inspect(&facts, &a, model_opts),
-        Some(Command::Report(a)) => a,
-        None => ReportArgs {
-            duration: None,
-            json: false,
-            interval: Some(Duration::from_secs(1)),
-            top: 20,
-        },
-    };
-    let opts = app::ReportOptions {
-        duration: report_args.duration,
-        interval: report_args.interval,
-        json: report_args.json,
-        top: report_args.top,
+    let mut run = app::RunOptions {
+        duration: None,
+        interval: Some(cli.global.delay),
+        json: false,
+        top: 20,
         model: model_opts,
         probe_mode: cli.global.probe_mode,
         ring_bytes: cli.global.ring_buffer_kb.map(|kb| kb * 1024),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(app::report(&facts, &opts))
+    match cli.command {
+        Some(Command::Inspect(a)) => run_inspect(&facts, &a, model_opts),
+        None => app::live(&facts, &run, &cli.global.log_file),
+        Some(Command::Report(a)) => {
+            run.duration = a.duration;
+            run.interval = a.interval;
+            run.json = a.json;
+            run.top = a.top;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(app::report(&facts, &run))
+        }
+    }
 }
 
 fn run_inspect(

@@ -115,6 +115,8 @@ pub struct ModelView<'a> {
     pub snapshot_actual: Objects,
     /// The snapshot's actual counts per process.
     pub snapshot_processes: &'a BTreeMap<u32, Objects>,
+    /// VMAs per process in the snapshot.
+    pub vmas: &'a BTreeMap<u32, u64>,
     /// Seconds since the snapshot was taken.
     pub age_s: f64,
     /// Snapshot statistics.
@@ -244,6 +246,8 @@ pub struct ProcessReport {
     pub ppid: Option<u32>,
     /// Whether it has exited.
     pub exited: bool,
+    /// VMAs in the latest snapshot.
+    pub vmas: Option<u64>,
     /// anon_vma flow.
     pub anon_vma: Flow,
     /// AVC flow.
@@ -447,6 +451,7 @@ impl Report {
                     },
                     ppid: p.ppid,
                     exited: p.exited,
+                    vmas: ctx.model.as_ref().and_then(|m| m.vmas.get(&p.pid).copied()),
                     anon_vma: p.flows[object::ANON_VMA as usize],
                     anon_vma_chain: p.flows[object::AVC as usize],
                     live: ctx.sizes.live(live_of(&p.live)),

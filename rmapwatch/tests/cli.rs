@@ -82,3 +82,12 @@ fn help_teaches_commands_modes_and_exit_codes() {
         assert!(help.contains(needle), "{needle} missing from --help");
     }
 }
+
+#[test]
+fn the_live_view_without_a_terminal_says_what_to_use() {
+    let out = Command::new(RMAPWATCH).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("needs a terminal"), "{stderr}");
+    assert!(stderr.contains("rmapwatch report"), "{stderr}");
+}

@@ -1,0 +1,47 @@
+//! Warnings: to stderr, or to a file while the TUI owns the screen (so that
+//! nothing ever writes over it).
+use std::{
+    fs::File,
+    io::Write as _,
+    sync::{Mutex, OnceLock},
+};
+
+static FILE: OnceLock<Mutex<File>> = OnceLock::new();
+
+/// Sends later warnings to `path` (created or appended).
+///
+/// # Errors
+/// The file cannot be opened.
+pub fn to_file(path: &str) -> std::io::Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let _ = FILE.set(Mutex::new(f));
+    Ok(())
+}
+
+/// Logs a warning.
+pub fn warn(msg: &str) {
+    if let Some(f) = FILE.get()
+        && let Ok(mut f) = f.lock()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let _ = writeln!(f, "{t} warning: {msg}");
+        return;
+    }
+    eprintln!("rmapwatch: warning: {msg}");
+}
+
+/// Logs an informational line (stderr only outside the TUI).
+pub fn info(msg: &str) {
+    if let Some(f) = FILE.get()
+        && let Ok(mut f) = f.lock()
+    {
+        let _ = writeln!(f, "{msg}");
+        return;
+    }
+    eprintln!("rmapwatch: {msg}");
+}

@@ -1,0 +1,175 @@
+//! The live view, driven for real: the binary as root in tmux, a workload,
+//! keys sent with send-keys, the screen read with capture-pane.
+mod common;
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+struct Tmux(String);
+
+impl Tmux {
+    fn start(name: &str, cmd: &str) -> Self {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", name])
+            .status();
+        let ok = Command::new("tmux")
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                name,
+                "-x",
+                "160",
+                "-y",
+                "48",
+                cmd,
+            ])
+            .status()
+            .expect("tmux is installed by cargo xtask setup");
+        assert!(ok.success());
+        Self(name.to_owned())
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.0])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut c = Command::new("tmux");
+        c.args(["send-keys", "-t", &self.0]).args(keys);
+        assert!(c.status().unwrap().success());
+    }
+
+    fn wait_for(&self, what: impl Fn(&str) -> bool, label: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.screen();
+            if what(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {label}; screen:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .status();
+    }
+}
+
+/// The numbers of a process row: [VMAs, anon_vma, AVC].
+fn row(screen: &str, pid: u32) -> Option<Vec<u64>> {
+    screen.lines().find_map(|l| {
+        let l = l.trim_matches(|c| c == '│' || c == ' ');
+        let mut f = l.split_whitespace();
+        (f.next()? == pid.to_string()).then(|| {
+            f.next();
+            f.take(3).filter_map(|x| x.parse().ok()).collect()
+        })
+    })
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn the_dashboard_shows_a_workload_with_its_exact_numbers_and_quits_cleanly() {
+    require_root();
+    let cmd = format!(
+        "{RMAPWATCH} -d 0.3 --log-file /tmp/rmapwatch-tui-test.log; echo EXITED $?; sleep 30"
+    );
+    let t = Tmux::start("rmapwatch-test", &cmd);
+    t.wait_for(|s| s.contains("actual vs ANON_VMA_LAZY"), "the dashboard");
+    let w = Workload::start(&["--regions", "150", "--children", "2", "--noise", "0"]);
+    let child = w.children[0];
+    t.keys(&["/", "rmw-wo", "Enter"]);
+    let screen = t.wait_for(
+        |s| row(s, child).is_some_and(|r| r.len() == 3 && r[1] > 0),
+        "the workload's child",
+    );
+    let expected = inspect(child);
+    let (av, avc) = (
+        expected["live"]["anon_vma"]["objects"].as_u64().unwrap(),
+        expected["live"]["anon_vma_chain"]["objects"]
+            .as_u64()
+            .unwrap(),
+    );
+    // The dashboard refreshes; wait for the row to settle on the inspected numbers.
+    let screen = t.wait_for(
+        |s| row(s, child).is_some_and(|r| r[1] == av && r[2] == avc),
+        "exact numbers",
+    );
+    let r = row(&screen, child).unwrap();
+    assert_eq!(
+        r[0],
+        expected["vmas"].as_array().unwrap().len() as u64,
+        "VMAs\n{screen}"
+    );
+    assert!(
+        av >= 150 && avc == 2 * av,
+        "a fork child: one own AVC and one cloned per VMA"
+    );
+    assert!(screen.contains("[filter: rmw-wo]"), "{screen}");
+    // Enter opens the detail of the selected (first) process.
+    t.keys(&["Enter"]);
+    t.wait_for(
+        |s| s.contains("VMAs with an anon_vma") && s.contains("anon_vma family"),
+        "the detail view",
+    );
+    t.keys(&["Escape", "q"]);
+    let end = t.wait_for(|s| s.contains("EXITED"), "exit");
+    assert!(end.contains("EXITED 0"), "{end}");
+    assert!(end.contains("programs detached"), "{end}");
+    assert!(
+        wait_gone(Duration::from_secs(5)).is_empty(),
+        "programs left loaded"
+    );
+    w.finish();
+    let _ = screen;
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn sigterm_restores_the_terminal_and_detaches() {
+    require_root();
+    let cmd = format!(
+        "{RMAPWATCH} -d 0.3 --log-file /tmp/rmapwatch-tui-test.log; echo EXITED $?; sleep 30"
+    );
+    let t = Tmux::start("rmapwatch-term", &cmd);
+    t.wait_for(|s| s.contains("actual vs ANON_VMA_LAZY"), "the dashboard");
+    let pid = String::from_utf8(
+        Command::new("pgrep")
+            .args(["-n", "-x", "rmapwatch"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", pid.trim()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let end = t.wait_for(|s| s.contains("EXITED"), "exit");
+    assert!(end.contains("EXITED 0"), "{end}");
+    assert!(
+        !end.contains("actual vs ANON_VMA_LAZY"),
+        "the alternate screen is gone:\n{end}"
+    );
+    assert!(wait_gone(Duration::from_secs(5)).is_empty());
+}
