@@ -96,7 +96,7 @@ fn the_dashboard_shows_a_workload_with_its_exact_numbers_and_quits_cleanly() {
     let w = Workload::start(&["--regions", "150", "--children", "2", "--noise", "0"]);
     let child = w.children[0];
     t.keys(&["/", "rmw-wo", "Enter"]);
-    let screen = t.wait_for(
+    t.wait_for(
         |s| row(s, child).is_some_and(|r| r.len() == 3 && r[1] > 0),
         "the workload's child",
     );
@@ -138,7 +138,6 @@ fn the_dashboard_shows_a_workload_with_its_exact_numbers_and_quits_cleanly() {
         "programs left loaded"
     );
     w.finish();
-    let _ = screen;
 }
 
 #[test]
