@@ -41,7 +41,6 @@ pub fn comm_str(comm: &[u8; COMM_LEN]) -> String {
 }
 
 /// Encodes an event as the kernel would (tests and benchmarks).
-#[cfg(test)]
 #[must_use]
 pub fn encode(e: &Event) -> Vec<u8> {
     // SAFETY: Event is repr(C) plain integers with no padding.

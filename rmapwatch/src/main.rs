@@ -1,26 +1,16 @@
 //! rmapwatch: what anon_vma and anon_vma_chain cost on this machine, live.
-mod account;
-mod app;
-mod daemon;
-mod decode;
-mod hooks;
-mod inspect;
-mod kernel;
-mod loader;
-mod log;
-mod model;
-mod report;
-mod snapshot;
-mod tui;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use crate::{
+use rmapwatch::{
+    app,
     hooks::ProbeMode,
-    kernel::{EnvError, KernelFacts},
+    inspect,
+    kernel::{self, EnvError, KernelFacts},
+    loader, model, tui,
 };
 
 /// Exit codes, documented in the README.

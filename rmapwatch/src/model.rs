@@ -237,8 +237,8 @@ pub const BLIND_SPOTS: [&str; 4] = [
      tree_parent_keeps_chain); the other value is reported alongside",
 ];
 
-#[cfg(test)]
-pub(crate) mod sim {
+#[doc(hidden)]
+pub mod sim {
     //! A small simulator of the kernel's anon_vma rules (6.18 mm/rmap.c:
     //! `__anon_vma_prepare`, `anon_vma_clone`, `anon_vma_fork`,
     //! `unlink_anon_vmas`) that produces snapshots, so that model tests

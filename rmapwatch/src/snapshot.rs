@@ -191,7 +191,6 @@ impl Snapshot {
 
     /// Actual objects: distinct anon_vmas referenced by any VMA or chain,
     /// and AVCs (sum of chain lengths).
-    #[cfg(test)]
     #[must_use]
     pub fn actual_objects(&self) -> (u64, u64) {
         let mut avs: HashSet<u64> = HashSet::new();

@@ -53,6 +53,13 @@ enum Cmd {
         #[arg(long)]
         no_lint: bool,
     },
+    /// Set up, build (release) and run the benchmarks as root; each prints
+    /// its baseline from the same run and the ratio (see BENCHMARKS.md).
+    Bench {
+        /// One of render, pipeline, ingest, footprint, snapshot, all.
+        #[arg(default_value = "all")]
+        which: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +90,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Test { no_lint } => test(no_lint),
+        Cmd::Bench { which } => {
+            setup()?;
+            step("building the benchmarks (release)");
+            cargo(&["build", "--release", "--package", "rmapwatch", "--bins"])?;
+            let bin = root.join("target/release/rmw-bench");
+            step(&format!("running {} {which}", bin.display()));
+            sh(&mut as_root(&bin, &[which]))
+        }
     }
 }
 

@@ -1,0 +1,525 @@
+//! rmw-bench: rmapwatch's benchmarks (run by `cargo xtask bench`). Each one
+//! measures a baseline in the same invocation and prints medians, min/max
+//! and ratios; nothing here asserts a time.
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Write as _},
+    path::PathBuf,
+    process::{Child, Command, ExitCode, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use ratatui::{Terminal, backend::TestBackend};
+use rmapwatch::{
+    account::Accounting,
+    app,
+    decode::{decode, encode},
+    hooks::{HOOKS, HookMode, HookStatus, ProbeMode},
+    kernel::{self, KernelFacts, KernelId},
+    loader::{Attach, Probes},
+    model::{self, Options},
+    report::{Context, ModelView, Report, Sizes, SnapshotStats},
+    snapshot::{Snapshot, Vma},
+    tui::state::{Action, App, Frame, Update},
+};
+use rmapwatch_common::{Event, kind, object, site, stat};
+
+const SIZES: Sizes = Sizes {
+    anon_vma: 104,
+    anon_vma_chain: 64,
+};
+
+/// Median, min, max of samples.
+fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+fn line(name: &str, unit: &str, v: (f64, f64, f64)) {
+    println!(
+        "{name:<44} median {:>10.3} {unit}  (min {:.3}, max {:.3})",
+        v.0, v.1, v.2
+    );
+}
+
+fn ratio(name: &str, a: f64, b: f64) {
+    println!("{name:<44} ratio  {:>10.2}x", a / b);
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A synthetic snapshot: `procs` processes with `vmas` VMAs each; every
+/// fourth process is a fork child (chains of two) of the one before.
+fn synthetic(procs: u32, vmas: u64) -> Snapshot {
+    let mut s = Snapshot::default();
+    let mut next = 0x1000_u64;
+    let mut id = || {
+        next += 0x40;
+        0xffff_8000_0000_0000 + next
+    };
+    let mut parent_avs: Vec<u64> = Vec::new();
+    for p in 1..=procs {
+        let child = p % 4 == 0;
+        let mut mine = Vec::new();
+        let proc_ = s.procs.entry(p).or_default();
+        proc_.pid = p;
+        proc_.comm = format!("proc-{p}");
+        for i in 0..vmas {
+            let av = id();
+            let mut chain = Vec::new();
+            let parent = if child {
+                parent_avs.get(i as usize).copied()
+            } else {
+                None
+            };
+            if let Some(pav) = parent {
+                chain.push((id(), pav));
+            }
+            chain.push((id(), av));
+            let idx = s.vmas.len();
+            s.vmas.push(Vma {
+                tgid: p,
+                mm: u64::from(p),
+                addr: id(),
+                start: i * 0x1000,
+                end: i * 0x1000 + 0x1000,
+                anon_vma: av,
+                av_root: parent.unwrap_or(av),
+                av_parent: parent.unwrap_or(av),
+                av_num_children: u64::from(!child),
+                chain,
+                ..Vma::default()
+            });
+            s.procs.get_mut(&p).map(|x| x.vmas.push(idx));
+            mine.push(av);
+        }
+        parent_avs = mine;
+    }
+    s
+}
+
+fn hooks() -> Vec<HookStatus> {
+    HOOKS
+        .iter()
+        .map(|h| HookStatus {
+            id: h.id,
+            name: h.name,
+            symbol: Some(h.name.to_owned()),
+            mode: if h.slab_covered {
+                HookMode::Tracepoint
+            } else {
+                HookMode::Unavailable
+            },
+            fallbacks: Vec::new(),
+        })
+        .collect()
+}
+
+fn synthetic_report(snap: &Snapshot, acct: &Accounting, t: f64) -> Report {
+    let est = model::estimate(snap, Options::default());
+    let per_process = est.processes.iter().map(|(&p, x)| (p, x.actual)).collect();
+    let vmas: BTreeMap<u32, u64> = snap
+        .procs
+        .values()
+        .map(|p| (p.pid, p.vmas.len() as u64))
+        .collect();
+    let stats = [0u64; stat::COUNT as usize];
+    let hooks = hooks();
+    Report::build(
+        acct,
+        &Context {
+            kernel: &KernelId::current(),
+            hooks: &hooks,
+            fork_window: true,
+            stats: &stats,
+            duration_s: t,
+            anon_vma_size: 96,
+            avc_size: 64,
+            done: false,
+            sizes: SIZES,
+            model: Some(ModelView {
+                estimate: &est,
+                snapshot_actual: est.system.actual,
+                snapshot_processes: &per_process,
+                vmas: &vmas,
+                age_s: 0.0,
+                stats: SnapshotStats::default(),
+                slab_anon_vma: None,
+            }),
+        },
+    )
+}
+
+fn seeded(snap: &Snapshot) -> Accounting {
+    let mut acct = Accounting::default();
+    app::seed(&mut acct, snap);
+    acct
+}
+
+/// Render time with 10k processes against an empty dashboard.
+fn bench_render(procs: u32, repeat: usize) {
+    let snap = synthetic(procs, 4);
+    let acct = seeded(&snap);
+    let mut app = App::new(Duration::from_secs(1), None);
+    for t in 0..3 {
+        let report = synthetic_report(&snap, &acct, f64::from(t));
+        app.update(Action::Update(Update::Frame(Box::new(Frame {
+            report,
+            detail: None,
+        }))));
+    }
+    let empty = App::new(Duration::from_secs(1), None);
+    let mut term = Terminal::new(TestBackend::new(160, 48)).expect("test backend");
+    let mut time = |a: &App| {
+        (0..repeat)
+            .map(|_| {
+                let t = Instant::now();
+                let _ = term.draw(|f| f.render_widget(a, f.area()));
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect::<Vec<f64>>()
+    };
+    let base = stats(time(&empty));
+    let full = stats(time(&app));
+    line("render: empty dashboard, 160x48 (baseline)", "ms", base);
+    line(&format!("render: {procs} processes, 160x48"), "ms", full);
+    ratio("render: 10k processes vs empty", full.0, base.0);
+}
+
+/// A stream of events like a fork storm's: per fork, K clone + K fork AVC
+/// and anon_vma allocations in the parent, a fork event, then the child's
+/// frees.
+fn event_stream(n: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::with_capacity(n);
+    let mut ptr = 0xffff_8880_0000_0000_u64;
+    let mut child = 10_000;
+    while out.len() < n {
+        child += 1;
+        let mut ptrs = Vec::new();
+        for _ in 0..16 {
+            for (obj, s) in [
+                (object::AVC, site::CLONE),
+                (object::ANON_VMA, site::FORK),
+                (object::AVC, site::FORK),
+            ] {
+                ptr += 64;
+                ptrs.push((ptr, obj));
+                out.push(encode(&Event {
+                    kind: kind::ALLOC,
+                    object: obj,
+                    site: s,
+                    flags: rmapwatch_common::flags::IN_FORK,
+                    tid: 100,
+                    tgid: 100,
+                    ptr,
+                    ..Event::default()
+                }));
+            }
+        }
+        out.push(encode(&Event {
+            kind: kind::FORK,
+            tid: 100,
+            tgid: 100,
+            child_tid: child,
+            child_tgid: child,
+            ..Event::default()
+        }));
+        for (p, obj) in ptrs {
+            out.push(encode(&Event {
+                kind: kind::FREE,
+                object: obj,
+                site: if obj == object::AVC {
+                    site::UNLINK
+                } else {
+                    site::PUT
+                },
+                tid: child,
+                tgid: child,
+                ptr: p,
+                ..Event::default()
+            }));
+        }
+    }
+    out.truncate(n);
+    out
+}
+
+/// decode + accounting, per core, against decode alone.
+fn bench_pipeline(n: usize, repeat: usize) {
+    let events = event_stream(n);
+    let mut decode_only = Vec::new();
+    let mut full = Vec::new();
+    for _ in 0..repeat {
+        let t = Instant::now();
+        let mut sum = 0u64;
+        for e in &events {
+            if let Ok(ev) = decode(e) {
+                sum = sum.wrapping_add(ev.ptr);
+            }
+        }
+        std::hint::black_box(sum);
+        decode_only.push(n as f64 / t.elapsed().as_secs_f64() / 1e6);
+        let mut acct = Accounting::default();
+        let t = Instant::now();
+        for e in &events {
+            if let Ok(ev) = decode(e) {
+                acct.apply(&ev);
+            }
+        }
+        full.push(n as f64 / t.elapsed().as_secs_f64() / 1e6);
+        std::hint::black_box(acct.events);
+    }
+    let (d, f) = (stats(decode_only), stats(full));
+    line("pipeline: decode only (baseline)", "M events/s", d);
+    line("pipeline: decode + accounting, one core", "M events/s", f);
+    ratio("pipeline: full vs decode only", f.0, d.0);
+}
+
+/// UI loop latency (a key, then a render) while a collector thread ingests
+/// at least 1M events/s and sends frames, against no ingest.
+fn bench_ingest(keys: usize) {
+    let snap = synthetic(2000, 4);
+    let acct = seeded(&snap);
+    let report = synthetic_report(&snap, &acct, 1.0);
+    let run = |ingest: bool| -> (Vec<f64>, f64) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ingested = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel::<Update>();
+        let collector = ingest.then(|| {
+            let (stop, ingested) = (stop.clone(), ingested.clone());
+            let snap = snap.clone();
+            std::thread::spawn(move || {
+                let events = event_stream(1_000_000);
+                let mut acct = seeded(&snap);
+                let mut last = Instant::now();
+                'outer: loop {
+                    for e in &events {
+                        if let Ok(ev) = decode(e) {
+                            acct.apply(&ev);
+                        }
+                        ingested.fetch_add(1, Ordering::Relaxed);
+                        if stop.load(Ordering::Relaxed) {
+                            break 'outer;
+                        }
+                    }
+                    if last.elapsed() > Duration::from_millis(200) {
+                        last = Instant::now();
+                        let r = synthetic_report(&snap, &acct, 2.0);
+                        let _ = tx.send(Update::Frame(Box::new(Frame {
+                            report: r,
+                            detail: None,
+                        })));
+                    }
+                }
+            })
+        });
+        let mut app = App::new(Duration::from_secs(1), None);
+        app.update(Action::Update(Update::Frame(Box::new(Frame {
+            report: synthetic_report(&snap, &acct, 1.0),
+            detail: None,
+        }))));
+        let mut term = Terminal::new(TestBackend::new(160, 48)).expect("test backend");
+        let t0 = Instant::now();
+        let lat = (0..keys)
+            .map(|i| {
+                let t = Instant::now();
+                app.update(if i % 2 == 0 {
+                    Action::Down(1)
+                } else {
+                    Action::Up(1)
+                });
+                while let Ok(u) = rx.try_recv() {
+                    app.update(Action::Update(u));
+                }
+                let _ = term.draw(|f| f.render_widget(&app, f.area()));
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        let secs = t0.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        if let Some(c) = collector {
+            let _ = c.join();
+        }
+        (lat, ingested.load(Ordering::Relaxed) as f64 / secs / 1e6)
+    };
+    let _ = report;
+    let (base, _) = run(false);
+    let (loaded, rate) = run(true);
+    let p99 = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() * 99 / 100]
+    };
+    line(
+        "ingest: key + render, no ingest (baseline)",
+        "ms",
+        stats(base.clone()),
+    );
+    line(
+        "ingest: key + render while ingesting",
+        "ms",
+        stats(loaded.clone()),
+    );
+    println!(
+        "{:<44} p99    {:>10.3} ms vs {:.3} ms baseline",
+        "ingest: UI latency",
+        p99(loaded),
+        p99(base)
+    );
+    println!(
+        "{:<44}        {:>10.2} M events/s",
+        "ingest: collector rate meanwhile", rate
+    );
+}
+
+/// Memory for 1M VMAs of state in 10k processes.
+fn bench_footprint() {
+    let before = rss_kib();
+    let snap = synthetic(10_000, 100);
+    let after_snap = rss_kib();
+    let acct = seeded(&snap);
+    let after_seed = rss_kib();
+    let est = model::estimate(&snap, Options::default());
+    let after_model = rss_kib();
+    println!(
+        "footprint: 1M VMAs / 10k processes: snapshot {} MiB, seeded accounting {} MiB, model {} MiB, total RSS {} MiB (baseline process {} MiB)",
+        (after_snap - before) / 1024,
+        (after_seed - after_snap) / 1024,
+        (after_model - after_seed) / 1024,
+        after_model / 1024,
+        before / 1024
+    );
+    std::hint::black_box((acct.events, est.system));
+}
+
+fn spawn_workload(exe: &PathBuf, regions: u32) -> (Child, u32) {
+    let mut c = Command::new(exe)
+        .args([
+            "--regions",
+            &regions.to_string(),
+            "--children",
+            "0",
+            "--noise",
+            "0",
+            "--hold",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("rmw-workload next to rmw-bench");
+    let mut out = BufReader::new(c.stdout.take().expect("stdout"));
+    let mut l = String::new();
+    while out.read_line(&mut l).unwrap_or(0) > 0 && !l.starts_with("ready") {
+        l.clear();
+    }
+    let pid = l
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    (c, pid)
+}
+
+/// The snapshot with 100k+ VMAs spread over processes, against reading the
+/// same processes' /proc/PID/maps.
+fn bench_snapshot(procs: u32, regions: u32, repeat: usize) -> anyhow::Result<()> {
+    kernel::check_privileges()?;
+    let facts = KernelFacts::read(std::path::Path::new("/sys/kernel/btf/vmlinux"))?;
+    let exe = std::env::current_exe()?.with_file_name("rmw-workload");
+    let workloads: Vec<(Child, u32)> = (0..procs).map(|_| spawn_workload(&exe, regions)).collect();
+    let mut probes = Probes::load(&facts, ProbeMode::Tracepoint, None, Attach::SnapshotOnly)?;
+    let mut walk = Vec::new();
+    let mut read = Vec::new();
+    let mut model_ms = Vec::new();
+    let mut vmas = 0;
+    for i in 0..repeat {
+        let t = Instant::now();
+        let raw = probes.snapshot_bytes()?;
+        read.push(t.elapsed().as_secs_f64() * 1e3);
+        std::hint::black_box(Snapshot::parse(&raw)?);
+        let t = Instant::now();
+        let (snap, _) = app::take_snapshot(&mut probes, i as u64)?;
+        walk.push(t.elapsed().as_secs_f64() * 1e3);
+        vmas = snap.vmas.len();
+        let t = Instant::now();
+        std::hint::black_box(model::estimate(&snap, Options::default()));
+        model_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut maps = Vec::new();
+    for _ in 0..repeat {
+        let t = Instant::now();
+        let mut lines = 0;
+        for (_, pid) in &workloads {
+            lines += std::fs::read_to_string(format!("/proc/{pid}/maps"))
+                .map_or(0, |s| s.lines().count());
+        }
+        std::hint::black_box(lines);
+        maps.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    drop(probes);
+    for (mut c, _) in workloads {
+        drop(c.stdin.take());
+        let _ = c.wait();
+    }
+    let (w, m, b, r) = (stats(walk), stats(model_ms), stats(maps), stats(read));
+    println!("snapshot: {vmas} VMAs in {procs} workload processes plus the rest of the system");
+    line(
+        "snapshot: /proc/PID/maps of the workloads (baseline)",
+        "ms",
+        b,
+    );
+    line(
+        "snapshot: iter/task_vma walk + decode, all processes",
+        "ms",
+        w,
+    );
+    line("snapshot: lazy model over it", "ms", m);
+    ratio("snapshot: walk vs /proc maps", w.0, b.0);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let which = args.first().map_or("all", String::as_str);
+    let _ = std::io::stdout().flush();
+    let result = (|| -> anyhow::Result<()> {
+        match which {
+            "render" => bench_render(10_000, 50),
+            "pipeline" => bench_pipeline(5_000_000, 5),
+            "ingest" => bench_ingest(400),
+            "footprint" => bench_footprint(),
+            "snapshot" => bench_snapshot(5, 10_000, 9)?,
+            "all" => {
+                bench_pipeline(5_000_000, 5);
+                bench_render(10_000, 50);
+                bench_ingest(400);
+                bench_snapshot(5, 10_000, 9)?;
+                bench_footprint();
+            }
+            other => anyhow::bail!(
+                "unknown benchmark {other}: render|pipeline|ingest|footprint|snapshot|all"
+            ),
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rmw-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
