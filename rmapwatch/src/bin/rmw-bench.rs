@@ -104,7 +104,9 @@ fn synthetic(procs: u32, vmas: u64) -> Snapshot {
                 chain,
                 ..Vma::default()
             });
-            s.procs.get_mut(&p).map(|x| x.vmas.push(idx));
+            if let Some(x) = s.procs.get_mut(&p) {
+                x.vmas.push(idx);
+            }
             mine.push(av);
         }
         parent_avs = mine;
