@@ -483,6 +483,7 @@ fn bench_snapshot(procs: u32, regions: u32, repeat: usize) -> anyhow::Result<()>
         "ms",
         b,
     );
+    line("snapshot: iter/task_vma walk (kernel) only", "ms", r);
     line(
         "snapshot: iter/task_vma walk + decode, all processes",
         "ms",
