@@ -115,8 +115,12 @@ impl Snapshot {
     /// [`SnapshotError`] for a corrupt stream.
     pub fn parse(bytes: &[u8]) -> Result<Self, SnapshotError> {
         let mut s = Self::default();
-        let mut seen: HashSet<(u64, u64)> = HashSet::new();
-        let mut mm_owner: HashMap<u64, u32> = HashMap::new();
+        // The iterator walks one task's VMAs one after the other: decide once
+        // per visit (a change of tgid or mm) whether the mm was walked already
+        // (a thread with its own files table, or a CLONE_VM sibling).
+        let mut walked: HashSet<u64> = HashSet::new();
+        let mut visit: Option<(u32, u64, bool)> = None; // (tgid, mm, keep)
+        let mut owner_of: HashMap<u64, u32> = HashMap::new();
         // AVC records of the VMA whose record comes next.
         let mut pending: Vec<(u64, u64)> = Vec::new();
         let mut pending_vma = 0;
@@ -145,8 +149,16 @@ impl Snapshot {
                     if (chain.len() as u64) < u64::from(r.chain_len) {
                         s.short_chains += 1;
                     }
-                    let owner = *mm_owner.entry(r.mm).or_insert(r.tgid);
-                    if r.mm != 0 && seen.insert((r.mm, r.vma)) {
+                    let keep = match visit {
+                        Some((tgid, mm, keep)) if tgid == r.tgid && mm == r.mm => keep,
+                        _ => {
+                            let keep = r.mm != 0 && walked.insert(r.mm);
+                            visit = Some((r.tgid, r.mm, keep));
+                            keep
+                        }
+                    };
+                    if keep {
+                        let owner = *owner_of.entry(r.mm).or_insert(r.tgid);
                         let idx = s.vmas.len();
                         s.truncated_chains += u64::from(r.chain_truncated != 0);
                         s.vmas.push(Vma {
@@ -268,17 +280,19 @@ pub(crate) mod tests {
 
     #[test]
     fn threads_are_deduplicated_by_mm_and_short_chains_counted() {
+        // The kernel visits each task's VMAs one after the other.
         let mut b = avc(10, 0xa, 0x500, 0x100);
         b.extend(vma(10, 0x1000, 0xa, 0x100, 1));
-        // the same mm walked again through a thread
-        b.extend(avc(11, 0xa, 0x500, 0x100));
-        b.extend(vma(11, 0x1000, 0xa, 0x100, 1));
         // a record that announces more AVCs than were written
         b.extend(avc(10, 0xb, 0x600, 0x200));
         b.extend(vma(10, 0x1000, 0xb, 0x200, 2));
+        // the same mm walked again through a thread with its own files
+        b.extend(avc(11, 0xa, 0x500, 0x100));
+        b.extend(vma(11, 0x1000, 0xa, 0x100, 1));
+        b.extend(vma(11, 0x1000, 0xb, 0x200, 0));
         let s = Snapshot::parse(&b).unwrap();
         assert_eq!(s.vmas.len(), 2);
-        assert_eq!(s.duplicate_vmas, 1);
+        assert_eq!(s.duplicate_vmas, 2);
         assert_eq!(s.short_chains, 1);
         assert_eq!(s.procs.len(), 1);
         assert_eq!(s.actual_objects(), (2, 2));
