@@ -96,6 +96,20 @@ fn emit(event: &Event) {
 }
 
 #[inline(always)]
+fn read_or_zero(addr: u64) -> u64 {
+    let mut v = 0u64;
+    // SAFETY: the helper writes at most 8 bytes into `v` and zeroes it on a fault.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            (&raw mut v).cast(),
+            8,
+            addr as *const core::ffi::c_void,
+        );
+    }
+    v
+}
+
+#[inline(always)]
 fn read_kernel<T>(addr: u64) -> Result<T, i64> {
     // SAFETY: bpf_probe_read_kernel tolerates any address.
     unsafe { bpf_probe_read_kernel(addr as *const T) }.map_err(i64::from)
@@ -331,8 +345,10 @@ fn try_task_vma(ctx: *mut core::ffi::c_void) -> Result<(), i64> {
     let l = &cfg.snap;
     let vma = vma as u64;
     let task = task as u64;
-    let field =
-        |base: u64, off: u32| -> u64 { read_kernel::<u64>(base + u64::from(off)).unwrap_or(0) };
+    // Branch-free reads (0 when a read faults): checking each read's return
+    // code multiplies the verifier's states, and the 6.1 verifier then gives
+    // up (E2BIG) on the chain walk.
+    let field = |base: u64, off: u32| -> u64 { read_or_zero(base + u64::from(off)) };
     let mut rec = SnapVma {
         kind: snap::VMA,
         tgid: read_kernel::<u32>(task + u64::from(cfg.task_tgid_off)).unwrap_or(0),

@@ -14,6 +14,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod vm;
+
 /// Name under which Debian's toolchain is linked into rustup.
 const BPF_TOOLCHAIN: &str = "rmapwatch-bpf";
 
@@ -27,7 +29,14 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "libzstd-dev",
 ];
-const TEST_PACKAGES: &[&str] = &["bpftrace", "bpftool", "util-linux", "tmux"];
+const TEST_PACKAGES: &[&str] = &[
+    "bpftrace",
+    "bpftool",
+    "util-linux",
+    "tmux",
+    "qemu-system-x86",
+    "busybox-static",
+];
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "rmapwatch workflows")]
@@ -52,6 +61,14 @@ enum Cmd {
         /// Skip fmt and clippy.
         #[arg(long)]
         no_lint: bool,
+    },
+    /// Boot Debian's 6.1 and 6.12 kernels under QEMU and run rmapwatch in
+    /// each probe mode (fentry, kprobe, tracepoint) against ground truth
+    /// taken inside the VM.
+    VmTest {
+        /// Rewrite the matrix in README.md with the results.
+        #[arg(long)]
+        report: bool,
     },
     /// Set up, build (release) and run the benchmarks as root; each prints
     /// its baseline from the same run and the ratio (see BENCHMARKS.md).
@@ -90,6 +107,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Test { no_lint } => test(no_lint),
+        Cmd::VmTest { report } => vm_test(&root, report),
         Cmd::Bench { which } => {
             setup()?;
             step("building the benchmarks (release)");
@@ -272,5 +290,55 @@ fn test(no_lint: bool) -> anyhow::Result<()> {
                 "--ignored",
                 "--test-threads=1",
             ]))
+    }
+}
+
+/// Static binaries for the VM (any Linux, no shared libraries).
+fn build_static(root: &Path) -> anyhow::Result<PathBuf> {
+    step("building static x86_64 binaries (crt-static)");
+    sh(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+                "--package",
+                "rmapwatch",
+            ])
+            .args(["--bin", "rmapwatch", "--bin", "rmw-workload"])
+            .env("RUSTFLAGS", "-C target-feature=+crt-static"),
+    )?;
+    Ok(root.join("target/x86_64-unknown-linux-gnu/release"))
+}
+
+fn vm_test(root: &Path, report: bool) -> anyhow::Result<()> {
+    setup()?;
+    let bins = build_static(root)?;
+    let cells = vm::matrix(&root.join(".cache/vm"), &bins)?;
+    let table = vm::table(&cells);
+    println!("{table}");
+    if report {
+        let readme = root.join("README.md");
+        let text = std::fs::read_to_string(&readme)?;
+        let (a, b) = ("<!-- vm-matrix:start -->", "<!-- vm-matrix:end -->");
+        if let (Some(i), Some(j)) = (text.find(a), text.find(b)) {
+            let new = format!("{}{a}\n{table}{}", &text[..i], &text[j..]);
+            std::fs::write(&readme, new)?;
+            step("README.md matrix rewritten");
+        } else {
+            bail!("README.md has no {a} ... {b} markers");
+        }
+    }
+    let failed: Vec<&vm::Cell> = cells.iter().filter(|c| c.result.is_err()).collect();
+    if failed.is_empty() {
+        step(&format!("vm-test: {} passed, 0 failed", cells.len()));
+        Ok(())
+    } else {
+        bail!(
+            "vm-test: {} passed, {} failed",
+            cells.len() - failed.len(),
+            failed.len()
+        )
     }
 }
