@@ -56,7 +56,8 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Set up, then run every check and test: fmt, clippy, unit and binary
-    /// tests, and the privileged kernel tests (as root, one at a time).
+    /// tests, the privileged kernel tests (as root, one at a time), and the
+    /// kernel matrix under QEMU (vm-test).
     Test {
         /// Skip fmt and clippy.
         #[arg(long)]
@@ -269,28 +270,24 @@ fn test(no_lint: bool) -> anyhow::Result<()> {
     cargo(&["test"])?;
     step("privileged kernel tests (root, one at a time)");
     cargo(&["build", "--tests", "--package", "rmapwatch"])?;
+    let privileged = [
+        "test",
+        "--package",
+        "rmapwatch",
+        "--",
+        "--ignored",
+        "--test-threads=1",
+    ];
     if is_root() {
-        cargo(&[
-            "test",
-            "--package",
-            "rmapwatch",
-            "--",
-            "--ignored",
-            "--test-threads=1",
-        ])
+        cargo(&privileged)?;
     } else {
         let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         sh(Command::new("sudo")
             .args(["--preserve-env=PATH,RUSTUP_HOME,CARGO_HOME", &cargo_bin])
-            .args([
-                "test",
-                "--package",
-                "rmapwatch",
-                "--",
-                "--ignored",
-                "--test-threads=1",
-            ]))
+            .args(privileged))?;
     }
+    step("kernel matrix under QEMU: Debian 6.1 and 6.12, fentry / kprobe / tracepoint");
+    vm_test(&workspace_root(), false)
 }
 
 /// Static binaries for the VM (any Linux, no shared libraries).
