@@ -643,3 +643,51 @@ impl Report {
         s
     }
 }
+
+/// A report for a snapshot without a running kernel (tests, benchmarks):
+/// the snapshot seeds `live`, the model gives `lazy`, counters are zero.
+#[must_use]
+pub fn offline(
+    snap: &crate::snapshot::Snapshot,
+    acct: &Accounting,
+    kernel: &KernelId,
+    hooks: &[HookStatus],
+    duration_s: f64,
+    sizes: Sizes,
+) -> Report {
+    let est = model::estimate(snap, Options::default());
+    let per_process = est.processes.iter().map(|(&p, x)| (p, x.actual)).collect();
+    let vmas = snap
+        .procs
+        .values()
+        .map(|p| (p.pid, p.vmas.len() as u64))
+        .collect();
+    let stats = [0u64; stat::COUNT as usize];
+    Report::build(
+        acct,
+        &Context {
+            kernel,
+            hooks,
+            fork_window: true,
+            stats: &stats,
+            duration_s,
+            anon_vma_size: sizes.anon_vma,
+            avc_size: sizes.anon_vma_chain,
+            done: false,
+            sizes,
+            model: Some(ModelView {
+                estimate: &est,
+                snapshot_actual: est.system.actual,
+                snapshot_processes: &per_process,
+                vmas: &vmas,
+                age_s: 0.0,
+                stats: SnapshotStats {
+                    vmas: snap.vmas.len() as u64,
+                    processes: snap.procs.len() as u64,
+                    ..SnapshotStats::default()
+                },
+                slab_anon_vma: None,
+            }),
+        },
+    )
+}

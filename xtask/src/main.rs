@@ -35,7 +35,9 @@ const TEST_PACKAGES: &[&str] = &[
     "util-linux",
     "tmux",
     "qemu-system-x86",
-    "busybox-static",
+    "qemu-system-arm",
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
 ];
 
 #[derive(Parser)]
@@ -246,6 +248,18 @@ fn setup() -> anyhow::Result<()> {
         )?;
     }
     apt_install(TEST_PACKAGES)?;
+    // arm64 kernels and busybox for the QEMU matrix are Debian packages of
+    // the arm64 architecture (downloaded and extracted, never installed).
+    let foreign = Command::new("dpkg")
+        .arg("--print-foreign-architectures")
+        .output()?;
+    if String::from_utf8_lossy(&foreign.stdout).contains("arm64") {
+        step("dpkg architecture arm64 present");
+    } else {
+        step("adding the arm64 dpkg architecture (for kernel packages of the QEMU matrix)");
+        sh(Command::new("dpkg").args(["--add-architecture", "arm64"]))?;
+        sh(Command::new("apt-get").args(["update", "-q"]))?;
+    }
     step("set-up complete");
     Ok(())
 }
@@ -290,29 +304,51 @@ fn test(no_lint: bool) -> anyhow::Result<()> {
     vm_test(&workspace_root(), false)
 }
 
-/// Static binaries for the VM (any Linux, no shared libraries).
-fn build_static(root: &Path) -> anyhow::Result<PathBuf> {
-    step("building static x86_64 binaries (crt-static)");
-    sh(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "x86_64-unknown-linux-gnu",
-                "--package",
-                "rmapwatch",
-            ])
-            .args(["--bin", "rmapwatch", "--bin", "rmw-workload"])
-            .env("RUSTFLAGS", "-C target-feature=+crt-static"),
-    )?;
-    Ok(root.join("target/x86_64-unknown-linux-gnu/release"))
+/// Static binaries for the VM (any Linux, and Android, without shared
+/// libraries). aarch64: Debian's cross gcc as the linker and `-Z build-std`
+/// from Debian's library sources, with the Debian toolchain.
+fn build_static(root: &Path, arch: &vm::Arch) -> anyhow::Result<PathBuf> {
+    step(&format!(
+        "building static {} binaries (crt-static)",
+        arch.name
+    ));
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut c = if arch.name == "x86_64" {
+        Command::new(cargo_bin)
+    } else {
+        let mut c = Command::new("rustup");
+        c.args(["run", BPF_TOOLCHAIN, "cargo"])
+            .env("RUSTC_BOOTSTRAP", "1")
+            .env(
+                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+                "aarch64-linux-gnu-gcc",
+            );
+        c
+    };
+    c.args([
+        "build",
+        "--release",
+        "--target",
+        arch.target,
+        "--package",
+        "rmapwatch",
+    ])
+    .args(["--bin", "rmapwatch", "--bin", "rmw-workload"])
+    .env("RUSTFLAGS", "-C target-feature=+crt-static");
+    if arch.name != "x86_64" {
+        c.args(["-Z", "build-std=std,panic_abort"]);
+    }
+    sh(&mut c)?;
+    Ok(root.join("target").join(arch.target).join("release"))
 }
 
 fn vm_test(root: &Path, report: bool) -> anyhow::Result<()> {
     setup()?;
-    let bins = build_static(root)?;
-    let cells = vm::matrix(&root.join(".cache/vm"), &bins)?;
+    let mut cells = Vec::new();
+    for arch in &vm::ARCHES {
+        let bins = build_static(root, arch)?;
+        cells.extend(vm::matrix(&root.join(".cache/vm"), arch, &bins)?);
+    }
     let table = vm::table(&cells);
     println!("{table}");
     if report {

@@ -10,25 +10,65 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-/// A kernel of the matrix.
-pub struct Kernel {
-    /// Debian package.
-    pub package: &'static str,
-    /// `/boot/vmlinuz-<release>` inside it.
-    pub release: &'static str,
+/// An architecture of the matrix.
+pub struct Arch {
+    /// `uname -m`.
+    pub name: &'static str,
+    /// Debian's name.
+    pub deb: &'static str,
+    /// Rust target of the static binaries.
+    pub target: &'static str,
+    /// QEMU binary and machine arguments.
+    pub qemu: &'static str,
+    /// QEMU machine arguments.
+    pub machine: &'static [&'static str],
+    /// Serial console.
+    pub console: &'static str,
 }
 
-/// The x86_64 matrix: Debian 12's 6.1 and 6.12 cloud kernels.
-pub const X86_64: [Kernel; 2] = [
-    Kernel {
-        package: "linux-image-6.1.0-56-cloud-amd64-unsigned",
-        release: "6.1.0-56-cloud-amd64",
+/// x86_64 and arm64.
+pub const ARCHES: [Arch; 2] = [
+    Arch {
+        name: "x86_64",
+        deb: "amd64",
+        target: "x86_64-unknown-linux-gnu",
+        qemu: "qemu-system-x86_64",
+        machine: &["-cpu", "max"],
+        console: "ttyS0",
     },
-    Kernel {
-        package: "linux-image-6.12.115+deb12-cloud-amd64-unsigned",
-        release: "6.12.115+deb12-cloud-amd64",
+    Arch {
+        name: "aarch64",
+        deb: "arm64",
+        target: "aarch64-unknown-linux-gnu",
+        qemu: "qemu-system-aarch64",
+        machine: &["-M", "virt", "-cpu", "max"],
+        console: "ttyAMA0",
     },
 ];
+
+/// Kernel series of the matrix: Debian 12's 6.1 and its 6.12 backport.
+const SERIES: [&str; 2] = ["6.1.0-", "6.12."];
+
+/// The newest Debian cloud kernel package of a series for an architecture
+/// (the archive keeps only current versions, so none is pinned).
+fn newest_package(arch: &Arch, series: &str) -> anyhow::Result<String> {
+    let pattern = format!(
+        "^linux-image-{}.*-cloud-{}-unsigned$",
+        series.replace('.', "\\."),
+        arch.deb
+    );
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "apt-cache search --names-only '{pattern}' | cut -d' ' -f1 | sort -V | tail -1"
+        ))
+        .output()?;
+    let name = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if name.is_empty() {
+        bail!("no Debian kernel package matches {pattern} (apt-get update?)");
+    }
+    Ok(name)
+}
 
 const MODES: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
 const K: u64 = 40;
@@ -86,43 +126,59 @@ fn sh(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Downloads and extracts a kernel package (cached).
-fn kernel_image(cache: &Path, k: &Kernel) -> anyhow::Result<PathBuf> {
-    let vmlinuz = cache.join("ex/boot").join(format!("vmlinuz-{}", k.release));
-    if vmlinuz.exists() {
-        return Ok(vmlinuz);
+/// Downloads and extracts a package (cached); `name` may carry `:arch`.
+fn extract(cache: &Path, name: &str) -> anyhow::Result<()> {
+    let base = name.split(':').next().unwrap_or(name);
+    let marker = cache.join(format!(".extracted-{base}"));
+    if marker.exists() {
+        return Ok(());
     }
-    eprintln!(
-        "xtask: downloading {} (cached in {})",
-        k.package,
-        cache.display()
-    );
+    eprintln!("xtask: downloading {name} (cached in {})", cache.display());
     sh(Command::new("apt-get")
-        .args(["download", "-q", k.package])
+        .args(["download", "-q", name])
         .current_dir(cache))?;
+    let prefix = format!("{base}_");
     let deb = std::fs::read_dir(cache)?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(k.package))
+            p.extension().is_some_and(|e| e == "deb")
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
         })
         .context("the downloaded package")?;
     sh(Command::new("dpkg")
         .arg("-x")
         .arg(&deb)
         .arg(cache.join("ex")))?;
-    Ok(vmlinuz)
+    std::fs::write(marker, "")?;
+    Ok(())
 }
 
-/// Builds the initramfs: busybox, the static binaries, /init.
-fn initramfs(cache: &Path, bins: &Path) -> anyhow::Result<PathBuf> {
+/// The newest kernel of a series, downloaded and extracted.
+fn kernel_image(cache: &Path, arch: &Arch, series: &str) -> anyhow::Result<PathBuf> {
+    let package = newest_package(arch, series)?;
+    let release = package
+        .trim_start_matches("linux-image-")
+        .trim_end_matches("-unsigned")
+        .to_owned();
+    extract(cache, &format!("{package}:{}", arch.deb))?;
+    Ok(cache.join("ex/boot").join(format!("vmlinuz-{release}")))
+}
+
+/// Builds the initramfs: busybox (of the guest's architecture), the static
+/// binaries, /init.
+fn initramfs(cache: &Path, arch: &Arch, bins: &Path) -> anyhow::Result<PathBuf> {
     let root = cache.join("root");
     let _ = std::fs::remove_dir_all(&root);
     for d in ["bin", "proc", "sys", "dev", "tmp"] {
         std::fs::create_dir_all(root.join(d))?;
     }
-    std::fs::copy("/usr/bin/busybox", root.join("bin/busybox")).context("busybox-static")?;
+    // Extracted, never installed: installing busybox-static:arm64 would
+    // replace the host's /bin/busybox.
+    extract(cache, &format!("busybox-static:{}", arch.deb))?;
+    std::fs::copy(cache.join("ex/bin/busybox"), root.join("bin/busybox"))
+        .context("busybox-static")?;
     for applet in [
         "sh", "mount", "cat", "echo", "sleep", "grep", "mkfifo", "poweroff", "kill", "wc", "cut",
         "sed", "rm", "uname",
@@ -325,16 +381,24 @@ fn check(
 }
 
 /// Boots one kernel and checks every mode.
-fn run_kernel(qemu: &str, vmlinuz: &Path, initrd: &Path) -> anyhow::Result<Vec<Cell>> {
+fn run_kernel(arch: &Arch, vmlinuz: &Path, initrd: &Path) -> anyhow::Result<Vec<Cell>> {
     let out = Command::new("timeout")
+        .args(["900", arch.qemu, "-accel", "tcg"])
+        .args(arch.machine)
         .args([
-            "600", qemu, "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2",
+            "-m",
+            "1024",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+            "-kernel",
         ])
-        .args(["-nographic", "-no-reboot", "-kernel"])
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .arg("-append")
+        .arg(format!("console={} quiet panic=-1", arch.console))
         .output()
         .context("running qemu")?;
     let log = String::from_utf8_lossy(&out.stdout).replace('\r', "");
@@ -394,24 +458,25 @@ fn tail(log: &str) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-/// The whole x86_64 matrix. `bins` holds the static binaries.
+/// The matrix of one architecture. `bins` holds its static binaries.
 ///
 /// # Errors
 /// A kernel cannot be fetched or booted.
-pub fn matrix(cache: &Path, bins: &Path) -> anyhow::Result<Vec<Cell>> {
-    std::fs::create_dir_all(cache)?;
-    let initrd = initramfs(cache, bins)?;
+pub fn matrix(cache_root: &Path, arch: &Arch, bins: &Path) -> anyhow::Result<Vec<Cell>> {
+    let cache = cache_root.join(arch.deb);
+    std::fs::create_dir_all(&cache)?;
+    let initrd = initramfs(&cache, arch, bins)?;
     let mut cells = Vec::new();
-    for k in &X86_64 {
-        let vmlinuz = kernel_image(cache, k)?;
-        eprintln!("xtask: booting {} under qemu (TCG)", k.release);
-        let t = std::time::Instant::now();
-        cells.extend(run_kernel("qemu-system-x86_64", &vmlinuz, &initrd)?);
+    for series in SERIES {
+        let vmlinuz = kernel_image(&cache, arch, series)?;
         eprintln!(
-            "xtask: {} done in {:.0} s",
-            k.release,
-            t.elapsed().as_secs_f64()
+            "xtask: booting {} under {} (TCG)",
+            vmlinuz.display(),
+            arch.qemu
         );
+        let t = std::time::Instant::now();
+        cells.extend(run_kernel(arch, &vmlinuz, &initrd)?);
+        eprintln!("xtask: done in {:.0} s", t.elapsed().as_secs_f64());
     }
     Ok(cells)
 }

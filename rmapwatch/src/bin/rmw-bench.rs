@@ -2,7 +2,6 @@
 //! measures a baseline in the same invocation and prints medians, min/max
 //! and ratios; nothing here asserts a time.
 use std::{
-    collections::BTreeMap,
     io::{BufRead as _, BufReader, Write as _},
     path::PathBuf,
     process::{Child, Command, ExitCode, Stdio},
@@ -23,11 +22,11 @@ use rmapwatch::{
     kernel::{self, KernelFacts, KernelId},
     loader::{Attach, Probes},
     model::{self, Options},
-    report::{Context, ModelView, Report, Sizes, SnapshotStats},
+    report::{Report, Sizes},
     snapshot::{Snapshot, Vma},
     tui::state::{Action, App, Frame, Update},
 };
-use rmapwatch_common::{Event, kind, object, site, stat};
+use rmapwatch_common::{Event, kind, object, site};
 
 const SIZES: Sizes = Sizes {
     anon_vma: 104,
@@ -132,38 +131,7 @@ fn hooks() -> Vec<HookStatus> {
 }
 
 fn synthetic_report(snap: &Snapshot, acct: &Accounting, t: f64) -> Report {
-    let est = model::estimate(snap, Options::default());
-    let per_process = est.processes.iter().map(|(&p, x)| (p, x.actual)).collect();
-    let vmas: BTreeMap<u32, u64> = snap
-        .procs
-        .values()
-        .map(|p| (p.pid, p.vmas.len() as u64))
-        .collect();
-    let stats = [0u64; stat::COUNT as usize];
-    let hooks = hooks();
-    Report::build(
-        acct,
-        &Context {
-            kernel: &KernelId::current(),
-            hooks: &hooks,
-            fork_window: true,
-            stats: &stats,
-            duration_s: t,
-            anon_vma_size: 96,
-            avc_size: 64,
-            done: false,
-            sizes: SIZES,
-            model: Some(ModelView {
-                estimate: &est,
-                snapshot_actual: est.system.actual,
-                snapshot_processes: &per_process,
-                vmas: &vmas,
-                age_s: 0.0,
-                stats: SnapshotStats::default(),
-                slab_anon_vma: None,
-            }),
-        },
-    )
+    rmapwatch::report::offline(snap, acct, &KernelId::current(), &hooks(), t, SIZES)
 }
 
 fn seeded(snap: &Snapshot) -> Accounting {

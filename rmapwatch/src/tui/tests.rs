@@ -1,13 +1,13 @@
 //! TUI tests: state transitions, whole-screen snapshots (insta, TestBackend)
 //! at 80x24 and 160x48, and the real loop driven by scripted keys.
-use std::{collections::BTreeMap, sync::mpsc, time::Duration};
+use std::{sync::mpsc, time::Duration};
 
 use ratatui::{
     Terminal,
     backend::TestBackend,
     crossterm::event::{Event, KeyCode, KeyEvent, KeyModifiers},
 };
-use rmapwatch_common::{object, stat};
+use rmapwatch_common::object;
 
 use super::{
     Events,
@@ -19,7 +19,7 @@ use crate::{
     inspect,
     kernel::KernelId,
     model::{self, Options, sim::Sim},
-    report::{Context, ModelView, Report, Sizes, SnapshotStats},
+    report::{self, Sizes},
 };
 
 const SIZES: Sizes = Sizes {
@@ -74,45 +74,15 @@ fn frame(t: f64, detail: Option<u32>) -> Frame {
             fallbacks: vec!["fentry: refused".into()],
         })
         .collect();
-    let per_process = est.processes.iter().map(|(&p, x)| (p, x.actual)).collect();
-    let vmas: BTreeMap<u32, u64> = snap
-        .procs
-        .values()
-        .map(|p| (p.pid, p.vmas.len() as u64))
-        .collect();
-    let stats = [0u64; stat::COUNT as usize];
-    let report = Report::build(
-        &acct,
-        &Context {
-            kernel: &KernelId {
-                release: "6.18.0-test".into(),
-                arch: "x86_64".into(),
-            },
-            hooks: &hooks,
-            fork_window: true,
-            stats: &stats,
-            duration_s: t,
-            anon_vma_size: 96,
-            avc_size: 64,
-            done: false,
-            sizes: SIZES,
-            model: Some(ModelView {
-                estimate: &est,
-                snapshot_actual: est.system.actual,
-                snapshot_processes: &per_process,
-                vmas: &vmas,
-                age_s: 0.0,
-                stats: SnapshotStats {
-                    taken: 3,
-                    vmas: snap.vmas.len() as u64,
-                    processes: snap.procs.len() as u64,
-                    walk_ms: 1.5,
-                    ..SnapshotStats::default()
-                },
-                slab_anon_vma: None,
-            }),
-        },
-    );
+    let kernel = KernelId {
+        release: "6.18.0-test".into(),
+        arch: "x86_64".into(),
+    };
+    let mut report = report::offline(&snap, &acct, &kernel, &hooks, t, SIZES);
+    if let Some(m) = report.model.as_mut() {
+        m.snapshot.stats.taken = 3;
+        m.snapshot.stats.walk_ms = 1.5;
+    }
     let detail = detail.map(|pid| {
         let paths = std::collections::HashMap::new();
         inspect::inspect(&snap, &est, pid, &paths, SIZES)
