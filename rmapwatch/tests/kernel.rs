@@ -192,11 +192,16 @@ fn counts_match_bpftrace_and_slab_counter_and_exclude_merged_cache_noise() {
                 );
             }
             for site in SITES {
+                // Per site, system-wide: bpftrace's window contains
+                // rmapwatch's (it attaches first and stops last), so
+                // rmapwatch sees at most what bpftrace saw, and at least what
+                // the workload's own tasks did there. (A fixed slack fails on
+                // a busy machine: other processes fault in the gap.)
                 let (all, bt_all) = (site_count(&report, object, dir, site), bt(map, site, is_av));
-                let slack = bt_all / 100 + 40;
+                let bt_family = bt_in(map, site, is_av, Some(&pids));
                 assert!(
-                    all <= bt_all && bt_all - all <= slack,
-                    "{object} {dir} at {site}: rmapwatch {all}, bpftrace {bt_all}"
+                    bt_family <= all && all <= bt_all,
+                    "{object} {dir} at {site}: rmapwatch {all}, bpftrace {bt_all} (workload {bt_family})"
                 );
             }
         }
