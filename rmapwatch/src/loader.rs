@@ -329,7 +329,15 @@ fn try_fentry(
         .try_into()?;
     prog.load(symbol, btf)
         .map_err(|e| anyhow!("{}", describe_load_error(&e)))?;
-    prog.attach()?;
+    prog.attach().map_err(|e| {
+        let s = e.to_string();
+        if s.contains("os error 524") {
+            // ENOTSUPP: e.g. arm64 before BPF trampolines were supported there.
+            anyhow!("attach refused: ENOTSUPP (524), no BPF trampoline on this kernel")
+        } else {
+            anyhow!(s)
+        }
+    })?;
     Ok(())
 }
 
