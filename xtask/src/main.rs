@@ -73,6 +73,14 @@ enum Cmd {
         #[arg(long)]
         report: bool,
     },
+    /// Build static release binaries (rmapwatch, rmw-workload) for a target:
+    /// x86_64-unknown-linux-gnu or aarch64-unknown-linux-gnu (for Android
+    /// and any Linux without shared libraries).
+    Build {
+        /// Rust target triple.
+        #[arg(long, default_value = "x86_64-unknown-linux-gnu")]
+        target: String,
+    },
     /// Set up, build (release) and run the benchmarks as root; each prints
     /// its baseline from the same run and the ratio (see BENCHMARKS.md).
     Bench {
@@ -111,6 +119,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Test { no_lint } => test(no_lint),
         Cmd::VmTest { report } => vm_test(&root, report),
+        Cmd::Build { target } => {
+            setup()?;
+            let arch = vm::ARCHES
+                .iter()
+                .find(|a| a.target == target)
+                .with_context(|| format!("unsupported target {target}: x86_64-unknown-linux-gnu or aarch64-unknown-linux-gnu"))?;
+            let dir = build_static(&root, arch)?;
+            step(&format!("static binaries in {}", dir.display()));
+            Ok(())
+        }
         Cmd::Bench { which } => {
             setup()?;
             step("building the benchmarks (release)");

@@ -105,7 +105,10 @@ for mode in {modes}; do
   wait $W
   sleep 1
   kill -INT $P; wait $P; RC=$?
-  echo "RMW-MODE $mode rc=$RC s0=$S0 s1=$S1 $(grep ready /tmp/w.out)"
+  sleep 1
+  # JIT-ed programs are in kallsyms as bpf_prog_<tag>_<name> [bpf] while loaded.
+  LEFT=$(grep '\[bpf\]' /proc/kallsyms | grep -c -e kmem_cache -e sched_process -e fork_e -e fentry_ -e kprobe_ -e task_vma)
+  echo "RMW-MODE $mode rc=$RC s0=$S0 s1=$S1 left=$LEFT $(grep ready /tmp/w.out)"
   sed 's/^/RMW-ERR /' /tmp/r.err
   sed 's/^/RMW-JSON /' /tmp/r.json
 done
@@ -391,6 +394,13 @@ fn check(
                 K * (1 + F)
             );
         }
+        if field("left") != 0 {
+            return Err(format!(
+                "{} rmapwatch programs still loaded after exit",
+                field("left")
+            ));
+        }
+        let _ = write!(detail, "; nothing loaded after exit");
         if num(&last["dropped_events"]) != 0 {
             return Err("dropped events".into());
         }
