@@ -4,7 +4,10 @@
 use std::{
     collections::BTreeMap,
     io::Write as _,
-    sync::mpsc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -354,6 +357,8 @@ pub fn live(facts: &KernelFacts, run: &RunOptions, log_path: &str) -> anyhow::Re
         let _ = tx.send(tui::state::Update::Frame(Box::new(frame)));
     };
     send_frame(&session, &acct, &probes, Duration::ZERO, None, &update_tx);
+    let ui_done = std::sync::Arc::new(AtomicBool::new(false));
+    let ui_done_ui = ui_done.clone();
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let tx = update_tx.clone();
         let collector = scope.spawn(move || {
@@ -378,6 +383,19 @@ pub fn live(facts: &KernelFacts, run: &RunOptions, log_path: &str) -> anyhow::Re
             };
             let _ = tx.send(tui::state::Update::Stopped(why.clone()));
             drop(probes); // detach
+            // Watchdog: a UI thread stuck in a dead terminal must not keep
+            // the process alive (and spinning) once everything is detached.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !ui_done.load(Ordering::Acquire) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !ui_done.load(Ordering::Acquire) {
+                let _ = ratatui::try_restore();
+                log::info(&format!(
+                    "{why}; programs detached; the terminal did not answer"
+                ));
+                std::process::exit(0);
+            }
             (result, why)
         });
         let ui_result = (|| -> anyhow::Result<()> {
@@ -391,12 +409,18 @@ pub fn live(facts: &KernelFacts, run: &RunOptions, log_path: &str) -> anyhow::Re
                 &detail_tx,
             )
         })();
+        ui_done_ui.store(true, Ordering::Release);
         let _ = quit_tx.send(());
         let (collected, why) = collector
             .join()
             .map_err(|_| anyhow::anyhow!("the collector thread panicked"))?;
-        eprintln!("rmapwatch: {why}; programs detached");
-        ui_result?;
-        collected.map(|_| ())
+        // Not eprintln!: after a hangup stderr is gone, and eprintln! panics.
+        let _ = writeln!(std::io::stderr(), "rmapwatch: {why}; programs detached");
+        log::info(&format!("{why}; programs detached"));
+        match ui_result {
+            // The terminal went away: the session ended, as on SIGHUP.
+            Err(e) if format!("{e:#}").contains("the terminal hung up") => collected.map(|_| ()),
+            r => r.and(collected.map(|_| ())),
+        }
     })
 }

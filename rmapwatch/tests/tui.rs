@@ -11,12 +11,20 @@ use common::*;
 
 struct Tmux(String);
 
+/// A tmux server of the tests' own: `kill-server` and session names never
+/// touch the user's (or a concurrent run's) sessions.
+const SOCKET: &str = "rmapwatch-test";
+
+fn tmux() -> Command {
+    let mut c = Command::new("tmux");
+    c.args(["-L", SOCKET]);
+    c
+}
+
 impl Tmux {
     fn start(name: &str, cmd: &str) -> Self {
-        let _ = Command::new("tmux")
-            .args(["kill-session", "-t", name])
-            .status();
-        let ok = Command::new("tmux")
+        let _ = tmux().args(["kill-session", "-t", name]).status();
+        let ok = tmux()
             .args([
                 "new-session",
                 "-d",
@@ -34,8 +42,27 @@ impl Tmux {
         Self(name.to_owned())
     }
 
+    /// The rmapwatch of this session: the pane's process, or its child
+    /// (never `pgrep` system-wide: other runs may have their own).
+    fn rmapwatch_pid(&self) -> String {
+        let out = tmux()
+            .args(["list-panes", "-t", &self.0, "-F", "#{pane_pid}"])
+            .output()
+            .unwrap();
+        let pane = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let comm = std::fs::read_to_string(format!("/proc/{pane}/comm")).unwrap_or_default();
+        if comm.trim() == "rmapwatch" {
+            return pane;
+        }
+        let out = Command::new("pgrep")
+            .args(["-P", &pane, "-x", "rmapwatch"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     fn screen(&self) -> String {
-        let out = Command::new("tmux")
+        let out = tmux()
             .args(["capture-pane", "-p", "-t", &self.0])
             .output()
             .unwrap();
@@ -43,7 +70,7 @@ impl Tmux {
     }
 
     fn keys(&self, keys: &[&str]) {
-        let mut c = Command::new("tmux");
+        let mut c = tmux();
         c.args(["send-keys", "-t", &self.0]).args(keys);
         assert!(c.status().unwrap().success());
     }
@@ -66,9 +93,7 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["kill-session", "-t", &self.0])
-            .status();
+        let _ = tmux().args(["kill-session", "-t", &self.0]).status();
     }
 }
 
@@ -149,14 +174,7 @@ fn sigterm_restores_the_terminal_and_detaches() {
     );
     let t = Tmux::start("rmapwatch-term", &cmd);
     t.wait_for(|s| s.contains("actual vs ANON_VMA_LAZY"), "the dashboard");
-    let pid = String::from_utf8(
-        Command::new("pgrep")
-            .args(["-n", "-x", "rmapwatch"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let pid = t.rmapwatch_pid();
     assert!(
         Command::new("kill")
             .args(["-TERM", pid.trim()])
@@ -170,5 +188,32 @@ fn sigterm_restores_the_terminal_and_detaches() {
         !end.contains("actual vs ANON_VMA_LAZY"),
         "the alternate screen is gone:\n{end}"
     );
+    assert!(wait_gone(Duration::from_secs(5)).is_empty());
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_terminal_that_hangs_up_ends_the_dashboard_instead_of_spinning() {
+    // Regression: crossterm's poll spins forever on a hung-up tty; killing
+    // the tmux server left rmapwatch at 100% CPU after it had detached.
+    require_root();
+    // exec: the pane's process is rmapwatch itself.
+    let cmd = format!("exec {RMAPWATCH} -d 0.3 --log-file /tmp/rmapwatch-tui-test.log");
+    let t = Tmux::start("rmapwatch-hup", &cmd);
+    t.wait_for(|s| s.contains("actual vs ANON_VMA_LAZY"), "the dashboard");
+    let pid = t.rmapwatch_pid();
+    let _ = tmux().args(["kill-server"]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rmapwatch {pid} still running after its terminal hung up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(wait_gone(Duration::from_secs(5)).is_empty());
 }

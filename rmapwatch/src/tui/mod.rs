@@ -36,12 +36,49 @@ pub struct Crossterm;
 
 impl Events for Crossterm {
     fn next(&mut self, timeout: Duration) -> std::io::Result<Option<Event>> {
-        if event::poll(timeout)? {
-            event::read().map(Some)
-        } else {
-            Ok(None)
+        // On a terminal that hung up (ssh dropped, tmux killed) crossterm's
+        // reader loops on end-of-file and never returns: check the tty for a
+        // hangup before every entry into crossterm. Keys crossterm already
+        // read and queued come out first; only then wait on the tty here.
+        if tty_ready(Duration::ZERO)? && event::poll(Duration::ZERO)? {
+            return event::read().map(Some);
         }
+        if event::poll(Duration::ZERO)? {
+            return event::read().map(Some);
+        }
+        if tty_ready(timeout)? && event::poll(Duration::ZERO)? {
+            return event::read().map(Some);
+        }
+        Ok(None)
     }
+}
+
+/// Whether stdin has input within `timeout`; an error once the terminal
+/// hung up.
+fn tty_ready(timeout: Duration) -> std::io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: libc::STDIN_FILENO,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&raw mut pfd, 1, ms) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.kind() == std::io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    if pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "the terminal hung up",
+        ));
+    }
+    Ok(pfd.revents & libc::POLLIN != 0)
 }
 
 /// Runs the UI until the user quits or the collector stops. `detail` tells
@@ -123,6 +160,8 @@ impl TerminalGuard {
 
 impl Drop for TerminalGuard {
     fn drop(&mut self) {
-        ratatui::restore();
+        // try_restore: a terminal that hung up cannot be restored, and
+        // ratatui::restore would then print (and panic) into it.
+        let _ = ratatui::try_restore();
     }
 }
