@@ -141,6 +141,26 @@ pub struct HookStatus {
     pub fallbacks: Vec<String>,
 }
 
+/// The statuses of a kernel that allows no function hook (tests and
+/// benchmarks that build reports without a kernel).
+#[must_use]
+pub fn tracepoint_only(fallback: &str) -> Vec<HookStatus> {
+    HOOKS
+        .iter()
+        .map(|h| HookStatus {
+            id: h.id,
+            name: h.name,
+            symbol: Some(h.name.to_owned()),
+            mode: if h.slab_covered {
+                HookMode::Tracepoint
+            } else {
+                HookMode::Unavailable
+            },
+            fallbacks: vec![fallback.to_owned()],
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use rmapwatch::{
     account::Accounting,
     app,
     decode::{decode, encode},
-    hooks::{HOOKS, HookMode, HookStatus, ProbeMode},
+    hooks::{HookStatus, ProbeMode},
     kernel::{self, KernelFacts, KernelId},
     loader::{Attach, Probes},
     model::{self, Options},
@@ -114,20 +114,7 @@ fn synthetic(procs: u32, vmas: u64) -> Snapshot {
 }
 
 fn hooks() -> Vec<HookStatus> {
-    HOOKS
-        .iter()
-        .map(|h| HookStatus {
-            id: h.id,
-            name: h.name,
-            symbol: Some(h.name.to_owned()),
-            mode: if h.slab_covered {
-                HookMode::Tracepoint
-            } else {
-                HookMode::Unavailable
-            },
-            fallbacks: Vec::new(),
-        })
-        .collect()
+    rmapwatch::hooks::tracepoint_only("fentry: refused")
 }
 
 fn synthetic_report(snap: &Snapshot, acct: &Accounting, t: f64) -> Report {

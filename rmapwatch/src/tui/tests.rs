@@ -15,7 +15,6 @@ use super::{
 };
 use crate::{
     account::Accounting,
-    hooks::{HOOKS, HookMode, HookStatus},
     inspect,
     kernel::KernelId,
     model::{self, Options, sim::Sim},
@@ -60,20 +59,7 @@ fn frame(t: f64, detail: Option<u32>) -> Frame {
             .chain(avc.into_iter().map(|(p, t)| (p, t, object::AVC))),
         snap.procs.values().map(|p| (p.pid, p.comm.clone())),
     );
-    let hooks: Vec<HookStatus> = HOOKS
-        .iter()
-        .map(|h| HookStatus {
-            id: h.id,
-            name: h.name,
-            symbol: Some(h.name.to_owned()),
-            mode: if h.slab_covered {
-                HookMode::Tracepoint
-            } else {
-                HookMode::Unavailable
-            },
-            fallbacks: vec!["fentry: refused".into()],
-        })
-        .collect();
+    let hooks = crate::hooks::tracepoint_only("fentry: refused");
     let kernel = KernelId {
         release: "6.18.0-test".into(),
         arch: "x86_64".into(),
