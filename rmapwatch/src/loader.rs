@@ -330,7 +330,8 @@ fn try_fentry(
     prog.load(symbol, btf)
         .map_err(|e| anyhow!("{}", describe_load_error(&e)))?;
     prog.attach().map_err(|e| {
-        let s = e.to_string();
+        // With its source chain: aya's Display omits the errno.
+        let s = format!("{:#}", anyhow::Error::from(e));
         if s.contains("os error 524") {
             // ENOTSUPP: e.g. arm64 before BPF trampolines were supported there.
             anyhow!("attach refused: ENOTSUPP (524), no BPF trampoline on this kernel")
