@@ -73,8 +73,10 @@ pub mod stat {
     pub const RMAP_PTES_PAGES: u32 = HOOK_CALLS + super::hook::COUNT as u32;
     /// Slab events that matched an rmap call site (streamed or dropped).
     pub const MATCHED: u32 = RMAP_PTES_PAGES + 1;
+    /// New anonymous folios not counted per VMA because `RMAP_VMAS` was full.
+    pub const RMAP_VMAS_FULL: u32 = MATCHED + 1;
     /// Length of the array.
-    pub const COUNT: u32 = MATCHED + 1;
+    pub const COUNT: u32 = RMAP_VMAS_FULL + 1;
 }
 
 /// Kinds of [`Event`].
@@ -97,6 +99,22 @@ pub mod flags {
     /// `sched_process_fork`: it belongs to the child being created.
     pub const IN_FORK: u32 = 1;
 }
+
+/// Key of the `RMAP_VMAS` map: new anonymous folios per process and VMA
+/// (`vm_start` at the time of the fault).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RmapKey {
+    /// Process id of the faulting task.
+    pub tgid: u32,
+    /// Explicit padding (zero).
+    pub _pad: u32,
+    /// `vma->vm_start`.
+    pub vm_start: u64,
+}
+
+/// Entries of the `RMAP_VMAS` map.
+pub const RMAP_VMAS_ENTRIES: u32 = 16384;
 
 /// Length of a task's `comm`.
 pub const COMM_LEN: usize = 16;
@@ -300,6 +318,8 @@ mod user {
     unsafe impl aya::Pod for super::Event {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RmapKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SnapshotLayout {}
 }

@@ -12,6 +12,9 @@
 //! No struct layout is compiled in: every offset comes from the running
 //! kernel's BTF through the `CONFIG` global.
 #![cfg_attr(target_arch = "bpf", no_std)]
+// `atomic_xadd`: the build sets RUSTC_BOOTSTRAP for -Z build-std anyway.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 #![no_main]
 
 use aya_ebpf::{
@@ -21,7 +24,7 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext, RawTracePointContext, TracePointContext},
 };
 use rmapwatch_common::{
-    ABSENT, COMM_LEN, Config, Event, SnapAvc, SnapVma, flags, hook, kind, site, snap, stat,
+    ABSENT, COMM_LEN, Config, Event, RmapKey, SnapAvc, SnapVma, flags, hook, kind, site, snap, stat,
 };
 
 /// Ring buffer to user space. The loader may resize it (`--ring-buffer-kb`).
@@ -35,6 +38,14 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 /// Threads currently inside a fork-family syscall (tid -> 1).
 #[map]
 static FORKING: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// New anonymous folios per (process, VMA start), from the
+/// `folio_add_new_anon_rmap` hook: exact per-VMA page counts without
+/// streaming the hottest path. User space reads it and prunes exited
+/// processes.
+#[map]
+static RMAP_VMAS: HashMap<RmapKey, u64> =
+    HashMap::with_max_entries(rmapwatch_common::RMAP_VMAS_ENTRIES, 0);
 
 /// Set by the loader before load; read-only to the verifier.
 #[unsafe(no_mangle)]
@@ -292,7 +303,72 @@ function_hook!(fentry_fork, kprobe_fork, hook::FORK);
 function_hook!(fentry_clone, kprobe_clone, hook::CLONE);
 function_hook!(fentry_unlink, kprobe_unlink, hook::UNLINK);
 function_hook!(fentry_put, kprobe_put, hook::PUT);
-function_hook!(fentry_rmap_new, kprobe_rmap_new, hook::RMAP_NEW);
+
+/// `folio_add_new_anon_rmap(folio, vma, address, flags)` (6.1:
+/// `page_add_new_anon_rmap(page, vma, address)`): counted, and counted per VMA.
+#[fentry]
+pub fn fentry_rmap_new(ctx: FEntryContext) -> i32 {
+    let vma: u64 = ctx.arg(1);
+    count_new_folio(vma);
+    0
+}
+
+#[kprobe]
+pub fn kprobe_rmap_new(ctx: ProbeContext) -> i32 {
+    let vma: u64 = ctx.arg(1).unwrap_or(0);
+    count_new_folio(vma);
+    0
+}
+
+#[inline(always)]
+fn count_new_folio(vma: u64) {
+    bump(stat::HOOK_CALLS + hook::RMAP_NEW, 1);
+    let key = RmapKey {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        _pad: 0,
+        vm_start: read_or_zero(vma + u64::from(config().snap.vma_start)),
+    };
+    if add_one(&key) {
+        return;
+    }
+    // BPF_NOEXIST: if another CPU inserted it meanwhile, add to that one.
+    if RMAP_VMAS.insert(key, 1, 1).is_err() && !add_one(&key) {
+        bump(stat::RMAP_VMAS_FULL, 1);
+    }
+}
+
+#[inline(always)]
+fn add_one(key: &RmapKey) -> bool {
+    let Some(count) = RMAP_VMAS.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: a live map value; other CPUs may add to it concurrently, hence
+    // the atomic add (its result unused: a plain BPF_XADD).
+    unsafe { atomic_add(count, 1) };
+    true
+}
+
+/// `*dst += v`, atomically. The bpf target has no `AtomicU64` (no 64-bit
+/// compare-exchange before BPF v3), but LLVM lowers a relaxed fetch-add
+/// whose result is unused to `BPF_XADD`, which every kernel has.
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+unsafe fn atomic_add(dst: *mut u64, v: u64) {
+    // SAFETY: the caller passes a valid, aligned pointer.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            dst, v,
+        );
+    }
+}
+
+#[cfg(not(target_arch = "bpf"))]
+#[inline(always)]
+unsafe fn atomic_add(dst: *mut u64, v: u64) {
+    // SAFETY: the caller passes a valid, aligned pointer.
+    unsafe { core::sync::atomic::AtomicU64::from_ptr(dst) }
+        .fetch_add(v, core::sync::atomic::Ordering::Relaxed);
+}
 function_hook!(fentry_rmap_pmd, kprobe_rmap_pmd, hook::RMAP_PMD);
 
 /// `folio_add_anon_rmap_ptes(folio, page, int nr_pages, vma, address, flags)`:

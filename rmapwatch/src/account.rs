@@ -56,6 +56,49 @@ pub struct Process {
     pub live: [u64; object::COUNT],
 }
 
+/// New anonymous folios per (process, VMA start), from the kernel's
+/// `RMAP_VMAS` map: its current values plus those of entries already
+/// removed from it (exited processes are removed so that it never fills).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RmapVmas {
+    retired: BTreeMap<(u32, u64), u64>,
+    current: BTreeMap<(u32, u64), u64>,
+}
+
+impl RmapVmas {
+    /// Replaces the kernel map's current contents.
+    pub fn update(&mut self, current: impl IntoIterator<Item = ((u32, u64), u64)>) {
+        self.current = current.into_iter().collect();
+    }
+
+    /// Moves the entries of processes that `exited` into the retired counts
+    /// and returns their keys, to be removed from the kernel map.
+    pub fn retire(&mut self, exited: impl Fn(u32) -> bool) -> Vec<(u32, u64)> {
+        let gone: Vec<(u32, u64)> = self
+            .current
+            .keys()
+            .filter(|(tgid, _)| exited(*tgid))
+            .copied()
+            .collect();
+        for key in &gone {
+            if let Some(n) = self.current.remove(key) {
+                *self.retired.entry(*key).or_default() += n;
+            }
+        }
+        gone
+    }
+
+    /// Per process: VMA start -> new anonymous folios.
+    #[must_use]
+    pub fn by_process(&self) -> BTreeMap<u32, BTreeMap<u64, u64>> {
+        let mut out: BTreeMap<u32, BTreeMap<u64, u64>> = BTreeMap::new();
+        for (&(tgid, start), &n) in self.retired.iter().chain(&self.current) {
+            *out.entry(tgid).or_default().entry(start).or_default() += n;
+        }
+        out
+    }
+}
+
 /// The accounting state.
 #[derive(Clone, Debug, Default)]
 pub struct Accounting {
@@ -393,5 +436,20 @@ mod tests {
         a.apply(&fork(10, 11));
         assert_eq!(a.take_unnamed(), vec![10]);
         assert!(a.take_unnamed().is_empty());
+    }
+
+    #[test]
+    fn rmap_vmas_keep_the_counts_of_removed_entries() {
+        let mut r = RmapVmas::default();
+        r.update([((10, 0x1000), 3), ((10, 0x5000), 1), ((11, 0x1000), 2)]);
+        let gone = r.retire(|tgid| tgid == 11);
+        assert_eq!(gone, vec![(11, 0x1000)]);
+        // The kernel map no longer has 11's entry; a new one (pid reuse) adds.
+        r.update([((10, 0x1000), 4), ((10, 0x5000), 1), ((11, 0x1000), 5)]);
+        let by = r.by_process();
+        assert_eq!(by[&10][&0x1000], 4);
+        assert_eq!(by[&10][&0x5000], 1);
+        assert_eq!(by[&11][&0x1000], 7);
+        assert!(r.retire(|_| false).is_empty());
     }
 }

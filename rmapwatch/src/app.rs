@@ -12,11 +12,12 @@ use std::{
 };
 
 use anyhow::Context as _;
-use rmapwatch_common::object;
+use rmapwatch_common::{hook, object};
 
 use crate::{
-    account::Accounting,
+    account::{Accounting, RmapVmas},
     daemon,
+    hooks::HookMode,
     inspect::{self, Inspection},
     kernel::KernelFacts,
     loader::{Attach, Probes},
@@ -154,6 +155,8 @@ pub struct Session<'a> {
     /// The latest snapshot (for the detail view).
     pub snapshot: Option<Snapshot>,
     taken: u64,
+    /// New anonymous folios per process and VMA, if that hook is attached.
+    rmap: Option<RmapVmas>,
 }
 
 impl<'a> Session<'a> {
@@ -195,6 +198,13 @@ impl<'a> Session<'a> {
             model: None,
             snapshot: None,
             taken: 0,
+            rmap: probes
+                .hooks
+                .iter()
+                .any(|h| {
+                    h.id == hook::RMAP_NEW && matches!(h.mode, HookMode::Fentry | HookMode::Kprobe)
+                })
+                .then(RmapVmas::default),
         };
         match take_snapshot(&mut probes, 1) {
             Ok((snap, stats)) => {
@@ -212,8 +222,23 @@ impl<'a> Session<'a> {
         Ok((s, probes))
     }
 
-    /// Takes a fresh snapshot for the model (if snapshots work).
-    pub fn refresh(&mut self, probes: &mut Probes, with_slab: bool) {
+    /// Takes a fresh snapshot for the model (if snapshots work) and reads
+    /// the per-VMA rmap counts (if hooked), pruning exited processes from
+    /// the kernel's map.
+    pub fn refresh(&mut self, probes: &mut Probes, acct: &Accounting, with_slab: bool) {
+        if let Some(rmap) = &mut self.rmap {
+            match probes.rmap_vmas() {
+                Ok(current) => {
+                    rmap.update(current);
+                    let gone =
+                        rmap.retire(|tgid| acct.processes.get(&tgid).is_some_and(|p| p.exited));
+                    if let Err(e) = probes.forget_rmap_vmas(&gone) {
+                        log::warn(&format!("pruning RMAP_VMAS: {e:#}"));
+                    }
+                }
+                Err(e) => log::warn(&format!("{e:#}")),
+            }
+        }
         if self.model.is_none() {
             return;
         }
@@ -254,6 +279,7 @@ impl<'a> Session<'a> {
                 done,
                 sizes: self.facts.sizes,
                 model: self.model.as_ref().map(ModelState::view),
+                rmap_vmas: self.rmap.as_ref(),
             },
         )
     }
@@ -309,7 +335,7 @@ pub async fn report(facts: &KernelFacts, run: &RunOptions) -> anyhow::Result<()>
         run.duration,
         run.interval,
         |a, p, el| {
-            session.refresh(p, false);
+            session.refresh(p, a, false);
             if let Err(e) = print(&session.report(a, p, el, false)) {
                 log::warn(&format!("{e:#}"));
             }
@@ -317,7 +343,7 @@ pub async fn report(facts: &KernelFacts, run: &RunOptions) -> anyhow::Result<()>
     )
     .await?;
     // A fresh snapshot for the final model and the drift check.
-    session.refresh(&mut probes, true);
+    session.refresh(&mut probes, &acct, true);
     let final_report = session.report(&acct, &probes, start.elapsed(), true);
     drop(probes); // detach before printing: nothing stays loaded
     log::info(&format!("stopped ({stop:?}); programs detached"));
@@ -373,7 +399,7 @@ pub fn live(facts: &KernelFacts, run: &RunOptions, log_path: &str) -> anyhow::Re
                     while let Ok(d) = detail_rx.try_recv() {
                         detail = d;
                     }
-                    session.refresh(p, false);
+                    session.refresh(p, a, false);
                     send_frame(&session, a, p, el, detail, &tx);
                 },
             ));

@@ -7,10 +7,10 @@ use std::{path::Path, process::Command};
 use anyhow::{Context as _, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{FEntry, Iter, KProbe, RawTracePoint, TracePoint},
 };
-use rmapwatch_common::stat;
+use rmapwatch_common::{RmapKey, stat};
 
 use crate::{
     hooks::{HOOKS, HookMode, HookSpec, HookStatus, ProbeMode},
@@ -192,6 +192,47 @@ impl Probes {
             .take_map("EVENTS")
             .ok_or_else(|| anyhow!("ring buffer already taken"))?;
         Ok(RingBuf::try_from(map)?)
+    }
+
+    /// New anonymous folios per (process, VMA start) counted in the kernel
+    /// since attach (empty unless the `folio_add_new_anon_rmap` hook is on).
+    ///
+    /// # Errors
+    /// The map cannot be read.
+    pub fn rmap_vmas(&self) -> anyhow::Result<Vec<((u32, u64), u64)>> {
+        let map = self
+            .ebpf
+            .map("RMAP_VMAS")
+            .ok_or_else(|| anyhow!("RMAP_VMAS map missing"))?;
+        let h: HashMap<&MapData, RmapKey, u64> = HashMap::try_from(map)?;
+        h.iter()
+            .map(|kv| {
+                let (k, v) = kv.context("reading RMAP_VMAS")?;
+                Ok(((k.tgid, k.vm_start), v))
+            })
+            .collect()
+    }
+
+    /// Removes these entries of `RMAP_VMAS` (the caller keeps their counts),
+    /// so that exited processes do not fill it.
+    ///
+    /// # Errors
+    /// The map is missing.
+    pub fn forget_rmap_vmas(&mut self, keys: &[(u32, u64)]) -> anyhow::Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("RMAP_VMAS")
+            .ok_or_else(|| anyhow!("RMAP_VMAS map missing"))?;
+        let mut h: HashMap<&mut MapData, RmapKey, u64> = HashMap::try_from(map)?;
+        for &(tgid, vm_start) in keys {
+            // Already gone is fine.
+            let _ = h.remove(&RmapKey {
+                tgid,
+                _pad: 0,
+                vm_start,
+            });
+        }
+        Ok(())
     }
 
     /// The per-CPU counters, summed over CPUs.

@@ -214,6 +214,8 @@ pub struct Context<'a> {
     pub sizes: Sizes,
     /// The model, when a snapshot is available.
     pub model: Option<ModelView<'a>>,
+    /// New anonymous folios per process and VMA (rmap hook attached).
+    pub rmap_vmas: Option<&'a crate::account::RmapVmas>,
 }
 
 /// Per-object block.
@@ -258,6 +260,18 @@ pub struct ProcessReport {
     pub lazy: Option<LazyBlock>,
     /// What the latest snapshot saw it own (compare with `live`).
     pub snapshot: Option<LiveBlock>,
+    /// New anonymous folios it mapped since attach (null without the
+    /// `folio_add_new_anon_rmap` hook).
+    pub rmap: Option<ProcessRmap>,
+}
+
+/// A process's new anonymous folios, counted in the kernel per VMA.
+#[derive(Debug, Serialize)]
+pub struct ProcessRmap {
+    /// Sum over its VMAs.
+    pub new_anon_folios: u64,
+    /// VMA start (hex, as in /proc/PID/maps) -> new anonymous folios.
+    pub by_vma: BTreeMap<String, u64>,
 }
 
 /// A function hook's mode and call count.
@@ -319,6 +333,8 @@ pub struct RmapReport {
     pub ptes_pages: u64,
     /// `folio_add_anon_rmap_pmd` calls.
     pub pmd_calls: u64,
+    /// New anonymous folios missing from the per-VMA counts (map full).
+    pub per_vma_missed: u64,
 }
 
 fn model_block(acct: &Accounting, m: &ModelView<'_>, live: Objects, sizes: Sizes) -> ModelBlock {
@@ -415,7 +431,9 @@ impl Report {
             ptes_calls: stat_at(stat::HOOK_CALLS + hook::RMAP_PTES),
             ptes_pages: stat_at(stat::RMAP_PTES_PAGES),
             pmd_calls: stat_at(stat::HOOK_CALLS + hook::RMAP_PMD),
+            per_vma_missed: stat_at(stat::RMAP_VMAS_FULL),
         });
+        let rmap_by_process = ctx.rmap_vmas.map(crate::account::RmapVmas::by_process);
         let sizes = [ctx.anon_vma_size, ctx.avc_size];
         let objects = OBJECT_NAMES
             .iter()
@@ -457,6 +475,17 @@ impl Report {
                     live: ctx.sizes.live(live_of(&p.live)),
                     lazy,
                     snapshot,
+                    rmap: rmap_by_process.as_ref().map(|by| {
+                        let vmas = by.get(&p.pid);
+                        ProcessRmap {
+                            new_anon_folios: vmas.map_or(0, |v| v.values().sum()),
+                            by_vma: vmas
+                                .into_iter()
+                                .flatten()
+                                .map(|(start, n)| (format!("{start:x}"), *n))
+                                .collect(),
+                        }
+                    }),
                 }
             })
             .collect();
@@ -611,6 +640,13 @@ impl Report {
                 "rmap: {} new anon folios, {} pte calls ({} pages), {} pmd calls",
                 r.new_anon_folios, r.ptes_calls, r.ptes_pages, r.pmd_calls
             );
+            if r.per_vma_missed > 0 {
+                let _ = writeln!(
+                    s,
+                    "rmap: {} new anon folios not counted per VMA (map full)",
+                    r.per_vma_missed
+                );
+            }
         }
         if !self.processes.is_empty() {
             let _ = writeln!(s);
@@ -688,6 +724,7 @@ pub fn offline(
                 },
                 slab_anon_vma: None,
             }),
+            rmap_vmas: None,
         },
     )
 }

@@ -108,7 +108,7 @@ for mode in {modes}; do
   sleep 1
   # JIT-ed programs are in kallsyms as bpf_prog_<tag>_<name> [bpf] while loaded.
   LEFT=$(grep '\[bpf\]' /proc/kallsyms | grep -c -e kmem_cache -e sched_process -e fork_e -e fentry_ -e kprobe_ -e task_vma)
-  echo "RMW-MODE $mode rc=$RC s0=$S0 s1=$S1 left=$LEFT $(grep ready /tmp/w.out)"
+  echo "RMW-MODE $mode rc=$RC s0=$S0 s1=$S1 left=$LEFT $(grep -e regions -e ready /tmp/w.out | tr '\n' ' ')"
   sed 's/^/RMW-ERR /' /tmp/r.err
   sed 's/^/RMW-JSON /' /tmp/r.json
 done
@@ -257,40 +257,31 @@ fn check(
             ));
         }
         let last = json.last().ok_or("no final report")?;
-        // The interim report written last before the workload was released.
-        // The interim report at the hold point, from a quiet moment: a report
-        // made while the shell execs a command can straddle its faults (seen
-        // once on arm64 6.12: drift 4 between the event stream and the walk).
-        let hold = {
-            let before = json
-                .get(..hold_lines)
-                .ok_or("no interim report at the hold point")?;
-            let same =
-                |a: &Value, b: &Value| a["hooks"] == b["hooks"] && a["objects"] == b["objects"];
-            (1..before.len())
+        // Interim reports from quiet moments: a report is built from the
+        // event stream drained so far and a fresh walk; if a process forks
+        // while that happens (the init shell runs `wc` at the markers), the
+        // walk sees objects whose events are still in the ring (seen on
+        // arm64 6.12: drift 4). A report is quiet when the one before and
+        // the one after it counted the same: nothing was in flight.
+        let same = |a: &Value, b: &Value| a["hooks"] == b["hooks"] && a["objects"] == b["objects"];
+        let quiet_before = |lines: usize, what: &str| -> Result<&Value, String> {
+            let upto = lines.min(json.len());
+            (1..upto)
                 .rev()
-                .find(|&i| same(&before[i], &before[i - 1]))
-                .map(|i| &before[i])
-                .or(before.last())
-                .ok_or("no interim report at the hold point")?
+                .find(|&i| {
+                    same(&json[i], &json[i - 1])
+                        && json.get(i + 1).is_none_or(|n| same(n, &json[i]))
+                })
+                .or_else(|| upto.checked_sub(1))
+                .map(|i| &json[i])
+                .ok_or(format!("no interim report {what}"))
         };
-        // An interim report from before the workload started: the hooks and
-        // the slab tracepoints are compared over [pre, hold], where both were
-        // attached (under TCG the hooks attach seconds after the tracepoints).
-        // A report taken in a quiet moment: a counter read and the event
-        // stream can straddle a fault that happens while a report is being
-        // made, so take the last report before the workload that is equal
-        // to the one before it (nothing happened in between).
-        let quiet = |a: &Value, b: &Value| a["hooks"] == b["hooks"] && a["objects"] == b["objects"];
-        let before = json
-            .get(..pre_lines)
-            .ok_or("no interim report before the workload")?;
-        let pre = (1..before.len())
-            .rev()
-            .find(|&i| quiet(&before[i], &before[i - 1]))
-            .map(|i| &before[i])
-            .or(before.last())
-            .ok_or("no interim report before the workload")?;
+        // At the hold point (the workload's children exist and have written).
+        let hold = quiet_before(hold_lines, "at the hold point")?;
+        // Before the workload: the hooks and the slab tracepoints are
+        // compared over [pre, hold], where both were attached (under TCG the
+        // hooks attach seconds after the tracepoints).
+        let pre = quiet_before(pre_lines, "before the workload")?;
         // 1. probe modes
         for (hook, m) in last["probes"].as_object().ok_or("no probes")? {
             let slab = !hook.starts_with("folio_");
@@ -398,12 +389,21 @@ fn check(
                     K * (1 + F)
                 ));
             }
+            // Per VMA, exactly: the parent and each child mapped one new
+            // anonymous folio per region page (first touch, then
+            // copy-on-write), whatever else they faulted elsewhere.
+            let per_process = region_folios(meta, hold)?;
+            if per_process.len() as u64 != 1 + F || per_process.iter().any(|&(_, n)| n != K) {
+                return Err(format!(
+                    "new anon folios in the {K} region VMAs per process (parent first): {per_process:?}"
+                ));
+            }
             let _ = write!(
                 detail,
-                "; prepare calls {} = AVCs there; fork calls {}; new anon folios {folios} >= {}",
+                "; prepare calls {} = AVCs there; fork calls {}; new anon folios {folios}, \
+                 in the regions exactly {K} for the parent and each of {F} children",
                 calls("__anon_vma_prepare"),
                 calls("anon_vma_fork"),
-                K * (1 + F)
             );
         }
         if field("left") != 0 {
@@ -451,8 +451,16 @@ fn run_kernel(arch: &Arch, vmlinuz: &Path, initrd: &Path) -> anyhow::Result<Vec<
         .find_map(|l| l.split("RMW-KERNEL ").nth(1))
         .map(str::to_owned)
         .ok_or_else(|| anyhow::anyhow!("the VM did not boot to /init:\n{}", tail(&log)))?;
+    // The whole serial log is kept: a kernel oops in a guest is only
+    // useful with everything before it.
+    let saved = initrd.with_file_name(format!("serial-{}.log", kernel.replace(' ', "-")));
+    let _ = std::fs::write(&saved, &log);
     if !log.contains("RMW-END") {
-        bail!("the VM did not finish:\n{}", tail(&log));
+        bail!(
+            "the VM did not finish (full log: {}):\n{}",
+            saved.display(),
+            tail(&log)
+        );
     }
     let mut cells = Vec::new();
     for mode in MODES {
@@ -484,6 +492,42 @@ fn run_kernel(arch: &Arch, vmlinuz: &Path, initrd: &Path) -> anyhow::Result<Vec<
         });
     }
     Ok(cells)
+}
+
+/// From the workload's `regions START END ready PARENT CHILD...` and a
+/// report: per workload process (parent first), the new anonymous folios
+/// counted in VMAs that start inside the regions.
+fn region_folios(meta: &str, report: &Value) -> Result<Vec<(u64, u64)>, String> {
+    let words: Vec<&str> = meta.split_whitespace().collect();
+    let after = |w: &str| words.iter().position(|x| *x == w).map(|i| &words[i + 1..]);
+    let hex = |s: &&str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+    let r = after("regions").ok_or("no regions line from the workload")?;
+    let (Some(start), Some(end)) = (r.first().and_then(hex), r.get(1).and_then(hex)) else {
+        return Err(format!("bad regions line: {meta}"));
+    };
+    let pids: Vec<u64> = after("ready")
+        .ok_or("no ready line from the workload")?
+        .iter()
+        .map_while(|p| p.parse().ok())
+        .collect();
+    let procs = report["processes"].as_array().ok_or("no processes")?;
+    pids.iter()
+        .map(|&pid| {
+            let p = procs
+                .iter()
+                .find(|p| p["pid"] == pid)
+                .ok_or(format!("workload process {pid} missing from the report"))?;
+            let by_vma = p["rmap"]["by_vma"]
+                .as_object()
+                .ok_or(format!("no per-VMA rmap counts for {pid}"))?;
+            let n = by_vma
+                .iter()
+                .filter(|(k, _)| hex(&k.as_str()).is_some_and(|a| (start..end).contains(&a)))
+                .map(|(_, v)| v.as_u64().unwrap_or(0))
+                .sum();
+            Ok((pid, n))
+        })
+        .collect()
 }
 
 /// Lines with `prefix` between this mode's RMW-MODE line and the next one.
