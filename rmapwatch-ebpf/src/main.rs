@@ -95,12 +95,26 @@ fn bump(index: u32, by: u64) {
     }
 }
 
+/// `BPF_RB_NO_WAKEUP`, `BPF_RB_FORCE_WAKEUP`, `BPF_RB_AVAIL_DATA`, `BPF_RB_RING_SIZE`.
+const RB_NO_WAKEUP: u64 = 1;
+const RB_FORCE_WAKEUP: u64 = 2;
+const RB_AVAIL_DATA: u64 = 0;
+const RB_RING_SIZE: u64 = 1;
+
 #[inline(always)]
 fn emit(event: &Event) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(*event);
-            entry.submit(0);
+            // No wakeup per event: on a VM each one is an IPI, i.e. a VM exit
+            // (measured: ~700 ns per slab event with it). User space drains
+            // on a short timer; a ring an eighth full wakes it at once.
+            let flags = if EVENTS.query(RB_AVAIL_DATA) >= EVENTS.query(RB_RING_SIZE) / 8 {
+                RB_FORCE_WAKEUP
+            } else {
+                RB_NO_WAKEUP
+            };
+            entry.submit(flags);
         }
         None => bump(stat::DROPPED, 1),
     }

@@ -99,6 +99,36 @@ impl RmapVmas {
     }
 }
 
+/// Hasher for kernel addresses and ids: one folded multiply. std's SipHash
+/// dominated the pipeline (every event looks up its object's owner), and
+/// the keys are not attacker-chosen.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PtrHasher(u64);
+
+impl std::hash::Hasher for PtrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        let p = u128::from(self.0 ^ x) * 0x9e37_79b9_7f4a_7c15;
+        self.0 = (p as u64) ^ ((p >> 64) as u64);
+    }
+
+    fn write_u32(&mut self, x: u32) {
+        self.write_u64(u64::from(x));
+    }
+}
+
+/// A `HashMap` keyed by addresses or ids.
+pub type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<PtrHasher>>;
+
 /// The accounting state.
 #[derive(Clone, Debug, Default)]
 pub struct Accounting {
@@ -109,9 +139,9 @@ pub struct Accounting {
     /// Events applied.
     pub events: u64,
     /// Live objects allocated since start-up: address -> (owner tgid, kind).
-    owners: HashMap<u64, (u32, u32)>,
+    owners: FastMap<u64, (u32, u32)>,
     /// Allocations made inside a fork, waiting for the child: tid -> objects.
-    pending: HashMap<u32, Vec<(u64, u32)>>,
+    pending: FastMap<u32, Vec<(u64, u32)>>,
     /// Processes first seen without a name (the daemon looks them up).
     unnamed: Vec<u32>,
 }
@@ -194,6 +224,22 @@ impl Accounting {
             if p.comm.is_empty() {
                 p.comm = comm;
             }
+        }
+        for (ptr, tgid, obj) in objects {
+            self.set_owner(ptr, tgid, obj);
+        }
+    }
+
+    /// Replaces every live count and owner with the snapshot's: after
+    /// events were lost (ring buffer full), the live figures are those of
+    /// the kernel again. Flows (allocations and frees) stay as counted.
+    pub fn reseed(&mut self, objects: impl IntoIterator<Item = (u64, u32, u32)>) {
+        self.owners.clear();
+        for p in self.processes.values_mut() {
+            p.live = [0; object::COUNT];
+        }
+        for t in &mut self.objects {
+            t.live = 0;
         }
         for (ptr, tgid, obj) in objects {
             self.set_owner(ptr, tgid, obj);
@@ -451,5 +497,46 @@ mod tests {
         assert_eq!(by[&10][&0x5000], 1);
         assert_eq!(by[&11][&0x1000], 7);
         assert!(r.retire(|_| false).is_empty());
+    }
+
+    #[test]
+    fn reseeding_replaces_live_counts_but_keeps_flows() {
+        let mut a = Accounting::default();
+        let alloc = |ptr, tgid| Event {
+            kind: kind::ALLOC,
+            object: object::ANON_VMA,
+            site: site::PREPARE,
+            tid: tgid,
+            tgid,
+            ptr,
+            ..Event::default()
+        };
+        a.apply(&alloc(0x100, 7));
+        a.apply(&alloc(0x200, 7));
+        // Events were lost: the kernel really holds 0x200 (pid 7) and 0x300 (pid 8).
+        a.reseed([(0x200, 7, object::ANON_VMA), (0x300, 8, object::ANON_VMA)]);
+        assert_eq!(a.objects[object::ANON_VMA as usize].live, 2);
+        assert_eq!(a.processes[&7].live[object::ANON_VMA as usize], 1);
+        assert_eq!(a.processes[&8].live[object::ANON_VMA as usize], 1);
+        assert_eq!(a.processes[&7].flows[object::ANON_VMA as usize].allocs, 2);
+        // A free of the object the snapshot did not have is not charged.
+        a.apply(&Event {
+            kind: kind::FREE,
+            ptr: 0x100,
+            ..alloc(0x100, 7)
+        });
+        assert_eq!(a.objects[object::ANON_VMA as usize].live, 2);
+        assert_eq!(a.objects[object::ANON_VMA as usize].frees_of_preexisting, 1);
+    }
+
+    #[test]
+    fn ptr_hasher_spreads_aligned_addresses() {
+        use std::hash::{BuildHasher as _, BuildHasherDefault};
+        let b = BuildHasherDefault::<PtrHasher>::default();
+        // 64-byte aligned slab objects must not share their low hash bits.
+        let low: std::collections::BTreeSet<u64> = (0..1024u64)
+            .map(|i| b.hash_one(0xffff_8880_0000_0000 + i * 64) & 1023)
+            .collect();
+        assert!(low.len() > 600, "{} distinct buckets of 1024", low.len());
     }
 }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use rmapwatch_common::{hook, object};
+use rmapwatch_common::{hook, object, stat};
 
 use crate::{
     account::{Accounting, RmapVmas},
@@ -23,7 +23,7 @@ use crate::{
     loader::{Attach, Probes},
     log,
     model::{self, Estimate, Objects, Options},
-    report::{Context, ModelView, Report, SnapshotStats},
+    report::{Context, ModelView, Report, Resync, SnapshotStats},
     snapshot::Snapshot,
     tui,
 };
@@ -124,13 +124,16 @@ pub fn take_snapshot(probes: &mut Probes, taken: u64) -> anyhow::Result<(Snapsho
 
 /// Seeds the accounting's ownership from a snapshot.
 pub fn seed(acct: &mut Accounting, snap: &Snapshot) {
-    let (av, avc) = snap.owners();
-    let objects = av
-        .into_iter()
-        .map(|(p, t)| (p, t, object::ANON_VMA))
-        .chain(avc.into_iter().map(|(p, t)| (p, t, object::AVC)));
     let comms = snap.procs.values().map(|p| (p.pid, p.comm.clone()));
-    acct.seed(objects, comms);
+    acct.seed(owned_objects(snap), comms);
+}
+
+/// `(address, owner tgid, object kind)` of every object in a snapshot.
+fn owned_objects(snap: &Snapshot) -> impl Iterator<Item = (u64, u32, u32)> {
+    let (av, avc) = snap.owners();
+    av.into_iter()
+        .map(|(p, t)| (p, t, object::ANON_VMA))
+        .chain(avc.into_iter().map(|(p, t)| (p, t, object::AVC)))
 }
 
 /// `/sys/kernel/slab/anon_vma/objects` after flushing per-CPU slabs and
@@ -157,6 +160,9 @@ pub struct Session<'a> {
     taken: u64,
     /// New anonymous folios per process and VMA, if that hook is attached.
     rmap: Option<RmapVmas>,
+    /// Dropped events already accounted for by a re-seed.
+    dropped_seen: u64,
+    resync: Resync,
 }
 
 impl<'a> Session<'a> {
@@ -205,6 +211,8 @@ impl<'a> Session<'a> {
                     h.id == hook::RMAP_NEW && matches!(h.mode, HookMode::Fentry | HookMode::Kprobe)
                 })
                 .then(RmapVmas::default),
+            dropped_seen: 0,
+            resync: Resync::default(),
         };
         match take_snapshot(&mut probes, 1) {
             Ok((snap, stats)) => {
@@ -225,7 +233,16 @@ impl<'a> Session<'a> {
     /// Takes a fresh snapshot for the model (if snapshots work) and reads
     /// the per-VMA rmap counts (if hooked), pruning exited processes from
     /// the kernel's map.
-    pub fn refresh(&mut self, probes: &mut Probes, acct: &Accounting, with_slab: bool) {
+    pub fn refresh(&mut self, probes: &mut Probes, acct: &mut Accounting, with_slab: bool) {
+        let dropped = probes
+            .stats()
+            .ok()
+            .and_then(|s| s.get(stat::DROPPED as usize).copied())
+            .unwrap_or(0);
+        if dropped > self.dropped_seen {
+            self.dropped_seen = dropped;
+            self.resync.degraded = true;
+        }
         if let Some(rmap) = &mut self.rmap {
             match probes.rmap_vmas() {
                 Ok(current) => {
@@ -249,6 +266,26 @@ impl<'a> Session<'a> {
                 if with_slab {
                     m.slab_anon_vma = slab_anon_vma_objects();
                 }
+                if self.resync.degraded {
+                    // Events were lost: the live counts are the kernel's again.
+                    let live = |o: u32| acct.objects[o as usize].live.cast_signed();
+                    let actual = m.estimate.system.actual;
+                    let before = (
+                        live(object::ANON_VMA) - actual.anon_vma.cast_signed(),
+                        live(object::AVC) - actual.avc.cast_signed(),
+                    );
+                    acct.reseed(owned_objects(&snap));
+                    self.resync = Resync {
+                        degraded: false,
+                        resyncs: self.resync.resyncs + 1,
+                        drift_before_last: Some(before),
+                    };
+                    log::warn(&format!(
+                        "{dropped} events dropped so far (ring buffer full): live counts re-seeded \
+                         from a fresh snapshot (they were off by {:+} anon_vma, {:+} AVC)",
+                        before.0, before.1
+                    ));
+                }
                 self.model = Some(m);
                 self.snapshot = Some(snap);
             }
@@ -266,6 +303,7 @@ impl<'a> Session<'a> {
         done: bool,
     ) -> Report {
         let stats = probes.stats().unwrap_or_default();
+        let programs = probes.program_stats();
         Report::build(
             acct,
             &Context {
@@ -280,6 +318,8 @@ impl<'a> Session<'a> {
                 sizes: self.facts.sizes,
                 model: self.model.as_ref().map(ModelState::view),
                 rmap_vmas: self.rmap.as_ref(),
+                programs: programs.as_ref(),
+                resync: self.resync,
             },
         )
     }
@@ -343,7 +383,7 @@ pub async fn report(facts: &KernelFacts, run: &RunOptions) -> anyhow::Result<()>
     )
     .await?;
     // A fresh snapshot for the final model and the drift check.
-    session.refresh(&mut probes, &acct, true);
+    session.refresh(&mut probes, &mut acct, true);
     let final_report = session.report(&acct, &probes, start.elapsed(), true);
     drop(probes); // detach before printing: nothing stays loaded
     log::info(&format!("stopped ({stop:?}); programs detached"));

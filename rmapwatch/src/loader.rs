@@ -2,7 +2,7 @@
 //! program, choosing fentry, kprobe or the tracepoint path per hook.
 //!
 //! This and `daemon` are the only modules that know about aya.
-use std::{path::Path, process::Command};
+use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path, process::Command};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
@@ -15,6 +15,7 @@ use rmapwatch_common::{RmapKey, stat};
 use crate::{
     hooks::{HOOKS, HookMode, HookSpec, HookStatus, ProbeMode},
     kernel::KernelFacts,
+    report::ProgramStats,
 };
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rmapwatch"));
@@ -42,6 +43,9 @@ pub struct Probes {
     pub warnings: Vec<String>,
     /// Why snapshots are unavailable, if they are (`iter/task_vma` needs 5.12+).
     pub snapshot_error: Option<String>,
+    /// Keeps the kernel's run-time statistics on while we run
+    /// (`BPF_ENABLE_STATS`, 5.8+; dropped = off again unless others hold it).
+    stats_fd: Option<std::os::fd::OwnedFd>,
 }
 
 /// What to attach.
@@ -89,6 +93,7 @@ impl Probes {
                 fork_window: false,
                 warnings: Vec::new(),
                 snapshot_error,
+                stats_fd: None,
             });
         }
 
@@ -104,6 +109,16 @@ impl Probes {
         }
 
         let mut warnings = Vec::new();
+        let stats_fd = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                warnings.push(format!(
+                    "bpf_stats unavailable ({}): no per-program cost",
+                    short(&e)
+                ));
+                None
+            }
+        };
         let fork_window = match attach_fork_window(&mut ebpf) {
             Ok(()) => true,
             Err(e) => {
@@ -152,7 +167,25 @@ impl Probes {
             fork_window,
             warnings,
             snapshot_error,
+            stats_fd,
         })
+    }
+
+    /// Run statistics of every loaded program, by name (None when the
+    /// kernel keeps none).
+    #[must_use]
+    pub fn program_stats(&self) -> Option<BTreeMap<String, ProgramStats>> {
+        self.stats_fd.as_ref()?;
+        let mut out = BTreeMap::new();
+        for (name, prog) in self.ebpf.programs() {
+            let Ok(fd) = prog.fd() else {
+                continue; // not loaded (the other half of a fentry/kprobe pair)
+            };
+            if let Some(s) = prog_stats(fd.as_fd()) {
+                out.insert(name.to_owned(), s);
+            }
+        }
+        Some(out)
     }
 
     /// Walks every process's VMAs with the `iter/task_vma` program and
@@ -249,6 +282,39 @@ impl Probes {
             .map(|i| Ok(arr.get(&i, 0)?.iter().sum()))
             .collect()
     }
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` for the fields aya's `ProgramInfo` does not
+/// expose (`recursion_misses`).
+fn prog_stats(fd: std::os::fd::BorrowedFd<'_>) -> Option<ProgramStats> {
+    use std::os::fd::AsRawFd as _;
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: bpf_prog_info is plain old data; all zeroes is valid.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: u32::try_from(fd.as_raw_fd()).ok()?,
+        info_len: u32::try_from(size_of_val(&info)).ok()?,
+        info: (&raw mut info) as u64,
+    };
+    // SAFETY: attr points at a live, writable bpf_prog_info of info_len bytes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            aya_obj::generated::bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            &raw mut attr,
+            size_of::<InfoAttr>(),
+        )
+    };
+    (rc == 0).then_some(ProgramStats {
+        runs: info.run_cnt,
+        run_time_ns: info.run_time_ns,
+        recursion_misses: info.recursion_misses,
+    })
 }
 
 fn load_iterator(ebpf: &mut Ebpf, facts: &KernelFacts) -> anyhow::Result<()> {

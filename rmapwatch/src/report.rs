@@ -189,6 +189,74 @@ pub struct SnapshotBlock {
     pub actual: LiveBlock,
 }
 
+/// One eBPF program's run statistics (the kernel's `bpf_stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProgramStats {
+    /// Runs counted.
+    pub runs: u64,
+    /// Time spent in the program, summed over runs.
+    pub run_time_ns: u64,
+    /// Runs skipped because the program was already running on that CPU.
+    pub recursion_misses: u64,
+}
+
+/// rmapwatch's own cost in the kernel, from `bpf_stats`.
+#[derive(Clone, Debug, Serialize)]
+pub struct CostReport {
+    /// Runs of the per-event programs (all but the snapshot iterator).
+    pub event_runs: u64,
+    /// Mean run time of the per-event programs, weighted by their runs.
+    pub ns_per_event: Option<f64>,
+    /// Share of one CPU spent in all of rmapwatch's programs since attach.
+    pub cpu_pct: f64,
+    /// Runs lost to recursion, all programs.
+    pub recursion_misses: u64,
+    /// Per program.
+    pub programs: BTreeMap<String, ProgramStats>,
+}
+
+/// The snapshot iterator: not a per-event program.
+pub const ITERATOR_PROGRAM: &str = "task_vma";
+
+impl CostReport {
+    /// Sums the programs' statistics over `duration_s`.
+    #[must_use]
+    pub fn new(programs: &BTreeMap<String, ProgramStats>, duration_s: f64) -> Self {
+        let events = programs
+            .iter()
+            .filter(|(name, _)| *name != ITERATOR_PROGRAM)
+            .map(|(_, p)| p);
+        let (event_runs, event_ns) =
+            events.fold((0, 0), |(r, t), p| (r + p.runs, t + p.run_time_ns));
+        let total_ns: u64 = programs.values().map(|p| p.run_time_ns).sum();
+        Self {
+            event_runs,
+            ns_per_event: round2((event_runs > 0).then(|| event_ns as f64 / event_runs as f64)),
+            cpu_pct: if duration_s > 0.0 {
+                (total_ns as f64 / 1e9 / duration_s * 100.0 * 1000.0).round() / 1000.0
+            } else {
+                0.0
+            },
+            recursion_misses: programs.values().map(|p| p.recursion_misses).sum(),
+            programs: programs.clone(),
+        }
+    }
+}
+
+/// Lost events and recovery: when the ring buffer overflows, the live
+/// counts are re-seeded from the next snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Resync {
+    /// Events were lost since the last re-seed: live figures are uncertain
+    /// until the next snapshot.
+    pub degraded: bool,
+    /// Re-seeds so far.
+    pub resyncs: u64,
+    /// Live objects (events) minus the snapshot's, just before the last
+    /// re-seed: what the lost events had cost.
+    pub drift_before_last: Option<(i64, i64)>,
+}
+
 /// JSON schema name.
 pub const SCHEMA: &str = "rmapwatch.report/1";
 
@@ -216,6 +284,10 @@ pub struct Context<'a> {
     pub model: Option<ModelView<'a>>,
     /// New anonymous folios per process and VMA (rmap hook attached).
     pub rmap_vmas: Option<&'a crate::account::RmapVmas>,
+    /// Run statistics of rmapwatch's programs (null when the kernel keeps none).
+    pub programs: Option<&'a BTreeMap<String, ProgramStats>>,
+    /// Lost events and recovery.
+    pub resync: Resync,
 }
 
 /// Per-object block.
@@ -304,12 +376,16 @@ pub struct Report {
     pub duration_s: f64,
     /// Events lost in the ring buffer.
     pub dropped_events: u64,
+    /// Whether live figures are degraded by lost events, and the recoveries.
+    pub resync: Resync,
     /// Events decoded.
     pub events: u64,
     /// Whether this is the final report.
     pub done: bool,
     /// Per-page rmap counters (null when the rmap hooks are unavailable).
     pub rmap: Option<RmapReport>,
+    /// rmapwatch's own cost in the kernel (null without `bpf_stats`).
+    pub cost: Option<CostReport>,
     /// anon_vma and anon_vma_chain blocks.
     pub objects: BTreeMap<&'static str, ObjectReport>,
     /// Objects that exist now (snapshot-seeded, event-maintained).
@@ -517,9 +593,11 @@ impl Report {
             fork_window: ctx.fork_window,
             duration_s: (ctx.duration_s * 1000.0).round() / 1000.0,
             dropped_events: stat_at(stat::DROPPED),
+            resync: ctx.resync,
             events: acct.events,
             done: ctx.done,
             rmap,
+            cost: ctx.programs.map(|p| CostReport::new(p, ctx.duration_s)),
             objects,
             live: ctx.sizes.live(live),
             lazy,
@@ -593,6 +671,30 @@ impl Report {
             .map(|(k, v)| format!("{k}={}", v.as_str()))
             .collect();
         let _ = writeln!(s, "probes: {}", modes.join(" "));
+        if self.dropped_events > 0 {
+            let _ = writeln!(
+                s,
+                "lost events: {} dropped (ring buffer full); live counts re-seeded from snapshots {} times{}",
+                self.dropped_events,
+                self.resync.resyncs,
+                if self.resync.degraded {
+                    ", degraded until the next snapshot"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let Some(c) = &self.cost {
+            let _ = writeln!(
+                s,
+                "kernel cost: {} ns/event over {} runs, {:.3}% of a CPU, {} recursion misses",
+                c.ns_per_event
+                    .map_or_else(|| "-".to_owned(), |n| format!("{n:.0}")),
+                c.event_runs,
+                c.cpu_pct,
+                c.recursion_misses
+            );
+        }
         let _ = writeln!(s);
         if let Some(table) = self.seed_table() {
             let _ = writeln!(s, "{table}");
@@ -725,6 +827,8 @@ pub fn offline(
                 slab_anon_vma: None,
             }),
             rmap_vmas: None,
+            programs: None,
+            resync: Resync::default(),
         },
     )
 }

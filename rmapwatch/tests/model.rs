@@ -224,6 +224,61 @@ fn event_maintained_state_equals_a_fresh_snapshot() {
 
 #[test]
 #[ignore = "needs root: run by cargo xtask test"]
+fn a_ring_buffer_too_small_drops_events_shows_it_and_recovers_by_resnapshot() {
+    require_root();
+    // 4 KiB of ring: a fork of 300 regions into 8 children is thousands of
+    // events in a burst, far more than fit.
+    let rw = Rmapwatch::start(&["--ring-buffer-kb", "4", "--interval", "0.4"]);
+    let w = Workload::start(&["--regions", "300", "--children", "8", "--noise", "0"]);
+    std::thread::sleep(Duration::from_millis(300));
+    w.finish();
+    // Quiet: interim reports after the last loss.
+    std::thread::sleep(Duration::from_millis(2500));
+    let reports = rw.stop_all();
+    let last = reports.last().unwrap();
+    let dropped = last["dropped_events"].as_u64().unwrap();
+    assert!(dropped > 0, "nothing dropped with a 4 KiB ring");
+    let resyncs = last["resync"]["resyncs"].as_u64().unwrap();
+    assert!(resyncs >= 1, "{}", last["resync"]);
+    // A report that lost events shows them and says what they had cost.
+    let hurt = reports
+        .iter()
+        .find(|r| r["dropped_events"].as_u64().unwrap() > 0)
+        .unwrap();
+    assert!(
+        !hurt["resync"]["drift_before_last"].is_null(),
+        "{}",
+        hurt["resync"]
+    );
+    // Recovered: interim reports that lost nothing since the one before
+    // agree exactly with a fresh walk again, without a new re-seed.
+    let interim = &reports[..reports.len() - 1];
+    let quiet: Vec<&serde_json::Value> = interim
+        .windows(2)
+        .filter(|w| {
+            w[1]["dropped_events"] == w[0]["dropped_events"] && w[1]["resync"] == w[0]["resync"]
+        })
+        .filter(|w| w[1]["dropped_events"].as_u64().unwrap() > 0)
+        .map(|w| &w[1])
+        .collect();
+    assert!(!quiet.is_empty(), "no quiet report after the losses");
+    for r in quiet {
+        assert_eq!(r["resync"]["degraded"], false);
+        assert_eq!(
+            r["model"]["drift"]["anon_vma"], 0,
+            "{}",
+            r["model"]["drift"]
+        );
+        assert_eq!(
+            r["model"]["drift"]["anon_vma_chain"], 0,
+            "{}",
+            r["model"]["drift"]
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
 fn inspect_bad_targets_are_clear_errors() {
     require_root();
     let run = |target: &str| {

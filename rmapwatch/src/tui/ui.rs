@@ -78,6 +78,16 @@ impl App {
             format!("  up {}", uptime(r.duration_s)).into(),
             format!("  refresh {:.1}s", self.delay.as_secs_f64()).into(),
         ];
+        if let Some(c) = &r.cost {
+            // The tool's own CPU cost, from the kernel's bpf_stats.
+            let ns = c
+                .ns_per_event
+                .map_or_else(|| "-".to_owned(), |n| format!("{n:.0}"));
+            l1.push(format!("  cost {ns} ns/ev {:.2}% CPU", c.cpu_pct).into());
+            if c.recursion_misses > 0 {
+                l1.push(format!(" {} recursion misses", c.recursion_misses).red());
+            }
+        }
         if self.paused {
             l1.push("  PAUSED".bold().yellow());
         }
@@ -92,8 +102,13 @@ impl App {
         let mut l2 = vec![
             format!("events/s {:.0}  ", self.rates.events).into(),
             dropped,
-            "  probes ".into(),
         ];
+        if r.resync.degraded {
+            l2.push(" DEGRADED until the next snapshot".red().bold());
+        } else if r.resync.resyncs > 0 {
+            l2.push(format!(" (re-seeded {}x)", r.resync.resyncs).yellow());
+        }
+        l2.push("  probes ".into());
         for (name, mode) in &r.probes {
             let short = match *mode {
                 HookMode::Fentry => "fentry",

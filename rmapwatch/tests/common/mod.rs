@@ -115,18 +115,26 @@ impl Rmapwatch {
     }
 
     /// SIGINT, then the final report.
-    pub fn stop(mut self) -> serde_json::Value {
+    pub fn stop(self) -> serde_json::Value {
+        self.stop_all().pop().unwrap()
+    }
+
+    /// SIGINT, then every report (interim ones, then the final one).
+    pub fn stop_all(mut self) -> Vec<serde_json::Value> {
         send(&self.child, libc::SIGINT);
         let status = self.child.wait().unwrap();
         let lines = self.stdout.rest();
         let errs = self.stderr.rest();
         assert!(status.success(), "rmapwatch failed: {status:?}\n{errs:#?}");
-        let last = lines
+        let all: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let last = all
             .last()
             .unwrap_or_else(|| panic!("no report; stderr {errs:#?}"));
-        let v: serde_json::Value = serde_json::from_str(last).unwrap();
-        assert_eq!(v["done"], true);
-        v
+        assert_eq!(last["done"], true);
+        all
     }
 }
 

@@ -13,6 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod storm;
+
 use ratatui::{Terminal, backend::TestBackend};
 use rmapwatch::{
     account::Accounting,
@@ -449,6 +451,15 @@ fn bench_snapshot(procs: u32, regions: u32, repeat: usize) -> anyhow::Result<()>
     Ok(())
 }
 
+/// `--name N` from the command line, else `default`.
+fn arg_num(args: &[String], name: &str, default: usize) -> usize {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let which = args.first().map_or("all", String::as_str);
@@ -460,15 +471,25 @@ fn main() -> ExitCode {
             "ingest" => bench_ingest(400),
             "footprint" => bench_footprint(),
             "snapshot" => bench_snapshot(5, 10_000, 9)?,
+            "storms" => storm::run(&storm::Opts {
+                rounds: arg_num(&args, "--rounds", 9),
+                forks: arg_num(&args, "--forks", 5000),
+                fault_mib: arg_num(&args, "--fault-mib", 2048),
+            })?,
             "all" => {
                 bench_pipeline(5_000_000, 5);
                 bench_render(10_000, 50);
                 bench_ingest(400);
                 bench_snapshot(5, 10_000, 9)?;
                 bench_footprint();
+                storm::run(&storm::Opts {
+                    rounds: 9,
+                    forks: 5000,
+                    fault_mib: 2048,
+                })?;
             }
             other => anyhow::bail!(
-                "unknown benchmark {other}: render|pipeline|ingest|footprint|snapshot|all"
+                "unknown benchmark {other}: render|pipeline|ingest|footprint|snapshot|storms|all"
             ),
         }
         Ok(())
