@@ -73,6 +73,8 @@ fn newest_package(arch: &Arch, series: &str) -> anyhow::Result<String> {
 const MODES: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
 const K: u64 = 40;
 const F: u64 = 3;
+/// Forks of the small fork storm timed per mode (untraced, then traced).
+const STORM: u64 = 200;
 
 /// The VM's /init: for each mode, attach, take the anon_vma slab count,
 /// run the workload to its hold point, take the count again, let interim
@@ -86,6 +88,7 @@ slab() {{ echo 1 > /sys/kernel/slab/anon_vma/shrink; cut -d' ' -f1 /sys/kernel/s
 echo "RMW-KERNEL $(uname -r) $(uname -m)"
 for mode in {modes}; do
   rm -f /tmp/r.json /tmp/r.err /tmp/w.out /tmp/hold
+  echo "RMW-STORM $mode base $(rmw-workload --regions {k} --noise 0 --storm {storm})"
   rmapwatch --probe-mode $mode report --json --interval 0.5 > /tmp/r.json 2>/tmp/r.err &
   P=$!
   i=0
@@ -103,6 +106,7 @@ for mode in {modes}; do
   echo "RMW-HOLD $mode $(wc -l < /tmp/r.json)"
   exec 3>&-
   wait $W
+  echo "RMW-STORM $mode traced $(rmw-workload --regions {k} --noise 0 --storm {storm})"
   sleep 1
   kill -INT $P; wait $P; RC=$?
   sleep 1
@@ -117,7 +121,8 @@ poweroff -f
 "#,
         modes = MODES.join(" "),
         k = K,
-        f = F
+        f = F,
+        storm = STORM
     )
 }
 
@@ -483,7 +488,10 @@ fn run_kernel(arch: &Arch, vmlinuz: &Path, initrd: &Path) -> anyhow::Result<Vec<
             .find_map(|l| l.split(&format!("RMW-PRE {mode} ")).nth(1))
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0);
-        let (result, detail) = check(mode, meta, pre_lines, hold_lines, &errs, &json);
+        let (result, mut detail) = check(mode, meta, pre_lines, hold_lines, &errs, &json);
+        if result.is_ok() {
+            detail.push_str(&storm_detail(&log, mode, json.last()));
+        }
         cells.push(Cell {
             kernel: kernel.clone(),
             mode: mode.to_owned(),
@@ -528,6 +536,28 @@ fn region_folios(meta: &str, report: &Value) -> Result<Vec<(u64, u64)>, String> 
             Ok((pid, n))
         })
         .collect()
+}
+
+/// The fork storm timed in this mode, untraced and traced (reported, not
+/// checked: TCG wall time says little), with rmapwatch's cost per event.
+fn storm_detail(log: &str, mode: &str, last: Option<&Value>) -> String {
+    let secs = |phase: &str| -> Option<f64> {
+        let l = log
+            .lines()
+            .find_map(|l| l.split(&format!("RMW-STORM {mode} {phase} ")).nth(1))?;
+        // "storm 200 forks 1.234 s"
+        l.split_whitespace().nth(3)?.parse().ok()
+    };
+    let (Some(base), Some(traced)) = (secs("base"), secs("traced")) else {
+        return String::new();
+    };
+    let ns = last
+        .and_then(|j| j["cost"]["ns_per_event"].as_f64())
+        .map_or_else(String::new, |n| format!(", {n:.0} ns/event (bpf_stats)"));
+    format!(
+        "; fork storm ({STORM} forks): untraced {base:.2} s, traced {traced:.2} s ({:+.1}%){ns}",
+        (traced / base - 1.0) * 100.0
+    )
 }
 
 /// Lines with `prefix` between this mode's RMW-MODE line and the next one.

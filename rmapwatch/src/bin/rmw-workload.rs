@@ -11,6 +11,9 @@
 //! 4. prints `regions <start> <end>` and `ready <parent> <child>...`, waits
 //!    for a line on stdin if `--hold`, releases the children and reaps them.
 //!
+//! `--storm N` instead times N fork + exit of a process holding the regions
+//! (named `rmw-storm`, so that tests tell it from the workload).
+//!
 //! Optional: `--split` mprotects half of each region after the fault (a VMA
 //! split), `--wipe` sets MADV_WIPEONFORK and `--dontfork` MADV_DONTFORK on
 //! every region before forking.
@@ -27,10 +30,11 @@ struct Opts {
     hold: bool,
     split: bool,
     advice: Option<libc::c_int>,
+    storm: usize,
 }
 
 const USAGE: &str = "usage: rmw-workload [--regions K] [--pages P] [--children F] [--noise N] \
-                     [--hold] [--split] [--wipe|--dontfork]";
+                     [--hold] [--split] [--wipe|--dontfork] [--storm N]";
 
 fn parse() -> Result<Opts, String> {
     let mut o = Opts {
@@ -41,6 +45,7 @@ fn parse() -> Result<Opts, String> {
         hold: false,
         split: false,
         advice: None,
+        storm: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -55,6 +60,7 @@ fn parse() -> Result<Opts, String> {
             "--children" => o.children = num("--children")?,
             "--noise" => o.noise = num("--noise")?,
             "--hold" => o.hold = true,
+            "--storm" => o.storm = num("--storm")?,
             "--split" => o.split = true,
             "--wipe" => o.advice = Some(libc::MADV_WIPEONFORK),
             "--dontfork" => o.advice = Some(libc::MADV_DONTFORK),
@@ -175,7 +181,39 @@ fn noise(n: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// `--storm N`: as `rmw-storm`, N times fork + `_exit` + wait with the
+/// regions touched; prints `storm <N> forks <seconds> s`.
+fn storm(o: &Opts) -> Result<(), String> {
+    // SAFETY: PR_SET_NAME with a NUL-terminated name.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"rmw-storm".as_ptr()) };
+    let regions = map_regions(o)?;
+    touch(&regions, o.pages, 1);
+    let t = std::time::Instant::now();
+    for _ in 0..o.storm {
+        // SAFETY: the child only calls _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: async-signal-safe.
+            unsafe { libc::_exit(0) };
+        }
+        check(pid, "fork")?;
+        let mut st = 0;
+        // SAFETY: our child.
+        unsafe { libc::waitpid(pid, &raw mut st, 0) };
+    }
+    let _ = writeln!(
+        std::io::stdout(),
+        "storm {} forks {:.3} s",
+        o.storm,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn run(o: &Opts) -> Result<(), String> {
+    if o.storm > 0 {
+        return storm(o);
+    }
     let regions = map_regions(o)?;
     if let (Some(first), Some(last)) = (regions.first(), regions.last()) {
         // Where the regions are, for tests that look at exactly them.

@@ -268,3 +268,34 @@ fn the_real_loop_runs_on_a_test_backend() {
         "the collector is told which detail to compute"
     );
 }
+
+#[test]
+fn the_header_shows_the_tools_own_cost_and_a_degraded_model() {
+    let mut f = frame(10.0, None);
+    let mut programs = std::collections::BTreeMap::new();
+    programs.insert(
+        "kmem_cache_alloc".to_owned(),
+        report::ProgramStats {
+            runs: 1000,
+            run_time_ns: 37_000,
+            recursion_misses: 0,
+        },
+    );
+    f.report.cost = Some(report::CostReport::new(&programs, 10.0));
+    f.report.dropped_events = 42;
+    f.report.resync.degraded = true;
+    let mut app = App::new(Duration::from_secs(1), None);
+    app.update(Action::Update(Update::Frame(Box::new(f))));
+    let t = draw(&app, 160, 48);
+    let text: String = (0..2)
+        .map(|y| {
+            (0..160)
+                .map(|x| t.backend().buffer()[(x, y)].symbol())
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(text.contains("cost 37 ns/ev"), "{text}");
+    assert!(text.contains("dropped 42"), "{text}");
+    assert!(text.contains("DEGRADED"), "{text}");
+}

@@ -471,6 +471,7 @@ fn main() -> ExitCode {
             "ingest" => bench_ingest(400),
             "footprint" => bench_footprint(),
             "snapshot" => bench_snapshot(5, 10_000, 9)?,
+            "idle" => storm::idle(20)?,
             "storms" => storm::run(&storm::Opts {
                 rounds: arg_num(&args, "--rounds", 9),
                 forks: arg_num(&args, "--forks", 5000),
@@ -482,6 +483,7 @@ fn main() -> ExitCode {
                 bench_ingest(400);
                 bench_snapshot(5, 10_000, 9)?;
                 bench_footprint();
+                storm::idle(20)?;
                 storm::run(&storm::Opts {
                     rounds: 9,
                     forks: 5000,
@@ -489,7 +491,7 @@ fn main() -> ExitCode {
                 })?;
             }
             other => anyhow::bail!(
-                "unknown benchmark {other}: render|pipeline|ingest|footprint|snapshot|storms|all"
+                "unknown benchmark {other}: render|pipeline|ingest|footprint|snapshot|idle|storms|all"
             ),
         }
         Ok(())

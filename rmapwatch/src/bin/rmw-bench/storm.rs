@@ -337,6 +337,9 @@ fn run_series(
         secs: vec![Vec::new(); TRACERS.len()],
         outcomes: (0..TRACERS.len()).map(|_| Vec::new()).collect(),
     };
+    // One discarded run first: page cache, THP pools and the allocator
+    // settle (the first THP run was 20x slower than the rest).
+    work()?;
     for round in 0..rounds {
         eprint!("\rrmw-bench: {name}: round {}/{rounds} ", round + 1);
         for k in 0..TRACERS.len() {
@@ -453,5 +456,52 @@ pub fn run(o: &Opts) -> anyhow::Result<()> {
         let s = run_series(name, o.rounds, &bin, &peer, || fault_storm(mib, thp))?;
         report(name, &s, mib as f64);
     }
+    Ok(())
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised comm: state is field 3; utime 14, stime 15.
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).context("bad stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| -> anyhow::Result<u64> { Ok(f.get(i - 3).context("short stat")?.parse()?) };
+    Ok(n(14)? + n(15)?)
+}
+
+/// rmapwatch at idle: the daemon's CPU and RSS over `secs` with the live
+/// view's default refresh (a snapshot and a report every second), measured
+/// on `rmapwatch report --interval 1` (the same work without a terminal).
+///
+/// # Errors
+/// rmapwatch cannot be started.
+pub fn idle(secs: u64) -> anyhow::Result<()> {
+    let bin = rmapwatch_bin()?;
+    let mut child = Command::new(&bin)
+        .args(["report", "--json", "--interval", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let lines = lines_of(child.stderr.take().context("no stderr")?);
+    wait_for(&lines, "attached")?;
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = child.id();
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    let t0 = cpu_ticks(pid)?;
+    std::thread::sleep(Duration::from_secs(secs));
+    let t1 = cpu_ticks(pid)?;
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().to_owned()))
+        .unwrap_or_default();
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(i32::try_from(pid)?, libc::SIGINT) };
+    child.wait()?;
+    println!(
+        "{:<44} {:>10.2} % of one core over {secs} s (refresh 1 s), RSS {rss}",
+        "idle: rmapwatch daemon",
+        (t1 - t0) as f64 / hz as f64 / secs as f64 * 100.0
+    );
     Ok(())
 }
