@@ -71,10 +71,8 @@ pub mod stat {
     pub const HOOK_CALLS: u32 = 1;
     /// Pages mapped through `folio_add_anon_rmap_ptes` (its `nr_pages` argument summed).
     pub const RMAP_PTES_PAGES: u32 = HOOK_CALLS + super::hook::COUNT as u32;
-    /// Slab events that matched an rmap call site (streamed or dropped).
-    pub const MATCHED: u32 = RMAP_PTES_PAGES + 1;
     /// New anonymous folios not counted per VMA because `RMAP_VMAS` was full.
-    pub const RMAP_VMAS_FULL: u32 = MATCHED + 1;
+    pub const RMAP_VMAS_FULL: u32 = RMAP_PTES_PAGES + 1;
     /// Length of the array.
     pub const COUNT: u32 = RMAP_VMAS_FULL + 1;
 }
@@ -112,6 +110,9 @@ pub struct RmapKey {
     /// `vma->vm_start`.
     pub vm_start: u64,
 }
+
+/// Bytes of the `EVENTS` ring buffer unless `--ring-buffer-kb` says otherwise.
+pub const RING_BYTES: u32 = 8 << 20;
 
 /// Entries of the `RMAP_VMAS` map.
 pub const RMAP_VMAS_ENTRIES: u32 = 16384;
@@ -182,6 +183,9 @@ pub struct Config {
     pub snap: SnapshotLayout,
     /// Explicit padding.
     pub _pad: u32,
+    /// Wake user space once this many bytes wait in the ring buffer (an
+    /// eighth of it); below that the programs submit without a wakeup.
+    pub wake_bytes: u64,
 }
 
 /// Offsets (bytes) the `iter/task_vma` snapshot reads, from BTF.
@@ -333,8 +337,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<Event>(), 8 * 4 + 8 + COMM_LEN);
         assert_eq!(
             core::mem::size_of::<Config>(),
-            MAX_SITE_RANGES * (8 + 8 + 4) + 4 + 4 + 8 * 3 + 4 * 4 + size_of::<SnapshotLayout>()
+            MAX_SITE_RANGES * (8 + 8 + 4) + 4 + 4 + 8 * 3 + 4 * 4 + size_of::<SnapshotLayout>() + 8
         );
+        assert_eq!(size_of::<RmapKey>(), 4 + 4 + 8);
         assert_eq!(size_of::<SnapshotLayout>(), 14 * 4);
         assert_eq!(size_of::<SnapVma>(), 4 * 2 + 8 * 11 + 4 * 4 + COMM_LEN);
         assert_eq!(size_of::<SnapAvc>(), 4 * 2 + 8 * 3);

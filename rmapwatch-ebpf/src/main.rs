@@ -29,7 +29,7 @@ use rmapwatch_common::{
 
 /// Ring buffer to user space. The loader may resize it (`--ring-buffer-kb`).
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(rmapwatch_common::RING_BYTES, 0);
 
 /// Per-CPU counters, indexed by `rmapwatch_common::stat`.
 #[map]
@@ -78,7 +78,15 @@ static CONFIG: Config = Config {
         av_num_active_vmas: 0,
     },
     _pad: 0,
+    wake_bytes: 1 << 20,
 };
+
+/// The anon_vma and AVC caches (`struct kmem_cache *`), learnt from the
+/// first allocation of each at an rmap call site (where only these two
+/// caches are used): later events compare a pointer instead of reading
+/// `s->ctor`. Races only ever store the same values.
+#[unsafe(no_mangle)]
+static mut CACHES: [u64; 2] = [0; 2];
 
 #[inline(always)]
 fn config() -> &'static Config {
@@ -95,11 +103,10 @@ fn bump(index: u32, by: u64) {
     }
 }
 
-/// `BPF_RB_NO_WAKEUP`, `BPF_RB_FORCE_WAKEUP`, `BPF_RB_AVAIL_DATA`, `BPF_RB_RING_SIZE`.
+/// `BPF_RB_NO_WAKEUP`, `BPF_RB_FORCE_WAKEUP`, `BPF_RB_AVAIL_DATA`.
 const RB_NO_WAKEUP: u64 = 1;
 const RB_FORCE_WAKEUP: u64 = 2;
 const RB_AVAIL_DATA: u64 = 0;
-const RB_RING_SIZE: u64 = 1;
 
 #[inline(always)]
 fn emit(event: &Event) {
@@ -109,7 +116,7 @@ fn emit(event: &Event) {
             // No wakeup per event: on a VM each one is an IPI, i.e. a VM exit
             // (measured: ~700 ns per slab event with it). User space drains
             // on a short timer; a ring an eighth full wakes it at once.
-            let flags = if EVENTS.query(RB_AVAIL_DATA) >= EVENTS.query(RB_RING_SIZE) / 8 {
+            let flags = if EVENTS.query(RB_AVAIL_DATA) >= config().wake_bytes {
                 RB_FORCE_WAKEUP
             } else {
                 RB_NO_WAKEUP
@@ -166,13 +173,7 @@ fn try_slab(ctx: &RawTracePointContext, event_kind: u32) -> Result<(), i64> {
         return Ok(());
     }
     let cache: u64 = ctx.arg(2);
-    let ctor: u64 = read_kernel(cache + u64::from(cfg.kmem_cache_ctor_off))?;
-    let object = if ctor == cfg.anon_vma_ctor {
-        rmapwatch_common::object::ANON_VMA
-    } else {
-        rmapwatch_common::object::AVC
-    };
-    bump(stat::MATCHED, 1);
+    let object = object_of(cache)?;
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let mut event_flags = 0;
@@ -194,6 +195,34 @@ fn try_slab(ctx: &RawTracePointContext, event_kind: u32) -> Result<(), i64> {
         ..Event::default()
     });
     Ok(())
+}
+
+/// anon_vma or AVC, from the cache of an object allocated or freed at an
+/// rmap call site.
+#[inline(always)]
+fn object_of(cache: u64) -> Result<u32, i64> {
+    use rmapwatch_common::object::{ANON_VMA, AVC};
+    let caches = &raw mut CACHES;
+    // SAFETY: a global of this program; volatile, as other CPUs write it.
+    let known: [u64; 2] = unsafe { core::ptr::read_volatile(caches) };
+    if cache == known[ANON_VMA as usize] {
+        return Ok(ANON_VMA);
+    }
+    if cache == known[AVC as usize] {
+        return Ok(AVC);
+    }
+    let cfg = config();
+    let ctor: u64 = read_kernel(cache + u64::from(cfg.kmem_cache_ctor_off))?;
+    let object = if ctor == cfg.anon_vma_ctor {
+        ANON_VMA
+    } else {
+        AVC
+    };
+    // SAFETY: as above; an aligned 8-byte store.
+    unsafe {
+        core::ptr::write_volatile(caches.cast::<u64>().add(object as usize), cache);
+    }
+    Ok(object)
 }
 
 #[inline(always)]

@@ -79,8 +79,10 @@ impl Probes {
         ring_bytes: Option<u32>,
         attach: Attach,
     ) -> anyhow::Result<Self> {
+        let mut config = facts.config;
+        config.wake_bytes = u64::from(ring_bytes.unwrap_or(rmapwatch_common::RING_BYTES)) / 8;
         let mut loader = EbpfLoader::new();
-        loader.override_global("CONFIG", &facts.config, true);
+        loader.override_global("CONFIG", &config, true);
         if let Some(bytes) = ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }

@@ -324,6 +324,9 @@ struct Series {
     outcomes: Vec<Vec<Outcome>>,
 }
 
+/// Time from the start of a tracer (or of nothing) to the run.
+const SETTLE: Duration = Duration::from_secs(5);
+
 const TRACERS: [Tracer; 3] = [Tracer::None, Tracer::Rmapwatch, Tracer::Bpftrace];
 
 fn run_series(
@@ -344,7 +347,15 @@ fn run_series(
         eprint!("\rrmw-bench: {name}: round {}/{rounds} ", round + 1);
         for k in 0..TRACERS.len() {
             let i = (k + round) % TRACERS.len();
+            // The same gap before every run, traced or not: tracers take
+            // 1-3 s to start, and on this VM memory freed by the previous
+            // run goes back to the host after a while (free page
+            // reporting), so a run right after another faults cheaper.
+            let t0 = Instant::now();
             let attached = start(TRACERS[i], bin, peer)?;
+            if let Some(left) = SETTLE.checked_sub(t0.elapsed()) {
+                std::thread::sleep(left);
+            }
             let secs = work();
             let outcome = attached.map(stop).transpose()?;
             s.secs[i].push(secs?);
