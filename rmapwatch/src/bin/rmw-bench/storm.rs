@@ -392,6 +392,14 @@ fn report(name: &str, s: &Series, unit_work: f64) {
                 format!("{name}: {} programs", t.name()),
                 ns as f64 / runs as f64
             );
+            // Wall time varies more than the tracer costs: the programs'
+            // own run time per storm, against the untraced median, is the
+            // steadier estimate of the overhead.
+            println!(
+                "{:<44} {:>10.2} % of the untraced median (bpf_stats run time per storm)",
+                format!("{name}: {} in-kernel time", t.name()),
+                ns as f64 / 1e9 / o.len() as f64 / base.0 * 100.0
+            );
         }
         if *t == Tracer::Rmapwatch {
             let events: Vec<f64> = o
