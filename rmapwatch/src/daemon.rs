@@ -8,6 +8,8 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
+use aya::maps::{MapData, RingBuf};
+
 use crate::{account::Accounting, decode::decode, loader::Probes};
 
 /// Why the collector stopped.
@@ -77,6 +79,20 @@ pub fn fill_comms(acct: &mut Accounting) {
 /// How often the ring buffer is drained without a wakeup.
 pub const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
+/// Applies everything waiting in the ring buffer; returns the records that
+/// could not be decoded.
+fn drain(rb: &mut RingBuf<MapData>, acct: &mut Accounting) -> u64 {
+    let mut bad = 0;
+    while let Some(item) = rb.next() {
+        match decode(&item) {
+            Ok(e) => acct.apply(&e),
+            Err(_) => bad += 1,
+        }
+    }
+    fill_comms(acct);
+    bad
+}
+
 /// Runs the collector; `tick` is called every `interval` with the state.
 ///
 /// # Errors
@@ -103,47 +119,24 @@ pub async fn collect(
     // The programs submit without waking us (a wakeup per event costs an
     // IPI); they force one when the ring is an eighth full. Drain on a short
     // timer too.
-    let mut drain = tokio::time::interval(DRAIN_EVERY);
-    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drain_timer = tokio::time::interval(DRAIN_EVERY);
+    drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut bad_records = 0u64;
     let stop = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    match decode(&item) {
-                        Ok(e) => acct.apply(&e),
-                        Err(_) => bad_records += 1,
-                    }
-                }
+                bad_records += drain(guard.get_inner_mut(), acct);
                 guard.clear_ready();
-                fill_comms(acct);
             }
-            _ = drain.tick() => {
-                let rb = ring.get_mut();
-                while let Some(item) = rb.next() {
-                    match decode(&item) {
-                        Ok(e) => acct.apply(&e),
-                        Err(_) => bad_records += 1,
-                    }
-                }
-                fill_comms(acct);
-            }
+            _ = drain_timer.tick() => bad_records += drain(ring.get_mut(), acct),
             () = &mut deadline => break Stop::Duration,
             stop = signals.recv() => break stop,
             _ = ticker.tick(), if interval.is_some() => tick(acct, probes, start.elapsed()),
         }
     };
     // Whatever is still in the buffer happened before the stop.
-    let rb = ring.get_mut();
-    while let Some(item) = rb.next() {
-        match decode(&item) {
-            Ok(e) => acct.apply(&e),
-            Err(_) => bad_records += 1,
-        }
-    }
-    fill_comms(acct);
+    bad_records += drain(ring.get_mut(), acct);
     if bad_records > 0 {
         crate::log::warn(&format!(
             "{bad_records} undecodable ring buffer records skipped"
