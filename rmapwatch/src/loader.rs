@@ -20,13 +20,18 @@ use crate::{
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rmapwatch"));
 
-/// Raw tracepoints and the programs attached to them.
+/// Raw tracepoints and the programs attached to them, in attach order: the
+/// end of a life before its start, so that every allocation seen also has
+/// its free seen. (Alloc first left an object allocated and freed between
+/// the two attaches live forever: drift 1 in a VM whose shell forks in a
+/// loop while rmapwatch attaches.) What was allocated before is seeded by
+/// the snapshot taken after attaching, or is a free of a pre-existing object.
 const RAW_TRACEPOINTS: [&str; 5] = [
-    "kmem_cache_alloc",
     "kmem_cache_free",
-    "sched_process_fork",
-    "sched_process_exec",
+    "kmem_cache_alloc",
     "sched_process_exit",
+    "sched_process_exec",
+    "sched_process_fork",
 ];
 
 /// Fork-family syscalls whose entry/exit delimit the fork window.
@@ -99,17 +104,6 @@ impl Probes {
             });
         }
 
-        for tp in RAW_TRACEPOINTS {
-            let prog: &mut RawTracePoint = ebpf
-                .program_mut(tp)
-                .ok_or_else(|| anyhow!("program {tp} missing from the eBPF object"))?
-                .try_into()?;
-            prog.load()
-                .with_context(|| format!("loading raw tracepoint program {tp}"))?;
-            prog.attach(tp)
-                .with_context(|| format!("attaching raw tracepoint {tp}"))?;
-        }
-
         let mut warnings = Vec::new();
         let stats_fd = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
             Ok(fd) => Some(fd),
@@ -132,6 +126,20 @@ impl Probes {
                 false
             }
         };
+
+        // After the fork window: allocations inside a fork that the slab
+        // tracepoints see are then flagged, and a fork seen entering is
+        // seen leaving.
+        for tp in RAW_TRACEPOINTS {
+            let prog: &mut RawTracePoint = ebpf
+                .program_mut(tp)
+                .ok_or_else(|| anyhow!("program {tp} missing from the eBPF object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("loading raw tracepoint program {tp}"))?;
+            prog.attach(tp)
+                .with_context(|| format!("attaching raw tracepoint {tp}"))?;
+        }
 
         let btf = match mode {
             ProbeMode::Auto | ProbeMode::Fentry => Some(
@@ -352,7 +360,8 @@ fn ensure_tracefs() -> anyhow::Result<()> {
 
 fn attach_fork_window(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     ensure_tracefs()?;
-    for (prog_name, phase) in [("fork_enter", "enter"), ("fork_exit", "exit")] {
+    // Exit before enter: a window opened is always closed.
+    for (prog_name, phase) in [("fork_exit", "exit"), ("fork_enter", "enter")] {
         let prog: &mut TracePoint = ebpf
             .program_mut(prog_name)
             .ok_or_else(|| anyhow!("program {prog_name} missing"))?
