@@ -202,66 +202,29 @@ fn stop(a: Attached) -> anyhow::Result<Outcome> {
 
 const PAGE: usize = 4096;
 
-/// ~`mib` MiB of touched anonymous memory in `vmas` VMAs (PROT_NONE gaps
-/// keep them apart).
-fn hold_memory(mib: usize, vmas: usize) -> anyhow::Result<()> {
-    let pages = mib * 256 / vmas;
-    let len = vmas * (pages + 1) * PAGE;
-    // SAFETY: a fresh private anonymous mapping; never unmapped (the bench
-    // process keeps it until it exits).
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if base == libc::MAP_FAILED {
-        bail!("mmap: {}", std::io::Error::last_os_error());
-    }
-    for v in 0..vmas {
-        // SAFETY: inside the reservation above.
-        let region = unsafe { base.cast::<u8>().add(v * (pages + 1) * PAGE) };
-        // SAFETY: as above.
-        if unsafe {
-            libc::mprotect(
-                region.cast(),
-                pages * PAGE,
-                libc::PROT_READ | libc::PROT_WRITE,
-            )
-        } != 0
-        {
-            bail!("mprotect: {}", std::io::Error::last_os_error());
-        }
-        for p in 0..pages {
-            // SAFETY: a writable page of the region.
-            unsafe { region.add(p * PAGE).write_volatile(1) };
-        }
-    }
-    Ok(())
-}
-
-/// `n` times fork, child `_exit(0)`, wait.
+/// `n` times fork + exit of a process holding 64 MiB of touched anonymous
+/// memory in 50 VMAs: `rmw-workload --storm` (the same storm the VM matrix
+/// times), which reports the time of its fork loop alone.
 fn fork_storm(n: usize) -> anyhow::Result<f64> {
-    let t = Instant::now();
-    for _ in 0..n {
-        // SAFETY: the child only calls _exit.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            // SAFETY: async-signal-safe.
-            unsafe { libc::_exit(0) };
-        }
-        if pid < 0 {
-            bail!("fork: {}", std::io::Error::last_os_error());
-        }
-        let mut st = 0;
-        // SAFETY: our child.
-        unsafe { libc::waitpid(pid, &raw mut st, 0) };
-    }
-    Ok(t.elapsed().as_secs_f64())
+    let exe = std::env::current_exe()?.with_file_name("rmw-workload");
+    let pages = (64 << 20) / PAGE / 50;
+    let out = Command::new(&exe)
+        .args(["--regions", "50", "--noise", "0"])
+        .args(["--pages", &pages.to_string(), "--storm", &n.to_string()])
+        .output()
+        .with_context(|| format!("running {}", exe.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "storm <n> forks <seconds> s"
+    text.lines()
+        .find_map(|l| l.strip_prefix("storm "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| {
+            format!(
+                "rmw-workload --storm printed no time: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
 }
 
 /// Touches `mib` MiB of fresh anonymous memory page by page (4 KiB pages,
@@ -451,7 +414,6 @@ pub fn run(o: &Opts) -> anyhow::Result<()> {
     // with it in every traced run alike; rmapwatch turns it on itself).
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("BPF_ENABLE_STATS (root, kernel 5.8+)")?;
-    hold_memory(64, 50)?;
     println!(
         "fork storm: {} x (fork + exit) of a process with 64 MiB touched in 50 VMAs; \
          {} alternated rounds of untraced / rmapwatch report / bpftrace peer",
