@@ -338,13 +338,7 @@ fn check(
                 ));
             }
         }
-        let workload: Vec<u64> = meta
-            .split_whitespace()
-            .skip_while(|w| *w != "ready")
-            .skip(1)
-            .map_while(|p| p.parse().ok())
-            .collect();
-        for pid in &workload {
+        for pid in &workload_pids(meta)? {
             let p = hold["processes"]
                 .as_array()
                 .and_then(|ps| ps.iter().find(|p| p["pid"] == *pid))
@@ -545,6 +539,13 @@ fn run_kernel(arch: &Arch, vmlinuz: &Path, initrd: &Path) -> anyhow::Result<Vec<
     Ok(cells)
 }
 
+/// The workload's pids (parent first) from its `ready PARENT CHILD...` line.
+fn workload_pids(meta: &str) -> Result<Vec<u64>, String> {
+    let mut words = meta.split_whitespace().skip_while(|w| *w != "ready");
+    words.next().ok_or("no ready line from the workload")?;
+    Ok(words.map_while(|p| p.parse().ok()).collect())
+}
+
 /// From the workload's `regions START END ready PARENT CHILD...` and a
 /// report: per workload process (parent first), the new anonymous folios
 /// counted in VMAs that start inside the regions.
@@ -556,11 +557,7 @@ fn region_folios(meta: &str, report: &Value) -> Result<Vec<(u64, u64)>, String> 
     let (Some(start), Some(end)) = (r.first().and_then(hex), r.get(1).and_then(hex)) else {
         return Err(format!("bad regions line: {meta}"));
     };
-    let pids: Vec<u64> = after("ready")
-        .ok_or("no ready line from the workload")?
-        .iter()
-        .map_while(|p| p.parse().ok())
-        .collect();
+    let pids = workload_pids(meta)?;
     let procs = report["processes"].as_array().ok_or("no processes")?;
     pids.iter()
         .map(|&pid| {
