@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use rmapwatch_common::{Event, flags, kind, object, site};
 
-use crate::decode::comm_str;
+use crate::{addrmap::AddrMap, decode::comm_str};
 
 /// Allocations and frees of one object kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -138,8 +138,9 @@ pub struct Accounting {
     pub processes: BTreeMap<u32, Process>,
     /// Events applied.
     pub events: u64,
-    /// Live objects allocated since start-up: address -> (owner tgid, kind).
-    owners: FastMap<u64, (u32, u32)>,
+    /// Live objects with a known owner: address -> owner tgid << 1 | kind
+    /// (8 bytes a slot: it holds every anon_vma and AVC of the system).
+    owners: AddrMap<23>,
     /// Allocations made inside a fork, waiting for the child: tid -> objects.
     pending: FastMap<u32, Vec<(u64, u32)>>,
     /// Processes first seen without a name (the daemon looks them up).
@@ -196,7 +197,8 @@ impl Accounting {
     /// live can only be one the seeding snapshot saw after its allocation
     /// event was queued: it is not counted twice.
     fn set_owner(&mut self, ptr: u64, tgid: u32, obj: u32) {
-        if let Some((old, old_obj)) = self.owners.insert(ptr, (tgid, obj)) {
+        if let Some(old) = self.owners.insert(ptr, owner_value(tgid, obj)) {
+            let (old, old_obj) = owner_of(old);
             self.drop_live(old, old_obj);
         }
         self.process(tgid).live[obj as usize] += 1;
@@ -219,21 +221,37 @@ impl Accounting {
         objects: impl IntoIterator<Item = (u64, u32, u32)>,
         comms: impl IntoIterator<Item = (u32, String)>,
     ) {
+        self.name_existing(comms);
+        for (ptr, tgid, obj) in objects {
+            self.own_existing(ptr, tgid, obj);
+        }
+    }
+
+    /// Names processes found by a snapshot (where not named yet).
+    pub fn name_existing(&mut self, comms: impl IntoIterator<Item = (u32, String)>) {
         for (tgid, comm) in comms {
             let p = self.process(tgid);
             if p.comm.is_empty() {
                 p.comm = comm;
             }
         }
-        for (ptr, tgid, obj) in objects {
-            self.set_owner(ptr, tgid, obj);
-        }
     }
 
-    /// Replaces every live count and owner with the snapshot's: after
-    /// events were lost (ring buffer full), the live figures are those of
-    /// the kernel again. Flows (allocations and frees) stay as counted.
-    pub fn reseed(&mut self, objects: impl IntoIterator<Item = (u64, u32, u32)>) {
+    /// Seeds one object that exists now (a snapshot streams them).
+    pub fn own_existing(&mut self, ptr: u64, tgid: u32, obj: u32) {
+        self.set_owner(ptr, tgid, obj);
+    }
+
+    /// Makes room for `n` more owned objects at once (a growing table
+    /// briefly holds its old and new slots).
+    pub fn reserve_owners(&mut self, n: usize) {
+        self.owners.reserve(n);
+    }
+
+    /// Forgets every live count and owner, to be seeded again from a fresh
+    /// snapshot after events were lost (ring buffer full): the live figures
+    /// are then those of the kernel again. Flows stay as counted.
+    pub fn forget_live(&mut self) {
         self.owners.clear();
         for p in self.processes.values_mut() {
             p.live = [0; object::COUNT];
@@ -241,9 +259,20 @@ impl Accounting {
         for t in &mut self.objects {
             t.live = 0;
         }
+    }
+
+    /// [`Self::forget_live`], then seeds `objects`.
+    pub fn reseed(&mut self, objects: impl IntoIterator<Item = (u64, u32, u32)>) {
+        self.forget_live();
         for (ptr, tgid, obj) in objects {
-            self.set_owner(ptr, tgid, obj);
+            self.own_existing(ptr, tgid, obj);
         }
+    }
+
+    /// Bytes held by the owner table.
+    #[must_use]
+    pub fn owner_table_bytes(&self) -> usize {
+        self.owners.heap_bytes()
     }
 
     fn free(&mut self, e: &Event) {
@@ -251,7 +280,7 @@ impl Accounting {
         let t = &mut self.objects[obj];
         t.flow.frees += 1;
         t.free_by_site[s] += 1;
-        match self.owners.remove(&e.ptr) {
+        match self.owners.remove(e.ptr).map(owner_of) {
             Some((owner, owned_obj)) => {
                 self.process(owner).flows[obj].frees += 1;
                 self.drop_live(owner, owned_obj);
@@ -320,6 +349,14 @@ impl Accounting {
             p.comm = comm;
         }
     }
+}
+
+fn owner_value(tgid: u32, obj: u32) -> u64 {
+    u64::from(tgid) << 1 | u64::from(obj & 1)
+}
+
+fn owner_of(v: u64) -> (u32, u32) {
+    (u32::try_from(v >> 1).unwrap_or(u32::MAX), (v & 1) as u32)
 }
 
 #[cfg(test)]

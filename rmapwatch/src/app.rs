@@ -22,10 +22,11 @@ use crate::{
     kernel::KernelFacts,
     loader::{Attach, Probes},
     log,
-    model::{self, Estimate, Objects, Options},
+    model::{Estimate, Objects, Options},
     report::{Context, ModelView, Report, Resync, SnapshotStats},
-    snapshot::Snapshot,
+    snapshot::{self, Snapshot},
     tui,
+    walk::{self, Walked},
 };
 
 /// What the report and live commands were asked.
@@ -63,24 +64,13 @@ pub struct ModelState {
 }
 
 impl ModelState {
-    /// Runs the model over a snapshot.
+    /// Keeps what a walk found (all but the detail VMAs).
     #[must_use]
-    pub fn new(snap: &Snapshot, stats: SnapshotStats, opts: Options) -> Self {
-        let estimate = model::estimate(snap, opts);
-        let per_process = estimate
-            .processes
-            .iter()
-            .map(|(&pid, p)| (pid, p.actual))
-            .collect();
-        let vmas = snap
-            .procs
-            .values()
-            .map(|p| (p.pid, p.vmas.len() as u64))
-            .collect();
+    pub fn new(w: Walked, stats: SnapshotStats) -> Self {
         Self {
-            estimate,
-            per_process,
-            vmas,
+            per_process: w.actual_by_process(),
+            vmas: w.vmas_by_process(),
+            estimate: w.estimate,
             taken_at: Instant::now(),
             stats,
             slab_anon_vma: None,
@@ -102,38 +92,70 @@ impl ModelState {
     }
 }
 
-/// Takes and decodes a snapshot.
+/// Walks every VMA once, streaming the records through the model:
+/// `owners(address, tgid, kind)` hears of every object, and the VMAs of
+/// `detail_pid` are kept.
 ///
 /// # Errors
 /// The iterator is unavailable or its output is corrupt.
-pub fn take_snapshot(probes: &mut Probes, taken: u64) -> anyhow::Result<(Snapshot, SnapshotStats)> {
+pub fn walk(
+    probes: &mut Probes,
+    taken: u64,
+    opts: Options,
+    hint: usize,
+    detail_pid: Option<u32>,
+    owners: impl FnMut(u64, u32, u32),
+) -> anyhow::Result<(Walked, SnapshotStats)> {
     let t = Instant::now();
-    let bytes = probes.snapshot_bytes()?;
-    let snap = Snapshot::parse(&bytes).context("decoding the snapshot")?;
+    let w = walk::stream(probes.snapshot_reader()?, opts, hint, detail_pid, owners)
+        .context("decoding the snapshot")?;
     let stats = SnapshotStats {
         taken,
-        vmas: snap.vmas.len() as u64,
-        processes: snap.procs.len() as u64,
-        duplicate_vmas: snap.duplicate_vmas,
-        short_chains: snap.short_chains,
-        truncated_chains: snap.truncated_chains,
+        vmas: w.counts.vmas,
+        processes: w.procs.len() as u64,
+        duplicate_vmas: w.counts.duplicate_vmas,
+        short_chains: w.counts.short_chains,
+        truncated_chains: w.counts.truncated_chains,
         walk_ms: (t.elapsed().as_secs_f64() * 1e5).round() / 100.0,
     };
-    Ok((snap, stats))
+    Ok((w, stats))
 }
 
-/// Seeds the accounting's ownership from a snapshot.
-pub fn seed(acct: &mut Accounting, snap: &Snapshot) {
-    let comms = snap.procs.values().map(|p| (p.pid, p.comm.clone()));
-    acct.seed(owned_objects(snap), comms);
+/// Takes a whole snapshot into memory (`inspect`: one consistent walk for
+/// the process, its family and the model).
+///
+/// # Errors
+/// The iterator is unavailable or its output is corrupt.
+pub fn take_snapshot(probes: &mut Probes) -> anyhow::Result<Snapshot> {
+    let mut s = Snapshot::default();
+    let counts = snapshot::decode(probes.snapshot_reader()?, |v, comm| s.push(v, comm))
+        .context("decoding the snapshot")?;
+    s.set_counts(counts);
+    Ok(s)
 }
 
-/// `(address, owner tgid, object kind)` of every object in a snapshot.
-fn owned_objects(snap: &Snapshot) -> impl Iterator<Item = (u64, u32, u32)> {
-    let (av, avc) = snap.owners();
-    av.into_iter()
-        .map(|(p, t)| (p, t, object::ANON_VMA))
-        .chain(avc.into_iter().map(|(p, t)| (p, t, object::AVC)))
+/// The inspection of `pid` from a walk that kept its VMAs, with a second
+/// walk for the processes sharing its anon_vmas.
+fn inspect_walked(
+    probes: &mut Probes,
+    w: &Walked,
+    est: &Estimate,
+    pid: u32,
+    sizes: crate::report::Sizes,
+) -> anyhow::Result<Inspection> {
+    let mut family = inspect::Family::new(pid, &w.detail);
+    snapshot::decode(probes.snapshot_reader()?, |v, _| family.vma(v))
+        .context("decoding the snapshot")?;
+    let comm = |p: u32| w.procs.get(&p).map(|x| x.comm.clone()).unwrap_or_default();
+    Ok(inspect::inspect(
+        &w.detail,
+        comm(pid),
+        family.finish(comm),
+        est,
+        pid,
+        &inspect::map_paths(pid),
+        sizes,
+    ))
 }
 
 /// `/sys/kernel/slab/anon_vma/objects` after flushing per-CPU slabs and
@@ -149,14 +171,28 @@ pub fn slab_anon_vma_objects() -> Option<u64> {
         .ok()
 }
 
+/// Objects in the anon_vma and anon_vma_chain slabs, in use or not (0 where
+/// unreadable): an upper bound to size tables by (the AVC cache may be
+/// merged with others, which only over-reserves), capped at 64M each.
+fn slab_objects() -> (usize, usize) {
+    let read = |cache: &str| {
+        std::fs::read_to_string(format!("/sys/kernel/slab/{cache}/objects"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(64 << 20)
+    };
+    (read("anon_vma"), read("anon_vma_chain"))
+}
+
 /// A counting session: the probes' results, the accounting and the model.
 pub struct Session<'a> {
     facts: &'a KernelFacts,
     opts: Options,
     /// The latest model, if snapshots work.
     pub model: Option<ModelState>,
-    /// The latest snapshot (for the detail view).
-    pub snapshot: Option<Snapshot>,
+    /// The inspection of the detail view's process, from the latest walk.
+    detail: Option<Inspection>,
     taken: u64,
     /// New anonymous folios per process and VMA, if that hook is attached.
     rmap: Option<RmapVmas>,
@@ -177,6 +213,8 @@ impl<'a> Session<'a> {
         acct: &mut Accounting,
     ) -> anyhow::Result<(Self, Probes)> {
         let mut probes = Probes::load(facts, run.probe_mode, run.ring_bytes, Attach::All)?;
+        // Loading parsed BTF (tens of MiB, freed): return it before seeding.
+        daemon::trim_heap();
         for w in &probes.warnings {
             log::warn(w);
         }
@@ -202,7 +240,7 @@ impl<'a> Session<'a> {
             facts,
             opts: run.model,
             model: None,
-            snapshot: None,
+            detail: None,
             taken: 0,
             rmap: probes
                 .hooks
@@ -214,16 +252,21 @@ impl<'a> Session<'a> {
             dropped_seen: 0,
             resync: Resync::default(),
         };
-        match take_snapshot(&mut probes, 1) {
-            Ok((snap, stats)) => {
-                seed(acct, &snap);
+        // Room for what the slab holds, so that the tables do not grow (a
+        // growing table briefly holds its old and new slots).
+        let (avs, avcs) = slab_objects();
+        acct.reserve_owners(avs + avcs);
+        match walk(&mut probes, 1, s.opts, avs, None, |p, t, k| {
+            acct.own_existing(p, t, k);
+        }) {
+            Ok((w, stats)) => {
+                acct.name_existing(w.procs.iter().map(|(&pid, p)| (pid, p.comm.clone())));
                 log::info(&format!(
                     "snapshot: {} processes, {} VMAs in {:.1} ms",
                     stats.processes, stats.vmas, stats.walk_ms
                 ));
                 s.taken = 1;
-                s.model = Some(ModelState::new(&snap, stats, s.opts));
-                s.snapshot = Some(snap);
+                s.model = Some(ModelState::new(w, stats));
             }
             Err(e) => log::warn(&format!("{e:#}; no live or lazy figures")),
         }
@@ -232,8 +275,14 @@ impl<'a> Session<'a> {
 
     /// Takes a fresh snapshot for the model (if snapshots work) and reads
     /// the per-VMA rmap counts (if hooked), pruning exited processes from
-    /// the kernel's map.
-    pub fn refresh(&mut self, probes: &mut Probes, acct: &mut Accounting, with_slab: bool) {
+    /// the kernel's map. `detail_pid`: the process to inspect as well.
+    pub fn refresh(
+        &mut self,
+        probes: &mut Probes,
+        acct: &mut Accounting,
+        with_slab: bool,
+        detail_pid: Option<u32>,
+    ) {
         let dropped = probes
             .stats()
             .ok()
@@ -256,25 +305,52 @@ impl<'a> Session<'a> {
                 Err(e) => log::warn(&format!("{e:#}")),
             }
         }
-        if self.model.is_none() {
+        self.detail = None;
+        let Some(prev) = &self.model else {
             return;
+        };
+        // Events were lost: the live counts become the kernel's again,
+        // seeded by this walk.
+        let reseed = self.resync.degraded;
+        let live = |a: &Accounting, o: u32| a.objects[o as usize].live.cast_signed();
+        let live_before = (live(acct, object::ANON_VMA), live(acct, object::AVC));
+        if reseed {
+            let before = prev.estimate.system.actual;
+            acct.forget_live();
+            acct.reserve_owners(usize::try_from(before.anon_vma + before.avc).unwrap_or(0));
         }
-        match take_snapshot(probes, self.taken + 1) {
-            Ok((snap, stats)) => {
+        let hint = usize::try_from(prev.estimate.system.actual.anon_vma).unwrap_or(0);
+        let walked = walk(
+            probes,
+            self.taken + 1,
+            self.opts,
+            hint,
+            detail_pid,
+            |p, t, k| {
+                if reseed {
+                    acct.own_existing(p, t, k);
+                }
+            },
+        );
+        match walked {
+            Ok((w, stats)) => {
                 self.taken += 1;
-                let mut m = ModelState::new(&snap, stats, self.opts);
+                if let Some(pid) = detail_pid.filter(|p| w.procs.contains_key(p)) {
+                    match inspect_walked(probes, &w, &w.estimate, pid, self.facts.sizes) {
+                        Ok(i) => self.detail = Some(i),
+                        Err(e) => log::warn(&format!("inspecting {pid}: {e:#}")),
+                    }
+                }
+                let mut m = ModelState::new(w, stats);
                 if with_slab {
                     m.slab_anon_vma = slab_anon_vma_objects();
                 }
-                if self.resync.degraded {
-                    // Events were lost: the live counts are the kernel's again.
-                    let live = |o: u32| acct.objects[o as usize].live.cast_signed();
+                if reseed {
                     let actual = m.estimate.system.actual;
                     let before = (
-                        live(object::ANON_VMA) - actual.anon_vma.cast_signed(),
-                        live(object::AVC) - actual.avc.cast_signed(),
+                        live_before.0 - actual.anon_vma.cast_signed(),
+                        live_before.1 - actual.avc.cast_signed(),
                     );
-                    acct.reseed(owned_objects(&snap));
                     self.resync = Resync {
                         degraded: false,
                         resyncs: self.resync.resyncs + 1,
@@ -287,7 +363,6 @@ impl<'a> Session<'a> {
                     ));
                 }
                 self.model = Some(m);
-                self.snapshot = Some(snap);
             }
             Err(e) => log::warn(&format!("snapshot: {e:#}")),
         }
@@ -324,19 +399,10 @@ impl<'a> Session<'a> {
         )
     }
 
-    /// The inspection of one process from the latest snapshot.
-    #[must_use]
-    pub fn inspect(&self, pid: u32) -> Option<Inspection> {
-        let (snap, m) = (self.snapshot.as_ref()?, self.model.as_ref()?);
-        snap.procs.contains_key(&pid).then(|| {
-            inspect::inspect(
-                snap,
-                &m.estimate,
-                pid,
-                &inspect::map_paths(pid),
-                self.facts.sizes,
-            )
-        })
+    /// The inspection of `pid` from the latest refresh (which was asked for
+    /// it), handed over once.
+    pub fn take_inspection(&mut self, pid: u32) -> Option<Inspection> {
+        self.detail.take().filter(|i| i.pid == pid)
     }
 }
 
@@ -375,7 +441,7 @@ pub async fn report(facts: &KernelFacts, run: &RunOptions) -> anyhow::Result<()>
         run.duration,
         run.interval,
         |a, p, el| {
-            session.refresh(p, a, false);
+            session.refresh(p, a, false, None);
             if let Err(e) = print(&session.report(a, p, el, false)) {
                 log::warn(&format!("{e:#}"));
             }
@@ -383,7 +449,7 @@ pub async fn report(facts: &KernelFacts, run: &RunOptions) -> anyhow::Result<()>
     )
     .await?;
     // A fresh snapshot for the final model and the drift check.
-    session.refresh(&mut probes, &mut acct, true);
+    session.refresh(&mut probes, &mut acct, true, None);
     let final_report = session.report(&acct, &probes, start.elapsed(), true);
     drop(probes); // detach before printing: nothing stays loaded
     log::info(&format!("stopped ({stop:?}); programs detached"));
@@ -410,7 +476,7 @@ pub fn live(facts: &KernelFacts, run: &RunOptions, log_path: &str) -> anyhow::Re
         runtime.block_on(async { Session::start(facts, run, &mut acct) })?;
     let (update_tx, update_rx) = mpsc::channel();
     let (detail_tx, detail_rx) = mpsc::channel::<Option<u32>>();
-    let send_frame = move |session: &Session<'_>,
+    let send_frame = move |session: &mut Session<'_>,
                            a: &Accounting,
                            p: &Probes,
                            el: Duration,
@@ -418,11 +484,18 @@ pub fn live(facts: &KernelFacts, run: &RunOptions, log_path: &str) -> anyhow::Re
                            tx: &mpsc::Sender<tui::state::Update>| {
         let frame = tui::state::Frame {
             report: session.report(a, p, el, false),
-            detail: detail.and_then(|pid| session.inspect(pid)),
+            detail: detail.and_then(|pid| session.take_inspection(pid)),
         };
         let _ = tx.send(tui::state::Update::Frame(Box::new(frame)));
     };
-    send_frame(&session, &acct, &probes, Duration::ZERO, None, &update_tx);
+    send_frame(
+        &mut session,
+        &acct,
+        &probes,
+        Duration::ZERO,
+        None,
+        &update_tx,
+    );
     let ui_done = std::sync::Arc::new(AtomicBool::new(false));
     let ui_done_ui = ui_done.clone();
     std::thread::scope(|scope| -> anyhow::Result<()> {
@@ -439,8 +512,8 @@ pub fn live(facts: &KernelFacts, run: &RunOptions, log_path: &str) -> anyhow::Re
                     while let Ok(d) = detail_rx.try_recv() {
                         detail = d;
                     }
-                    session.refresh(p, a, false);
-                    send_frame(&session, a, p, el, detail, &tx);
+                    session.refresh(p, a, false, detail);
+                    send_frame(&mut session, a, p, el, detail, &tx);
                 },
             ));
             let why = match &result {

@@ -144,3 +144,28 @@ pub async fn collect(
     }
     Ok(stop)
 }
+
+/// Allocations of at least this size are mapped and unmapped on their
+/// own: the tables a walk builds (megabytes at 1M VMAs) go back to the
+/// system when the walk ends, instead of staying in a heap whose threshold
+/// glibc raises after each such free.
+const MMAP_THRESHOLD: i32 = 256 * 1024;
+
+/// Pins the allocator's behaviour for big tables (see [`MMAP_THRESHOLD`]).
+pub fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes a malloc parameter.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
+/// Returns freed heap memory to the system (after loading, whose BTF
+/// parsing peaks at tens of MiB and then frees it).
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

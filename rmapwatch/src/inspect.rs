@@ -220,18 +220,70 @@ fn perms(flags: u64) -> String {
     s
 }
 
-/// Builds the inspection of `pid` (which must be in the snapshot).
+/// Processes sharing anon_vmas with one process: fed every VMA of a walk
+/// after the process's own.
+pub struct Family {
+    pid: u32,
+    mine: HashSet<u64>,
+    shared: BTreeMap<u32, HashSet<u64>>,
+}
+
+impl Family {
+    /// Sharing with `pid`, whose VMAs are `mine`.
+    #[must_use]
+    pub fn new(pid: u32, mine: &[Vma]) -> Self {
+        Self {
+            pid,
+            mine: mine
+                .iter()
+                .flat_map(|v| v.chain.iter().map(|&(_, av)| av))
+                .filter(|&av| av != 0)
+                .collect(),
+            shared: BTreeMap::new(),
+        }
+    }
+
+    /// One VMA of the walk.
+    pub fn vma(&mut self, v: &Vma) {
+        if v.tgid == self.pid {
+            return;
+        }
+        for &(_, av) in &v.chain {
+            if self.mine.contains(&av) {
+                self.shared.entry(v.tgid).or_default().insert(av);
+            }
+        }
+    }
+
+    /// The members, most shared first; `comm` names them.
+    #[must_use]
+    pub fn finish(self, comm: impl Fn(u32) -> String) -> Vec<FamilyMember> {
+        let mut family: Vec<FamilyMember> = self
+            .shared
+            .into_iter()
+            .map(|(p, avs)| FamilyMember {
+                pid: p,
+                comm: comm(p),
+                shared_anon_vmas: avs.len() as u64,
+            })
+            .collect();
+        family.sort_by_key(|f| (std::cmp::Reverse(f.shared_anon_vmas), f.pid));
+        family
+    }
+}
+
+/// Builds the inspection of `pid` from its VMAs and its family.
 /// `paths` maps a VMA's start address to its file path (from /proc/PID/maps).
 #[must_use]
 pub fn inspect(
-    snap: &Snapshot,
+    mine: &[Vma],
+    comm: String,
+    family: Vec<FamilyMember>,
     est: &Estimate,
     pid: u32,
     paths: &HashMap<u64, String>,
     sizes: Sizes,
 ) -> Inspection {
-    let proc_ = &snap.procs[&pid];
-    let mine: Vec<&Vma> = proc_.vmas.iter().map(|&i| &snap.vmas[i]).collect();
     let vmas = mine
         .iter()
         .map(|v| {
@@ -252,40 +304,11 @@ pub fn inspect(
             }
         })
         .collect();
-    let my_avs: HashSet<u64> = mine
-        .iter()
-        .flat_map(|v| v.chain.iter().map(|&(_, av)| av))
-        .filter(|&av| av != 0)
-        .collect();
-    let mut shared: BTreeMap<u32, HashSet<u64>> = BTreeMap::new();
-    for v in &snap.vmas {
-        if v.tgid == pid {
-            continue;
-        }
-        for &(_, av) in &v.chain {
-            if my_avs.contains(&av) {
-                shared.entry(v.tgid).or_default().insert(av);
-            }
-        }
-    }
-    let mut family: Vec<FamilyMember> = shared
-        .into_iter()
-        .map(|(p, avs)| FamilyMember {
-            pid: p,
-            comm: snap
-                .procs
-                .get(&p)
-                .map(|x| x.comm.clone())
-                .unwrap_or_default(),
-            shared_anon_vmas: avs.len() as u64,
-        })
-        .collect();
-    family.sort_by_key(|f| (std::cmp::Reverse(f.shared_anon_vmas), f.pid));
     let pair: Pair = est.processes.get(&pid).copied().unwrap_or_default();
     Inspection {
         schema: SCHEMA,
         pid,
-        comm: proc_.comm.clone(),
+        comm,
         vmas,
         live: sizes.live(pair.actual),
         lazy: sizes.lazy(pair.lazy, pair.actual),
@@ -293,6 +316,31 @@ pub fn inspect(
         options: est.options,
         blind_spots: &model::BLIND_SPOTS,
     }
+}
+
+/// [`inspect`] from a snapshot held in memory (`pid` must be in it).
+#[must_use]
+pub fn of_snapshot(
+    snap: &Snapshot,
+    est: &Estimate,
+    pid: u32,
+    paths: &HashMap<u64, String>,
+    sizes: Sizes,
+) -> Inspection {
+    let proc_ = snap.procs.get(&pid);
+    let mine: Vec<Vma> = proc_
+        .map(|p| p.vmas.iter().map(|&i| snap.vmas[i].clone()).collect())
+        .unwrap_or_default();
+    let mut family = Family::new(pid, &mine);
+    snap.vmas.iter().for_each(|v| family.vma(v));
+    let comm_of = |p: u32| {
+        snap.procs
+            .get(&p)
+            .map(|x| x.comm.clone())
+            .unwrap_or_default()
+    };
+    let family = family.finish(comm_of);
+    inspect(&mine, comm_of(pid), family, est, pid, paths, sizes)
 }
 
 /// File paths of a process's mappings, by start address.
@@ -481,7 +529,7 @@ mod tests {
             anon_vma: 104,
             anon_vma_chain: 64,
         };
-        let i = inspect(&snap, &est, 2, &HashMap::new(), sizes);
+        let i = of_snapshot(&snap, &est, 2, &HashMap::new(), sizes);
         assert_eq!(i.family.len(), 1);
         assert_eq!(i.family[0].pid, 1);
         assert_eq!(i.family[0].shared_anon_vmas, 3);

@@ -4,6 +4,7 @@
 //! -> `report`, `inspect`, `tui` (presenters); `app` wires them and
 //! `daemon` runs the collector.
 pub mod account;
+pub mod addrmap;
 pub mod app;
 pub mod daemon;
 pub mod decode;
@@ -16,3 +17,4 @@ pub mod model;
 pub mod report;
 pub mod snapshot;
 pub mod tui;
+pub mod walk;

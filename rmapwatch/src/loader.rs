@@ -198,13 +198,13 @@ impl Probes {
         Some(out)
     }
 
-    /// Walks every process's VMAs with the `iter/task_vma` program and
-    /// returns the raw records (decoded by `snapshot::Snapshot::parse`).
+    /// Starts a walk of every process's VMAs with the `iter/task_vma`
+    /// program: the records are produced as the returned reader is read
+    /// (decoded by `snapshot::decode`).
     ///
     /// # Errors
-    /// The iterator is unavailable or reading it fails.
-    pub fn snapshot_bytes(&mut self) -> anyhow::Result<Vec<u8>> {
-        use std::io::Read as _;
+    /// The iterator is unavailable or cannot be started.
+    pub fn snapshot_reader(&mut self) -> anyhow::Result<Box<dyn std::io::Read>> {
         if let Some(e) = &self.snapshot_error {
             return Err(anyhow!("snapshots unavailable: {e}"));
         }
@@ -215,14 +215,13 @@ impl Probes {
             .try_into()?;
         let link_id = prog.attach().context("attaching iter/task_vma")?;
         let link = prog.take_link(link_id)?;
-        let mut file = link.into_file().context("opening the iterator")?;
-        let mut buf = Vec::with_capacity(1 << 20);
-        file.read_to_end(&mut buf).context("reading the iterator")?;
+        let file = link.into_file().context("opening the iterator")?;
         // RMAPWATCH_DUMP_SNAPSHOT=FILE keeps the raw records (for bug reports).
         if let Some(path) = std::env::var_os("RMAPWATCH_DUMP_SNAPSHOT") {
-            std::fs::write(&path, &buf).context("writing RMAPWATCH_DUMP_SNAPSHOT")?;
+            let copy = std::fs::File::create(&path).context("creating RMAPWATCH_DUMP_SNAPSHOT")?;
+            return Ok(Box::new(Tee(file, copy)));
         }
-        Ok(buf)
+        Ok(Box::new(file))
     }
 
     /// Takes the ring buffer (once).
@@ -393,7 +392,7 @@ fn attach_hook(
     let mut fallbacks = Vec::new();
     let symbol = std::iter::once(spec.name)
         .chain(spec.aliases.iter().copied())
-        .find(|s| facts.kallsyms.has(s));
+        .find(|s| facts.hook_symbols.contains(*s));
     let done = |mode, symbol: Option<&str>, fallbacks| HookStatus {
         id: spec.id,
         name: spec.name,
@@ -493,5 +492,16 @@ fn describe_load_error(e: &aya::programs::ProgramError) -> String {
             format!("load refused by the kernel: {io_error}")
         }
         other => other.to_string(),
+    }
+}
+
+/// A reader that copies what it reads.
+struct Tee<R, W>(R, W);
+
+impl<R: std::io::Read, W: std::io::Write> std::io::Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        self.1.write_all(&buf[..n])?;
+        Ok(n)
     }
 }

@@ -148,6 +148,7 @@ fn parse_ring_kb(s: &str) -> Result<u32, String> {
 }
 
 fn main() -> ExitCode {
+    rmapwatch::daemon::tune_allocator();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -230,7 +231,7 @@ fn run_inspect(
         None,
         loader::Attach::SnapshotOnly,
     )?;
-    let (snap, _) = app::take_snapshot(&mut probes, 1)?;
+    let snap = app::take_snapshot(&mut probes)?;
     drop(probes);
     let after = match target {
         Target::Pid(pid) => inspect::pid_status(pid),
@@ -239,7 +240,7 @@ fn run_inspect(
     let pid = inspect::resolve(&target, &snap, &before, &after)?;
     let est = model::estimate(&snap, opts);
     let paths = inspect::map_paths(pid);
-    let i = inspect::inspect(&snap, &est, pid, &paths, facts.sizes);
+    let i = inspect::of_snapshot(&snap, &est, pid, &paths, facts.sizes);
     if args.json {
         println!("{}", serde_json::to_string(&i)?);
     } else {

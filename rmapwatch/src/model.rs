@@ -1,9 +1,12 @@
 //! The ANON_VMA_LAZY shadow model: what a kernel with the series would hold
 //! for the state a snapshot shows. Pure: no aya, no I/O. Rules, sources and
 //! what is inferred: `docs/lazy-model.md`.
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
-use crate::snapshot::{Snapshot, Vma};
+use crate::{
+    addrmap::AddrMap,
+    snapshot::{Snapshot, Vma},
+};
 
 /// Per-VMA state under ANON_VMA_LAZY.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -140,72 +143,166 @@ pub struct Estimate {
     pub lazy_other_option: Objects,
 }
 
-/// Runs the model over a snapshot.
+/// Runs the model over a snapshot held in memory.
 #[must_use]
 pub fn estimate(snap: &Snapshot, opts: Options) -> Estimate {
-    let mut est = Estimate {
-        options: opts,
-        ..Estimate::default()
-    };
-    let (av_owner, _) = snap.owners();
-    // anon_vmas lazy keeps: an R VMA's own, and every ancestor that a P or
-    // R VMA links to through its chain.
-    let mut kept: HashSet<u64> = HashSet::new();
-    let mut lazy_avc_other = 0;
-    // rule of each anon_vma's owning VMA (first VMA holding it as its own)
-    let mut av_rule: HashMap<u64, Rule> = HashMap::new();
+    let mut e = Estimator::new(opts);
     for v in &snap.vmas {
-        let verdict = verdict(v, opts);
-        let other = verdict_avc_other(v, verdict, opts);
-        lazy_avc_other += other;
-        *est.vmas_by_state.entry(verdict.state).or_default() += 1;
-        let p = est.processes.entry(v.tgid).or_default();
-        p.actual.avc += v.chain.len() as u64;
-        p.lazy.avc += verdict.lazy_avc;
-        let saved = est.saved_by_rule.entry(verdict.rule).or_default();
-        saved.avc += v.chain.len() as u64 - verdict.lazy_avc;
-        if v.anon_vma != 0 {
-            av_rule.entry(v.anon_vma).or_insert(verdict.rule);
+        e.add(v, |_, _| {});
+    }
+    e.finish(|_, _| {})
+}
+
+/// The model run over a stream of VMAs, one at a time: memory grows with
+/// the anon_vmas (one 8-byte slot each, [`AddrMap`]), not with the VMAs.
+#[derive(Debug)]
+pub struct Estimator {
+    est: Estimate,
+    /// anon_vma -> owner tgid << 4 | [`av::OWN`] | [`av::KEPT`] | rule << 2.
+    avs: AddrMap<26>,
+    lazy_avc_other: u64,
+}
+
+mod av {
+    /// The owner holds it as a VMA's own anon_vma (else it was only seen
+    /// in a chain so far).
+    pub const OWN: u64 = 1;
+    /// Lazy keeps it: an R VMA's own, or linked from a P or R VMA's chain.
+    pub const KEPT: u64 = 2;
+    /// Rule of the owning VMA, two bits.
+    pub const RULE_SHIFT: u32 = 2;
+    /// Owner tgid.
+    pub const TGID_SHIFT: u32 = 4;
+}
+
+const RULES: [Rule; 4] = [
+    Rule::Unfaulted,
+    Rule::NeverShared,
+    Rule::ForkLeaf,
+    Rule::Shared,
+];
+
+impl Estimator {
+    /// An empty estimate.
+    #[must_use]
+    pub fn new(opts: Options) -> Self {
+        Self::with_capacity(opts, 0)
+    }
+
+    /// An empty estimate with room for `anon_vmas` (no growth, whose old
+    /// and new tables briefly coexist, up to that many).
+    #[must_use]
+    pub fn with_capacity(opts: Options, anon_vmas: usize) -> Self {
+        let mut avs = AddrMap::new();
+        avs.reserve(anon_vmas);
+        Self {
+            est: Estimate {
+                options: opts,
+                ..Estimate::default()
+            },
+            avs,
+            lazy_avc_other: 0,
         }
+    }
+
+    /// Adds one VMA; `avc_owner(avc, tgid)` is called for each AVC of its
+    /// chain (the accounting seeds ownership from it).
+    pub fn add(&mut self, v: &Vma, mut avc_owner: impl FnMut(u64, u32)) {
+        let opts = self.est.options;
+        let verdict = verdict(v, opts);
+        self.lazy_avc_other += verdict_avc_other(v, verdict, opts);
+        *self.est.vmas_by_state.entry(verdict.state).or_default() += 1;
+        let len = v.chain.len() as u64;
+        let p = self.est.processes.entry(v.tgid).or_default();
+        p.actual.avc += len;
+        p.lazy.avc += verdict.lazy_avc;
+        self.est.saved_by_rule.entry(verdict.rule).or_default().avc += len - verdict.lazy_avc;
+        let owner = u64::from(v.tgid) << av::TGID_SHIFT;
+        // An anon_vma belongs to the first VMA holding it as its own, else
+        // to the first whose chain links it.
+        if v.anon_vma != 0 {
+            let old = self.avs.get(v.anon_vma);
+            if old.is_none_or(|x| x & av::OWN == 0) {
+                let rule = RULES.iter().position(|&r| r == verdict.rule).unwrap_or(2) as u64;
+                let kept = old.unwrap_or(0) & av::KEPT;
+                self.avs
+                    .insert(v.anon_vma, owner | av::OWN | kept | rule << av::RULE_SHIFT);
+            }
+        }
+        for &(avc, a) in &v.chain {
+            avc_owner(avc, v.tgid);
+            if a != 0 && self.avs.get(a).is_none() {
+                self.avs.insert(a, owner);
+            }
+        }
+        let mut keep = |a: u64| {
+            if let Some(x) = self.avs.get(a).filter(|x| x & av::KEPT == 0) {
+                self.avs.insert(a, x | av::KEPT);
+            }
+        };
         match verdict.state {
             LazyState::R => {
-                kept.extend(v.chain.iter().map(|&(_, av)| av).filter(|&av| av != 0));
-                kept.insert(v.anon_vma);
+                v.chain
+                    .iter()
+                    .filter(|&&(_, a)| a != 0)
+                    .for_each(|&(_, a)| keep(a));
+                keep(v.anon_vma);
             }
-            LazyState::P => {
-                kept.extend(
-                    v.chain
-                        .iter()
-                        .map(|&(_, av)| av)
-                        .filter(|&av| av != 0 && av != v.anon_vma),
-                );
-            }
+            LazyState::P => v
+                .chain
+                .iter()
+                .filter(|&&(_, a)| a != 0 && a != v.anon_vma)
+                .for_each(|&(_, a)| keep(a)),
             LazyState::U | LazyState::L => {}
         }
     }
-    for (&av, &owner) in &av_owner {
-        let p = est.processes.entry(owner).or_default();
-        p.actual.anon_vma += 1;
-        if kept.contains(&av) {
-            p.lazy.anon_vma += 1;
-        } else {
-            let rule = av_rule.get(&av).copied().unwrap_or(Rule::ForkLeaf);
-            est.saved_by_rule.entry(rule).or_default().anon_vma += 1;
+
+    /// The estimate; `av_owner(anon_vma, tgid)` is called for each anon_vma.
+    #[must_use]
+    pub fn finish(mut self, mut av_owner: impl FnMut(u64, u32)) -> Estimate {
+        let est = &mut self.est;
+        for (a, x) in self.avs.iter() {
+            let tgid = u32::try_from(x >> av::TGID_SHIFT).unwrap_or(u32::MAX);
+            av_owner(a, tgid);
+            let p = est.processes.entry(tgid).or_default();
+            p.actual.anon_vma += 1;
+            if x & av::KEPT != 0 {
+                p.lazy.anon_vma += 1;
+            } else {
+                let rule = if x & av::OWN != 0 {
+                    RULES[((x >> av::RULE_SHIFT) & 3) as usize]
+                } else {
+                    Rule::ForkLeaf
+                };
+                est.saved_by_rule.entry(rule).or_default().anon_vma += 1;
+            }
         }
+        est.processes.retain(|_, p| p.actual != Objects::default());
+        for p in est.processes.values() {
+            est.system.actual.anon_vma += p.actual.anon_vma;
+            est.system.actual.avc += p.actual.avc;
+            est.system.lazy.anon_vma += p.lazy.anon_vma;
+            est.system.lazy.avc += p.lazy.avc;
+        }
+        est.saved_by_rule.retain(|_, o| *o != Objects::default());
+        est.lazy_other_option = Objects {
+            anon_vma: est.system.lazy.anon_vma,
+            avc: self.lazy_avc_other,
+        };
+        self.est
     }
-    est.processes.retain(|_, p| p.actual != Objects::default());
-    for p in est.processes.values() {
-        est.system.actual.anon_vma += p.actual.anon_vma;
-        est.system.actual.avc += p.actual.avc;
-        est.system.lazy.anon_vma += p.lazy.anon_vma;
-        est.system.lazy.avc += p.lazy.avc;
+
+    /// Bytes of the anon_vma table.
+    #[must_use]
+    pub fn table_bytes(&self) -> usize {
+        self.avs.heap_bytes()
     }
-    est.saved_by_rule.retain(|_, o| *o != Objects::default());
-    est.lazy_other_option = Objects {
-        anon_vma: est.system.lazy.anon_vma,
-        avc: lazy_avc_other,
-    };
-    est
+
+    /// anon_vmas seen so far.
+    #[must_use]
+    pub fn anon_vmas(&self) -> usize {
+        self.avs.len()
+    }
 }
 
 fn verdict_avc_other(v: &Vma, verdict: Verdict, opts: Options) -> u64 {

@@ -793,13 +793,10 @@ pub fn offline(
     duration_s: f64,
     sizes: Sizes,
 ) -> Report {
-    let est = model::estimate(snap, Options::default());
-    let per_process = est.processes.iter().map(|(&p, x)| (p, x.actual)).collect();
-    let vmas = snap
-        .procs
-        .values()
-        .map(|p| (p.pid, p.vmas.len() as u64))
-        .collect();
+    let walked = crate::walk::of_snapshot(snap, Options::default(), None, |_, _, _| {});
+    let est = &walked.estimate;
+    let per_process = walked.actual_by_process();
+    let vmas = walked.vmas_by_process();
     let stats = [0u64; stat::COUNT as usize];
     Report::build(
         acct,
@@ -814,7 +811,7 @@ pub fn offline(
             done: false,
             sizes,
             model: Some(ModelView {
-                estimate: &est,
+                estimate: est,
                 snapshot_actual: est.system.actual,
                 snapshot_processes: &per_process,
                 vmas: &vmas,

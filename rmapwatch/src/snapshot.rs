@@ -2,7 +2,7 @@
 //! from the `iter/task_vma` records. Pure data: no aya, no I/O.
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use rmapwatch_common::{SnapAvc, SnapVma, snap};
+use rmapwatch_common::{COMM_LEN, SnapAvc, SnapVma, snap};
 
 use crate::decode::comm_str;
 
@@ -100,6 +100,9 @@ pub enum SnapshotError {
     /// AVC records not closed by their VMA's record.
     #[error("snapshot AVC records without their VMA at byte {0}")]
     Orphan(usize),
+    /// Reading the iterator failed.
+    #[error("reading the snapshot: {0}")]
+    Io(String),
 }
 
 fn read<T: Copy>(bytes: &[u8], at: usize) -> Option<T> {
@@ -108,97 +111,209 @@ fn read<T: Copy>(bytes: &[u8], at: usize) -> Option<T> {
     Some(unsafe { b.as_ptr().cast::<T>().read_unaligned() })
 }
 
+/// What a walk saw besides the VMAs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalkCounts {
+    /// VMAs handed on (one per VMA of each mm).
+    pub vmas: u64,
+    /// VMA records skipped because their mm was already walked.
+    pub duplicate_vmas: u64,
+    /// Chains that changed under the walk (fewer AVC records than counted).
+    pub short_chains: u64,
+    /// Chains longer than the walk's bound.
+    pub truncated_chains: u64,
+}
+
+/// Bytes read from the iterator at a time.
+const CHUNK: usize = 64 * 1024;
+
+/// Decodes the iterator's output as it is read, handing each VMA (with its
+/// chain) and the iterated task's comm to `f`; nothing of the stream is
+/// kept, so memory does not grow with the number of VMAs. Threads and
+/// CLONE_VM siblings are deduplicated by mm and charged to the first tgid
+/// seen with it.
+///
+/// # Errors
+/// [`SnapshotError`] for a corrupt stream or a failed read.
+pub fn decode(
+    mut input: impl std::io::Read,
+    mut f: impl FnMut(&Vma, &[u8; COMM_LEN]),
+) -> Result<WalkCounts, SnapshotError> {
+    let mut counts = WalkCounts::default();
+    // The iterator walks one task's VMAs one after the other: decide once
+    // per visit (a change of tgid or mm) whether the mm was walked already
+    // (a thread with its own files table, or a CLONE_VM sibling).
+    let mut walked: HashSet<u64> = HashSet::new();
+    let mut visit: Option<(u32, u64, bool)> = None; // (tgid, mm, keep)
+    let mut owner_of: HashMap<u64, u32> = HashMap::new();
+    // The VMA being assembled: its AVC records come first.
+    let mut cur = Vma::default();
+    let mut pending_vma = 0;
+    let mut pending_at = 0;
+    let mut buf = vec![0u8; CHUNK];
+    let (mut lo, mut hi) = (0, 0); // unparsed bytes
+    let mut base = 0; // stream offset of buf[0]
+    let mut eof = false;
+    loop {
+        // Refill when fewer bytes than the largest record remain.
+        if !eof && hi - lo < size_of::<SnapVma>() {
+            buf.copy_within(lo..hi, 0);
+            base += lo;
+            hi -= lo;
+            lo = 0;
+            while hi < buf.len() {
+                match input.read(&mut buf[hi..]) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => hi += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(SnapshotError::Io(e.to_string())),
+                }
+            }
+        }
+        if lo == hi {
+            break;
+        }
+        let bytes = &buf[..hi];
+        let at = base + lo;
+        let kind: u32 = read(bytes, lo).ok_or(SnapshotError::Truncated(at))?;
+        match kind {
+            snap::AVC => {
+                let r: SnapAvc = read(bytes, lo).ok_or(SnapshotError::Truncated(at))?;
+                if cur.chain.is_empty() {
+                    pending_vma = r.vma;
+                    pending_at = at;
+                } else if r.vma != pending_vma {
+                    return Err(SnapshotError::Orphan(pending_at));
+                }
+                cur.chain.push((r.avc, r.anon_vma));
+                lo += size_of::<SnapAvc>();
+            }
+            snap::VMA => {
+                let r: SnapVma = read(bytes, lo).ok_or(SnapshotError::Truncated(at))?;
+                if !cur.chain.is_empty() && pending_vma != r.vma {
+                    return Err(SnapshotError::Orphan(pending_at));
+                }
+                if (cur.chain.len() as u64) < u64::from(r.chain_len) {
+                    counts.short_chains += 1;
+                }
+                let keep = match visit {
+                    Some((tgid, mm, keep)) if tgid == r.tgid && mm == r.mm => keep,
+                    _ => {
+                        let keep = r.mm != 0 && walked.insert(r.mm);
+                        visit = Some((r.tgid, r.mm, keep));
+                        keep
+                    }
+                };
+                if keep {
+                    counts.vmas += 1;
+                    counts.truncated_chains += u64::from(r.chain_truncated != 0);
+                    let chain = std::mem::take(&mut cur.chain);
+                    cur = Vma {
+                        tgid: *owner_of.entry(r.mm).or_insert(r.tgid),
+                        mm: r.mm,
+                        addr: r.vma,
+                        start: r.start,
+                        end: r.end,
+                        flags: r.flags,
+                        file: r.file != 0,
+                        anon_vma: r.anon_vma,
+                        av_root: r.av_root,
+                        av_parent: r.av_parent,
+                        av_num_children: r.av_num_children,
+                        av_refcount: r.av_refcount,
+                        chain,
+                        chain_truncated: r.chain_truncated != 0,
+                    };
+                    f(&cur, &r.comm);
+                } else {
+                    counts.duplicate_vmas += 1;
+                }
+                cur.chain.clear();
+                lo += size_of::<SnapVma>();
+            }
+            kind => return Err(SnapshotError::Kind { kind, offset: at }),
+        }
+    }
+    if cur.chain.is_empty() {
+        Ok(counts)
+    } else {
+        Err(SnapshotError::Orphan(pending_at))
+    }
+}
+
+/// Encodes a VMA as the iterator writes it: its AVC records, then its own
+/// (tests and benchmarks).
+pub fn encode(v: &Vma, comm: &[u8; COMM_LEN], out: &mut Vec<u8>) {
+    fn bytes<T>(r: &T) -> &[u8] {
+        // SAFETY: plain repr(C) records without padding bytes.
+        unsafe { std::slice::from_raw_parts((r as *const T).cast::<u8>(), size_of::<T>()) }
+    }
+    for &(avc, anon_vma) in &v.chain {
+        out.extend_from_slice(bytes(&SnapAvc {
+            kind: snap::AVC,
+            tgid: v.tgid,
+            vma: v.addr,
+            avc,
+            anon_vma,
+        }));
+    }
+    out.extend_from_slice(bytes(&SnapVma {
+        kind: snap::VMA,
+        tgid: v.tgid,
+        mm: v.mm,
+        vma: v.addr,
+        start: v.start,
+        end: v.end,
+        flags: v.flags,
+        file: u64::from(v.file),
+        anon_vma: v.anon_vma,
+        av_root: v.av_root,
+        av_parent: v.av_parent,
+        av_num_children: v.av_num_children,
+        av_refcount: v.av_refcount,
+        chain_len: u32::try_from(v.chain.len()).unwrap_or(u32::MAX),
+        chain_truncated: u32::from(v.chain_truncated),
+        comm: *comm,
+        ..SnapVma::default()
+    }));
+}
+
 impl Snapshot {
-    /// Decodes the iterator's output.
+    /// Decodes the iterator's output into memory (tests, offline use; the
+    /// daemon streams with [`decode`]).
     ///
     /// # Errors
     /// [`SnapshotError`] for a corrupt stream.
     pub fn parse(bytes: &[u8]) -> Result<Self, SnapshotError> {
         let mut s = Self::default();
-        // The iterator walks one task's VMAs one after the other: decide once
-        // per visit (a change of tgid or mm) whether the mm was walked already
-        // (a thread with its own files table, or a CLONE_VM sibling).
-        let mut walked: HashSet<u64> = HashSet::new();
-        let mut visit: Option<(u32, u64, bool)> = None; // (tgid, mm, keep)
-        let mut owner_of: HashMap<u64, u32> = HashMap::new();
-        // AVC records of the VMA whose record comes next.
-        let mut pending: Vec<(u64, u64)> = Vec::new();
-        let mut pending_vma = 0;
-        let mut pending_at = 0;
-        let mut at = 0;
-        while at < bytes.len() {
-            let kind: u32 = read(bytes, at).ok_or(SnapshotError::Truncated(at))?;
-            match kind {
-                snap::AVC => {
-                    let r: SnapAvc = read(bytes, at).ok_or(SnapshotError::Truncated(at))?;
-                    if pending.is_empty() {
-                        pending_vma = r.vma;
-                        pending_at = at;
-                    } else if r.vma != pending_vma {
-                        return Err(SnapshotError::Orphan(pending_at));
-                    }
-                    pending.push((r.avc, r.anon_vma));
-                    at += size_of::<SnapAvc>();
-                }
-                snap::VMA => {
-                    let r: SnapVma = read(bytes, at).ok_or(SnapshotError::Truncated(at))?;
-                    if !pending.is_empty() && pending_vma != r.vma {
-                        return Err(SnapshotError::Orphan(pending_at));
-                    }
-                    let chain = std::mem::take(&mut pending);
-                    if (chain.len() as u64) < u64::from(r.chain_len) {
-                        s.short_chains += 1;
-                    }
-                    let keep = match visit {
-                        Some((tgid, mm, keep)) if tgid == r.tgid && mm == r.mm => keep,
-                        _ => {
-                            let keep = r.mm != 0 && walked.insert(r.mm);
-                            visit = Some((r.tgid, r.mm, keep));
-                            keep
-                        }
-                    };
-                    if keep {
-                        let owner = *owner_of.entry(r.mm).or_insert(r.tgid);
-                        let idx = s.vmas.len();
-                        s.truncated_chains += u64::from(r.chain_truncated != 0);
-                        s.vmas.push(Vma {
-                            tgid: owner,
-                            mm: r.mm,
-                            addr: r.vma,
-                            start: r.start,
-                            end: r.end,
-                            flags: r.flags,
-                            file: r.file != 0,
-                            anon_vma: r.anon_vma,
-                            av_root: r.av_root,
-                            av_parent: r.av_parent,
-                            av_num_children: r.av_num_children,
-                            av_refcount: r.av_refcount,
-                            chain,
-                            chain_truncated: r.chain_truncated != 0,
-                        });
-                        let p = s.procs.entry(owner).or_insert_with(|| Proc {
-                            pid: owner,
-                            mm: r.mm,
-                            ..Proc::default()
-                        });
-                        if p.comm.is_empty() {
-                            p.comm = comm_str(&r.comm);
-                        }
-                        p.vmas.push(idx);
-                    } else {
-                        s.duplicate_vmas += 1;
-                    }
-                    at += size_of::<SnapVma>();
-                }
-                kind => return Err(SnapshotError::Kind { kind, offset: at }),
-            }
+        let counts = decode(bytes, |v, comm| s.push(v, comm))?;
+        s.set_counts(counts);
+        Ok(s)
+    }
+
+    /// Adds a decoded VMA.
+    pub fn push(&mut self, v: &Vma, comm: &[u8; COMM_LEN]) {
+        let idx = self.vmas.len();
+        self.vmas.push(v.clone());
+        let p = self.procs.entry(v.tgid).or_insert_with(|| Proc {
+            pid: v.tgid,
+            mm: v.mm,
+            ..Proc::default()
+        });
+        if p.comm.is_empty() {
+            p.comm = comm_str(comm);
         }
-        if pending.is_empty() {
-            Ok(s)
-        } else {
-            Err(SnapshotError::Orphan(pending_at))
-        }
+        p.vmas.push(idx);
+    }
+
+    /// Records a walk's counts.
+    pub fn set_counts(&mut self, counts: WalkCounts) {
+        self.duplicate_vmas = counts.duplicate_vmas;
+        self.short_chains = counts.short_chains;
+        self.truncated_chains = counts.truncated_chains;
     }
 
     /// Actual objects: distinct anon_vmas referenced by any VMA or chain,

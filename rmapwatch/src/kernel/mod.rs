@@ -107,8 +107,9 @@ pub struct KernelFacts {
     pub btf_path: std::path::PathBuf,
     /// Struct layouts.
     pub layout: Layout,
-    /// Text symbols.
-    pub kallsyms: Kallsyms,
+    /// The hooks' function names (and aliases) this kernel has: all that
+    /// is asked of kallsyms after start-up (the whole table is ~10 MiB).
+    pub hook_symbols: std::collections::BTreeSet<String>,
     /// The programs' global configuration.
     pub config: Config,
     /// Per-object sizes for KB figures.
@@ -140,7 +141,12 @@ impl KernelFacts {
             id: KernelId::current(),
             btf_path: btf_path.to_owned(),
             layout,
-            kallsyms,
+            hook_symbols: crate::hooks::HOOKS
+                .iter()
+                .flat_map(|h| std::iter::once(h.name).chain(h.aliases.iter().copied()))
+                .filter(|s| kallsyms.has(s))
+                .map(str::to_owned)
+                .collect(),
             config,
         })
     }

@@ -71,7 +71,7 @@ fn frame(t: f64, detail: Option<u32>) -> Frame {
     }
     let detail = detail.map(|pid| {
         let paths = std::collections::HashMap::new();
-        inspect::inspect(&snap, &est, pid, &paths, SIZES)
+        inspect::of_snapshot(&snap, &est, pid, &paths, SIZES)
     });
     Frame { report, detail }
 }

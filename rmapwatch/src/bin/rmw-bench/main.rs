@@ -23,10 +23,11 @@ use rmapwatch::{
     hooks::{HookStatus, ProbeMode},
     kernel::{self, KernelFacts, KernelId},
     loader::{Attach, Probes},
-    model::{self, Options},
+    model::Options,
     report::{Report, Sizes},
-    snapshot::{Snapshot, Vma},
+    snapshot::{self, Snapshot, Vma},
     tui::state::{Action, App, Frame, Update},
+    walk,
 };
 use rmapwatch_common::{Event, kind, object, site};
 
@@ -53,66 +54,113 @@ fn ratio(name: &str, a: f64, b: f64) {
 }
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    vm_kib("VmRSS:")
 }
 
 /// A synthetic snapshot: `procs` processes with `vmas` VMAs each; every
 /// fourth process is a fork child (chains of two) of the one before.
 fn synthetic(procs: u32, vmas: u64) -> Snapshot {
     let mut s = Snapshot::default();
-    let mut next = 0x1000_u64;
-    let mut id = || {
-        next += 0x40;
-        0xffff_8000_0000_0000 + next
-    };
-    let mut parent_avs: Vec<u64> = Vec::new();
-    for p in 1..=procs {
-        let child = p % 4 == 0;
-        let mut mine = Vec::new();
-        let proc_ = s.procs.entry(p).or_default();
-        proc_.pid = p;
-        proc_.comm = format!("proc-{p}");
-        for i in 0..vmas {
-            let av = id();
-            let mut chain = Vec::new();
-            let parent = if child {
-                parent_avs.get(i as usize).copied()
-            } else {
-                None
-            };
-            if let Some(pav) = parent {
-                chain.push((id(), pav));
-            }
-            chain.push((id(), av));
-            let idx = s.vmas.len();
-            s.vmas.push(Vma {
-                tgid: p,
-                mm: u64::from(p),
-                addr: id(),
-                start: i * 0x1000,
-                end: i * 0x1000 + 0x1000,
-                anon_vma: av,
-                av_root: parent.unwrap_or(av),
-                av_parent: parent.unwrap_or(av),
-                av_num_children: u64::from(!child),
-                chain,
-                ..Vma::default()
-            });
-            if let Some(x) = s.procs.get_mut(&p) {
-                x.vmas.push(idx);
-            }
-            mine.push(av);
-        }
-        parent_avs = mine;
+    let mut g = Synth::new(procs, vmas);
+    while let Some(v) = g.next_vma() {
+        s.push(&v, &comm_of(v.tgid));
     }
     s
+}
+
+fn comm_of(p: u32) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    let name = format!("proc-{p}");
+    c[..name.len().min(15)].copy_from_slice(&name.as_bytes()[..name.len().min(15)]);
+    c
+}
+
+/// Generates the synthetic system one VMA at a time: every fourth process
+/// is a fork child of the one before (its VMAs link the parent's anon_vmas).
+struct Synth {
+    procs: u32,
+    vmas: u64,
+    p: u32,
+    i: u64,
+    next: u64,
+    parent_avs: Vec<u64>,
+    mine: Vec<u64>,
+}
+
+impl Synth {
+    fn new(procs: u32, vmas: u64) -> Self {
+        Self {
+            procs,
+            vmas,
+            p: 1,
+            i: 0,
+            next: 0x1000,
+            parent_avs: Vec::new(),
+            mine: Vec::new(),
+        }
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next += 0x40;
+        0xffff_8000_0000_0000 + self.next
+    }
+
+    fn next_vma(&mut self) -> Option<Vma> {
+        if self.i == self.vmas {
+            self.i = 0;
+            self.p += 1;
+            self.parent_avs = std::mem::take(&mut self.mine);
+        }
+        if self.p > self.procs {
+            return None;
+        }
+        let (p, i) = (self.p, self.i);
+        self.i += 1;
+        let child = p % 4 == 0;
+        let av = self.id();
+        let mut chain = Vec::new();
+        let parent = if child {
+            self.parent_avs.get(i as usize).copied()
+        } else {
+            None
+        };
+        if let Some(pav) = parent {
+            chain.push((self.id(), pav));
+        }
+        chain.push((self.id(), av));
+        self.mine.push(av);
+        Some(Vma {
+            tgid: p,
+            mm: u64::from(p),
+            addr: self.id(),
+            start: i * 0x1000,
+            end: i * 0x1000 + 0x1000,
+            anon_vma: av,
+            av_root: parent.unwrap_or(av),
+            av_parent: parent.unwrap_or(av),
+            av_num_children: u64::from(!child),
+            chain,
+            ..Vma::default()
+        })
+    }
+}
+
+/// The iterator's output for the synthetic system, produced as it is read
+/// (as the kernel's is): nothing of it is held.
+impl std::io::Read for Synth {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        thread_local!(static PENDING: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) });
+        PENDING.with_borrow_mut(|pending| {
+            while pending.len() < buf.len() {
+                let Some(v) = self.next_vma() else { break };
+                snapshot::encode(&v, &comm_of(v.tgid), pending);
+            }
+            let n = pending.len().min(buf.len());
+            buf[..n].copy_from_slice(&pending[..n]);
+            pending.drain(..n);
+            Ok(n)
+        })
+    }
 }
 
 fn hooks() -> Vec<HookStatus> {
@@ -125,7 +173,10 @@ fn synthetic_report(snap: &Snapshot, acct: &Accounting, t: f64) -> Report {
 
 fn seeded(snap: &Snapshot) -> Accounting {
     let mut acct = Accounting::default();
-    app::seed(&mut acct, snap);
+    let w = walk::of_snapshot(snap, Options::default(), None, |p, t, k| {
+        acct.own_existing(p, t, k);
+    });
+    acct.name_existing(w.procs.into_iter().map(|(pid, p)| (pid, p.comm)));
     acct
 }
 
@@ -344,24 +395,91 @@ fn bench_ingest(keys: usize) {
     );
 }
 
-/// Memory for 1M VMAs of state in 10k processes.
+fn vm_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Memory and time for 1M VMAs of state in 10k processes, through the
+/// daemon's own path: the iterator's records (generated as they are read,
+/// as the kernel produces them) streamed through decoding, the model and
+/// the seeding of the accounting, then a second walk as each refresh does.
 fn bench_footprint() {
+    rmapwatch::daemon::tune_allocator();
+    let (procs, per) = (10_000, 100);
     let before = rss_kib();
-    let snap = synthetic(10_000, 100);
-    let after_snap = rss_kib();
-    let acct = seeded(&snap);
+    let mut acct = Accounting::default();
+    let t = Instant::now();
+    // As the daemon does from the slab's object counts.
+    let (avs, avcs) = (1_000_000, 1_250_000);
+    acct.reserve_owners(avs + avcs);
+    let w = walk::stream(
+        Synth::new(procs, per),
+        Options::default(),
+        avs,
+        None,
+        |p, t, k| {
+            acct.own_existing(p, t, k);
+        },
+    )
+    .expect("synthetic stream decodes");
+    let seed_s = t.elapsed().as_secs_f64();
+    acct.name_existing(w.procs.iter().map(|(&pid, p)| (pid, p.comm.clone())));
+    let vmas = w.counts.vmas;
+    let model = app::ModelState::new(w, rmapwatch::report::SnapshotStats::default());
     let after_seed = rss_kib();
-    let est = model::estimate(&snap, Options::default());
-    let after_model = rss_kib();
+    let peak_seed = vm_kib("VmHWM:");
+    let mut refresh = Vec::new();
+    let mut last = None;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let w = walk::stream(
+            Synth::new(procs, per),
+            Options::default(),
+            avs,
+            None,
+            |_, _, _| {},
+        )
+        .expect("synthetic stream decodes");
+        refresh.push(t.elapsed().as_secs_f64() * 1e3);
+        last = Some(app::ModelState::new(
+            w,
+            rmapwatch::report::SnapshotStats::default(),
+        ));
+    }
+    let after = rss_kib();
+    let peak = vm_kib("VmHWM:");
     println!(
-        "footprint: 1M VMAs / 10k processes: snapshot {} MiB, seeded accounting {} MiB, model {} MiB, total RSS {} MiB (baseline process {} MiB)",
-        (after_snap - before) / 1024,
-        (after_seed - after_snap) / 1024,
-        (after_model - after_seed) / 1024,
-        after_model / 1024,
-        before / 1024
+        "footprint: {vmas} VMAs / {procs} processes, {} anon_vma + {} AVC owned",
+        model.estimate.system.actual.anon_vma, model.estimate.system.actual.avc
     );
-    std::hint::black_box((acct.events, est.system));
+    println!(
+        "{:<44}        {:>10} MiB (owner table {} MiB; peak RSS while seeding {} MiB)",
+        "footprint: state after seeding",
+        (after_seed - before) / 1024,
+        acct.owner_table_bytes() >> 20,
+        peak_seed / 1024
+    );
+    println!(
+        "{:<44}        {:>10} MiB (baseline process {} MiB, peak {} MiB)",
+        "footprint: RSS after 3 refresh walks",
+        after / 1024,
+        before / 1024,
+        peak / 1024
+    );
+    println!(
+        "{:<44}        {:>10.1} ms seed walk, refresh walk {:.1} ms median (user space: decode + model)",
+        "footprint: time",
+        seed_s * 1e3,
+        stats(refresh).0
+    );
+    std::hint::black_box((acct.events, model.estimate.system, last.map(|m| m.stats)));
 }
 
 fn spawn_workload(exe: &PathBuf, regions: u32) -> (Child, u32) {
@@ -402,20 +520,24 @@ fn bench_snapshot(procs: u32, regions: u32, repeat: usize) -> anyhow::Result<()>
     let mut probes = Probes::load(&facts, ProbeMode::Tracepoint, None, Attach::SnapshotOnly)?;
     let mut walk = Vec::new();
     let mut read = Vec::new();
-    let mut model_ms = Vec::new();
     let mut vmas = 0;
     for i in 0..repeat {
         let t = Instant::now();
-        let raw = probes.snapshot_bytes()?;
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut probes.snapshot_reader()?, &mut raw)?;
         read.push(t.elapsed().as_secs_f64() * 1e3);
-        std::hint::black_box(Snapshot::parse(&raw)?);
+        std::hint::black_box(raw);
         let t = Instant::now();
-        let (snap, _) = app::take_snapshot(&mut probes, i as u64)?;
+        let (w, _) = app::walk(
+            &mut probes,
+            i as u64,
+            Options::default(),
+            0,
+            None,
+            |_, _, _| {},
+        )?;
         walk.push(t.elapsed().as_secs_f64() * 1e3);
-        vmas = snap.vmas.len();
-        let t = Instant::now();
-        std::hint::black_box(model::estimate(&snap, Options::default()));
-        model_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        vmas = w.counts.vmas;
     }
     let mut maps = Vec::new();
     for _ in 0..repeat {
@@ -433,7 +555,7 @@ fn bench_snapshot(procs: u32, regions: u32, repeat: usize) -> anyhow::Result<()>
         drop(c.stdin.take());
         let _ = c.wait();
     }
-    let (w, m, b, r) = (stats(walk), stats(model_ms), stats(maps), stats(read));
+    let (w, b, r) = (stats(walk), stats(maps), stats(read));
     println!("snapshot: {vmas} VMAs in {procs} workload processes plus the rest of the system");
     line(
         "snapshot: /proc/PID/maps of the workloads (baseline)",
@@ -441,12 +563,7 @@ fn bench_snapshot(procs: u32, regions: u32, repeat: usize) -> anyhow::Result<()>
         b,
     );
     line("snapshot: iter/task_vma walk (kernel) only", "ms", r);
-    line(
-        "snapshot: iter/task_vma walk + decode, all processes",
-        "ms",
-        w,
-    );
-    line("snapshot: lazy model over it", "ms", m);
+    line("snapshot: walk streamed through decode + model", "ms", w);
     ratio("snapshot: walk vs /proc maps", w.0, b.0);
     Ok(())
 }
