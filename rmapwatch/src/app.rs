@@ -185,6 +185,9 @@ fn slab_objects() -> (usize, usize) {
     (read("anon_vma"), read("anon_vma_chain"))
 }
 
+/// The share of wall time snapshot walks may take in the live view (5 %).
+const WALK_BUDGET: f64 = 0.05;
+
 /// A counting session: the probes' results, the accounting and the model.
 pub struct Session<'a> {
     facts: &'a KernelFacts,
@@ -194,6 +197,10 @@ pub struct Session<'a> {
     /// The inspection of the detail view's process, from the latest walk.
     detail: Option<Inspection>,
     taken: u64,
+    /// When the last walk started and how long it took.
+    last_walk: Option<(Instant, Duration)>,
+    /// The share of wall time walks may take, if limited.
+    walk_budget: Option<f64>,
     /// New anonymous folios per process and VMA, if that hook is attached.
     rmap: Option<RmapVmas>,
     /// Dropped events already accounted for by a re-seed.
@@ -242,6 +249,8 @@ impl<'a> Session<'a> {
             model: None,
             detail: None,
             taken: 0,
+            last_walk: None,
+            walk_budget: None,
             rmap: probes
                 .hooks
                 .iter()
@@ -256,6 +265,7 @@ impl<'a> Session<'a> {
         // growing table briefly holds its old and new slots).
         let (avs, avcs) = slab_objects();
         acct.reserve_owners(avs + avcs);
+        let t = Instant::now();
         match walk(&mut probes, 1, s.opts, avs, None, |p, t, k| {
             acct.own_existing(p, t, k);
         }) {
@@ -266,6 +276,7 @@ impl<'a> Session<'a> {
                     stats.processes, stats.vmas, stats.walk_ms
                 ));
                 s.taken = 1;
+                s.last_walk = Some((t, t.elapsed()));
                 s.model = Some(ModelState::new(w, stats));
             }
             Err(e) => log::warn(&format!("{e:#}; no live or lazy figures")),
@@ -305,13 +316,29 @@ impl<'a> Session<'a> {
                 Err(e) => log::warn(&format!("{e:#}")),
             }
         }
-        self.detail = None;
         let Some(prev) = &self.model else {
             return;
         };
         // Events were lost: the live counts become the kernel's again,
         // seeded by this walk.
         let reseed = self.resync.degraded;
+        // If limited, walks take at most that share of the time: on a system
+        // with millions of VMAs the model refreshes less often than the live
+        // counts (its age is shown). Re-seeding, the final report and a
+        // newly opened detail view walk regardless.
+        let new_detail =
+            detail_pid.is_some_and(|p| self.detail.as_ref().is_none_or(|i| i.pid != p));
+        if let Some((at, took)) = self.last_walk
+            && let Some(budget) = self.walk_budget
+            && !reseed
+            && !with_slab
+            && !new_detail
+            && at.elapsed() < took.div_f64(budget)
+        {
+            return;
+        }
+        self.detail = None;
+        let started = Instant::now();
         let live = |a: &Accounting, o: u32| a.objects[o as usize].live.cast_signed();
         let live_before = (live(acct, object::ANON_VMA), live(acct, object::AVC));
         if reseed {
@@ -335,6 +362,7 @@ impl<'a> Session<'a> {
         match walked {
             Ok((w, stats)) => {
                 self.taken += 1;
+                self.last_walk = Some((started, started.elapsed()));
                 if let Some(pid) = detail_pid.filter(|p| w.procs.contains_key(p)) {
                     match inspect_walked(probes, &w, &w.estimate, pid, self.facts.sizes) {
                         Ok(i) => self.detail = Some(i),
@@ -399,10 +427,16 @@ impl<'a> Session<'a> {
         )
     }
 
-    /// The inspection of `pid` from the latest refresh (which was asked for
-    /// it), handed over once.
-    pub fn take_inspection(&mut self, pid: u32) -> Option<Inspection> {
-        self.detail.take().filter(|i| i.pid == pid)
+    /// Limits walks to `share` of the wall time (the live view; `report`
+    /// walks at every interval it was asked for).
+    pub fn limit_walks(&mut self, share: f64) {
+        self.walk_budget = Some(share);
+    }
+
+    /// The inspection of `pid` from the latest walk that was asked for it.
+    #[must_use]
+    pub fn inspection(&self, pid: u32) -> Option<Inspection> {
+        self.detail.as_ref().filter(|i| i.pid == pid).cloned()
     }
 }
 
@@ -474,9 +508,10 @@ pub fn live(facts: &KernelFacts, run: &RunOptions, log_path: &str) -> anyhow::Re
     let mut acct = Accounting::default();
     let (mut session, mut probes) =
         runtime.block_on(async { Session::start(facts, run, &mut acct) })?;
+    session.limit_walks(WALK_BUDGET);
     let (update_tx, update_rx) = mpsc::channel();
     let (detail_tx, detail_rx) = mpsc::channel::<Option<u32>>();
-    let send_frame = move |session: &mut Session<'_>,
+    let send_frame = move |session: &Session<'_>,
                            a: &Accounting,
                            p: &Probes,
                            el: Duration,
@@ -484,18 +519,11 @@ pub fn live(facts: &KernelFacts, run: &RunOptions, log_path: &str) -> anyhow::Re
                            tx: &mpsc::Sender<tui::state::Update>| {
         let frame = tui::state::Frame {
             report: session.report(a, p, el, false),
-            detail: detail.and_then(|pid| session.take_inspection(pid)),
+            detail: detail.and_then(|pid| session.inspection(pid)),
         };
         let _ = tx.send(tui::state::Update::Frame(Box::new(frame)));
     };
-    send_frame(
-        &mut session,
-        &acct,
-        &probes,
-        Duration::ZERO,
-        None,
-        &update_tx,
-    );
+    send_frame(&session, &acct, &probes, Duration::ZERO, None, &update_tx);
     let ui_done = std::sync::Arc::new(AtomicBool::new(false));
     let ui_done_ui = ui_done.clone();
     std::thread::scope(|scope| -> anyhow::Result<()> {
@@ -513,7 +541,7 @@ pub fn live(facts: &KernelFacts, run: &RunOptions, log_path: &str) -> anyhow::Re
                         detail = d;
                     }
                     session.refresh(p, a, false, detail);
-                    send_frame(&mut session, a, p, el, detail, &tx);
+                    send_frame(&session, a, p, el, detail, &tx);
                 },
             ));
             let why = match &result {

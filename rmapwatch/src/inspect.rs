@@ -148,7 +148,7 @@ pub fn resolve(
 }
 
 /// One VMA in the inspection.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct VmaReport {
     /// `vm_start`, hex.
     pub start: String,
@@ -173,7 +173,7 @@ pub struct VmaReport {
 }
 
 /// A process sharing anon_vma trees with the inspected one.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct FamilyMember {
     /// tgid.
     pub pid: u32,
@@ -184,7 +184,7 @@ pub struct FamilyMember {
 }
 
 /// The inspection.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Inspection {
     /// [`SCHEMA`].
     pub schema: &'static str,
