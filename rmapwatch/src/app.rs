@@ -261,6 +261,19 @@ impl<'a> Session<'a> {
             dropped_seen: 0,
             resync: Resync::default(),
         };
+        // Events reported while attaching are applied before the walk seeds
+        // ownership, not after: a free of an object's earlier life (whose
+        // address was reused before the allocation tracepoint was attached)
+        // would otherwise remove the owner the walk gives the new life.
+        match probes.ring() {
+            Ok(mut ring) => {
+                let bad = daemon::drain(&mut ring, acct);
+                if bad > 0 {
+                    log::warn(&format!("{bad} undecodable ring buffer records skipped"));
+                }
+            }
+            Err(e) => log::warn(&format!("{e:#}")),
+        }
         // Room for what the slab holds, so that the tables do not grow (a
         // growing table briefly holds its old and new slots).
         let (avs, avcs) = slab_objects();

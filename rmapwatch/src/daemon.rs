@@ -8,7 +8,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::RingBuf;
 
 use crate::{account::Accounting, decode::decode, loader::Probes};
 
@@ -81,7 +81,7 @@ pub const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 /// Applies everything waiting in the ring buffer; returns the records that
 /// could not be decoded.
-fn drain(rb: &mut RingBuf<MapData>, acct: &mut Accounting) -> u64 {
+pub fn drain<T>(rb: &mut RingBuf<T>, acct: &mut Accounting) -> u64 {
     let mut bad = 0;
     while let Some(item) = rb.next() {
         match decode(&item) {
@@ -132,7 +132,11 @@ pub async fn collect(
             _ = drain_timer.tick() => bad_records += drain(ring.get_mut(), acct),
             () = &mut deadline => break Stop::Duration,
             stop = signals.recv() => break stop,
-            _ = ticker.tick(), if interval.is_some() => tick(acct, probes, start.elapsed()),
+            _ = ticker.tick(), if interval.is_some() => {
+                // What happened before the tick's walk, applied before it.
+                bad_records += drain(ring.get_mut(), acct);
+                tick(acct, probes, start.elapsed());
+            }
         }
     };
     // Whatever is still in the buffer happened before the stop.
