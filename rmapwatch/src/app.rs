@@ -185,6 +185,17 @@ fn slab_objects() -> (usize, usize) {
     (read("anon_vma"), read("anon_vma_chain"))
 }
 
+/// Whether a refresh walks: when `forced`, when walks are not limited, or
+/// once the last walk (`since` it started, `took` long) is at most
+/// `budget` of the time since.
+fn walk_due(last: Option<(Duration, Duration)>, budget: Option<f64>, forced: bool) -> bool {
+    forced
+        || match (last, budget) {
+            (Some((since, took)), Some(b)) => since >= took.div_f64(b),
+            _ => true,
+        }
+}
+
 /// The share of wall time snapshot walks may take in the live view (5 %).
 const WALK_BUDGET: f64 = 0.05;
 
@@ -201,6 +212,8 @@ pub struct Session<'a> {
     last_walk: Option<(Instant, Duration)>,
     /// The share of wall time walks may take, if limited.
     walk_budget: Option<f64>,
+    /// The detail view's process at the last refresh.
+    detail_asked: Option<u32>,
     /// New anonymous folios per process and VMA, if that hook is attached.
     rmap: Option<RmapVmas>,
     /// Dropped events already accounted for by a re-seed.
@@ -251,6 +264,7 @@ impl<'a> Session<'a> {
             taken: 0,
             last_walk: None,
             walk_budget: None,
+            detail_asked: None,
             rmap: probes
                 .hooks
                 .iter()
@@ -338,16 +352,11 @@ impl<'a> Session<'a> {
         // If limited, walks take at most that share of the time: on a system
         // with millions of VMAs the model refreshes less often than the live
         // counts (its age is shown). Re-seeding, the final report and a
-        // newly opened detail view walk regardless.
-        let new_detail =
-            detail_pid.is_some_and(|p| self.detail.as_ref().is_none_or(|i| i.pid != p));
-        if let Some((at, took)) = self.last_walk
-            && let Some(budget) = self.walk_budget
-            && !reseed
-            && !with_slab
-            && !new_detail
-            && at.elapsed() < took.div_f64(budget)
-        {
+        // newly asked detail view walk regardless.
+        let new_detail = detail_pid.is_some() && detail_pid != self.detail_asked;
+        self.detail_asked = detail_pid;
+        let last = self.last_walk.map(|(at, took)| (at.elapsed(), took));
+        if !walk_due(last, self.walk_budget, reseed || with_slab || new_detail) {
             return;
         }
         self.detail = None;
@@ -603,4 +612,26 @@ pub fn live(facts: &KernelFacts, run: &RunOptions, log_path: &str) -> anyhow::Re
             r => r.and(collected.map(|_| ())),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walks_keep_to_their_share_of_the_time_unless_forced() {
+        let ms = Duration::from_millis;
+        // Unlimited (report): every refresh walks.
+        assert!(walk_due(Some((ms(10), ms(700))), None, false));
+        // A 700 ms walk at 5 %: not before 14 s have passed since it began.
+        assert!(!walk_due(Some((ms(1000), ms(700))), Some(0.05), false));
+        assert!(!walk_due(Some((ms(13_900), ms(700))), Some(0.05), false));
+        assert!(walk_due(Some((ms(14_000), ms(700))), Some(0.05), false));
+        // A 2 ms walk: every second-long refresh walks.
+        assert!(walk_due(Some((ms(1000), ms(2))), Some(0.05), false));
+        // Re-seeding, the final report, a new detail view: at once.
+        assert!(walk_due(Some((ms(1), ms(700))), Some(0.05), true));
+        // Nothing walked yet.
+        assert!(walk_due(None, Some(0.05), false));
+    }
 }
