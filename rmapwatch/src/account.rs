@@ -237,9 +237,18 @@ impl Accounting {
         }
     }
 
-    /// Seeds one object that exists now (a snapshot streams them).
+    /// Seeds one object that exists now (a snapshot streams them), unless
+    /// events already gave its address an owner: the walk runs while the
+    /// programs keep reporting, so the life it saw may be a newer one whose
+    /// predecessor's free is still queued. Seeding over it charged that
+    /// free to the new owner and left the old one's allocations unfreed
+    /// (a fork loop under a slow, debug-built daemon). The queued events
+    /// settle such an address; an address events never named is the
+    /// walk's.
     pub fn own_existing(&mut self, ptr: u64, tgid: u32, obj: u32) {
-        self.set_owner(ptr, tgid, obj);
+        if self.owners.get(ptr).is_none() {
+            self.set_owner(ptr, tgid, obj);
+        }
     }
 
     /// Makes room for `n` more owned objects at once (a growing table
@@ -496,6 +505,58 @@ mod tests {
         assert_eq!(a.processes[&10].flows[1].frees, 1);
         assert_eq!(a.objects[object::AVC as usize].frees_of_preexisting, 0);
         assert_eq!(a.processes[&10].comm, "a");
+    }
+
+    #[test]
+    fn a_walk_that_sees_an_addresss_next_life_does_not_take_it_from_the_queued_events() {
+        let mut a = Accounting::default();
+        let in_fork = |ptr| {
+            slab(
+                kind::ALLOC,
+                object::ANON_VMA,
+                site::FORK,
+                1,
+                ptr,
+                flags::IN_FORK,
+            )
+        };
+        a.apply(&in_fork(100));
+        a.apply(&fork(1, 20));
+        assert_eq!(a.processes[&20].live, [1, 0]);
+        // Queued while the walk runs: 20 exits and frees its anon_vma, the
+        // parent forks 21, which gets the same address.
+        let queued = [
+            slab(kind::FREE, object::ANON_VMA, site::PUT, 20, 100, 0),
+            in_fork(100),
+            fork(1, 21),
+        ];
+        // The walk saw 21's: not seeded over the owner events gave it.
+        a.own_existing(100, 21, object::ANON_VMA);
+        for e in &queued {
+            a.apply(e);
+        }
+        let p = |pid: u32| (a.processes[&pid].flows[0], a.processes[&pid].live[0]);
+        assert_eq!(
+            p(20),
+            (
+                Flow {
+                    allocs: 1,
+                    frees: 1
+                },
+                0
+            )
+        );
+        assert_eq!(
+            p(21),
+            (
+                Flow {
+                    allocs: 1,
+                    frees: 0
+                },
+                1
+            )
+        );
+        assert_eq!(a.objects[object::ANON_VMA as usize].live, 1);
     }
 
     #[test]

@@ -357,9 +357,14 @@ fn a_process_forking_while_rmapwatch_attaches_is_charged_exactly() {
         for p in children.iter().filter(|p| p["exited"] == true) {
             for obj in ["anon_vma", "anon_vma_chain"] {
                 assert_eq!(
-                    p[obj]["allocs"], p[obj]["frees"],
-                    "round {round}: pid {} ({}) {obj}: {p}",
-                    p["pid"], p["comm"]
+                    p[obj]["allocs"],
+                    p[obj]["frees"],
+                    "round {round}: pid {} ({}) {obj}: {p}; dropped {} resync {} recursion misses {}",
+                    p["pid"],
+                    p["comm"],
+                    report["dropped_events"],
+                    report["resync"],
+                    report["cost"]["recursion_misses"]
                 );
                 assert_eq!(
                     p["live"][obj]["objects"], 0,
