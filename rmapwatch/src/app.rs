@@ -292,9 +292,9 @@ impl<'a> Session<'a> {
         // growing table briefly holds its old and new slots).
         let (avs, avcs) = slab_objects();
         acct.reserve_owners(avs + avcs);
-        let t = Instant::now();
-        match walk(&mut probes, 1, s.opts, avs, None, |p, t, k| {
-            acct.own_existing(p, t, k);
+        let started = Instant::now();
+        match walk(&mut probes, 1, s.opts, avs, None, |ptr, tgid, kind| {
+            acct.own_existing(ptr, tgid, kind);
         }) {
             Ok((w, stats)) => {
                 acct.name_existing(w.procs.iter().map(|(&pid, p)| (pid, p.comm.clone())));
@@ -303,7 +303,7 @@ impl<'a> Session<'a> {
                     stats.processes, stats.vmas, stats.walk_ms
                 ));
                 s.taken = 1;
-                s.last_walk = Some((t, t.elapsed()));
+                s.last_walk = Some((started, started.elapsed()));
                 s.model = Some(ModelState::new(w, stats));
             }
             Err(e) => log::warn(&format!("{e:#}; no live or lazy figures")),
