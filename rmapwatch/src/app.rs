@@ -171,18 +171,27 @@ pub fn slab_anon_vma_objects() -> Option<u64> {
         .ok()
 }
 
-/// Objects in the anon_vma and anon_vma_chain slabs, in use or not (0 where
-/// unreadable): an upper bound to size tables by (the AVC cache may be
-/// merged with others, which only over-reserves), capped at 64M each.
+/// How many anon_vmas and AVCs to make room for before the seeding walk,
+/// from the slab's object counts (in use or not; 0 where unreadable). The
+/// anon_vma cache is never merged; the AVC cache usually is (with
+/// `fs_cache`, `eventpoll_pwq`), so its count can be any multiple of the
+/// AVCs: it is believed up to 4 AVCs per anon_vma (a reservation touched
+/// nowhere would still cost RSS once entries spread over it).
 fn slab_objects() -> (usize, usize) {
     let read = |cache: &str| {
         std::fs::read_to_string(format!("/sys/kernel/slab/{cache}/objects"))
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse::<usize>().ok())
             .unwrap_or(0)
-            .min(64 << 20)
     };
-    (read("anon_vma"), read("anon_vma_chain"))
+    reservation(read("anon_vma"), read("anon_vma_chain"))
+}
+
+/// [`slab_objects`]' arithmetic: at most 16M anon_vmas, AVCs at most 4 per
+/// anon_vma.
+fn reservation(anon_vma_objects: usize, avc_cache_objects: usize) -> (usize, usize) {
+    let avs = anon_vma_objects.min(16 << 20);
+    (avs, avc_cache_objects.min(4 * avs))
 }
 
 /// Whether a refresh walks: when `forced`, when walks are not limited, or
@@ -617,6 +626,16 @@ pub fn live(facts: &KernelFacts, run: &RunOptions, log_path: &str) -> anyhow::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reservations_do_not_trust_a_merged_avc_cache() {
+        // Unmerged: as counted.
+        assert_eq!(reservation(1000, 2500), (1000, 2500));
+        // Merged with caches holding millions of other 64-byte objects.
+        assert_eq!(reservation(1000, 9_000_000), (1000, 4000));
+        assert_eq!(reservation(usize::MAX, usize::MAX), (16 << 20, 64 << 20));
+        assert_eq!(reservation(0, 0), (0, 0));
+    }
 
     #[test]
     fn walks_keep_to_their_share_of_the_time_unless_forced() {
