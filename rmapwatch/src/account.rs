@@ -215,7 +215,9 @@ impl Accounting {
 
     /// Seeds ownership of the objects that exist now (from a snapshot):
     /// `(address, owner tgid, object kind)`. Frees of them are then charged
-    /// to their owners, and `live` counts start from them.
+    /// to their owners, and `live` counts start from them. (Tests; the
+    /// daemon streams a walk into [`Self::own_existing`].)
+    #[cfg(test)]
     pub fn seed(
         &mut self,
         objects: impl IntoIterator<Item = (u64, u32, u32)>,
@@ -267,14 +269,6 @@ impl Accounting {
         }
         for t in &mut self.objects {
             t.live = 0;
-        }
-    }
-
-    /// [`Self::forget_live`], then seeds `objects`.
-    pub fn reseed(&mut self, objects: impl IntoIterator<Item = (u64, u32, u32)>) {
-        self.forget_live();
-        for (ptr, tgid, obj) in objects {
-            self.own_existing(ptr, tgid, obj);
         }
     }
 
@@ -612,7 +606,10 @@ mod tests {
         a.apply(&alloc(0x100, 7));
         a.apply(&alloc(0x200, 7));
         // Events were lost: the kernel really holds 0x200 (pid 7) and 0x300 (pid 8).
-        a.reseed([(0x200, 7, object::ANON_VMA), (0x300, 8, object::ANON_VMA)]);
+        a.forget_live();
+        for (ptr, tgid) in [(0x200, 7), (0x300, 8)] {
+            a.own_existing(ptr, tgid, object::ANON_VMA);
+        }
         assert_eq!(a.objects[object::ANON_VMA as usize].live, 2);
         assert_eq!(a.processes[&7].live[object::ANON_VMA as usize], 1);
         assert_eq!(a.processes[&8].live[object::ANON_VMA as usize], 1);

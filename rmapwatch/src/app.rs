@@ -139,7 +139,6 @@ pub fn take_snapshot(probes: &mut Probes) -> anyhow::Result<Snapshot> {
 fn inspect_walked(
     probes: &mut Probes,
     w: &Walked,
-    est: &Estimate,
     pid: u32,
     sizes: crate::report::Sizes,
 ) -> anyhow::Result<Inspection> {
@@ -151,7 +150,7 @@ fn inspect_walked(
         &w.detail,
         comm(pid),
         family.finish(comm),
-        est,
+        &w.estimate,
         pid,
         &inspect::map_paths(pid),
         sizes,
@@ -370,8 +369,11 @@ impl<'a> Session<'a> {
         }
         self.detail = None;
         let started = Instant::now();
-        let live = |a: &Accounting, o: u32| a.objects[o as usize].live.cast_signed();
-        let live_before = (live(acct, object::ANON_VMA), live(acct, object::AVC));
+        // The live counts the events had, to report how far off they were.
+        let live_before = reseed.then(|| {
+            let live = |o: u32| acct.objects[o as usize].live.cast_signed();
+            (live(object::ANON_VMA), live(object::AVC))
+        });
         if reseed {
             let before = prev.estimate.system.actual;
             acct.forget_live();
@@ -395,7 +397,7 @@ impl<'a> Session<'a> {
                 self.taken += 1;
                 self.last_walk = Some((started, started.elapsed()));
                 if let Some(pid) = detail_pid.filter(|p| w.procs.contains_key(p)) {
-                    match inspect_walked(probes, &w, &w.estimate, pid, self.facts.sizes) {
+                    match inspect_walked(probes, &w, pid, self.facts.sizes) {
                         Ok(i) => self.detail = Some(i),
                         Err(e) => log::warn(&format!("inspecting {pid}: {e:#}")),
                     }
@@ -404,11 +406,11 @@ impl<'a> Session<'a> {
                 if with_slab {
                     m.slab_anon_vma = slab_anon_vma_objects();
                 }
-                if reseed {
+                if let Some((av, avc)) = live_before {
                     let actual = m.estimate.system.actual;
                     let before = (
-                        live_before.0 - actual.anon_vma.cast_signed(),
-                        live_before.1 - actual.avc.cast_signed(),
+                        av - actual.anon_vma.cast_signed(),
+                        avc - actual.avc.cast_signed(),
                     );
                     self.resync = Resync {
                         degraded: false,

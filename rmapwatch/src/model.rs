@@ -291,18 +291,6 @@ impl Estimator {
         };
         self.est
     }
-
-    /// Bytes of the anon_vma table.
-    #[must_use]
-    pub fn table_bytes(&self) -> usize {
-        self.avs.heap_bytes()
-    }
-
-    /// anon_vmas seen so far.
-    #[must_use]
-    pub fn anon_vmas(&self) -> usize {
-        self.avs.len()
-    }
 }
 
 fn verdict_avc_other(v: &Vma, verdict: Verdict, opts: Options) -> u64 {

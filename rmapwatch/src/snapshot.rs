@@ -317,7 +317,8 @@ impl Snapshot {
     }
 
     /// Actual objects: distinct anon_vmas referenced by any VMA or chain,
-    /// and AVCs (sum of chain lengths).
+    /// and AVCs (sum of chain lengths). A test oracle for the streamed model.
+    #[cfg(test)]
     #[must_use]
     pub fn actual_objects(&self) -> (u64, u64) {
         let mut avs: HashSet<u64> = HashSet::new();
@@ -338,7 +339,9 @@ impl Snapshot {
 
     /// Who owns each live object: AVCs belong to the process whose VMA's
     /// chain holds them; an anon_vma to the first process that has it as a
-    /// VMA's own anon_vma, else the first whose chain references it.
+    /// VMA's own anon_vma, else the first whose chain references it. A test
+    /// oracle for the streamed owners (`walk::Digest`).
+    #[cfg(test)]
     #[must_use]
     pub fn owners(&self) -> (HashMap<u64, u32>, HashMap<u64, u32>) {
         let mut av_owner: HashMap<u64, u32> = HashMap::new();
