@@ -93,8 +93,10 @@ pub mod kind {
 
 /// Bits of [`Event::flags`].
 pub mod flags {
-    /// The allocation ran inside a fork syscall of the current task, before
-    /// `sched_process_fork`: it belongs to the child being created.
+    /// The allocation ran inside a fork of the current task, before
+    /// `sched_process_fork`: it belongs to the child being created. Set for
+    /// every allocation in `anon_vma_fork` (called only by fork), and for
+    /// those in `anon_vma_clone` inside the fork window.
     pub const IN_FORK: u32 = 1;
 }
 

@@ -177,10 +177,13 @@ fn try_slab(ctx: &RawTracePointContext, event_kind: u32) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let mut event_flags = 0;
+    // anon_vma_fork runs only inside fork (dup_mmap): its allocations need
+    // no lookup. anon_vma_clone also runs for VMA splits and mremap: only
+    // the fork window tells.
     if event_kind == kind::ALLOC
-        && (site_id == site::CLONE || site_id == site::FORK)
-        // SAFETY: plain lookup; the value is not used.
-        && unsafe { FORKING.get(tid) }.is_some()
+        && (site_id == site::FORK
+            // SAFETY: plain lookup; the value is not used.
+            || (site_id == site::CLONE && unsafe { FORKING.get(tid) }.is_some()))
     {
         event_flags |= flags::IN_FORK;
     }
