@@ -128,9 +128,8 @@ pub fn walk(
 /// The iterator is unavailable or its output is corrupt.
 pub fn take_snapshot(probes: &mut Probes) -> anyhow::Result<Snapshot> {
     let mut s = Snapshot::default();
-    let counts = snapshot::decode(probes.snapshot_reader()?, |v, comm| s.push(v, comm))
+    s.counts = snapshot::decode(probes.snapshot_reader()?, |v, comm| s.push(v, comm))
         .context("decoding the snapshot")?;
-    s.set_counts(counts);
     Ok(s)
 }
 

@@ -75,12 +75,8 @@ pub struct Snapshot {
     pub vmas: Vec<Vma>,
     /// Processes with an mm, by tgid.
     pub procs: BTreeMap<u32, Proc>,
-    /// VMA records skipped because their mm was already walked.
-    pub duplicate_vmas: u64,
-    /// Chains that changed under the walk (fewer AVC records than counted).
-    pub short_chains: u64,
-    /// Chains longer than the walk's bound.
-    pub truncated_chains: u64,
+    /// What the walk counted besides (zero for snapshots built in memory).
+    pub counts: WalkCounts,
 }
 
 /// A snapshot stream that cannot be decoded.
@@ -289,8 +285,7 @@ impl Snapshot {
     /// [`SnapshotError`] for a corrupt stream.
     pub fn parse(bytes: &[u8]) -> Result<Self, SnapshotError> {
         let mut s = Self::default();
-        let counts = decode(bytes, |v, comm| s.push(v, comm))?;
-        s.set_counts(counts);
+        s.counts = decode(bytes, |v, comm| s.push(v, comm))?;
         Ok(s)
     }
 
@@ -307,13 +302,6 @@ impl Snapshot {
             p.comm = comm_str(comm);
         }
         p.vmas.push(idx);
-    }
-
-    /// Records a walk's counts.
-    pub fn set_counts(&mut self, counts: WalkCounts) {
-        self.duplicate_vmas = counts.duplicate_vmas;
-        self.short_chains = counts.short_chains;
-        self.truncated_chains = counts.truncated_chains;
     }
 
     /// Actual objects: distinct anon_vmas referenced by any VMA or chain,
@@ -410,8 +398,8 @@ pub(crate) mod tests {
         b.extend(vma(11, 0x1000, 0xb, 0x200, 0));
         let s = Snapshot::parse(&b).unwrap();
         assert_eq!(s.vmas.len(), 2);
-        assert_eq!(s.duplicate_vmas, 2);
-        assert_eq!(s.short_chains, 1);
+        assert_eq!(s.counts.duplicate_vmas, 2);
+        assert_eq!(s.counts.short_chains, 1);
         assert_eq!(s.procs.len(), 1);
         assert_eq!(s.actual_objects(), (2, 2));
     }

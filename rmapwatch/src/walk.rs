@@ -142,9 +142,7 @@ pub fn of_snapshot(
     }
     d.finish(WalkCounts {
         vmas: snap.vmas.len() as u64,
-        duplicate_vmas: snap.duplicate_vmas,
-        short_chains: snap.short_chains,
-        truncated_chains: snap.truncated_chains,
+        ..snap.counts
     })
 }
 
