@@ -85,6 +85,8 @@ struct Synth {
     next: u64,
     parent_avs: Vec<u64>,
     mine: Vec<u64>,
+    /// Encoded records not yet read.
+    pending: Vec<u8>,
 }
 
 impl Synth {
@@ -97,6 +99,7 @@ impl Synth {
             next: 0x1000,
             parent_avs: Vec::new(),
             mine: Vec::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -149,17 +152,14 @@ impl Synth {
 /// (as the kernel's is): nothing of it is held.
 impl std::io::Read for Synth {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        thread_local!(static PENDING: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) });
-        PENDING.with_borrow_mut(|pending| {
-            while pending.len() < buf.len() {
-                let Some(v) = self.next_vma() else { break };
-                snapshot::encode(&v, &comm_of(v.tgid), pending);
-            }
-            let n = pending.len().min(buf.len());
-            buf[..n].copy_from_slice(&pending[..n]);
-            pending.drain(..n);
-            Ok(n)
-        })
+        while self.pending.len() < buf.len() {
+            let Some(v) = self.next_vma() else { break };
+            snapshot::encode(&v, &comm_of(v.tgid), &mut self.pending);
+        }
+        let n = self.pending.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.pending[..n]);
+        self.pending.drain(..n);
+        Ok(n)
     }
 }
 
