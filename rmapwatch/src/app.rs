@@ -160,6 +160,14 @@ fn inspect_walked(
 /// sheaves (without the shrink it counts their free objects as in use).
 #[must_use]
 pub fn slab_anon_vma_objects() -> Option<u64> {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    // A side effect on the observed system: say so, once.
+    SAID.call_once(|| {
+        log::info(
+            "shrinking the anon_vma slab cache (/sys/kernel/slab/anon_vma/shrink) for an exact \
+             object count: it returns empty slabs to the page allocator and frees nothing in use",
+        );
+    });
     let _ = std::fs::write("/sys/kernel/slab/anon_vma/shrink", "1");
     std::fs::read_to_string("/sys/kernel/slab/anon_vma/objects")
         .ok()?

@@ -373,6 +373,11 @@ fn ensure_tracefs() -> anyhow::Result<()> {
         .status()
         .context("running mount -t tracefs")?;
     if status.success() && tracefs_mounted() {
+        // A side effect on the observed system: say so.
+        crate::log::info(
+            "tracefs was not mounted: mounted it at /sys/kernel/tracing (the fork window's \
+             syscall tracepoints need it)",
+        );
         Ok(())
     } else {
         Err(anyhow!("tracefs is not mounted and mounting it failed"))

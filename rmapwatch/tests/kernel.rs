@@ -36,13 +36,16 @@ impl Bpftrace {
                       { @alloc[pid, ksym(args->call_site), str(args->name)] = count(); } \
                       tracepoint:kmem:kmem_cache_free \
                       { @free[pid, ksym(args->call_site), str(args->name)] = count(); }";
+        ensure_tracefs();
         let mut child = Command::new("bpftrace")
             .args(["-e", script])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("bpftrace is installed by cargo xtask setup");
-        let mut stdout = Lines::new(child.stdout.take().unwrap());
+        // Its stderr is shown if it exits before attaching.
+        let stderr = Lines::new(child.stderr.take().unwrap());
+        let mut stdout = Lines::with_other(child.stdout.take().unwrap(), stderr);
         stdout.wait_for("Attaching", Duration::from_secs(60));
         // bpftrace prints "Attaching" just before it attaches.
         std::thread::sleep(Duration::from_millis(500));

@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod cpio;
 mod vm;
 
 /// Name under which Debian's toolchain is linked into rustup.

@@ -202,11 +202,7 @@ fn initramfs(cache: &Path, arch: &Arch, bins: &Path) -> anyhow::Result<PathBuf> 
     std::fs::write(&init, init_script())?;
     sh(Command::new("chmod").arg("+x").arg(&init))?;
     let out = cache.join("initramfs.gz");
-    sh(Command::new("sh").arg("-c").arg(format!(
-        "cd {} && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1 > {}",
-        root.display(),
-        out.display()
-    )))?;
+    crate::cpio::pack(&root, &out).context("packing the initramfs")?;
     Ok(out)
 }
 

@@ -39,10 +39,30 @@ pub fn send(child: &Child, sig: libc::c_int) {
     unsafe { libc::kill(child.id() as libc::pid_t, sig) };
 }
 
+/// Classic tracepoints (and so bpftrace) need tracefs, which a fresh
+/// machine may not have mounted yet: mount it, and say so.
+pub fn ensure_tracefs() {
+    if std::path::Path::new("/sys/kernel/tracing/events").exists() {
+        return;
+    }
+    eprintln!("test harness: tracefs is not mounted: mounting it at /sys/kernel/tracing");
+    let out = Command::new("mount")
+        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .output()
+        .expect("running mount");
+    assert!(
+        out.status.success(),
+        "mount -t tracefs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Reads lines of a child's stream on a thread; `wait_for` waits for one.
 pub struct Lines {
     rx: mpsc::Receiver<String>,
     pub seen: Vec<String>,
+    /// The peer's other stream, shown when this one ends or times out.
+    pub other: Option<Box<Lines>>,
 }
 
 impl Lines {
@@ -58,6 +78,15 @@ impl Lines {
         Self {
             rx,
             seen: Vec::new(),
+            other: None,
+        }
+    }
+
+    /// Lines of `stream`, showing `other` (the peer's stderr) when waiting fails.
+    pub fn with_other(stream: impl std::io::Read + Send + 'static, other: Lines) -> Self {
+        Self {
+            other: Some(Box::new(other)),
+            ..Self::new(stream)
         }
     }
 
@@ -72,7 +101,18 @@ impl Lines {
                         return line;
                     }
                 }
-                Err(_) => panic!("timed out waiting for {needle:?}; saw {:#?}", self.seen),
+                Err(e) => {
+                    let what = if e == mpsc::RecvTimeoutError::Disconnected {
+                        "the stream ended (the peer exited?)"
+                    } else {
+                        "timed out"
+                    };
+                    let other = self.other.as_mut().map(|o| o.rest()).unwrap_or_default();
+                    panic!(
+                        "{what} waiting for {needle:?}; saw {:#?}; its other stream said {other:#?}",
+                        self.seen
+                    );
+                }
             }
         }
     }
