@@ -14,20 +14,25 @@ use std::{
 use anyhow::Context as _;
 use rmapwatch_common::{hook, object, stat};
 
-use crate::{
+use rmapwatch_engine::{
     account::{Accounting, RmapVmas},
-    daemon,
     hooks::HookMode,
     inspect::{self, Inspection},
-    kernel::KernelFacts,
-    loader::{Attach, Probes},
-    log,
     model::{Estimate, Objects, Options},
     report::{Context, ModelView, Report, Resync, SnapshotStats},
     snapshot::{self, Snapshot},
-    tui,
     walk::{self, Walked},
 };
+use rmapwatch_live::{
+    kernel::KernelFacts,
+    loader::{Attach, Probes},
+    procfs,
+};
+use rmapwatch_tui as tui;
+
+use rmapwatch_live::daemon;
+
+use crate::log;
 
 /// What the report and live commands were asked.
 pub struct RunOptions {
@@ -42,7 +47,7 @@ pub struct RunOptions {
     /// Model options.
     pub model: Options,
     /// Probe mode.
-    pub probe_mode: crate::hooks::ProbeMode,
+    pub probe_mode: rmapwatch_engine::hooks::ProbeMode,
     /// Ring buffer bytes.
     pub ring_bytes: Option<u32>,
 }
@@ -139,7 +144,7 @@ fn inspect_walked(
     probes: &mut Probes,
     w: &Walked,
     pid: u32,
-    sizes: crate::report::Sizes,
+    sizes: rmapwatch_engine::facts::Sizes,
 ) -> anyhow::Result<Inspection> {
     let mut family = inspect::Family::new(pid, &w.detail);
     snapshot::decode(probes.snapshot_reader()?, |v, _| family.vma(v))
@@ -151,7 +156,7 @@ fn inspect_walked(
         family.finish(comm),
         &w.estimate,
         pid,
-        &inspect::map_paths(pid),
+        &procfs::map_paths(pid),
         sizes,
     ))
 }
@@ -252,6 +257,9 @@ impl<'a> Session<'a> {
         daemon::trim_heap();
         for w in &probes.warnings {
             log::warn(w);
+        }
+        for n in &probes.notes {
+            log::info(n);
         }
         for h in &probes.hooks {
             let via = h

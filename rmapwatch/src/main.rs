@@ -5,13 +5,15 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use rmapwatch::{
-    app,
-    hooks::ProbeMode,
-    inspect,
+mod app;
+mod log;
+
+use rmapwatch_engine::{hooks::ProbeMode, inspect, model};
+use rmapwatch_live::{
     kernel::{self, EnvError, KernelFacts},
-    loader, model, tui,
+    loader, procfs,
 };
+use rmapwatch_tui as tui;
 
 /// Exit codes, documented in the README.
 mod exit {
@@ -59,7 +61,7 @@ struct GlobalArgs {
     /// How to attach function hooks: auto probes fentry, then kprobe, then
     /// falls back to the tracepoint-only path.
     #[arg(long, value_enum, default_value_t, global = true)]
-    probe_mode: ProbeMode,
+    probe_mode: ProbeModeArg,
     /// Kernel BTF to read struct layouts from.
     #[arg(
         long,
@@ -87,6 +89,31 @@ struct GlobalArgs {
         default_value = "/tmp/rmapwatch.log"
     )]
     log_file: String,
+}
+
+/// `--probe-mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+enum ProbeModeArg {
+    /// Probe at start-up: fentry, else kprobe, else tracepoint-only, per hook.
+    #[default]
+    Auto,
+    /// Only fentry for function hooks (for testing a kernel's fentry support).
+    Fentry,
+    /// Only kprobes for function hooks.
+    Kprobe,
+    /// No function hooks: slab and sched tracepoints only.
+    Tracepoint,
+}
+
+impl From<ProbeModeArg> for ProbeMode {
+    fn from(m: ProbeModeArg) -> Self {
+        match m {
+            ProbeModeArg::Auto => Self::Auto,
+            ProbeModeArg::Fentry => Self::Fentry,
+            ProbeModeArg::Kprobe => Self::Kprobe,
+            ProbeModeArg::Tracepoint => Self::Tracepoint,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -148,7 +175,7 @@ fn parse_ring_kb(s: &str) -> Result<u32, String> {
 }
 
 fn main() -> ExitCode {
-    rmapwatch::daemon::tune_allocator();
+    rmapwatch_live::daemon::tune_allocator();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -184,7 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         json: false,
         top: 20,
         model: model_opts,
-        probe_mode: cli.global.probe_mode,
+        probe_mode: cli.global.probe_mode.into(),
         ring_bytes: cli.global.ring_buffer_kb.map(|kb| kb * 1024),
     };
     match cli.command {
@@ -212,7 +239,7 @@ fn run_inspect(
     use inspect::{PidStatus, Target};
     let target = Target::parse(&args.target);
     let before = match target {
-        Target::Pid(pid) => inspect::pid_status(pid),
+        Target::Pid(pid) => procfs::pid_status(pid),
         Target::Comm(_) => PidStatus::User,
     };
     // Fail before loading anything when the answer is already known.
@@ -234,12 +261,12 @@ fn run_inspect(
     let snap = app::take_snapshot(&mut probes)?;
     drop(probes);
     let after = match target {
-        Target::Pid(pid) => inspect::pid_status(pid),
+        Target::Pid(pid) => procfs::pid_status(pid),
         Target::Comm(_) => PidStatus::User,
     };
     let pid = inspect::resolve(&target, &snap, &before, &after)?;
     let est = model::estimate(&snap, opts);
-    let paths = inspect::map_paths(pid);
+    let paths = procfs::map_paths(pid);
     let i = inspect::of_snapshot(&snap, &est, pid, &paths, facts.sizes);
     if args.json {
         println!("{}", serde_json::to_string(&i)?);

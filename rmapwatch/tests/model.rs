@@ -326,7 +326,7 @@ fn a_process_forking_while_rmapwatch_attaches_is_charged_exactly() {
     // that already exited then stays live forever).
     require_root();
     for round in 0..6 {
-        let mut storm = std::process::Command::new(WORKLOAD)
+        let mut storm = std::process::Command::new(&*WORKLOAD)
             .args(["--regions", "20", "--pages", "1", "--storm", "100000000"])
             .stdout(std::process::Stdio::null())
             .spawn()

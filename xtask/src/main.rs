@@ -133,7 +133,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench { which } => {
             setup()?;
             step("building the benchmarks (release)");
-            cargo(&["build", "--release", "--package", "rmapwatch", "--bins"])?;
+            cargo(&["build", "--release", "--package", "rmapwatch"])?;
+            cargo(&[
+                "build",
+                "--release",
+                "--package",
+                "rmapwatch-tools",
+                "--bins",
+            ])?;
             let bin = root.join("target/release/rmw-bench");
             step(&format!("running {} {which}", bin.display()));
             sh(&mut as_root(&bin, &[which]))
@@ -303,6 +310,8 @@ fn test(no_lint: bool) -> anyhow::Result<()> {
     cargo(&["test"])?;
     step("privileged kernel tests (root, one at a time)");
     cargo(&["build", "--tests", "--package", "rmapwatch"])?;
+    // The controlled workload the privileged tests run, next to rmapwatch.
+    cargo(&["build", "--package", "rmapwatch-tools", "--bins"])?;
     let privileged = [
         "test",
         "--package",
@@ -351,6 +360,8 @@ fn build_static(root: &Path, arch: &vm::Arch) -> anyhow::Result<PathBuf> {
         arch.target,
         "--package",
         "rmapwatch",
+        "--package",
+        "rmapwatch-tools",
     ])
     .args(["--bin", "rmapwatch", "--bin", "rmw-workload"])
     .env("RUSTFLAGS", "-C target-feature=+crt-static");

@@ -9,7 +9,17 @@ use std::{
 };
 
 pub const RMAPWATCH: &str = env!("CARGO_BIN_EXE_rmapwatch");
-pub const WORKLOAD: &str = env!("CARGO_BIN_EXE_rmw-workload");
+/// The controlled workload (crate rmapwatch-tools), built next to
+/// rmapwatch by `cargo xtask test` (`cargo build -p rmapwatch-tools`).
+pub static WORKLOAD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let p = std::path::Path::new(RMAPWATCH).with_file_name("rmw-workload");
+    assert!(
+        p.exists(),
+        "{} is missing: build it with `cargo build -p rmapwatch-tools` (cargo xtask test does)",
+        p.display()
+    );
+    p.display().to_string()
+});
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -190,7 +200,7 @@ pub struct Workload {
 
 impl Workload {
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(WORKLOAD)
+        let mut child = Command::new(&*WORKLOAD)
             .args(args)
             .arg("--hold")
             .stdin(Stdio::piped())

@@ -1,0 +1,20 @@
+//! rmapwatch's engine: everything between what a source reports and what a
+//! sink shows, with no knowledge of where the data comes from. Pure: no aya,
+//! tokio, ratatui or Linux-only API (the crate boundary proves it; the test
+//! command checks `cargo tree`).
+//!
+//! The layers: `decode` (ring records to typed events), `snapshot` (walk
+//! records to VMAs) -> `account` (actual objects by ownership), `model` (the
+//! ANON_VMA_LAZY shadow model), `walk` (one pass: model, owners,
+//! per-process counts) -> `report`, `inspect` (the views).
+pub mod account;
+pub mod addrmap;
+pub mod decode;
+pub mod facts;
+pub mod hash;
+pub mod hooks;
+pub mod inspect;
+pub mod model;
+pub mod report;
+pub mod snapshot;
+pub mod walk;

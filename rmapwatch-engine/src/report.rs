@@ -1,0 +1,779 @@
+//! The headless report: a stable JSON contract (`rmapwatch.report/1`,
+//! documented in the README; additive changes only) and a text rendering.
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use rmapwatch_common::{hook, object, site, stat};
+use serde::Serialize;
+
+pub use crate::facts::Sizes;
+use crate::{
+    account::{Accounting, Flow, ObjectTotals},
+    facts::KernelId,
+    hooks::{HookMode, HookStatus},
+    model::{self, Estimate, LazyState, Objects, Options, Rule},
+};
+
+/// Objects and their bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct ObjBytes {
+    /// Objects.
+    pub objects: u64,
+    /// Bytes (objects times the slab's per-object size).
+    pub bytes: u64,
+}
+
+/// Lazy objects, bytes and change against actual.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct LazyBytes {
+    /// Objects.
+    pub objects: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// (lazy - actual) / actual in percent; null when actual is 0.
+    pub change_pct: Option<f64>,
+}
+
+/// `live` block: objects that exist now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct LiveBlock {
+    /// anon_vma.
+    pub anon_vma: ObjBytes,
+    /// AVC.
+    pub anon_vma_chain: ObjBytes,
+}
+
+/// `lazy` block: what ANON_VMA_LAZY would hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct LazyBlock {
+    /// anon_vma.
+    pub anon_vma: LazyBytes,
+    /// AVC.
+    pub anon_vma_chain: LazyBytes,
+}
+
+pub(crate) fn round2(v: Option<f64>) -> Option<f64> {
+    v.map(|x| (x * 100.0).round() / 100.0)
+}
+
+/// The model's inputs for a report: the latest snapshot's estimate.
+pub struct ModelView<'a> {
+    /// The estimate.
+    pub estimate: &'a Estimate,
+    /// The snapshot's own actual counts.
+    pub snapshot_actual: Objects,
+    /// The snapshot's actual counts per process.
+    pub snapshot_processes: &'a BTreeMap<u32, Objects>,
+    /// VMAs per process in the snapshot.
+    pub vmas: &'a BTreeMap<u32, u64>,
+    /// Seconds since the snapshot was taken.
+    pub age_s: f64,
+    /// Snapshot statistics.
+    pub stats: SnapshotStats,
+    /// `/sys/kernel/slab/anon_vma/objects` after a shrink, when readable.
+    pub slab_anon_vma: Option<u64>,
+}
+
+/// Statistics of a snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct SnapshotStats {
+    /// Snapshots taken so far.
+    pub taken: u64,
+    /// VMAs walked.
+    pub vmas: u64,
+    /// Processes with an mm.
+    pub processes: u64,
+    /// VMA records of an already-walked mm (threads).
+    pub duplicate_vmas: u64,
+    /// Chains that changed under the walk.
+    pub short_chains: u64,
+    /// Chains longer than the walk's bound.
+    pub truncated_chains: u64,
+    /// Milliseconds the walk and decoding took.
+    pub walk_ms: f64,
+}
+
+/// Event-maintained live counts against a fresh snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Drift {
+    /// live (events) - snapshot, anon_vma.
+    pub anon_vma: i64,
+    /// live (events) - snapshot, AVC.
+    pub anon_vma_chain: i64,
+    /// Processes whose event-maintained live counts differ from the snapshot.
+    pub processes_differing: u64,
+}
+
+/// `model` block.
+#[derive(Debug, Serialize)]
+pub struct ModelBlock {
+    /// Options used.
+    pub options: Options,
+    /// What the model cannot see.
+    pub blind_spots: &'static [&'static str],
+    /// The estimate under the other value of `tree_parent_keeps_chain`.
+    pub lazy_other_option: LazyBlock,
+    /// Objects saved per rule.
+    pub saved_by_rule: BTreeMap<Rule, Objects>,
+    /// VMAs per lazy state.
+    pub vmas_by_state: BTreeMap<LazyState, u64>,
+    /// Event-maintained live counts minus the latest snapshot's.
+    pub drift: Drift,
+    /// The snapshot behind `lazy`.
+    pub snapshot: SnapshotBlock,
+    /// Slab anon_vma objects the snapshot cannot reach (pinned by KSM,
+    /// migration, RCU): slab count minus snapshot count.
+    pub unreachable_anon_vmas: Option<i64>,
+}
+
+/// The snapshot behind the estimate.
+#[derive(Debug, Serialize)]
+pub struct SnapshotBlock {
+    /// Seconds since it was taken.
+    pub age_s: f64,
+    /// Statistics.
+    #[serde(flatten)]
+    pub stats: SnapshotStats,
+    /// Its actual counts.
+    pub actual: LiveBlock,
+}
+
+/// One eBPF program's run statistics (the kernel's `bpf_stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProgramStats {
+    /// Runs counted.
+    pub runs: u64,
+    /// Time spent in the program, summed over runs.
+    pub run_time_ns: u64,
+    /// Runs skipped because the program was already running on that CPU.
+    pub recursion_misses: u64,
+}
+
+/// rmapwatch's own cost in the kernel, from `bpf_stats`.
+#[derive(Clone, Debug, Serialize)]
+pub struct CostReport {
+    /// Runs of the per-event programs (all but the snapshot iterator).
+    pub event_runs: u64,
+    /// Mean run time of the per-event programs, weighted by their runs.
+    pub ns_per_event: Option<f64>,
+    /// Share of one CPU spent in all of rmapwatch's programs since attach.
+    pub cpu_pct: f64,
+    /// Runs lost to recursion, all programs.
+    pub recursion_misses: u64,
+    /// Per program.
+    pub programs: BTreeMap<String, ProgramStats>,
+}
+
+/// The snapshot iterator: not a per-event program.
+pub const ITERATOR_PROGRAM: &str = "task_vma";
+
+impl CostReport {
+    /// Sums the programs' statistics over `duration_s`.
+    #[must_use]
+    pub fn new(programs: &BTreeMap<String, ProgramStats>, duration_s: f64) -> Self {
+        let events = programs
+            .iter()
+            .filter(|(name, _)| *name != ITERATOR_PROGRAM)
+            .map(|(_, p)| p);
+        let (event_runs, event_ns) =
+            events.fold((0, 0), |(r, t), p| (r + p.runs, t + p.run_time_ns));
+        let total_ns: u64 = programs.values().map(|p| p.run_time_ns).sum();
+        Self {
+            event_runs,
+            ns_per_event: round2((event_runs > 0).then(|| event_ns as f64 / event_runs as f64)),
+            cpu_pct: if duration_s > 0.0 {
+                (total_ns as f64 / 1e9 / duration_s * 100.0 * 1000.0).round() / 1000.0
+            } else {
+                0.0
+            },
+            recursion_misses: programs.values().map(|p| p.recursion_misses).sum(),
+            programs: programs.clone(),
+        }
+    }
+}
+
+/// Lost events and recovery: when the ring buffer overflows, the live
+/// counts are re-seeded from the next snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Resync {
+    /// Events were lost since the last re-seed: live figures are uncertain
+    /// until the next snapshot.
+    pub degraded: bool,
+    /// Re-seeds so far.
+    pub resyncs: u64,
+    /// Live objects (events) minus the snapshot's, just before the last
+    /// re-seed: what the lost events had cost.
+    pub drift_before_last: Option<(i64, i64)>,
+}
+
+/// JSON schema name.
+pub const SCHEMA: &str = "rmapwatch.report/1";
+
+/// Inputs of a report besides the accounting.
+pub struct Context<'a> {
+    /// Kernel identity.
+    pub kernel: &'a KernelId,
+    /// Hook statuses.
+    pub hooks: &'a [HookStatus],
+    /// Whether fork windows were seen (syscall tracepoints attached).
+    pub fork_window: bool,
+    /// Kernel-side counters (`rmapwatch_common::stat`), summed over CPUs.
+    pub stats: &'a [u64],
+    /// Seconds since attach.
+    pub duration_s: f64,
+    /// `sizeof(struct anon_vma)`.
+    pub anon_vma_size: u32,
+    /// `sizeof(struct anon_vma_chain)`.
+    pub avc_size: u32,
+    /// Whether the run ended (final report) or is an interim line.
+    pub done: bool,
+    /// Byte sizes for KB figures.
+    pub sizes: Sizes,
+    /// The model, when a snapshot is available.
+    pub model: Option<ModelView<'a>>,
+    /// New anonymous folios per process and VMA (rmap hook attached).
+    pub rmap_vmas: Option<&'a crate::account::RmapVmas>,
+    /// Run statistics of rmapwatch's programs (null when the kernel keeps none).
+    pub programs: Option<&'a BTreeMap<String, ProgramStats>>,
+    /// Lost events and recovery.
+    pub resync: Resync,
+}
+
+/// Per-object block.
+#[derive(Debug, Serialize)]
+pub struct ObjectReport {
+    /// Allocations seen.
+    pub allocs: u64,
+    /// Frees seen.
+    pub frees: u64,
+    /// `sizeof` from BTF, in bytes.
+    pub object_size: u32,
+    /// Events per call site (allocations at alloc sites plus frees at free sites).
+    pub by_site: BTreeMap<&'static str, u64>,
+    /// Allocations per call site.
+    pub allocs_by_site: BTreeMap<&'static str, u64>,
+    /// Frees per call site.
+    pub frees_by_site: BTreeMap<&'static str, u64>,
+    /// Frees of objects allocated before rmapwatch started (owner unknown).
+    pub frees_of_preexisting: u64,
+}
+
+/// Per-process block.
+#[derive(Debug, Serialize)]
+pub struct ProcessReport {
+    /// tgid.
+    pub pid: u32,
+    /// Name.
+    pub comm: String,
+    /// Parent tgid if its fork was seen.
+    pub ppid: Option<u32>,
+    /// Whether it has exited.
+    pub exited: bool,
+    /// VMAs in the latest snapshot.
+    pub vmas: Option<u64>,
+    /// anon_vma flow.
+    pub anon_vma: Flow,
+    /// AVC flow.
+    pub anon_vma_chain: Flow,
+    /// Objects it owns now.
+    pub live: LiveBlock,
+    /// What lazy would hold for it (as of the latest snapshot).
+    pub lazy: Option<LazyBlock>,
+    /// What the latest snapshot saw it own (compare with `live`).
+    pub snapshot: Option<LiveBlock>,
+    /// New anonymous folios it mapped since attach (null without the
+    /// `folio_add_new_anon_rmap` hook).
+    pub rmap: Option<ProcessRmap>,
+}
+
+/// A process's new anonymous folios, counted in the kernel per VMA.
+#[derive(Debug, Serialize)]
+pub struct ProcessRmap {
+    /// Sum over its VMAs.
+    pub new_anon_folios: u64,
+    /// VMA start (hex, as in /proc/PID/maps) -> new anonymous folios.
+    pub by_vma: BTreeMap<String, u64>,
+}
+
+/// A function hook's mode and call count.
+#[derive(Debug, Serialize)]
+pub struct HookReport {
+    /// fentry | kprobe | tracepoint | unavailable.
+    pub mode: HookMode,
+    /// The symbol hooked (an older alias on older kernels).
+    pub symbol: Option<String>,
+    /// Calls counted (null unless fentry or kprobe).
+    pub calls: Option<u64>,
+    /// Why better modes were not used.
+    pub fallbacks: Vec<String>,
+}
+
+/// The whole report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// [`SCHEMA`].
+    pub schema: &'static str,
+    /// Kernel identity.
+    pub kernel: KernelId,
+    /// Mode per hook.
+    pub probes: BTreeMap<&'static str, HookMode>,
+    /// Detail per hook.
+    pub hooks: BTreeMap<&'static str, HookReport>,
+    /// Whether fork-time allocations are attributed to children exactly.
+    pub fork_window: bool,
+    /// Seconds since attach.
+    pub duration_s: f64,
+    /// Events lost in the ring buffer.
+    pub dropped_events: u64,
+    /// Whether live figures are degraded by lost events, and the recoveries.
+    pub resync: Resync,
+    /// Events decoded.
+    pub events: u64,
+    /// Whether this is the final report.
+    pub done: bool,
+    /// Per-page rmap counters (null when the rmap hooks are unavailable).
+    pub rmap: Option<RmapReport>,
+    /// rmapwatch's own cost in the kernel (null without `bpf_stats`).
+    pub cost: Option<CostReport>,
+    /// anon_vma and anon_vma_chain blocks.
+    pub objects: BTreeMap<&'static str, ObjectReport>,
+    /// Objects that exist now (snapshot-seeded, event-maintained).
+    pub live: LiveBlock,
+    /// What lazy would hold (null without a snapshot).
+    pub lazy: Option<LazyBlock>,
+    /// The model's options, blind spots, drift and snapshot.
+    pub model: Option<ModelBlock>,
+    /// Processes with anon_vma/AVC traffic or objects, biggest first.
+    pub processes: Vec<ProcessReport>,
+}
+
+/// Per-page rmap counters from the function hooks.
+#[derive(Debug, Serialize)]
+pub struct RmapReport {
+    /// `folio_add_new_anon_rmap` calls: new anonymous folios mapped.
+    pub new_anon_folios: u64,
+    /// `folio_add_anon_rmap_ptes` calls.
+    pub ptes_calls: u64,
+    /// Pages those calls mapped.
+    pub ptes_pages: u64,
+    /// `folio_add_anon_rmap_pmd` calls.
+    pub pmd_calls: u64,
+    /// New anonymous folios missing from the per-VMA counts (map full).
+    pub per_vma_missed: u64,
+}
+
+fn model_block(acct: &Accounting, m: &ModelView<'_>, live: Objects, sizes: Sizes) -> ModelBlock {
+    let processes_differing = acct
+        .processes
+        .values()
+        .filter(|p| {
+            let snap = m
+                .snapshot_processes
+                .get(&p.pid)
+                .copied()
+                .unwrap_or_default();
+            !p.exited
+                && (p.live[object::ANON_VMA as usize] != snap.anon_vma
+                    || p.live[object::AVC as usize] != snap.avc)
+        })
+        .count() as u64;
+    let diff = |a: u64, b: u64| a.cast_signed() - b.cast_signed();
+    ModelBlock {
+        options: m.estimate.options,
+        blind_spots: &model::BLIND_SPOTS,
+        lazy_other_option: sizes.lazy(m.estimate.lazy_other_option, m.estimate.system.actual),
+        saved_by_rule: m.estimate.saved_by_rule.clone(),
+        vmas_by_state: m.estimate.vmas_by_state.clone(),
+        drift: Drift {
+            anon_vma: diff(live.anon_vma, m.snapshot_actual.anon_vma),
+            anon_vma_chain: diff(live.avc, m.snapshot_actual.avc),
+            processes_differing,
+        },
+        snapshot: SnapshotBlock {
+            age_s: (m.age_s * 1000.0).round() / 1000.0,
+            stats: m.stats,
+            actual: sizes.live(m.snapshot_actual),
+        },
+        unreachable_anon_vmas: m
+            .slab_anon_vma
+            .map(|slab| slab.cast_signed() - m.snapshot_actual.anon_vma.cast_signed()),
+    }
+}
+
+fn object_report(t: &ObjectTotals, size: u32) -> ObjectReport {
+    let named = |v: &[u64; site::COUNT]| -> BTreeMap<&'static str, u64> {
+        site::NAMES
+            .iter()
+            .copied()
+            .zip(v.iter().copied())
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    };
+    let mut by_site = named(&t.alloc_by_site);
+    for (name, n) in named(&t.free_by_site) {
+        *by_site.entry(name).or_default() += n;
+    }
+    ObjectReport {
+        allocs: t.flow.allocs,
+        frees: t.flow.frees,
+        object_size: size,
+        by_site,
+        allocs_by_site: named(&t.alloc_by_site),
+        frees_by_site: named(&t.free_by_site),
+        frees_of_preexisting: t.frees_of_preexisting,
+    }
+}
+
+/// Object names in JSON, indexed by `rmapwatch_common::object`.
+pub const OBJECT_NAMES: [&str; object::COUNT] = ["anon_vma", "anon_vma_chain"];
+
+impl Report {
+    /// Builds a report.
+    #[must_use]
+    pub fn build(acct: &Accounting, ctx: &Context<'_>) -> Self {
+        let stat_at = |i: u32| ctx.stats.get(i as usize).copied().unwrap_or(0);
+        let hooked = |h: &HookStatus| matches!(h.mode, HookMode::Fentry | HookMode::Kprobe);
+        let hooks = ctx
+            .hooks
+            .iter()
+            .map(|h| {
+                let calls = hooked(h).then(|| stat_at(stat::HOOK_CALLS + h.id));
+                let r = HookReport {
+                    mode: h.mode,
+                    symbol: h.symbol.clone(),
+                    calls,
+                    fallbacks: h.fallbacks.clone(),
+                };
+                (h.name, r)
+            })
+            .collect();
+        let rmap_hooked = ctx
+            .hooks
+            .get(hook::RMAP_NEW as usize..=hook::RMAP_PMD as usize)
+            .is_some_and(|hs| hs.iter().any(hooked));
+        let rmap = rmap_hooked.then(|| RmapReport {
+            new_anon_folios: stat_at(stat::HOOK_CALLS + hook::RMAP_NEW),
+            ptes_calls: stat_at(stat::HOOK_CALLS + hook::RMAP_PTES),
+            ptes_pages: stat_at(stat::RMAP_PTES_PAGES),
+            pmd_calls: stat_at(stat::HOOK_CALLS + hook::RMAP_PMD),
+            per_vma_missed: stat_at(stat::RMAP_VMAS_FULL),
+        });
+        let rmap_by_process = ctx.rmap_vmas.map(crate::account::RmapVmas::by_process);
+        let sizes = [ctx.anon_vma_size, ctx.avc_size];
+        let objects = OBJECT_NAMES
+            .iter()
+            .zip(acct.objects.iter().zip(sizes))
+            .map(|(&name, (t, size))| (name, object_report(t, size)))
+            .collect();
+        let live_of = |l: &[u64; object::COUNT]| Objects {
+            anon_vma: l[object::ANON_VMA as usize],
+            avc: l[object::AVC as usize],
+        };
+        let mut processes: Vec<ProcessReport> = acct
+            .processes
+            .values()
+            .filter(|p| {
+                p.flows.iter().any(|f| f.allocs + f.frees > 0) || p.live.iter().any(|&n| n > 0)
+            })
+            .map(|p| {
+                let pair = ctx.model.as_ref().map(|m| {
+                    m.estimate
+                        .processes
+                        .get(&p.pid)
+                        .copied()
+                        .unwrap_or_default()
+                });
+                let lazy = pair.map(|pair| ctx.sizes.lazy(pair.lazy, pair.actual));
+                let snapshot = pair.map(|pair| ctx.sizes.live(pair.actual));
+                ProcessReport {
+                    pid: p.pid,
+                    comm: if p.comm.is_empty() {
+                        "?".into()
+                    } else {
+                        p.comm.clone()
+                    },
+                    ppid: p.ppid,
+                    exited: p.exited,
+                    vmas: ctx.model.as_ref().and_then(|m| m.vmas.get(&p.pid).copied()),
+                    anon_vma: p.flows[object::ANON_VMA as usize],
+                    anon_vma_chain: p.flows[object::AVC as usize],
+                    live: ctx.sizes.live(live_of(&p.live)),
+                    lazy,
+                    snapshot,
+                    rmap: rmap_by_process.as_ref().map(|by| {
+                        let vmas = by.get(&p.pid);
+                        ProcessRmap {
+                            new_anon_folios: vmas.map_or(0, |v| v.values().sum()),
+                            by_vma: vmas
+                                .into_iter()
+                                .flatten()
+                                .map(|(start, n)| (format!("{start:x}"), *n))
+                                .collect(),
+                        }
+                    }),
+                }
+            })
+            .collect();
+        // Biggest saving first, then most traffic.
+        processes.sort_by_key(|p| {
+            let saved = p.lazy.map_or(0, |l| {
+                (p.live.anon_vma.bytes + p.live.anon_vma_chain.bytes)
+                    .saturating_sub(l.anon_vma.bytes + l.anon_vma_chain.bytes)
+            });
+            std::cmp::Reverse((saved, p.anon_vma.allocs + p.anon_vma_chain.allocs))
+        });
+        let live = Objects {
+            anon_vma: acct.objects[object::ANON_VMA as usize].live,
+            avc: acct.objects[object::AVC as usize].live,
+        };
+        let lazy = ctx.model.as_ref().map(|m| {
+            ctx.sizes
+                .lazy(m.estimate.system.lazy, m.estimate.system.actual)
+        });
+        let model = ctx
+            .model
+            .as_ref()
+            .map(|m| model_block(acct, m, live, ctx.sizes));
+        Self {
+            schema: SCHEMA,
+            kernel: ctx.kernel.clone(),
+            probes: ctx.hooks.iter().map(|h| (h.name, h.mode)).collect(),
+            hooks,
+            fork_window: ctx.fork_window,
+            duration_s: (ctx.duration_s * 1000.0).round() / 1000.0,
+            dropped_events: stat_at(stat::DROPPED),
+            resync: ctx.resync,
+            events: acct.events,
+            done: ctx.done,
+            rmap,
+            cost: ctx.programs.map(|p| CostReport::new(p, ctx.duration_s)),
+            objects,
+            live: ctx.sizes.live(live),
+            lazy,
+            model,
+            processes,
+        }
+    }
+
+    /// The seed's table: Object | Actual (KB) | Lazy (KB) | Change.
+    #[must_use]
+    pub fn seed_table(&self) -> Option<String> {
+        let lazy = self.lazy?;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:<16} | {:>12} | {:>12} | {:>8} | {:>9} | {:>9}",
+            "Object", "Actual (KB)", "Lazy (KB)", "Change", "Actual #", "Lazy #"
+        );
+        let kb = |b: u64| b as f64 / 1024.0;
+        let row = |s: &mut String, name: &str, a: ObjBytes, l: LazyBytes| {
+            let change = l
+                .change_pct
+                .map_or_else(|| "-".to_owned(), |c| format!("{c:+.1}%"));
+            let _ = writeln!(
+                s,
+                "{name:<16} | {:>12.1} | {:>12.1} | {change:>8} | {:>9} | {:>9}",
+                kb(a.bytes),
+                kb(l.bytes),
+                a.objects,
+                l.objects
+            );
+        };
+        let actual = self.model.as_ref().map_or(self.live, |m| m.snapshot.actual);
+        row(&mut s, "anon_vma", actual.anon_vma, lazy.anon_vma);
+        row(
+            &mut s,
+            "anon_vma_chain",
+            actual.anon_vma_chain,
+            lazy.anon_vma_chain,
+        );
+        let sum_a = ObjBytes {
+            objects: actual.anon_vma.objects + actual.anon_vma_chain.objects,
+            bytes: actual.anon_vma.bytes + actual.anon_vma_chain.bytes,
+        };
+        let sum_l_bytes = lazy.anon_vma.bytes + lazy.anon_vma_chain.bytes;
+        let sum_l = LazyBytes {
+            objects: lazy.anon_vma.objects + lazy.anon_vma_chain.objects,
+            bytes: sum_l_bytes,
+            change_pct: round2(model::change_pct(sum_a.bytes, sum_l_bytes)),
+        };
+        row(&mut s, "total", sum_a, sum_l);
+        Some(s)
+    }
+
+    /// Human-readable rendering; `top` limits the process list.
+    #[must_use]
+    pub fn to_text(&self, top: usize) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "rmapwatch: kernel {} {}, {:.1} s, {} events, {} dropped",
+            self.kernel.release,
+            self.kernel.arch,
+            self.duration_s,
+            self.events,
+            self.dropped_events
+        );
+        let modes: Vec<String> = self
+            .probes
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str()))
+            .collect();
+        let _ = writeln!(s, "probes: {}", modes.join(" "));
+        if self.dropped_events > 0 {
+            let _ = writeln!(
+                s,
+                "lost events: {} dropped (ring buffer full); live counts re-seeded from snapshots {} times{}",
+                self.dropped_events,
+                self.resync.resyncs,
+                if self.resync.degraded {
+                    ", degraded until the next snapshot"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let Some(c) = &self.cost {
+            let _ = writeln!(
+                s,
+                "kernel cost: {} ns/event over {} runs, {:.3}% of a CPU, {} recursion misses",
+                c.ns_per_event
+                    .map_or_else(|| "-".to_owned(), |n| format!("{n:.0}")),
+                c.event_runs,
+                c.cpu_pct,
+                c.recursion_misses
+            );
+        }
+        let _ = writeln!(s);
+        if let Some(table) = self.seed_table() {
+            let _ = writeln!(s, "{table}");
+        }
+        if let Some(m) = &self.model {
+            let _ = writeln!(
+                s,
+                "live (events): anon_vma {} objects, AVC {} objects; drift vs snapshot {:+} / {:+}",
+                self.live.anon_vma.objects,
+                self.live.anon_vma_chain.objects,
+                m.drift.anon_vma,
+                m.drift.anon_vma_chain
+            );
+            let _ = writeln!(
+                s,
+                "if tree-parent VMAs dropped their chain links: AVC {} objects ({})",
+                m.lazy_other_option.anon_vma_chain.objects,
+                m.lazy_other_option
+                    .anon_vma_chain
+                    .change_pct
+                    .map_or_else(|| "-".into(), |c| format!("{c:+.1}%"))
+            );
+            let _ = writeln!(s);
+        }
+        let _ = writeln!(
+            s,
+            "{:<16} {:>10} {:>10} {:>10} {:>9}  by call site",
+            "object", "allocs", "frees", "net", "net KB"
+        );
+        for (name, o) in &self.objects {
+            let net = o.allocs.cast_signed() - o.frees.cast_signed();
+            let kb = net as f64 * f64::from(o.object_size) / 1024.0;
+            let sites: Vec<String> = o.by_site.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(
+                s,
+                "{name:<16} {:>10} {:>10} {net:>10} {kb:>9.1}  {}",
+                o.allocs,
+                o.frees,
+                sites.join(" ")
+            );
+        }
+        if let Some(r) = &self.rmap {
+            let _ = writeln!(
+                s,
+                "rmap: {} new anon folios, {} pte calls ({} pages), {} pmd calls",
+                r.new_anon_folios, r.ptes_calls, r.ptes_pages, r.pmd_calls
+            );
+            if r.per_vma_missed > 0 {
+                let _ = writeln!(
+                    s,
+                    "rmap: {} new anon folios not counted per VMA (map full)",
+                    r.per_vma_missed
+                );
+            }
+        }
+        if !self.processes.is_empty() {
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "{:>8} {:<16} {:>9} {:>9} {:>9} {:>9}",
+                "pid", "comm", "av+", "av-", "avc+", "avc-"
+            );
+            for p in self.processes.iter().take(top) {
+                let _ = writeln!(
+                    s,
+                    "{:>8} {:<16} {:>9} {:>9} {:>9} {:>9}{}",
+                    p.pid,
+                    p.comm,
+                    p.anon_vma.allocs,
+                    p.anon_vma.frees,
+                    p.anon_vma_chain.allocs,
+                    p.anon_vma_chain.frees,
+                    if p.exited { "  (exited)" } else { "" }
+                );
+            }
+            if self.processes.len() > top {
+                let _ = writeln!(
+                    s,
+                    "... {} more processes (use --json for all)",
+                    self.processes.len() - top
+                );
+            }
+        }
+        s
+    }
+}
+
+/// A report for a snapshot without a running kernel (tests, benchmarks):
+/// the snapshot seeds `live`, the model gives `lazy`, counters are zero.
+#[must_use]
+pub fn offline(
+    snap: &crate::snapshot::Snapshot,
+    acct: &Accounting,
+    kernel: &KernelId,
+    hooks: &[HookStatus],
+    duration_s: f64,
+    sizes: Sizes,
+) -> Report {
+    let walked = crate::walk::of_snapshot(snap, Options::default(), None, |_, _, _| {});
+    let est = &walked.estimate;
+    let per_process = walked.actual_by_process();
+    let vmas = walked.vmas_by_process();
+    let stats = [0u64; stat::COUNT as usize];
+    Report::build(
+        acct,
+        &Context {
+            kernel,
+            hooks,
+            fork_window: true,
+            stats: &stats,
+            duration_s,
+            anon_vma_size: sizes.anon_vma,
+            avc_size: sizes.anon_vma_chain,
+            done: false,
+            sizes,
+            model: Some(ModelView {
+                estimate: est,
+                snapshot_actual: est.system.actual,
+                snapshot_processes: &per_process,
+                vmas: &vmas,
+                age_s: 0.0,
+                stats: SnapshotStats {
+                    vmas: snap.vmas.len() as u64,
+                    processes: snap.procs.len() as u64,
+                    ..SnapshotStats::default()
+                },
+                slab_anon_vma: None,
+            }),
+            rmap_vmas: None,
+            programs: None,
+            resync: Resync::default(),
+        },
+    )
+}

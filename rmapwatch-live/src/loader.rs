@@ -1,0 +1,542 @@
+//! Loads the eBPF object, hands it the kernel's layouts, and attaches every
+//! program, choosing fentry, kprobe or the tracepoint path per hook.
+//!
+//! This and `daemon` are the only modules that know about aya.
+use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path, process::Command};
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Btf, Ebpf, EbpfLoader, Endianness,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{FEntry, Iter, KProbe, RawTracePoint, TracePoint},
+};
+use rmapwatch_common::{RmapKey, stat};
+
+use rmapwatch_engine::{
+    hooks::{HOOKS, HookMode, HookSpec, HookStatus, ProbeMode},
+    report::ProgramStats,
+};
+
+use crate::kernel::KernelFacts;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rmapwatch"));
+
+/// Raw tracepoints and the programs attached to them, in attach order: the
+/// end of a life before its start, so that every allocation seen also has
+/// its free seen, and every allocation made inside a fork has the fork's
+/// end (`sched_process_fork`, which names the child) seen.
+/// - Alloc before free left an object allocated and freed between the two
+///   attaches live forever (drift 1 in a VM whose shell forks in a loop).
+/// - Alloc before fork left the allocations of forks that straddled the
+///   attach waiting for the parent's next fork, which charged them to the
+///   wrong child: a child that exited kept objects it never had, or took an
+///   object from its owner (root test `a_process_forking_while_rmapwatch_attaches_is_charged_exactly`:
+///   198 anon_vma allocations, 33 frees for one child of a fork loop).
+/// - Exit before fork: a child seen forking is seen exiting.
+///
+/// What was allocated before is seeded by the snapshot taken after
+/// attaching, or is a free of a pre-existing object.
+const RAW_TRACEPOINTS: [&str; 5] = [
+    "kmem_cache_free",
+    "sched_process_exit",
+    "sched_process_fork",
+    "kmem_cache_alloc",
+    "sched_process_exec",
+];
+
+/// Fork-family syscalls whose entry/exit delimit the fork window.
+const FORK_SYSCALLS: [&str; 4] = ["clone", "clone3", "fork", "vfork"];
+
+/// The loaded and attached programs. Dropping it detaches and unloads all.
+pub struct Probes {
+    ebpf: Ebpf,
+    /// How each function hook was attached.
+    pub hooks: Vec<HookStatus>,
+    /// Whether the fork window (syscall tracepoints) is attached.
+    pub fork_window: bool,
+    /// Warnings for the user (fallbacks taken).
+    pub warnings: Vec<String>,
+    /// What the user is told besides (side effects on the system).
+    pub notes: Vec<String>,
+    /// Why snapshots are unavailable, if they are (`iter/task_vma` needs 5.12+).
+    pub snapshot_error: Option<String>,
+    /// Keeps the kernel's run-time statistics on while we run
+    /// (`BPF_ENABLE_STATS`, 5.8+; dropped = off again unless others hold it).
+    stats_fd: Option<std::os::fd::OwnedFd>,
+}
+
+/// What to attach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// Everything: event probes and the snapshot iterator.
+    All,
+    /// Only the snapshot iterator (`inspect`).
+    SnapshotOnly,
+}
+
+/// First line of an error chain, for compact fallback notes.
+fn short(e: &dyn std::fmt::Display) -> String {
+    let s = format!("{e:#}");
+    s.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(160)
+        .collect()
+}
+
+impl Probes {
+    /// Loads and attaches everything.
+    ///
+    /// # Errors
+    /// The object fails to load, or a required tracepoint fails to attach.
+    pub fn load(
+        facts: &KernelFacts,
+        mode: ProbeMode,
+        ring_bytes: Option<u32>,
+        attach: Attach,
+    ) -> anyhow::Result<Self> {
+        let mut config = facts.config;
+        config.wake_bytes = u64::from(ring_bytes.unwrap_or(rmapwatch_common::RING_BYTES)) / 8;
+        let mut loader = EbpfLoader::new();
+        loader.override_global("CONFIG", &config, true);
+        if let Some(bytes) = ring_bytes {
+            loader.map_max_entries("EVENTS", bytes);
+        }
+        let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+        let snapshot_error = load_iterator(&mut ebpf, facts).err().map(|e| short(&e));
+        if attach == Attach::SnapshotOnly {
+            return Ok(Self {
+                ebpf,
+                hooks: Vec::new(),
+                fork_window: false,
+                warnings: Vec::new(),
+                notes: Vec::new(),
+                snapshot_error,
+                stats_fd: None,
+            });
+        }
+
+        let mut warnings = Vec::new();
+        let stats_fd = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                warnings.push(format!(
+                    "bpf_stats unavailable ({}): no per-program cost",
+                    short(&e)
+                ));
+                None
+            }
+        };
+        let mut notes = Vec::new();
+        let fork_window = match attach_fork_window(&mut ebpf, &mut notes) {
+            Ok(()) => true,
+            Err(e) => {
+                warnings.push(format!(
+                    "fork window unavailable ({}): AVCs that anon_vma_clone allocates inside \
+                     fork are attributed to the parent",
+                    short(&e)
+                ));
+                false
+            }
+        };
+
+        // After the fork window: allocations inside a fork that the slab
+        // tracepoints see are then flagged, and a fork seen entering is
+        // seen leaving.
+        for tp in RAW_TRACEPOINTS {
+            let prog: &mut RawTracePoint = ebpf
+                .program_mut(tp)
+                .ok_or_else(|| anyhow!("program {tp} missing from the eBPF object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("loading raw tracepoint program {tp}"))?;
+            prog.attach(tp)
+                .with_context(|| format!("attaching raw tracepoint {tp}"))?;
+        }
+
+        let btf = match mode {
+            ProbeMode::Auto | ProbeMode::Fentry => Some(
+                Btf::parse_file(&facts.btf_path, Endianness::default())
+                    .context("parsing BTF for fentry"),
+            ),
+            _ => None,
+        };
+        let mut hooks = Vec::new();
+        for spec in &HOOKS {
+            let status = attach_hook(&mut ebpf, facts, spec, mode, btf.as_ref());
+            hooks.push(status);
+        }
+        if matches!(mode, ProbeMode::Fentry | ProbeMode::Kprobe)
+            && hooks
+                .iter()
+                .all(|h| h.mode != HookMode::Fentry && h.mode != HookMode::Kprobe)
+        {
+            let why = hooks
+                .first()
+                .and_then(|h| h.fallbacks.first().cloned())
+                .unwrap_or_default();
+            return Err(anyhow!(
+                "--probe-mode {} was forced but this kernel accepts no such hook: {why}",
+                if mode == ProbeMode::Fentry {
+                    "fentry"
+                } else {
+                    "kprobe"
+                }
+            ));
+        }
+        Ok(Self {
+            ebpf,
+            hooks,
+            fork_window,
+            warnings,
+            notes,
+            snapshot_error,
+            stats_fd,
+        })
+    }
+
+    /// Run statistics of every loaded program, by name (None when the
+    /// kernel keeps none).
+    #[must_use]
+    pub fn program_stats(&self) -> Option<BTreeMap<String, ProgramStats>> {
+        self.stats_fd.as_ref()?;
+        let mut out = BTreeMap::new();
+        for (name, prog) in self.ebpf.programs() {
+            let Ok(fd) = prog.fd() else {
+                continue; // not loaded (the other half of a fentry/kprobe pair)
+            };
+            if let Some(s) = prog_stats(fd.as_fd()) {
+                out.insert(name.to_owned(), s);
+            }
+        }
+        Some(out)
+    }
+
+    /// Starts a walk of every process's VMAs with the `iter/task_vma`
+    /// program: the records are produced as the returned reader is read
+    /// (decoded by `snapshot::decode`).
+    ///
+    /// # Errors
+    /// The iterator is unavailable or cannot be started.
+    pub fn snapshot_reader(&mut self) -> anyhow::Result<Box<dyn std::io::Read>> {
+        if let Some(e) = &self.snapshot_error {
+            return Err(anyhow!("snapshots unavailable: {e}"));
+        }
+        let prog: &mut Iter = self
+            .ebpf
+            .program_mut("task_vma")
+            .ok_or_else(|| anyhow!("program task_vma missing"))?
+            .try_into()?;
+        let link_id = prog.attach().context("attaching iter/task_vma")?;
+        let link = prog.take_link(link_id)?;
+        let file = link.into_file().context("opening the iterator")?;
+        // RMAPWATCH_DUMP_SNAPSHOT=FILE keeps the raw records (for bug reports).
+        if let Some(path) = std::env::var_os("RMAPWATCH_DUMP_SNAPSHOT") {
+            let copy = std::fs::File::create(&path).context("creating RMAPWATCH_DUMP_SNAPSHOT")?;
+            return Ok(Box::new(Tee(file, copy)));
+        }
+        Ok(Box::new(file))
+    }
+
+    /// The ring buffer, borrowed before the collector takes it (to apply
+    /// what the programs reported before a walk seeds the accounting).
+    ///
+    /// # Errors
+    /// Already taken.
+    pub fn ring(&mut self) -> anyhow::Result<RingBuf<&mut MapData>> {
+        let map = self
+            .ebpf
+            .map_mut("EVENTS")
+            .ok_or_else(|| anyhow!("ring buffer already taken"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Takes the ring buffer (once).
+    ///
+    /// # Errors
+    /// Called twice.
+    pub fn take_ring(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| anyhow!("ring buffer already taken"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// New anonymous folios per (process, VMA start) counted in the kernel
+    /// since attach (empty unless the `folio_add_new_anon_rmap` hook is on).
+    ///
+    /// # Errors
+    /// The map cannot be read.
+    pub fn rmap_vmas(&self) -> anyhow::Result<Vec<((u32, u64), u64)>> {
+        let map = self
+            .ebpf
+            .map("RMAP_VMAS")
+            .ok_or_else(|| anyhow!("RMAP_VMAS map missing"))?;
+        let h: HashMap<&MapData, RmapKey, u64> = HashMap::try_from(map)?;
+        h.iter()
+            .map(|kv| {
+                let (k, v) = kv.context("reading RMAP_VMAS")?;
+                Ok(((k.tgid, k.vm_start), v))
+            })
+            .collect()
+    }
+
+    /// Removes these entries of `RMAP_VMAS` (the caller keeps their counts),
+    /// so that exited processes do not fill it.
+    ///
+    /// # Errors
+    /// The map is missing.
+    pub fn forget_rmap_vmas(&mut self, keys: &[(u32, u64)]) -> anyhow::Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("RMAP_VMAS")
+            .ok_or_else(|| anyhow!("RMAP_VMAS map missing"))?;
+        let mut h: HashMap<&mut MapData, RmapKey, u64> = HashMap::try_from(map)?;
+        for &(tgid, vm_start) in keys {
+            // Already gone is fine.
+            let _ = h.remove(&RmapKey {
+                tgid,
+                _pad: 0,
+                vm_start,
+            });
+        }
+        Ok(())
+    }
+
+    /// The per-CPU counters, summed over CPUs.
+    ///
+    /// # Errors
+    /// The map cannot be read.
+    pub fn stats(&self) -> anyhow::Result<Vec<u64>> {
+        let map = self
+            .ebpf
+            .map("STATS")
+            .ok_or_else(|| anyhow!("STATS map missing"))?;
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+        (0..stat::COUNT)
+            .map(|i| Ok(arr.get(&i, 0)?.iter().sum()))
+            .collect()
+    }
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` for the fields aya's `ProgramInfo` does not
+/// expose (`recursion_misses`).
+fn prog_stats(fd: std::os::fd::BorrowedFd<'_>) -> Option<ProgramStats> {
+    use std::os::fd::AsRawFd as _;
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: bpf_prog_info is plain old data; all zeroes is valid.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: u32::try_from(fd.as_raw_fd()).ok()?,
+        info_len: u32::try_from(size_of_val(&info)).ok()?,
+        info: (&raw mut info) as u64,
+    };
+    // SAFETY: attr points at a live, writable bpf_prog_info of info_len bytes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            aya_obj::generated::bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            &raw mut attr,
+            size_of::<InfoAttr>(),
+        )
+    };
+    (rc == 0).then_some(ProgramStats {
+        runs: info.run_cnt,
+        run_time_ns: info.run_time_ns,
+        recursion_misses: info.recursion_misses,
+    })
+}
+
+fn load_iterator(ebpf: &mut Ebpf, facts: &KernelFacts) -> anyhow::Result<()> {
+    let btf = Btf::parse_file(&facts.btf_path, Endianness::default()).context("parsing BTF")?;
+    let prog: &mut Iter = ebpf
+        .program_mut("task_vma")
+        .ok_or_else(|| anyhow!("program task_vma missing"))?
+        .try_into()?;
+    prog.load("task_vma", &btf)
+        .map_err(|e| anyhow!("iter/task_vma: {}", describe_load_error(&e)))?;
+    Ok(())
+}
+
+fn tracefs_mounted() -> bool {
+    Path::new("/sys/kernel/tracing/events").exists()
+}
+
+/// Classic tracepoints need tracefs; mount it if it is not (root only).
+/// Returns whether it mounted it (a side effect the user is told of).
+fn ensure_tracefs() -> anyhow::Result<bool> {
+    if tracefs_mounted() {
+        return Ok(false);
+    }
+    let status = Command::new("mount")
+        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .status()
+        .context("running mount -t tracefs")?;
+    if status.success() && tracefs_mounted() {
+        Ok(true)
+    } else {
+        Err(anyhow!("tracefs is not mounted and mounting it failed"))
+    }
+}
+
+/// What the user is told when rmapwatch mounted tracefs.
+pub const MOUNTED_TRACEFS: &str = "tracefs was not mounted: mounted it at /sys/kernel/tracing \
+                                   (the fork window's syscall tracepoints need it)";
+
+fn attach_fork_window(ebpf: &mut Ebpf, notes: &mut Vec<String>) -> anyhow::Result<()> {
+    if ensure_tracefs()? {
+        notes.push(MOUNTED_TRACEFS.to_owned());
+    }
+    // Exit before enter: a window opened is always closed.
+    for (prog_name, phase) in [("fork_exit", "exit"), ("fork_enter", "enter")] {
+        let prog: &mut TracePoint = ebpf
+            .program_mut(prog_name)
+            .ok_or_else(|| anyhow!("program {prog_name} missing"))?
+            .try_into()?;
+        prog.load()?;
+        for sc in FORK_SYSCALLS {
+            let name = format!("sys_{phase}_{sc}");
+            // clone3 or vfork may be absent on some architectures: skip those.
+            if !Path::new("/sys/kernel/tracing/events/syscalls")
+                .join(&name)
+                .exists()
+            {
+                continue;
+            }
+            prog.attach("syscalls", &name)
+                .with_context(|| format!("attaching syscalls:{name}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn attach_hook(
+    ebpf: &mut Ebpf,
+    facts: &KernelFacts,
+    spec: &HookSpec,
+    mode: ProbeMode,
+    btf: Option<&anyhow::Result<Btf>>,
+) -> HookStatus {
+    let mut fallbacks = Vec::new();
+    let symbol = std::iter::once(spec.name)
+        .chain(spec.aliases.iter().copied())
+        .find(|s| facts.hook_symbols.contains(*s));
+    let done = |mode, symbol: Option<&str>, fallbacks| HookStatus {
+        id: spec.id,
+        name: spec.name,
+        symbol: symbol.map(str::to_owned),
+        mode,
+        fallbacks,
+    };
+    let Some(symbol) = symbol else {
+        fallbacks.push(format!("{} not in this kernel", spec.name));
+        let mode = if spec.slab_covered {
+            HookMode::Tracepoint
+        } else {
+            HookMode::Unavailable
+        };
+        return done(mode, None, fallbacks);
+    };
+    if matches!(mode, ProbeMode::Auto | ProbeMode::Fentry) {
+        match try_fentry(ebpf, spec, symbol, btf) {
+            Ok(()) => return done(HookMode::Fentry, Some(symbol), fallbacks),
+            Err(e) => fallbacks.push(format!("fentry: {}", short(&e))),
+        }
+    }
+    if matches!(mode, ProbeMode::Auto | ProbeMode::Kprobe) {
+        match try_kprobe(ebpf, spec, symbol) {
+            Ok(()) => return done(HookMode::Kprobe, Some(symbol), fallbacks),
+            Err(e) => fallbacks.push(format!("kprobe: {}", short(&e))),
+        }
+    }
+    let mode = if spec.slab_covered {
+        HookMode::Tracepoint
+    } else {
+        HookMode::Unavailable
+    };
+    done(mode, Some(symbol), fallbacks)
+}
+
+fn try_fentry(
+    ebpf: &mut Ebpf,
+    spec: &HookSpec,
+    symbol: &str,
+    btf: Option<&anyhow::Result<Btf>>,
+) -> anyhow::Result<()> {
+    let btf = match btf {
+        Some(Ok(btf)) => btf,
+        Some(Err(e)) => return Err(anyhow!("{e:#}")),
+        None => return Err(anyhow!("not requested")),
+    };
+    let prog: &mut FEntry = ebpf
+        .program_mut(spec.fentry_prog)
+        .ok_or_else(|| anyhow!("program {} missing", spec.fentry_prog))?
+        .try_into()?;
+    prog.load(symbol, btf)
+        .map_err(|e| anyhow!("{}", describe_load_error(&e)))?;
+    prog.attach().map_err(|e| {
+        // With its source chain: aya's Display omits the errno.
+        let s = format!("{:#}", anyhow::Error::from(e));
+        if s.contains("os error 524") {
+            // ENOTSUPP: e.g. arm64 before BPF trampolines were supported there.
+            anyhow!("attach refused: ENOTSUPP (524), no BPF trampoline on this kernel")
+        } else {
+            anyhow!(s)
+        }
+    })?;
+    Ok(())
+}
+
+fn try_kprobe(ebpf: &mut Ebpf, spec: &HookSpec, symbol: &str) -> anyhow::Result<()> {
+    if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        return Err(anyhow!("kernel has no kprobe support (CONFIG_KPROBES)"));
+    }
+    let prog: &mut KProbe = ebpf
+        .program_mut(spec.kprobe_prog)
+        .ok_or_else(|| anyhow!("program {} missing", spec.kprobe_prog))?
+        .try_into()?;
+    prog.load()
+        .map_err(|e| anyhow!("{}", describe_load_error(&e)))?;
+    prog.attach(symbol, 0)?;
+    Ok(())
+}
+
+/// A load error without the (long) verifier log, but with the errno.
+fn describe_load_error(e: &aya::programs::ProgramError) -> String {
+    match e {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            // RMAPWATCH_VERIFIER_LOG=1 prints the verifier's last words (for
+            // bug reports from kernels rmapwatch was not tested on).
+            if std::env::var_os("RMAPWATCH_VERIFIER_LOG").is_some() {
+                let log = verifier_log.to_string();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                for line in tail.iter().rev() {
+                    eprintln!("rmapwatch: verifier: {line}");
+                }
+            }
+            format!("load refused by the kernel: {io_error}")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A reader that copies what it reads.
+struct Tee<R, W>(R, W);
+
+impl<R: std::io::Read, W: std::io::Write> std::io::Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        self.1.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}

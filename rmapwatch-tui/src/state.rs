@@ -1,0 +1,470 @@
+//! TUI state: plain data. Keys become [`Action`]s, [`App::update`] mutates,
+//! rendering (`ui.rs`) only reads. No I/O, no aya.
+use std::{collections::VecDeque, time::Duration};
+
+use ratatui::crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use rmapwatch_common::site;
+
+use rmapwatch_engine::{
+    inspect::Inspection,
+    report::{ProcessReport, Report},
+};
+
+/// One refresh from the collector.
+#[derive(Debug)]
+pub struct Frame {
+    /// The same report `rmapwatch report --json` prints.
+    pub report: Report,
+    /// The inspection of the process the user opened, if any.
+    pub detail: Option<Inspection>,
+}
+
+/// What the collector can tell the UI.
+#[derive(Debug)]
+pub enum Update {
+    /// New data.
+    Frame(Box<Frame>),
+    /// The collector stopped (signal or error); the UI exits.
+    Stopped(String),
+}
+
+/// Which screen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// Summary, rates and process table.
+    Main,
+    /// One process (Enter).
+    Detail(u32),
+}
+
+/// Process table columns, in display order; the sort key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Column {
+    /// tgid.
+    Pid,
+    /// Name.
+    Comm,
+    /// VMAs (snapshot).
+    Vmas,
+    /// Live anon_vma objects.
+    AnonVma,
+    /// Live AVC objects.
+    Avc,
+    /// Live KB.
+    Kb,
+    /// Lazy KB.
+    LazyKb,
+    /// KB lazy would save.
+    Saving,
+}
+
+impl Column {
+    /// All columns in display order.
+    pub const ALL: [Self; 8] = [
+        Self::Pid,
+        Self::Comm,
+        Self::Vmas,
+        Self::AnonVma,
+        Self::Avc,
+        Self::Kb,
+        Self::LazyKb,
+        Self::Saving,
+    ];
+
+    /// Header text.
+    #[must_use]
+    pub const fn title(self) -> &'static str {
+        match self {
+            Self::Pid => "PID",
+            Self::Comm => "COMM",
+            Self::Vmas => "VMAs",
+            Self::AnonVma => "anon_vma",
+            Self::Avc => "AVC",
+            Self::Kb => "KB",
+            Self::LazyKb => "lazy KB",
+            Self::Saving => "saving KB",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|&c| c == self).unwrap_or(0)
+    }
+}
+
+/// What a key (or the collector) asks for.
+#[derive(Debug)]
+pub enum Action {
+    /// Leave.
+    Quit,
+    /// Selection up by n.
+    Up(usize),
+    /// Selection down by n.
+    Down(usize),
+    /// First row.
+    Home,
+    /// Last row.
+    End,
+    /// Open the selected process.
+    Enter,
+    /// Back to the main view / cancel the filter.
+    Back,
+    /// Next sort column.
+    SortNext,
+    /// Previous sort column.
+    SortPrev,
+    /// Reverse the sort.
+    SortReverse,
+    /// Freeze the display.
+    TogglePause,
+    /// Help overlay.
+    ToggleHelp,
+    /// Start typing a filter.
+    FilterStart,
+    /// A character of the filter.
+    FilterChar(char),
+    /// Delete a character of the filter.
+    FilterBackspace,
+    /// Stop typing the filter (keep it).
+    FilterDone,
+    /// New data.
+    Update(Update),
+}
+
+/// Allocation and free rates per object and site.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Rates {
+    /// Allocations per second, `[object][site]`.
+    pub alloc: [[f64; site::COUNT]; 2],
+    /// Frees per second, `[object][site]`.
+    pub free: [[f64; site::COUNT]; 2],
+    /// Decoded events per second.
+    pub events: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Counters {
+    t: f64,
+    alloc: [[u64; site::COUNT]; 2],
+    free: [[u64; site::COUNT]; 2],
+    events: u64,
+}
+
+impl Counters {
+    fn of(r: &Report) -> Self {
+        let mut c = Self {
+            t: r.duration_s,
+            events: r.events,
+            ..Self::default()
+        };
+        for (o, name) in rmapwatch_engine::report::OBJECT_NAMES.iter().enumerate() {
+            if let Some(obj) = r.objects.get(name) {
+                for (s, site_name) in site::NAMES.iter().enumerate() {
+                    c.alloc[o][s] = obj.allocs_by_site.get(site_name).copied().unwrap_or(0);
+                    c.free[o][s] = obj.frees_by_site.get(site_name).copied().unwrap_or(0);
+                }
+            }
+        }
+        c
+    }
+}
+
+/// Points kept for the history chart.
+pub const HISTORY: usize = 300;
+
+/// The whole UI state.
+#[derive(Debug)]
+pub struct App {
+    /// Latest data.
+    pub frame: Option<Box<Frame>>,
+    /// Rates between the last two frames.
+    pub rates: Rates,
+    last: Option<Counters>,
+    /// (seconds, actual KB, lazy KB).
+    pub history: VecDeque<(f64, f64, f64)>,
+    /// Current screen.
+    pub view: View,
+    /// Help overlay shown.
+    pub help: bool,
+    /// Sort column.
+    pub sort: Column,
+    /// Sort descending.
+    pub descending: bool,
+    /// Filter text (pid or comm substring).
+    pub filter: String,
+    /// Typing the filter.
+    pub editing_filter: bool,
+    /// Selected row in the (filtered, sorted) table.
+    pub selected: usize,
+    /// First VMA row shown in the detail view.
+    pub detail_scroll: usize,
+    /// Display frozen.
+    pub paused: bool,
+    /// Refresh interval.
+    pub delay: Duration,
+    /// Leave the loop.
+    pub quit: bool,
+    /// Why the collector stopped, if it did.
+    pub stopped: Option<String>,
+    /// Where logs go.
+    pub log_path: Option<String>,
+}
+
+impl App {
+    /// A new state.
+    #[must_use]
+    pub fn new(delay: Duration, log_path: Option<String>) -> Self {
+        Self {
+            frame: None,
+            rates: Rates::default(),
+            last: None,
+            history: VecDeque::with_capacity(HISTORY),
+            view: View::Main,
+            help: false,
+            sort: Column::Saving,
+            descending: true,
+            filter: String::new(),
+            editing_filter: false,
+            selected: 0,
+            detail_scroll: 0,
+            paused: false,
+            delay,
+            quit: false,
+            stopped: None,
+            log_path,
+        }
+    }
+
+    /// The process whose detail the collector should compute.
+    #[must_use]
+    pub fn detail_pid(&self) -> Option<u32> {
+        match self.view {
+            View::Detail(pid) => Some(pid),
+            View::Main => None,
+        }
+    }
+
+    /// Processes shown: filtered, then sorted.
+    #[must_use]
+    pub fn rows(&self) -> Vec<&ProcessReport> {
+        let Some(f) = &self.frame else {
+            return Vec::new();
+        };
+        let needle = self.filter.to_lowercase();
+        let mut rows: Vec<&ProcessReport> = f
+            .report
+            .processes
+            .iter()
+            .filter(|p| !p.exited)
+            .filter(|p| {
+                needle.is_empty()
+                    || p.pid.to_string().starts_with(&needle)
+                    || p.comm.to_lowercase().contains(&needle)
+            })
+            .collect();
+        let key = |p: &ProcessReport| -> i128 {
+            match self.sort {
+                Column::Pid => i128::from(p.pid),
+                Column::Comm => 0,
+                Column::Vmas => i128::from(p.vmas.unwrap_or(0)),
+                Column::AnonVma => i128::from(p.live.anon_vma.objects),
+                Column::Avc => i128::from(p.live.anon_vma_chain.objects),
+                Column::Kb => i128::from(live_bytes(p)),
+                Column::LazyKb => i128::from(lazy_bytes(p).unwrap_or(0)),
+                Column::Saving => saving_bytes(p),
+            }
+        };
+        rows.sort_by(|a, b| {
+            let o = if self.sort == Column::Comm {
+                a.comm.cmp(&b.comm)
+            } else {
+                key(a).cmp(&key(b))
+            };
+            let o = if self.descending { o.reverse() } else { o };
+            o.then(a.pid.cmp(&b.pid))
+        });
+        rows
+    }
+
+    /// Applies an action.
+    pub fn update(&mut self, action: Action) {
+        let n = self.rows().len();
+        match action {
+            Action::Quit => self.quit = true,
+            Action::Up(_) | Action::Down(_) | Action::Home | Action::End
+                if matches!(self.view, View::Detail(_)) =>
+            {
+                let vmas = self
+                    .frame
+                    .as_ref()
+                    .and_then(|f| f.detail.as_ref())
+                    .map_or(0, |d| {
+                        d.vmas.iter().filter(|v| v.anon_vma.is_some()).count()
+                    });
+                self.detail_scroll = match action {
+                    Action::Up(k) => self.detail_scroll.saturating_sub(k),
+                    Action::Down(k) => (self.detail_scroll + k).min(vmas.saturating_sub(1)),
+                    Action::Home => 0,
+                    _ => vmas.saturating_sub(1),
+                };
+            }
+            Action::Up(k) => self.selected = self.selected.saturating_sub(k),
+            Action::Down(k) => self.selected = (self.selected + k).min(n.saturating_sub(1)),
+            Action::Home => self.selected = 0,
+            Action::End => self.selected = n.saturating_sub(1),
+            Action::Enter => {
+                if self.view == View::Main
+                    && let Some(p) = self.rows().get(self.selected)
+                {
+                    self.view = View::Detail(p.pid);
+                    self.detail_scroll = 0;
+                }
+            }
+            Action::Back => {
+                if self.help {
+                    self.help = false;
+                } else if self.editing_filter {
+                    self.editing_filter = false;
+                    self.filter.clear();
+                } else {
+                    self.view = View::Main;
+                }
+            }
+            Action::SortNext | Action::SortPrev => {
+                let i = self.sort.index();
+                let len = Column::ALL.len();
+                let next = if matches!(action, Action::SortNext) {
+                    i + 1
+                } else {
+                    i + len - 1
+                };
+                self.sort = Column::ALL[next % len];
+                // Text sorts ascending, numbers biggest first.
+                self.descending = self.sort != Column::Comm;
+            }
+            Action::SortReverse => self.descending = !self.descending,
+            Action::TogglePause => self.paused = !self.paused,
+            Action::ToggleHelp => self.help = !self.help,
+            Action::FilterStart => {
+                self.editing_filter = true;
+            }
+            Action::FilterChar(c) => {
+                self.filter.push(c);
+                self.selected = 0;
+            }
+            Action::FilterBackspace => {
+                self.filter.pop();
+                self.selected = 0;
+            }
+            Action::FilterDone => self.editing_filter = false,
+            Action::Update(Update::Stopped(why)) => {
+                self.stopped = Some(why);
+                self.quit = true;
+            }
+            Action::Update(Update::Frame(frame)) => {
+                if !self.paused {
+                    self.ingest(frame);
+                }
+            }
+        }
+        let n = self.rows().len();
+        if self.selected >= n {
+            self.selected = n.saturating_sub(1);
+        }
+    }
+
+    fn ingest(&mut self, frame: Box<Frame>) {
+        let now = Counters::of(&frame.report);
+        if let Some(last) = self.last {
+            let dt = now.t - last.t;
+            if dt > 0.0 {
+                let per_s = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
+                for o in 0..2 {
+                    for s in 0..site::COUNT {
+                        self.rates.alloc[o][s] = per_s(now.alloc[o][s], last.alloc[o][s]);
+                        self.rates.free[o][s] = per_s(now.free[o][s], last.free[o][s]);
+                    }
+                }
+                self.rates.events = per_s(now.events, last.events);
+            }
+        }
+        self.last = Some(now);
+        let r = &frame.report;
+        if let Some(l) = r.lazy {
+            let actual = (r.live.anon_vma.bytes + r.live.anon_vma_chain.bytes) as f64 / 1024.0;
+            let lazy = (l.anon_vma.bytes + l.anon_vma_chain.bytes) as f64 / 1024.0;
+            if self.history.len() == HISTORY {
+                self.history.pop_front();
+            }
+            self.history.push_back((r.duration_s, actual, lazy));
+        }
+        self.frame = Some(frame);
+    }
+}
+
+/// Live bytes of a process.
+#[must_use]
+pub fn live_bytes(p: &ProcessReport) -> u64 {
+    p.live.anon_vma.bytes + p.live.anon_vma_chain.bytes
+}
+
+/// Lazy bytes of a process.
+#[must_use]
+pub fn lazy_bytes(p: &ProcessReport) -> Option<u64> {
+    p.lazy.map(|l| l.anon_vma.bytes + l.anon_vma_chain.bytes)
+}
+
+/// Bytes lazy would save for a process (snapshot actual minus lazy).
+#[must_use]
+pub fn saving_bytes(p: &ProcessReport) -> i128 {
+    match (p.snapshot, lazy_bytes(p)) {
+        (Some(s), Some(l)) => i128::from(s.anon_vma.bytes + s.anon_vma_chain.bytes) - i128::from(l),
+        _ => 0,
+    }
+}
+
+/// Maps a terminal event to an action (`None`: ignored).
+#[must_use]
+pub fn action_for(event: &Event, app: &App) -> Option<Action> {
+    let Event::Key(KeyEvent {
+        code,
+        modifiers,
+        kind,
+        ..
+    }) = event
+    else {
+        return None;
+    };
+    if *kind == KeyEventKind::Release {
+        return None;
+    }
+    if modifiers.contains(KeyModifiers::CONTROL) && *code == KeyCode::Char('c') {
+        return Some(Action::Quit);
+    }
+    if app.editing_filter {
+        return Some(match code {
+            KeyCode::Esc => Action::Back,
+            KeyCode::Enter => Action::FilterDone,
+            KeyCode::Backspace => Action::FilterBackspace,
+            KeyCode::Char(c) => Action::FilterChar(*c),
+            _ => return None,
+        });
+    }
+    Some(match code {
+        KeyCode::Char('q') => Action::Quit,
+        KeyCode::Up | KeyCode::Char('k') => Action::Up(1),
+        KeyCode::Down | KeyCode::Char('j') => Action::Down(1),
+        KeyCode::PageUp => Action::Up(10),
+        KeyCode::PageDown => Action::Down(10),
+        KeyCode::Home | KeyCode::Char('g') => Action::Home,
+        KeyCode::End | KeyCode::Char('G') => Action::End,
+        KeyCode::Enter => Action::Enter,
+        KeyCode::Esc | KeyCode::Backspace => Action::Back,
+        KeyCode::Char('s' | '>') => Action::SortNext,
+        KeyCode::Char('<') => Action::SortPrev,
+        KeyCode::Char('r') => Action::SortReverse,
+        KeyCode::Char('p' | ' ') => Action::TogglePause,
+        KeyCode::Char('?' | 'h') => Action::ToggleHelp,
+        KeyCode::Char('/') => Action::FilterStart,
+        _ => return None,
+    })
+}

@@ -1,0 +1,297 @@
+//! TUI tests: state transitions, whole-screen snapshots (insta, TestBackend)
+//! at 80x24 and 160x48, and the real loop driven by scripted keys.
+use std::{sync::mpsc, time::Duration};
+
+use ratatui::{
+    Terminal,
+    backend::TestBackend,
+    crossterm::event::{Event, KeyCode, KeyEvent, KeyModifiers},
+};
+
+use super::{
+    Events,
+    state::{Action, App, Column, Frame, Update, View, action_for},
+};
+use rmapwatch_engine::{
+    account::Accounting,
+    facts::{KernelId, Sizes},
+    inspect,
+    model::{self, Options, sim::Sim},
+    report, walk,
+};
+
+const SIZES: Sizes = Sizes {
+    anon_vma: 104,
+    anon_vma_chain: 64,
+};
+
+/// A deterministic frame: a parent with 20 regions and 3 children, an
+/// unrelated process with 5 regions; `detail` inspects `detail`.
+fn frame(t: f64, detail: Option<u32>) -> Frame {
+    let mut sim = Sim::default();
+    for i in 0..20 {
+        let v = sim.map(100, i * 0x10000);
+        sim.fault(v);
+    }
+    for c in 0..3 {
+        sim.fork(100, 101 + c);
+    }
+    for i in 0..5 {
+        let v = sim.map(200, 0x7f00_0000 + i * 0x10000);
+        sim.fault(v);
+    }
+    let mut snap = sim.snapshot();
+    for (pid, p) in &mut snap.procs {
+        p.pid = *pid;
+        p.comm = if *pid == 200 {
+            "postgres".into()
+        } else {
+            "zygote64".into()
+        };
+    }
+    let est = model::estimate(&snap, Options::default());
+    let mut acct = Accounting::default();
+    let _ = walk::of_snapshot(&snap, Options::default(), None, |p, t, k| {
+        acct.own_existing(p, t, k);
+    });
+    acct.name_existing(snap.procs.values().map(|p| (p.pid, p.comm.clone())));
+    let hooks = rmapwatch_engine::hooks::tracepoint_only("fentry: refused");
+    let kernel = KernelId {
+        release: "6.18.0-test".into(),
+        arch: "x86_64".into(),
+    };
+    let mut report = report::offline(&snap, &acct, &kernel, &hooks, t, SIZES);
+    if let Some(m) = report.model.as_mut() {
+        m.snapshot.stats.taken = 3;
+        m.snapshot.stats.walk_ms = 1.5;
+    }
+    let detail = detail.map(|pid| {
+        let paths = std::collections::HashMap::new();
+        inspect::of_snapshot(&snap, &est, pid, &paths, SIZES)
+    });
+    Frame { report, detail }
+}
+
+fn app_with_frames() -> App {
+    let mut app = App::new(Duration::from_secs(1), Some("/tmp/rmapwatch.log".into()));
+    for t in 0..5 {
+        app.update(Action::Update(Update::Frame(Box::new(frame(
+            f64::from(t),
+            None,
+        )))));
+    }
+    app
+}
+
+fn draw(app: &App, w: u16, h: u16) -> Terminal<TestBackend> {
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| f.render_widget(app, f.area())).unwrap();
+    t
+}
+
+fn key(c: KeyCode) -> Event {
+    Event::Key(KeyEvent::new(c, KeyModifiers::NONE))
+}
+
+#[test]
+fn main_view_snapshots() {
+    let app = app_with_frames();
+    insta::assert_snapshot!("main_80x24", draw(&app, 80, 24).backend());
+    insta::assert_snapshot!("main_160x48", draw(&app, 160, 48).backend());
+}
+
+#[test]
+fn detail_and_help_snapshots() {
+    let mut app = app_with_frames();
+    app.update(Action::Enter);
+    let View::Detail(pid) = app.view else {
+        panic!("Enter opens the detail view")
+    };
+    app.update(Action::Update(Update::Frame(Box::new(frame(
+        5.0,
+        Some(pid),
+    )))));
+    insta::assert_snapshot!("detail_80x24", draw(&app, 80, 24).backend());
+    insta::assert_snapshot!("detail_160x48", draw(&app, 160, 48).backend());
+    app.update(Action::ToggleHelp);
+    insta::assert_snapshot!("help_80x24", draw(&app, 80, 24).backend());
+}
+
+#[test]
+fn too_small_and_waiting_snapshots() {
+    insta::assert_snapshot!(
+        "too_small_40x10",
+        draw(&app_with_frames(), 40, 10).backend()
+    );
+    let empty = App::new(Duration::from_secs(1), None);
+    insta::assert_snapshot!("waiting_80x24", draw(&empty, 80, 24).backend());
+}
+
+#[test]
+fn biggest_saving_comes_first_and_sorting_cycles() {
+    let mut app = app_with_frames();
+    let first = app.rows()[0].pid;
+    assert!(
+        (101..=103).contains(&first),
+        "a fork child saves most: {first}"
+    );
+    assert_eq!(app.sort, Column::Saving);
+    app.update(Action::SortNext);
+    assert_eq!(app.sort, Column::Pid);
+    assert_eq!(app.rows()[0].pid, 200, "numbers sort biggest first");
+    app.update(Action::SortReverse);
+    assert_eq!(app.rows()[0].pid, 100);
+    app.update(Action::SortNext);
+    assert_eq!(app.sort, Column::Comm);
+    assert_eq!(app.rows()[0].comm, "postgres", "text sorts ascending");
+    app.update(Action::SortPrev);
+    app.update(Action::SortPrev);
+    assert_eq!(app.sort, Column::Saving);
+}
+
+#[test]
+fn filter_selection_detail_and_back() {
+    let mut app = app_with_frames();
+    app.update(Action::FilterStart);
+    for c in "postg".chars() {
+        app.update(Action::FilterChar(c));
+    }
+    assert_eq!(app.rows().len(), 1);
+    app.update(Action::FilterDone);
+    assert!(!app.editing_filter);
+    app.update(Action::Down(5));
+    assert_eq!(app.selected, 0, "the selection stays inside the rows");
+    app.update(Action::Enter);
+    assert_eq!(app.view, View::Detail(200));
+    assert_eq!(app.detail_pid(), Some(200));
+    app.update(Action::Back);
+    assert_eq!(app.view, View::Main);
+    app.update(Action::FilterStart);
+    app.update(Action::Back);
+    assert!(app.filter.is_empty(), "Esc while typing clears the filter");
+    assert_eq!(app.rows().len(), 5);
+}
+
+#[test]
+fn pause_freezes_the_display_and_rates_follow_frames() {
+    let mut app = app_with_frames();
+    let before = app.history.len();
+    app.update(Action::TogglePause);
+    app.update(Action::Update(Update::Frame(Box::new(frame(9.0, None)))));
+    assert_eq!(app.history.len(), before);
+    app.update(Action::TogglePause);
+    app.update(Action::Update(Update::Frame(Box::new(frame(10.0, None)))));
+    assert_eq!(app.history.len(), before + 1);
+    assert_eq!(app.rates.events, 0.0);
+}
+
+#[test]
+fn keys_map_to_actions_like_htop() {
+    let app = App::new(Duration::from_secs(1), None);
+    let a = |e: Event| format!("{:?}", action_for(&e, &app));
+    assert_eq!(a(key(KeyCode::Char('q'))), "Some(Quit)");
+    assert_eq!(
+        a(Event::Key(KeyEvent::new(
+            KeyCode::Char('c'),
+            KeyModifiers::CONTROL
+        ))),
+        "Some(Quit)"
+    );
+    assert_eq!(a(key(KeyCode::PageDown)), "Some(Down(10))");
+    assert_eq!(a(key(KeyCode::Char('>'))), "Some(SortNext)");
+    assert_eq!(a(key(KeyCode::Char('/'))), "Some(FilterStart)");
+    assert_eq!(a(key(KeyCode::Char('?'))), "Some(ToggleHelp)");
+    assert_eq!(a(key(KeyCode::Char('x'))), "None");
+    let mut typing = App::new(Duration::from_secs(1), None);
+    typing.editing_filter = true;
+    assert_eq!(
+        format!("{:?}", action_for(&key(KeyCode::Char('q')), &typing)),
+        "Some(FilterChar('q'))"
+    );
+}
+
+#[test]
+fn a_stopped_collector_ends_the_loop() {
+    let mut app = app_with_frames();
+    app.update(Action::Update(Update::Stopped(
+        "stopped (Terminate)".into(),
+    )));
+    assert!(app.quit);
+    assert_eq!(app.stopped.as_deref(), Some("stopped (Terminate)"));
+}
+
+struct Script(Vec<Event>);
+
+impl Events for Script {
+    fn next(&mut self, _timeout: Duration) -> std::io::Result<Option<Event>> {
+        Ok(if self.0.is_empty() {
+            None
+        } else {
+            Some(self.0.remove(0))
+        })
+    }
+}
+
+#[test]
+fn the_real_loop_runs_on_a_test_backend() {
+    let (utx, urx) = mpsc::channel();
+    let (dtx, drx) = mpsc::channel();
+    utx.send(Update::Frame(Box::new(frame(1.0, None)))).unwrap();
+    let mut script = Script(
+        [
+            KeyCode::Char('/'),
+            KeyCode::Char('p'),
+            KeyCode::Char('o'),
+            KeyCode::Enter,
+            KeyCode::Enter,
+            KeyCode::Esc,
+            KeyCode::Char('q'),
+        ]
+        .into_iter()
+        .map(key)
+        .collect(),
+    );
+    let mut terminal = Terminal::new(TestBackend::new(100, 30)).unwrap();
+    let mut app = App::new(Duration::from_secs(1), None);
+    super::run(&mut terminal, &mut app, &mut script, &urx, &dtx).unwrap();
+    assert!(app.quit);
+    assert_eq!(app.filter, "po");
+    assert_eq!(app.view, View::Main);
+    let asked: Vec<Option<u32>> = drx.try_iter().collect();
+    assert_eq!(
+        asked,
+        vec![Some(200), None],
+        "the collector is told which detail to compute"
+    );
+}
+
+#[test]
+fn the_header_shows_the_tools_own_cost_and_a_degraded_model() {
+    let mut f = frame(10.0, None);
+    let mut programs = std::collections::BTreeMap::new();
+    programs.insert(
+        "kmem_cache_alloc".to_owned(),
+        report::ProgramStats {
+            runs: 1000,
+            run_time_ns: 37_000,
+            recursion_misses: 0,
+        },
+    );
+    f.report.cost = Some(report::CostReport::new(&programs, 10.0));
+    f.report.dropped_events = 42;
+    f.report.resync.degraded = true;
+    let mut app = App::new(Duration::from_secs(1), None);
+    app.update(Action::Update(Update::Frame(Box::new(f))));
+    let t = draw(&app, 160, 48);
+    let text: String = (0..2)
+        .map(|y| {
+            (0..160)
+                .map(|x| t.backend().buffer()[(x, y)].symbol())
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(text.contains("cost 37 ns/ev"), "{text}");
+    assert!(text.contains("dropped 42"), "{text}");
+    assert!(text.contains("DEGRADED"), "{text}");
+}

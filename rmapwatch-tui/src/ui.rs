@@ -1,0 +1,527 @@
+//! Rendering: reads [`App`], draws, does no I/O.
+use ratatui::{
+    buffer::Buffer,
+    layout::{Constraint, Layout, Rect},
+    style::{Color, Modifier, Style, Stylize},
+    symbols::Marker,
+    text::{Line, Span},
+    widgets::{
+        Axis, Block, Borders, Cell, Chart, Clear, Dataset, GraphType, Paragraph, Row, Table, Widget,
+    },
+};
+use rmapwatch_common::site;
+
+use super::state::{App, Column, View, lazy_bytes, live_bytes, saving_bytes};
+use rmapwatch_engine::{hooks::HookMode, report::Report};
+
+/// Smallest terminal the UI draws into.
+pub const MIN_SIZE: (u16, u16) = (60, 16);
+
+fn kb(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / 1024.0)
+}
+
+fn pct(p: Option<f64>) -> String {
+    p.map_or_else(|| "-".into(), |c| format!("{c:+.1}%"))
+}
+
+fn uptime(s: f64) -> String {
+    let s = s as u64;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+impl Widget for &App {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        if area.width < MIN_SIZE.0 || area.height < MIN_SIZE.1 {
+            let msg = format!(
+                "terminal too small ({}x{}); rmapwatch needs at least {}x{} (q quits)",
+                area.width, area.height, MIN_SIZE.0, MIN_SIZE.1
+            );
+            Paragraph::new(msg)
+                .wrap(ratatui::widgets::Wrap { trim: true })
+                .render(area, buf);
+            return;
+        }
+        let [header, body, footer] = Layout::vertical([
+            Constraint::Length(2),
+            Constraint::Min(0),
+            Constraint::Length(1),
+        ])
+        .areas(area);
+        self.render_header(header, buf);
+        match (&self.frame, self.view) {
+            (None, _) => Paragraph::new("waiting for the first snapshot...").render(body, buf),
+            (Some(_), View::Main) => self.render_main(body, buf),
+            (Some(_), View::Detail(pid)) => self.render_detail(pid, body, buf),
+        }
+        self.render_footer(footer, buf);
+        if self.help {
+            render_help(area, buf);
+        }
+    }
+}
+
+impl App {
+    fn render_header(&self, area: Rect, buf: &mut Buffer) {
+        let Some(f) = &self.frame else {
+            Paragraph::new(Line::from(vec![
+                "rmapwatch".bold(),
+                "  attaching...".into(),
+            ]))
+            .render(area, buf);
+            return;
+        };
+        let r = &f.report;
+        let mut l1 = vec![
+            "rmapwatch".bold().cyan(),
+            format!("  {} {}", r.kernel.release, r.kernel.arch).into(),
+            format!("  up {}", uptime(r.duration_s)).into(),
+            format!("  refresh {:.1}s", self.delay.as_secs_f64()).into(),
+        ];
+        if let Some(c) = &r.cost {
+            // The tool's own CPU cost, from the kernel's bpf_stats.
+            let ns = c
+                .ns_per_event
+                .map_or_else(|| "-".to_owned(), |n| format!("{n:.0}"));
+            l1.push(format!("  cost {ns} ns/ev {:.2}% CPU", c.cpu_pct).into());
+            if c.recursion_misses > 0 {
+                l1.push(format!(" {} recursion misses", c.recursion_misses).red());
+            }
+        }
+        if self.paused {
+            l1.push("  PAUSED".bold().yellow());
+        }
+        let dropped = Span::styled(
+            format!("dropped {}", r.dropped_events),
+            if r.dropped_events > 0 {
+                Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)
+            } else {
+                Style::new()
+            },
+        );
+        let mut l2 = vec![
+            format!("events/s {:.0}  ", self.rates.events).into(),
+            dropped,
+        ];
+        if r.resync.degraded {
+            l2.push(" DEGRADED until the next snapshot".red().bold());
+        } else if r.resync.resyncs > 0 {
+            l2.push(format!(" (re-seeded {}x)", r.resync.resyncs).yellow());
+        }
+        l2.push("  probes ".into());
+        for (name, mode) in &r.probes {
+            let short = match *mode {
+                HookMode::Fentry => "fentry",
+                HookMode::Kprobe => "kprobe",
+                HookMode::Tracepoint => "tp",
+                HookMode::Unavailable => "-",
+            };
+            let label = name
+                .trim_start_matches("__")
+                .trim_start_matches("folio_add_")
+                .trim_start_matches("anon_vma_")
+                .trim_end_matches("_anon_vmas")
+                .trim_end_matches("_anon_vma");
+            l2.push(format!("{label}:{short} ").dim());
+        }
+        if let Some(m) = &r.model {
+            l2.push(format!(" snapshot {:.1}ms", m.snapshot.stats.walk_ms).dim());
+        }
+        Paragraph::new(vec![Line::from(l1), Line::from(l2)]).render(area, buf);
+    }
+
+    fn render_footer(&self, area: Rect, buf: &mut Buffer) {
+        let line = if self.editing_filter {
+            Line::from(vec![
+                "filter: ".bold(),
+                self.filter.clone().into(),
+                "_  (Enter keeps, Esc clears)".dim(),
+            ])
+        } else {
+            let mut v = vec![
+                "q".bold(),
+                " quit ".into(),
+                "?".bold(),
+                " help ".into(),
+                "/".bold(),
+                " filter ".into(),
+                "s".bold(),
+                format!(" sort:{} ", self.sort.title()).into(),
+                "Enter".bold(),
+                " detail ".into(),
+                "p".bold(),
+                " pause".into(),
+            ];
+            if !self.filter.is_empty() {
+                v.push(format!("  [filter: {}]", self.filter).yellow());
+            }
+            if let Some(log) = &self.log_path {
+                v.push(format!("  log: {log}").dim());
+            }
+            Line::from(v)
+        };
+        Paragraph::new(line).render(area, buf);
+    }
+
+    fn render_main(&self, area: Rect, buf: &mut Buffer) {
+        let Some(f) = &self.frame else { return };
+        let [summary, rates, table] = Layout::vertical([
+            Constraint::Length(6),
+            Constraint::Length(3),
+            Constraint::Min(3),
+        ])
+        .areas(area);
+        if summary.width >= 110 {
+            let [left, right] =
+                Layout::horizontal([Constraint::Length(72), Constraint::Min(20)]).areas(summary);
+            render_seed_table(&f.report, left, buf);
+            self.render_chart(right, buf);
+        } else {
+            render_seed_table(&f.report, summary, buf);
+        }
+        self.render_rates(rates, buf);
+        self.render_processes(table, buf);
+    }
+
+    fn render_chart(&self, area: Rect, buf: &mut Buffer) {
+        let actual: Vec<(f64, f64)> = self.history.iter().map(|&(t, a, _)| (t, a)).collect();
+        let lazy: Vec<(f64, f64)> = self.history.iter().map(|&(t, _, l)| (t, l)).collect();
+        let (t0, t1) = match (self.history.front(), self.history.back()) {
+            (Some(a), Some(b)) => (a.0, b.0.max(a.0 + 1.0)),
+            _ => (0.0, 1.0),
+        };
+        let ymax = self.history.iter().map(|&(_, a, _)| a).fold(1.0, f64::max) * 1.1;
+        let chart = Chart::new(vec![
+            Dataset::default()
+                .name("actual KB")
+                .marker(Marker::Braille)
+                .graph_type(GraphType::Line)
+                .style(Style::new().fg(Color::Red))
+                .data(&actual),
+            Dataset::default()
+                .name("lazy KB")
+                .marker(Marker::Braille)
+                .graph_type(GraphType::Line)
+                .style(Style::new().fg(Color::Green))
+                .data(&lazy),
+        ])
+        .block(Block::default().borders(Borders::ALL).title(" history "))
+        .x_axis(Axis::default().bounds([t0, t1]))
+        .y_axis(
+            Axis::default()
+                .bounds([0.0, ymax])
+                .labels([Line::from("0"), Line::from(format!("{ymax:.0}"))]),
+        );
+        chart.render(area, buf);
+    }
+
+    fn render_rates(&self, area: Rect, buf: &mut Buffer) {
+        let names = ["prepare", "clone", "fork", "unlink", "put"];
+        let line = |o: usize, label: &'static str| {
+            let mut v: Vec<Span> = vec![format!("{label:<9}").bold()];
+            v.push("alloc/s ".dim());
+            for s in [site::PREPARE, site::CLONE, site::FORK] {
+                v.push(
+                    format!(
+                        "{} {:<4.0} ",
+                        names[s as usize], self.rates.alloc[o][s as usize]
+                    )
+                    .into(),
+                );
+            }
+            v.push("free/s ".dim());
+            for s in [site::UNLINK, site::PUT] {
+                v.push(
+                    format!(
+                        "{} {:<4.0} ",
+                        names[s as usize], self.rates.free[o][s as usize]
+                    )
+                    .into(),
+                );
+            }
+            Line::from(v)
+        };
+        Paragraph::new(vec![line(0, "anon_vma"), line(1, "AVC")])
+            .block(
+                Block::default()
+                    .borders(Borders::TOP)
+                    .title(" rates by call path "),
+            )
+            .render(area, buf);
+    }
+
+    fn render_processes(&self, area: Rect, buf: &mut Buffer) {
+        let rows = self.rows();
+        let inner_h = area.height.saturating_sub(3) as usize; // borders + header
+        let offset = if self.selected >= inner_h {
+            self.selected + 1 - inner_h
+        } else {
+            0
+        };
+        let header = Row::new(Column::ALL.iter().map(|c| {
+            let mut t = c.title().to_owned();
+            if *c == self.sort {
+                t.push(if self.descending { '▼' } else { '▲' });
+            }
+            Cell::from(t)
+        }))
+        .style(Style::new().add_modifier(Modifier::BOLD));
+        let body = rows
+            .iter()
+            .enumerate()
+            .skip(offset)
+            .take(inner_h)
+            .map(|(i, p)| {
+                let saving = saving_bytes(p);
+                let cells = vec![
+                    Cell::from(p.pid.to_string()),
+                    Cell::from(p.comm.clone()),
+                    Cell::from(p.vmas.map_or_else(|| "-".into(), |v| v.to_string())),
+                    Cell::from(p.live.anon_vma.objects.to_string()),
+                    Cell::from(p.live.anon_vma_chain.objects.to_string()),
+                    Cell::from(kb(live_bytes(p))),
+                    Cell::from(lazy_bytes(p).map_or_else(|| "-".into(), kb)),
+                    Cell::from(format!("{:.1}", saving as f64 / 1024.0)).style(if saving > 0 {
+                        Style::new().fg(Color::Green)
+                    } else {
+                        Style::new()
+                    }),
+                ];
+                let row = Row::new(cells);
+                if i == self.selected {
+                    row.style(Style::new().add_modifier(Modifier::REVERSED))
+                } else {
+                    row
+                }
+            });
+        let widths = [
+            Constraint::Length(8),
+            Constraint::Length(16),
+            Constraint::Length(6),
+            Constraint::Length(9),
+            Constraint::Length(7),
+            Constraint::Length(9),
+            Constraint::Length(9),
+            Constraint::Min(10),
+        ];
+        let title = format!(" processes ({}) ", rows.len());
+        Table::new(body, widths)
+            .header(header)
+            .block(Block::default().borders(Borders::ALL).title(title))
+            .render(area, buf);
+    }
+
+    fn render_detail(&self, pid: u32, area: Rect, buf: &mut Buffer) {
+        let detail = self
+            .frame
+            .as_ref()
+            .and_then(|f| f.detail.as_ref())
+            .filter(|d| d.pid == pid);
+        let Some(d) = detail else {
+            Paragraph::new(format!(
+                "pid {pid}: waiting for the next snapshot... (Esc: back)"
+            ))
+            .render(area, buf);
+            return;
+        };
+        let [top, vmas, fam] = Layout::vertical([
+            Constraint::Length(5),
+            Constraint::Min(3),
+            Constraint::Length(3),
+        ])
+        .areas(area);
+        let row = |name: &str, a: u64, l: u64, c: Option<f64>| {
+            Row::new(vec![
+                Cell::from(name.to_owned()),
+                Cell::from(kb(a)),
+                Cell::from(kb(l)),
+                Cell::from(pct(c)),
+            ])
+        };
+        Table::new(
+            vec![
+                row(
+                    "anon_vma",
+                    d.live.anon_vma.bytes,
+                    d.lazy.anon_vma.bytes,
+                    d.lazy.anon_vma.change_pct,
+                ),
+                row(
+                    "anon_vma_chain",
+                    d.live.anon_vma_chain.bytes,
+                    d.lazy.anon_vma_chain.bytes,
+                    d.lazy.anon_vma_chain.change_pct,
+                ),
+            ],
+            [
+                Constraint::Length(16),
+                Constraint::Length(12),
+                Constraint::Length(12),
+                Constraint::Length(9),
+            ],
+        )
+        .header(Row::new(["Object", "Actual (KB)", "Lazy (KB)", "Change"]).bold())
+        .block(Block::default().borders(Borders::ALL).title(format!(
+            " pid {} ({}): {} VMAs ",
+            d.pid,
+            d.comm,
+            d.vmas.len()
+        )))
+        .render(top, buf);
+        let with_av: Vec<_> = d.vmas.iter().filter(|v| v.anon_vma.is_some()).collect();
+        let h = vmas.height.saturating_sub(3) as usize;
+        let offset = self.detail_scroll.min(with_av.len().saturating_sub(h));
+        let body = with_av.iter().skip(offset).take(h).map(|v| {
+            Row::new(vec![
+                Cell::from(v.start.trim_start_matches("0x").to_owned()),
+                Cell::from(v.end.trim_start_matches("0x").to_owned()),
+                Cell::from(v.perms.clone()),
+                Cell::from(v.avc.to_string()),
+                Cell::from(v.lazy_avc.to_string()),
+                Cell::from(v.lazy_state),
+                Cell::from(v.file.clone().unwrap_or_default()),
+            ])
+        });
+        Table::new(
+            body,
+            [
+                Constraint::Length(13),
+                Constraint::Length(13),
+                Constraint::Length(5),
+                Constraint::Length(5),
+                Constraint::Length(5),
+                Constraint::Length(5),
+                Constraint::Min(10),
+            ],
+        )
+        .header(Row::new(["start", "end", "perm", "AVCs", "lazy", "state", "file"]).bold())
+        .block(Block::default().borders(Borders::ALL).title(format!(
+            " VMAs with an anon_vma ({}; U/L/P/R: unfaulted, lazy, tree-parent, regular) ",
+            with_av.len()
+        )))
+        .render(vmas, buf);
+        let family: Vec<String> = d
+            .family
+            .iter()
+            .take(12)
+            .map(|f| format!("{} {} ({})", f.pid, f.comm, f.shared_anon_vmas))
+            .collect();
+        Paragraph::new(if family.is_empty() {
+            "none".to_owned()
+        } else {
+            family.join(", ")
+        })
+        .block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(" anon_vma family (shared anon_vmas) "),
+        )
+        .render(fam, buf);
+    }
+}
+
+fn render_seed_table(r: &Report, area: Rect, buf: &mut Buffer) {
+    let Some(lazy) = r.lazy else {
+        Paragraph::new("no snapshot: live and lazy figures unavailable (see the log)")
+            .block(Block::default().borders(Borders::ALL))
+            .render(area, buf);
+        return;
+    };
+    let live = r.live;
+    let row = |name: &str, obj: u64, bytes: u64, lobj: u64, lbytes: u64, c: Option<f64>| {
+        Row::new(vec![
+            Cell::from(name.to_owned()),
+            Cell::from(obj.to_string()),
+            Cell::from(kb(bytes)),
+            Cell::from(lobj.to_string()),
+            Cell::from(kb(lbytes)),
+            Cell::from(pct(c)).style(Style::new().fg(Color::Green)),
+        ])
+    };
+    let total_a = live.anon_vma.bytes + live.anon_vma_chain.bytes;
+    let total_l = lazy.anon_vma.bytes + lazy.anon_vma_chain.bytes;
+    let total_pct = rmapwatch_engine::model::change_pct(total_a, total_l);
+    Table::new(
+        vec![
+            row(
+                "anon_vma",
+                live.anon_vma.objects,
+                live.anon_vma.bytes,
+                lazy.anon_vma.objects,
+                lazy.anon_vma.bytes,
+                lazy.anon_vma.change_pct,
+            ),
+            row(
+                "anon_vma_chain",
+                live.anon_vma_chain.objects,
+                live.anon_vma_chain.bytes,
+                lazy.anon_vma_chain.objects,
+                lazy.anon_vma_chain.bytes,
+                lazy.anon_vma_chain.change_pct,
+            ),
+            row(
+                "total",
+                live.anon_vma.objects + live.anon_vma_chain.objects,
+                total_a,
+                lazy.anon_vma.objects + lazy.anon_vma_chain.objects,
+                total_l,
+                total_pct,
+            ),
+        ],
+        [
+            Constraint::Length(15),
+            Constraint::Length(9),
+            Constraint::Length(10),
+            Constraint::Length(9),
+            Constraint::Length(10),
+            Constraint::Length(9),
+        ],
+    )
+    .header(
+        Row::new([
+            "Object",
+            "Actual #",
+            "Actual KB",
+            "Lazy #",
+            "Lazy KB",
+            "Change",
+        ])
+        .bold(),
+    )
+    .block(
+        Block::default()
+            .borders(Borders::ALL)
+            .title(" actual vs ANON_VMA_LAZY "),
+    )
+    .render(area, buf);
+}
+
+fn render_help(area: Rect, buf: &mut Buffer) {
+    let lines = [
+        "↑/↓ j/k      move            PgUp/PgDn  page",
+        "Home/End g/G first / last    Enter      process detail",
+        "Esc          back            /          filter by pid or name",
+        "s or >       next sort col   <          previous sort column",
+        "r            reverse sort    p / space  pause the display",
+        "?            this help       q, Ctrl-C  quit",
+        "",
+        "Lazy = what ANON_VMA_LAZY would hold (docs/lazy-model.md).",
+        "Saving = actual - lazy for the latest snapshot.",
+    ];
+    let w = 64.min(area.width);
+    let h = (lines.len() as u16 + 2).min(area.height);
+    let r = Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    );
+    Clear.render(r, buf);
+    Paragraph::new(lines.iter().map(|l| Line::from(*l)).collect::<Vec<_>>())
+        .block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(" help (Esc or ? closes) "),
+        )
+        .render(r, buf);
+}
