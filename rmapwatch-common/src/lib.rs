@@ -5,6 +5,10 @@
 //! globals, and user space reads them back on the same machine.
 #![no_std]
 
+/// Version of this ABI (the records below): recorded in streams, so that a
+/// recording says which programs measured it. Bumped on any change.
+pub const ABI_VERSION: u32 = 1;
+
 /// Kernel objects that rmapwatch counts.
 pub mod object {
     /// `struct anon_vma` (cache `anon_vma`, never merged).

@@ -247,6 +247,43 @@ impl<const VALUE_BITS: u32> AddrMap<VALUE_BITS> {
             })
             .chain(self.spill.iter().map(|(&a, &v)| (a, v)))
     }
+
+    /// Visits every entry once: `f(address, value)` returns the new value,
+    /// or `None` to remove the entry. New values are written in place
+    /// (nothing moves while visiting); removals, and values that no longer
+    /// pack, are applied afterwards. Memory beyond the table grows only
+    /// with those.
+    pub fn update_all(&mut self, mut f: impl FnMut(u64, u64) -> Option<u64>) {
+        let hi = self.hi.unwrap_or(0) << (ALIGN_BITS + Self::KEY_BITS);
+        let mut later: Vec<(u64, Option<u64>)> = Vec::new();
+        for s in &mut self.slots {
+            if *s == 0 {
+                continue;
+            }
+            let key = *s & Self::KEY_MASK;
+            let addr = hi | (key << ALIGN_BITS);
+            match f(addr, *s >> Self::KEY_BITS) {
+                Some(v) if v >> VALUE_BITS == 0 => *s = key | (v << Self::KEY_BITS),
+                other => later.push((addr, other)),
+            }
+        }
+        for (addr, v) in &mut self.spill {
+            match f(*addr, *v) {
+                Some(new) => *v = new,
+                None => later.push((*addr, None)),
+            }
+        }
+        for (addr, v) in later {
+            match v {
+                Some(v) => {
+                    self.insert(addr, v);
+                }
+                None => {
+                    self.remove(addr);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -254,6 +291,36 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+
+    #[test]
+    fn update_all_rewrites_removes_and_spills_like_a_hashmap() {
+        let mut m: AddrMap<8> = AddrMap::new();
+        let mut h: HashMap<u64, u64> = HashMap::new();
+        for i in 1..2000u64 {
+            let a = 0xffff_8880_0000_0000 + i * 64;
+            m.insert(a, i & 0xff);
+            h.insert(a, i & 0xff);
+        }
+        // an unpackable address, in the spill
+        m.insert(0x1234_5677, 3);
+        h.insert(0x1234_5677, 3);
+        let f = |a: u64, v: u64| match a % 3 {
+            0 => None,
+            1 => Some(v + 1),
+            _ => Some(v | 0x1000), // no longer packs: 8 value bits
+        };
+        m.update_all(f);
+        h = h
+            .into_iter()
+            .filter_map(|(a, v)| f(a, v).map(|v| (a, v)))
+            .collect();
+        let mut got: Vec<(u64, u64)> = m.iter().collect();
+        got.sort_unstable();
+        let mut want: Vec<(u64, u64)> = h.into_iter().collect();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        assert_eq!(m.len(), want.len());
+    }
 
     struct Rng(u64);
     impl Rng {

@@ -3,7 +3,7 @@
 use rmapwatch_common::hook;
 
 /// How a hook ended up attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HookMode {
     /// fentry (BTF trampoline): cheapest.
@@ -128,12 +128,12 @@ const fn spec(
 }
 
 /// How one hook was attached, and why not better.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HookStatus {
     /// Index into the per-hook counters.
     pub id: u32,
     /// The hook's current kernel name.
-    pub name: &'static str,
+    pub name: String,
     /// The symbol actually hooked (an alias on older kernels).
     pub symbol: Option<String>,
     /// The mode it ended up in.
@@ -150,7 +150,7 @@ pub fn tracepoint_only(fallback: &str) -> Vec<HookStatus> {
         .iter()
         .map(|h| HookStatus {
             id: h.id,
-            name: h.name,
+            name: h.name.to_owned(),
             symbol: Some(h.name.to_owned()),
             mode: if h.slab_covered {
                 HookMode::Tracepoint

@@ -5,7 +5,7 @@ use std::{
     fmt::Write as _,
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     facts::Sizes,
@@ -129,7 +129,7 @@ pub fn resolve(
 }
 
 /// One VMA in the inspection.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VmaReport {
     /// `vm_start`, hex.
     pub start: String,
@@ -146,7 +146,7 @@ pub struct VmaReport {
     /// AVCs in its chain today.
     pub avc: u64,
     /// U | L | P | R.
-    pub lazy_state: &'static str,
+    pub lazy_state: String,
     /// The rule behind the verdict.
     pub rule: model::Rule,
     /// AVCs under lazy.
@@ -154,7 +154,7 @@ pub struct VmaReport {
 }
 
 /// A process sharing anon_vma trees with the inspected one.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FamilyMember {
     /// tgid.
     pub pid: u32,
@@ -165,10 +165,10 @@ pub struct FamilyMember {
 }
 
 /// The inspection.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Inspection {
     /// [`SCHEMA`].
-    pub schema: &'static str,
+    pub schema: String,
     /// tgid.
     pub pid: u32,
     /// Name.
@@ -184,7 +184,7 @@ pub struct Inspection {
     /// Model options.
     pub options: Options,
     /// What the model cannot see.
-    pub blind_spots: &'static [&'static str],
+    pub blind_spots: Vec<String>,
 }
 
 fn perms(flags: u64) -> String {
@@ -203,6 +203,7 @@ fn perms(flags: u64) -> String {
 
 /// Processes sharing anon_vmas with one process: fed every VMA of a walk
 /// after the process's own.
+#[derive(Debug)]
 pub struct Family {
     pid: u32,
     mine: HashSet<u64>,
@@ -279,7 +280,7 @@ pub fn inspect(
                     .then(|| paths.get(&v.start).cloned().unwrap_or_default()),
                 anon_vma: (v.anon_vma != 0).then(|| format!("{:#x}", v.anon_vma)),
                 avc: v.chain.len() as u64,
-                lazy_state: verdict.state.as_str(),
+                lazy_state: verdict.state.as_str().to_owned(),
                 rule: verdict.rule,
                 lazy_avc: verdict.lazy_avc,
             }
@@ -287,7 +288,7 @@ pub fn inspect(
         .collect();
     let pair: Pair = est.processes.get(&pid).copied().unwrap_or_default();
     Inspection {
-        schema: SCHEMA,
+        schema: SCHEMA.to_owned(),
         pid,
         comm,
         vmas,
@@ -295,7 +296,7 @@ pub fn inspect(
         lazy: sizes.lazy(pair.lazy, pair.actual),
         family,
         options: est.options,
-        blind_spots: &model::BLIND_SPOTS,
+        blind_spots: model::BLIND_SPOTS.iter().map(|&s| s.to_owned()).collect(),
     }
 }
 

@@ -3,18 +3,24 @@
 //! tokio, ratatui or Linux-only API (the crate boundary proves it; the test
 //! command checks `cargo tree`).
 //!
-//! The layers: `decode` (ring records to typed events), `snapshot` (walk
-//! records to VMAs) -> `account` (actual objects by ownership), `model` (the
-//! ANON_VMA_LAZY shadow model), `walk` (one pass: model, owners,
-//! per-process counts) -> `report`, `inspect` (the views).
+//! The layers: `input` (the one ordered message type every source yields),
+//! `event` (typed kernel events), `snapshot` (walk records to VMAs) ->
+//! `account` (actual objects by ownership), `model` (the ANON_VMA_LAZY
+//! shadow model), `walk` (one pass: model, owners, per-process counts) ->
+//! `engine` (the state machine fed by inputs) -> `report`, `inspect`,
+//! `view` (what sinks show); `stream` (the recording and link format).
 pub mod account;
 pub mod addrmap;
-pub mod decode;
+pub mod engine;
+pub mod event;
 pub mod facts;
 pub mod hash;
 pub mod hooks;
+pub mod input;
 pub mod inspect;
 pub mod model;
 pub mod report;
 pub mod snapshot;
+pub mod stream;
+pub mod view;
 pub mod walk;

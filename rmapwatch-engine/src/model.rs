@@ -9,7 +9,9 @@ use crate::{
 };
 
 /// Per-VMA state under ANON_VMA_LAZY.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum LazyState {
     /// Unfaulted: no anon_vma today, none under lazy.
     U,
@@ -36,7 +38,9 @@ impl LazyState {
 }
 
 /// Which seeding rule produced a verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Rule {
     /// No anon_vma: nothing today, nothing under lazy.
@@ -53,7 +57,7 @@ pub enum Rule {
 }
 
 /// The model's options: the rules the sources do not settle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Options {
     /// Whether a tree-parent (P) VMA keeps the chain links to its
     /// ancestors' anon_vmas (length - 1 AVCs), or none. Inferred: keeping
@@ -106,7 +110,7 @@ pub fn verdict(v: &Vma, opts: Options) -> Verdict {
 }
 
 /// Object counts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Objects {
     /// anon_vma objects.
     pub anon_vma: u64,
@@ -116,7 +120,7 @@ pub struct Objects {
 }
 
 /// Actual vs lazy.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pair {
     /// What the running kernel holds.
     pub actual: Objects,

@@ -2,19 +2,21 @@
 //! documented in the README; additive changes only) and a text rendering.
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use rmapwatch_common::{hook, object, site, stat};
-use serde::Serialize;
+use rmapwatch_common::{hook, object, site};
+use serde::{Deserialize, Serialize};
 
 pub use crate::facts::Sizes;
 use crate::{
-    account::{Accounting, Flow, ObjectTotals},
+    account::{Accounting, Comparison, Flow, ObjectTotals, RmapVmas},
     facts::KernelId,
     hooks::{HookMode, HookStatus},
+    input::{Facts, KernelCounters},
     model::{self, Estimate, LazyState, Objects, Options, Rule},
+    walk::ProcInfo,
 };
 
 /// Objects and their bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ObjBytes {
     /// Objects.
     pub objects: u64,
@@ -23,7 +25,7 @@ pub struct ObjBytes {
 }
 
 /// Lazy objects, bytes and change against actual.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LazyBytes {
     /// Objects.
     pub objects: u64,
@@ -34,7 +36,7 @@ pub struct LazyBytes {
 }
 
 /// `live` block: objects that exist now.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LiveBlock {
     /// anon_vma.
     pub anon_vma: ObjBytes,
@@ -43,7 +45,7 @@ pub struct LiveBlock {
 }
 
 /// `lazy` block: what ANON_VMA_LAZY would hold.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LazyBlock {
     /// anon_vma.
     pub anon_vma: LazyBytes,
@@ -55,26 +57,24 @@ pub(crate) fn round2(v: Option<f64>) -> Option<f64> {
     v.map(|x| (x * 100.0).round() / 100.0)
 }
 
-/// The model's inputs for a report: the latest snapshot's estimate.
+/// The model's inputs for a report: the latest walk and what it found.
 pub struct ModelView<'a> {
     /// The estimate.
     pub estimate: &'a Estimate,
-    /// The snapshot's own actual counts.
-    pub snapshot_actual: Objects,
-    /// The snapshot's actual counts per process.
-    pub snapshot_processes: &'a BTreeMap<u32, Objects>,
-    /// VMAs per process in the snapshot.
-    pub vmas: &'a BTreeMap<u32, u64>,
-    /// Seconds since the snapshot was taken.
+    /// Processes the walk saw (name, VMAs).
+    pub procs: &'a BTreeMap<u32, ProcInfo>,
+    /// Seconds since the walk ended.
     pub age_s: f64,
-    /// Snapshot statistics.
+    /// Walk statistics.
     pub stats: SnapshotStats,
-    /// `/sys/kernel/slab/anon_vma/objects` after a shrink, when readable.
+    /// `/sys/kernel/slab/anon_vma/objects` after a shrink, when read.
     pub slab_anon_vma: Option<u64>,
+    /// The events' live objects against the walk.
+    pub comparison: &'a Comparison,
 }
 
 /// Statistics of a snapshot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotStats {
     /// Snapshots taken so far.
     pub taken: u64,
@@ -93,7 +93,7 @@ pub struct SnapshotStats {
 }
 
 /// Event-maintained live counts against a fresh snapshot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Drift {
     /// live (events) - snapshot, anon_vma.
     pub anon_vma: i64,
@@ -104,12 +104,12 @@ pub struct Drift {
 }
 
 /// `model` block.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelBlock {
     /// Options used.
     pub options: Options,
     /// What the model cannot see.
-    pub blind_spots: &'static [&'static str],
+    pub blind_spots: Vec<String>,
     /// The estimate under the other value of `tree_parent_keeps_chain`.
     pub lazy_other_option: LazyBlock,
     /// Objects saved per rule.
@@ -126,7 +126,7 @@ pub struct ModelBlock {
 }
 
 /// The snapshot behind the estimate.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotBlock {
     /// Seconds since it was taken.
     pub age_s: f64,
@@ -138,7 +138,7 @@ pub struct SnapshotBlock {
 }
 
 /// One eBPF program's run statistics (the kernel's `bpf_stats`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgramStats {
     /// Runs counted.
     pub runs: u64,
@@ -149,7 +149,7 @@ pub struct ProgramStats {
 }
 
 /// rmapwatch's own cost in the kernel, from `bpf_stats`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CostReport {
     /// Runs of the per-event programs (all but the snapshot iterator).
     pub event_runs: u64,
@@ -193,7 +193,7 @@ impl CostReport {
 
 /// Lost events and recovery: when the ring buffer overflows, the live
 /// counts are re-seeded from the next snapshot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resync {
     /// Events were lost since the last re-seed: live figures are uncertain
     /// until the next snapshot.
@@ -210,28 +210,18 @@ pub const SCHEMA: &str = "rmapwatch.report/1";
 
 /// Inputs of a report besides the accounting.
 pub struct Context<'a> {
-    /// Kernel identity.
-    pub kernel: &'a KernelId,
-    /// Hook statuses.
-    pub hooks: &'a [HookStatus],
-    /// Whether fork windows were seen (syscall tracepoints attached).
-    pub fork_window: bool,
-    /// Kernel-side counters (`rmapwatch_common::stat`), summed over CPUs.
-    pub stats: &'a [u64],
+    /// The measured machine.
+    pub facts: &'a Facts,
+    /// The programs' counters (`None`: unreadable).
+    pub counters: Option<&'a KernelCounters>,
     /// Seconds since attach.
     pub duration_s: f64,
-    /// `sizeof(struct anon_vma)`.
-    pub anon_vma_size: u32,
-    /// `sizeof(struct anon_vma_chain)`.
-    pub avc_size: u32,
     /// Whether the run ended (final report) or is an interim line.
     pub done: bool,
-    /// Byte sizes for KB figures.
-    pub sizes: Sizes,
-    /// The model, when a snapshot is available.
+    /// The model, when a walk is available.
     pub model: Option<ModelView<'a>>,
     /// New anonymous folios per process and VMA (rmap hook attached).
-    pub rmap_vmas: Option<&'a crate::account::RmapVmas>,
+    pub rmap_vmas: Option<&'a RmapVmas>,
     /// Run statistics of rmapwatch's programs (null when the kernel keeps none).
     pub programs: Option<&'a BTreeMap<String, ProgramStats>>,
     /// Lost events and recovery.
@@ -239,7 +229,7 @@ pub struct Context<'a> {
 }
 
 /// Per-object block.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ObjectReport {
     /// Allocations seen.
     pub allocs: u64,
@@ -248,17 +238,17 @@ pub struct ObjectReport {
     /// `sizeof` from BTF, in bytes.
     pub object_size: u32,
     /// Events per call site (allocations at alloc sites plus frees at free sites).
-    pub by_site: BTreeMap<&'static str, u64>,
+    pub by_site: BTreeMap<String, u64>,
     /// Allocations per call site.
-    pub allocs_by_site: BTreeMap<&'static str, u64>,
+    pub allocs_by_site: BTreeMap<String, u64>,
     /// Frees per call site.
-    pub frees_by_site: BTreeMap<&'static str, u64>,
+    pub frees_by_site: BTreeMap<String, u64>,
     /// Frees of objects allocated before rmapwatch started (owner unknown).
     pub frees_of_preexisting: u64,
 }
 
 /// Per-process block.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProcessReport {
     /// tgid.
     pub pid: u32,
@@ -286,7 +276,7 @@ pub struct ProcessReport {
 }
 
 /// A process's new anonymous folios, counted in the kernel per VMA.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProcessRmap {
     /// Sum over its VMAs.
     pub new_anon_folios: u64,
@@ -295,7 +285,7 @@ pub struct ProcessRmap {
 }
 
 /// A function hook's mode and call count.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HookReport {
     /// fentry | kprobe | tracepoint | unavailable.
     pub mode: HookMode,
@@ -308,22 +298,23 @@ pub struct HookReport {
 }
 
 /// The whole report.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// [`SCHEMA`].
-    pub schema: &'static str,
+    pub schema: String,
     /// Kernel identity.
     pub kernel: KernelId,
     /// Mode per hook.
-    pub probes: BTreeMap<&'static str, HookMode>,
+    pub probes: BTreeMap<String, HookMode>,
     /// Detail per hook.
-    pub hooks: BTreeMap<&'static str, HookReport>,
+    pub hooks: BTreeMap<String, HookReport>,
     /// Whether fork-time allocations are attributed to children exactly.
     pub fork_window: bool,
     /// Seconds since attach.
     pub duration_s: f64,
-    /// Events lost in the ring buffer.
-    pub dropped_events: u64,
+    /// Events lost in the ring buffer (null when the counters could not be
+    /// read).
+    pub dropped_events: Option<u64>,
     /// Whether live figures are degraded by lost events, and the recoveries.
     pub resync: Resync,
     /// Events decoded.
@@ -335,7 +326,7 @@ pub struct Report {
     /// rmapwatch's own cost in the kernel (null without `bpf_stats`).
     pub cost: Option<CostReport>,
     /// anon_vma and anon_vma_chain blocks.
-    pub objects: BTreeMap<&'static str, ObjectReport>,
+    pub objects: BTreeMap<String, ObjectReport>,
     /// Objects that exist now (snapshot-seeded, event-maintained).
     pub live: LiveBlock,
     /// What lazy would hold (null without a snapshot).
@@ -347,7 +338,7 @@ pub struct Report {
 }
 
 /// Per-page rmap counters from the function hooks.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RmapReport {
     /// `folio_add_new_anon_rmap` calls: new anonymous folios mapped.
     pub new_anon_folios: u64,
@@ -361,51 +352,37 @@ pub struct RmapReport {
     pub per_vma_missed: u64,
 }
 
-fn model_block(acct: &Accounting, m: &ModelView<'_>, live: Objects, sizes: Sizes) -> ModelBlock {
-    let processes_differing = acct
-        .processes
-        .values()
-        .filter(|p| {
-            let snap = m
-                .snapshot_processes
-                .get(&p.pid)
-                .copied()
-                .unwrap_or_default();
-            !p.exited
-                && (p.live[object::ANON_VMA as usize] != snap.anon_vma
-                    || p.live[object::AVC as usize] != snap.avc)
-        })
-        .count() as u64;
-    let diff = |a: u64, b: u64| a.cast_signed() - b.cast_signed();
+fn model_block(m: &ModelView<'_>, sizes: Sizes) -> ModelBlock {
+    let c = m.comparison;
     ModelBlock {
         options: m.estimate.options,
-        blind_spots: &model::BLIND_SPOTS,
+        blind_spots: model::BLIND_SPOTS.iter().map(|&s| s.to_owned()).collect(),
         lazy_other_option: sizes.lazy(m.estimate.lazy_other_option, m.estimate.system.actual),
         saved_by_rule: m.estimate.saved_by_rule.clone(),
         vmas_by_state: m.estimate.vmas_by_state.clone(),
         drift: Drift {
-            anon_vma: diff(live.anon_vma, m.snapshot_actual.anon_vma),
-            anon_vma_chain: diff(live.avc, m.snapshot_actual.avc),
-            processes_differing,
+            anon_vma: c.drift[object::ANON_VMA as usize],
+            anon_vma_chain: c.drift[object::AVC as usize],
+            processes_differing: c.by_process.len() as u64,
         },
         snapshot: SnapshotBlock {
             age_s: (m.age_s * 1000.0).round() / 1000.0,
             stats: m.stats,
-            actual: sizes.live(m.snapshot_actual),
+            actual: sizes.live(m.estimate.system.actual),
         },
         unreachable_anon_vmas: m
             .slab_anon_vma
-            .map(|slab| slab.cast_signed() - m.snapshot_actual.anon_vma.cast_signed()),
+            .map(|slab| slab.cast_signed() - m.estimate.system.actual.anon_vma.cast_signed()),
     }
 }
 
 fn object_report(t: &ObjectTotals, size: u32) -> ObjectReport {
-    let named = |v: &[u64; site::COUNT]| -> BTreeMap<&'static str, u64> {
+    let named = |v: &[u64; site::COUNT]| -> BTreeMap<String, u64> {
         site::NAMES
             .iter()
-            .copied()
             .zip(v.iter().copied())
             .filter(|&(_, n)| n > 0)
+            .map(|(&name, n)| (name.to_owned(), n))
             .collect()
     };
     let mut by_site = named(&t.alloc_by_site);
@@ -430,39 +407,40 @@ impl Report {
     /// Builds a report.
     #[must_use]
     pub fn build(acct: &Accounting, ctx: &Context<'_>) -> Self {
-        let stat_at = |i: u32| ctx.stats.get(i as usize).copied().unwrap_or(0);
+        let f = ctx.facts;
         let hooked = |h: &HookStatus| matches!(h.mode, HookMode::Fentry | HookMode::Kprobe);
-        let hooks = ctx
+        let hooks = f
             .hooks
             .iter()
             .map(|h| {
-                let calls = hooked(h).then(|| stat_at(stat::HOOK_CALLS + h.id));
+                let calls = ctx.counters.filter(|_| hooked(h)).map(|c| c.calls(h.id));
                 let r = HookReport {
                     mode: h.mode,
                     symbol: h.symbol.clone(),
                     calls,
                     fallbacks: h.fallbacks.clone(),
                 };
-                (h.name, r)
+                (h.name.clone(), r)
             })
             .collect();
-        let rmap_hooked = ctx
+        let rmap_hooked = f
             .hooks
-            .get(hook::RMAP_NEW as usize..=hook::RMAP_PMD as usize)
-            .is_some_and(|hs| hs.iter().any(hooked));
-        let rmap = rmap_hooked.then(|| RmapReport {
-            new_anon_folios: stat_at(stat::HOOK_CALLS + hook::RMAP_NEW),
-            ptes_calls: stat_at(stat::HOOK_CALLS + hook::RMAP_PTES),
-            ptes_pages: stat_at(stat::RMAP_PTES_PAGES),
-            pmd_calls: stat_at(stat::HOOK_CALLS + hook::RMAP_PMD),
-            per_vma_missed: stat_at(stat::RMAP_VMAS_FULL),
+            .iter()
+            .filter(|h| (hook::RMAP_NEW..=hook::RMAP_PMD).contains(&h.id))
+            .any(hooked);
+        let rmap = ctx.counters.filter(|_| rmap_hooked).map(|c| RmapReport {
+            new_anon_folios: c.calls(hook::RMAP_NEW),
+            ptes_calls: c.calls(hook::RMAP_PTES),
+            ptes_pages: c.rmap_ptes_pages,
+            pmd_calls: c.calls(hook::RMAP_PMD),
+            per_vma_missed: c.rmap_vmas_full,
         });
-        let rmap_by_process = ctx.rmap_vmas.map(crate::account::RmapVmas::by_process);
-        let sizes = [ctx.anon_vma_size, ctx.avc_size];
+        let rmap_by_process = ctx.rmap_vmas.map(RmapVmas::by_process);
+        let sizes = [f.anon_vma_size, f.avc_size];
         let objects = OBJECT_NAMES
             .iter()
             .zip(acct.objects.iter().zip(sizes))
-            .map(|(&name, (t, size))| (name, object_report(t, size)))
+            .map(|(&name, (t, size))| (name.to_owned(), object_report(t, size)))
             .collect();
         let live_of = |l: &[u64; object::COUNT]| Objects {
             anon_vma: l[object::ANON_VMA as usize],
@@ -482,8 +460,8 @@ impl Report {
                         .copied()
                         .unwrap_or_default()
                 });
-                let lazy = pair.map(|pair| ctx.sizes.lazy(pair.lazy, pair.actual));
-                let snapshot = pair.map(|pair| ctx.sizes.live(pair.actual));
+                let lazy = pair.map(|pair| f.sizes.lazy(pair.lazy, pair.actual));
+                let snapshot = pair.map(|pair| f.sizes.live(pair.actual));
                 ProcessReport {
                     pid: p.pid,
                     comm: if p.comm.is_empty() {
@@ -493,10 +471,13 @@ impl Report {
                     },
                     ppid: p.ppid,
                     exited: p.exited,
-                    vmas: ctx.model.as_ref().and_then(|m| m.vmas.get(&p.pid).copied()),
+                    vmas: ctx
+                        .model
+                        .as_ref()
+                        .and_then(|m| m.procs.get(&p.pid).map(|i| i.vmas)),
                     anon_vma: p.flows[object::ANON_VMA as usize],
                     anon_vma_chain: p.flows[object::AVC as usize],
-                    live: ctx.sizes.live(live_of(&p.live)),
+                    live: f.sizes.live(live_of(&p.live)),
                     lazy,
                     snapshot,
                     rmap: rmap_by_process.as_ref().map(|by| {
@@ -526,28 +507,25 @@ impl Report {
             avc: acct.objects[object::AVC as usize].live,
         };
         let lazy = ctx.model.as_ref().map(|m| {
-            ctx.sizes
+            f.sizes
                 .lazy(m.estimate.system.lazy, m.estimate.system.actual)
         });
-        let model = ctx
-            .model
-            .as_ref()
-            .map(|m| model_block(acct, m, live, ctx.sizes));
+        let model = ctx.model.as_ref().map(|m| model_block(m, f.sizes));
         Self {
-            schema: SCHEMA,
-            kernel: ctx.kernel.clone(),
-            probes: ctx.hooks.iter().map(|h| (h.name, h.mode)).collect(),
+            schema: SCHEMA.to_owned(),
+            kernel: f.kernel.clone(),
+            probes: f.hooks.iter().map(|h| (h.name.clone(), h.mode)).collect(),
             hooks,
-            fork_window: ctx.fork_window,
+            fork_window: f.fork_window,
             duration_s: (ctx.duration_s * 1000.0).round() / 1000.0,
-            dropped_events: stat_at(stat::DROPPED),
+            dropped_events: ctx.counters.map(|c| c.dropped),
             resync: ctx.resync,
             events: acct.events,
             done: ctx.done,
             rmap,
             cost: ctx.programs.map(|p| CostReport::new(p, ctx.duration_s)),
             objects,
-            live: ctx.sizes.live(live),
+            live: f.sizes.live(live),
             lazy,
             model,
             processes,
@@ -611,7 +589,10 @@ impl Report {
             self.kernel.arch,
             self.duration_s,
             self.events,
-            self.dropped_events
+            self.dropped_events.map_or_else(
+                || "unknown (counters unreadable)".to_owned(),
+                |d| d.to_string()
+            )
         );
         let modes: Vec<String> = self
             .probes
@@ -619,11 +600,10 @@ impl Report {
             .map(|(k, v)| format!("{k}={}", v.as_str()))
             .collect();
         let _ = writeln!(s, "probes: {}", modes.join(" "));
-        if self.dropped_events > 0 {
+        if let Some(dropped) = self.dropped_events.filter(|&d| d > 0) {
             let _ = writeln!(
                 s,
-                "lost events: {} dropped (ring buffer full); live counts re-seeded from snapshots {} times{}",
-                self.dropped_events,
+                "lost events: {dropped} dropped (ring buffer full); live counts re-seeded from snapshots {} times{}",
                 self.resync.resyncs,
                 if self.resync.degraded {
                     ", degraded until the next snapshot"
@@ -728,52 +708,4 @@ impl Report {
         }
         s
     }
-}
-
-/// A report for a snapshot without a running kernel (tests, benchmarks):
-/// the snapshot seeds `live`, the model gives `lazy`, counters are zero.
-#[must_use]
-pub fn offline(
-    snap: &crate::snapshot::Snapshot,
-    acct: &Accounting,
-    kernel: &KernelId,
-    hooks: &[HookStatus],
-    duration_s: f64,
-    sizes: Sizes,
-) -> Report {
-    let walked = crate::walk::of_snapshot(snap, Options::default(), None, |_, _, _| {});
-    let est = &walked.estimate;
-    let per_process = walked.actual_by_process();
-    let vmas = walked.vmas_by_process();
-    let stats = [0u64; stat::COUNT as usize];
-    Report::build(
-        acct,
-        &Context {
-            kernel,
-            hooks,
-            fork_window: true,
-            stats: &stats,
-            duration_s,
-            anon_vma_size: sizes.anon_vma,
-            avc_size: sizes.anon_vma_chain,
-            done: false,
-            sizes,
-            model: Some(ModelView {
-                estimate: est,
-                snapshot_actual: est.system.actual,
-                snapshot_processes: &per_process,
-                vmas: &vmas,
-                age_s: 0.0,
-                stats: SnapshotStats {
-                    vmas: snap.vmas.len() as u64,
-                    processes: snap.procs.len() as u64,
-                    ..SnapshotStats::default()
-                },
-                slab_anon_vma: None,
-            }),
-            rmap_vmas: None,
-            programs: None,
-            resync: Resync::default(),
-        },
-    )
 }

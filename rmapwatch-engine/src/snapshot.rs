@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rmapwatch_common::{COMM_LEN, SnapAvc, SnapVma, snap};
 
-use crate::decode::comm_str;
+use crate::event::Comm;
 
 /// One VMA.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -108,7 +108,7 @@ fn read<T: Copy>(bytes: &[u8], at: usize) -> Option<T> {
 }
 
 /// What a walk saw besides the VMAs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WalkCounts {
     /// VMAs handed on (one per VMA of each mm).
     pub vmas: u64,
@@ -121,13 +121,180 @@ pub struct WalkCounts {
 }
 
 /// Bytes read from the iterator at a time.
-const CHUNK: usize = 64 * 1024;
+pub const CHUNK: usize = 64 * 1024;
 
-/// Decodes the iterator's output as it is read, handing each VMA (with its
-/// chain) and the iterated task's comm to `f`; nothing of the stream is
-/// kept, so memory does not grow with the number of VMAs. Threads and
-/// CLONE_VM siblings are deduplicated by mm and charged to the first tgid
-/// seen with it.
+/// Decodes the iterator's output as it arrives, in pieces of any size:
+/// each VMA (with its chain) is handed on with the iterated task's comm,
+/// and nothing of the stream is kept beyond a partial record, so memory
+/// does not grow with the number of VMAs. Threads and CLONE_VM siblings
+/// are deduplicated by mm and charged to the first tgid seen with it.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    counts: WalkCounts,
+    // The iterator walks one task's VMAs one after the other: decide once
+    // per visit (a change of tgid or mm) whether the mm was walked already
+    // (a thread with its own files table, or a CLONE_VM sibling).
+    walked: HashSet<u64>,
+    visit: Option<(u32, u64, bool)>, // (tgid, mm, keep)
+    owner_of: HashMap<u64, u32>,
+    // The VMA being assembled: its AVC records come first.
+    cur: Vma,
+    pending_vma: u64,
+    pending_at: usize,
+    // Bytes of a record cut by the end of the last piece.
+    partial: Vec<u8>,
+    // Stream offset of the next byte.
+    offset: usize,
+}
+
+impl Decoder {
+    /// A decoder at the start of a walk.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Decodes the next piece of the stream.
+    ///
+    /// # Errors
+    /// [`SnapshotError`] for a corrupt stream (its offset).
+    pub fn feed(
+        &mut self,
+        mut bytes: &[u8],
+        mut f: impl FnMut(&Vma, &[u8; COMM_LEN]),
+    ) -> Result<(), SnapshotError> {
+        // Complete a record cut by the last piece first.
+        if !self.partial.is_empty() {
+            if self.partial.len() < 4 {
+                let take = (4 - self.partial.len()).min(bytes.len());
+                self.partial.extend_from_slice(&bytes[..take]);
+                bytes = &bytes[take..];
+                if self.partial.len() < 4 {
+                    return Ok(());
+                }
+            }
+            let want = self.record_len(&self.partial)?;
+            let take = want.saturating_sub(self.partial.len()).min(bytes.len());
+            self.partial.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.partial.len() < want {
+                return Ok(());
+            }
+            let rec = std::mem::take(&mut self.partial);
+            self.record(&rec, &mut f)?;
+        }
+        while !bytes.is_empty() {
+            let want = match self.record_len(bytes) {
+                Ok(n) => n,
+                Err(SnapshotError::Truncated(_)) => {
+                    self.partial.extend_from_slice(bytes);
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            if bytes.len() < want {
+                self.partial.extend_from_slice(bytes);
+                return Ok(());
+            }
+            self.record(&bytes[..want], &mut f)?;
+            bytes = &bytes[want..];
+        }
+        Ok(())
+    }
+
+    /// The length of the record `bytes` starts with.
+    fn record_len(&self, bytes: &[u8]) -> Result<usize, SnapshotError> {
+        let kind: u32 = read(bytes, 0).ok_or(SnapshotError::Truncated(self.offset))?;
+        match kind {
+            snap::AVC => Ok(size_of::<SnapAvc>()),
+            snap::VMA => Ok(size_of::<SnapVma>()),
+            kind => Err(SnapshotError::Kind {
+                kind,
+                offset: self.offset,
+            }),
+        }
+    }
+
+    /// One whole record.
+    fn record(
+        &mut self,
+        bytes: &[u8],
+        f: &mut impl FnMut(&Vma, &[u8; COMM_LEN]),
+    ) -> Result<(), SnapshotError> {
+        let at = self.offset;
+        self.offset += bytes.len();
+        let kind: u32 = read(bytes, 0).ok_or(SnapshotError::Truncated(at))?;
+        if kind == snap::AVC {
+            let r: SnapAvc = read(bytes, 0).ok_or(SnapshotError::Truncated(at))?;
+            if self.cur.chain.is_empty() {
+                self.pending_vma = r.vma;
+                self.pending_at = at;
+            } else if r.vma != self.pending_vma {
+                return Err(SnapshotError::Orphan(self.pending_at));
+            }
+            self.cur.chain.push((r.avc, r.anon_vma));
+            return Ok(());
+        }
+        let r: SnapVma = read(bytes, 0).ok_or(SnapshotError::Truncated(at))?;
+        if !self.cur.chain.is_empty() && self.pending_vma != r.vma {
+            return Err(SnapshotError::Orphan(self.pending_at));
+        }
+        if (self.cur.chain.len() as u64) < u64::from(r.chain_len) {
+            self.counts.short_chains += 1;
+        }
+        let keep = match self.visit {
+            Some((tgid, mm, keep)) if tgid == r.tgid && mm == r.mm => keep,
+            _ => {
+                let keep = r.mm != 0 && self.walked.insert(r.mm);
+                self.visit = Some((r.tgid, r.mm, keep));
+                keep
+            }
+        };
+        if keep {
+            self.counts.vmas += 1;
+            self.counts.truncated_chains += u64::from(r.chain_truncated != 0);
+            let chain = std::mem::take(&mut self.cur.chain);
+            self.cur = Vma {
+                tgid: *self.owner_of.entry(r.mm).or_insert(r.tgid),
+                mm: r.mm,
+                addr: r.vma,
+                start: r.start,
+                end: r.end,
+                flags: r.flags,
+                file: r.file != 0,
+                anon_vma: r.anon_vma,
+                av_root: r.av_root,
+                av_parent: r.av_parent,
+                av_num_children: r.av_num_children,
+                av_refcount: r.av_refcount,
+                chain,
+                chain_truncated: r.chain_truncated != 0,
+            };
+            f(&self.cur, &r.comm);
+        } else {
+            self.counts.duplicate_vmas += 1;
+        }
+        self.cur.chain.clear();
+        Ok(())
+    }
+
+    /// The end of the stream.
+    ///
+    /// # Errors
+    /// [`SnapshotError`] when it ends inside a record or a VMA's chain.
+    pub fn finish(self) -> Result<WalkCounts, SnapshotError> {
+        if !self.partial.is_empty() {
+            return Err(SnapshotError::Truncated(self.offset));
+        }
+        if self.cur.chain.is_empty() {
+            Ok(self.counts)
+        } else {
+            Err(SnapshotError::Orphan(self.pending_at))
+        }
+    }
+}
+
+/// Decodes a whole stream from a reader (see [`Decoder`]).
 ///
 /// # Errors
 /// [`SnapshotError`] for a corrupt stream or a failed read.
@@ -135,109 +302,18 @@ pub fn decode(
     mut input: impl std::io::Read,
     mut f: impl FnMut(&Vma, &[u8; COMM_LEN]),
 ) -> Result<WalkCounts, SnapshotError> {
-    let mut counts = WalkCounts::default();
-    // The iterator walks one task's VMAs one after the other: decide once
-    // per visit (a change of tgid or mm) whether the mm was walked already
-    // (a thread with its own files table, or a CLONE_VM sibling).
-    let mut walked: HashSet<u64> = HashSet::new();
-    let mut visit: Option<(u32, u64, bool)> = None; // (tgid, mm, keep)
-    let mut owner_of: HashMap<u64, u32> = HashMap::new();
-    // The VMA being assembled: its AVC records come first.
-    let mut cur = Vma::default();
-    let mut pending_vma = 0;
-    let mut pending_at = 0;
+    let mut d = Decoder::new();
     let mut buf = vec![0u8; CHUNK];
-    let (mut lo, mut hi) = (0, 0); // unparsed bytes
-    let mut base = 0; // stream offset of buf[0]
-    let mut eof = false;
     loop {
-        // Refill when fewer bytes than the largest record remain.
-        if !eof && hi - lo < size_of::<SnapVma>() {
-            buf.copy_within(lo..hi, 0);
-            base += lo;
-            hi -= lo;
-            lo = 0;
-            while hi < buf.len() {
-                match input.read(&mut buf[hi..]) {
-                    Ok(0) => {
-                        eof = true;
-                        break;
-                    }
-                    Ok(n) => hi += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(SnapshotError::Io(e.to_string())),
-                }
-            }
-        }
-        if lo == hi {
-            break;
-        }
-        let bytes = &buf[..hi];
-        let at = base + lo;
-        let kind: u32 = read(bytes, lo).ok_or(SnapshotError::Truncated(at))?;
-        match kind {
-            snap::AVC => {
-                let r: SnapAvc = read(bytes, lo).ok_or(SnapshotError::Truncated(at))?;
-                if cur.chain.is_empty() {
-                    pending_vma = r.vma;
-                    pending_at = at;
-                } else if r.vma != pending_vma {
-                    return Err(SnapshotError::Orphan(pending_at));
-                }
-                cur.chain.push((r.avc, r.anon_vma));
-                lo += size_of::<SnapAvc>();
-            }
-            snap::VMA => {
-                let r: SnapVma = read(bytes, lo).ok_or(SnapshotError::Truncated(at))?;
-                if !cur.chain.is_empty() && pending_vma != r.vma {
-                    return Err(SnapshotError::Orphan(pending_at));
-                }
-                if (cur.chain.len() as u64) < u64::from(r.chain_len) {
-                    counts.short_chains += 1;
-                }
-                let keep = match visit {
-                    Some((tgid, mm, keep)) if tgid == r.tgid && mm == r.mm => keep,
-                    _ => {
-                        let keep = r.mm != 0 && walked.insert(r.mm);
-                        visit = Some((r.tgid, r.mm, keep));
-                        keep
-                    }
-                };
-                if keep {
-                    counts.vmas += 1;
-                    counts.truncated_chains += u64::from(r.chain_truncated != 0);
-                    let chain = std::mem::take(&mut cur.chain);
-                    cur = Vma {
-                        tgid: *owner_of.entry(r.mm).or_insert(r.tgid),
-                        mm: r.mm,
-                        addr: r.vma,
-                        start: r.start,
-                        end: r.end,
-                        flags: r.flags,
-                        file: r.file != 0,
-                        anon_vma: r.anon_vma,
-                        av_root: r.av_root,
-                        av_parent: r.av_parent,
-                        av_num_children: r.av_num_children,
-                        av_refcount: r.av_refcount,
-                        chain,
-                        chain_truncated: r.chain_truncated != 0,
-                    };
-                    f(&cur, &r.comm);
-                } else {
-                    counts.duplicate_vmas += 1;
-                }
-                cur.chain.clear();
-                lo += size_of::<SnapVma>();
-            }
-            kind => return Err(SnapshotError::Kind { kind, offset: at }),
-        }
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(SnapshotError::Io(e.to_string())),
+        };
+        d.feed(&buf[..n], &mut f)?;
     }
-    if cur.chain.is_empty() {
-        Ok(counts)
-    } else {
-        Err(SnapshotError::Orphan(pending_at))
-    }
+    d.finish()
 }
 
 /// Encodes a VMA as the iterator writes it: its AVC records, then its own
@@ -299,7 +375,7 @@ impl Snapshot {
             ..Proc::default()
         });
         if p.comm.is_empty() {
-            p.comm = comm_str(comm);
+            p.comm = Comm(*comm).text();
         }
         p.vmas.push(idx);
     }

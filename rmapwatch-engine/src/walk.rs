@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use rmapwatch_common::object;
 
 use crate::{
-    decode::comm_str,
+    event::Comm,
     model::{Estimate, Estimator, Objects, Options},
     snapshot::{self, Snapshot, SnapshotError, Vma, WalkCounts},
 };
@@ -53,31 +53,36 @@ impl Walked {
     }
 }
 
-/// The pass. `owners(address, tgid, object kind)` hears of every object.
-pub struct Digest<F> {
+/// The pass. `owners(address, tgid, kind)` hears of every object: AVCs as
+/// their VMAs come, anon_vmas at the end (their owner is only known then).
+#[derive(Debug)]
+pub struct Digest {
     model: Estimator,
     procs: BTreeMap<u32, ProcInfo>,
     detail_pid: Option<u32>,
     detail: Vec<Vma>,
-    owners: F,
 }
 
-impl<F: FnMut(u64, u32, u32)> Digest<F> {
+impl Digest {
     /// A pass keeping the VMAs of `detail_pid`, with room for `hint`
     /// anon_vmas.
-    pub fn new(opts: Options, hint: usize, detail_pid: Option<u32>, owners: F) -> Self {
+    #[must_use]
+    pub fn new(opts: Options, hint: usize, detail_pid: Option<u32>) -> Self {
         Self {
             model: Estimator::with_capacity(opts, hint),
             procs: BTreeMap::new(),
             detail_pid,
             detail: Vec::new(),
-            owners,
         }
     }
 
     /// One VMA; `comm` is asked for once per process.
-    pub fn vma(&mut self, v: &Vma, comm: impl FnOnce() -> String) {
-        let owners = &mut self.owners;
+    pub fn vma(
+        &mut self,
+        v: &Vma,
+        comm: impl FnOnce() -> String,
+        mut owners: impl FnMut(u64, u32, u32),
+    ) {
         self.model
             .add(v, |avc, tgid| owners(avc, tgid, object::AVC));
         self.procs
@@ -93,8 +98,7 @@ impl<F: FnMut(u64, u32, u32)> Digest<F> {
     }
 
     /// The result.
-    pub fn finish(mut self, counts: WalkCounts) -> Walked {
-        let owners = &mut self.owners;
+    pub fn finish(self, counts: WalkCounts, mut owners: impl FnMut(u64, u32, u32)) -> Walked {
         let estimate = self
             .model
             .finish(|av, tgid| owners(av, tgid, object::ANON_VMA));
@@ -117,11 +121,13 @@ pub fn stream(
     opts: Options,
     hint: usize,
     detail_pid: Option<u32>,
-    owners: impl FnMut(u64, u32, u32),
+    mut owners: impl FnMut(u64, u32, u32),
 ) -> Result<Walked, SnapshotError> {
-    let mut d = Digest::new(opts, hint, detail_pid, owners);
-    let counts = snapshot::decode(input, |v, comm| d.vma(v, || comm_str(comm)))?;
-    Ok(d.finish(counts))
+    let mut d = Digest::new(opts, hint, detail_pid);
+    let counts = snapshot::decode(input, |v, comm| {
+        d.vma(v, || Comm(*comm).text(), &mut owners);
+    })?;
+    Ok(d.finish(counts, owners))
 }
 
 /// Runs the pass over a snapshot held in memory.
@@ -129,21 +135,28 @@ pub fn of_snapshot(
     snap: &Snapshot,
     opts: Options,
     detail_pid: Option<u32>,
-    owners: impl FnMut(u64, u32, u32),
+    mut owners: impl FnMut(u64, u32, u32),
 ) -> Walked {
-    let mut d = Digest::new(opts, 0, detail_pid, owners);
+    let mut d = Digest::new(opts, 0, detail_pid);
     for v in &snap.vmas {
-        d.vma(v, || {
-            snap.procs
-                .get(&v.tgid)
-                .map(|p| p.comm.clone())
-                .unwrap_or_default()
-        });
+        d.vma(
+            v,
+            || {
+                snap.procs
+                    .get(&v.tgid)
+                    .map(|p| p.comm.clone())
+                    .unwrap_or_default()
+            },
+            &mut owners,
+        );
     }
-    d.finish(WalkCounts {
-        vmas: snap.vmas.len() as u64,
-        ..snap.counts
-    })
+    d.finish(
+        WalkCounts {
+            vmas: snap.vmas.len() as u64,
+            ..snap.counts
+        },
+        owners,
+    )
 }
 
 #[cfg(test)]

@@ -4,15 +4,17 @@
 //! field's name, type or value for these inputs shows up as a snapshot diff.
 use std::collections::{BTreeMap, HashMap};
 
-use rmapwatch_common::{Event, flags, hook, kind, object, site, stat};
+use rmapwatch_common::{hook, object, site};
 use rmapwatch_engine::{
-    account::{Accounting, RmapVmas},
-    facts::KernelId,
+    engine::{self, Engine},
+    event::{Comm, Event},
+    facts::{KernelId, Sizes},
     hooks::{HookMode, HookStatus, tracepoint_only},
-    inspect,
+    input::{Counters, Facts, Input, KernelCounters, RmapUpdate, SlabCounts},
+    inspect::{self, Inspection},
     model::{self, Options, sim::Sim},
-    report::{Context, ModelView, ProgramStats, Report, Resync, Sizes, SnapshotStats},
-    snapshot::Snapshot,
+    report::{ProgramStats, Report},
+    snapshot::{Snapshot, WalkCounts},
     walk,
 };
 
@@ -20,12 +22,6 @@ const SIZES: Sizes = Sizes {
     anon_vma: 104,
     anon_vma_chain: 64,
 };
-
-fn comm(name: &str) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[..name.len()].copy_from_slice(name.as_bytes());
-    c
-}
 
 fn named(mut s: Snapshot, names: &BTreeMap<u32, &str>) -> Snapshot {
     for (pid, p) in &mut s.procs {
@@ -74,16 +70,7 @@ pub fn scenario() -> Scenario {
     let after = named(sim.snapshot(), &names);
     let (old, new) = (objects(&before), objects(&after));
     let mut events = Vec::new();
-    let slab = |k: u32, obj: u32, s: u32, tid: u32, ptr: u64, fl: u32| Event {
-        kind: k,
-        object: obj,
-        site: s,
-        flags: fl,
-        tid,
-        tgid: tid,
-        ptr,
-        ..Event::default()
-    };
+
     let mut fresh: Vec<(u64, (u32, u32))> = new
         .iter()
         .filter(|(p, _)| !old.contains_key(p))
@@ -91,7 +78,7 @@ pub fn scenario() -> Scenario {
         .collect();
     fresh.sort_unstable();
     for &(ptr, (tgid, k)) in fresh.iter().filter(|(_, (t, _))| *t == 200) {
-        events.push(slab(kind::ALLOC, k, site::PREPARE, tgid, ptr, 0));
+        events.push(Event::alloc(k, site::PREPARE, tgid, ptr, false));
     }
     for &(ptr, (_, k)) in fresh.iter().filter(|(_, (t, _))| *t == 102) {
         let s = if k == object::ANON_VMA {
@@ -99,17 +86,9 @@ pub fn scenario() -> Scenario {
         } else {
             site::CLONE
         };
-        events.push(slab(kind::ALLOC, k, s, 100, ptr, flags::IN_FORK));
+        events.push(Event::alloc(k, s, 100, ptr, true));
     }
-    events.push(Event {
-        kind: kind::FORK,
-        tid: 100,
-        tgid: 100,
-        child_tid: 102,
-        child_tgid: 102,
-        comm: comm("app2"),
-        ..Event::default()
-    });
+    events.push(Event::fork(100, 102, "app2"));
     let mut gone: Vec<(u64, (u32, u32))> = old
         .iter()
         .filter(|(p, _)| !new.contains_key(p))
@@ -122,14 +101,12 @@ pub fn scenario() -> Scenario {
         } else {
             site::UNLINK
         };
-        events.push(slab(kind::FREE, k, s, tgid, ptr, 0));
+        events.push(Event::free(k, s, tgid, ptr));
     }
-    events.push(Event {
-        kind: kind::EXIT,
+    events.push(Event::Exit {
         tid: 101,
         tgid: 101,
-        comm: comm("app"),
-        ..Event::default()
+        comm: Comm::new("app"),
     });
     assert!(!fresh.is_empty() && !gone.is_empty());
     Scenario {
@@ -150,100 +127,130 @@ fn hooks() -> Vec<HookStatus> {
     h
 }
 
-fn report_of(sc: &Scenario) -> Report {
-    let mut acct = Accounting::default();
-    let seed = walk::of_snapshot(&sc.before, Options::default(), None, |_, _, _| {});
-    let _ = walk::of_snapshot(&sc.before, Options::default(), None, |p, t, k| {
-        acct.own_existing(p, t, k);
+const MS: u64 = 1_000_000;
+
+/// A walk of `snap` from `began` to `ended` (µs), in two batches.
+fn walk(inputs: &mut Vec<Input>, snap: &Snapshot, began: u64, ended: u64) {
+    inputs.push(Input::WalkBegin { t: began * 1000 });
+    let comms: Vec<(u32, String)> = snap
+        .procs
+        .values()
+        .map(|p| (p.pid, p.comm.clone()))
+        .collect();
+    let (a, b) = snap.vmas.split_at(snap.vmas.len() / 2);
+    inputs.push(Input::WalkVmas {
+        comms,
+        vmas: a.to_vec(),
     });
-    acct.name_existing(seed.procs.iter().map(|(&p, i)| (p, i.comm.clone())));
-    for e in &sc.events {
-        acct.apply(e);
-    }
-    let w = walk::of_snapshot(&sc.after, Options::default(), None, |_, _, _| {});
-    let per_process = w.actual_by_process();
-    let vmas = w.vmas_by_process();
-    let mut stats = vec![0u64; stat::COUNT as usize];
-    stats[(stat::HOOK_CALLS + hook::PREPARE) as usize] = 2;
-    stats[(stat::HOOK_CALLS + hook::RMAP_NEW) as usize] = 9;
-    stats[stat::RMAP_VMAS_FULL as usize] = 0;
+    inputs.push(Input::WalkVmas {
+        comms: vec![],
+        vmas: b.to_vec(),
+    });
+    inputs.push(Input::WalkEnd {
+        t: ended * 1000,
+        counts: WalkCounts {
+            vmas: snap.vmas.len() as u64,
+            ..WalkCounts::default()
+        },
+        error: None,
+    });
+}
+
+/// The fixed inputs, as a source would deliver them.
+fn script(sc: &Scenario) -> Vec<Input> {
+    let facts = Facts {
+        tool: "rmapwatch 0.1.0".into(),
+        kernel: KernelId {
+            release: "6.18.44-test".into(),
+            arch: "x86_64".into(),
+        },
+        page_size: 4096,
+        anon_vma_size: 96,
+        avc_size: 64,
+        sizes: SIZES,
+        hooks: hooks(),
+        fork_window: true,
+        ring_bytes: 8 << 20,
+        bpf_stats: true,
+        source: "live".into(),
+        ..Facts::default()
+    };
+    let mut inputs = vec![Input::Facts(Box::new(facts))];
+    walk(&mut inputs, &sc.before, 100_000, 200_000);
+    inputs.push(Input::Events {
+        t: 1000 * MS,
+        events: sc.events.clone(),
+    });
+    let mut calls = vec![0u64; hook::COUNT];
+    calls[hook::PREPARE as usize] = 2;
+    calls[hook::RMAP_NEW as usize] = 9;
     let programs: BTreeMap<String, ProgramStats> = [
-        (
-            "kmem_cache_alloc".to_owned(),
-            ProgramStats {
-                runs: 5000,
-                run_time_ns: 500_000,
-                recursion_misses: 0,
-            },
-        ),
-        (
-            "kmem_cache_free".to_owned(),
-            ProgramStats {
-                runs: 4000,
-                run_time_ns: 360_000,
-                recursion_misses: 3,
-            },
-        ),
-        (
-            "task_vma".to_owned(),
-            ProgramStats {
-                runs: 120,
-                run_time_ns: 90_000,
-                recursion_misses: 0,
-            },
-        ),
+        ("kmem_cache_alloc", 5000, 500_000, 0),
+        ("kmem_cache_free", 4000, 360_000, 3),
+        ("task_vma", 120, 90_000, 0),
     ]
     .into_iter()
-    .collect();
-    let mut rmap = RmapVmas::default();
-    rmap.update([((200, 0x5500_0020_0000), 1), ((102, 0x7f00_0000_0000), 2)]);
-    let retired = rmap.retire(|p| p == 101);
-    assert!(retired.is_empty());
-    Report::build(
-        &acct,
-        &Context {
-            kernel: &KernelId {
-                release: "6.18.44-test".into(),
-                arch: "x86_64".into(),
+    .map(|(name, runs, run_time_ns, recursion_misses)| {
+        (
+            name.to_owned(),
+            ProgramStats {
+                runs,
+                run_time_ns,
+                recursion_misses,
             },
-            hooks: &hooks(),
-            fork_window: true,
-            stats: &stats,
-            duration_s: 12.5,
-            anon_vma_size: 96,
-            avc_size: 64,
-            done: true,
-            sizes: SIZES,
-            model: Some(ModelView {
-                estimate: &w.estimate,
-                snapshot_actual: w.estimate.system.actual,
-                snapshot_processes: &per_process,
-                vmas: &vmas,
-                age_s: 0.25,
-                stats: SnapshotStats {
-                    taken: 2,
-                    vmas: w.counts.vmas,
-                    processes: w.procs.len() as u64,
-                    duplicate_vmas: 0,
-                    short_chains: 0,
-                    truncated_chains: 0,
-                    walk_ms: 1.5,
-                },
-                slab_anon_vma: Some(w.estimate.system.actual.anon_vma + 3),
+        )
+    })
+    .collect();
+    inputs.push(Input::Counters {
+        t: 11_000 * MS,
+        counters: Counters {
+            kernel: Some(KernelCounters {
+                dropped: 0,
+                hook_calls: calls,
+                rmap_ptes_pages: 0,
+                rmap_vmas_full: 0,
             }),
-            rmap_vmas: Some(&rmap),
-            programs: Some(&programs),
-            resync: Resync::default(),
+            programs: Some(programs),
+            undecodable: 0,
         },
-    )
+    });
+    inputs.push(Input::Rmap(RmapUpdate {
+        current: vec![((200, 0x5500_0020_0000), 1), ((102, 0x7f00_0000_0000), 2)],
+        retired: vec![],
+    }));
+    let avs = model::estimate(&sc.after, Options::default())
+        .system
+        .actual
+        .anon_vma;
+    inputs.push(Input::Slab(SlabCounts {
+        anon_vma: Some(avs + 3),
+        anon_vma_chain: None,
+        shrunk: true,
+    }));
+    walk(&mut inputs, &sc.after, 12_248_500, 12_250_000);
+    inputs.push(Input::Tick { t: 12_500 * MS });
+    inputs
+}
+
+fn engine_of(sc: &Scenario) -> Engine {
+    let mut e = Engine::new(engine::Options::default());
+    for i in script(sc) {
+        e.apply(i).unwrap();
+    }
+    e
 }
 
 #[test]
 fn report_json_is_pinned() {
     let sc = scenario();
-    let r = report_of(&sc);
-    insta::assert_snapshot!("report", serde_json::to_string_pretty(&r).unwrap());
+    let r = engine_of(&sc).report(true);
+    let json = serde_json::to_string_pretty(&r).unwrap();
+    insta::assert_snapshot!("report", json);
     insta::assert_snapshot!("report_text", r.to_text(20));
+    // Typed, not Value["..."]: a renamed or missing field fails here.
+    let back: Report = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, r);
+    assert_eq!(back.schema, "rmapwatch.report/1");
 }
 
 #[test]
@@ -252,6 +259,9 @@ fn inspect_json_is_pinned() {
     let est = model::estimate(&sc.after, Options::default());
     let paths: HashMap<u64, String> = HashMap::new();
     let i = inspect::of_snapshot(&sc.after, &est, 102, &paths, SIZES);
-    insta::assert_snapshot!("inspect", serde_json::to_string_pretty(&i).unwrap());
+    let json = serde_json::to_string_pretty(&i).unwrap();
+    insta::assert_snapshot!("inspect", json);
     insta::assert_snapshot!("inspect_text", i.to_text(true));
+    let back: Inspection = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, i);
 }

@@ -1,7 +1,8 @@
 //! rmapwatch's live-kernel source: the eBPF programs (`loader`), the
-//! running kernel's facts (`kernel`: BTF layouts, kallsyms ranges), and
-//! everything read from `/proc` and `/sys` (`procfs`).
-pub mod daemon;
+//! running kernel's facts (`kernel`: BTF layouts, kallsyms ranges),
+//! everything read from `/proc` and `/sys` (`procfs`), and the pump that
+//! turns them into the engine's ordered inputs (`source`).
 pub mod kernel;
 pub mod loader;
 pub mod procfs;
+pub mod source;

@@ -196,6 +196,12 @@ impl Probes {
         })
     }
 
+    /// Whether the kernel keeps the programs' run-time statistics for us.
+    #[must_use]
+    pub fn bpf_stats(&self) -> bool {
+        self.stats_fd.is_some()
+    }
+
     /// Run statistics of every loaded program, by name (None when the
     /// kernel keeps none).
     #[must_use]
@@ -430,7 +436,7 @@ fn attach_hook(
         .find(|s| facts.hook_symbols.contains(*s));
     let done = |mode, symbol: Option<&str>, fallbacks| HookStatus {
         id: spec.id,
-        name: spec.name,
+        name: spec.name.to_owned(),
         symbol: symbol.map(str::to_owned),
         mode,
         fallbacks,

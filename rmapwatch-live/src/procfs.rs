@@ -39,3 +39,44 @@ pub fn map_paths(pid: u32) -> HashMap<u64, String> {
         })
         .collect()
 }
+
+/// A process's name, from `/proc/<pid>/comm`.
+#[must_use]
+pub fn comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim_end().to_owned())
+}
+
+/// Whether a process (thread group) still exists.
+#[must_use]
+pub fn exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn slab_objects(cache: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/sys/kernel/slab/{cache}/objects"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// What the user is told the first time the anon_vma cache is shrunk.
+pub const SHRINKING: &str = "shrinking the anon_vma slab cache (/sys/kernel/slab/anon_vma/shrink) \
+                             for an exact object count: it returns empty slabs to the page \
+                             allocator and frees nothing in use";
+
+/// The slab counters: `/sys/kernel/slab/anon_vma/objects` after flushing
+/// per-CPU slabs and sheaves when `shrink` (without it SLUB counts their
+/// free objects as in use), and the (usually merged) AVC cache's count.
+#[must_use]
+pub fn slab_counts(shrink: bool) -> rmapwatch_engine::input::SlabCounts {
+    let shrunk = shrink && std::fs::write("/sys/kernel/slab/anon_vma/shrink", "1").is_ok();
+    rmapwatch_engine::input::SlabCounts {
+        anon_vma: slab_objects("anon_vma"),
+        anon_vma_chain: slab_objects("anon_vma_chain"),
+        shrunk,
+    }
+}

@@ -81,8 +81,17 @@ fn tty_ready(timeout: Duration) -> std::io::Result<bool> {
     Ok(pfd.revents & libc::POLLIN != 0)
 }
 
-/// Runs the UI until the user quits or the collector stops. `detail` tells
-/// the collector which process the detail view shows.
+/// What the UI tells the collector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// The process the detail view shows (or none).
+    Detail(Option<u32>),
+    /// The display was paused or resumed (a replay pauses its source too).
+    Pause(bool),
+}
+
+/// Runs the UI until the user quits or the collector stops; `commands`
+/// tells the collector what the user asked for.
 ///
 /// # Errors
 /// Drawing or reading the terminal fails.
@@ -91,12 +100,13 @@ pub fn run<B: Backend>(
     app: &mut App,
     events: &mut impl Events,
     updates: &Receiver<Update>,
-    detail: &Sender<Option<u32>>,
+    commands: &Sender<Command>,
 ) -> anyhow::Result<()>
 where
     B::Error: Send + Sync + 'static,
 {
     let mut last_detail = None;
+    let mut last_paused = false;
     loop {
         terminal
             .draw(|f| f.render_widget(&*app, f.area()))
@@ -115,7 +125,11 @@ where
         }
         if app.detail_pid() != last_detail {
             last_detail = app.detail_pid();
-            let _ = detail.send(last_detail);
+            let _ = commands.send(Command::Detail(last_detail));
+        }
+        if app.paused != last_paused {
+            last_paused = app.paused;
+            let _ = commands.send(Command::Pause(last_paused));
         }
     }
 }

@@ -5,19 +5,8 @@ use std::{collections::VecDeque, time::Duration};
 use ratatui::crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use rmapwatch_common::site;
 
-use rmapwatch_engine::{
-    inspect::Inspection,
-    report::{ProcessReport, Report},
-};
-
-/// One refresh from the collector.
-#[derive(Debug)]
-pub struct Frame {
-    /// The same report `rmapwatch report --json` prints.
-    pub report: Report,
-    /// The inspection of the process the user opened, if any.
-    pub detail: Option<Inspection>,
-}
+pub use rmapwatch_engine::view::Frame;
+use rmapwatch_engine::view::ProcRow;
 
 /// What the collector can tell the UI.
 #[derive(Debug)]
@@ -26,6 +15,9 @@ pub enum Update {
     Frame(Box<Frame>),
     /// The collector stopped (signal or error); the UI exits.
     Stopped(String),
+    /// The source ended by itself (the end of a recording): the last
+    /// frame stays until the user quits.
+    Ended(String),
 }
 
 /// Which screen.
@@ -150,21 +142,13 @@ struct Counters {
 }
 
 impl Counters {
-    fn of(r: &Report) -> Self {
-        let mut c = Self {
-            t: r.duration_s,
-            events: r.events,
-            ..Self::default()
-        };
-        for (o, name) in rmapwatch_engine::report::OBJECT_NAMES.iter().enumerate() {
-            if let Some(obj) = r.objects.get(name) {
-                for (s, site_name) in site::NAMES.iter().enumerate() {
-                    c.alloc[o][s] = obj.allocs_by_site.get(site_name).copied().unwrap_or(0);
-                    c.free[o][s] = obj.frees_by_site.get(site_name).copied().unwrap_or(0);
-                }
-            }
+    fn of(f: &Frame) -> Self {
+        Self {
+            t: f.uptime_s,
+            events: f.events,
+            alloc: [f.totals[0].alloc_by_site, f.totals[1].alloc_by_site],
+            free: [f.totals[0].free_by_site, f.totals[1].free_by_site],
         }
-        c
     }
 }
 
@@ -179,7 +163,8 @@ pub struct App {
     /// Rates between the last two frames.
     pub rates: Rates,
     last: Option<Counters>,
-    /// (seconds, actual KB, lazy KB).
+    /// (seconds since attach, actual KB, lazy KB), both at the walk: one
+    /// point per walk.
     pub history: VecDeque<(f64, f64, f64)>,
     /// Current screen.
     pub view: View,
@@ -245,13 +230,13 @@ impl App {
 
     /// Processes shown: filtered, then sorted.
     #[must_use]
-    pub fn rows(&self) -> Vec<&ProcessReport> {
+    pub fn rows(&self) -> Vec<&ProcRow> {
         let Some(f) = &self.frame else {
             return Vec::new();
         };
+        let sizes = f.facts.sizes;
         let needle = self.filter.to_lowercase();
-        let mut rows: Vec<&ProcessReport> = f
-            .report
+        let mut rows: Vec<&ProcRow> = f
             .processes
             .iter()
             .filter(|p| !p.exited)
@@ -261,16 +246,16 @@ impl App {
                     || p.comm.to_lowercase().contains(&needle)
             })
             .collect();
-        let key = |p: &ProcessReport| -> i128 {
+        let key = |p: &ProcRow| -> i128 {
             match self.sort {
                 Column::Pid => i128::from(p.pid),
                 Column::Comm => 0,
                 Column::Vmas => i128::from(p.vmas.unwrap_or(0)),
-                Column::AnonVma => i128::from(p.live.anon_vma.objects),
-                Column::Avc => i128::from(p.live.anon_vma_chain.objects),
-                Column::Kb => i128::from(live_bytes(p)),
-                Column::LazyKb => i128::from(lazy_bytes(p).unwrap_or(0)),
-                Column::Saving => saving_bytes(p),
+                Column::AnonVma => i128::from(p.live.anon_vma),
+                Column::Avc => i128::from(p.live.avc),
+                Column::Kb => i128::from(p.live_bytes(sizes)),
+                Column::LazyKb => i128::from(p.lazy_bytes(sizes).unwrap_or(0)),
+                Column::Saving => p.saving_bytes(sizes),
             }
         };
         rows.sort_by(|a, b| {
@@ -356,6 +341,9 @@ impl App {
                 self.selected = 0;
             }
             Action::FilterDone => self.editing_filter = false,
+            Action::Update(Update::Ended(why)) => {
+                self.stopped = Some(why);
+            }
             Action::Update(Update::Stopped(why)) => {
                 self.stopped = Some(why);
                 self.quit = true;
@@ -373,7 +361,7 @@ impl App {
     }
 
     fn ingest(&mut self, frame: Box<Frame>) {
-        let now = Counters::of(&frame.report);
+        let now = Counters::of(&frame);
         if let Some(last) = self.last {
             let dt = now.t - last.t;
             if dt > 0.0 {
@@ -388,37 +376,21 @@ impl App {
             }
         }
         self.last = Some(now);
-        let r = &frame.report;
-        if let Some(l) = r.lazy {
-            let actual = (r.live.anon_vma.bytes + r.live.anon_vma_chain.bytes) as f64 / 1024.0;
-            let lazy = (l.anon_vma.bytes + l.anon_vma_chain.bytes) as f64 / 1024.0;
+        // One point per walk, at the time the walk ended: actual and lazy
+        // on the same basis.
+        let walks = self.frame.as_ref().and_then(|f| f.walk).map(|w| w.walks);
+        if let Some(w) = frame.walk
+            && walks != Some(w.walks)
+        {
+            let sizes = frame.facts.sizes;
+            let kb = |o| rmapwatch_engine::view::bytes(o, sizes) as f64 / 1024.0;
             if self.history.len() == HISTORY {
                 self.history.pop_front();
             }
-            self.history.push_back((r.duration_s, actual, lazy));
+            self.history
+                .push_back((frame.uptime_s - w.age_s, kb(w.actual), kb(w.lazy)));
         }
         self.frame = Some(frame);
-    }
-}
-
-/// Live bytes of a process.
-#[must_use]
-pub fn live_bytes(p: &ProcessReport) -> u64 {
-    p.live.anon_vma.bytes + p.live.anon_vma_chain.bytes
-}
-
-/// Lazy bytes of a process.
-#[must_use]
-pub fn lazy_bytes(p: &ProcessReport) -> Option<u64> {
-    p.lazy.map(|l| l.anon_vma.bytes + l.anon_vma_chain.bytes)
-}
-
-/// Bytes lazy would save for a process (snapshot actual minus lazy).
-#[must_use]
-pub fn saving_bytes(p: &ProcessReport) -> i128 {
-    match (p.snapshot, lazy_bytes(p)) {
-        (Some(s), Some(l)) => i128::from(s.anon_vma.bytes + s.anon_vma_chain.bytes) - i128::from(l),
-        _ => 0,
     }
 }
 

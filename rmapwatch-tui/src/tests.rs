@@ -13,11 +13,11 @@ use super::{
     state::{Action, App, Column, Frame, Update, View, action_for},
 };
 use rmapwatch_engine::{
-    account::Accounting,
+    engine::{self, Engine},
     facts::{KernelId, Sizes},
-    inspect,
-    model::{self, Options, sim::Sim},
-    report, walk,
+    input::{Counters, Facts, Input, KernelCounters},
+    model::sim::Sim,
+    snapshot::{Snapshot, WalkCounts},
 };
 
 const SIZES: Sizes = Sizes {
@@ -25,9 +25,9 @@ const SIZES: Sizes = Sizes {
     anon_vma_chain: 64,
 };
 
-/// A deterministic frame: a parent with 20 regions and 3 children, an
-/// unrelated process with 5 regions; `detail` inspects `detail`.
-fn frame(t: f64, detail: Option<u32>) -> Frame {
+/// A deterministic system: a parent with 20 regions and 3 children, an
+/// unrelated process with 5 regions.
+fn snapshot() -> Snapshot {
     let mut sim = Sim::default();
     for i in 0..20 {
         let v = sim.map(100, i * 0x10000);
@@ -49,36 +49,73 @@ fn frame(t: f64, detail: Option<u32>) -> Frame {
             "zygote64".into()
         };
     }
-    let est = model::estimate(&snap, Options::default());
-    let mut acct = Accounting::default();
-    let _ = walk::of_snapshot(&snap, Options::default(), None, |p, t, k| {
-        acct.own_existing(p, t, k);
-    });
-    acct.name_existing(snap.procs.values().map(|p| (p.pid, p.comm.clone())));
-    let hooks = rmapwatch_engine::hooks::tracepoint_only("fentry: refused");
-    let kernel = KernelId {
-        release: "6.18.0-test".into(),
-        arch: "x86_64".into(),
-    };
-    let mut report = report::offline(&snap, &acct, &kernel, &hooks, t, SIZES);
-    if let Some(m) = report.model.as_mut() {
-        m.snapshot.stats.taken = 3;
-        m.snapshot.stats.walk_ms = 1.5;
+    snap
+}
+
+/// An engine that walked `snapshot()` once a second up to `secs`, with
+/// `detail` inspected; the frame after its last tick.
+fn engine(secs: u64, detail: Option<u32>) -> Engine {
+    let snap = snapshot();
+    let mut e = Engine::new(engine::Options::default());
+    e.apply(Input::Facts(Box::new(Facts {
+        kernel: KernelId {
+            release: "6.18.0-test".into(),
+            arch: "x86_64".into(),
+        },
+        sizes: SIZES,
+        hooks: rmapwatch_engine::hooks::tracepoint_only("fentry: refused"),
+        fork_window: true,
+        source: "live".into(),
+        ..Facts::default()
+    })))
+    .unwrap();
+    e.want_detail(detail);
+    e.apply(Input::Counters {
+        t: 0,
+        counters: Counters {
+            kernel: Some(KernelCounters::default()),
+            ..Counters::default()
+        },
+    })
+    .unwrap();
+    let comms: Vec<(u32, String)> = snap
+        .procs
+        .values()
+        .map(|p| (p.pid, p.comm.clone()))
+        .collect();
+    let s = 1_000_000_000;
+    for t in 0..=secs {
+        e.apply(Input::WalkBegin { t: t * s }).unwrap();
+        e.apply(Input::WalkVmas {
+            comms: comms.clone(),
+            vmas: snap.vmas.clone(),
+        })
+        .unwrap();
+        e.apply(Input::WalkEnd {
+            t: t * s + 1_500_000,
+            counts: WalkCounts {
+                vmas: snap.vmas.len() as u64,
+                ..WalkCounts::default()
+            },
+            error: None,
+        })
+        .unwrap();
+        e.apply(Input::Tick {
+            t: t * s + 2_000_000,
+        })
+        .unwrap();
     }
-    let detail = detail.map(|pid| {
-        let paths = std::collections::HashMap::new();
-        inspect::of_snapshot(&snap, &est, pid, &paths, SIZES)
-    });
-    Frame { report, detail }
+    e
+}
+
+fn frame(t: u64, detail: Option<u32>) -> Frame {
+    engine(t, detail).frame()
 }
 
 fn app_with_frames() -> App {
     let mut app = App::new(Duration::from_secs(1), Some("/tmp/rmapwatch.log".into()));
     for t in 0..5 {
-        app.update(Action::Update(Update::Frame(Box::new(frame(
-            f64::from(t),
-            None,
-        )))));
+        app.update(Action::Update(Update::Frame(Box::new(frame(t, None)))));
     }
     app
 }
@@ -107,10 +144,7 @@ fn detail_and_help_snapshots() {
     let View::Detail(pid) = app.view else {
         panic!("Enter opens the detail view")
     };
-    app.update(Action::Update(Update::Frame(Box::new(frame(
-        5.0,
-        Some(pid),
-    )))));
+    app.update(Action::Update(Update::Frame(Box::new(frame(5, Some(pid))))));
     insta::assert_snapshot!("detail_80x24", draw(&app, 80, 24).backend());
     insta::assert_snapshot!("detail_160x48", draw(&app, 160, 48).backend());
     app.update(Action::ToggleHelp);
@@ -177,10 +211,10 @@ fn pause_freezes_the_display_and_rates_follow_frames() {
     let mut app = app_with_frames();
     let before = app.history.len();
     app.update(Action::TogglePause);
-    app.update(Action::Update(Update::Frame(Box::new(frame(9.0, None)))));
+    app.update(Action::Update(Update::Frame(Box::new(frame(9, None)))));
     assert_eq!(app.history.len(), before);
     app.update(Action::TogglePause);
-    app.update(Action::Update(Update::Frame(Box::new(frame(10.0, None)))));
+    app.update(Action::Update(Update::Frame(Box::new(frame(10, None)))));
     assert_eq!(app.history.len(), before + 1);
     assert_eq!(app.rates.events, 0.0);
 }
@@ -211,6 +245,20 @@ fn keys_map_to_actions_like_htop() {
 }
 
 #[test]
+fn an_ended_recording_stays_on_screen_until_the_user_quits() {
+    let mut app = app_with_frames();
+    app.update(Action::Update(Update::Ended("replay ended".into())));
+    assert!(!app.quit);
+    let t = draw(&app, 160, 48);
+    let last: String = (0..160)
+        .map(|x| t.backend().buffer()[(x, 47)].symbol())
+        .collect();
+    assert!(last.contains("replay ended"), "{last}");
+    app.update(Action::Quit);
+    assert!(app.quit);
+}
+
+#[test]
 fn a_stopped_collector_ends_the_loop() {
     let mut app = app_with_frames();
     app.update(Action::Update(Update::Stopped(
@@ -236,7 +284,7 @@ impl Events for Script {
 fn the_real_loop_runs_on_a_test_backend() {
     let (utx, urx) = mpsc::channel();
     let (dtx, drx) = mpsc::channel();
-    utx.send(Update::Frame(Box::new(frame(1.0, None)))).unwrap();
+    utx.send(Update::Frame(Box::new(frame(1, None)))).unwrap();
     let mut script = Script(
         [
             KeyCode::Char('/'),
@@ -257,29 +305,32 @@ fn the_real_loop_runs_on_a_test_backend() {
     assert!(app.quit);
     assert_eq!(app.filter, "po");
     assert_eq!(app.view, View::Main);
-    let asked: Vec<Option<u32>> = drx.try_iter().collect();
+    let asked: Vec<super::Command> = drx.try_iter().collect();
     assert_eq!(
         asked,
-        vec![Some(200), None],
+        vec![
+            super::Command::Detail(Some(200)),
+            super::Command::Detail(None)
+        ],
         "the collector is told which detail to compute"
     );
 }
 
 #[test]
 fn the_header_shows_the_tools_own_cost_and_a_degraded_model() {
-    let mut f = frame(10.0, None);
+    let mut f = frame(10, None);
     let mut programs = std::collections::BTreeMap::new();
     programs.insert(
         "kmem_cache_alloc".to_owned(),
-        report::ProgramStats {
+        rmapwatch_engine::report::ProgramStats {
             runs: 1000,
             run_time_ns: 37_000,
             recursion_misses: 0,
         },
     );
-    f.report.cost = Some(report::CostReport::new(&programs, 10.0));
-    f.report.dropped_events = 42;
-    f.report.resync.degraded = true;
+    f.cost = Some(rmapwatch_engine::report::CostReport::new(&programs, 10.0));
+    f.dropped = Some(42);
+    f.resync.degraded = true;
     let mut app = App::new(Duration::from_secs(1), None);
     app.update(Action::Update(Update::Frame(Box::new(f))));
     let t = draw(&app, 160, 48);

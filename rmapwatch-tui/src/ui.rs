@@ -11,8 +11,13 @@ use ratatui::{
 };
 use rmapwatch_common::site;
 
-use super::state::{App, Column, View, lazy_bytes, live_bytes, saving_bytes};
-use rmapwatch_engine::{hooks::HookMode, report::Report};
+use rmapwatch_engine::{
+    hooks::HookMode,
+    model::change_pct,
+    view::{Frame, bytes},
+};
+
+use super::state::{App, Column, View};
 
 /// Smallest terminal the UI draws into.
 pub const MIN_SIZE: (u16, u16) = (60, 16);
@@ -71,14 +76,16 @@ impl App {
             .render(area, buf);
             return;
         };
-        let r = &f.report;
         let mut l1 = vec![
             "rmapwatch".bold().cyan(),
-            format!("  {} {}", r.kernel.release, r.kernel.arch).into(),
-            format!("  up {}", uptime(r.duration_s)).into(),
+            format!("  {} {}", f.facts.kernel.release, f.facts.kernel.arch).into(),
+            format!("  up {}", uptime(f.uptime_s)).into(),
             format!("  refresh {:.1}s", self.delay.as_secs_f64()).into(),
         ];
-        if let Some(c) = &r.cost {
+        if f.facts.source != "live" && !f.facts.source.is_empty() {
+            l1.push(format!("  {}", f.facts.source).yellow());
+        }
+        if let Some(c) = &f.cost {
             // The tool's own CPU cost, from the kernel's bpf_stats.
             let ns = c
                 .ns_per_event
@@ -91,32 +98,35 @@ impl App {
         if self.paused {
             l1.push("  PAUSED".bold().yellow());
         }
-        let dropped = Span::styled(
-            format!("dropped {}", r.dropped_events),
-            if r.dropped_events > 0 {
-                Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)
-            } else {
-                Style::new()
-            },
-        );
+        let dropped = match f.dropped {
+            Some(0) => Span::raw("dropped 0"),
+            Some(n) => Span::styled(
+                format!("dropped {n}"),
+                Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+            ),
+            None => Span::styled("dropped ?", Style::new().fg(Color::Yellow)),
+        };
         let mut l2 = vec![
             format!("events/s {:.0}  ", self.rates.events).into(),
             dropped,
         ];
-        if r.resync.degraded {
+        if f.resync.degraded {
             l2.push(" DEGRADED until the next snapshot".red().bold());
-        } else if r.resync.resyncs > 0 {
-            l2.push(format!(" (re-seeded {}x)", r.resync.resyncs).yellow());
+        } else if f.resync.resyncs > 0 {
+            l2.push(format!(" (re-seeded {}x)", f.resync.resyncs).yellow());
         }
         l2.push("  probes ".into());
-        for (name, mode) in &r.probes {
-            let short = match *mode {
+        let mut hooks: Vec<_> = f.facts.hooks.iter().collect();
+        hooks.sort_by(|a, b| a.name.cmp(&b.name));
+        for h in hooks {
+            let short = match h.mode {
                 HookMode::Fentry => "fentry",
                 HookMode::Kprobe => "kprobe",
                 HookMode::Tracepoint => "tp",
                 HookMode::Unavailable => "-",
             };
-            let label = name
+            let label = h
+                .name
                 .trim_start_matches("__")
                 .trim_start_matches("folio_add_")
                 .trim_start_matches("anon_vma_")
@@ -124,8 +134,8 @@ impl App {
                 .trim_end_matches("_anon_vma");
             l2.push(format!("{label}:{short} ").dim());
         }
-        if let Some(m) = &r.model {
-            l2.push(format!(" snapshot {:.1}ms", m.snapshot.stats.walk_ms).dim());
+        if let Some(w) = &f.walk {
+            l2.push(format!(" snapshot {:.1}ms", w.walk_ms).dim());
         }
         Paragraph::new(vec![Line::from(l1), Line::from(l2)]).render(area, buf);
     }
@@ -155,6 +165,9 @@ impl App {
             if !self.filter.is_empty() {
                 v.push(format!("  [filter: {}]", self.filter).yellow());
             }
+            if let Some(why) = &self.stopped {
+                v.push(format!("  {why}").bold().yellow());
+            }
             if let Some(log) = &self.log_path {
                 v.push(format!("  log: {log}").dim());
             }
@@ -174,10 +187,10 @@ impl App {
         if summary.width >= 110 {
             let [left, right] =
                 Layout::horizontal([Constraint::Length(72), Constraint::Min(20)]).areas(summary);
-            render_seed_table(&f.report, left, buf);
+            render_seed_table(f, left, buf);
             self.render_chart(right, buf);
         } else {
-            render_seed_table(&f.report, summary, buf);
+            render_seed_table(f, summary, buf);
         }
         self.render_rates(rates, buf);
         self.render_processes(table, buf);
@@ -193,24 +206,41 @@ impl App {
         let ymax = self.history.iter().map(|&(_, a, _)| a).fold(1.0, f64::max) * 1.1;
         let chart = Chart::new(vec![
             Dataset::default()
-                .name("actual KB")
+                .name("actual")
                 .marker(Marker::Braille)
                 .graph_type(GraphType::Line)
                 .style(Style::new().fg(Color::Red))
                 .data(&actual),
             Dataset::default()
-                .name("lazy KB")
+                .name("lazy")
                 .marker(Marker::Braille)
                 .graph_type(GraphType::Line)
                 .style(Style::new().fg(Color::Green))
                 .data(&lazy),
         ])
-        .block(Block::default().borders(Borders::ALL).title(" history "))
-        .x_axis(Axis::default().bounds([t0, t1]))
+        // The legend and the units in the title: the chart is four rows
+        // high, too few for ratatui's legend box and axis titles.
+        .block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(Line::from(vec![
+                    " KB at each walk: ".into(),
+                    "━ actual".red(),
+                    " ".into(),
+                    "━ lazy".green(),
+                    " (x: uptime) ".into(),
+                ])),
+        )
+        .legend_position(None)
+        .x_axis(
+            Axis::default()
+                .bounds([t0, t1])
+                .labels([Line::from(uptime(t0)), Line::from(uptime(t1))]),
+        )
         .y_axis(
             Axis::default()
                 .bounds([0.0, ymax])
-                .labels([Line::from("0"), Line::from(format!("{ymax:.0}"))]),
+                .labels([Line::from("0 KB"), Line::from(format!("{ymax:.0} KB"))]),
         );
         chart.render(area, buf);
     }
@@ -252,6 +282,11 @@ impl App {
 
     fn render_processes(&self, area: Rect, buf: &mut Buffer) {
         let rows = self.rows();
+        let sizes = self
+            .frame
+            .as_ref()
+            .map(|f| f.facts.sizes)
+            .unwrap_or_default();
         let inner_h = area.height.saturating_sub(3) as usize; // borders + header
         let offset = if self.selected >= inner_h {
             self.selected + 1 - inner_h
@@ -272,15 +307,15 @@ impl App {
             .skip(offset)
             .take(inner_h)
             .map(|(i, p)| {
-                let saving = saving_bytes(p);
+                let saving = p.saving_bytes(sizes);
                 let cells = vec![
                     Cell::from(p.pid.to_string()),
                     Cell::from(p.comm.clone()),
                     Cell::from(p.vmas.map_or_else(|| "-".into(), |v| v.to_string())),
-                    Cell::from(p.live.anon_vma.objects.to_string()),
-                    Cell::from(p.live.anon_vma_chain.objects.to_string()),
-                    Cell::from(kb(live_bytes(p))),
-                    Cell::from(lazy_bytes(p).map_or_else(|| "-".into(), kb)),
+                    Cell::from(p.live.anon_vma.to_string()),
+                    Cell::from(p.live.avc.to_string()),
+                    Cell::from(kb(p.live_bytes(sizes))),
+                    Cell::from(p.lazy_bytes(sizes).map_or_else(|| "-".into(), kb)),
                     Cell::from(format!("{:.1}", saving as f64 / 1024.0)).style(if saving > 0 {
                         Style::new().fg(Color::Green)
                     } else {
@@ -378,7 +413,7 @@ impl App {
                 Cell::from(v.perms.clone()),
                 Cell::from(v.avc.to_string()),
                 Cell::from(v.lazy_avc.to_string()),
-                Cell::from(v.lazy_state),
+                Cell::from(v.lazy_state.clone()),
                 Cell::from(v.file.clone().unwrap_or_default()),
             ])
         });
@@ -420,60 +455,68 @@ impl App {
     }
 }
 
-fn render_seed_table(r: &Report, area: Rect, buf: &mut Buffer) {
-    let Some(lazy) = r.lazy else {
-        Paragraph::new("no snapshot: live and lazy figures unavailable (see the log)")
+/// Actual and lazy on one basis, the latest walk (what the model saw);
+/// the events' live counts beside it.
+fn render_seed_table(f: &Frame, area: Rect, buf: &mut Buffer) {
+    let Some(w) = f.walk else {
+        let msg = f.facts.snapshot_error.as_ref().map_or_else(
+            || "waiting for the first walk...".to_owned(),
+            |e| format!("no walk: live and lazy figures unavailable ({e})"),
+        );
+        Paragraph::new(msg)
             .block(Block::default().borders(Borders::ALL))
             .render(area, buf);
         return;
     };
-    let live = r.live;
-    let row = |name: &str, obj: u64, bytes: u64, lobj: u64, lbytes: u64, c: Option<f64>| {
+    let sizes = f.facts.sizes;
+    let row = |name: &str, obj: u64, bytes: u64, lobj: u64, lbytes: u64, now: u64| {
         Row::new(vec![
             Cell::from(name.to_owned()),
             Cell::from(obj.to_string()),
             Cell::from(kb(bytes)),
             Cell::from(lobj.to_string()),
             Cell::from(kb(lbytes)),
-            Cell::from(pct(c)).style(Style::new().fg(Color::Green)),
+            Cell::from(pct(change_pct(bytes, lbytes))).style(Style::new().fg(Color::Green)),
+            Cell::from(now.to_string()).style(Style::new().add_modifier(Modifier::DIM)),
         ])
     };
-    let total_a = live.anon_vma.bytes + live.anon_vma_chain.bytes;
-    let total_l = lazy.anon_vma.bytes + lazy.anon_vma_chain.bytes;
-    let total_pct = rmapwatch_engine::model::change_pct(total_a, total_l);
+    let (a, l) = (w.actual, w.lazy);
+    let av = |n: u64| n * u64::from(sizes.anon_vma);
+    let avc = |n: u64| n * u64::from(sizes.anon_vma_chain);
     Table::new(
         vec![
             row(
                 "anon_vma",
-                live.anon_vma.objects,
-                live.anon_vma.bytes,
-                lazy.anon_vma.objects,
-                lazy.anon_vma.bytes,
-                lazy.anon_vma.change_pct,
+                a.anon_vma,
+                av(a.anon_vma),
+                l.anon_vma,
+                av(l.anon_vma),
+                f.live.anon_vma,
             ),
             row(
                 "anon_vma_chain",
-                live.anon_vma_chain.objects,
-                live.anon_vma_chain.bytes,
-                lazy.anon_vma_chain.objects,
-                lazy.anon_vma_chain.bytes,
-                lazy.anon_vma_chain.change_pct,
+                a.avc,
+                avc(a.avc),
+                l.avc,
+                avc(l.avc),
+                f.live.avc,
             ),
             row(
                 "total",
-                live.anon_vma.objects + live.anon_vma_chain.objects,
-                total_a,
-                lazy.anon_vma.objects + lazy.anon_vma_chain.objects,
-                total_l,
-                total_pct,
+                a.anon_vma + a.avc,
+                bytes(a, sizes),
+                l.anon_vma + l.avc,
+                bytes(l, sizes),
+                f.live.anon_vma + f.live.avc,
             ),
         ],
         [
             Constraint::Length(15),
+            Constraint::Length(8),
             Constraint::Length(9),
-            Constraint::Length(10),
-            Constraint::Length(9),
-            Constraint::Length(10),
+            Constraint::Length(7),
+            Constraint::Length(8),
+            Constraint::Length(8),
             Constraint::Length(9),
         ],
     )
@@ -485,14 +528,14 @@ fn render_seed_table(r: &Report, area: Rect, buf: &mut Buffer) {
             "Lazy #",
             "Lazy KB",
             "Change",
+            "Live now",
         ])
         .bold(),
     )
-    .block(
-        Block::default()
-            .borders(Borders::ALL)
-            .title(" actual vs ANON_VMA_LAZY "),
-    )
+    .block(Block::default().borders(Borders::ALL).title(format!(
+        " actual vs ANON_VMA_LAZY at the walk {:.1} s ago ",
+        w.age_s
+    )))
     .render(area, buf);
 }
 
@@ -506,7 +549,8 @@ fn render_help(area: Rect, buf: &mut Buffer) {
         "?            this help       q, Ctrl-C  quit",
         "",
         "Lazy = what ANON_VMA_LAZY would hold (docs/lazy-model.md).",
-        "Saving = actual - lazy for the latest snapshot.",
+        "Actual, lazy, change, saving: at the latest walk;",
+        "live now and the table's anon_vma/AVC/KB: events, now.",
     ];
     let w = 64.min(area.width);
     let h = (lines.len() as u16 + 2).min(area.height);

@@ -32,7 +32,7 @@ pub fn warn(msg: &str) {
         let _ = writeln!(f, "{t} warning: {msg}");
         return;
     }
-    eprintln!("rmapwatch: warning: {msg}");
+    let _ = writeln!(std::io::stderr(), "rmapwatch: warning: {msg}");
 }
 
 /// Logs an informational line (stderr only outside the TUI).
@@ -43,5 +43,17 @@ pub fn info(msg: &str) {
         let _ = writeln!(f, "{msg}");
         return;
     }
-    eprintln!("rmapwatch: {msg}");
+    let _ = writeln!(std::io::stderr(), "rmapwatch: {msg}");
+}
+
+/// Logs the error that ends the run: on stderr always (the terminal is
+/// restored by then), and in the log file if there is one. Not eprintln!:
+/// after a hangup stderr may be gone, and eprintln! panics.
+pub fn error(msg: &str) {
+    if let Some(f) = FILE.get()
+        && let Ok(mut f) = f.lock()
+    {
+        let _ = writeln!(f, "error: {msg}");
+    }
+    let _ = writeln!(std::io::stderr(), "rmapwatch: error: {msg}");
 }

@@ -1,31 +1,39 @@
 //! rmapwatch: what anon_vma and anon_vma_chain cost on this machine, live.
+//!
+//! The binary wires sources (the live kernel, a recording, a remote agent)
+//! to the engine and to sinks (the live view, text and JSON reports, a
+//! recording, an agent's stdout).
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-mod app;
+mod agent;
+mod drive;
+mod file;
+mod inspect;
+mod live;
 mod log;
+mod report;
+mod view;
 
-use rmapwatch_engine::{hooks::ProbeMode, inspect, model};
-use rmapwatch_live::{
-    kernel::{self, EnvError, KernelFacts},
-    loader, procfs,
-};
-use rmapwatch_tui as tui;
+use rmapwatch_engine::{hooks::ProbeMode, model, stream::StreamError};
 
 /// Exit codes, documented in the README.
 mod exit {
     /// Runtime failure.
     pub const FAILURE: u8 = 1;
-    /// Bad usage (clap's own code), or the live view without a terminal.
+    /// Bad usage (clap's own code), the live view without a terminal, an
+    /// output file that exists.
     pub const USAGE: u8 = 2;
     /// This system cannot run rmapwatch (privileges, BTF, kernel symbols).
     pub const ENVIRONMENT: u8 = 3;
     /// The process to inspect does not exist, is a kernel thread, exited,
     /// or the name is ambiguous.
     pub const TARGET: u8 = 4;
+    /// The input file (a recording, or a remote agent's stream) is not a
+    /// rmapwatch stream, of another version, empty, damaged or truncated.
+    pub const INPUT: u8 = 5;
 }
 
 #[derive(Parser, Debug)]
@@ -35,60 +43,32 @@ mod exit {
     about = "Live anon_vma / anon_vma_chain accounting with eBPF",
     long_about = "rmapwatch attaches eBPF programs to the slab, sched and rmap paths of the \
 running kernel and counts every anon_vma and anon_vma_chain (AVC) that is allocated and freed, \
-system-wide, per call path and per process.\n\n\
+system-wide, per call path and per process, next to what ANON_VMA_LAZY would hold.\n\n\
 Run without a command for the live dashboard (htop-like keys, ? for help); \
 `rmapwatch report` for a headless report (text or JSON); `rmapwatch inspect PID|COMM` for one \
-process.\n\n\
+process; `rmapwatch record -o FILE` to keep a run and `rmapwatch replay FILE` (or `report \
+--from FILE`, `inspect --from FILE`) to study it anywhere, on any architecture.\n\n\
 Function hooks are attached as fentry, else kprobe, else left to the tracepoint path \
-(probed at start-up; --probe-mode forces one). Needs root.",
+(probed at start-up; --probe-mode forces one). The live kernel needs root.",
     after_help = "Examples:\n  sudo rmapwatch                         live dashboard\n  \
 sudo rmapwatch -d 2                    live dashboard, refresh every 2 s\n  \
 sudo rmapwatch inspect 1234            one process's VMAs and lazy verdicts\n  \
 sudo rmapwatch report --duration 10    report after 10 s\n  \
-sudo rmapwatch report --json           JSON report when you press Ctrl-C\n\n\
-Exit codes: 0 ok, 1 runtime failure, 2 bad usage (or no terminal for the live view), \
-3 this system cannot run rmapwatch, 4 no such process to inspect."
+sudo rmapwatch report --json           JSON report when you press Ctrl-C\n  \
+sudo rmapwatch record -o run.rmw -t 60 record a minute\n  \
+rmapwatch replay run.rmw               the dashboard of the recording (no root)\n  \
+rmapwatch report --from run.rmw --json the recording's report\n  \
+rmapwatch --remote 'ssh host sudo rmapwatch agent'   another machine's dashboard\n\n\
+Exit codes: 0 ok, 1 runtime failure, 2 bad usage (or no terminal for the live view, or an \
+output file that exists), 3 this system cannot run rmapwatch, 4 no such process to inspect, \
+5 the input file or stream is not a rmapwatch recording, of another version, empty, damaged or \
+truncated (what came before the damage is still reported)."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
     global: GlobalArgs,
-}
-
-#[derive(Args, Debug)]
-struct GlobalArgs {
-    /// How to attach function hooks: auto probes fentry, then kprobe, then
-    /// falls back to the tracepoint-only path.
-    #[arg(long, value_enum, default_value_t, global = true)]
-    probe_mode: ProbeModeArg,
-    /// Kernel BTF to read struct layouts from.
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "/sys/kernel/btf/vmlinux",
-        global = true
-    )]
-    btf: PathBuf,
-    /// Ring buffer size in KiB (power of two, at least the page size).
-    #[arg(long, value_name = "KIB", global = true, value_parser = parse_ring_kb)]
-    ring_buffer_kb: Option<u32>,
-    /// Lazy model: assume fork children created as tree-parents keep no AVC
-    /// links (the series does not say; by default they keep their chain).
-    /// The report shows the other value alongside either way.
-    #[arg(long, global = true)]
-    tree_parent_drops_chain: bool,
-    /// Live view: refresh interval in seconds (each refresh re-walks the VMAs).
-    #[arg(short = 'd', long, value_name = "SECS", default_value = "1", value_parser = parse_secs, allow_negative_numbers = true)]
-    delay: Duration,
-    /// Live view: where warnings go (the screen belongs to the dashboard).
-    #[arg(
-        long,
-        value_name = "PATH",
-        env = "RMAPWATCH_LOG_FILE",
-        default_value = "/tmp/rmapwatch.log"
-    )]
-    log_file: String,
 }
 
 /// `--probe-mode`.
@@ -116,6 +96,47 @@ impl From<ProbeModeArg> for ProbeMode {
     }
 }
 
+#[derive(Args, Debug)]
+struct GlobalArgs {
+    /// How to attach function hooks: auto probes fentry, then kprobe, then
+    /// falls back to the tracepoint-only path.
+    #[arg(long, value_enum, default_value_t, global = true)]
+    probe_mode: ProbeModeArg,
+    /// Kernel BTF to read struct layouts from.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/sys/kernel/btf/vmlinux",
+        global = true
+    )]
+    btf: PathBuf,
+    /// Ring buffer size in KiB (power of two, at least the page size).
+    #[arg(long, value_name = "KIB", global = true, value_parser = parse_ring_kb)]
+    ring_buffer_kb: Option<u32>,
+    /// Lazy model: assume fork children created as tree-parents keep no AVC
+    /// links (the series does not say; by default they keep their chain).
+    /// The report shows the other value alongside either way; a replay
+    /// re-runs the model on the recorded walks.
+    #[arg(long, global = true)]
+    tree_parent_drops_chain: bool,
+    /// Live view: refresh interval in seconds (each refresh re-walks the VMAs).
+    #[arg(short = 'd', long, value_name = "SECS", default_value = "1", value_parser = parse_secs, allow_negative_numbers = true)]
+    delay: Duration,
+    /// Live view: where warnings go (the screen belongs to the dashboard).
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "RMAPWATCH_LOG_FILE",
+        default_value = "/tmp/rmapwatch.log"
+    )]
+    log_file: String,
+    /// Watch another machine: run CMD, a remote `rmapwatch agent` (e.g.
+    /// "ssh host sudo rmapwatch agent"), and read its stream; requests go to
+    /// its stdin. For the live view and `report`.
+    #[arg(long, value_name = "CMD", global = true)]
+    remote: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Count until --duration ends or Ctrl-C, then print a report.
@@ -123,6 +144,16 @@ enum Command {
     /// One process: its VMAs with anon_vma, AVCs and lazy verdict, its
     /// anon_vma family, and what lazy would save.
     Inspect(InspectArgs),
+    /// Record the run to a file (rmapwatch.stream/1): everything the live
+    /// view and the reports need, to replay later on any machine.
+    Record(RecordArgs),
+    /// The live view of a recording: at the recorded pace (--fast: as fast
+    /// as it decodes), pause with p.
+    Replay(ReplayArgs),
+    /// Headless: the stream (rmapwatch.stream/1) on stdout, requests
+    /// (walks, names) on stdin; detaches and exits on stdin EOF, SIGHUP,
+    /// SIGTERM or a closed stdout. Run by `--remote` (and `--adb`) hosts.
+    Agent(AgentArgs),
 }
 
 #[derive(Args, Debug)]
@@ -136,6 +167,9 @@ struct InspectArgs {
     /// Also list VMAs without an anon_vma.
     #[arg(long)]
     all: bool,
+    /// Inspect the last walk of a recording instead of the running system.
+    #[arg(long, value_name = "FILE")]
+    from: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -152,6 +186,47 @@ struct ReportArgs {
     /// Processes listed in the text report.
     #[arg(long, default_value_t = 20)]
     top: usize,
+    /// Report on a recording (- reads standard input) instead of the
+    /// running system.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["duration", "interval"])]
+    from: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct RecordArgs {
+    /// The file to write (created with mode 0600).
+    #[arg(short = 'o', long, value_name = "FILE")]
+    output: PathBuf,
+    /// Seconds to record; without it, record until Ctrl-C / SIGTERM.
+    #[arg(long, short = 't', value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
+    duration: Option<Duration>,
+    /// Walk (and tick) every SECS: the recording's time resolution for the
+    /// model (walks take at most 5 % of the time).
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_secs, allow_negative_numbers = true)]
+    interval: Duration,
+    /// Overwrite FILE if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args, Debug)]
+struct ReplayArgs {
+    /// The recording (- reads standard input).
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// As fast as it decodes, not at the recorded pace.
+    #[arg(long)]
+    fast: bool,
+    /// Pace: 2 plays twice as fast as recorded.
+    #[arg(long, value_name = "FACTOR", default_value = "1", value_parser = parse_factor)]
+    speed: f64,
+}
+
+#[derive(Args, Debug)]
+struct AgentArgs {
+    /// Tick (counters, names) every SECS.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_secs, allow_negative_numbers = true)]
+    interval: Duration,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -164,6 +239,14 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v))
 }
 
+fn parse_factor(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if !(v.is_finite() && v > 0.0 && v <= 1e6) {
+        return Err(format!("'{s}': expected a factor greater than 0"));
+    }
+    Ok(v)
+}
+
 fn parse_ring_kb(s: &str) -> Result<u32, String> {
     let v: u32 = s
         .parse()
@@ -174,104 +257,102 @@ fn parse_ring_kb(s: &str) -> Result<u32, String> {
     Ok(v)
 }
 
+/// An output file that exists (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} exists: pass --force to overwrite it")]
+pub struct OutputExists(pub String);
+
+/// An input file that cannot be read as a stream (exit code 5).
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct BadInput {
+    /// The file.
+    pub path: String,
+    /// Why.
+    #[source]
+    pub source: StreamError,
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if live::is_environment_error(e) {
+        exit::ENVIRONMENT
+    } else if e
+        .downcast_ref::<rmapwatch_engine::inspect::TargetError>()
+        .is_some()
+    {
+        exit::TARGET
+    } else if e.downcast_ref::<rmapwatch_tui::NotATerminal>().is_some()
+        || e.downcast_ref::<OutputExists>().is_some()
+    {
+        exit::USAGE
+    } else if e.downcast_ref::<BadInput>().is_some() || e.downcast_ref::<StreamError>().is_some() {
+        exit::INPUT
+    } else {
+        exit::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
-    rmapwatch_live::daemon::tune_allocator();
+    live::tune_process();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rmapwatch: error: {e:#}");
-            let code = if e.downcast_ref::<EnvError>().is_some() {
-                exit::ENVIRONMENT
-            } else if e.downcast_ref::<inspect::TargetError>().is_some() {
-                exit::TARGET
-            } else if e.downcast_ref::<tui::NotATerminal>().is_some() {
-                exit::USAGE
-            } else {
-                exit::FAILURE
-            };
-            ExitCode::from(code)
+            log::error(&format!("{e:#}"));
+            ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// What every command shares.
+pub struct Common {
+    /// How to attach, for the live kernel.
+    pub live: live::LiveArgs,
+    /// The lazy model's options.
+    pub model: model::Options,
+    /// A remote agent's command, if any.
+    pub remote: Option<String>,
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if cli.command.is_none() {
-        // The live view's own precondition, before anything is set up.
-        tui::check_terminal()?;
-    }
-    kernel::check_privileges()?;
-    let facts = KernelFacts::read(&cli.global.btf)?;
-    let model_opts = model::Options {
-        tree_parent_keeps_chain: !cli.global.tree_parent_drops_chain,
-    };
-    let mut run = app::RunOptions {
-        duration: None,
-        interval: Some(cli.global.delay),
-        json: false,
-        top: 20,
-        model: model_opts,
-        probe_mode: cli.global.probe_mode.into(),
-        ring_bytes: cli.global.ring_buffer_kb.map(|kb| kb * 1024),
+    let g = cli.global;
+    let common = Common {
+        live: live::LiveArgs {
+            btf: g.btf.clone(),
+            probe_mode: g.probe_mode.into(),
+            ring_bytes: g.ring_buffer_kb.map(|kb| kb * 1024),
+        },
+        model: model::Options {
+            tree_parent_keeps_chain: !g.tree_parent_drops_chain,
+        },
+        remote: g.remote.clone(),
     };
     match cli.command {
-        Some(Command::Inspect(a)) => run_inspect(&facts, &a, model_opts),
-        None => app::live(&facts, &run, &cli.global.log_file),
-        Some(Command::Report(a)) => {
-            run.duration = a.duration;
-            run.interval = a.interval;
-            run.json = a.json;
-            run.top = a.top;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            runtime.block_on(app::report(&facts, &run))
+        None => view::live(&common, g.delay, &g.log_file),
+        Some(Command::Replay(a)) => {
+            let pace = if a.fast {
+                file::Pace::Fast
+            } else {
+                file::Pace::Recorded(a.speed)
+            };
+            view::replay(&common, &a.file, pace, g.delay, &g.log_file)
         }
-    }
-}
-
-fn run_inspect(
-    facts: &KernelFacts,
-    args: &InspectArgs,
-    opts: model::Options,
-) -> anyhow::Result<()> {
-    use inspect::{PidStatus, Target};
-    let target = Target::parse(&args.target);
-    let before = match target {
-        Target::Pid(pid) => procfs::pid_status(pid),
-        Target::Comm(_) => PidStatus::User,
-    };
-    // Fail before loading anything when the answer is already known.
-    if let Target::Pid(pid) = target {
-        match &before {
-            PidStatus::Absent => return Err(inspect::TargetError::NoSuchProcess(pid).into()),
-            PidStatus::KernelThread(name) => {
-                return Err(inspect::TargetError::KernelThread(pid, name.clone()).into());
-            }
-            PidStatus::User => {}
+        Some(Command::Report(a)) => report::report(
+            &common,
+            &report::Opts {
+                duration: a.duration,
+                interval: a.interval,
+                json: a.json,
+                top: a.top,
+                from: a.from,
+            },
+        ),
+        Some(Command::Record(a)) => {
+            report::record(&common, &a.output, a.duration, a.interval, a.force)
         }
+        Some(Command::Inspect(a)) => {
+            inspect::inspect(&common, &a.target, a.json, a.all, a.from.as_deref())
+        }
+        Some(Command::Agent(a)) => agent::agent(&common, a.interval),
     }
-    let mut probes = loader::Probes::load(
-        facts,
-        ProbeMode::Tracepoint,
-        None,
-        loader::Attach::SnapshotOnly,
-    )?;
-    let snap = app::take_snapshot(&mut probes)?;
-    drop(probes);
-    let after = match target {
-        Target::Pid(pid) => procfs::pid_status(pid),
-        Target::Comm(_) => PidStatus::User,
-    };
-    let pid = inspect::resolve(&target, &snap, &before, &after)?;
-    let est = model::estimate(&snap, opts);
-    let paths = procfs::map_paths(pid);
-    let i = inspect::of_snapshot(&snap, &est, pid, &paths, facts.sizes);
-    if args.json {
-        println!("{}", serde_json::to_string(&i)?);
-    } else {
-        print!("{}", i.to_text(args.all));
-    }
-    Ok(())
 }

@@ -16,22 +16,23 @@ use std::{
 mod storm;
 
 use ratatui::{Terminal, backend::TestBackend};
-use rmapwatch_common::{Event, kind, object, site};
+use rmapwatch_common::{object, site};
 use rmapwatch_engine::{
     account::Accounting,
-    decode::{decode, encode},
+    engine::{self, Engine},
+    event::{Event, decode, encode},
     facts::Sizes,
     hooks::{HookStatus, ProbeMode},
+    input::{Facts, Input},
     model::Options,
-    report::Report,
-    snapshot::{self, Snapshot, Vma},
+    snapshot::{self, Snapshot, Vma, WalkCounts},
     walk,
 };
 use rmapwatch_live::{
     kernel::{self, KernelFacts},
     loader::{Attach, Probes},
 };
-use rmapwatch_tui::state::{Action, App, Frame, Update};
+use rmapwatch_tui::state::{Action, App, Update};
 
 const SIZES: Sizes = Sizes {
     anon_vma: 104,
@@ -169,30 +170,72 @@ fn hooks() -> Vec<HookStatus> {
     rmapwatch_engine::hooks::tracepoint_only("fentry: refused")
 }
 
-fn synthetic_report(snap: &Snapshot, acct: &Accounting, t: f64) -> Report {
-    rmapwatch_engine::report::offline(snap, acct, &kernel::current_id(), &hooks(), t, SIZES)
+/// Facts of a synthetic machine.
+fn facts() -> Facts {
+    Facts {
+        kernel: kernel::current_id(),
+        sizes: SIZES,
+        hooks: hooks(),
+        fork_window: true,
+        source: "live".into(),
+        ..Facts::default()
+    }
 }
 
-fn seeded(snap: &Snapshot) -> Accounting {
-    let mut acct = Accounting::default();
-    let w = walk::of_snapshot(snap, Options::default(), None, |p, t, k| {
-        acct.own_existing(p, t, k);
+/// A walk of `vmas` (named `proc-N`) as a source delivers it, in batches.
+fn walk_inputs(vmas: impl IntoIterator<Item = Vma>, t: u64) -> Vec<Input> {
+    let mut out = vec![Input::WalkBegin { t }];
+    let mut batch = Vec::new();
+    let mut comms = Vec::new();
+    let mut named = std::collections::HashSet::new();
+    let mut n = 0;
+    for v in vmas {
+        if named.insert(v.tgid) {
+            comms.push((v.tgid, format!("proc-{}", v.tgid)));
+        }
+        batch.push(v);
+        n += 1;
+        if batch.len() == 1024 {
+            out.push(Input::WalkVmas {
+                comms: std::mem::take(&mut comms),
+                vmas: std::mem::take(&mut batch),
+            });
+        }
+    }
+    out.push(Input::WalkVmas { comms, vmas: batch });
+    out.push(Input::WalkEnd {
+        t: t + 1_000_000,
+        counts: WalkCounts {
+            vmas: n,
+            ..WalkCounts::default()
+        },
+        error: None,
     });
-    acct.name_existing(w.procs.into_iter().map(|(pid, p)| (pid, p.comm)));
-    acct
+    out
+}
+
+/// An engine seeded by one walk of `snap`, at `t` seconds, then a tick.
+fn seeded(snap: &Snapshot, t: u64) -> Engine {
+    let mut e = Engine::new(engine::Options::default());
+    let s = 1_000_000_000;
+    e.apply(Input::Facts(Box::new(facts()))).expect("facts");
+    for i in walk_inputs(snap.vmas.iter().cloned(), t * s) {
+        e.apply(i).expect("walk");
+    }
+    e.apply(Input::Tick {
+        t: t * s + 2_000_000,
+    })
+    .expect("tick");
+    e
 }
 
 /// Render time with 10k processes against an empty dashboard.
 fn bench_render(procs: u32, repeat: usize) {
     let snap = synthetic(procs, 4);
-    let acct = seeded(&snap);
     let mut app = App::new(Duration::from_secs(1), None);
     for t in 0..3 {
-        let report = synthetic_report(&snap, &acct, f64::from(t));
-        app.update(Action::Update(Update::Frame(Box::new(Frame {
-            report,
-            detail: None,
-        }))));
+        let e = seeded(&snap, t);
+        app.update(Action::Update(Update::Frame(Box::new(e.frame()))));
     }
     let empty = App::new(Duration::from_secs(1), None);
     let mut term = Terminal::new(TestBackend::new(160, 48)).expect("test backend");
@@ -216,6 +259,11 @@ fn bench_render(procs: u32, repeat: usize) {
 /// and anon_vma allocations in the parent, a fork event, then the child's
 /// frees.
 fn event_stream(n: usize) -> Vec<Vec<u8>> {
+    fork_storm_events(n).iter().map(encode).collect()
+}
+
+/// The events of a fork storm, typed (see [`event_stream`]).
+fn fork_storm_events(n: usize) -> Vec<Event> {
     let mut out = Vec::with_capacity(n);
     let mut ptr = 0xffff_8880_0000_0000_u64;
     let mut child = 10_000;
@@ -230,40 +278,17 @@ fn event_stream(n: usize) -> Vec<Vec<u8>> {
             ] {
                 ptr += 64;
                 ptrs.push((ptr, obj));
-                out.push(encode(&Event {
-                    kind: kind::ALLOC,
-                    object: obj,
-                    site: s,
-                    flags: rmapwatch_common::flags::IN_FORK,
-                    tid: 100,
-                    tgid: 100,
-                    ptr,
-                    ..Event::default()
-                }));
+                out.push(Event::alloc(obj, s, 100, ptr, true));
             }
         }
-        out.push(encode(&Event {
-            kind: kind::FORK,
-            tid: 100,
-            tgid: 100,
-            child_tid: child,
-            child_tgid: child,
-            ..Event::default()
-        }));
+        out.push(Event::fork(100, child, "storm"));
         for (p, obj) in ptrs {
-            out.push(encode(&Event {
-                kind: kind::FREE,
-                object: obj,
-                site: if obj == object::AVC {
-                    site::UNLINK
-                } else {
-                    site::PUT
-                },
-                tid: child,
-                tgid: child,
-                ptr: p,
-                ..Event::default()
-            }));
+            let s = if obj == object::AVC {
+                site::UNLINK
+            } else {
+                site::PUT
+            };
+            out.push(Event::free(obj, s, child, p));
         }
     }
     out.truncate(n);
@@ -279,8 +304,8 @@ fn bench_pipeline(n: usize, repeat: usize) {
         let t = Instant::now();
         let mut sum = 0u64;
         for e in &events {
-            if let Ok(ev) = decode(e) {
-                sum = sum.wrapping_add(ev.ptr);
+            if let Ok(Event::Alloc(s) | Event::Free(s)) = decode(e) {
+                sum = sum.wrapping_add(s.ptr);
             }
         }
         std::hint::black_box(sum);
@@ -305,8 +330,6 @@ fn bench_pipeline(n: usize, repeat: usize) {
 /// at least 1M events/s and sends frames, against no ingest.
 fn bench_ingest(keys: usize) {
     let snap = synthetic(2000, 4);
-    let acct = seeded(&snap);
-    let report = synthetic_report(&snap, &acct, 1.0);
     let run = |ingest: bool| -> (Vec<f64>, f64) {
         let stop = Arc::new(AtomicBool::new(false));
         let ingested = Arc::new(AtomicU64::new(0));
@@ -316,34 +339,31 @@ fn bench_ingest(keys: usize) {
             let snap = snap.clone();
             std::thread::spawn(move || {
                 let events = event_stream(1_000_000);
-                let mut acct = seeded(&snap);
+                let mut engine = seeded(&snap, 1);
                 let mut last = Instant::now();
+                let mut t = 3_000_000_000;
                 'outer: loop {
-                    for e in &events {
-                        if let Ok(ev) = decode(e) {
-                            acct.apply(&ev);
-                        }
-                        ingested.fetch_add(1, Ordering::Relaxed);
+                    for chunk in events.chunks(4096) {
+                        let batch: Vec<Event> =
+                            chunk.iter().filter_map(|e| decode(e).ok()).collect();
+                        t += 1000;
+                        let _ = engine.apply(Input::Events { t, events: batch });
+                        ingested.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                         if stop.load(Ordering::Relaxed) {
                             break 'outer;
                         }
                     }
                     if last.elapsed() > Duration::from_millis(200) {
                         last = Instant::now();
-                        let r = synthetic_report(&snap, &acct, 2.0);
-                        let _ = tx.send(Update::Frame(Box::new(Frame {
-                            report: r,
-                            detail: None,
-                        })));
+                        let _ = tx.send(Update::Frame(Box::new(engine.frame())));
                     }
                 }
             })
         });
         let mut app = App::new(Duration::from_secs(1), None);
-        app.update(Action::Update(Update::Frame(Box::new(Frame {
-            report: synthetic_report(&snap, &acct, 1.0),
-            detail: None,
-        }))));
+        app.update(Action::Update(Update::Frame(Box::new(
+            seeded(&snap, 1).frame(),
+        ))));
         let mut term = Terminal::new(TestBackend::new(160, 48)).expect("test backend");
         let t0 = Instant::now();
         let lat = (0..keys)
@@ -368,7 +388,6 @@ fn bench_ingest(keys: usize) {
         }
         (lat, ingested.load(Ordering::Relaxed) as f64 / secs / 1e6)
     };
-    let _ = report;
     let (base, _) = run(false);
     let (loaded, rate) = run(true);
     let p99 = |mut v: Vec<f64>| {
@@ -413,57 +432,47 @@ fn vm_kib(field: &str) -> u64 {
 /// as the kernel produces them) streamed through decoding, the model and
 /// the seeding of the accounting, then a second walk as each refresh does.
 fn bench_footprint() {
-    rmapwatch_live::daemon::tune_allocator();
+    rmapwatch_live::source::tune_allocator();
     let (procs, per) = (10_000, 100);
     let before = rss_kib();
-    let mut acct = Accounting::default();
+    let mut engine = Engine::new(engine::Options::default());
+    engine
+        .apply(Input::Facts(Box::new(facts())))
+        .expect("facts");
+    // As the live source does before the seeding walk.
+    engine
+        .apply(Input::Slab(rmapwatch_engine::input::SlabCounts {
+            anon_vma: Some(1_000_000),
+            anon_vma_chain: Some(1_250_000),
+            shrunk: true,
+        }))
+        .expect("slab");
     let t = Instant::now();
-    // As the daemon does from the slab's object counts.
-    let (avs, avcs) = (1_000_000, 1_250_000);
-    acct.reserve_owners(avs + avcs);
-    let w = walk::stream(
-        Synth::new(procs, per),
-        Options::default(),
-        avs,
-        None,
-        |p, t, k| {
-            acct.own_existing(p, t, k);
-        },
-    )
-    .expect("synthetic stream decodes");
+    let mut clock = 1_000_000;
+    walk_through(&mut engine, Synth::new(procs, per), &mut clock);
     let seed_s = t.elapsed().as_secs_f64();
-    acct.name_existing(w.procs.iter().map(|(&pid, p)| (pid, p.comm.clone())));
-    let vmas = w.counts.vmas;
-    let model = w;
+    let r = engine.report(false);
+    let vmas = r.model.as_ref().map_or(0, |m| m.snapshot.stats.vmas);
     let after_seed = rss_kib();
     let peak_seed = vm_kib("VmHWM:");
     let mut refresh = Vec::new();
-    let mut last = None;
     for _ in 0..3 {
         let t = Instant::now();
-        let w = walk::stream(
-            Synth::new(procs, per),
-            Options::default(),
-            avs,
-            None,
-            |_, _, _| {},
-        )
-        .expect("synthetic stream decodes");
+        walk_through(&mut engine, Synth::new(procs, per), &mut clock);
         refresh.push(t.elapsed().as_secs_f64() * 1e3);
-        last = Some(w.counts);
     }
     let after = rss_kib();
     let peak = vm_kib("VmHWM:");
     let pass = stats(refresh).0;
     println!(
         "footprint: {vmas} VMAs / {procs} processes, {} anon_vma + {} AVC owned",
-        model.estimate.system.actual.anon_vma, model.estimate.system.actual.avc
+        r.live.anon_vma.objects, r.live.anon_vma_chain.objects
     );
     println!(
         "{:<44}        {:>10} MiB (owner table {} MiB; peak RSS while seeding {} MiB)",
         "footprint: state after seeding",
         (after_seed - before) / 1024,
-        acct.owner_table_bytes() >> 20,
+        engine.accounting().owner_table_bytes() >> 20,
         peak_seed / 1024
     );
     println!(
@@ -475,7 +484,7 @@ fn bench_footprint() {
     );
     println!(
         "{:<44}        {:>10.1} ms seed walk, refresh walk {:.1} ms median (user space: generating \
-         the records, decode + model)",
+         the records, decode + engine)",
         "footprint: time",
         seed_s * 1e3,
         pass
@@ -487,7 +496,53 @@ fn bench_footprint() {
         pass / 10.0,
         (pass / 1e3 / 0.05).max(1.0)
     );
-    std::hint::black_box((acct.events, model.estimate.system, last));
+    std::hint::black_box(engine.walks());
+}
+
+/// One walk of the iterator's records, decoded and batched as the live
+/// source does, into the engine.
+fn walk_through(engine: &mut Engine, mut records: impl std::io::Read, clock: &mut u64) {
+    *clock += 1_000_000;
+    engine
+        .apply(Input::WalkBegin { t: *clock })
+        .expect("walk begins");
+    let mut decoder = snapshot::Decoder::new();
+    let mut buf = vec![0u8; snapshot::CHUNK];
+    let mut vmas = Vec::new();
+    let mut comms = Vec::new();
+    let mut named = std::collections::HashSet::new();
+    loop {
+        let n = records.read(&mut buf).expect("synthetic records");
+        if n == 0 {
+            break;
+        }
+        decoder
+            .feed(&buf[..n], |v, comm| {
+                if named.insert(v.tgid) {
+                    comms.push((v.tgid, rmapwatch_engine::event::Comm(*comm).text()));
+                }
+                vmas.push(v.clone());
+            })
+            .expect("synthetic records decode");
+        if vmas.len() >= 1024 {
+            engine
+                .apply(Input::WalkVmas {
+                    comms: std::mem::take(&mut comms),
+                    vmas: std::mem::take(&mut vmas),
+                })
+                .expect("vmas");
+        }
+    }
+    engine.apply(Input::WalkVmas { comms, vmas }).expect("vmas");
+    let counts = decoder.finish().expect("synthetic records end well");
+    *clock += 1_000_000;
+    engine
+        .apply(Input::WalkEnd {
+            t: *clock,
+            counts,
+            error: None,
+        })
+        .expect("walk ends");
 }
 
 fn spawn_workload(exe: &PathBuf, regions: u32) -> (Child, u32) {

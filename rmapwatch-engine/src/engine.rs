@@ -1,0 +1,636 @@
+//! The engine: one state machine fed by [`Input`]s, whatever their source,
+//! that keeps the accounting and the model and builds what sinks show. It
+//! decides when walks are needed and asks the source through [`Request`]s;
+//! its decisions depend only on the inputs (their timestamps included), so
+//! a recording replays to the same results.
+use std::collections::{BTreeMap, HashMap};
+
+use rmapwatch_common::{hook, object};
+
+use crate::{
+    account::{Accounting, Comparison, RmapVmas},
+    hash::FastMap,
+    hooks::HookMode,
+    input::{
+        Counters, Facts, Input, Nanos, Order, OrderError, Paths, Request, SlabCounts, SlabRead,
+    },
+    inspect::{self, Family, Inspection},
+    model::{Estimate, Objects, Options as ModelOptions},
+    report::{Context, ModelView, Report, Resync, SnapshotStats},
+    snapshot::{Vma, WalkCounts},
+    view::{Frame, ProcRow, WalkView},
+    walk::{Digest, ProcInfo},
+};
+
+/// How the engine runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Options {
+    /// The lazy model's options.
+    pub model: ModelOptions,
+    /// Walk at every tick (the live view, `report --interval`); otherwise
+    /// only to seed, re-seed, and at the end.
+    pub walk_on_tick: bool,
+    /// The share of wall time walks may take (the live view: 5 %); `None`:
+    /// no limit.
+    pub walk_budget: Option<f64>,
+    /// Whether the source answers requests (a recording does not: its
+    /// walks are the ones recorded).
+    pub source_answers: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            model: ModelOptions::default(),
+            walk_on_tick: true,
+            walk_budget: None,
+            source_answers: true,
+        }
+    }
+}
+
+/// What an input led to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing for the sinks.
+    Nothing,
+    /// A new frame is ready (a tick, or the walk a tick asked for ended).
+    Frame,
+    /// The source ended.
+    End,
+}
+
+/// The latest complete walk.
+#[derive(Debug)]
+struct Walk {
+    estimate: Estimate,
+    procs: BTreeMap<u32, ProcInfo>,
+    counts: WalkCounts,
+    ended: Nanos,
+    walk_ms: f64,
+    comparison: Comparison,
+    slab_anon_vma: Option<u64>,
+}
+
+/// The walk in progress.
+#[derive(Debug)]
+struct Walking {
+    began: Nanos,
+    digest: Digest,
+    comms: FastMap<u32, String>,
+    family: Option<Family>,
+}
+
+/// Whether a refresh walks: when `forced`, when walks are not limited, or
+/// once the last walk (`since` it started, `took` long) is at most
+/// `budget` of the time since.
+fn walk_due(last: Option<(Nanos, Nanos)>, budget: Option<f64>, forced: bool) -> bool {
+    forced
+        || match (last, budget) {
+            (Some((since, took)), Some(b)) => since as f64 >= took as f64 / b,
+            _ => true,
+        }
+}
+
+/// How many anon_vmas and AVCs to make room for before the seeding walk,
+/// from the slab's object counts (in use or not). The anon_vma cache is
+/// never merged; the AVC cache usually is (with `fs_cache`,
+/// `eventpoll_pwq`), so its count can be any multiple of the AVCs: it is
+/// believed up to 4 AVCs per anon_vma (a reservation touched nowhere would
+/// still cost RSS once entries spread over it). At most 16M anon_vmas.
+fn reservation(anon_vma_objects: u64, avc_cache_objects: u64) -> (usize, usize) {
+    let avs = usize::try_from(anon_vma_objects.min(16 << 20)).unwrap_or(0);
+    let avcs = usize::try_from(avc_cache_objects).unwrap_or(0);
+    (avs, avcs.min(4 * avs))
+}
+
+/// The engine.
+#[derive(Debug)]
+pub struct Engine {
+    opts: Options,
+    order: Order,
+    facts: Option<Facts>,
+    acct: Accounting,
+    walking: Option<Walking>,
+    walk: Option<Walk>,
+    walks: u64,
+    /// When the last walk began and how long it took.
+    last_walk: Option<(Nanos, Nanos)>,
+    /// Walks asked for and not begun yet.
+    walk_asked: bool,
+    /// A frame is due when the walk asked for ends.
+    frame_after_walk: bool,
+    seeded: bool,
+    /// Events were lost: the next walk re-seeds.
+    reseed: bool,
+    counters: Counters,
+    dropped_seen: u64,
+    resync: Resync,
+    rmap: Option<RmapVmas>,
+    slab: Option<SlabCounts>,
+    detail_pid: Option<u32>,
+    /// The detail process's VMAs from the last walk (its family is found
+    /// in the next walk against their anon_vmas).
+    detail_vmas: Option<(u32, Vec<Vma>)>,
+    detail: Option<Inspection>,
+    paths: HashMap<u32, HashMap<u64, String>>,
+    now: Nanos,
+    requests: Vec<Request>,
+    finishing: Finish,
+    ended: Option<String>,
+}
+
+/// Where the end of a run stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Finish {
+    /// Running.
+    No,
+    /// The final walk is asked for.
+    FinalWalk,
+    /// The source is asked to stop.
+    Stopping,
+}
+
+impl Engine {
+    /// An engine waiting for its source's facts.
+    #[must_use]
+    pub fn new(opts: Options) -> Self {
+        Self {
+            opts,
+            order: Order::default(),
+            facts: None,
+            acct: Accounting::default(),
+            walking: None,
+            walk: None,
+            walks: 0,
+            last_walk: None,
+            walk_asked: false,
+            frame_after_walk: false,
+            seeded: false,
+            reseed: false,
+            counters: Counters::default(),
+            dropped_seen: 0,
+            resync: Resync::default(),
+            rmap: None,
+            slab: None,
+            detail_pid: None,
+            detail_vmas: None,
+            detail: None,
+            paths: HashMap::new(),
+            now: 0,
+            requests: Vec::new(),
+            finishing: Finish::No,
+            ended: None,
+        }
+    }
+
+    /// The measured machine, once its facts came.
+    #[must_use]
+    pub fn facts(&self) -> Option<&Facts> {
+        self.facts.as_ref()
+    }
+
+    /// The accounting.
+    #[must_use]
+    pub fn accounting(&self) -> &Accounting {
+        &self.acct
+    }
+
+    /// The source's time of the latest input.
+    #[must_use]
+    pub fn now(&self) -> Nanos {
+        self.now
+    }
+
+    /// Walks completed.
+    #[must_use]
+    pub fn walks(&self) -> u64 {
+        self.walks
+    }
+
+    /// Why the source ended, once it did.
+    #[must_use]
+    pub fn ended(&self) -> Option<&str> {
+        self.ended.as_deref()
+    }
+
+    /// Requests for the source since the last call.
+    pub fn take_requests(&mut self) -> Vec<Request> {
+        std::mem::take(&mut self.requests)
+    }
+
+    fn snapshots(&self) -> bool {
+        self.facts
+            .as_ref()
+            .is_some_and(|f| f.snapshot_error.is_none())
+    }
+
+    fn ask_walk(&mut self, slab: SlabRead) {
+        if !self.snapshots() || self.walk_asked {
+            return;
+        }
+        let paths = if self.finishing == Finish::FinalWalk {
+            Paths::All
+        } else {
+            Paths::Detail
+        };
+        self.requests.push(Request::Walk { slab, paths });
+        self.walk_asked = self.opts.source_answers;
+    }
+
+    /// Applies one input.
+    ///
+    /// # Errors
+    /// The input breaks an ordering rule (a corrupt or hostile stream);
+    /// the engine's state is unchanged by it.
+    pub fn apply(&mut self, input: Input) -> Result<Step, OrderError> {
+        self.order.check(&input)?;
+        if let Some(t) = input.time() {
+            self.now = t;
+        }
+        Ok(match input {
+            Input::Facts(f) => {
+                if f.hooks.iter().any(|h| {
+                    h.id == hook::RMAP_NEW && matches!(h.mode, HookMode::Fentry | HookMode::Kprobe)
+                }) {
+                    self.rmap = Some(RmapVmas::default());
+                }
+                self.facts = Some(*f);
+                // The seeding walk, with the slab counts to size its tables.
+                self.ask_walk(SlabRead::Read);
+                Step::Nothing
+            }
+            Input::Events { events, .. } => {
+                for e in &events {
+                    self.acct.apply(e);
+                }
+                Step::Nothing
+            }
+            Input::WalkBegin { t } => {
+                self.walk_began(t);
+                Step::Nothing
+            }
+            Input::WalkVmas { comms, vmas } => {
+                self.walk_vmas(comms, &vmas);
+                Step::Nothing
+            }
+            Input::WalkEnd { t, counts, error } => self.walk_ended(t, counts, error),
+            Input::Counters { counters, .. } => {
+                self.counters_came(counters);
+                Step::Nothing
+            }
+            Input::Rmap(u) => {
+                if let Some(r) = &mut self.rmap {
+                    r.update(u.current, u.retired);
+                }
+                Step::Nothing
+            }
+            Input::Names(names) => {
+                for (pid, comm) in names {
+                    self.acct.set_comm(pid, comm);
+                }
+                Step::Nothing
+            }
+            Input::MapPaths { pid, paths } => {
+                self.paths.insert(pid, paths.into_iter().collect());
+                Step::Nothing
+            }
+            Input::Slab(s) => {
+                if !self.seeded
+                    && let (Some(av), avc) = (s.anon_vma, s.anon_vma_chain)
+                {
+                    let (avs, avcs) = reservation(av, avc.unwrap_or(0));
+                    self.acct.reserve_owners(avs + avcs);
+                }
+                self.slab = Some(s);
+                Step::Nothing
+            }
+            Input::Notice(_) => Step::Nothing,
+            Input::Tick { .. } => self.tick(),
+            Input::End { reason, .. } => {
+                if self.acct.in_walk() {
+                    self.acct.abort_walk();
+                    self.walking = None;
+                }
+                self.ended = Some(reason);
+                Step::End
+            }
+        })
+    }
+
+    fn tick(&mut self) -> Step {
+        let unnamed = self.acct.take_unnamed();
+        if !unnamed.is_empty() {
+            self.requests.push(Request::Names { pids: unnamed });
+        }
+        if self.finishing != Finish::No || !self.opts.walk_on_tick || !self.snapshots() {
+            return Step::Frame;
+        }
+        if self.walk_asked || self.walking.is_some() {
+            self.frame_after_walk = true;
+            return Step::Nothing;
+        }
+        let last = self
+            .last_walk
+            .map(|(began, took)| (self.now.saturating_sub(began), took));
+        if walk_due(last, self.opts.walk_budget, false) {
+            self.ask_walk(SlabRead::No);
+            if self.walk_asked {
+                self.frame_after_walk = true;
+                return Step::Nothing;
+            }
+        }
+        Step::Frame
+    }
+
+    fn counters_came(&mut self, c: Counters) {
+        if let Some(k) = &c.kernel
+            && k.dropped > self.dropped_seen
+        {
+            self.dropped_seen = k.dropped;
+            if self.seeded {
+                // Events were lost: the live counts become the kernel's
+                // again, at the next walk, which is asked for now.
+                self.reseed = true;
+                self.resync.degraded = true;
+                self.ask_walk(SlabRead::No);
+            }
+        }
+        self.counters = c;
+    }
+
+    fn walk_began(&mut self, t: Nanos) {
+        self.walk_asked = false;
+        let hint = self.walk.as_ref().map_or_else(
+            || {
+                self.slab
+                    .and_then(|s| s.anon_vma)
+                    .and_then(|n| usize::try_from(n).ok())
+                    .unwrap_or(0)
+            },
+            |w| usize::try_from(w.estimate.system.actual.anon_vma).unwrap_or(0),
+        );
+        let model = self.opts.model;
+        let family = self
+            .detail_vmas
+            .as_ref()
+            .filter(|(pid, _)| Some(*pid) == self.detail_pid)
+            .map(|(pid, vmas)| Family::new(*pid, vmas));
+        self.walking = Some(Walking {
+            began: t,
+            digest: Digest::new(model, hint.min(16 << 20), self.detail_pid),
+            comms: FastMap::default(),
+            family,
+        });
+        self.acct.begin_walk(!self.seeded || self.reseed);
+    }
+
+    fn walk_vmas(&mut self, comms: Vec<(u32, String)>, vmas: &[Vma]) {
+        let Some(w) = &mut self.walking else {
+            return;
+        };
+        w.comms.extend(comms);
+        let acct = &mut self.acct;
+        for v in vmas {
+            let comms = &w.comms;
+            w.digest.vma(
+                v,
+                || comms.get(&v.tgid).cloned().unwrap_or_default(),
+                |ptr, tgid, kind| acct.walk_object(ptr, tgid, kind),
+            );
+            if let Some(f) = &mut w.family {
+                f.vma(v);
+            }
+        }
+    }
+
+    fn walk_ended(&mut self, t: Nanos, counts: WalkCounts, error: Option<String>) -> Step {
+        let Some(w) = self.walking.take() else {
+            return Step::Nothing;
+        };
+        let frame = std::mem::take(&mut self.frame_after_walk);
+        if error.is_some() {
+            self.acct.abort_walk();
+        } else {
+            let acct = &mut self.acct;
+            let walked = w
+                .digest
+                .finish(counts, |ptr, tgid, kind| acct.walk_object(ptr, tgid, kind));
+            let comparison = self.acct.end_walk().unwrap_or_default();
+            if comparison.reconciled {
+                if self.seeded {
+                    self.resync = Resync {
+                        degraded: false,
+                        resyncs: self.resync.resyncs + 1,
+                        drift_before_last: Some((comparison.drift[0], comparison.drift[1])),
+                    };
+                }
+                self.seeded = true;
+                self.reseed = false;
+            }
+            self.acct
+                .name_existing(walked.procs.iter().map(|(&p, i)| (p, i.comm.clone())));
+            self.walks += 1;
+            self.last_walk = Some((w.began, t.saturating_sub(w.began)));
+            // The detail view: this walk's VMAs, the family against the
+            // previous walk's anon_vmas (one more walk if there was none).
+            self.detail = None;
+            if let Some(pid) = self.detail_pid {
+                if walked.procs.contains_key(&pid) {
+                    let comm = |p: u32| {
+                        walked
+                            .procs
+                            .get(&p)
+                            .map(|i| i.comm.clone())
+                            .unwrap_or_default()
+                    };
+                    let had_family = w.family.is_some();
+                    let family = w.family.map(|f| f.finish(comm)).unwrap_or_default();
+                    let empty = HashMap::new();
+                    let paths = self.paths.get(&pid).unwrap_or(&empty);
+                    let sizes = self.facts.as_ref().map(|f| f.sizes).unwrap_or_default();
+                    self.detail = Some(inspect::inspect(
+                        &walked.detail,
+                        comm(pid),
+                        family,
+                        &walked.estimate,
+                        pid,
+                        paths,
+                        sizes,
+                    ));
+                    self.detail_vmas = Some((pid, walked.detail.clone()));
+                    if !had_family {
+                        self.ask_walk(SlabRead::No);
+                    }
+                } else {
+                    self.detail_vmas = None;
+                }
+            }
+            let slab_anon_vma = self
+                .slab
+                .take()
+                .filter(|s| s.shrunk)
+                .and_then(|s| s.anon_vma);
+            self.walk = Some(Walk {
+                estimate: walked.estimate,
+                procs: walked.procs,
+                counts: walked.counts,
+                ended: t,
+                walk_ms: (t.saturating_sub(w.began) as f64 / 1e4).round() / 100.0,
+                comparison,
+                slab_anon_vma,
+            });
+        }
+        match self.finishing {
+            Finish::FinalWalk => {
+                self.finishing = Finish::Stopping;
+                self.requests.push(Request::Stop);
+            }
+            _ if self.reseed => self.ask_walk(SlabRead::No),
+            _ => {}
+        }
+        if frame { Step::Frame } else { Step::Nothing }
+    }
+
+    /// The process the user inspects (the live view's detail), or none:
+    /// it is walked at once, and at every walk after.
+    pub fn want_detail(&mut self, pid: Option<u32>) {
+        if pid == self.detail_pid {
+            return;
+        }
+        self.detail_pid = pid;
+        self.detail = None;
+        self.requests.push(Request::Detail { pid });
+        if pid.is_some() {
+            self.ask_walk(SlabRead::No);
+        }
+    }
+
+    /// The inspection of `pid`, from the latest walk that kept it.
+    #[must_use]
+    pub fn inspection(&self, pid: u32) -> Option<&Inspection> {
+        self.detail.as_ref().filter(|i| i.pid == pid)
+    }
+
+    /// The run should end: one final walk (with the slab counters and
+    /// every process's mapping paths), then the source is asked to stop.
+    pub fn finish(&mut self) {
+        if self.finishing != Finish::No || self.ended.is_some() {
+            return;
+        }
+        if self.snapshots() && self.opts.source_answers {
+            self.finishing = Finish::FinalWalk;
+            self.walk_asked = false;
+            self.requests.retain(|r| !matches!(r, Request::Walk { .. }));
+            self.ask_walk(SlabRead::Shrink);
+        } else {
+            self.finishing = Finish::Stopping;
+            self.requests.push(Request::Stop);
+        }
+    }
+
+    fn duration_s(&self) -> f64 {
+        self.now as f64 / 1e9
+    }
+
+    /// The report of the state now (`done`: the final one).
+    ///
+    /// # Panics
+    /// Never: without facts a default is used.
+    #[must_use]
+    pub fn report(&self, done: bool) -> Report {
+        let default_facts = Facts::default();
+        let facts = self.facts.as_ref().unwrap_or(&default_facts);
+        let model = self.walk.as_ref().map(|w| ModelView {
+            estimate: &w.estimate,
+            procs: &w.procs,
+            age_s: self.now.saturating_sub(w.ended) as f64 / 1e9,
+            stats: SnapshotStats {
+                taken: self.walks,
+                vmas: w.counts.vmas,
+                processes: w.procs.len() as u64,
+                duplicate_vmas: w.counts.duplicate_vmas,
+                short_chains: w.counts.short_chains,
+                truncated_chains: w.counts.truncated_chains,
+                walk_ms: w.walk_ms,
+            },
+            slab_anon_vma: w.slab_anon_vma,
+            comparison: &w.comparison,
+        });
+        Report::build(
+            &self.acct,
+            &Context {
+                facts,
+                counters: self.counters.kernel.as_ref(),
+                duration_s: self.duration_s(),
+                done,
+                model,
+                rmap_vmas: self.rmap.as_ref(),
+                programs: self.counters.programs.as_ref(),
+                resync: self.resync,
+            },
+        )
+    }
+
+    /// The typed view of the state now, for the live view.
+    #[must_use]
+    pub fn frame(&self) -> Frame {
+        let live_of = |l: &[u64; object::COUNT]| Objects {
+            anon_vma: l[object::ANON_VMA as usize],
+            avc: l[object::AVC as usize],
+        };
+        let walk = self.walk.as_ref();
+        let processes = self
+            .acct
+            .processes
+            .values()
+            .filter(|p| {
+                p.flows.iter().any(|f| f.allocs + f.frees > 0) || p.live.iter().any(|&n| n > 0)
+            })
+            .map(|p| {
+                let pair = walk.and_then(|w| w.estimate.processes.get(&p.pid).copied());
+                ProcRow {
+                    pid: p.pid,
+                    comm: if p.comm.is_empty() {
+                        "?".into()
+                    } else {
+                        p.comm.clone()
+                    },
+                    exited: p.exited,
+                    vmas: walk.and_then(|w| w.procs.get(&p.pid).map(|i| i.vmas)),
+                    live: live_of(&p.live),
+                    walked: walk.map(|_| pair.map(|x| x.actual).unwrap_or_default()),
+                    lazy: walk.map(|_| pair.map(|x| x.lazy).unwrap_or_default()),
+                }
+            })
+            .collect();
+        Frame {
+            facts: self.facts.clone().unwrap_or_default(),
+            uptime_s: self.duration_s(),
+            events: self.acct.events,
+            dropped: self.counters.kernel.as_ref().map(|k| k.dropped),
+            resync: self.resync,
+            cost: self
+                .counters
+                .programs
+                .as_ref()
+                .map(|p| crate::report::CostReport::new(p, self.duration_s())),
+            totals: self.acct.objects,
+            live: live_of(&self.acct.live()),
+            walk: walk.map(|w| WalkView {
+                actual: w.estimate.system.actual,
+                lazy: w.estimate.system.lazy,
+                lazy_other_option: w.estimate.lazy_other_option,
+                age_s: self.now.saturating_sub(w.ended) as f64 / 1e9,
+                walk_ms: w.walk_ms,
+                walks: self.walks,
+                drift: w.comparison.drift,
+            }),
+            processes,
+            detail: self.detail.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

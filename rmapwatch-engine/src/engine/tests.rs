@@ -1,0 +1,613 @@
+//! The engine driven by scripts of inputs. The first three are the ordering
+//! bugs the live daemon had (07d5305, 455e7a3, bbd657a), replayed as the
+//! messages a source delivers; each test also runs the old rule and shows
+//! that it gets the numbers wrong.
+use rmapwatch_common::{object, site};
+
+use super::*;
+use crate::{
+    event::{Comm, Event},
+    input::{KernelCounters, SlabRead},
+    model::sim::Sim,
+    snapshot::Snapshot,
+};
+
+const AV: u32 = object::ANON_VMA;
+const AVC: u32 = object::AVC;
+
+/// Inputs as a source would deliver them, with a clock.
+struct Script {
+    t: Nanos,
+    inputs: Vec<Input>,
+}
+
+impl Script {
+    fn new() -> Self {
+        let facts = Facts {
+            sizes: crate::facts::Sizes {
+                anon_vma: 104,
+                anon_vma_chain: 64,
+            },
+            ..Facts::default()
+        };
+        Self {
+            t: 0,
+            inputs: vec![Input::Facts(Box::new(facts))],
+        }
+    }
+
+    fn at(&mut self, ms: u64) -> &mut Self {
+        self.t = self.t.max(ms * 1_000_000);
+        self
+    }
+
+    fn events(&mut self, events: &[Event]) -> &mut Self {
+        self.t += 1000;
+        self.inputs.push(Input::Events {
+            t: self.t,
+            events: events.to_vec(),
+        });
+        self
+    }
+
+    fn begin(&mut self) -> &mut Self {
+        self.t += 1000;
+        self.inputs.push(Input::WalkBegin { t: self.t });
+        self
+    }
+
+    /// VMAs of a walk in progress (every process named).
+    fn vmas(&mut self, vmas: &[Vma]) -> &mut Self {
+        let comms = vmas
+            .iter()
+            .map(|v| (v.tgid, format!("p{}", v.tgid)))
+            .collect();
+        self.inputs.push(Input::WalkVmas {
+            comms,
+            vmas: vmas.to_vec(),
+        });
+        self
+    }
+
+    fn end(&mut self) -> &mut Self {
+        self.t += 1000;
+        self.inputs.push(Input::WalkEnd {
+            t: self.t,
+            counts: WalkCounts::default(),
+            error: None,
+        });
+        self
+    }
+
+    fn walk(&mut self, snap: &Snapshot) -> &mut Self {
+        self.begin().vmas(&snap.vmas).end()
+    }
+
+    fn dropped(&mut self, n: u64) -> &mut Self {
+        self.t += 1000;
+        self.inputs.push(Input::Counters {
+            t: self.t,
+            counters: Counters {
+                kernel: Some(KernelCounters {
+                    dropped: n,
+                    ..KernelCounters::default()
+                }),
+                ..Counters::default()
+            },
+        });
+        self
+    }
+
+    fn tick(&mut self) -> &mut Self {
+        self.t += 1000;
+        self.inputs.push(Input::Tick { t: self.t });
+        self
+    }
+
+    fn run(&self) -> Engine {
+        self.run_with(Options::default())
+    }
+
+    fn run_with(&self, opts: Options) -> Engine {
+        let mut e = Engine::new(opts);
+        for i in &self.inputs {
+            e.apply(i.clone()).unwrap();
+        }
+        e
+    }
+}
+
+/// A VMA of `tgid` whose chain holds `avc`, its own anon_vma `av` (a root
+/// with no children).
+fn vma(tgid: u32, addr: u64, av: u64, avc: u64) -> Vma {
+    Vma {
+        tgid,
+        mm: u64::from(tgid) << 12,
+        addr,
+        anon_vma: av,
+        av_root: av,
+        av_num_children: 1,
+        chain: vec![(avc, av)],
+        ..Vma::default()
+    }
+}
+
+fn live(e: &Engine, pid: u32) -> [u64; 2] {
+    e.accounting().processes[&pid].live
+}
+
+fn flows(e: &Engine, pid: u32, obj: u32) -> (u64, u64) {
+    let f = e.accounting().processes[&pid].flows[obj as usize];
+    (f.allocs, f.frees)
+}
+
+fn drift(e: &Engine) -> [i64; 2] {
+    e.walk.as_ref().unwrap().comparison.drift
+}
+
+#[test]
+fn events_reported_before_a_walk_are_applied_before_it_seeds() {
+    // 07d5305: an anon_vma of pid 5 that existed before the attach is freed
+    // and its address reused by pid 6, all before the seeding walk, which
+    // sees pid 6's.
+    let events = [
+        Event::free(AV, site::PUT, 5, 0x1000),
+        Event::alloc(AV, site::PREPARE, 6, 0x1000, false),
+        Event::alloc(AVC, site::PREPARE, 6, 0x2000, false),
+    ];
+    let snap = [vma(6, 0xa000, 0x1000, 0x2000)];
+    let mut s = Script::new();
+    s.events(&events).begin().vmas(&snap).end();
+    let e = s.run();
+    assert_eq!(flows(&e, 6, AV), (1, 0));
+    assert_eq!(live(&e, 6), [1, 1]);
+    assert_eq!(e.accounting().objects[AV as usize].frees_of_preexisting, 1);
+    assert_eq!(drift(&e), [0, 0]);
+    // The old rule applied them after the walk had seeded: the earlier
+    // life's free was charged to the new owner.
+    let mut old = Script::new();
+    old.begin().vmas(&snap).end().events(&events);
+    let e = old.run();
+    assert_eq!(
+        flows(&e, 6, AV),
+        (1, 1),
+        "the old order charges pid 6 a free"
+    );
+}
+
+#[test]
+fn a_fork_straddling_the_attach_is_charged_to_its_own_child() {
+    // 455e7a3: allocations of a fork whose end the source never reported
+    // (fork's end attached after the allocations) waited for the parent's
+    // next fork. The seeding walk sees them in child 20: they stay there.
+    let mut s = Script::new();
+    s.events(&[
+        Event::alloc(AV, site::FORK, 10, 0x1000, true),
+        Event::alloc(AVC, site::FORK, 10, 0x2000, true),
+    ])
+    .begin()
+    .vmas(&[vma(20, 0xa000, 0x1000, 0x2000)])
+    .end()
+    .events(&[
+        Event::alloc(AV, site::FORK, 10, 0x3000, true),
+        Event::alloc(AVC, site::FORK, 10, 0x4000, true),
+        Event::fork(10, 21, "kid"),
+    ]);
+    let e = s.run();
+    assert_eq!(live(&e, 20), [1, 1]);
+    assert_eq!(live(&e, 21), [1, 1]);
+    assert_eq!(flows(&e, 21, AV), (1, 0));
+    // The old rule handed every waiting allocation to the next child.
+    let mut a = Accounting::default();
+    for e in [
+        Event::alloc(AV, site::FORK, 10, 0x1000, true),
+        Event::alloc(AV, site::FORK, 10, 0x3000, true),
+        Event::fork(10, 21, "kid"),
+    ] {
+        a.apply(&e);
+    }
+    assert_eq!(a.processes[&21].live, [2, 0], "the old rule: both to 21");
+}
+
+#[test]
+fn a_walk_seeing_an_addresss_next_life_leaves_it_to_the_events() {
+    // bbd657a: child 20 owns anon_vma 0x1000; while the walk runs it exits
+    // and the parent forks 21, which gets the same address; the walk sees
+    // 21's life before those events arrive.
+    let mut s = Script::new();
+    s.events(&[
+        Event::alloc(AV, site::FORK, 1, 0x1000, true),
+        Event::alloc(AVC, site::FORK, 1, 0x2000, true),
+        Event::fork(1, 20, "kid"),
+    ])
+    .begin()
+    .vmas(&[vma(21, 0xb000, 0x1000, 0x3000)])
+    .events(&[
+        Event::free(AVC, site::UNLINK, 20, 0x2000),
+        Event::free(AV, site::PUT, 20, 0x1000),
+        Event::alloc(AV, site::FORK, 1, 0x1000, true),
+        Event::alloc(AVC, site::FORK, 1, 0x3000, true),
+        Event::fork(1, 21, "kid"),
+    ])
+    .end();
+    let e = s.run();
+    assert_eq!(flows(&e, 20, AV), (1, 1));
+    assert_eq!(flows(&e, 21, AV), (1, 0));
+    assert_eq!(live(&e, 20), [0, 0]);
+    assert_eq!(live(&e, 21), [1, 1]);
+    assert_eq!(drift(&e), [0, 0]);
+    // The old rule seeded over the owner events had given the address (as
+    // an allocation by 21 would): 20's queued free then came out of 21's
+    // life, and 20 never freed its anon_vma.
+    let mut a = Accounting::default();
+    for e in [
+        Event::alloc(AV, site::FORK, 1, 0x1000, true),
+        Event::fork(1, 20, "kid"),
+        Event::alloc(AV, site::PREPARE, 21, 0x1000, false), // the old seeding
+        Event::free(AV, site::PUT, 20, 0x1000),
+        Event::alloc(AV, site::FORK, 1, 0x1000, true),
+        Event::fork(1, 21, "kid"),
+    ] {
+        a.apply(&e);
+    }
+    let f = a.processes[&20].flows[AV as usize];
+    assert_eq!((f.allocs, f.frees), (1, 0), "the old rule loses 20's free");
+}
+
+#[test]
+fn drift_leaves_out_what_changed_during_the_walk() {
+    // A fork and a free while the walk runs: the walk sees the parent
+    // before the fork, the child after it, and one of the parent's objects
+    // before it is freed.
+    let mut sim = Sim::default();
+    for i in 0..4 {
+        let v = sim.map(1, i * 0x10000);
+        sim.fault(v);
+    }
+    let before = sim.snapshot();
+    let mut s = Script::new();
+    let seed: Vec<Event> = before
+        .vmas
+        .iter()
+        .flat_map(|v| {
+            [
+                Event::alloc(AV, site::PREPARE, 1, v.anon_vma, false),
+                Event::alloc(AVC, site::PREPARE, 1, v.chain[0].0, false),
+            ]
+        })
+        .collect();
+    s.events(&seed).walk(&before);
+    sim.fork(1, 2);
+    let after = sim.snapshot();
+    let (parent, child): (Vec<Vma>, Vec<Vma>) =
+        after.vmas.iter().cloned().partition(|v| v.tgid == 1);
+    let mut fork_events: Vec<Event> = Vec::new();
+    for v in &child {
+        for &(avc, _) in &v.chain {
+            fork_events.push(Event::alloc(AVC, site::FORK, 1, avc, true));
+        }
+        fork_events.push(Event::alloc(AV, site::FORK, 1, v.anon_vma, true));
+    }
+    fork_events.push(Event::fork(1, 2, "kid"));
+    // The parent's first VMA goes away after the walk saw it.
+    let gone = &parent[0];
+    let unmap = [Event::free(AVC, site::UNLINK, 1, gone.chain[0].0)];
+    s.begin()
+        .vmas(&parent)
+        .events(&unmap)
+        .events(&fork_events)
+        .vmas(&child)
+        .end();
+    let e = s.run();
+    assert_eq!(drift(&e), [0, 0]);
+    assert!(e.walk.as_ref().unwrap().comparison.by_process.is_empty());
+    assert_eq!(e.walk.as_ref().unwrap().comparison.changed_during_walk, 13);
+    // The old rule: live now against the walk, whatever changed during it.
+    let r = e.report(false);
+    let old = r.live.anon_vma_chain.objects.cast_signed()
+        - r.model
+            .as_ref()
+            .unwrap()
+            .snapshot
+            .actual
+            .anon_vma_chain
+            .objects
+            .cast_signed();
+    assert_eq!(
+        old, -1,
+        "the old rule counts the free during the walk as drift"
+    );
+}
+
+#[test]
+fn a_reseed_after_lost_events_leaves_no_fork_allocation_for_the_wrong_child() {
+    let mut s = Script::new();
+    s.walk(&Snapshot::default());
+    // Fork F1 of thread 10: its allocations arrive, its end is lost.
+    s.events(&[
+        Event::alloc(AV, site::FORK, 10, 0x1000, true),
+        Event::alloc(AVC, site::FORK, 10, 0x2000, true),
+    ])
+    .dropped(1)
+    // The re-seeding walk the engine asks for sees them in child 20.
+    .walk(&Snapshot {
+        vmas: vec![vma(20, 0xa000, 0x1000, 0x2000)],
+        ..Snapshot::default()
+    })
+    // F2.
+    .events(&[
+        Event::alloc(AV, site::FORK, 10, 0x3000, true),
+        Event::fork(10, 21, "kid"),
+    ]);
+    let e = s.run();
+    assert_eq!(live(&e, 20), [1, 1]);
+    assert_eq!(live(&e, 21), [1, 0]);
+    let r = e.report(false);
+    assert_eq!(r.resync.resyncs, 1);
+    assert!(!r.resync.degraded);
+    assert_eq!(r.resync.drift_before_last, Some((0, 0)));
+}
+
+#[test]
+fn lost_events_degrade_until_the_reseeding_walk_that_is_asked_for_at_once() {
+    let mut s = Script::new();
+    s.walk(&Snapshot::default()).dropped(0);
+    let mut e = s.run();
+    let _ = e.take_requests();
+    e.apply(Input::Counters {
+        t: 1_000_000,
+        counters: Counters {
+            kernel: Some(KernelCounters {
+                dropped: 7,
+                ..KernelCounters::default()
+            }),
+            ..Counters::default()
+        },
+    })
+    .unwrap();
+    assert!(e.report(false).resync.degraded);
+    assert_eq!(e.report(false).dropped_events, Some(7));
+    assert!(
+        e.take_requests()
+            .iter()
+            .any(|r| matches!(r, Request::Walk { .. }))
+    );
+    // Unreadable counters are unknown, not zero.
+    e.apply(Input::Counters {
+        t: 2_000_000,
+        counters: Counters::default(),
+    })
+    .unwrap();
+    assert_eq!(e.report(false).dropped_events, None);
+    assert!(
+        serde_json::to_string(&e.report(false))
+            .unwrap()
+            .contains("\"dropped_events\":null")
+    );
+}
+
+#[test]
+fn the_facts_ask_for_the_seeding_walk_and_ticks_for_refreshes_within_the_budget() {
+    let mut e = Engine::new(Options {
+        walk_budget: Some(0.05),
+        ..Options::default()
+    });
+    e.apply(Input::Facts(Box::default())).unwrap();
+    assert_eq!(
+        e.take_requests(),
+        vec![Request::Walk {
+            slab: SlabRead::Read,
+            paths: Paths::Detail
+        }]
+    );
+    // A tick while the walk is asked for: the frame waits for it.
+    assert_eq!(e.apply(Input::Tick { t: 1 }).unwrap(), Step::Nothing);
+    let ms = 1_000_000;
+    let mut e = Engine::new(Options {
+        walk_budget: Some(0.05),
+        ..Options::default()
+    });
+    e.apply(Input::Facts(Box::default())).unwrap();
+    e.apply(Input::WalkBegin { t: 0 }).unwrap();
+    e.apply(Input::WalkEnd {
+        t: 700 * ms,
+        counts: WalkCounts::default(),
+        error: None,
+    })
+    .unwrap();
+    let _ = e.take_requests();
+    // A 700 ms walk at 5 %: not before 14 s have passed since it began.
+    assert_eq!(e.apply(Input::Tick { t: 1000 * ms }).unwrap(), Step::Frame);
+    assert!(
+        e.take_requests()
+            .iter()
+            .all(|r| !matches!(r, Request::Walk { .. }))
+    );
+    assert_eq!(
+        e.apply(Input::Tick { t: 13_900 * ms }).unwrap(),
+        Step::Frame
+    );
+    assert_eq!(
+        e.apply(Input::Tick { t: 14_000 * ms }).unwrap(),
+        Step::Nothing
+    );
+    assert!(
+        e.take_requests()
+            .iter()
+            .any(|r| matches!(r, Request::Walk { .. }))
+    );
+    e.apply(Input::WalkBegin { t: 14_001 * ms }).unwrap();
+    assert_eq!(
+        e.apply(Input::WalkEnd {
+            t: 14_003 * ms,
+            counts: WalkCounts::default(),
+            error: None,
+        })
+        .unwrap(),
+        Step::Frame,
+        "the frame the tick asked for"
+    );
+}
+
+#[test]
+fn walks_keep_to_their_share_of_the_time_unless_forced() {
+    let ms = 1_000_000;
+    // Unlimited (report): every refresh walks.
+    assert!(walk_due(Some((10 * ms, 700 * ms)), None, false));
+    assert!(!walk_due(Some((1000 * ms, 700 * ms)), Some(0.05), false));
+    assert!(walk_due(Some((14_000 * ms, 700 * ms)), Some(0.05), false));
+    // A 2 ms walk: every second-long refresh walks.
+    assert!(walk_due(Some((1000 * ms, 2 * ms)), Some(0.05), false));
+    assert!(walk_due(Some((ms, 700 * ms)), Some(0.05), true));
+    assert!(walk_due(None, Some(0.05), false));
+}
+
+#[test]
+fn reservations_do_not_trust_a_merged_avc_cache() {
+    assert_eq!(reservation(1000, 2500), (1000, 2500));
+    assert_eq!(reservation(1000, 9_000_000), (1000, 4000));
+    assert_eq!(reservation(u64::MAX, u64::MAX), (16 << 20, 64 << 20));
+    assert_eq!(reservation(0, 0), (0, 0));
+}
+
+#[test]
+fn finishing_walks_once_more_with_every_path_then_stops() {
+    let mut s = Script::new();
+    s.walk(&Snapshot::default());
+    let mut e = s.run();
+    let _ = e.take_requests();
+    e.finish();
+    assert_eq!(
+        e.take_requests(),
+        vec![Request::Walk {
+            slab: SlabRead::Shrink,
+            paths: Paths::All
+        }]
+    );
+    e.apply(Input::WalkBegin { t: 10_000_000 }).unwrap();
+    e.apply(Input::WalkEnd {
+        t: 11_000_000,
+        counts: WalkCounts::default(),
+        error: None,
+    })
+    .unwrap();
+    assert_eq!(e.take_requests(), vec![Request::Stop]);
+    assert_eq!(
+        e.apply(Input::End {
+            t: 12_000_000,
+            reason: "stopped".into()
+        })
+        .unwrap(),
+        Step::End
+    );
+    assert_eq!(e.ended(), Some("stopped"));
+}
+
+#[test]
+fn a_detail_view_is_walked_at_once_and_its_family_found_in_the_next_walk() {
+    let mut sim = Sim::default();
+    for i in 0..3 {
+        let v = sim.map(1, i * 0x10000);
+        sim.fault(v);
+    }
+    sim.fork(1, 2);
+    let mut snap = sim.snapshot();
+    for (pid, p) in &mut snap.procs {
+        p.pid = *pid;
+    }
+    let mut s = Script::new();
+    s.walk(&snap);
+    let mut e = s.run();
+    let _ = e.take_requests();
+    e.want_detail(Some(2));
+    let r = e.take_requests();
+    assert!(r.contains(&Request::Detail { pid: Some(2) }));
+    assert!(r.iter().any(|r| matches!(r, Request::Walk { .. })));
+    let walk = |e: &mut Engine, t: Nanos| {
+        e.apply(Input::WalkBegin { t }).unwrap();
+        e.apply(Input::WalkVmas {
+            comms: vec![(1, "parent".into()), (2, "child".into())],
+            vmas: snap.vmas.clone(),
+        })
+        .unwrap();
+        e.apply(Input::WalkEnd {
+            t: t + 1,
+            counts: WalkCounts::default(),
+            error: None,
+        })
+        .unwrap();
+    };
+    walk(&mut e, 1_000_000);
+    let i = e.inspection(2).unwrap();
+    assert_eq!(i.vmas.len(), 3);
+    assert!(i.family.is_empty());
+    assert!(
+        e.take_requests()
+            .iter()
+            .any(|r| matches!(r, Request::Walk { .. })),
+        "one more walk for the family"
+    );
+    walk(&mut e, 2_000_000);
+    let i = e.inspection(2).unwrap();
+    assert_eq!(i.family.len(), 1);
+    assert_eq!(i.family[0].pid, 1);
+    assert_eq!(i.family[0].shared_anon_vmas, 3);
+    assert_eq!(i.comm, "child");
+}
+
+#[test]
+fn inputs_that_break_the_rules_are_refused_and_change_nothing() {
+    let mut e = Engine::new(Options::default());
+    assert!(e.apply(Input::Tick { t: 1 }).is_err());
+    e.apply(Input::Facts(Box::default())).unwrap();
+    e.apply(Input::Tick { t: 5 }).unwrap();
+    assert!(
+        e.apply(Input::Events {
+            t: 4,
+            events: vec![Event::alloc(AV, site::PREPARE, 1, 0x40, false)]
+        })
+        .is_err()
+    );
+    assert_eq!(e.accounting().events, 0);
+    assert!(
+        e.apply(Input::WalkEnd {
+            t: 6,
+            counts: WalkCounts::default(),
+            error: None
+        })
+        .is_err()
+    );
+}
+
+#[test]
+fn a_frame_is_the_same_state_as_the_report() {
+    let mut s = Script::new();
+    s.events(&[Event::alloc(AV, site::PREPARE, 3, 0x40, false)])
+        .walk(&Snapshot {
+            vmas: vec![vma(3, 0xa000, 0x40, 0x80)],
+            ..Snapshot::default()
+        })
+        .at(2000)
+        .tick();
+    let e = s.run();
+    let f = e.frame();
+    let r = e.report(false);
+    assert_eq!(f.live.anon_vma, r.live.anon_vma.objects);
+    assert_eq!(f.live.avc, r.live.anon_vma_chain.objects);
+    let w = f.walk.unwrap();
+    assert_eq!(w.actual.anon_vma, 1);
+    assert_eq!(w.actual.avc, 1);
+    assert_eq!(w.lazy, crate::model::Objects::default());
+    assert_eq!(f.processes.len(), 1);
+    assert_eq!(f.processes[0].comm, "p3");
+    assert_eq!(
+        f.processes[0].walked,
+        Some(crate::model::Objects {
+            anon_vma: 1,
+            avc: 1
+        })
+    );
+    assert!((f.uptime_s - r.duration_s).abs() < 1e-3);
+    assert_eq!(f.totals[0].flow.allocs, 1);
+    let _ = Comm::new("x");
+}

@@ -1,0 +1,337 @@
+//! Typed kernel events, and their decoding from the programs' ring-buffer
+//! records (`rmapwatch_common::Event`, the kernel ABI).
+use rmapwatch_common::{COMM_LEN, flags, kind, object, site};
+use serde::{Deserialize, Serialize};
+
+/// A task's `comm`: up to 16 bytes, NUL-padded.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Comm(pub [u8; COMM_LEN]);
+
+impl Comm {
+    /// From text (truncated to 15 bytes, as the kernel does).
+    #[must_use]
+    pub fn new(s: &str) -> Self {
+        let mut c = [0u8; COMM_LEN];
+        let n = s.len().min(COMM_LEN - 1);
+        c[..n].copy_from_slice(&s.as_bytes()[..n]);
+        Self(c)
+    }
+
+    /// The bytes before the first NUL.
+    #[must_use]
+    pub fn bytes(&self) -> &[u8] {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        &self.0[..end]
+    }
+
+    /// As text.
+    #[must_use]
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(self.bytes()).into_owned()
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.text())
+    }
+}
+
+impl Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text())
+    }
+}
+
+impl<'de> Deserialize<'de> for Comm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self::new(&String::deserialize(d)?))
+    }
+}
+
+/// An anon_vma or AVC allocation or free at an rmap call site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slab {
+    /// `rmapwatch_common::object` (validated: below `object::COUNT`).
+    pub object: u32,
+    /// `rmapwatch_common::site` (validated: below `site::COUNT`).
+    pub site: u32,
+    /// Allocated inside a fork of the current task, before
+    /// `sched_process_fork`: it belongs to the child named next.
+    pub in_fork: bool,
+    /// Current thread.
+    pub tid: u32,
+    /// Current process.
+    pub tgid: u32,
+    /// The object's address.
+    pub ptr: u64,
+}
+
+/// What the kernel reported, typed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// An anon_vma or AVC was allocated.
+    Alloc(Slab),
+    /// An anon_vma or AVC is being freed.
+    Free(Slab),
+    /// A task was created (`sched_process_fork`, in the parent).
+    Fork {
+        /// The parent thread.
+        tid: u32,
+        /// The parent process.
+        tgid: u32,
+        /// The child thread.
+        child_tid: u32,
+        /// The child process (the parent's for a thread).
+        child_tgid: u32,
+        /// The child's name.
+        comm: Comm,
+    },
+    /// A process executed a new image.
+    Exec {
+        /// The thread.
+        tid: u32,
+        /// The process.
+        tgid: u32,
+        /// The new name.
+        comm: Comm,
+    },
+    /// A thread-group leader exited.
+    Exit {
+        /// The thread.
+        tid: u32,
+        /// The process.
+        tgid: u32,
+        /// Its name.
+        comm: Comm,
+    },
+}
+
+impl Event {
+    /// A slab allocation (tests, benchmarks).
+    #[must_use]
+    pub fn alloc(object: u32, site: u32, tgid: u32, ptr: u64, in_fork: bool) -> Self {
+        Self::Alloc(Slab {
+            object,
+            site,
+            in_fork,
+            tid: tgid,
+            tgid,
+            ptr,
+        })
+    }
+
+    /// A slab free (tests, benchmarks).
+    #[must_use]
+    pub fn free(object: u32, site: u32, tgid: u32, ptr: u64) -> Self {
+        Self::Free(Slab {
+            object,
+            site,
+            in_fork: false,
+            tid: tgid,
+            tgid,
+            ptr,
+        })
+    }
+
+    /// A fork of a single-threaded parent (tests, benchmarks).
+    #[must_use]
+    pub fn fork(parent: u32, child: u32, comm: &str) -> Self {
+        Self::Fork {
+            tid: parent,
+            tgid: parent,
+            child_tid: child,
+            child_tgid: child,
+            comm: Comm::new(comm),
+        }
+    }
+
+    /// The kernel ABI record of this event (tests, benchmarks, and the
+    /// ring-record round trip).
+    #[must_use]
+    pub fn to_abi(&self) -> rmapwatch_common::Event {
+        use rmapwatch_common::Event as Abi;
+        match *self {
+            Self::Alloc(s) | Self::Free(s) => Abi {
+                kind: if matches!(self, Self::Alloc(_)) {
+                    kind::ALLOC
+                } else {
+                    kind::FREE
+                },
+                object: s.object,
+                site: s.site,
+                flags: if s.in_fork { flags::IN_FORK } else { 0 },
+                tid: s.tid,
+                tgid: s.tgid,
+                ptr: s.ptr,
+                ..Abi::default()
+            },
+            Self::Fork {
+                tid,
+                tgid,
+                child_tid,
+                child_tgid,
+                comm,
+            } => Abi {
+                kind: kind::FORK,
+                tid,
+                tgid,
+                child_tid,
+                child_tgid,
+                comm: comm.0,
+                ..Abi::default()
+            },
+            Self::Exec { tid, tgid, comm } => Abi {
+                kind: kind::EXEC,
+                tid,
+                tgid,
+                comm: comm.0,
+                ..Abi::default()
+            },
+            Self::Exit { tid, tgid, comm } => Abi {
+                kind: kind::EXIT,
+                tid,
+                tgid,
+                comm: comm.0,
+                ..Abi::default()
+            },
+        }
+    }
+}
+
+/// A record that is not an event.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Wrong length: the object and the daemon disagree on the ABI.
+    #[error("ring buffer record of {0} bytes, expected {size}", size = size_of::<rmapwatch_common::Event>())]
+    Length(usize),
+    /// Unknown kind, object or site.
+    #[error("ring buffer record with invalid fields (kind {0}, object {1}, site {2})")]
+    Invalid(u32, u32, u32),
+}
+
+/// Validates an ABI record.
+///
+/// # Errors
+/// [`DecodeError::Invalid`] for an unknown kind, object or site.
+pub fn from_abi(e: &rmapwatch_common::Event) -> Result<Event, DecodeError> {
+    let slab = || {
+        if (e.object as usize) < object::COUNT && (e.site as usize) < site::COUNT {
+            Ok(Slab {
+                object: e.object,
+                site: e.site,
+                in_fork: e.flags & flags::IN_FORK != 0,
+                tid: e.tid,
+                tgid: e.tgid,
+                ptr: e.ptr,
+            })
+        } else {
+            Err(DecodeError::Invalid(e.kind, e.object, e.site))
+        }
+    };
+    Ok(match e.kind {
+        kind::ALLOC => Event::Alloc(slab()?),
+        kind::FREE => Event::Free(slab()?),
+        kind::FORK => Event::Fork {
+            tid: e.tid,
+            tgid: e.tgid,
+            child_tid: e.child_tid,
+            child_tgid: e.child_tgid,
+            comm: Comm(e.comm),
+        },
+        kind::EXEC => Event::Exec {
+            tid: e.tid,
+            tgid: e.tgid,
+            comm: Comm(e.comm),
+        },
+        kind::EXIT => Event::Exit {
+            tid: e.tid,
+            tgid: e.tgid,
+            comm: Comm(e.comm),
+        },
+        k => return Err(DecodeError::Invalid(k, e.object, e.site)),
+    })
+}
+
+/// Decodes one ring-buffer record.
+///
+/// # Errors
+/// [`DecodeError`] when the record is not a valid event.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    if bytes.len() != size_of::<rmapwatch_common::Event>() {
+        return Err(DecodeError::Length(bytes.len()));
+    }
+    // SAFETY: length checked; the ABI record is plain integers, any bit
+    // pattern is valid; read_unaligned copes with the ring's alignment.
+    let e: rmapwatch_common::Event = unsafe {
+        bytes
+            .as_ptr()
+            .cast::<rmapwatch_common::Event>()
+            .read_unaligned()
+    };
+    from_abi(&e)
+}
+
+/// Encodes an event as the kernel would write it (tests and benchmarks).
+#[must_use]
+pub fn encode(e: &Event) -> Vec<u8> {
+    let abi = e.to_abi();
+    // SAFETY: the ABI record is repr(C) plain integers with no padding.
+    unsafe {
+        std::slice::from_raw_parts(
+            (&raw const abi).cast::<u8>(),
+            size_of::<rmapwatch_common::Event>(),
+        )
+    }
+    .to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_bad_records() {
+        let e = Event::alloc(object::AVC, site::FORK, 7, 0xff11_0000_1234_5678, true);
+        let bytes = encode(&e);
+        assert_eq!(decode(&bytes), Ok(e));
+        assert_eq!(
+            decode(&bytes[1..]),
+            Err(DecodeError::Length(bytes.len() - 1))
+        );
+        let mut bad = e.to_abi();
+        bad.site = 99;
+        assert!(matches!(from_abi(&bad), Err(DecodeError::Invalid(..))));
+        bad.kind = 77;
+        assert!(matches!(from_abi(&bad), Err(DecodeError::Invalid(77, ..))));
+        let mut fork = Event::fork(1, 2, "kid").to_abi();
+        fork.site = 99;
+        assert!(
+            from_abi(&fork).is_ok(),
+            "site is ignored outside slab events"
+        );
+        for e in [
+            Event::free(object::ANON_VMA, site::PUT, 3, 0x40),
+            Event::fork(1, 2, "kid"),
+            Event::Exec {
+                tid: 4,
+                tgid: 4,
+                comm: Comm::new("sh"),
+            },
+            Event::Exit {
+                tid: 5,
+                tgid: 5,
+                comm: Comm::new("x"),
+            },
+        ] {
+            assert_eq!(decode(&encode(&e)), Ok(e));
+        }
+    }
+
+    #[test]
+    fn comm_stops_at_nul_and_truncates_like_the_kernel() {
+        assert_eq!(Comm::new("bash").text(), "bash");
+        assert_eq!(Comm([b'x'; COMM_LEN]).text(), "x".repeat(COMM_LEN));
+        assert_eq!(Comm::new(&"y".repeat(40)).text(), "y".repeat(15));
+    }
+}

@@ -1,0 +1,107 @@
+//! What the live view shows, typed: built by the engine from its state, not
+//! from the JSON report (whose field names a renamed field would silently
+//! break).
+use crate::{
+    account::ObjectTotals,
+    facts::Sizes,
+    input::Facts,
+    inspect::Inspection,
+    model::Objects,
+    report::{CostReport, Resync},
+};
+
+/// The latest walk, system-wide: actual and lazy on the same basis (the
+/// walk), with the events' live counts beside it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct WalkView {
+    /// What the kernel held at the walk.
+    pub actual: Objects,
+    /// What ANON_VMA_LAZY would have held.
+    pub lazy: Objects,
+    /// Lazy under the other value of the inferred option.
+    pub lazy_other_option: Objects,
+    /// Seconds since the walk ended.
+    pub age_s: f64,
+    /// Milliseconds the walk took.
+    pub walk_ms: f64,
+    /// Walks so far.
+    pub walks: u64,
+    /// Events' live minus the walk's, over the objects that did not change
+    /// during it (anon_vma, AVC).
+    pub drift: [i64; 2],
+}
+
+/// One process row.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcRow {
+    /// tgid.
+    pub pid: u32,
+    /// Name.
+    pub comm: String,
+    /// Whether it exited.
+    pub exited: bool,
+    /// VMAs at the latest walk.
+    pub vmas: Option<u64>,
+    /// Objects it owns now (events).
+    pub live: Objects,
+    /// Objects the latest walk saw it own (`None`: no walk yet).
+    pub walked: Option<Objects>,
+    /// What lazy would hold for it at the latest walk.
+    pub lazy: Option<Objects>,
+}
+
+/// Bytes of objects.
+#[must_use]
+pub fn bytes(o: Objects, sizes: Sizes) -> u64 {
+    o.anon_vma * u64::from(sizes.anon_vma) + o.avc * u64::from(sizes.anon_vma_chain)
+}
+
+impl ProcRow {
+    /// Live bytes.
+    #[must_use]
+    pub fn live_bytes(&self, sizes: Sizes) -> u64 {
+        bytes(self.live, sizes)
+    }
+
+    /// Lazy bytes.
+    #[must_use]
+    pub fn lazy_bytes(&self, sizes: Sizes) -> Option<u64> {
+        self.lazy.map(|l| bytes(l, sizes))
+    }
+
+    /// Bytes lazy would save (walk actual minus lazy: one basis).
+    #[must_use]
+    pub fn saving_bytes(&self, sizes: Sizes) -> i128 {
+        match (self.walked, self.lazy) {
+            (Some(a), Some(l)) => i128::from(bytes(a, sizes)) - i128::from(bytes(l, sizes)),
+            _ => 0,
+        }
+    }
+}
+
+/// One refresh of the live view.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Frame {
+    /// The measured machine.
+    pub facts: Facts,
+    /// Seconds since attach.
+    pub uptime_s: f64,
+    /// Events applied.
+    pub events: u64,
+    /// Events lost (`None`: counters unreadable).
+    pub dropped: Option<u64>,
+    /// Lost events and recovery.
+    pub resync: Resync,
+    /// The tool's own cost, from `bpf_stats`.
+    pub cost: Option<CostReport>,
+    /// Allocations and frees per object kind and call site.
+    pub totals: [ObjectTotals; 2],
+    /// Live objects now (events).
+    pub live: Objects,
+    /// The latest walk.
+    pub walk: Option<WalkView>,
+    /// Processes with traffic or objects.
+    pub processes: Vec<ProcRow>,
+    /// The inspection of the process the user opened.
+    pub detail: Option<Inspection>,
+}

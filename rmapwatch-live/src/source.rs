@@ -1,0 +1,675 @@
+//! The live-kernel source: the attached programs' ring buffer, counters and
+//! snapshot walks, turned into the engine's ordered [`Input`]s, with
+//! [`Request`]s coming back. It keeps the ordering rules of
+//! `rmapwatch_engine::input`: it drains the ring before a walk begins,
+//! keeps draining while the walk runs (a 1M-VMA walk takes ~0.7 s, long
+//! enough to fill a ring during a fork storm), and drains once more before
+//! the walk ends.
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use rmapwatch_common::stat;
+use rmapwatch_engine::{
+    event::{Event, decode},
+    hooks::{HookMode, ProbeMode},
+    input::{
+        ClockRef, Counters, Endian, Facts, Input, KernelCounters, Nanos, Notice, Paths, Request,
+        RmapUpdate, SlabRead,
+    },
+    snapshot::{CHUNK, Decoder, SnapshotError, Vma, WalkCounts},
+};
+use tokio::{io::unix::AsyncFd, sync::mpsc::UnboundedReceiver};
+
+use crate::{
+    kernel::KernelFacts,
+    loader::{Attach, Probes},
+    procfs,
+};
+
+/// How often the ring buffer is drained without a wakeup: the programs
+/// submit without waking us (a wakeup per event costs an IPI) and force
+/// one when the ring is an eighth full.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(20);
+
+/// VMAs per [`Input::WalkVmas`] batch.
+const BATCH: usize = 1024;
+
+/// What to attach and how often to tick.
+#[derive(Clone, Copy, Debug)]
+pub struct LiveOptions {
+    /// How to attach function hooks.
+    pub probe_mode: ProbeMode,
+    /// Ring buffer bytes (`None`: the default).
+    pub ring_bytes: Option<u32>,
+    /// The refresh tick (counters, then [`Input::Tick`]).
+    pub tick: Duration,
+}
+
+/// Where the inputs go: returns `false` once nobody listens (the source
+/// then stops).
+pub trait Sink {
+    /// One input.
+    fn put(&mut self, input: Input) -> bool;
+}
+
+impl<F: FnMut(Input) -> bool> Sink for F {
+    fn put(&mut self, input: Input) -> bool {
+        self(input)
+    }
+}
+
+fn clock(id: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(id, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// The attached programs, ready to stream.
+pub struct Live {
+    probes: Probes,
+    facts: Facts,
+    notices: Vec<Notice>,
+    started: Instant,
+    tick: Duration,
+    detail: Option<u32>,
+    rmap: bool,
+    said_shrink: bool,
+}
+
+impl Live {
+    /// Loads and attaches the programs (errors here are the user's to see
+    /// before anything runs).
+    ///
+    /// # Errors
+    /// Loading or attaching fails.
+    pub fn start(kernel: &KernelFacts, opts: &LiveOptions) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let clock = ClockRef {
+            unix_ns: clock(libc::CLOCK_REALTIME),
+            monotonic_ns: clock(libc::CLOCK_MONOTONIC),
+            boottime_ns: clock(libc::CLOCK_BOOTTIME),
+        };
+        let probes = Probes::load(kernel, opts.probe_mode, opts.ring_bytes, Attach::All)?;
+        // Loading parsed BTF (tens of MiB, freed): return it.
+        trim_heap();
+        let notices = probes
+            .warnings
+            .iter()
+            .map(|w| Notice {
+                warning: true,
+                text: w.clone(),
+            })
+            .chain(probes.notes.iter().map(|n| Notice {
+                warning: false,
+                text: n.clone(),
+            }))
+            .collect();
+        let rmap = probes.hooks.iter().any(|h| {
+            h.id == rmapwatch_common::hook::RMAP_NEW
+                && matches!(h.mode, HookMode::Fentry | HookMode::Kprobe)
+        });
+        let facts = Facts {
+            tool: format!("rmapwatch {}", env!("CARGO_PKG_VERSION")),
+            kernel: kernel.id.clone(),
+            // SAFETY: sysconf has no preconditions.
+            page_size: u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096),
+            endian: if cfg!(target_endian = "big") {
+                Endian::Big
+            } else {
+                Endian::Little
+            },
+            anon_vma_size: kernel.layout.anon_vma_size,
+            avc_size: kernel.layout.avc_size,
+            sizes: kernel.sizes,
+            probe_mode: opts.probe_mode,
+            hooks: probes.hooks.clone(),
+            fork_window: probes.fork_window,
+            snapshot_error: probes.snapshot_error.clone(),
+            ring_bytes: opts.ring_bytes.unwrap_or(rmapwatch_common::RING_BYTES),
+            bpf_stats: probes.bpf_stats(),
+            clock,
+            source: "live".into(),
+        };
+        Ok(Self {
+            probes,
+            facts,
+            notices,
+            started,
+            tick: opts.tick,
+            detail: None,
+            rmap,
+            said_shrink: false,
+        })
+    }
+
+    /// The facts the stream will start with.
+    #[must_use]
+    pub fn facts(&self) -> &Facts {
+        &self.facts
+    }
+
+    fn t(&self) -> Nanos {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Streams until a [`Request::Stop`], the requests' sender goes away,
+    /// or the sink stops listening; then detaches and sends
+    /// [`Input::End`]. Blocks (it runs its own single-threaded runtime).
+    ///
+    /// # Errors
+    /// The runtime or the ring buffer cannot be set up.
+    pub fn run(
+        mut self,
+        out: &mut dyn Sink,
+        mut requests: UnboundedReceiver<Request>,
+    ) -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the source's runtime")?;
+        let ring = self.probes.take_ring()?;
+        let mut ring = runtime
+            // SAFETY: the ring buffer owns its fd and keeps it open until
+            // the AsyncFd (which owns the ring buffer) is dropped.
+            .block_on(async { unsafe { AsyncFd::register(ring) } })
+            .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+        let mut undecodable = 0u64;
+        let facts = Box::new(self.facts.clone());
+        let mut alive = out.put(Input::Facts(facts));
+        for n in std::mem::take(&mut self.notices) {
+            alive &= out.put(Input::Notice(n));
+        }
+        // What the programs reported while attaching comes before any walk.
+        alive &= self.drain(ring.get_mut(), out, &mut undecodable);
+        let reason = runtime.block_on(async {
+            let mut drain_timer = tokio::time::interval(DRAIN_EVERY);
+            drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut ticker = tokio::time::interval(self.tick);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            ticker.tick().await;
+            while alive {
+                tokio::select! {
+                    guard = ring.readable_mut() => {
+                        let Ok(mut guard) = guard else { return "the ring buffer failed".to_owned() };
+                        alive = self.drain(guard.get_inner_mut(), out, &mut undecodable);
+                        guard.clear_ready();
+                    }
+                    _ = drain_timer.tick() => {
+                        alive = self.drain(ring.get_mut(), out, &mut undecodable);
+                    }
+                    _ = ticker.tick() => {
+                        alive = self.counters(out, undecodable)
+                            && self.rmap_update(out)
+                            && out.put(Input::Tick { t: self.t() });
+                    }
+                    req = requests.recv() => match req {
+                        None => return "the consumer went away".to_owned(),
+                        Some(Request::Stop) => return "stopped".to_owned(),
+                        Some(r) => alive = self.request(r, ring.get_mut(), out, &mut undecodable),
+                    }
+                }
+            }
+            "the consumer went away".to_owned()
+        });
+        // Whatever is still in the ring happened before the stop.
+        self.drain(ring.get_mut(), out, &mut undecodable);
+        self.counters(out, undecodable);
+        let t = self.t();
+        drop(ring);
+        drop(self); // detach: nothing stays loaded
+        out.put(Input::End { t, reason });
+        Ok(())
+    }
+
+    /// Applies everything waiting in the ring buffer; `false` when the sink
+    /// stopped listening.
+    fn drain(
+        &self,
+        ring: &mut RingBuf<MapData>,
+        out: &mut dyn Sink,
+        undecodable: &mut u64,
+    ) -> bool {
+        let events = drain_ring(ring, undecodable);
+        events.is_empty()
+            || out.put(Input::Events {
+                t: self.t(),
+                events,
+            })
+    }
+
+    fn counters(&self, out: &mut dyn Sink, undecodable: u64) -> bool {
+        let kernel = self.probes.stats().ok().map(|s| KernelCounters {
+            dropped: s.get(stat::DROPPED as usize).copied().unwrap_or(0),
+            hook_calls: (0..rmapwatch_common::hook::COUNT as u32)
+                .map(|h| s.get((stat::HOOK_CALLS + h) as usize).copied().unwrap_or(0))
+                .collect(),
+            rmap_ptes_pages: s.get(stat::RMAP_PTES_PAGES as usize).copied().unwrap_or(0),
+            rmap_vmas_full: s.get(stat::RMAP_VMAS_FULL as usize).copied().unwrap_or(0),
+        });
+        out.put(Input::Counters {
+            t: self.t(),
+            counters: Counters {
+                kernel,
+                programs: self.probes.program_stats(),
+                undecodable,
+            },
+        })
+    }
+
+    /// The kernel's per-VMA new-folio counts; entries of processes that
+    /// are gone are removed from the map (so that it never fills) and
+    /// reported with their last values.
+    fn rmap_update(&mut self, out: &mut dyn Sink) -> bool {
+        if !self.rmap {
+            return true;
+        }
+        let current = match self.probes.rmap_vmas() {
+            Ok(c) => c,
+            Err(e) => {
+                return out.put(Input::Notice(Notice {
+                    warning: true,
+                    text: format!("{e:#}"),
+                }));
+            }
+        };
+        let gone_pids: BTreeSet<u32> = current
+            .iter()
+            .map(|((tgid, _), _)| *tgid)
+            .filter(|&t| !procfs::exists(t))
+            .collect();
+        let (retired, current): (Vec<_>, Vec<_>) = current
+            .into_iter()
+            .partition(|((tgid, _), _)| gone_pids.contains(tgid));
+        let keys: Vec<(u32, u64)> = retired.iter().map(|(k, _)| *k).collect();
+        if let Err(e) = self.probes.forget_rmap_vmas(&keys) {
+            out.put(Input::Notice(Notice {
+                warning: true,
+                text: format!("pruning RMAP_VMAS: {e:#}"),
+            }));
+        }
+        out.put(Input::Rmap(RmapUpdate { current, retired }))
+    }
+
+    fn request(
+        &mut self,
+        r: Request,
+        ring: &mut RingBuf<MapData>,
+        out: &mut dyn Sink,
+        undecodable: &mut u64,
+    ) -> bool {
+        match r {
+            Request::Walk { slab, paths } => self.walk(ring, out, undecodable, slab, paths),
+            Request::Detail { pid } => {
+                self.detail = pid;
+                true
+            }
+            Request::Names { pids } => {
+                let names: Vec<(u32, String)> = pids
+                    .into_iter()
+                    .filter_map(|p| procfs::comm(p).map(|c| (p, c)))
+                    .collect();
+                names.is_empty() || out.put(Input::Names(names))
+            }
+            Request::Pause { .. } | Request::Stop => true,
+        }
+    }
+
+    /// One walk, with the ring drained before, between the iterator's
+    /// reads, and after.
+    fn walk(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        out: &mut dyn Sink,
+        undecodable: &mut u64,
+        slab: SlabRead,
+        paths: Paths,
+    ) -> bool {
+        if !self.drain(ring, out, undecodable) || !self.counters(out, *undecodable) {
+            return false;
+        }
+        if slab == SlabRead::Shrink && !self.said_shrink {
+            // A side effect on the observed system: said once.
+            self.said_shrink = true;
+            out.put(Input::Notice(Notice {
+                warning: false,
+                text: procfs::SHRINKING.to_owned(),
+            }));
+        }
+        if slab != SlabRead::No {
+            out.put(Input::Slab(procfs::slab_counts(slab == SlabRead::Shrink)));
+        }
+        if !out.put(Input::WalkBegin { t: self.t() }) {
+            return false;
+        }
+        let mut pids: BTreeSet<u32> = BTreeSet::new();
+        let (counts, error) = match self.probes.snapshot_reader() {
+            Ok(reader) => {
+                let t = self.started;
+                let mut pump = WalkPump {
+                    out: &mut *out,
+                    ring,
+                    undecodable,
+                    vmas: Vec::new(),
+                    comms: Vec::new(),
+                    named: BTreeSet::new(),
+                    t: move || u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                    alive: true,
+                };
+                let r = pump.run(reader);
+                pids.clone_from(&pump.named);
+                if !pump.alive {
+                    return false;
+                }
+                match r {
+                    Ok(c) => (c, None),
+                    Err(e) => (WalkCounts::default(), Some(e.to_string())),
+                }
+            }
+            Err(e) => (WalkCounts::default(), Some(format!("{e:#}"))),
+        };
+        if !self.drain(ring, out, undecodable) {
+            return false;
+        }
+        let wanted: Vec<u32> = match paths {
+            Paths::All => pids.into_iter().collect(),
+            Paths::Detail => self.detail.into_iter().collect(),
+        };
+        for pid in wanted {
+            let p = procfs::map_paths(pid);
+            if !p.is_empty() {
+                let mut paths: Vec<(u64, String)> = p.into_iter().collect();
+                paths.sort_unstable();
+                if !out.put(Input::MapPaths { pid, paths }) {
+                    return false;
+                }
+            }
+        }
+        out.put(Input::WalkEnd {
+            t: self.t(),
+            counts,
+            error,
+        })
+    }
+}
+
+/// Decodes every record waiting in the ring; counts those that do not
+/// decode (an ABI mismatch).
+pub fn drain_ring<T: std::borrow::BorrowMut<MapData>>(
+    ring: &mut RingBuf<T>,
+    undecodable: &mut u64,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        match decode(&item) {
+            Ok(e) => events.push(e),
+            Err(_) => *undecodable += 1,
+        }
+    }
+    events
+}
+
+/// Where the walk's records and the events drained between its reads go,
+/// in order.
+struct WalkPump<'a, R: RingSource, T: Fn() -> Nanos> {
+    out: &'a mut dyn Sink,
+    ring: &'a mut R,
+    undecodable: &'a mut u64,
+    vmas: Vec<Vma>,
+    comms: Vec<(u32, String)>,
+    named: BTreeSet<u32>,
+    t: T,
+    alive: bool,
+}
+
+/// A ring buffer to drain (the kernel's, or a test's).
+pub trait RingSource {
+    /// Everything waiting.
+    fn drain(&mut self, undecodable: &mut u64) -> Vec<Event>;
+}
+
+impl RingSource for RingBuf<MapData> {
+    fn drain(&mut self, undecodable: &mut u64) -> Vec<Event> {
+        drain_ring(self, undecodable)
+    }
+}
+
+impl<R: RingSource, T: Fn() -> Nanos> WalkPump<'_, R, T> {
+    fn flush(&mut self) {
+        if !self.vmas.is_empty() && self.alive {
+            self.alive = self.out.put(Input::WalkVmas {
+                comms: std::mem::take(&mut self.comms),
+                vmas: std::mem::take(&mut self.vmas),
+            });
+        }
+    }
+
+    fn run(&mut self, mut reader: impl std::io::Read) -> Result<WalkCounts, SnapshotError> {
+        let mut decoder = Decoder::new();
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(SnapshotError::Io(e.to_string())),
+            };
+            let (vmas, comms, named) = (&mut self.vmas, &mut self.comms, &mut self.named);
+            decoder.feed(&buf[..n], |v, comm| {
+                if named.insert(v.tgid) {
+                    comms.push((v.tgid, rmapwatch_engine::event::Comm(*comm).text()));
+                }
+                vmas.push(v.clone());
+            })?;
+            if self.vmas.len() >= BATCH {
+                self.flush();
+            }
+            // The ring keeps filling while the walk runs: drain it between
+            // the iterator's reads (after what was decoded so far).
+            let events = self.ring.drain(self.undecodable);
+            if !events.is_empty() {
+                self.flush();
+                if self.alive {
+                    self.alive = self.out.put(Input::Events {
+                        t: (self.t)(),
+                        events,
+                    });
+                }
+            }
+            if !self.alive {
+                return Ok(WalkCounts::default());
+            }
+        }
+        self.flush();
+        decoder.finish()
+    }
+}
+
+/// Returns freed heap memory to the system (after loading, whose BTF
+/// parsing peaks at tens of MiB and then frees it).
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Allocations of at least this size are mapped and unmapped on their
+/// own: the tables a walk builds (megabytes at 1M VMAs) go back to the
+/// system when the walk ends, instead of staying in a heap whose threshold
+/// glibc raises after each such free.
+const MMAP_THRESHOLD: i32 = 256 * 1024;
+
+/// Pins the allocator's behaviour for big tables (see [`MMAP_THRESHOLD`]).
+pub fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes a malloc parameter.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rmapwatch_common::{object, site};
+    use rmapwatch_engine::snapshot;
+
+    use super::*;
+
+    /// A ring that fills as the walk is read: `per_read` events per read
+    /// of the iterator, at most `capacity` waiting (more are dropped).
+    struct FillingRing {
+        waiting: Vec<Event>,
+        capacity: usize,
+        dropped: u64,
+        next: u64,
+    }
+
+    impl FillingRing {
+        fn fill(&mut self, n: usize) {
+            for _ in 0..n {
+                self.next += 64;
+                if self.waiting.len() == self.capacity {
+                    self.dropped += 1;
+                } else {
+                    self.waiting.push(Event::alloc(
+                        object::AVC,
+                        site::PREPARE,
+                        9,
+                        0x10_0000 + self.next,
+                        false,
+                    ));
+                }
+            }
+        }
+    }
+
+    impl RingSource for std::rc::Rc<std::cell::RefCell<FillingRing>> {
+        fn drain(&mut self, _: &mut u64) -> Vec<Event> {
+            std::mem::take(&mut self.borrow_mut().waiting)
+        }
+    }
+
+    /// An iterator whose every read lets `per_read` events into the ring.
+    struct SlowIterator {
+        bytes: Vec<u8>,
+        at: usize,
+        ring: std::rc::Rc<std::cell::RefCell<FillingRing>>,
+        per_read: usize,
+    }
+
+    impl std::io::Read for SlowIterator {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.ring.borrow_mut().fill(self.per_read);
+            let n = (self.bytes.len() - self.at).min(buf.len()).min(4096);
+            buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn the_ring_is_drained_while_a_long_walk_runs() {
+        // 20k VMAs; 300 events arrive per read of the iterator; the ring
+        // holds 1000. Drained only after the walk (the old rule), it
+        // overflows.
+        let mut bytes = Vec::new();
+        for i in 0..20_000u64 {
+            let v = Vma {
+                tgid: 1 + (i / 100) as u32,
+                mm: 0x1000 * (1 + i / 100),
+                addr: 0x8000_0000 + i * 256,
+                start: i * 4096,
+                end: i * 4096 + 4096,
+                ..Vma::default()
+            };
+            snapshot::encode(&v, &[b'x'; 16], &mut bytes);
+        }
+        let ring = std::rc::Rc::new(std::cell::RefCell::new(FillingRing {
+            waiting: Vec::new(),
+            capacity: 1000,
+            dropped: 0,
+            next: 0,
+        }));
+        let mut inputs = Vec::new();
+        let mut sink = |i: Input| {
+            inputs.push(i);
+            true
+        };
+        let mut undecodable = 0;
+        let mut source = ring.clone();
+        let mut pump = WalkPump {
+            out: &mut sink,
+            ring: &mut source,
+            undecodable: &mut undecodable,
+            vmas: Vec::new(),
+            comms: Vec::new(),
+            named: BTreeSet::new(),
+            t: || 0,
+            alive: true,
+        };
+        let counts = pump
+            .run(SlowIterator {
+                bytes: bytes.clone(),
+                at: 0,
+                ring: ring.clone(),
+                per_read: 300,
+            })
+            .unwrap();
+        assert_eq!(counts.vmas, 20_000);
+        let r = ring.borrow();
+        assert_eq!(r.dropped, 0, "drained between reads: nothing lost");
+        let events: usize = inputs
+            .iter()
+            .map(|i| match i {
+                Input::Events { events, .. } => events.len(),
+                _ => 0,
+            })
+            .sum();
+        // The last read's events wait for the drain after the walk.
+        assert_eq!((events + r.waiting.len()) as u64, r.next / 64);
+        let vmas: usize = inputs
+            .iter()
+            .map(|i| match i {
+                Input::WalkVmas { vmas, .. } => vmas.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(vmas, 20_000);
+        // Every process named in its walk before its VMAs (rule 5).
+        let mut order = rmapwatch_engine::input::Order::default();
+        order.check(&Input::Facts(Box::default())).unwrap();
+        order.check(&Input::WalkBegin { t: 0 }).unwrap();
+        for i in &inputs {
+            order.check(i).unwrap();
+        }
+        drop(r);
+        // The old rule: the whole walk first, the ring after it.
+        let old = std::rc::Rc::new(std::cell::RefCell::new(FillingRing {
+            waiting: Vec::new(),
+            capacity: 1000,
+            dropped: 0,
+            next: 0,
+        }));
+        let counts = snapshot::decode(
+            SlowIterator {
+                bytes,
+                at: 0,
+                ring: old.clone(),
+                per_read: 300,
+            },
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(counts.vmas, 20_000);
+        assert!(old.borrow().dropped > 0, "the old rule overflows the ring");
+    }
+}

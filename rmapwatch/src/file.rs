@@ -1,0 +1,216 @@
+//! Sources that are streams: a recording (a file, or standard input), and
+//! a remote agent (a command whose stdout is the stream and whose stdin
+//! takes requests).
+use std::{
+    io::{BufReader, Read},
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use rmapwatch_engine::{
+    input::{Input, Nanos, Request},
+    stream::{Kind, Reader, StreamError, Writer},
+};
+use tokio::sync::mpsc::error::TryRecvError;
+
+use crate::{BadInput, drive::Source};
+
+/// How fast a recording plays.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pace {
+    /// As fast as it decodes.
+    Fast,
+    /// At the recorded pace times this factor.
+    Recorded(f64),
+}
+
+fn open_input(path: &Path) -> anyhow::Result<Box<dyn Read + Send>> {
+    if path == Path::new("-") {
+        return Ok(Box::new(std::io::stdin()));
+    }
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(Box::new(f))
+}
+
+/// Opens a recording (its header is checked at once).
+///
+/// # Errors
+/// The file cannot be opened, or is not a rmapwatch stream ([`BadInput`]).
+pub fn open(path: &Path, pace: Pace) -> anyhow::Result<Source> {
+    let name = path.display().to_string();
+    let reader = Reader::open(
+        BufReader::with_capacity(1 << 20, open_input(path)?),
+        Kind::Inputs,
+    )
+    .map_err(|source| BadInput {
+        path: name.clone(),
+        source,
+    })?;
+    let facts = reader.header().facts.clone().unwrap_or_default();
+    Source::spawn("replay", facts, move |out, mut requests| {
+        play(reader, out, &mut requests, pace)
+            .map_err(|source| BadInput { path: name, source }.into())
+    })
+}
+
+/// The replay's clock: the recording's time, paced, minus pauses.
+struct Clock {
+    speed: Option<f64>,
+    started: Instant,
+    paused_for: Duration,
+    paused_at: Option<Instant>,
+    first_t: Option<Nanos>,
+}
+
+impl Clock {
+    fn pause(&mut self, paused: bool) {
+        match (paused, self.paused_at) {
+            (true, None) => self.paused_at = Some(Instant::now()),
+            (false, Some(at)) => {
+                self.paused_for += at.elapsed();
+                self.paused_at = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// How long until the input of time `t` is due.
+    fn wait_for(&mut self, t: Nanos) -> Duration {
+        let Some(speed) = self.speed else {
+            return Duration::ZERO;
+        };
+        let t0 = *self.first_t.get_or_insert(t);
+        let due = Duration::from_secs_f64(t.saturating_sub(t0) as f64 / 1e9 / speed);
+        due.saturating_sub(self.started.elapsed().saturating_sub(self.paused_for))
+    }
+}
+
+/// Feeds a recording's inputs, paced; a [`Request::Stop`] (or the engine
+/// going away) ends it early, with an end; [`Request::Pause`] holds it.
+/// Other requests are ignored: a recording cannot walk again.
+fn play(
+    mut reader: Reader<impl Read>,
+    out: &mut dyn FnMut(Input) -> bool,
+    requests: &mut tokio::sync::mpsc::UnboundedReceiver<Request>,
+    pace: Pace,
+) -> Result<(), StreamError> {
+    let mut clock = Clock {
+        speed: match pace {
+            Pace::Fast => None,
+            Pace::Recorded(s) => Some(s),
+        },
+        started: Instant::now(),
+        paused_for: Duration::ZERO,
+        paused_at: None,
+        first_t: None,
+    };
+    let mut last_t: Nanos = 0;
+    let stop = |out: &mut dyn FnMut(Input) -> bool, t: Nanos| {
+        out(Input::End {
+            t,
+            reason: "replay stopped".into(),
+        });
+    };
+    loop {
+        let Some(input) = reader.next_input()? else {
+            return Ok(());
+        };
+        loop {
+            loop {
+                match requests.try_recv() {
+                    Ok(Request::Pause { paused }) => clock.pause(paused),
+                    Ok(Request::Stop) | Err(TryRecvError::Disconnected) => {
+                        stop(out, last_t);
+                        return Ok(());
+                    }
+                    Ok(_) => {}
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            let wait = if clock.paused_at.is_some() {
+                Duration::from_millis(20)
+            } else {
+                input.time().map_or(Duration::ZERO, |t| clock.wait_for(t))
+            };
+            if wait.is_zero() {
+                break;
+            }
+            // In short steps, to answer a pause or a stop in time.
+            std::thread::sleep(wait.min(Duration::from_millis(50)));
+        }
+        if let Some(t) = input.time() {
+            last_t = t;
+        }
+        if !out(input) {
+            return Ok(());
+        }
+    }
+}
+
+/// Runs `cmd` (through `sh -c`) as a remote agent: its stdout is the
+/// stream, its stdin takes requests, its stderr is passed through.
+///
+/// # Errors
+/// The command cannot be started, or its stream does not start with a
+/// rmapwatch header ([`BadInput`]).
+pub fn remote(cmd: &str) -> anyhow::Result<Source> {
+    let mut child = Command::new("sh")
+        .args(["-c", cmd])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting the remote agent: sh -c {cmd:?}"))?;
+    let stdout = child.stdout.take().context("the agent's stdout")?;
+    let stdin = child.stdin.take().context("the agent's stdin")?;
+    let name = format!("the remote agent ({cmd})");
+    let reader = match Reader::open(BufReader::new(stdout), Kind::Inputs) {
+        Ok(r) => r,
+        Err(source) => {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            return Err(BadInput {
+                path: format!("{name}, which exited {status:?}"),
+                source,
+            }
+            .into());
+        }
+    };
+    let facts = reader.header().facts.clone().unwrap_or_default();
+    Source::spawn("remote", facts, move |out, mut requests| {
+        let mut w = Writer::new(stdin, Kind::Requests, &crate::live::tool(), None)?;
+        // Requests go out from a thread of their own: the stream is read
+        // here without waiting on them.
+        let sender = std::thread::spawn(move || {
+            while let Some(r) = requests.blocking_recv() {
+                if w.request(&r).and_then(|()| w.flush()).is_err() {
+                    break;
+                }
+            }
+            // Dropping stdin tells the agent to stop.
+        });
+        let mut reader = reader;
+        let result = loop {
+            match reader.next_input() {
+                Ok(Some(i)) => {
+                    if !out(i) {
+                        break Ok(());
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(source) => {
+                    break Err(anyhow::Error::from(BadInput {
+                        path: name.clone(),
+                        source,
+                    }));
+                }
+            }
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = sender.join();
+        result
+    })
+}

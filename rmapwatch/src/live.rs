@@ -1,0 +1,142 @@
+//! The live-kernel source (Linux only): privileges, the running kernel's
+//! facts, the attached programs on a thread of their own.
+use std::{path::Path, time::Duration};
+
+use rmapwatch_engine::{facts::Sizes, hooks::ProbeMode, snapshot::Snapshot};
+
+use crate::drive::Source;
+
+/// How to attach.
+#[derive(Clone, Debug)]
+pub struct LiveArgs {
+    /// The BTF to read layouts from.
+    pub btf: std::path::PathBuf,
+    /// How to attach function hooks.
+    pub probe_mode: ProbeMode,
+    /// Ring buffer bytes.
+    pub ring_bytes: Option<u32>,
+}
+
+#[cfg(target_os = "linux")]
+mod imp {
+    use super::*;
+    use rmapwatch_live::{
+        kernel::{self, KernelFacts},
+        loader::{Attach, Probes},
+        source::{Live, LiveOptions},
+    };
+
+    /// Checks privileges and reads the running kernel's facts (before
+    /// anything is loaded: these errors come first).
+    pub fn kernel(btf: &Path) -> anyhow::Result<KernelFacts> {
+        kernel::check_privileges()?;
+        Ok(KernelFacts::read(btf)?)
+    }
+
+    /// Attaches and starts streaming, ticking every `tick`.
+    pub fn open(a: &LiveArgs, tick: Duration) -> anyhow::Result<Source> {
+        let k = kernel(&a.btf)?;
+        let live = Live::start(
+            &k,
+            &LiveOptions {
+                probe_mode: a.probe_mode,
+                ring_bytes: a.ring_bytes,
+                tick,
+            },
+        )?;
+        let facts = live.facts().clone();
+        Source::spawn("live source", facts, move |out, requests| {
+            live.run(&mut |i| out(i), requests)
+        })
+    }
+
+    /// One walk of every process's VMAs, into memory (`inspect`), and the
+    /// kernel's object sizes.
+    pub fn snapshot(btf: &Path) -> anyhow::Result<(Snapshot, Sizes)> {
+        let k = kernel(btf)?;
+        let mut probes = Probes::load(&k, ProbeMode::Tracepoint, None, Attach::SnapshotOnly)?;
+        let mut s = Snapshot::default();
+        s.counts = rmapwatch_engine::snapshot::decode(probes.snapshot_reader()?, |v, comm| {
+            s.push(v, comm);
+        })?;
+        Ok((s, k.sizes))
+    }
+
+    /// What the system says of a pid (for `inspect`'s errors).
+    pub fn pid_status(pid: u32) -> rmapwatch_engine::inspect::PidStatus {
+        rmapwatch_live::procfs::pid_status(pid)
+    }
+
+    /// A process's mapping paths.
+    pub fn map_paths(pid: u32) -> std::collections::HashMap<u64, String> {
+        rmapwatch_live::procfs::map_paths(pid)
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod imp {
+    use super::*;
+
+    /// Why there is no live source here (exit code 3).
+    #[derive(Debug, thiserror::Error)]
+    #[error(
+        "the live kernel source needs Linux: on this system rmapwatch replays recordings \
+         (rmapwatch replay FILE, report --from FILE)"
+    )]
+    pub struct NoLiveSource;
+
+    pub fn open(_: &LiveArgs, _: Duration) -> anyhow::Result<Source> {
+        Err(NoLiveSource.into())
+    }
+
+    pub fn snapshot(_: &Path) -> anyhow::Result<(Snapshot, Sizes)> {
+        Err(NoLiveSource.into())
+    }
+
+    pub fn pid_status(_: u32) -> rmapwatch_engine::inspect::PidStatus {
+        rmapwatch_engine::inspect::PidStatus::Absent
+    }
+
+    pub fn map_paths(_: u32) -> std::collections::HashMap<u64, String> {
+        std::collections::HashMap::new()
+    }
+}
+
+pub use imp::*;
+
+/// Whether an error means "this system cannot run rmapwatch" (exit 3).
+#[must_use]
+pub fn is_environment_error(e: &anyhow::Error) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        e.downcast_ref::<rmapwatch_live::kernel::EnvError>()
+            .is_some()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        e.downcast_ref::<imp::NoLiveSource>().is_some()
+    }
+}
+
+/// Prepares the process (allocator policy for big walk tables).
+pub fn tune_process() {
+    #[cfg(target_os = "linux")]
+    rmapwatch_live::source::tune_allocator();
+}
+
+/// This tool and its version, as streams record it.
+#[must_use]
+pub fn tool() -> String {
+    format!("rmapwatch {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Opens the source a command reads: a remote agent, else the live kernel.
+///
+/// # Errors
+/// See [`open`] and [`crate::file::remote`].
+pub fn source(c: &crate::Common, tick: Duration) -> anyhow::Result<Source> {
+    match &c.remote {
+        Some(cmd) => crate::file::remote(cmd),
+        None => open(&c.live, tick),
+    }
+}

@@ -1,0 +1,222 @@
+//! `rmapwatch report` (live, remote, or from a recording) and `rmapwatch
+//! record`.
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use rmapwatch_engine::{
+    engine::{self, Engine, Step},
+    input::Input,
+    report::Report,
+    stream::{Kind, Writer},
+};
+
+use crate::{
+    Common, OutputExists,
+    drive::{Drive, Signals, Stop, drive},
+    file, live, log,
+};
+
+/// What `report` was asked.
+pub struct Opts {
+    /// How long to count.
+    pub duration: Option<Duration>,
+    /// Interim reports.
+    pub interval: Option<Duration>,
+    /// JSON output.
+    pub json: bool,
+    /// Processes in the text report.
+    pub top: usize,
+    /// A recording to report on.
+    pub from: Option<PathBuf>,
+}
+
+fn counting(duration: Option<Duration>) -> String {
+    duration.map_or_else(
+        || "until Ctrl-C".to_owned(),
+        |d| format!("for {:.1} s", d.as_secs_f64()),
+    )
+}
+
+fn print(r: &Report, json: bool, top: usize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, r)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{}", r.to_text(top))?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// The `report` command.
+///
+/// # Errors
+/// Loading, attaching, the source or the output fails.
+pub fn report(c: &Common, o: &Opts) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    if let Some(path) = &o.from {
+        // A recording: its walks are the ones recorded.
+        let mut src = file::open(path, file::Pace::Fast)?;
+        let mut engine = Engine::new(engine::Options {
+            model: c.model,
+            walk_on_tick: false,
+            walk_budget: None,
+            source_answers: false,
+        });
+        let result = rt.block_on(drive(
+            &mut src,
+            &mut engine,
+            Drive {
+                duration: None,
+                signals: None,
+                control: None,
+                tee: None,
+            },
+            |_, _| Ok(()),
+        ));
+        // What came before any damage is reported, then the damage.
+        print(&engine.report(engine.ended().is_some()), o.json, o.top)?;
+        return result.map(|_| ());
+    }
+    let mut signals = rt.block_on(async { Signals::install() })?;
+    let mut src = live::source(c, o.interval.unwrap_or(Duration::from_secs(1)))?;
+    log::info(&format!("attached; counting {}", counting(o.duration)));
+    let mut engine = Engine::new(engine::Options {
+        model: c.model,
+        walk_on_tick: o.interval.is_some(),
+        walk_budget: None,
+        source_answers: true,
+    });
+    let stop = rt.block_on(drive(
+        &mut src,
+        &mut engine,
+        Drive {
+            duration: o.duration,
+            signals: Some(&mut signals),
+            control: None,
+            tee: None,
+        },
+        |e, step| {
+            if step == Step::Frame && o.interval.is_some() {
+                print(&e.report(false), o.json, o.top)?;
+            }
+            Ok(())
+        },
+    ))?;
+    log::info(&format!("stopped ({stop:?}); programs detached"));
+    print(&engine.report(true), o.json, o.top)
+}
+
+/// Creates the recording: mode 0600, never over an existing file unless
+/// `force`.
+fn create(path: &Path, force: bool) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).mode(0o600);
+    if force {
+        o.create(true).truncate(true);
+    } else {
+        o.create_new(true);
+    }
+    o.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            OutputExists(path.display().to_string()).into()
+        } else {
+            anyhow::Error::from(e).context(format!("creating {}", path.display()))
+        }
+    })
+}
+
+/// The `record` command: the live session of `report`, every input teed
+/// to the file; at the end one more walk with every process's mapping
+/// paths (for `inspect --from`).
+///
+/// # Errors
+/// The file exists (without `force`), loading or attaching fails, or
+/// writing fails.
+pub fn record(
+    c: &Common,
+    path: &Path,
+    duration: Option<Duration>,
+    interval: Duration,
+    force: bool,
+) -> anyhow::Result<()> {
+    let file = create(path, force)?;
+    let rt = runtime()?;
+    let mut signals = rt.block_on(async { Signals::install() })?;
+    let mut src = live::source(c, interval)?;
+    let mut w = Writer::new(
+        std::io::BufWriter::with_capacity(1 << 20, file),
+        Kind::Inputs,
+        &live::tool(),
+        Some(&src.facts),
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    log::info(&format!(
+        "attached; recording to {} {}",
+        path.display(),
+        counting(duration)
+    ));
+    let mut engine = Engine::new(engine::Options {
+        model: c.model,
+        walk_on_tick: true,
+        walk_budget: Some(0.05),
+        source_answers: true,
+    });
+    let started = Instant::now();
+    let mut events = 0u64;
+    let mut tee = |i: &Input| -> anyhow::Result<()> {
+        if let Input::Events { events: e, .. } = i {
+            events += e.len() as u64;
+        }
+        w.input(i).context("writing the recording")?;
+        // A block at least every tick: a recorder that is killed loses at
+        // most a tick's worth.
+        if matches!(i, Input::Tick { .. }) {
+            w.flush().context("writing the recording")?;
+        }
+        Ok(())
+    };
+    let stop = rt.block_on(drive(
+        &mut src,
+        &mut engine,
+        Drive {
+            duration,
+            signals: Some(&mut signals),
+            control: None,
+            tee: Some(&mut tee),
+        },
+        |_, _| Ok(()),
+    ))?;
+    w.flush().context("writing the recording")?;
+    let bytes = w.written;
+    log::info(&format!(
+        "stopped ({stop:?}); programs detached; recorded {} in {:.1} s: {events} events, {} walks, \
+         {} KiB ({:.1} bytes per event)",
+        path.display(),
+        started.elapsed().as_secs_f64(),
+        engine.walks(),
+        bytes / 1024,
+        if events > 0 {
+            bytes as f64 / events as f64
+        } else {
+            0.0
+        }
+    ));
+    if stop == Stop::SourceEnded {
+        anyhow::bail!("the source ended before the recording was stopped");
+    }
+    Ok(())
+}
