@@ -21,6 +21,9 @@ use crate::log;
 pub struct Source {
     /// The facts its stream starts with.
     pub facts: Facts,
+    /// Said before its notices: "" for the live kernel here, "recorded: "
+    /// for a recording, "remote: " for a remote agent.
+    pub prefix: &'static str,
     inputs: UnboundedReceiver<Input>,
     requests: UnboundedSender<Request>,
     thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
@@ -34,6 +37,7 @@ impl Source {
     /// The thread cannot be started.
     pub fn spawn(
         name: &str,
+        prefix: &'static str,
         facts: Facts,
         produce: impl FnOnce(
             &mut dyn FnMut(Input) -> bool,
@@ -50,6 +54,7 @@ impl Source {
             .context("starting the source thread")?;
         Ok(Self {
             facts,
+            prefix,
             inputs,
             requests,
             thread: Some(thread),
@@ -150,6 +155,9 @@ pub struct Drive<'a> {
     pub control: Option<UnboundedReceiver<Control>>,
     /// Every input, before the engine sees it (a recording).
     pub tee: Option<Tee<'a>>,
+    /// Said before the source's notices that are not from here and now
+    /// ("recorded: ", "remote: ").
+    pub notice_prefix: &'static str,
 }
 
 fn forward(src: &Source, engine: &mut Engine) {
@@ -199,10 +207,11 @@ pub async fn drive(
                     tee(&input)?;
                 }
                 if let Input::Notice(n) = &input {
+                    let text = format!("{}{}", d.notice_prefix, n.text);
                     if n.warning {
-                        log::warn(&n.text);
+                        log::warn(&text);
                     } else {
-                        log::info(&n.text);
+                        log::info(&text);
                     }
                 }
                 let step = engine.apply(input).context("the source broke the stream's ordering rules")?;

@@ -49,7 +49,7 @@ pub fn open(path: &Path, pace: Pace) -> anyhow::Result<Source> {
         source,
     })?;
     let facts = reader.header().facts.clone().unwrap_or_default();
-    Source::spawn("replay", facts, move |out, mut requests| {
+    Source::spawn("replay", "recorded: ", facts, move |out, mut requests| {
         play(reader, out, &mut requests, pace)
             .map_err(|source| BadInput { path: name, source }.into())
     })
@@ -179,7 +179,7 @@ pub fn remote(cmd: &str) -> anyhow::Result<Source> {
         }
     };
     let facts = reader.header().facts.clone().unwrap_or_default();
-    Source::spawn("remote", facts, move |out, mut requests| {
+    Source::spawn("remote", "remote: ", facts, move |out, mut requests| {
         let mut w = Writer::new(stdin, Kind::Requests, &crate::live::tool(), None)?;
         // Requests go out from a thread of their own: the stream is read
         // here without waiting on them.
@@ -210,7 +210,9 @@ pub fn remote(cmd: &str) -> anyhow::Result<Source> {
         };
         let _ = child.kill();
         let _ = child.wait();
-        let _ = sender.join();
+        // The sender ends when the driver drops its end of the requests
+        // (or at its next write into the dead agent): not waited for.
+        drop(sender);
         result
     })
 }

@@ -1,6 +1,10 @@
 //! `rmapwatch inspect PID|COMM`: from one walk of the running system, or
 //! from the last walk of a recording.
-use std::{collections::HashMap, io::BufReader, path::Path};
+use std::{
+    collections::HashMap,
+    io::{BufReader, Write as _},
+    path::Path,
+};
 
 use rmapwatch_engine::{
     facts::Sizes,
@@ -59,11 +63,14 @@ pub fn inspect(
     };
     let est = model::estimate(&snap, c.model);
     let i = inspect::of_snapshot(&snap, &est, pid, &paths, sizes);
+    let mut out = std::io::stdout().lock();
     if json {
-        println!("{}", serde_json::to_string(&i)?);
+        serde_json::to_writer(&mut out, &i)?;
+        writeln!(out)?;
     } else {
-        print!("{}", i.to_text(all));
+        write!(out, "{}", i.to_text(all))?;
     }
+    out.flush()?;
     Ok(())
 }
 

@@ -45,7 +45,7 @@ mod imp {
             },
         )?;
         let facts = live.facts().clone();
-        Source::spawn("live source", facts, move |out, requests| {
+        Source::spawn("live source", "", facts, move |out, requests| {
             live.run(&mut |i| out(i), requests)
         })
     }

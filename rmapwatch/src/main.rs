@@ -207,6 +207,13 @@ struct RecordArgs {
     /// Overwrite FILE if it exists.
     #[arg(long)]
     force: bool,
+    /// At the end, print the report (the one `report --from FILE` gives)
+    /// as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Processes listed in the text report.
+    #[arg(long, default_value_t = 20)]
+    top: usize,
 }
 
 #[derive(Args, Debug)]
@@ -297,6 +304,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`| head`): nothing to say.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             log::error(&format!("{e:#}"));
             ExitCode::from(exit_code(&e))
@@ -347,9 +363,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 from: a.from,
             },
         ),
-        Some(Command::Record(a)) => {
-            report::record(&common, &a.output, a.duration, a.interval, a.force)
-        }
+        Some(Command::Record(a)) => report::record(
+            &common,
+            &report::RecordOpts {
+                path: a.output,
+                duration: a.duration,
+                interval: a.interval,
+                force: a.force,
+                json: a.json,
+                top: a.top,
+            },
+        ),
         Some(Command::Inspect(a)) => {
             inspect::inspect(&common, &a.target, a.json, a.all, a.from.as_deref())
         }

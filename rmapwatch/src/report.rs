@@ -69,6 +69,7 @@ pub fn report(c: &Common, o: &Opts) -> anyhow::Result<()> {
     if let Some(path) = &o.from {
         // A recording: its walks are the ones recorded.
         let mut src = file::open(path, file::Pace::Fast)?;
+        let prefix = src.prefix;
         let mut engine = Engine::new(engine::Options {
             model: c.model,
             walk_on_tick: false,
@@ -83,6 +84,7 @@ pub fn report(c: &Common, o: &Opts) -> anyhow::Result<()> {
                 signals: None,
                 control: None,
                 tee: None,
+                notice_prefix: prefix,
             },
             |_, _| Ok(()),
         ));
@@ -92,6 +94,7 @@ pub fn report(c: &Common, o: &Opts) -> anyhow::Result<()> {
     }
     let mut signals = rt.block_on(async { Signals::install() })?;
     let mut src = live::source(c, o.interval.unwrap_or(Duration::from_secs(1)))?;
+    let prefix = src.prefix;
     log::info(&format!("attached; counting {}", counting(o.duration)));
     let mut engine = Engine::new(engine::Options {
         model: c.model,
@@ -107,6 +110,7 @@ pub fn report(c: &Common, o: &Opts) -> anyhow::Result<()> {
             signals: Some(&mut signals),
             control: None,
             tee: None,
+            notice_prefix: prefix,
         },
         |e, step| {
             if step == Step::Frame && o.interval.is_some() {
@@ -117,6 +121,22 @@ pub fn report(c: &Common, o: &Opts) -> anyhow::Result<()> {
     ))?;
     log::info(&format!("stopped ({stop:?}); programs detached"));
     print(&engine.report(true), o.json, o.top)
+}
+
+/// What `record` was asked.
+pub struct RecordOpts {
+    /// The file.
+    pub path: PathBuf,
+    /// How long.
+    pub duration: Option<Duration>,
+    /// Walk and tick interval.
+    pub interval: Duration,
+    /// Overwrite.
+    pub force: bool,
+    /// The final report as JSON.
+    pub json: bool,
+    /// Processes in the text report.
+    pub top: usize,
 }
 
 /// Creates the recording: mode 0600, never over an existing file unless
@@ -146,17 +166,21 @@ fn create(path: &Path, force: bool) -> anyhow::Result<std::fs::File> {
 /// # Errors
 /// The file exists (without `force`), loading or attaching fails, or
 /// writing fails.
-pub fn record(
-    c: &Common,
-    path: &Path,
-    duration: Option<Duration>,
-    interval: Duration,
-    force: bool,
-) -> anyhow::Result<()> {
+pub fn record(c: &Common, r: &RecordOpts) -> anyhow::Result<()> {
+    let RecordOpts {
+        path,
+        duration,
+        interval,
+        force,
+        json,
+        top,
+    } = r;
+    let (path, duration, interval, force) = (path.as_path(), *duration, *interval, *force);
     let file = create(path, force)?;
     let rt = runtime()?;
     let mut signals = rt.block_on(async { Signals::install() })?;
     let mut src = live::source(c, interval)?;
+    let prefix = src.prefix;
     let mut w = Writer::new(
         std::io::BufWriter::with_capacity(1 << 20, file),
         Kind::Inputs,
@@ -197,6 +221,7 @@ pub fn record(
             signals: Some(&mut signals),
             control: None,
             tee: Some(&mut tee),
+            notice_prefix: prefix,
         },
         |_, _| Ok(()),
     ))?;
@@ -218,5 +243,6 @@ pub fn record(
     if stop == Stop::SourceEnded {
         anyhow::bail!("the source ended before the recording was stopped");
     }
-    Ok(())
+    // The report a replay of the file gives, to the byte.
+    print(&engine.report(true), *json, *top)
 }

@@ -97,6 +97,7 @@ fn dashboard(
     let ui_done_ui = ui_done.clone();
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let tx = update_tx.clone();
+        let notice_prefix = src.prefix;
         let collector = scope.spawn(move || {
             let mut engine = Engine::new(opts);
             let send = |e: &Engine, tx: &mpsc::Sender<tui::state::Update>| {
@@ -110,6 +111,7 @@ fn dashboard(
                     signals: Some(&mut signals),
                     control: Some(control_rx),
                     tee: None,
+                    notice_prefix,
                 },
                 |e, step| {
                     if step == Step::Frame || e.walks() == 1 && step != Step::End {
