@@ -69,23 +69,18 @@ pub fn agent(c: &Common, tick: Duration) -> anyhow::Result<()> {
                     };
                     let end = matches!(input, Input::End { .. });
                     let now = matches!(input, Input::Tick { .. } | Input::WalkEnd { .. } | Input::End { .. });
-                    if w.input(&input).is_err() {
-                        // stdout is gone (EPIPE): stop, and detach.
-                        if !stopping {
-                            stopping = true;
-                            src.request(Request::Stop);
-                        }
-                        continue;
-                    }
-                    if now || last_flush.elapsed() >= LATENCY {
+                    let mut written = w.input(&input).is_ok();
+                    if written && (now || last_flush.elapsed() >= LATENCY) {
                         last_flush = Instant::now();
-                        if w.flush().is_err() && !stopping {
-                            stopping = true;
-                            src.request(Request::Stop);
-                        }
+                        written = w.flush().is_ok();
                     }
                     if end {
                         return src.join();
+                    }
+                    if !written && !stopping {
+                        // stdout is gone (EPIPE): stop, and detach.
+                        stopping = true;
+                        src.request(Request::Stop);
                     }
                 }
                 _ = flush_timer.tick() => {

@@ -26,11 +26,18 @@ pub enum Pace {
     Recorded(f64),
 }
 
-fn open_input(path: &Path) -> anyhow::Result<Box<dyn Read + Send>> {
+/// Opens a recording, or standard input for `-`.
+///
+/// # Errors
+/// [`BadInput`]: the file cannot be opened.
+pub fn open_input(path: &Path) -> Result<Box<dyn Read + Send>, BadInput> {
     if path == Path::new("-") {
         return Ok(Box::new(std::io::stdin()));
     }
-    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let f = std::fs::File::open(path).map_err(|source| BadInput {
+        path: path.display().to_string(),
+        source: StreamError::Io { offset: 0, source },
+    })?;
     Ok(Box::new(f))
 }
 

@@ -84,8 +84,7 @@ fn last_walk(path: &Path) -> anyhow::Result<(Snapshot, Paths, Sizes)> {
         path: path.display().to_string(),
         source,
     };
-    let f = std::fs::File::open(path)
-        .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
+    let f = crate::file::open_input(path)?;
     let mut r = Reader::open(BufReader::new(f), Kind::Inputs).map_err(bad)?;
     let sizes = r
         .header()

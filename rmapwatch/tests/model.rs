@@ -7,14 +7,10 @@ use std::{collections::BTreeMap, time::Duration};
 use common::*;
 
 /// Counts of (lazy_state, avc, lazy_avc) among anon-bearing VMAs in range.
-fn states(vmas: &[serde_json::Value]) -> BTreeMap<(String, u64, u64), u64> {
+fn states(vmas: &[VmaReport]) -> BTreeMap<(String, u64, u64), u64> {
     let mut m = BTreeMap::new();
     for v in vmas {
-        let key = (
-            v["lazy_state"].as_str().unwrap().to_owned(),
-            v["avc"].as_u64().unwrap(),
-            v["lazy_avc"].as_u64().unwrap(),
-        );
+        let key = (v.lazy_state.clone(), v.avc, v.lazy_avc);
         *m.entry(key).or_default() += 1;
     }
     m
@@ -66,16 +62,8 @@ fn a_parent_with_f_children_keeps_its_anon_vmas_and_children_become_tree_parents
         let i = inspect(c);
         let s = states(&vmas_in(&i, w.regions));
         assert_eq!(s[&key("P", 2, 1)], K, "child {c}: {s:?}");
-        let fam: Vec<u64> = i["family"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f["pid"].as_u64().unwrap())
-            .collect();
-        assert!(
-            fam.contains(&u64::from(w.parent)),
-            "the parent is family: {fam:?}"
-        );
+        let fam: Vec<u32> = i.family.iter().map(|f| f.pid).collect();
+        assert!(fam.contains(&w.parent), "the parent is family: {fam:?}");
     }
     w.finish();
 }
@@ -98,7 +86,7 @@ fn split_halves_share_one_anon_vma_and_stay_lazy() {
     assert_eq!(s[&key("L", 1, 0)], 2 * K, "{s:?}");
     let avs: std::collections::BTreeSet<&str> = regions
         .iter()
-        .filter_map(|v| v["anon_vma"].as_str())
+        .filter_map(|v| v.anon_vma.as_deref())
         .collect();
     assert_eq!(avs.len() as u64, K, "the halves share their anon_vma");
     w.finish();
@@ -149,13 +137,12 @@ fn snapshot_moves_exactly_with_the_slab_counter() {
             .output()
             .unwrap();
         assert!(out.status.success());
-        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let m = &r["model"];
+        let r = report(&String::from_utf8_lossy(&out.stdout));
+        let m = r.model.expect("a walk");
         (
-            m["snapshot"]["actual"]["anon_vma"]["objects"]
-                .as_i64()
-                .unwrap(),
-            m["unreachable_anon_vmas"].as_i64().unwrap(),
+            m.snapshot.actual.anon_vma.objects.cast_signed(),
+            m.unreachable_anon_vmas
+                .expect("the final report reads the slab"),
         )
     };
     let (before, unreachable_before) = snap_avs();
@@ -201,25 +188,19 @@ fn event_maintained_state_equals_a_fresh_snapshot() {
     let (parent, children) = (w.parent, w.children.clone());
     let report = rw.stop(); // final snapshot while the workload holds
     w.finish();
-    let drift = &report["model"]["drift"];
+    let drift = report.model.as_ref().expect("a walk").drift;
     for pid in std::iter::once(parent).chain(children) {
-        let p = report["processes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["pid"] == pid)
-            .unwrap();
-        for obj in ["anon_vma", "anon_vma_chain"] {
-            assert_eq!(
-                p["live"][obj]["objects"], p["snapshot"][obj]["objects"],
-                "pid {pid} {obj}: events vs fresh snapshot"
-            );
-        }
-        assert!(p["live"]["anon_vma"]["objects"].as_u64().unwrap() >= 200);
+        let p = process(&report, pid);
+        assert_eq!(
+            objects(&p.live),
+            objects(&p.snapshot.expect("walked")),
+            "pid {pid}: events vs fresh snapshot"
+        );
+        assert!(p.live.anon_vma.objects >= 200);
     }
-    assert_eq!(drift["anon_vma"], 0, "{drift}");
-    assert_eq!(drift["anon_vma_chain"], 0, "{drift}");
-    assert_eq!(report["dropped_events"], 0);
+    assert_eq!(drift.anon_vma, 0, "{drift:?}");
+    assert_eq!(drift.anon_vma_chain, 0, "{drift:?}");
+    assert_eq!(report.dropped_events, Some(0));
 }
 
 #[test]
@@ -236,44 +217,31 @@ fn a_ring_buffer_too_small_drops_events_shows_it_and_recovers_by_resnapshot() {
     std::thread::sleep(Duration::from_millis(2500));
     let reports = rw.stop_all();
     let last = reports.last().unwrap();
-    let dropped = last["dropped_events"].as_u64().unwrap();
+    let dropped = last.dropped_events.expect("counters read");
     assert!(dropped > 0, "nothing dropped with a 4 KiB ring");
-    let resyncs = last["resync"]["resyncs"].as_u64().unwrap();
-    assert!(resyncs >= 1, "{}", last["resync"]);
+    let resyncs = last.resync.resyncs;
+    assert!(resyncs >= 1, "{:?}", last.resync);
     // A report that lost events shows them and says what they had cost.
     let hurt = reports
         .iter()
-        .find(|r| r["dropped_events"].as_u64().unwrap() > 0)
+        .find(|r| r.dropped_events.expect("counters read") > 0)
         .unwrap();
-    assert!(
-        !hurt["resync"]["drift_before_last"].is_null(),
-        "{}",
-        hurt["resync"]
-    );
+    assert!(hurt.resync.drift_before_last.is_some(), "{:?}", hurt.resync);
     // Recovered: interim reports that lost nothing since the one before
     // agree exactly with a fresh walk again, without a new re-seed.
     let interim = &reports[..reports.len() - 1];
-    let quiet: Vec<&serde_json::Value> = interim
+    let quiet: Vec<&Report> = interim
         .windows(2)
-        .filter(|w| {
-            w[1]["dropped_events"] == w[0]["dropped_events"] && w[1]["resync"] == w[0]["resync"]
-        })
-        .filter(|w| w[1]["dropped_events"].as_u64().unwrap() > 0)
+        .filter(|w| w[1].dropped_events == w[0].dropped_events && w[1].resync == w[0].resync)
+        .filter(|w| w[1].dropped_events.expect("counters read") > 0)
         .map(|w| &w[1])
         .collect();
     assert!(!quiet.is_empty(), "no quiet report after the losses");
     for r in quiet {
-        assert_eq!(r["resync"]["degraded"], false);
-        assert_eq!(
-            r["model"]["drift"]["anon_vma"], 0,
-            "{}",
-            r["model"]["drift"]
-        );
-        assert_eq!(
-            r["model"]["drift"]["anon_vma_chain"], 0,
-            "{}",
-            r["model"]["drift"]
-        );
+        assert!(!r.resync.degraded);
+        let drift = r.model.as_ref().expect("a walk").drift;
+        assert_eq!(drift.anon_vma, 0, "{drift:?}");
+        assert_eq!(drift.anon_vma_chain, 0, "{drift:?}");
     }
 }
 
@@ -339,37 +307,43 @@ fn a_process_forking_while_rmapwatch_attaches_is_charged_exactly() {
         storm.wait().unwrap();
         std::thread::sleep(Duration::from_millis(500));
         let report = rw.stop();
-        let processes = report["processes"].as_array().unwrap();
-        let storms: Vec<&serde_json::Value> = processes
+        let storms: Vec<&ProcessReport> = report
+            .processes
             .iter()
-            .filter(|p| p["comm"] == "rmw-storm" || p["pid"] == storm_pid)
+            .filter(|p| p.comm == "rmw-storm" || p.pid == storm_pid)
             .collect();
         // Every child allocated its copies in fork and freed them at exit:
         // as many frees as allocations, and nothing left. (Not the parent:
         // it frees what the snapshot seeded, and a fork already running
         // when the fork window attached is charged to it.)
-        let children: Vec<_> = storms.iter().filter(|p| p["ppid"] == storm_pid).collect();
+        let children: Vec<_> = storms
+            .iter()
+            .filter(|p| p.ppid == Some(storm_pid))
+            .collect();
         assert!(
             children.len() > 10,
             "round {round}: {} children",
             children.len()
         );
-        for p in children.iter().filter(|p| p["exited"] == true) {
-            for obj in ["anon_vma", "anon_vma_chain"] {
+        for p in children.iter().filter(|p| p.exited) {
+            for (obj, flow, live) in [
+                ("anon_vma", p.anon_vma, p.live.anon_vma),
+                ("anon_vma_chain", p.anon_vma_chain, p.live.anon_vma_chain),
+            ] {
                 assert_eq!(
-                    p[obj]["allocs"],
-                    p[obj]["frees"],
-                    "round {round}: pid {} ({}) {obj}: {p}; dropped {} resync {} recursion misses {}",
-                    p["pid"],
-                    p["comm"],
-                    report["dropped_events"],
-                    report["resync"],
-                    report["cost"]["recursion_misses"]
+                    flow.allocs,
+                    flow.frees,
+                    "round {round}: pid {} ({}) {obj}: {p:?}; dropped {:?} resync {:?} recursion misses {:?}",
+                    p.pid,
+                    p.comm,
+                    report.dropped_events,
+                    report.resync,
+                    report.cost.as_ref().map(|c| c.recursion_misses)
                 );
                 assert_eq!(
-                    p["live"][obj]["objects"], 0,
-                    "round {round}: pid {} ({}) exited but keeps {obj}: {p}",
-                    p["pid"], p["comm"]
+                    live.objects, 0,
+                    "round {round}: pid {} ({}) exited but keeps {obj}: {p:?}",
+                    p.pid, p.comm
                 );
             }
         }

@@ -126,23 +126,14 @@ fn the_dashboard_shows_a_workload_with_its_exact_numbers_and_quits_cleanly() {
         "the workload's child",
     );
     let expected = inspect(child);
-    let (av, avc) = (
-        expected["live"]["anon_vma"]["objects"].as_u64().unwrap(),
-        expected["live"]["anon_vma_chain"]["objects"]
-            .as_u64()
-            .unwrap(),
-    );
+    let (av, avc) = objects(&expected.live);
     // The dashboard refreshes; wait for the row to settle on the inspected numbers.
     let screen = t.wait_for(
         |s| row(s, child).is_some_and(|r| r[1] == av && r[2] == avc),
         "exact numbers",
     );
     let r = row(&screen, child).unwrap();
-    assert_eq!(
-        r[0],
-        expected["vmas"].as_array().unwrap().len() as u64,
-        "VMAs\n{screen}"
-    );
+    assert_eq!(r[0], expected.vmas.len() as u64, "VMAs\n{screen}");
     assert!(
         av >= 150 && avc == 2 * av,
         "a fork child: one own AVC and one cloned per VMA"

@@ -15,6 +15,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 mod cpio;
+mod fixtures;
 mod vm;
 
 /// Name under which Debian's toolchain is linked into rustup.
@@ -82,6 +83,9 @@ enum Cmd {
         #[arg(long, default_value = "x86_64-unknown-linux-gnu")]
         target: String,
     },
+    /// Record this host's fixtures (rmapwatch/tests/fixtures/host-ARCH.*):
+    /// a controlled workload, replayed by the non-root tests (root).
+    Fixtures,
     /// Set up, build (release) and run the benchmarks as root; each prints
     /// its baseline from the same run and the ratio (see BENCHMARKS.md).
     Bench {
@@ -128,6 +132,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("unsupported target {target}: x86_64-unknown-linux-gnu or aarch64-unknown-linux-gnu"))?;
             let dir = build_static(&root, arch)?;
             step(&format!("static binaries in {}", dir.display()));
+            Ok(())
+        }
+        Cmd::Fixtures => {
+            setup()?;
+            step("building rmapwatch and the workload (release)");
+            cargo(&["build", "--release", "--package", "rmapwatch"])?;
+            cargo(&[
+                "build",
+                "--release",
+                "--package",
+                "rmapwatch-tools",
+                "--bins",
+            ])?;
+            let arch = std::env::consts::ARCH;
+            let out = root.join(format!("rmapwatch/tests/fixtures/host-{arch}"));
+            fixtures::record(&root.join("target/release"), &out, &[])?;
+            step(&format!("wrote {}.{{rmw,json,meta}}", out.display()));
             Ok(())
         }
         Cmd::Bench { which } => {

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use serde_json::Value;
+use rmapwatch_engine::report::{ProcessReport, Report};
 
 /// An architecture of the matrix.
 pub struct Arch {
@@ -218,8 +218,17 @@ pub struct Cell {
     pub detail: String,
 }
 
-fn num(v: &Value) -> u64 {
-    v.as_u64().unwrap_or(0)
+/// The report's process `pid`.
+fn find(r: &Report, pid: u64) -> Option<&ProcessReport> {
+    r.processes.iter().find(|p| u64::from(p.pid) == pid)
+}
+
+/// The report's block of an object kind.
+fn object<'a>(
+    r: &'a Report,
+    name: &str,
+) -> Result<&'a rmapwatch_engine::report::ObjectReport, String> {
+    r.objects.get(name).ok_or(format!("no {name} block"))
 }
 
 /// Checks one mode's output against the VM's ground truth.
@@ -229,7 +238,7 @@ fn check(
     pre_lines: usize,
     hold_lines: usize,
     errs: &[&str],
-    json: &[Value],
+    json: &[Report],
 ) -> (Result<(), String>, String) {
     let field = |k: &str| -> i64 {
         meta.split_whitespace()
@@ -265,8 +274,8 @@ fn check(
         // walk sees objects whose events are still in the ring (seen on
         // arm64 6.12: drift 4). A report is quiet when the one before and
         // the one after it counted the same: nothing was in flight.
-        let same = |a: &Value, b: &Value| a["hooks"] == b["hooks"] && a["objects"] == b["objects"];
-        let quiet_before = |lines: usize, what: &str| -> Result<&Value, String> {
+        let same = |a: &Report, b: &Report| a.hooks == b.hooks && a.objects == b.objects;
+        let quiet_before = |lines: usize, what: &str| -> Result<&Report, String> {
             let upto = lines.min(json.len());
             (1..upto)
                 .rev()
@@ -285,7 +294,11 @@ fn check(
         // hooks attach seconds after the tracepoints).
         let pre = quiet_before(pre_lines, "before the workload")?;
         // 1. probe modes
-        for (hook, m) in last["probes"].as_object().ok_or("no probes")? {
+        if last.probes.is_empty() {
+            return Err("no probes".into());
+        }
+        for (hook, m) in &last.probes {
+            let m = m.as_str();
             let slab = !hook.starts_with("folio_");
             let want = match mode {
                 "tracepoint" if slab => "tracepoint",
@@ -294,14 +307,11 @@ fn check(
             };
             // A function this kernel does not have (6.1 has no
             // folio_add_anon_rmap_pmd) is reported as such, not hooked.
-            let absent = last["hooks"][hook]["fallbacks"]
-                .as_array()
-                .is_some_and(|f| {
-                    f.iter().any(|x| {
-                        x.as_str()
-                            .is_some_and(|x| x.ends_with("not in this kernel"))
-                    })
-                });
+            let absent = last.hooks.get(hook).is_some_and(|h| {
+                h.fallbacks
+                    .iter()
+                    .any(|x| x.ends_with("not in this kernel"))
+            });
             if absent {
                 let _ = write!(detail, "{hook} absent from this kernel; ");
                 continue;
@@ -322,38 +332,34 @@ fn check(
         // then (an exited process kept 2-7 objects, or one moved between
         // processes) until fork's end was attached before the allocations
         // and what was reported while attaching was applied before seeding.
-        let drift = &hold["model"]["drift"];
-        let d = |r: &Value, k: &str| r[k].as_i64().unwrap_or(i64::MAX);
-        for k in ["anon_vma", "anon_vma_chain"] {
-            if d(drift, k) != 0 {
-                return Err(format!(
-                    "events vs a fresh walk at the hold point: drift {drift} (before the workload {})",
-                    pre["model"]["drift"]
-                ));
-            }
+        let model = |r: &Report, what: &str| r.model.clone().ok_or(format!("no walk {what}"));
+        let drift = model(hold, "at the hold point")?.drift;
+        if drift.anon_vma != 0 || drift.anon_vma_chain != 0 {
+            return Err(format!(
+                "events vs a fresh walk at the hold point: drift {drift:?} (before the workload {:?})",
+                model(pre, "before the workload")?.drift
+            ));
         }
-        for pid in &workload_pids(meta)? {
-            let p = hold["processes"]
-                .as_array()
-                .and_then(|ps| ps.iter().find(|p| p["pid"] == *pid))
+        for &pid in &workload_pids(meta)? {
+            let p = find(hold, pid)
                 .ok_or(format!("workload process {pid} missing at the hold point"))?;
-            if p["live"] != p["snapshot"] {
+            if Some(p.live) != p.snapshot {
                 return Err(format!(
-                    "workload process {pid}: events {} vs fresh walk {}",
-                    p["live"], p["snapshot"]
+                    "workload process {pid}: events {:?} vs fresh walk {:?}",
+                    p.live, p.snapshot
                 ));
             }
         }
-        let av = &hold["objects"]["anon_vma"];
-        let net = num(&av["allocs"]).cast_signed() - num(&av["frees"]).cast_signed();
+        let av = object(hold, "anon_vma")?;
+        let net = av.allocs.cast_signed() - av.frees.cast_signed();
         let slab = field("s1") - field("s0");
         let (slack0, slack1) = (field("c0") * field("ops"), field("c1") * field("ops"));
-        let live = num(&hold["live"]["anon_vma"]["objects"]);
+        let live = hold.live.anon_vma.objects;
         let _ = write!(
             detail,
             "live anon_vma {live}, AVC {} vs a fresh walk (workload processes exact); anon_vma net {net}, slab delta {slab} \
              (per-CPU slab slots {slack0} / {slack1})",
-            num(&hold["live"]["anon_vma_chain"]["objects"])
+            hold.live.anon_vma_chain.objects
         );
         if slack0 < 0 || slack1 < 0 || !(slab - slack1..=slab + slack0).contains(&net) {
             return Err(format!(
@@ -361,16 +367,15 @@ fn check(
             ));
         }
         // 3. per process: every child A anon_vmas and 2A AVCs, A >= K
-        let kids: Vec<&Value> = last["processes"]
-            .as_array()
-            .ok_or("no processes")?
+        let kids: Vec<&ProcessReport> = last
+            .processes
             .iter()
-            .filter(|p| p["comm"] == "rmw-workload" && !p["ppid"].is_null())
+            .filter(|p| p.comm == "rmw-workload")
             .filter(|p| {
-                let ppid = p["ppid"].as_u64().unwrap_or(0);
-                last["processes"].as_array().is_some_and(|ps| {
-                    ps.iter()
-                        .any(|q| q["pid"] == ppid && q["comm"] == "rmw-workload")
+                p.ppid.is_some_and(|ppid| {
+                    last.processes
+                        .iter()
+                        .any(|q| q.pid == ppid && q.comm == "rmw-workload")
                 })
             })
             .collect();
@@ -380,22 +385,27 @@ fn check(
                 kids.len()
             ));
         }
-        let a = num(&kids[0]["anon_vma"]["allocs"]);
+        let a = kids[0].anon_vma.allocs;
         for k in &kids {
-            if num(&k["anon_vma"]["allocs"]) != a
-                || num(&k["anon_vma_chain"]["allocs"]) != 2 * a
-                || a < K
-            {
-                return Err(format!("child counts differ from A={a}, 2A AVCs: {k}"));
+            if k.anon_vma.allocs != a || k.anon_vma_chain.allocs != 2 * a || a < K {
+                return Err(format!("child counts differ from A={a}, 2A AVCs: {k:?}"));
             }
         }
         let _ = write!(detail, "; {F} children x {a} anon_vma / {} AVC", 2 * a);
         // 4. function hooks against the slab call sites, and the rmap pages
         if mode != "tracepoint" {
-            let delta = |f: &dyn Fn(&Value) -> u64| f(hold).saturating_sub(f(pre));
-            let calls = |h: &str| delta(&|j: &Value| num(&j["hooks"][h]["calls"]));
+            let delta = |f: &dyn Fn(&Report) -> u64| f(hold).saturating_sub(f(pre));
+            // A hook this mode attached has counted calls; an absent site
+            // has no events (the JSON leaves empty sites out).
+            let calls =
+                |h: &str| delta(&|j: &Report| j.hooks.get(h).and_then(|x| x.calls).unwrap_or(0));
             let site = |s: &str| {
-                delta(&|j: &Value| num(&j["objects"]["anon_vma_chain"]["allocs_by_site"][s]))
+                delta(&|j: &Report| {
+                    j.objects
+                        .get("anon_vma_chain")
+                        .and_then(|o| o.allocs_by_site.get(s).copied())
+                        .unwrap_or(0)
+                })
             };
             let prepare_avcs = site("__anon_vma_prepare");
             if calls("__anon_vma_prepare") != prepare_avcs {
@@ -412,7 +422,10 @@ fn check(
                     F * a
                 ));
             }
-            let folios = delta(&|j: &Value| num(&j["rmap"]["new_anon_folios"]));
+            if hold.rmap.is_none() {
+                return Err("no rmap counters with function hooks".into());
+            }
+            let folios = delta(&|j: &Report| j.rmap.as_ref().map_or(0, |r| r.new_anon_folios));
             if folios < K * (1 + F) {
                 return Err(format!(
                     "new anon folios {folios} < the workload's {} touched pages",
@@ -443,10 +456,10 @@ fn check(
             ));
         }
         let _ = write!(detail, "; nothing loaded after exit");
-        if num(&last["dropped_events"]) != 0 {
-            return Err("dropped events".into());
+        if last.dropped_events != Some(0) {
+            return Err(format!("dropped events: {:?}", last.dropped_events));
         }
-        if last["model"].is_null() {
+        if last.model.is_none() {
             return Err("no snapshot in the VM".into());
         }
         Ok(())
@@ -504,10 +517,14 @@ fn run_kernel(arch: &Arch, vmlinuz: &Path, initrd: &Path) -> anyhow::Result<Vec<
             .find_map(|l| l.split(&format!("RMW-MODE {mode} ")).nth(1))
             .unwrap_or("");
         let errs: Vec<&str> = section(&log, mode, "RMW-ERR ");
-        let json: Vec<Value> = section(&log, mode, "RMW-JSON ")
+        let json: Vec<Report> = section(&log, mode, "RMW-JSON ")
             .into_iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
+            .map(|l| {
+                serde_json::from_str(l)
+                    .map_err(|e| format!("a report that does not parse ({e}): {l}"))
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("{mode}: {e}"))?;
         let hold_lines = log
             .lines()
             .find_map(|l| l.split(&format!("RMW-HOLD {mode} ")).nth(1))
@@ -542,7 +559,7 @@ fn workload_pids(meta: &str) -> Result<Vec<u64>, String> {
 /// From the workload's `regions START END ready PARENT CHILD...` and a
 /// report: per workload process (parent first), the new anonymous folios
 /// counted in VMAs that start inside the regions.
-fn region_folios(meta: &str, report: &Value) -> Result<Vec<(u64, u64)>, String> {
+fn region_folios(meta: &str, report: &Report) -> Result<Vec<(u64, u64)>, String> {
     let words: Vec<&str> = meta.split_whitespace().collect();
     let after = |w: &str| words.iter().position(|x| *x == w).map(|i| &words[i + 1..]);
     let hex = |s: &&str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
@@ -551,20 +568,19 @@ fn region_folios(meta: &str, report: &Value) -> Result<Vec<(u64, u64)>, String> 
         return Err(format!("bad regions line: {meta}"));
     };
     let pids = workload_pids(meta)?;
-    let procs = report["processes"].as_array().ok_or("no processes")?;
     pids.iter()
         .map(|&pid| {
-            let p = procs
-                .iter()
-                .find(|p| p["pid"] == pid)
+            let p = find(report, pid)
                 .ok_or(format!("workload process {pid} missing from the report"))?;
-            let by_vma = p["rmap"]["by_vma"]
-                .as_object()
-                .ok_or(format!("no per-VMA rmap counts for {pid}"))?;
+            let by_vma = &p
+                .rmap
+                .as_ref()
+                .ok_or(format!("no per-VMA rmap counts for {pid}"))?
+                .by_vma;
             let n = by_vma
                 .iter()
                 .filter(|(k, _)| hex(&k.as_str()).is_some_and(|a| (start..end).contains(&a)))
-                .map(|(_, v)| v.as_u64().unwrap_or(0))
+                .map(|(_, v)| *v)
                 .sum();
             Ok((pid, n))
         })
@@ -573,7 +589,7 @@ fn region_folios(meta: &str, report: &Value) -> Result<Vec<(u64, u64)>, String> 
 
 /// The fork storm timed in this mode, untraced and traced (reported, not
 /// checked: TCG wall time says little), with rmapwatch's cost per event.
-fn storm_detail(log: &str, mode: &str, last: Option<&Value>) -> String {
+fn storm_detail(log: &str, mode: &str, last: Option<&Report>) -> String {
     let secs = |phase: &str| -> Option<f64> {
         let l = log
             .lines()
@@ -585,7 +601,7 @@ fn storm_detail(log: &str, mode: &str, last: Option<&Value>) -> String {
         return String::new();
     };
     let ns = last
-        .and_then(|j| j["cost"]["ns_per_event"].as_f64())
+        .and_then(|j| j.cost.as_ref()?.ns_per_event)
         .map_or_else(String::new, |n| format!(", {n:.0} ns/event (bpf_stats)"));
     format!(
         "; fork storm ({STORM} forks): untraced {base:.2} s, traced {traced:.2} s ({:+.1}%){ns}",

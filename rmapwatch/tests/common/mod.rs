@@ -8,6 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use rmapwatch_engine::{
+    inspect::{Inspection, VmaReport},
+    report::{LiveBlock, ProcessReport, Report},
+};
+
 pub const RMAPWATCH: &str = env!("CARGO_BIN_EXE_rmapwatch");
 /// The controlled workload (crate rmapwatch-tools), built next to
 /// rmapwatch by `cargo xtask test` (`cargo build -p rmapwatch-tools`).
@@ -165,25 +170,22 @@ impl Rmapwatch {
     }
 
     /// SIGINT, then the final report.
-    pub fn stop(self) -> serde_json::Value {
+    pub fn stop(self) -> Report {
         self.stop_all().pop().unwrap()
     }
 
     /// SIGINT, then every report (interim ones, then the final one).
-    pub fn stop_all(mut self) -> Vec<serde_json::Value> {
+    pub fn stop_all(mut self) -> Vec<Report> {
         send(&self.child, libc::SIGINT);
         let status = self.child.wait().unwrap();
         let lines = self.stdout.rest();
         let errs = self.stderr.rest();
         assert!(status.success(), "rmapwatch failed: {status:?}\n{errs:#?}");
-        let all: Vec<serde_json::Value> = lines
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let all: Vec<Report> = lines.iter().map(|l| report(l)).collect();
         let last = all
             .last()
             .unwrap_or_else(|| panic!("no report; stderr {errs:#?}"));
-        assert_eq!(last["done"], true);
+        assert!(last.done);
         all
     }
 }
@@ -285,8 +287,28 @@ pub fn wait_gone(timeout: Duration) -> Vec<String> {
     }
 }
 
+/// A JSON report, typed: a renamed or missing field fails here instead of
+/// reading as 0.
+pub fn report(json: &str) -> Report {
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("not a rmapwatch.report/1: {e}: {json}"))
+}
+
+/// The report's process `pid`.
+pub fn process(r: &Report, pid: u32) -> &ProcessReport {
+    r.processes
+        .iter()
+        .find(|p| p.pid == pid)
+        .unwrap_or_else(|| panic!("pid {pid} not in the report"))
+}
+
+/// Live, walked and lazy objects of a report's process or system:
+/// `(anon_vma, AVC)` objects.
+pub fn objects(b: &LiveBlock) -> (u64, u64) {
+    (b.anon_vma.objects, b.anon_vma_chain.objects)
+}
+
 /// `rmapwatch inspect <pid> --json`.
-pub fn inspect(pid: u32) -> serde_json::Value {
+pub fn inspect(pid: u32) -> Inspection {
     let out = Command::new(RMAPWATCH)
         .args(["inspect", &pid.to_string(), "--json"])
         .output()
@@ -300,15 +322,12 @@ pub fn inspect(pid: u32) -> serde_json::Value {
 }
 
 /// The inspected VMAs inside `range`.
-pub fn vmas_in(inspection: &serde_json::Value, range: (u64, u64)) -> Vec<serde_json::Value> {
-    let hex = |v: &serde_json::Value| {
-        u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
-    };
-    inspection["vmas"]
-        .as_array()
-        .unwrap()
+pub fn vmas_in(inspection: &Inspection, range: (u64, u64)) -> Vec<VmaReport> {
+    let hex = |v: &str| u64::from_str_radix(v.trim_start_matches("0x"), 16).unwrap();
+    inspection
+        .vmas
         .iter()
-        .filter(|v| hex(&v["start"]) >= range.0 && hex(&v["end"]) <= range.1)
+        .filter(|v| hex(&v.start) >= range.0 && hex(&v.end) <= range.1)
         .cloned()
         .collect()
 }
