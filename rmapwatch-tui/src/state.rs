@@ -192,6 +192,9 @@ pub struct App {
     pub stopped: Option<String>,
     /// Where logs go.
     pub log_path: Option<String>,
+    /// What is watched, when it is not this machine live: "replay of
+    /// run.rmw", "remote: ssh host ...".
+    pub source: Option<String>,
 }
 
 impl App {
@@ -216,6 +219,7 @@ impl App {
             quit: false,
             stopped: None,
             log_path,
+            source: None,
         }
     }
 

@@ -82,8 +82,8 @@ impl App {
             format!("  up {}", uptime(f.uptime_s)).into(),
             format!("  refresh {:.1}s", self.delay.as_secs_f64()).into(),
         ];
-        if f.facts.source != "live" && !f.facts.source.is_empty() {
-            l1.push(format!("  {}", f.facts.source).yellow());
+        if let Some(source) = &self.source {
+            l1.push(format!("  {source}").yellow());
         }
         if let Some(c) = &f.cost {
             // The tool's own CPU cost, from the kernel's bpf_stats.

@@ -120,14 +120,15 @@ struct GlobalArgs {
     #[arg(long, global = true)]
     tree_parent_drops_chain: bool,
     /// Live view: refresh interval in seconds (each refresh re-walks the VMAs).
-    #[arg(short = 'd', long, value_name = "SECS", default_value = "1", value_parser = parse_secs, allow_negative_numbers = true)]
+    #[arg(short = 'd', long, value_name = "SECS", default_value = "1", value_parser = parse_secs, allow_negative_numbers = true, global = true)]
     delay: Duration,
     /// Live view: where warnings go (the screen belongs to the dashboard).
     #[arg(
         long,
         value_name = "PATH",
         env = "RMAPWATCH_LOG_FILE",
-        default_value = "/tmp/rmapwatch.log"
+        default_value = "/tmp/rmapwatch.log",
+        global = true
     )]
     log_file: String,
     /// Watch another machine: run CMD, a remote `rmapwatch agent` (e.g.

@@ -45,7 +45,8 @@ pub fn live(c: &Common, delay: Duration, log_path: &str) -> anyhow::Result<()> {
         walk_budget: Some(WALK_BUDGET),
         source_answers: true,
     };
-    dashboard(rt, signals, src, opts, delay, log_path)
+    let source = c.remote.as_ref().map(|cmd| format!("remote: {cmd}"));
+    dashboard(rt, signals, src, opts, delay, log_path, source)
 }
 
 /// `rmapwatch replay FILE`.
@@ -70,7 +71,8 @@ pub fn replay(
         walk_budget: None,
         source_answers: false,
     };
-    dashboard(rt, signals, src, opts, delay, log_path)
+    let source = Some(format!("replay of {}", path.display()));
+    dashboard(rt, signals, src, opts, delay, log_path, source)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -89,6 +91,7 @@ fn dashboard(
     opts: engine::Options,
     delay: Duration,
     log_path: &str,
+    source: Option<String>,
 ) -> anyhow::Result<()> {
     let (update_tx, update_rx) = mpsc::channel();
     let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -167,6 +170,7 @@ fn dashboard(
         let ui_result = (|| -> anyhow::Result<()> {
             let mut guard = tui::TerminalGuard::new()?;
             let mut app = tui::state::App::new(delay, Some(log_path.to_owned()));
+            app.source = source;
             tui::run(
                 &mut guard.terminal,
                 &mut app,

@@ -208,3 +208,40 @@ fn a_terminal_that_hangs_up_ends_the_dashboard_instead_of_spinning() {
     }
     assert!(wait_gone(Duration::from_secs(5)).is_empty());
 }
+
+#[test]
+#[ignore = "needs tmux: run by cargo xtask test"]
+fn a_recording_replays_on_the_dashboard_pauses_and_ends_on_screen() {
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/host-x86_64.rmw");
+    let cmd = format!(
+        "{RMAPWATCH} replay --speed 0.5 {} --log-file /tmp/rmapwatch-replay-test.log; echo EXITED $?; sleep 30",
+        fixture.display()
+    );
+    let t = Tmux::start("rmapwatch-replay", &cmd);
+    let screen = t.wait_for(|s| s.contains("actual vs ANON_VMA_LAZY"), "the dashboard");
+    assert!(screen.contains("replay of"), "{screen}");
+    assert!(screen.contains("6.18"), "the recorded kernel: {screen}");
+    let up = |s: &str| {
+        s.split("up ")
+            .nth(1)
+            .map(|r| r.chars().take(8).collect::<String>())
+            .unwrap_or_default()
+    };
+    // Paused: the recording's clock stands still.
+    t.keys(&["p"]);
+    let paused = t.wait_for(|s| s.contains("PAUSED"), "paused");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        up(&t.screen()),
+        up(&paused),
+        "the replay went on while paused"
+    );
+    t.keys(&["p"]);
+    // The end of the recording stays on the screen until q.
+    let end = t.wait_for(|s| s.contains("the recording ended"), "the end");
+    assert!(end.contains("rmw-workload"), "{end}");
+    t.keys(&["q"]);
+    let done = t.wait_for(|s| s.contains("EXITED"), "exit");
+    assert!(done.contains("EXITED 0"), "{done}");
+}

@@ -32,6 +32,7 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
     "libzstd-dev",
 ];
 const TEST_PACKAGES: &[&str] = &[
+    "zstd",
     "bpftrace",
     "bpftool",
     "util-linux",
@@ -74,6 +75,9 @@ enum Cmd {
         /// Rewrite the matrix in README.md with the results.
         #[arg(long)]
         report: bool,
+        /// Write each guest's recording into rmapwatch/tests/fixtures.
+        #[arg(long)]
+        fixtures: bool,
     },
     /// Build static release binaries (rmapwatch, rmw-workload) for a target:
     /// x86_64-unknown-linux-gnu or aarch64-unknown-linux-gnu (for Android
@@ -123,7 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Test { no_lint } => test(no_lint),
-        Cmd::VmTest { report } => vm_test(&root, report),
+        Cmd::VmTest { report, fixtures } => vm_test(&root, report, fixtures),
         Cmd::Build { target } => {
             setup()?;
             let arch = vm::ARCHES
@@ -295,6 +299,26 @@ fn setup() -> anyhow::Result<()> {
         )?;
     }
     apt_install(TEST_PACKAGES)?;
+    // The fuzzer of the stream decoder: cargo-fuzz, with rustup's nightly
+    // (which these machines have; sanitizers need no rust-src).
+    if succeeds(Command::new("cargo").args(["+nightly", "fuzz", "--version"])) {
+        step("cargo-fuzz present");
+    } else {
+        if !succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
+            bail!(
+                "the fuzz step needs a rustup nightly toolchain (rustup toolchain install \
+                 nightly --profile minimal)"
+            );
+        }
+        step("installing cargo-fuzz (about a minute)");
+        sh(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+                "install",
+                "cargo-fuzz",
+                "--locked",
+            ]),
+        )?;
+    }
     // arm64 kernels and busybox for the QEMU matrix are Debian packages of
     // the arm64 architecture (downloaded and extracted, never installed).
     let foreign = Command::new("dpkg")
@@ -326,9 +350,11 @@ fn test(no_lint: bool) -> anyhow::Result<()> {
             "warnings",
         ])?;
     }
+    boundaries()?;
     step("unit and binary tests (no root needed)");
     // The default members: the eBPF crate is built for bpf by build.rs.
     cargo(&["test"])?;
+    fuzz_briefly()?;
     step("privileged kernel tests (root, one at a time)");
     cargo(&["build", "--tests", "--package", "rmapwatch"])?;
     // The controlled workload the privileged tests run, next to rmapwatch.
@@ -350,7 +376,137 @@ fn test(no_lint: bool) -> anyhow::Result<()> {
             .args(privileged))?;
     }
     step("kernel matrix under QEMU: Debian 6.1 and 6.12, fentry / kprobe / tracepoint");
-    vm_test(&workspace_root(), false)
+    vm_test(&workspace_root(), false, false)
+}
+
+/// Copies each guest's recording (kept by vm-test next to its serial log)
+/// into the committed fixtures, as `vm-ARCH-SERIES.{rmw,json,meta}`.
+fn write_vm_fixtures(root: &Path, cells: &[vm::Cell]) -> anyhow::Result<()> {
+    for c in cells
+        .iter()
+        .filter(|c| c.mode == "record/replay" && c.result.is_ok())
+    {
+        let (release, arch) = c.kernel.split_once(' ').unwrap_or((&c.kernel, ""));
+        let deb = vm::ARCHES
+            .iter()
+            .find(|a| a.name == arch)
+            .map_or("amd64", |a| a.deb);
+        let series = release.split('.').take(2).collect::<Vec<_>>().join(".");
+        let src = root
+            .join(".cache/vm")
+            .join(deb)
+            .join(format!("rec-{}", c.kernel.replace(' ', "-")));
+        let dst = root.join(format!("rmapwatch/tests/fixtures/vm-{arch}-{series}"));
+        for ext in ["rmw", "json", "meta"] {
+            std::fs::copy(src.with_extension(ext), dst.with_extension(ext))
+                .with_context(|| format!("copying the recording of {}", c.kernel))?;
+        }
+        step(&format!("fixture {}.rmw from {}", dst.display(), c.kernel));
+    }
+    Ok(())
+}
+
+/// Crates that the engine must never depend on: it knows no kernel
+/// source, no runtime, no terminal.
+const NOT_IN_THE_ENGINE: &[&str] = &[
+    "aya",
+    "aya-obj",
+    "aya-log",
+    "btf-rs",
+    "tokio",
+    "ratatui",
+    "crossterm",
+    "libc",
+    "mio",
+];
+
+/// The crate boundaries, proven: the engine's dependency tree has no aya,
+/// tokio, ratatui or Linux-only API; and the host side that replays and
+/// (later) talks to a phone (engine, TUI, CLI, without the live source)
+/// type-checks for macOS on Apple silicon.
+fn boundaries() -> anyhow::Result<()> {
+    step("boundary: the engine's dependency tree (cargo tree -p rmapwatch-engine)");
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "tree",
+            "-p",
+            "rmapwatch-engine",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
+        .output()
+        .context("running cargo tree")?;
+    if !out.status.success() {
+        bail!(
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let crates: std::collections::BTreeSet<&str> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let bad: Vec<&&str> = NOT_IN_THE_ENGINE
+        .iter()
+        .filter(|c| crates.contains(**c))
+        .collect();
+    if !bad.is_empty() {
+        bail!("the engine depends on {bad:?}:\n{tree}");
+    }
+    step(&format!(
+        "boundary: the engine depends on {} crates, none of {}",
+        crates.len(),
+        NOT_IN_THE_ENGINE.join(", ")
+    ));
+    step(
+        "boundary: the host side (rmapwatch without the live source) checks for aarch64-apple-darwin",
+    );
+    let mut c = Command::new("rustup");
+    c.args([
+        "run",
+        BPF_TOOLCHAIN,
+        "cargo",
+        "check",
+        "--quiet",
+        "-p",
+        "rmapwatch",
+    ])
+    .args([
+        "--target",
+        "aarch64-apple-darwin",
+        "-Z",
+        "build-std=std,panic_abort",
+    ])
+    .args(["--target-dir", "target/cross-check"])
+    .env("RUSTC_BOOTSTRAP", "1");
+    sh(&mut c)
+}
+
+/// A minute of the stream decoder's fuzzer (`fuzz/`), from the kept
+/// corpus (`fuzz/corpus/stream.tar.zst`, minimized after the long run)
+/// unpacked into a scratch directory: the kept one changes only by hand.
+fn fuzz_briefly() -> anyhow::Result<()> {
+    let scratch = std::env::temp_dir().join("rmapwatch-fuzz-corpus");
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+    sh(Command::new("tar")
+        .args(["--zstd", "-xf", "fuzz/corpus/stream.tar.zst", "-C"])
+        .arg(&scratch))?;
+    step("fuzzing the stream decoder for 60 s (cargo +nightly fuzz run stream)");
+    sh(Command::new("cargo")
+        .args(["+nightly", "fuzz", "run", "stream"])
+        .arg(&scratch)
+        .args([
+            "--",
+            "-max_total_time=60",
+            "-rss_limit_mb=2048",
+            "-max_len=65536",
+        ]))
 }
 
 /// Static binaries for the VM (any Linux, and Android, without shared
@@ -393,12 +549,21 @@ fn build_static(root: &Path, arch: &vm::Arch) -> anyhow::Result<PathBuf> {
     Ok(root.join("target").join(arch.target).join("release"))
 }
 
-fn vm_test(root: &Path, report: bool) -> anyhow::Result<()> {
+fn vm_test(root: &Path, report: bool, fixtures: bool) -> anyhow::Result<()> {
     setup()?;
     let mut cells = Vec::new();
+    let mut host_bin = None;
     for arch in &vm::ARCHES {
         let bins = build_static(root, arch)?;
-        cells.extend(vm::matrix(&root.join(".cache/vm"), arch, &bins)?);
+        // The x86_64 static build runs here too: it replays every guest's
+        // recording.
+        let host = host_bin
+            .get_or_insert_with(|| bins.join("rmapwatch"))
+            .clone();
+        cells.extend(vm::matrix(&root.join(".cache/vm"), arch, &bins, &host)?);
+    }
+    if fixtures {
+        write_vm_fixtures(root, &cells)?;
     }
     let table = vm::table(&cells);
     println!("{table}");

@@ -117,13 +117,41 @@ for mode in {modes}; do
   sed 's/^/RMW-ERR /' /tmp/r.err
   sed 's/^/RMW-JSON /' /tmp/r.json
 done
+# A recording made here, for the host to replay (another architecture on
+# arm64), and the host's fixtures replayed here.
+rm -f /tmp/rec.rmw /tmp/hold2
+rmapwatch record -o /tmp/rec.rmw --json --interval 0.5 > /tmp/rec.json 2>/tmp/rec.err &
+R=$!
+i=0
+while ! grep -q -e attached -e error /tmp/rec.err 2>/dev/null; do sleep 0.2; i=$((i+1)); [ $i -gt 600 ] && break; done
+sleep 0.8
+mkfifo /tmp/hold2
+rmw-workload {workload} --hold < /tmp/hold2 > /tmp/w2.out &
+W=$!
+exec 4>/tmp/hold2
+while ! grep -q ready /tmp/w2.out 2>/dev/null; do sleep 0.1; done
+sleep 1.5
+kill -INT $R; wait $R; RC=$?
+exec 4>&-
+wait $W
+echo "RMW-REC rc=$RC $(grep -e regions -e ready /tmp/w2.out | tr '\n' ' ')"
+sed 's/^/RMW-REC-ERR /' /tmp/rec.err
+sed 's/^/RMW-REC-JSON /' /tmp/rec.json
+echo RMW-REC-B64-START
+base64 /tmp/rec.rmw
+echo RMW-REC-B64-END
+for f in /fixtures/*.rmw; do
+  [ -e "$f" ] || continue
+  echo "RMW-REPLAY $(basename $f) $(rmapwatch report --from $f --json 2>/tmp/replay.err | tr '\n' ' ')"
+done
 echo RMW-END
 poweroff -f
 "#,
         modes = MODES.join(" "),
         k = K,
         f = F,
-        storm = STORM
+        storm = STORM,
+        workload = crate::fixtures::WORKLOAD.join(" "),
     )
 }
 
@@ -190,13 +218,21 @@ fn initramfs(cache: &Path, arch: &Arch, bins: &Path) -> anyhow::Result<PathBuf> 
         .context("busybox-static")?;
     for applet in [
         "sh", "mount", "cat", "echo", "sleep", "grep", "mkfifo", "poweroff", "kill", "wc", "cut",
-        "sed", "rm", "uname",
+        "sed", "rm", "uname", "base64", "tr", "basename",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
     }
     for b in ["rmapwatch", "rmw-workload"] {
         std::fs::copy(bins.join(b), root.join("bin").join(b))
             .with_context(|| format!("static {b}"))?;
+    }
+    // The committed fixtures, replayed in the guest (another architecture
+    // for those recorded elsewhere).
+    std::fs::create_dir_all(root.join("fixtures"))?;
+    for f in fixture_files()? {
+        if let Some(name) = f.file_name() {
+            std::fs::copy(&f, root.join("fixtures").join(name))?;
+        }
     }
     let init = root.join("init");
     std::fs::write(&init, init_script())?;
@@ -467,8 +503,14 @@ fn check(
     (r, detail)
 }
 
-/// Boots one kernel and checks every mode.
-fn run_kernel(arch: &Arch, vmlinuz: &Path, initrd: &Path) -> anyhow::Result<Vec<Cell>> {
+/// Boots one kernel and checks every mode, then the recording made in it
+/// (replayed here by `host_bin`) and the fixtures replayed in it.
+fn run_kernel(
+    arch: &Arch,
+    vmlinuz: &Path,
+    initrd: &Path,
+    host_bin: &Path,
+) -> anyhow::Result<Vec<Cell>> {
     let out = Command::new("timeout")
         .args(["900", arch.qemu, "-accel", "tcg"])
         .args(arch.machine)
@@ -546,7 +588,157 @@ fn run_kernel(arch: &Arch, vmlinuz: &Path, initrd: &Path) -> anyhow::Result<Vec<
             detail,
         });
     }
+    cells.push(recording(&log, &kernel, initrd, host_bin));
     Ok(cells)
+}
+
+/// Decodes standard base64 (as busybox writes it: lines of 76).
+fn base64(text: &str) -> Result<Vec<u8>, String> {
+    let val = |c: u8| -> Result<u32, String> {
+        Ok(match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return Err(format!("not base64: {:?}", char::from(c))),
+        })
+    };
+    let clean: Vec<u8> = text
+        .bytes()
+        .filter(|b| !b.is_ascii_whitespace() && *b != b'=')
+        .collect();
+    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
+    for chunk in clean.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= val(c)? << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Ok(out)
+}
+
+/// The guest's recording: kept next to the serial log, replayed by the
+/// host's rmapwatch (x86_64: another architecture for arm64 guests) to the
+/// report the guest's recorder printed; and the committed fixtures
+/// replayed in the guest to theirs.
+fn recording(log: &str, kernel: &str, initrd: &Path, host_bin: &Path) -> Cell {
+    let mut detail = String::new();
+    let result = (|| -> Result<(), String> {
+        let meta = log
+            .lines()
+            .find_map(|l| l.strip_prefix("RMW-REC "))
+            .ok_or("no recording in the guest")?;
+        let errs: Vec<&str> = log
+            .lines()
+            .filter_map(|l| l.strip_prefix("RMW-REC-ERR "))
+            .collect();
+        if !meta.starts_with("rc=0") {
+            return Err(format!(
+                "the guest's recorder failed: {meta}: {}",
+                errs.join(" | ")
+            ));
+        }
+        let printed: String = log
+            .lines()
+            .filter_map(|l| l.strip_prefix("RMW-REC-JSON "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let b64: String = log
+            .split("RMW-REC-B64-START\n")
+            .nth(1)
+            .and_then(|r| r.split("RMW-REC-B64-END").next())
+            .ok_or("no recording bytes in the serial log")?
+            .to_owned();
+        let bytes = base64(&b64)?;
+        let base = initrd.with_file_name(format!("rec-{}", kernel.replace(' ', "-")));
+        let rmw = base.with_extension("rmw");
+        std::fs::write(&rmw, &bytes).map_err(|e| e.to_string())?;
+        std::fs::write(base.with_extension("json"), &printed).map_err(|e| e.to_string())?;
+        let ready: String = meta
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace(" ready", "\nready");
+        std::fs::write(base.with_extension("meta"), format!("{ready}\n"))
+            .map_err(|e| e.to_string())?;
+        let out = Command::new(host_bin)
+            .args(["report", "--from"])
+            .arg(&rmw)
+            .arg("--json")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "the host could not replay the guest's recording: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        if out.stdout != printed.as_bytes() {
+            return Err(
+                "the host's replay of the guest's recording differs from what the guest printed"
+                    .into(),
+            );
+        }
+        let r: Report =
+            serde_json::from_str(&printed).map_err(|e| format!("the guest's report: {e}"))?;
+        let _ = write!(
+            detail,
+            "recorded here ({} KiB, {} events, {} walks), replayed on the host: the same report",
+            bytes.len() / 1024,
+            r.events,
+            r.model.as_ref().map_or(0, |m| m.snapshot.stats.taken)
+        );
+        // The fixtures, replayed in the guest.
+        let mut replayed = Vec::new();
+        for line in log.lines().filter_map(|l| l.strip_prefix("RMW-REPLAY ")) {
+            let (name, json) = line.split_once(' ').ok_or("a bad replay line")?;
+            let want = fixture_files()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|f| f.file_name().is_some_and(|n| n == name))
+                .ok_or(format!("no fixture {name}"))?
+                .with_extension("json");
+            let want = std::fs::read_to_string(&want).map_err(|e| e.to_string())?;
+            if json.trim_end() != want.trim_end() {
+                return Err(format!(
+                    "fixture {name} replayed in the guest: another report: {}",
+                    &json[..json.len().min(300)]
+                ));
+            }
+            replayed.push(name.to_owned());
+        }
+        if replayed.is_empty() {
+            return Err("no fixture replayed in the guest".into());
+        }
+        let _ = write!(detail, "; fixtures replayed here: {}", replayed.join(", "));
+        Ok(())
+    })();
+    Cell {
+        kernel: kernel.to_owned(),
+        mode: "record/replay".to_owned(),
+        result,
+        detail,
+    }
+}
+
+/// The committed fixtures (`rmapwatch/tests/fixtures/*.rmw`).
+///
+/// # Errors
+/// The directory cannot be read.
+pub fn fixture_files() -> anyhow::Result<Vec<PathBuf>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rmapwatch/tests/fixtures");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rmw"))
+        .collect();
+    v.sort();
+    Ok(v)
 }
 
 /// The workload's pids (parent first) from its `ready PARENT CHILD...` line.
@@ -639,7 +831,12 @@ const PATCH_RACE: &str = "guest oops on an int3 of live code patching: ";
 ///
 /// # Errors
 /// A kernel cannot be fetched or booted.
-pub fn matrix(cache_root: &Path, arch: &Arch, bins: &Path) -> anyhow::Result<Vec<Cell>> {
+pub fn matrix(
+    cache_root: &Path,
+    arch: &Arch,
+    bins: &Path,
+    host_bin: &Path,
+) -> anyhow::Result<Vec<Cell>> {
     let cache = cache_root.join(arch.deb);
     std::fs::create_dir_all(&cache)?;
     let initrd = initramfs(&cache, arch, bins)?;
@@ -652,7 +849,7 @@ pub fn matrix(cache_root: &Path, arch: &Arch, bins: &Path) -> anyhow::Result<Vec
             arch.qemu
         );
         let t = std::time::Instant::now();
-        let booted = match run_kernel(arch, &vmlinuz, &initrd) {
+        let booted = match run_kernel(arch, &vmlinuz, &initrd, host_bin) {
             Err(e) if format!("{e:#}").starts_with(PATCH_RACE) => {
                 eprintln!("xtask: {e:#}");
                 eprintln!(
@@ -661,7 +858,7 @@ pub fn matrix(cache_root: &Path, arch: &Arch, bins: &Path) -> anyhow::Result<Vec
                      int3 goes; most likely a stale translation of multi-threaded TCG); booting \
                      it once more"
                 );
-                run_kernel(arch, &vmlinuz, &initrd).map(|mut cells| {
+                run_kernel(arch, &vmlinuz, &initrd, host_bin).map(|mut cells| {
                     for c in &mut cells {
                         c.detail
                             .push_str("; booted twice (the first boot: guest int3 oops)");

@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod record;
 mod storm;
 
 use ratatui::{Terminal, backend::TestBackend};
@@ -652,6 +653,11 @@ fn main() -> ExitCode {
             "footprint" => bench_footprint(),
             "snapshot" => bench_snapshot(5, 10_000, 9)?,
             "idle" => storm::idle(20)?,
+            "replay" => record::replay(5_000_000, 5)?,
+            "record" => record::record(
+                arg_num(&args, "--rounds", 5),
+                arg_num(&args, "--forks", 2000),
+            )?,
             "storms" => storm::run(&storm::Opts {
                 rounds: arg_num(&args, "--rounds", 9),
                 forks: arg_num(&args, "--forks", 5000),
@@ -663,6 +669,8 @@ fn main() -> ExitCode {
                 bench_ingest(400);
                 bench_snapshot(5, 10_000, 9)?;
                 bench_footprint();
+                record::replay(5_000_000, 5)?;
+                record::record(5, 2000)?;
                 storm::idle(20)?;
                 storm::run(&storm::Opts {
                     rounds: 9,
@@ -671,7 +679,8 @@ fn main() -> ExitCode {
                 })?;
             }
             other => anyhow::bail!(
-                "unknown benchmark {other}: render|pipeline|ingest|footprint|snapshot|idle|storms|all"
+                "unknown benchmark {other}: \
+                 render|pipeline|ingest|footprint|snapshot|replay|record|idle|storms|all"
             ),
         }
         Ok(())

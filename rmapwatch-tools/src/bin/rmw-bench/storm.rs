@@ -205,7 +205,7 @@ const PAGE: usize = 4096;
 /// `n` times fork + exit of a process holding 64 MiB of touched anonymous
 /// memory in 50 VMAs: `rmw-workload --storm` (the same storm the VM matrix
 /// times), which reports the time of its fork loop alone.
-fn fork_storm(n: usize) -> anyhow::Result<f64> {
+pub(crate) fn fork_storm(n: usize) -> anyhow::Result<f64> {
     let exe = std::env::current_exe()?.with_file_name("rmw-workload");
     let pages = (64 << 20) / PAGE / 50;
     let out = Command::new(&exe)
@@ -441,7 +441,7 @@ pub fn run(o: &Opts) -> anyhow::Result<()> {
 }
 
 /// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised comm: state is field 3; utime 14, stime 15.
     let rest = stat.rsplit_once(") ").map(|(_, r)| r).context("bad stat")?;
