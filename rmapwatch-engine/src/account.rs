@@ -75,6 +75,15 @@ pub struct Process {
     pub live: [u64; object::COUNT],
 }
 
+impl Process {
+    /// Whether it had anon_vma/AVC traffic or owns objects (the processes
+    /// reports and views list).
+    #[must_use]
+    pub fn is_active(&self) -> bool {
+        self.flows.iter().any(|f| f.allocs + f.frees > 0) || self.live.iter().any(|&n| n > 0)
+    }
+}
+
 /// New anonymous folios per (process, VMA start), from the kernel's
 /// `RMAP_VMAS` map: its current values plus those of entries the source
 /// already removed from it (exited processes, so that it never fills).

@@ -584,9 +584,7 @@ impl Engine {
             .acct
             .processes
             .values()
-            .filter(|p| {
-                p.flows.iter().any(|f| f.allocs + f.frees > 0) || p.live.iter().any(|&n| n > 0)
-            })
+            .filter(|p| p.is_active())
             .map(|p| {
                 let pair = walk.and_then(|w| w.estimate.processes.get(&p.pid).copied());
                 ProcRow {

@@ -449,9 +449,7 @@ impl Report {
         let mut processes: Vec<ProcessReport> = acct
             .processes
             .values()
-            .filter(|p| {
-                p.flows.iter().any(|f| f.allocs + f.frees > 0) || p.live.iter().any(|&n| n > 0)
-            })
+            .filter(|p| p.is_active())
             .map(|p| {
                 let pair = ctx.model.as_ref().map(|m| {
                     m.estimate

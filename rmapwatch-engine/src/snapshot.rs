@@ -294,25 +294,36 @@ impl Decoder {
     }
 }
 
+/// Reads `input` to its end in chunks of [`CHUNK`] bytes, handing each to
+/// `f` (which may stop it with an error).
+///
+/// # Errors
+/// [`SnapshotError::Io`] when a read fails, or `f`'s error.
+pub fn for_each_chunk(
+    mut input: impl std::io::Read,
+    mut f: impl FnMut(&[u8]) -> Result<(), SnapshotError>,
+) -> Result<(), SnapshotError> {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match input.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => f(&buf[..n])?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(SnapshotError::Io(e.to_string())),
+        }
+    }
+}
+
 /// Decodes a whole stream from a reader (see [`Decoder`]).
 ///
 /// # Errors
 /// [`SnapshotError`] for a corrupt stream or a failed read.
 pub fn decode(
-    mut input: impl std::io::Read,
+    input: impl std::io::Read,
     mut f: impl FnMut(&Vma, &[u8; COMM_LEN]),
 ) -> Result<WalkCounts, SnapshotError> {
     let mut d = Decoder::new();
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(SnapshotError::Io(e.to_string())),
-        };
-        d.feed(&buf[..n], &mut f)?;
-    }
+    for_each_chunk(input, |bytes| d.feed(bytes, &mut f))?;
     d.finish()
 }
 

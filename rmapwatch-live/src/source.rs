@@ -20,7 +20,7 @@ use rmapwatch_engine::{
         ClockRef, Counters, Endian, Facts, Input, KernelCounters, Nanos, Notice, Paths, Request,
         RmapUpdate, SlabRead,
     },
-    snapshot::{CHUNK, Decoder, SnapshotError, Vma, WalkCounts},
+    snapshot::{Decoder, SnapshotError, Vma, WalkCounts, for_each_chunk},
 };
 use tokio::{io::unix::AsyncFd, sync::mpsc::UnboundedReceiver};
 
@@ -451,18 +451,11 @@ impl<R: RingSource, T: Fn() -> Nanos> WalkPump<'_, R, T> {
         }
     }
 
-    fn run(&mut self, mut reader: impl std::io::Read) -> Result<WalkCounts, SnapshotError> {
+    fn run(&mut self, reader: impl std::io::Read) -> Result<WalkCounts, SnapshotError> {
         let mut decoder = Decoder::new();
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(SnapshotError::Io(e.to_string())),
-            };
+        for_each_chunk(reader, |bytes| {
             let (vmas, comms, named) = (&mut self.vmas, &mut self.comms, &mut self.named);
-            decoder.feed(&buf[..n], |v, comm| {
+            decoder.feed(bytes, |v, comm| {
                 if named.insert(v.tgid) {
                     comms.push((v.tgid, rmapwatch_engine::event::Comm(*comm).text()));
                 }
@@ -483,10 +476,12 @@ impl<R: RingSource, T: Fn() -> Nanos> WalkPump<'_, R, T> {
                     });
                 }
             }
-            if !self.alive {
-                return Ok(WalkCounts::default());
+            if self.alive {
+                Ok(())
+            } else {
+                Err(SnapshotError::Io("the consumer went away".into()))
             }
-        }
+        })?;
         self.flush();
         decoder.finish()
     }

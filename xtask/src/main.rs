@@ -140,15 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Fixtures => {
             setup()?;
-            step("building rmapwatch and the workload (release)");
-            cargo(&["build", "--release", "--package", "rmapwatch"])?;
-            cargo(&[
-                "build",
-                "--release",
-                "--package",
-                "rmapwatch-tools",
-                "--bins",
-            ])?;
+            build_release("rmapwatch and the workload")?;
             let arch = std::env::consts::ARCH;
             let out = root.join(format!("rmapwatch/tests/fixtures/host-{arch}"));
             fixtures::record(&root.join("target/release"), &out, &[])?;
@@ -157,20 +149,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Bench { which } => {
             setup()?;
-            step("building the benchmarks (release)");
-            cargo(&["build", "--release", "--package", "rmapwatch"])?;
-            cargo(&[
-                "build",
-                "--release",
-                "--package",
-                "rmapwatch-tools",
-                "--bins",
-            ])?;
+            build_release("the benchmarks")?;
             let bin = root.join("target/release/rmw-bench");
             step(&format!("running {} {which}", bin.display()));
             sh(&mut as_root(&bin, &[which]))
         }
     }
+}
+
+/// Builds rmapwatch, the workload and the benchmarks in release mode
+/// (`target/release`).
+fn build_release(what: &str) -> anyhow::Result<()> {
+    step(&format!("building {what} (release)"));
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "rmapwatch",
+        "--package",
+        "rmapwatch-tools",
+        "--bins",
+    ])
 }
 
 fn workspace_root() -> PathBuf {
@@ -392,16 +391,18 @@ fn write_vm_fixtures(root: &Path, cells: &[vm::Cell]) -> anyhow::Result<()> {
             .find(|a| a.name == arch)
             .map_or("amd64", |a| a.deb);
         let series = release.split('.').take(2).collect::<Vec<_>>().join(".");
-        let src = root
-            .join(".cache/vm")
-            .join(deb)
-            .join(format!("rec-{}", c.kernel.replace(' ', "-")));
-        let dst = root.join(format!("rmapwatch/tests/fixtures/vm-{arch}-{series}"));
+        let src = root.join(".cache/vm").join(deb);
+        let dst = root.join("rmapwatch/tests/fixtures");
+        // Releases have dots: extensions are appended, not replaced.
+        let (from, to) = (vm::recording_name(&c.kernel), format!("vm-{arch}-{series}"));
         for ext in ["rmw", "json", "meta"] {
-            std::fs::copy(src.with_extension(ext), dst.with_extension(ext))
-                .with_context(|| format!("copying the recording of {}", c.kernel))?;
+            std::fs::copy(
+                src.join(format!("{from}.{ext}")),
+                dst.join(format!("{to}.{ext}")),
+            )
+            .with_context(|| format!("copying the recording of {}", c.kernel))?;
         }
-        step(&format!("fixture {}.rmw from {}", dst.display(), c.kernel));
+        step(&format!("fixture {to}.rmw from {}", c.kernel));
     }
     Ok(())
 }

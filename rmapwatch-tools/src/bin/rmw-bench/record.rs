@@ -183,6 +183,7 @@ pub fn record(rounds: usize, forks: usize) -> anyhow::Result<()> {
     let mut record_cpu = Vec::new();
     let mut per_event = Vec::new();
     let mut ratios = Vec::new();
+    let mut kernel_ns = (Vec::new(), Vec::new());
     let path = file.to_str().context("temp path")?;
     for _ in 0..rounds {
         let (a, ra, _) = round(&bin, &["report", "--json"], forks)?;
@@ -193,6 +194,14 @@ pub fn record(rounds: usize, forks: usize) -> anyhow::Result<()> {
         record_cpu.push(b / rb.events.max(1) as f64 * 1e9);
         ratios.push(b / a);
         per_event.push(size as f64 / rb.events.max(1) as f64);
+        let ns = |r: &Report| {
+            r.cost
+                .as_ref()
+                .and_then(|c| c.ns_per_event)
+                .unwrap_or(f64::NAN)
+        };
+        kernel_ns.0.push(ns(&ra));
+        kernel_ns.1.push(ns(&rb));
         if rb.dropped_events != Some(0) || ra.dropped_events != Some(0) {
             println!(
                 "record: dropped events: report {:?}, record {:?}",
@@ -216,6 +225,18 @@ pub fn record(rounds: usize, forks: usize) -> anyhow::Result<()> {
         &format!("record: file size during a {forks}-fork storm"),
         "bytes/event",
         stats(per_event),
+    );
+    // The programs are the same either way (events carry a batch time,
+    // stamped where the ring is drained): the kernel's cost per event.
+    line(
+        "record: kernel ns/event under report (bpf_stats)",
+        "ns",
+        stats(kernel_ns.0),
+    );
+    line(
+        "record: kernel ns/event under record (bpf_stats)",
+        "ns",
+        stats(kernel_ns.1),
     );
     Ok(())
 }

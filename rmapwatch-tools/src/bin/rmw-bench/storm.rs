@@ -178,24 +178,25 @@ fn stop(a: Attached) -> anyhow::Result<Outcome> {
         bail!("rmapwatch exited {st}: {}", err.join(" | "));
     }
     if a.tracer == Tracer::Rmapwatch {
-        let j: serde_json::Value = serde_json::from_str(
+        let r: rmapwatch_engine::report::Report = serde_json::from_str(
             stdout
                 .lines()
                 .last()
                 .context("rmapwatch printed no report")?,
         )?;
-        let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
-        o.events = n(&j["events"]);
-        o.dropped = n(&j["dropped_events"]);
-        let c = &j["cost"];
-        o.recursion_misses = n(&c["recursion_misses"]);
-        o.runs = n(&c["event_runs"]);
-        o.run_ns = c["programs"].as_object().map_or(0, |ps| {
-            ps.iter()
-                .filter(|(name, _)| *name != rmapwatch_engine::report::ITERATOR_PROGRAM)
-                .map(|(_, p)| n(&p["run_time_ns"]))
-                .sum()
-        });
+        o.events = r.events;
+        o.dropped = r
+            .dropped_events
+            .context("rmapwatch could not read its counters")?;
+        let c = r.cost.context("no bpf_stats on this kernel")?;
+        o.recursion_misses = c.recursion_misses;
+        o.runs = c.event_runs;
+        o.run_ns = c
+            .programs
+            .iter()
+            .filter(|(name, _)| *name != rmapwatch_engine::report::ITERATOR_PROGRAM)
+            .map(|(_, p)| p.run_time_ns)
+            .sum();
     }
     Ok(o)
 }
