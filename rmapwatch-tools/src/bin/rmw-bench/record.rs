@@ -70,7 +70,18 @@ pub fn replay(n: usize, repeat: usize) -> anyhow::Result<()> {
         .collect();
     let mut live = Vec::new();
     let mut replay = Vec::new();
+    let mut decode_only = Vec::new();
     for _ in 0..repeat {
+        let t0 = Instant::now();
+        let mut r = Reader::open(&bytes[..], Kind::Inputs)?;
+        let mut k = 0usize;
+        while let Some(i) = r.next_input()? {
+            if let Input::Events { events, .. } = i {
+                k += events.len();
+            }
+        }
+        decode_only.push(n as f64 / t0.elapsed().as_secs_f64() / 1e6);
+        std::hint::black_box(k);
         let mut e = Engine::new(Options::default());
         for i in prelude.clone() {
             e.apply(i)?;
@@ -95,6 +106,7 @@ pub fn replay(n: usize, repeat: usize) -> anyhow::Result<()> {
         std::hint::black_box(e.accounting().events);
     }
     let (l, r) = (stats(live), stats(replay));
+    line("replay: stream decoding alone", "M events/s", stats(decode_only));
     line(
         "replay: live pipeline (ring records + engine)",
         "M events/s",
@@ -174,53 +186,56 @@ fn round(bin: &Path, args: &[&str], forks: usize) -> anyhow::Result<(f64, Report
     Ok((cpu - before, r, storm_s))
 }
 
-/// The recorder against `report` alone during fork storms.
+/// The recorder against `report` during fork storms: `report` alone (it
+/// walks only at the end), `report --interval 1` (it walks every second,
+/// as the recorder does), and `record`, in alternated rounds.
 pub fn record(rounds: usize, forks: usize) -> anyhow::Result<()> {
     rmapwatch_live::kernel::check_privileges()?;
     let bin = std::env::current_exe()?.with_file_name("rmapwatch");
     let file = std::env::temp_dir().join("rmw-bench-record.rmw");
-    let mut report_cpu = Vec::new();
-    let mut record_cpu = Vec::new();
+    let path = file.to_str().context("temp path")?.to_owned();
+    let variants: [(&str, Vec<&str>); 3] = [
+        ("report", vec!["report", "--json"]),
+        ("report --interval 1", vec!["report", "--json", "--interval", "1"]),
+        ("record", vec!["record", "-o", &path, "--json"]),
+    ];
+    let mut cpu: [Vec<f64>; 3] = Default::default();
+    let mut ratios: [Vec<f64>; 2] = Default::default();
+    let mut kernel_ns: [Vec<f64>; 3] = Default::default();
     let mut per_event = Vec::new();
-    let mut ratios = Vec::new();
-    let mut kernel_ns = (Vec::new(), Vec::new());
-    let path = file.to_str().context("temp path")?;
     for _ in 0..rounds {
-        let (a, ra, _) = round(&bin, &["report", "--json"], forks)?;
-        let _ = std::fs::remove_file(&file);
-        let (b, rb, _) = round(&bin, &["record", "-o", path, "--json"], forks)?;
-        let size = std::fs::metadata(&file)?.len();
-        report_cpu.push(a / ra.events.max(1) as f64 * 1e9);
-        record_cpu.push(b / rb.events.max(1) as f64 * 1e9);
-        ratios.push(b / a);
-        per_event.push(size as f64 / rb.events.max(1) as f64);
-        let ns = |r: &Report| {
-            r.cost
-                .as_ref()
-                .and_then(|c| c.ns_per_event)
-                .unwrap_or(f64::NAN)
-        };
-        kernel_ns.0.push(ns(&ra));
-        kernel_ns.1.push(ns(&rb));
-        if rb.dropped_events != Some(0) || ra.dropped_events != Some(0) {
-            println!(
-                "record: dropped events: report {:?}, record {:?}",
-                ra.dropped_events, rb.dropped_events
-            );
+        let mut this = [0.0; 3];
+        for (i, (_, args)) in variants.iter().enumerate() {
+            let _ = std::fs::remove_file(&file);
+            let (c, r, _) = round(&bin, args, forks)?;
+            if r.dropped_events != Some(0) {
+                println!("record: {args:?} dropped {:?} events", r.dropped_events);
+            }
+            this[i] = c;
+            cpu[i].push(c / r.events.max(1) as f64 * 1e9);
+            kernel_ns[i].push(r.cost.as_ref().and_then(|c| c.ns_per_event).unwrap_or(f64::NAN));
+            if i == 2 {
+                per_event.push(std::fs::metadata(&file)?.len() as f64 / r.events.max(1) as f64);
+            }
         }
+        ratios[0].push(this[2] / this[1]);
+        ratios[1].push(this[2] / this[0]);
     }
     let _ = std::fs::remove_file(&file);
-    line(
-        "record: report alone, CPU per event (baseline)",
-        "ns",
-        stats(report_cpu),
-    );
-    line("record: record, CPU per event", "ns", stats(record_cpu));
-    let r = stats(ratios);
-    println!(
-        "{:<44} ratio  {:>10.3}x (min {:.3}, max {:.3}) of report's CPU",
-        "record: recorder CPU / report CPU", r.0, r.1, r.2
-    );
+    for (i, (name, _)) in variants.iter().enumerate() {
+        line(
+            &format!("record: {name}, CPU per event"),
+            "ns",
+            stats(cpu[i].clone()),
+        );
+    }
+    for (r, against) in ratios.iter().zip(["report --interval 1 (the same walks)", "report alone"]) {
+        let r = stats(r.clone());
+        println!(
+            "{:<44} ratio  {:>10.3}x (min {:.3}, max {:.3}) of {against}",
+            "record: recorder CPU", r.0, r.1, r.2
+        );
+    }
     line(
         &format!("record: file size during a {forks}-fork storm"),
         "bytes/event",
@@ -228,15 +243,12 @@ pub fn record(rounds: usize, forks: usize) -> anyhow::Result<()> {
     );
     // The programs are the same either way (events carry a batch time,
     // stamped where the ring is drained): the kernel's cost per event.
-    line(
-        "record: kernel ns/event under report (bpf_stats)",
-        "ns",
-        stats(kernel_ns.0),
-    );
-    line(
-        "record: kernel ns/event under record (bpf_stats)",
-        "ns",
-        stats(kernel_ns.1),
-    );
+    for (i, (name, _)) in variants.iter().enumerate() {
+        line(
+            &format!("record: kernel ns/event under {name}"),
+            "ns",
+            stats(kernel_ns[i].clone()),
+        );
+    }
     Ok(())
 }
