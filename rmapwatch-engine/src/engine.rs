@@ -607,6 +607,11 @@ impl Engine {
             uptime_s: self.duration_s(),
             events: self.acct.events,
             dropped: self.counters.kernel.as_ref().map(|k| k.dropped),
+            ring_peak_pct: self
+                .facts
+                .as_ref()
+                .filter(|f| f.ring_bytes > 0)
+                .map(|f| self.counters.ring_peak_bytes as f64 * 100.0 / f64::from(f.ring_bytes)),
             resync: self.resync,
             cost: self
                 .counters

@@ -131,6 +131,10 @@ pub struct Counters {
     pub programs: Option<BTreeMap<String, ProgramStats>>,
     /// Ring-buffer records that did not decode (an ABI mismatch).
     pub undecodable: u64,
+    /// The most bytes that waited in the ring buffer at one drain since
+    /// attach (its size is in the facts): how close it came to dropping.
+    #[serde(default)]
+    pub ring_peak_bytes: u64,
 }
 
 /// Slab object counters of the measured machine.

@@ -90,6 +90,8 @@ pub struct Frame {
     pub events: u64,
     /// Events lost (`None`: counters unreadable).
     pub dropped: Option<u64>,
+    /// The fullest the ring buffer was at a drain, in percent of its size.
+    pub ring_peak_pct: Option<f64>,
     /// Lost events and recovery.
     pub resync: Resync,
     /// The tool's own cost, from `bpf_stats`.

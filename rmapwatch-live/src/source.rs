@@ -181,14 +181,14 @@ impl Live {
             // the AsyncFd (which owns the ring buffer) is dropped.
             .block_on(async { unsafe { AsyncFd::register(ring) } })
             .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-        let mut undecodable = 0u64;
+        let mut ring_stats = RingStats::default();
         let facts = Box::new(self.facts.clone());
         let mut alive = out.put(Input::Facts(facts));
         for n in std::mem::take(&mut self.notices) {
             alive &= out.put(Input::Notice(n));
         }
         // What the programs reported while attaching comes before any walk.
-        alive &= self.drain(ring.get_mut(), out, &mut undecodable);
+        alive &= self.drain(ring.get_mut(), out, &mut ring_stats);
         let reason = runtime.block_on(async {
             let mut drain_timer = tokio::time::interval(DRAIN_EVERY);
             drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -199,29 +199,29 @@ impl Live {
                 tokio::select! {
                     guard = ring.readable_mut() => {
                         let Ok(mut guard) = guard else { return "the ring buffer failed".to_owned() };
-                        alive = self.drain(guard.get_inner_mut(), out, &mut undecodable);
+                        alive = self.drain(guard.get_inner_mut(), out, &mut ring_stats);
                         guard.clear_ready();
                     }
                     _ = drain_timer.tick() => {
-                        alive = self.drain(ring.get_mut(), out, &mut undecodable);
+                        alive = self.drain(ring.get_mut(), out, &mut ring_stats);
                     }
                     _ = ticker.tick() => {
-                        alive = self.counters(out, undecodable)
+                        alive = self.counters(out, &ring_stats)
                             && self.rmap_update(out)
                             && out.put(Input::Tick { t: self.t() });
                     }
                     req = requests.recv() => match req {
                         None => return "the consumer went away".to_owned(),
                         Some(Request::Stop) => return "stopped".to_owned(),
-                        Some(r) => alive = self.request(r, ring.get_mut(), out, &mut undecodable),
+                        Some(r) => alive = self.request(r, ring.get_mut(), out, &mut ring_stats),
                     }
                 }
             }
             "the consumer went away".to_owned()
         });
         // Whatever is still in the ring happened before the stop.
-        self.drain(ring.get_mut(), out, &mut undecodable);
-        self.counters(out, undecodable);
+        self.drain(ring.get_mut(), out, &mut ring_stats);
+        self.counters(out, &ring_stats);
         let t = self.t();
         drop(ring);
         drop(self); // detach: nothing stays loaded
@@ -235,9 +235,9 @@ impl Live {
         &self,
         ring: &mut RingBuf<MapData>,
         out: &mut dyn Sink,
-        undecodable: &mut u64,
+        stats: &mut RingStats,
     ) -> bool {
-        let events = drain_ring(ring, undecodable);
+        let events = drain_ring(ring, stats);
         events.is_empty()
             || out.put(Input::Events {
                 t: self.t(),
@@ -245,7 +245,7 @@ impl Live {
             })
     }
 
-    fn counters(&self, out: &mut dyn Sink, undecodable: u64) -> bool {
+    fn counters(&self, out: &mut dyn Sink, ring: &RingStats) -> bool {
         let kernel = self.probes.stats().ok().map(|s| KernelCounters {
             dropped: s.get(stat::DROPPED as usize).copied().unwrap_or(0),
             hook_calls: (0..rmapwatch_common::hook::COUNT as u32)
@@ -259,7 +259,8 @@ impl Live {
             counters: Counters {
                 kernel,
                 programs: self.probes.program_stats(),
-                undecodable,
+                undecodable: ring.undecodable,
+                ring_peak_bytes: ring.peak_bytes,
             },
         })
     }
@@ -303,10 +304,10 @@ impl Live {
         r: Request,
         ring: &mut RingBuf<MapData>,
         out: &mut dyn Sink,
-        undecodable: &mut u64,
+        stats: &mut RingStats,
     ) -> bool {
         match r {
-            Request::Walk { slab, paths } => self.walk(ring, out, undecodable, slab, paths),
+            Request::Walk { slab, paths } => self.walk(ring, out, stats, slab, paths),
             Request::Detail { pid } => {
                 self.detail = pid;
                 true
@@ -328,11 +329,11 @@ impl Live {
         &mut self,
         ring: &mut RingBuf<MapData>,
         out: &mut dyn Sink,
-        undecodable: &mut u64,
+        stats: &mut RingStats,
         slab: SlabRead,
         paths: Paths,
     ) -> bool {
-        if !self.drain(ring, out, undecodable) || !self.counters(out, *undecodable) {
+        if !self.drain(ring, out, stats) || !self.counters(out, stats) {
             return false;
         }
         if slab == SlabRead::Shrink && !self.said_shrink {
@@ -356,7 +357,7 @@ impl Live {
                 let mut pump = WalkPump {
                     out: &mut *out,
                     ring,
-                    undecodable,
+                    stats,
                     vmas: Vec::new(),
                     comms: Vec::new(),
                     named: BTreeSet::new(),
@@ -375,7 +376,7 @@ impl Live {
             }
             Err(e) => (WalkCounts::default(), Some(format!("{e:#}"))),
         };
-        if !self.drain(ring, out, undecodable) {
+        if !self.drain(ring, out, stats) {
             return false;
         }
         let wanted: Vec<u32> = match paths {
@@ -400,19 +401,32 @@ impl Live {
     }
 }
 
+/// What draining the ring saw.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RingStats {
+    /// Records that did not decode (an ABI mismatch).
+    pub undecodable: u64,
+    /// The most bytes (records and their headers) waiting at one drain.
+    pub peak_bytes: u64,
+}
+
 /// Decodes every record waiting in the ring; counts those that do not
-/// decode (an ABI mismatch).
+/// decode, and how full the ring was.
 pub fn drain_ring<T: std::borrow::BorrowMut<MapData>>(
     ring: &mut RingBuf<T>,
-    undecodable: &mut u64,
+    stats: &mut RingStats,
 ) -> Vec<Event> {
     let mut events = Vec::new();
+    let mut bytes = 0u64;
     while let Some(item) = ring.next() {
+        // Each record has an 8-byte header and is rounded up to 8 bytes.
+        bytes += (item.len() as u64).div_ceil(8) * 8 + 8;
         match decode(&item) {
             Ok(e) => events.push(e),
-            Err(_) => *undecodable += 1,
+            Err(_) => stats.undecodable += 1,
         }
     }
+    stats.peak_bytes = stats.peak_bytes.max(bytes);
     events
 }
 
@@ -421,7 +435,7 @@ pub fn drain_ring<T: std::borrow::BorrowMut<MapData>>(
 struct WalkPump<'a, R: RingSource, T: Fn() -> Nanos> {
     out: &'a mut dyn Sink,
     ring: &'a mut R,
-    undecodable: &'a mut u64,
+    stats: &'a mut RingStats,
     vmas: Vec<Vma>,
     comms: Vec<(u32, String)>,
     named: BTreeSet<u32>,
@@ -432,12 +446,12 @@ struct WalkPump<'a, R: RingSource, T: Fn() -> Nanos> {
 /// A ring buffer to drain (the kernel's, or a test's).
 pub trait RingSource {
     /// Everything waiting.
-    fn drain(&mut self, undecodable: &mut u64) -> Vec<Event>;
+    fn drain(&mut self, stats: &mut RingStats) -> Vec<Event>;
 }
 
 impl RingSource for RingBuf<MapData> {
-    fn drain(&mut self, undecodable: &mut u64) -> Vec<Event> {
-        drain_ring(self, undecodable)
+    fn drain(&mut self, stats: &mut RingStats) -> Vec<Event> {
+        drain_ring(self, stats)
     }
 }
 
@@ -466,7 +480,7 @@ impl<R: RingSource, T: Fn() -> Nanos> WalkPump<'_, R, T> {
             }
             // The ring keeps filling while the walk runs: drain it between
             // the iterator's reads (after what was decoded so far).
-            let events = self.ring.drain(self.undecodable);
+            let events = self.ring.drain(self.stats);
             if !events.is_empty() {
                 self.flush();
                 if self.alive {
@@ -548,7 +562,7 @@ mod tests {
     }
 
     impl RingSource for std::rc::Rc<std::cell::RefCell<FillingRing>> {
-        fn drain(&mut self, _: &mut u64) -> Vec<Event> {
+        fn drain(&mut self, _: &mut RingStats) -> Vec<Event> {
             std::mem::take(&mut self.borrow_mut().waiting)
         }
     }
@@ -599,12 +613,12 @@ mod tests {
             inputs.push(i);
             true
         };
-        let mut undecodable = 0;
+        let mut stats = RingStats::default();
         let mut source = ring.clone();
         let mut pump = WalkPump {
             out: &mut sink,
             ring: &mut source,
-            undecodable: &mut undecodable,
+            stats: &mut stats,
             vmas: Vec::new(),
             comms: Vec::new(),
             named: BTreeSet::new(),

@@ -65,6 +65,7 @@ fn engine(secs: u64, detail: Option<u32>) -> Engine {
         sizes: SIZES,
         hooks: rmapwatch_engine::hooks::tracepoint_only("fentry: refused"),
         fork_window: true,
+        ring_bytes: 8 << 20,
         source: "live".into(),
         ..Facts::default()
     })))
@@ -74,6 +75,7 @@ fn engine(secs: u64, detail: Option<u32>) -> Engine {
         t: 0,
         counters: Counters {
             kernel: Some(KernelCounters::default()),
+            ring_peak_bytes: 64 << 10,
             ..Counters::default()
         },
     })

@@ -110,6 +110,11 @@ impl App {
             format!("events/s {:.0}  ", self.rates.events).into(),
             dropped,
         ];
+        if let Some(p) = f.ring_peak_pct {
+            // How close the ring came to dropping: past half, say so.
+            let s = format!("  ring peak {p:.0}%");
+            l2.push(if p >= 50.0 { s.yellow() } else { s.dim() });
+        }
         if f.resync.degraded {
             l2.push(" DEGRADED until the next snapshot".red().bold());
         } else if f.resync.resyncs > 0 {

@@ -119,6 +119,7 @@ pub fn every_input() -> Vec<Input> {
                 }),
                 programs: None,
                 undecodable: 0,
+                ring_peak_bytes: 4096,
             },
         },
         Input::Rmap(RmapUpdate {

@@ -106,7 +106,11 @@ pub fn replay(n: usize, repeat: usize) -> anyhow::Result<()> {
         std::hint::black_box(e.accounting().events);
     }
     let (l, r) = (stats(live), stats(replay));
-    line("replay: stream decoding alone", "M events/s", stats(decode_only));
+    line(
+        "replay: stream decoding alone",
+        "M events/s",
+        stats(decode_only),
+    );
     line(
         "replay: live pipeline (ring records + engine)",
         "M events/s",
@@ -196,7 +200,10 @@ pub fn record(rounds: usize, forks: usize) -> anyhow::Result<()> {
     let path = file.to_str().context("temp path")?.to_owned();
     let variants: [(&str, Vec<&str>); 3] = [
         ("report", vec!["report", "--json"]),
-        ("report --interval 1", vec!["report", "--json", "--interval", "1"]),
+        (
+            "report --interval 1",
+            vec!["report", "--json", "--interval", "1"],
+        ),
         ("record", vec!["record", "-o", &path, "--json"]),
     ];
     let mut cpu: [Vec<f64>; 3] = Default::default();
@@ -213,7 +220,12 @@ pub fn record(rounds: usize, forks: usize) -> anyhow::Result<()> {
             }
             this[i] = c;
             cpu[i].push(c / r.events.max(1) as f64 * 1e9);
-            kernel_ns[i].push(r.cost.as_ref().and_then(|c| c.ns_per_event).unwrap_or(f64::NAN));
+            kernel_ns[i].push(
+                r.cost
+                    .as_ref()
+                    .and_then(|c| c.ns_per_event)
+                    .unwrap_or(f64::NAN),
+            );
             if i == 2 {
                 per_event.push(std::fs::metadata(&file)?.len() as f64 / r.events.max(1) as f64);
             }
@@ -229,7 +241,10 @@ pub fn record(rounds: usize, forks: usize) -> anyhow::Result<()> {
             stats(cpu[i].clone()),
         );
     }
-    for (r, against) in ratios.iter().zip(["report --interval 1 (the same walks)", "report alone"]) {
+    for (r, against) in ratios
+        .iter()
+        .zip(["report --interval 1 (the same walks)", "report alone"])
+    {
         let r = stats(r.clone());
         println!(
             "{:<44} ratio  {:>10.3}x (min {:.3}, max {:.3}) of {against}",
