@@ -103,7 +103,8 @@ impl RmapVmas {
     ) {
         self.current = current.into_iter().collect();
         for (key, n) in retired {
-            *self.retired.entry(key).or_default() += n;
+            let r = self.retired.entry(key).or_default();
+            *r = r.saturating_add(n);
         }
     }
 
@@ -112,7 +113,8 @@ impl RmapVmas {
     pub fn by_process(&self) -> BTreeMap<u32, BTreeMap<u64, u64>> {
         let mut out: BTreeMap<u32, BTreeMap<u64, u64>> = BTreeMap::new();
         for (&(tgid, start), &n) in self.retired.iter().chain(&self.current) {
-            *out.entry(tgid).or_default().entry(start).or_default() += n;
+            let c = out.entry(tgid).or_default().entry(start).or_default();
+            *c = c.saturating_add(n);
         }
         out
     }
@@ -154,18 +156,44 @@ struct Pending {
     obj: u32,
     /// The process a walk saw it in, if one did.
     seen_in: Option<u32>,
+    /// Walks begun when it was allocated.
+    epoch: u64,
+}
+
+/// What a walk does besides comparing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalkKind {
+    /// Only compares.
+    Refresh,
+    /// The first walk: the live objects become the walk's (but for what
+    /// events settled during it). Fork allocations still waiting for their
+    /// end stay the events' (the end is never lost before the first walk:
+    /// the source attaches it first).
+    Seed,
+    /// After lost events: as a seed, and fork allocations still waiting
+    /// from before the walk are settled by it (their end may have been
+    /// lost): those it saw become its, the others are forgotten.
+    Reseed,
 }
 
 /// The walk in progress.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Window {
-    /// The walk seeds: the live objects become the walk's at its end.
-    reconcile: bool,
+    /// What it does.
+    kind: WalkKind,
+    /// Its number ([`Pending::epoch`] of what is allocated during it).
+    epoch: u64,
     /// Addresses events touched since the walk began.
     changed: FastSet<u64>,
     /// Addresses the walk saw owned by another process or as another kind
     /// than the events say: the walk's owner value.
     moved: FastMap<u64, u64>,
+}
+
+impl Window {
+    fn reconcile(&self) -> bool {
+        self.kind != WalkKind::Refresh
+    }
 }
 
 /// Live objects (events) against a walk, over the objects that did not
@@ -199,6 +227,8 @@ pub struct Accounting {
     /// Processes first seen without a name (the source looks them up).
     unnamed: Vec<u32>,
     window: Option<Window>,
+    /// Walks begun.
+    epoch: u64,
 }
 
 impl Accounting {
@@ -256,10 +286,12 @@ impl Accounting {
         // Inside fork the current task is the parent; the child is named by
         // the fork's end, from the same thread.
         if s.in_fork {
+            let epoch = self.epoch;
             self.pending.entry(s.tid).or_default().push(Pending {
                 ptr: s.ptr,
                 obj: s.object,
                 seen_in: None,
+                epoch,
             });
         } else {
             self.touch(s.ptr);
@@ -405,11 +437,14 @@ impl Accounting {
         ]
     }
 
-    /// A walk begins; `reconcile`: it seeds (or re-seeds) the live objects.
-    pub fn begin_walk(&mut self, reconcile: bool) {
+    /// A walk begins.
+    pub fn begin_walk(&mut self, kind: WalkKind) {
+        self.epoch += 1;
         self.window = Some(Window {
-            reconcile,
-            ..Window::default()
+            kind,
+            epoch: self.epoch,
+            changed: FastSet::default(),
+            moved: FastMap::default(),
         });
     }
 
@@ -459,7 +494,7 @@ impl Accounting {
         let w = self.window.take()?;
         let mut cmp = Comparison {
             changed_during_walk: w.changed.len() as u64,
-            reconciled: w.reconcile,
+            reconciled: w.reconcile(),
             ..Comparison::default()
         };
         // Allocations inside forks still waiting for their end: a walk that
@@ -477,7 +512,9 @@ impl Accounting {
         let mut gained: Vec<(u32, u32)> = Vec::new();
         let mut lost: Vec<(u32, u32)> = Vec::new();
         let mut seen_pending: Vec<(u64, u32)> = Vec::new();
-        let reconcile = w.reconcile;
+        let reconcile = w.reconcile();
+        let reseed = w.kind == WalkKind::Reseed;
+        let pending = &self.pending;
         self.owners.update_all(|addr, v| {
             let clean = v & !(bits::SEEN | bits::PROVISIONAL);
             let (tgid, obj) = owner_of(v);
@@ -485,9 +522,21 @@ impl Accounting {
                 return (v & bits::PROVISIONAL == 0).then_some(clean);
             }
             if v & bits::PROVISIONAL != 0 {
-                if pending_at.contains_key(&addr) {
+                if let Some(&(tid, i)) = pending_at.get(&addr) {
                     seen_pending.push((addr, tgid));
-                    return None;
+                    // A re-seed settles allocations waiting from before it
+                    // began: the walk's. (Those of a fork in flight during
+                    // it are the events'.)
+                    let old = reseed
+                        && pending
+                            .get(&tid)
+                            .and_then(|l| l.get(i))
+                            .is_some_and(|p| p.epoch < w.epoch);
+                    if !old {
+                        return None;
+                    }
+                    gained.push((tgid, obj));
+                    return Some(clean);
                 }
                 // Only the walk knows it.
                 bump(tgid, obj, -1);
@@ -532,6 +581,15 @@ impl Accounting {
                 p.seen_in = Some(tgid);
             }
         }
+        if reseed {
+            // Settled by this walk (adopted above, or gone: their frees or
+            // their fork's end were lost): only allocations made during it
+            // keep waiting.
+            for list in self.pending.values_mut() {
+                list.retain(|p| p.epoch >= w.epoch);
+            }
+            self.pending.retain(|_, l| !l.is_empty());
+        }
         diff.retain(|_, d| *d != [0; object::COUNT]);
         for d in diff.values() {
             cmp.drift[0] += d[0];
@@ -567,7 +625,7 @@ mod tests {
     /// Seeds objects as a first walk would: `(address, owner, kind)`.
     fn seeded(objects: &[(u64, u32, u32)]) -> Accounting {
         let mut a = Accounting::default();
-        a.begin_walk(true);
+        a.begin_walk(WalkKind::Seed);
         for &(p, t, k) in objects {
             a.walk_object(p, t, k);
         }
@@ -654,7 +712,7 @@ mod tests {
         a.apply(&alloc(AV, site::PREPARE, 10, 0x40, false));
         a.apply(&alloc(AVC, site::PREPARE, 10, 0x80, false));
         a.apply(&alloc(AVC, site::PREPARE, 10, 0xc0, false));
-        a.begin_walk(false);
+        a.begin_walk(WalkKind::Refresh);
         a.walk_object(0x80, 10, AVC);
         // Seen, then freed during the walk; allocated during the walk after
         // the walk passed its VMA (never seen); allocated and seen.
@@ -671,7 +729,7 @@ mod tests {
         assert_eq!(a.live(), [1, 3]);
         // A refresh walk that saw something only it knows, and missed
         // something the events have: drift both ways, nothing changed.
-        a.begin_walk(false);
+        a.begin_walk(WalkKind::Refresh);
         a.walk_object(0x40, 10, AV);
         a.walk_object(0xc0, 10, AVC);
         a.walk_object(0x100, 10, AVC);
@@ -691,7 +749,7 @@ mod tests {
         a.apply(&alloc(AV, site::PREPARE, 9, 0x400, false));
         // Events were lost: the kernel really holds 0x200 (pid 7), 0x300
         // (pid 8) and 0x400, now pid 8's.
-        a.begin_walk(true);
+        a.begin_walk(WalkKind::Seed);
         a.walk_object(0x200, 7, AV);
         a.walk_object(0x300, 8, AV);
         a.walk_object(0x400, 8, AV);
@@ -718,7 +776,7 @@ mod tests {
         a.apply(&alloc(AV, site::FORK, 1, 0x100, true));
         a.apply(&fork(1, 20));
         assert_eq!(a.processes[&20].live, [1, 0]);
-        a.begin_walk(true);
+        a.begin_walk(WalkKind::Seed);
         // The walk sees 21's life of 0x100 while 20's free, the fork of 21
         // and its allocation are still on their way.
         a.walk_object(0x100, 21, AV);
@@ -762,7 +820,7 @@ mod tests {
         // the attach), that the next walk sees in child 20.
         a.apply(&alloc(AV, site::FORK, 10, 0x100, true));
         a.apply(&alloc(AVC, site::FORK, 10, 0x140, true));
-        a.begin_walk(true);
+        a.begin_walk(WalkKind::Seed);
         a.walk_object(0x140, 20, AVC);
         a.walk_object(0x100, 20, AV);
         let cmp = a.end_walk().unwrap();
@@ -778,13 +836,13 @@ mod tests {
     fn an_aborted_walk_leaves_no_trace() {
         let mut a = Accounting::default();
         a.apply(&alloc(AV, site::PREPARE, 7, 0x100, false));
-        a.begin_walk(true);
+        a.begin_walk(WalkKind::Seed);
         a.walk_object(0x100, 7, AV);
         a.walk_object(0x200, 8, AV);
         a.abort_walk();
         assert_eq!(a.live(), [1, 0]);
         assert_eq!(a.owners.len(), 1);
-        a.begin_walk(false);
+        a.begin_walk(WalkKind::Refresh);
         a.walk_object(0x100, 7, AV);
         assert_eq!(a.end_walk().unwrap().drift, [0, 0]);
     }

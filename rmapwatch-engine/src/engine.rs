@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use rmapwatch_common::{hook, object};
 
 use crate::{
-    account::{Accounting, Comparison, RmapVmas},
+    account::{Accounting, Comparison, RmapVmas, WalkKind},
     hash::FastMap,
     hooks::HookMode,
     input::{
@@ -76,6 +76,8 @@ struct Walk {
 #[derive(Debug)]
 struct Walking {
     began: Nanos,
+    /// The detail process this walk keeps the VMAs of.
+    detail_pid: Option<u32>,
     digest: Digest,
     comms: FastMap<u32, String>,
     family: Option<Family>,
@@ -323,17 +325,15 @@ impl Engine {
         if !unnamed.is_empty() {
             self.requests.push(Request::Names { pids: unnamed });
         }
-        if self.finishing != Finish::No || !self.opts.walk_on_tick || !self.snapshots() {
+        let wants = self.opts.walk_on_tick || self.reseed;
+        if self.finishing != Finish::No || !wants || !self.snapshots() {
             return Step::Frame;
         }
         if self.walk_asked || self.walking.is_some() {
             self.frame_after_walk = true;
             return Step::Nothing;
         }
-        let last = self
-            .last_walk
-            .map(|(began, took)| (self.now.saturating_sub(began), took));
-        if walk_due(last, self.opts.walk_budget, false) {
+        if self.walk_due(false) {
             self.ask_walk(SlabRead::No);
             if self.walk_asked {
                 self.frame_after_walk = true;
@@ -341,6 +341,14 @@ impl Engine {
             }
         }
         Step::Frame
+    }
+
+    /// Whether a walk is due now (see [`walk_due`]).
+    fn walk_due(&self, forced: bool) -> bool {
+        let last = self
+            .last_walk
+            .map(|(began, took)| (self.now.saturating_sub(began), took));
+        walk_due(last, self.opts.walk_budget, forced)
     }
 
     fn counters_came(&mut self, c: Counters) {
@@ -353,7 +361,10 @@ impl Engine {
                 // again, at the next walk, which is asked for now.
                 self.reseed = true;
                 self.resync.degraded = true;
-                self.ask_walk(SlabRead::No);
+                // At once if the walk budget allows, else at a tick.
+                if self.walk_due(false) {
+                    self.ask_walk(SlabRead::No);
+                }
             }
         }
         self.counters = c;
@@ -378,11 +389,18 @@ impl Engine {
             .map(|(pid, vmas)| Family::new(*pid, vmas));
         self.walking = Some(Walking {
             began: t,
+            detail_pid: self.detail_pid,
             digest: Digest::new(model, hint.min(16 << 20), self.detail_pid),
             comms: FastMap::default(),
             family,
         });
-        self.acct.begin_walk(!self.seeded || self.reseed);
+        self.acct.begin_walk(if !self.seeded {
+            WalkKind::Seed
+        } else if self.reseed {
+            WalkKind::Reseed
+        } else {
+            WalkKind::Refresh
+        });
     }
 
     fn walk_vmas(&mut self, comms: Vec<(u32, String)>, vmas: &[Vma]) {
@@ -411,6 +429,7 @@ impl Engine {
         let frame = std::mem::take(&mut self.frame_after_walk);
         if error.is_some() {
             self.acct.abort_walk();
+            self.last_walk = Some((w.began, t.saturating_sub(w.began)));
         } else {
             let acct = &mut self.acct;
             let walked = w
@@ -435,7 +454,9 @@ impl Engine {
             // The detail view: this walk's VMAs, the family against the
             // previous walk's anon_vmas (one more walk if there was none).
             self.detail = None;
-            if let Some(pid) = self.detail_pid {
+            // Only for the process this walk kept: the user may have opened
+            // another one while it ran (then the next walk is asked for).
+            if let Some(pid) = self.detail_pid.filter(|&p| w.detail_pid == Some(p)) {
                 if walked.procs.contains_key(&pid) {
                     let comm = |p: u32| {
                         walked
@@ -486,7 +507,12 @@ impl Engine {
                 self.finishing = Finish::Stopping;
                 self.requests.push(Request::Stop);
             }
-            _ if self.reseed => self.ask_walk(SlabRead::No),
+            // Events were lost during this walk: re-seed, within the walk
+            // budget (a failed walk is not asked again before the next
+            // tick).
+            _ if self.reseed && error.is_none() && self.walk_due(false) => {
+                self.ask_walk(SlabRead::No);
+            }
             _ => {}
         }
         if frame { Step::Frame } else { Step::Nothing }

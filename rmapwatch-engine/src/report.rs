@@ -370,9 +370,10 @@ fn model_block(m: &ModelView<'_>, sizes: Sizes) -> ModelBlock {
             stats: m.stats,
             actual: sizes.live(m.estimate.system.actual),
         },
-        unreachable_anon_vmas: m
-            .slab_anon_vma
-            .map(|slab| slab.cast_signed() - m.estimate.system.actual.anon_vma.cast_signed()),
+        unreachable_anon_vmas: m.slab_anon_vma.map(|slab| {
+            i64::try_from(i128::from(slab) - i128::from(m.estimate.system.actual.anon_vma))
+                .unwrap_or(i64::MAX)
+        }),
     }
 }
 

@@ -38,8 +38,13 @@ pub const FORMAT: &str = "rmapwatch.stream/1";
 pub const MAX_HEADER: u32 = 1 << 20;
 /// Largest compressed block payload.
 pub const MAX_BLOCK: u32 = 8 << 20;
-/// Largest uncompressed block payload.
-pub const MAX_RAW: u32 = 32 << 20;
+/// Largest uncompressed block payload (writers close blocks at 256 KiB and
+/// a message is at most a batch of 1,024 VMAs).
+pub const MAX_RAW: u32 = 8 << 20;
+/// Elements reserved ahead of decoding them: more grow as they come (a
+/// count is only checked against the bytes left, which would let a hostile
+/// block reserve ten times its size).
+const PREALLOC: usize = 4096;
 /// A block is written once this many raw bytes are buffered (or when the
 /// writer is flushed).
 pub const BLOCK_BYTES: usize = 256 << 10;
@@ -529,15 +534,16 @@ impl Cursor<'_> {
     }
 
     fn delta32(&mut self, prev: &mut u32) -> Result<u32, String> {
-        let v = i64::from(*prev) + unzigzag(self.varint()?);
-        let v = u32::try_from(v).map_err(|_| "a pid out of range".to_owned())?;
+        let v = self.rel32(*prev)?;
         *prev = v;
         Ok(v)
     }
 
     fn rel32(&mut self, base: u32) -> Result<u32, String> {
-        u32::try_from(i64::from(base) + unzigzag(self.varint()?))
-            .map_err(|_| "a pid out of range".to_owned())
+        i64::from(base)
+            .checked_add(unzigzag(self.varint()?))
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| "a pid out of range".to_owned())
     }
 
     fn bytes(&mut self) -> Result<&[u8], String> {
@@ -643,7 +649,7 @@ fn decode_vma(c: &mut Cursor<'_>, d: &mut Deltas) -> Result<Vma, String> {
     let av_num_children = c.varint()?;
     let av_refcount = c.u32()?;
     let n = c.count(2)?;
-    let mut chain = Vec::with_capacity(n);
+    let mut chain = Vec::with_capacity(n.min(PREALLOC));
     for _ in 0..n {
         let avc = c.delta(&mut d.avc)?;
         let av = anon_vma.wrapping_add(unzigzag(c.varint()?).cast_unsigned());
@@ -680,7 +686,7 @@ fn decode_message(c: &mut Cursor<'_>, d: &mut Deltas) -> Result<Message, String>
         tag::EVENTS => {
             let at = c.varint()?;
             let n = c.count(4)?;
-            let mut events = Vec::with_capacity(n);
+            let mut events = Vec::with_capacity(n.min(PREALLOC));
             for _ in 0..n {
                 events.push(decode_event(c, d)?);
             }
@@ -689,14 +695,15 @@ fn decode_message(c: &mut Cursor<'_>, d: &mut Deltas) -> Result<Message, String>
         tag::WALK_BEGIN => Input::WalkBegin { t: c.varint()? },
         tag::WALK_VMAS => {
             let n = c.count(2)?;
-            let mut comms = Vec::with_capacity(n);
+            let mut comms = Vec::with_capacity(n.min(PREALLOC));
             for _ in 0..n {
                 let pid = c.u32()?;
                 let name = String::from_utf8_lossy(c.bytes()?).into_owned();
                 comms.push((pid, name));
             }
-            let n = c.count(15)?;
-            let mut vmas = Vec::with_capacity(n);
+            // A VMA takes at least 13 bytes.
+            let n = c.count(13)?;
+            let mut vmas = Vec::with_capacity(n.min(PREALLOC));
             for _ in 0..n {
                 vmas.push(decode_vma(c, d)?);
             }
@@ -750,9 +757,15 @@ pub struct Reader<R: Read> {
     input: R,
     offset: u64,
     header: Header,
-    queue: std::collections::VecDeque<Message>,
+    /// The facts of the header, until they are read as the first input.
+    facts: Option<Message>,
     ended: bool,
+    /// The current block, raw; the next message starts at `at`.
     raw: Vec<u8>,
+    at: usize,
+    deltas: Deltas,
+    /// Where the current block starts.
+    block_at: u64,
     payload: Vec<u8>,
     /// Blocks read so far.
     pub blocks: u64,
@@ -831,17 +844,20 @@ impl<R: Read> Reader<R> {
                 what: "the header has no facts".into(),
             });
         }
-        let mut queue = std::collections::VecDeque::new();
-        if let Some(f) = &header.facts {
-            queue.push_back(Message::Input(Input::Facts(Box::new(f.clone()))));
-        }
+        let facts = header
+            .facts
+            .as_ref()
+            .map(|f| Message::Input(Input::Facts(Box::new(f.clone()))));
         Ok(Self {
             input,
             offset: (HEADER_FIXED + json.len()) as u64,
             header,
-            queue,
+            facts,
             ended: false,
             raw: Vec::new(),
+            at: 0,
+            deltas: Deltas::default(),
+            block_at: 0,
             payload: Vec::new(),
             blocks: 0,
         })
@@ -918,28 +934,42 @@ impl<R: Read> Reader<R> {
             }
             c => return Err(corrupt(format!("a block of unknown codec {c}"))),
         }
-        let mut c = Cursor {
-            b: &self.raw,
-            at: 0,
-        };
-        let mut d = Deltas::default();
-        let mut msgs = Vec::new();
-        while c.left() > 0 {
-            msgs.push(decode_message(&mut c, &mut d).map_err(|w| corrupt(w.clone()))?);
-        }
+        self.at = 0;
+        self.deltas = Deltas::default();
+        self.block_at = at;
         self.offset = at + (BLOCK_HEADER + len as usize) as u64;
         self.blocks += 1;
-        self.queue.extend(msgs);
         Ok(true)
     }
 
+    /// The next message of the current block, decoded now (a block of many
+    /// small messages is never held decoded).
+    fn block_message(&mut self) -> Result<Option<Message>, StreamError> {
+        if self.at >= self.raw.len() {
+            return Ok(None);
+        }
+        let mut c = Cursor {
+            b: &self.raw,
+            at: self.at,
+        };
+        let m = decode_message(&mut c, &mut self.deltas).map_err(|what| StreamError::Corrupt {
+            offset: self.block_at,
+            what,
+        })?;
+        self.at = c.at;
+        Ok(Some(m))
+    }
+
     fn next_message(&mut self) -> Result<Option<Message>, StreamError> {
+        if let Some(m) = self.facts.take() {
+            return Ok(Some(m));
+        }
         loop {
-            if let Some(m) = self.queue.pop_front() {
-                return Ok(Some(m));
-            }
             if self.ended {
                 return Ok(None);
+            }
+            if let Some(m) = self.block_message()? {
+                return Ok(Some(m));
             }
             if !self.block()? {
                 return Ok(None);
@@ -958,7 +988,6 @@ impl<R: Read> Reader<R> {
                 Some(Message::Input(i)) => {
                     if matches!(i, Input::End { .. }) {
                         self.ended = true;
-                        self.queue.clear();
                     }
                     return Ok(Some(i));
                 }

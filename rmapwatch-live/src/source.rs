@@ -383,7 +383,12 @@ impl Live {
             Paths::All => pids.into_iter().collect(),
             Paths::Detail => self.detail.into_iter().collect(),
         };
-        for pid in wanted {
+        for (n, pid) in wanted.into_iter().enumerate() {
+            // Every process's paths (the end of a recording) take a while:
+            // the ring keeps being drained.
+            if n % 64 == 63 && !self.drain(ring, out, stats) {
+                return false;
+            }
             let p = procfs::map_paths(pid);
             if !p.is_empty() {
                 let mut paths: Vec<(u64, String)> = p.into_iter().collect();

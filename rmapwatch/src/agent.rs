@@ -58,6 +58,7 @@ pub fn agent(c: &Common, tick: Duration) -> anyhow::Result<()> {
         .context("starting the request reader")?;
     let mut last_flush = Instant::now();
     let mut stopping = false;
+    let mut requests_open = true;
     let result = rt.block_on(async {
         let mut flush_timer = tokio::time::interval(LATENCY);
         loop {
@@ -92,8 +93,9 @@ pub fn agent(c: &Common, tick: Duration) -> anyhow::Result<()> {
                         }
                     }
                 }
-                r = req_rx.recv() => match r {
+                r = req_rx.recv(), if requests_open => match r {
                     Some(Ok(Request::Stop)) | None => {
+                        requests_open = r.is_some();
                         if !stopping {
                             stopping = true;
                             src.request(Request::Stop);

@@ -183,6 +183,10 @@ pub async fn drive(
     tokio::pin!(deadline);
     let mut stop: Option<Stop> = None;
     let mut hard_stopped = false;
+    // After a second signal, a source that does not end in this long is
+    // given up on (a remote link that stalled).
+    let give_up = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
+    tokio::pin!(give_up);
     let mut control_open = d.control.is_some();
     loop {
         let signal = async {
@@ -236,7 +240,12 @@ pub async fn drive(
                     // A second signal: no final walk, stop now.
                     hard_stopped = true;
                     src.request(Request::Stop);
+                    give_up.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(5));
                 }
+            }
+            () = &mut give_up, if hard_stopped => {
+                log::warn("the source did not end within 5 s of the second signal: giving up on it");
+                return Ok(stop.unwrap_or(Stop::Terminate));
             }
             c = control, if control_open => match c {
                 None => control_open = false,

@@ -89,7 +89,8 @@ impl Clock {
             return Duration::ZERO;
         };
         let t0 = *self.first_t.get_or_insert(t);
-        let due = Duration::from_secs_f64(t.saturating_sub(t0) as f64 / 1e9 / speed);
+        let due = Duration::try_from_secs_f64(t.saturating_sub(t0) as f64 / 1e9 / speed)
+            .unwrap_or(Duration::MAX);
         due.saturating_sub(self.started.elapsed().saturating_sub(self.paused_for))
     }
 }
@@ -163,8 +164,12 @@ fn play(
 /// The command cannot be started, or its stream does not start with a
 /// rmapwatch header ([`BadInput`]).
 pub fn remote(cmd: &str) -> anyhow::Result<Source> {
+    use std::os::unix::process::CommandExt as _;
     let mut child = Command::new("sh")
         .args(["-c", cmd])
+        // Its own process group: a Ctrl-C at the terminal is ours to turn
+        // into a Stop request (and a final walk), not the ssh's or adb's.
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

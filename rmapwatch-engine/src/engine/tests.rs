@@ -323,25 +323,38 @@ fn drift_leaves_out_what_changed_during_the_walk() {
 fn a_reseed_after_lost_events_leaves_no_fork_allocation_for_the_wrong_child() {
     let mut s = Script::new();
     s.walk(&Snapshot::default());
-    // Fork F1 of thread 10: its allocations arrive, its end is lost.
+    // Fork F1 of thread 10 (child 20): its allocations arrive, its end is
+    // lost. An allocation of another fork whose end and free were lost
+    // too (0x5000).
     s.events(&[
         Event::alloc(AV, site::FORK, 10, 0x1000, true),
         Event::alloc(AVC, site::FORK, 10, 0x2000, true),
+        Event::alloc(AV, site::FORK, 10, 0x5000, true),
     ])
     .dropped(1)
-    // The re-seeding walk the engine asks for sees them in child 20.
+    // The re-seeding walk the engine asks for sees 20's, not 0x5000.
     .walk(&Snapshot {
         vmas: vec![vma(20, 0xa000, 0x1000, 0x2000)],
         ..Snapshot::default()
     })
-    // F2.
+    // 20 exits; then F2.
     .events(&[
+        Event::free(AVC, site::UNLINK, 20, 0x2000),
+        Event::free(AV, site::PUT, 20, 0x1000),
         Event::alloc(AV, site::FORK, 10, 0x3000, true),
         Event::fork(10, 21, "kid"),
     ]);
     let e = s.run();
-    assert_eq!(live(&e, 20), [1, 1]);
-    assert_eq!(live(&e, 21), [1, 0]);
+    assert_eq!(live(&e, 20), [0, 0], "its objects were its, and freed");
+    assert_eq!(flows(&e, 20, AV), (0, 1));
+    assert_eq!(live(&e, 21), [1, 0], "only F2's allocation");
+    assert_eq!(flows(&e, 21, AV), (1, 0));
+    assert_eq!(
+        e.accounting().live(),
+        [1, 0],
+        "no ghost of 0x5000 or 0x1000"
+    );
+    assert_eq!(e.accounting().objects[AV as usize].frees_of_preexisting, 0);
     let r = e.report(false);
     assert_eq!(r.resync.resyncs, 1);
     assert!(!r.resync.degraded);
