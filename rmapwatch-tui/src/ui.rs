@@ -82,6 +82,10 @@ impl App {
             format!("  up {}", uptime(f.uptime_s)).into(),
             format!("  refresh {:.1}s", self.delay.as_secs_f64()).into(),
         ];
+        // Before what may be long (a replayed file's name): always seen.
+        if self.paused {
+            l1.push("  PAUSED".bold().yellow());
+        }
         if let Some(source) = &self.source {
             l1.push(format!("  {source}").yellow());
         }
@@ -94,9 +98,6 @@ impl App {
             if c.recursion_misses > 0 {
                 l1.push(format!(" {} recursion misses", c.recursion_misses).red());
             }
-        }
-        if self.paused {
-            l1.push("  PAUSED".bold().yellow());
         }
         let dropped = match f.dropped {
             Some(0) => Span::raw("dropped 0"),

@@ -71,7 +71,11 @@ pub fn replay(
         walk_budget: None,
         source_answers: false,
     };
-    let source = Some(format!("replay of {}", path.display()));
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let source = Some(format!("replay of {name}"));
     dashboard(rt, signals, src, opts, delay, log_path, source)
 }
 
