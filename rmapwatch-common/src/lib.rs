@@ -7,7 +7,7 @@
 
 /// Version of this ABI (the records below): recorded in streams, so that a
 /// recording says which programs measured it. Bumped on any change.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Kernel objects that rmapwatch counts.
 pub mod object {
@@ -77,8 +77,15 @@ pub mod stat {
     pub const RMAP_PTES_PAGES: u32 = HOOK_CALLS + super::hook::COUNT as u32;
     /// New anonymous folios not counted per VMA because `RMAP_VMAS` was full.
     pub const RMAP_VMAS_FULL: u32 = RMAP_PTES_PAGES + 1;
+    /// anon_vma allocations at call sites outside every known range: an
+    /// rmap function inlined into a caller elsewhere (LTO kernels).
+    pub const INLINED_ANON_VMA: u32 = RMAP_VMAS_FULL + 1;
+    /// `iter/task` walks (before 5.12) that met a VMA of another mm (the
+    /// list changed under the walk, which holds no lock): that process's
+    /// walk ended there.
+    pub const WALK_TORN: u32 = INLINED_ANON_VMA + 1;
     /// Length of the array.
-    pub const COUNT: u32 = RMAP_VMAS_FULL + 1;
+    pub const COUNT: u32 = WALK_TORN + 1;
 }
 
 /// Kinds of [`Event`].
@@ -187,11 +194,74 @@ pub struct Config {
     pub task_comm_off: u32,
     /// Offsets the snapshot iterator reads.
     pub snap: SnapshotLayout,
+    /// How the slab tracepoints' and hooks' arguments are laid out on this
+    /// kernel.
+    pub args: ArgLayout,
     /// Explicit padding.
     pub _pad: u32,
     /// Wake user space once this many bytes wait in the ring buffer (an
     /// eighth of it); below that the programs submit without a wakeup.
     pub wake_bytes: u64,
+}
+
+/// What the third argument of a slab tracepoint is ([`ArgLayout`]).
+pub mod arg2 {
+    /// `struct kmem_cache *s` (6.0+ alloc, 6.1+ free).
+    pub const CACHE: u32 = 0;
+    /// `size_t bytes_req, size_t bytes_alloc` (alloc before 6.0).
+    pub const SIZES: u32 = 1;
+    /// `const char *name`, the cache's (free on 5.12 .. 6.0).
+    pub const NAME: u32 = 2;
+    /// No third argument (free before 5.12).
+    pub const NONE: u32 = 3;
+}
+
+/// Where the slab events come from ([`ArgLayout::slab_path`]).
+pub mod slab_path {
+    /// Raw tracepoints (`BPF_PROG_TYPE_RAW_TRACEPOINT`), arguments by position.
+    pub const RAW: u32 = 0;
+    /// Classic (perf) tracepoints, fields at the tracefs `format` offsets:
+    /// these run with preemption disabled on 7.x, raw ones do not.
+    pub const PERF: u32 = 1;
+}
+
+/// Argument layouts of the running kernel's slab tracepoints and rmap hooks,
+/// read from its BTF (and tracefs formats) by the loader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArgLayout {
+    /// [`arg2`] of `kmem_cache_alloc` (and `kmem_cache_alloc_node`).
+    pub alloc_arg2: u32,
+    /// [`arg2`] of `kmem_cache_free`.
+    pub free_arg2: u32,
+    /// `sizeof(struct anon_vma)`: an allocation's `bytes_req` tells an
+    /// anon_vma from an AVC where the cache pointer is missing.
+    pub anon_vma_size: u32,
+    /// `slab_size` of the anon_vma cache (`bytes_alloc`), for the inlining
+    /// detector on [`arg2::SIZES`] kernels.
+    pub anon_vma_slab_size: u32,
+    /// Offset of the anon_vma's rwsem wait list: the anon_vma cache's ctor
+    /// links it to itself, which tells an anon_vma from another object of
+    /// the same size (inlining detector, [`arg2::SIZES`] kernels).
+    pub anon_vma_wait_list: u32,
+    /// Position of `vma` in the new-anon-rmap hook (1 on every version).
+    pub rmap_new_vma: u32,
+    /// Position of `nr_pages` in the ptes hook, or [`ABSENT`]
+    /// (`page_add_anon_rmap` before 6.6: one call per page or compound page).
+    pub rmap_ptes_nr: u32,
+    /// [`slab_path`].
+    pub slab_path: u32,
+    /// Classic tracepoint field offsets ([`slab_path::PERF`]): `call_site`,
+    /// `ptr`, alloc `bytes_req`; `free` name (`__data_loc`), or [`ABSENT`].
+    pub perf_call_site: u32,
+    /// See `perf_call_site`.
+    pub perf_ptr: u32,
+    /// See `perf_call_site`.
+    pub perf_bytes_req: u32,
+    /// See `perf_call_site`.
+    pub perf_bytes_alloc: u32,
+    /// See `perf_call_site`.
+    pub perf_free_name: u32,
 }
 
 /// Offsets (bytes) the `iter/task_vma` snapshot reads, from BTF.
@@ -227,6 +297,13 @@ pub struct SnapshotLayout {
     pub av_num_children: u32,
     /// `anon_vma.num_active_vmas`, or [`ABSENT`].
     pub av_num_active_vmas: u32,
+    /// `task_struct.mm` (the `iter/task` walk of kernels without
+    /// `iter/task_vma`, before 5.12).
+    pub task_mm: u32,
+    /// `mm_struct.mmap` (the VMA list, before 6.1), or [`ABSENT`].
+    pub mm_mmap: u32,
+    /// `vm_area_struct.vm_next` (before 6.1), or [`ABSENT`].
+    pub vma_next: u32,
 }
 
 /// Marks an absent member in [`SnapshotLayout`].
@@ -240,6 +317,9 @@ pub mod snap {
     pub const AVC: u32 = 2;
     /// Longest AVC chain walked per VMA; longer ones are flagged truncated.
     pub const MAX_CHAIN: u32 = 128;
+    /// VMAs the `iter/task` walk (before 5.12) visits per process and
+    /// pass; user space runs passes until every process is done.
+    pub const VMAS_PER_PASS: u32 = 32;
 }
 
 /// One VMA, written by the `iter/task_vma` program after its AVC records.
@@ -343,10 +423,19 @@ mod tests {
         assert_eq!(core::mem::size_of::<Event>(), 8 * 4 + 8 + COMM_LEN);
         assert_eq!(
             core::mem::size_of::<Config>(),
-            MAX_SITE_RANGES * (8 + 8 + 4) + 4 + 4 + 8 * 3 + 4 * 4 + size_of::<SnapshotLayout>() + 8
+            MAX_SITE_RANGES * (8 + 8 + 4)
+                + 4
+                + 4
+                + 8 * 3
+                + 4 * 3
+                + size_of::<SnapshotLayout>()
+                + size_of::<ArgLayout>()
+                + 4
+                + 8
         );
         assert_eq!(size_of::<RmapKey>(), 4 + 4 + 8);
-        assert_eq!(size_of::<SnapshotLayout>(), 14 * 4);
+        assert_eq!(size_of::<SnapshotLayout>(), 17 * 4);
+        assert_eq!(size_of::<ArgLayout>(), 13 * 4);
         assert_eq!(size_of::<SnapVma>(), 4 * 2 + 8 * 11 + 4 * 4 + COMM_LEN);
         assert_eq!(size_of::<SnapAvc>(), 4 * 2 + 8 * 3);
     }

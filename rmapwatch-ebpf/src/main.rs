@@ -18,13 +18,15 @@
 #![no_main]
 
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::{fentry, kprobe, map, raw_tracepoint, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, ProbeContext, RawTracePointContext, TracePointContext},
 };
 use rmapwatch_common::{
-    ABSENT, COMM_LEN, Config, Event, RmapKey, SnapAvc, SnapVma, flags, hook, kind, site, snap, stat,
+    ABSENT, COMM_LEN, Config, Event, RmapKey, SnapAvc, SnapVma, arg2, flags, hook, kind, site,
+    snap, stat,
 };
 
 /// Ring buffer to user space. The loader may resize it (`--ring-buffer-kb`).
@@ -46,6 +48,11 @@ static FORKING: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 #[map]
 static RMAP_VMAS: HashMap<RmapKey, u64> =
     HashMap::with_max_entries(rmapwatch_common::RMAP_VMAS_ENTRIES, 0);
+
+/// Call sites of anon_vma allocations outside every known range (the
+/// inlining detector), with counts.
+#[map]
+static INLINED_SITES: HashMap<u64, u64> = HashMap::with_max_entries(64, 0);
 
 /// Set by the loader before load; read-only to the verifier.
 #[unsafe(no_mangle)]
@@ -76,6 +83,24 @@ static CONFIG: Config = Config {
         av_refcount: 0,
         av_num_children: 0,
         av_num_active_vmas: 0,
+        task_mm: 0,
+        mm_mmap: 0,
+        vma_next: 0,
+    },
+    args: rmapwatch_common::ArgLayout {
+        alloc_arg2: 0,
+        free_arg2: 0,
+        anon_vma_size: 0,
+        anon_vma_slab_size: 0,
+        anon_vma_wait_list: 0,
+        rmap_new_vma: 1,
+        rmap_ptes_nr: 2,
+        slab_path: 0,
+        perf_call_site: 0,
+        perf_ptr: 0,
+        perf_bytes_req: 0,
+        perf_bytes_alloc: 0,
+        perf_free_name: 0,
     },
     _pad: 0,
     wake_bytes: 1 << 20,
@@ -149,31 +174,118 @@ fn read_kernel<T>(addr: u64) -> Result<T, i64> {
 
 #[raw_tracepoint(tracepoint = "kmem_cache_alloc")]
 pub fn kmem_cache_alloc(ctx: RawTracePointContext) -> i32 {
-    let _ = try_slab(&ctx, kind::ALLOC);
+    let _ = raw_slab(&ctx, kind::ALLOC);
+    0
+}
+
+/// A separate event before 6.1 (same first four arguments as
+/// `kmem_cache_alloc`).
+#[raw_tracepoint(tracepoint = "kmem_cache_alloc_node")]
+pub fn kmem_cache_alloc_node(ctx: RawTracePointContext) -> i32 {
+    let _ = raw_slab(&ctx, kind::ALLOC);
     0
 }
 
 #[raw_tracepoint(tracepoint = "kmem_cache_free")]
 pub fn kmem_cache_free(ctx: RawTracePointContext) -> i32 {
-    let _ = try_slab(&ctx, kind::FREE);
+    let _ = raw_slab(&ctx, kind::FREE);
     0
 }
 
-/// `kmem_cache_alloc(call_site, ptr, s, gfp, node)` and
-/// `kmem_cache_free(call_site, ptr, s)`.
+/// The same events as classic (perf) tracepoints, fields at the offsets of
+/// their tracefs formats: on 7.x, raw tracepoint programs run preemptible
+/// (SRCU-fast tracepoints, `rcu_read_lock_dont_migrate`) and lose events to
+/// their recursion guard; perf tracepoint callbacks still disable preemption.
+#[tracepoint]
+pub fn perf_kmem_cache_alloc(ctx: TracePointContext) -> i32 {
+    let _ = perf_slab(&ctx, kind::ALLOC);
+    0
+}
+
+#[tracepoint]
+pub fn perf_kmem_cache_free(ctx: TracePointContext) -> i32 {
+    let _ = perf_slab(&ctx, kind::FREE);
+    0
+}
+
+/// The third argument of a slab tracepoint, as this kernel lays it out.
+enum Arg2 {
+    /// `struct kmem_cache *`.
+    Cache(u64),
+    /// `bytes_req` (alloc before 6.0; `bytes_alloc` follows).
+    BytesReq(u64, u64),
+    /// The cache's name (free on 5.12 .. 6.0).
+    Name(u64),
+    /// Nothing (free before 5.12).
+    None,
+}
+
+/// Raw tracepoints: `kmem_cache_alloc(call_site, ptr, s, gfp, node)` (6.1+),
+/// `(call_site, ptr, bytes_req, bytes_alloc, gfp[, node])` before;
+/// `kmem_cache_free(call_site, ptr, s)` (6.1+), `(call_site, ptr, name)`
+/// (5.12 .. 6.0), `(call_site, ptr)` before. The layout is in `CONFIG`,
+/// which the verifier sees as constant (frozen `.rodata`): the branches a
+/// kernel does not take are never verified, and a raw tracepoint's context
+/// size only counts the arguments read in verified code.
 #[inline(always)]
-fn try_slab(ctx: &RawTracePointContext, event_kind: u32) -> Result<(), i64> {
-    let call_site: u64 = ctx.arg(0);
+fn raw_slab(ctx: &RawTracePointContext, event_kind: u32) -> Result<(), i64> {
+    let a = &config().args;
+    let layout = if event_kind == kind::ALLOC {
+        a.alloc_arg2
+    } else {
+        a.free_arg2
+    };
+    slab(ctx.arg(0), ctx.arg(1), event_kind, || match layout {
+        arg2::CACHE => Arg2::Cache(ctx.arg(2)),
+        arg2::SIZES => Arg2::BytesReq(ctx.arg(2), ctx.arg(3)),
+        arg2::NAME => Arg2::Name(ctx.arg(2)),
+        _ => Arg2::None,
+    })
+}
+
+#[inline(always)]
+fn perf_slab(ctx: &TracePointContext, event_kind: u32) -> Result<(), i64> {
+    let a = &config().args;
+    // SAFETY: the offsets are the running kernel's format's, checked by the
+    // loader; read_at goes through bpf_probe_read.
+    let field = |off: u32| unsafe { ctx.read_at::<u64>(off as usize) }.unwrap_or(0);
+    let call_site = field(a.perf_call_site);
+    let ptr = field(a.perf_ptr);
+    slab(call_site, ptr, event_kind, || {
+        if event_kind == kind::ALLOC {
+            Arg2::BytesReq(field(a.perf_bytes_req), field(a.perf_bytes_alloc))
+        } else if a.perf_free_name != rmapwatch_common::ABSENT {
+            // `__data_loc char[] name`: offset in the low 16 bits, from the
+            // start of the record.
+            let loc = field(a.perf_free_name) as u32 & 0xffff;
+            Arg2::Name(ctx.as_ptr() as u64 + u64::from(loc))
+        } else {
+            Arg2::None
+        }
+    })
+}
+
+#[inline(always)]
+fn slab(call_site: u64, ptr: u64, event_kind: u32, arg2: impl Fn() -> Arg2) -> Result<(), i64> {
     let cfg = config();
     let Some(site_id) = cfg.classify(call_site) else {
+        if event_kind == kind::ALLOC {
+            inlined(call_site, ptr, &arg2);
+        }
         return Ok(());
     };
-    let ptr: u64 = ctx.arg(1);
     if ptr == 0 {
         return Ok(());
     }
-    let cache: u64 = ctx.arg(2);
-    let object = object_of(cache)?;
+    let object = match arg2() {
+        Arg2::Cache(cache) => object_of(cache)?,
+        Arg2::BytesReq(req, _) => by_size(req),
+        Arg2::Name(name) => by_name(name),
+        // Only __put_anon_vma frees anon_vmas; the engine corrects the
+        // kind from the object it knows anyway.
+        Arg2::None if site_id == site::PUT => rmapwatch_common::object::ANON_VMA,
+        Arg2::None => rmapwatch_common::object::AVC,
+    };
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let mut event_flags = 0;
@@ -198,6 +310,73 @@ fn try_slab(ctx: &RawTracePointContext, event_kind: u32) -> Result<(), i64> {
         ..Event::default()
     });
     Ok(())
+}
+
+#[inline(always)]
+fn by_size(bytes_req: u64) -> u32 {
+    if bytes_req == u64::from(config().args.anon_vma_size) {
+        rmapwatch_common::object::ANON_VMA
+    } else {
+        rmapwatch_common::object::AVC
+    }
+}
+
+/// The cache's name is "anon_vma" (never merged) or another one.
+#[inline(always)]
+fn by_name(name: u64) -> u32 {
+    let mut buf = [0u8; 16];
+    // SAFETY: the helper copies at most 16 bytes and NUL-terminates.
+    let n =
+        unsafe { aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(name as *const u8, &mut buf) }
+            .map_or(0, <[u8]>::len);
+    if n == 8
+        && u64::from_ne_bytes([
+            buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7],
+        ]) == u64::from_ne_bytes(*b"anon_vma")
+    {
+        rmapwatch_common::object::ANON_VMA
+    } else {
+        rmapwatch_common::object::AVC
+    }
+}
+
+/// Inlining detector: an anon_vma allocated at a call site outside every
+/// known range. With a cache pointer one comparison proves it (that cache
+/// is never merged); with sizes only, an object of the anon_vma's sizes
+/// whose rwsem wait list the anon_vma cache's ctor linked to itself.
+#[inline(always)]
+fn inlined(call_site: u64, ptr: u64, arg2: &impl Fn() -> Arg2) {
+    let a = &config().args;
+    let hit = match arg2() {
+        Arg2::Cache(cache) => {
+            let caches = &raw const CACHES;
+            // SAFETY: a global of this program; volatile, as other CPUs write it.
+            let known: [u64; 2] = unsafe { core::ptr::read_volatile(caches) };
+            let av = known[rmapwatch_common::object::ANON_VMA as usize];
+            av != 0 && cache == av
+        }
+        Arg2::BytesReq(req, alloc) => {
+            req == u64::from(a.anon_vma_size)
+                && alloc == u64::from(a.anon_vma_slab_size)
+                && ptr != 0
+                && {
+                    let list = ptr + u64::from(a.anon_vma_wait_list);
+                    read_or_zero(list) == list
+                }
+        }
+        _ => false,
+    };
+    if !hit {
+        return;
+    }
+    bump(stat::INLINED_ANON_VMA, 1);
+    // SAFETY: plain lookup.
+    if let Some(n) = INLINED_SITES.get_ptr_mut(&call_site) {
+        // SAFETY: a live map value.
+        unsafe { atomic_add(n, 1) };
+    } else {
+        let _ = INLINED_SITES.insert(&call_site, &1, 0);
+    }
 }
 
 /// anon_vma or AVC, from the cache of an object allocated or freed at an
@@ -354,6 +533,8 @@ function_hook!(fentry_put, kprobe_put, hook::PUT);
 /// `page_add_new_anon_rmap(page, vma, address)`): counted, and counted per VMA.
 #[fentry]
 pub fn fentry_rmap_new(ctx: FEntryContext) -> i32 {
+    // `vma` is argument 1 on every version (the loader checks it in BTF;
+    // a variable context offset is refused by the verifier).
     let vma: u64 = ctx.arg(1);
     count_new_folio(vma);
     0
@@ -421,14 +602,24 @@ function_hook!(fentry_rmap_pmd, kprobe_rmap_pmd, hook::RMAP_PMD);
 /// also sums `nr_pages`.
 #[fentry]
 pub fn fentry_rmap_ptes(ctx: FEntryContext) -> i32 {
-    let nr_pages: u64 = ctx.arg(2);
+    // `nr_pages` is argument 2 where it exists (6.6+; checked in BTF by
+    // the loader); `page_add_anon_rmap` maps one page or THP per call.
+    let nr_pages: u64 = if config().args.rmap_ptes_nr == ABSENT {
+        1
+    } else {
+        ctx.arg(2)
+    };
     count_ptes(nr_pages);
     0
 }
 
 #[kprobe]
 pub fn kprobe_rmap_ptes(ctx: ProbeContext) -> i32 {
-    let nr_pages: u64 = ctx.arg(2).unwrap_or(0);
+    let nr_pages: u64 = if config().args.rmap_ptes_nr == ABSENT {
+        1
+    } else {
+        ctx.arg(2).unwrap_or(0)
+    };
     count_ptes(nr_pages);
     0
 }
@@ -463,17 +654,88 @@ fn try_task_vma(ctx: *mut core::ffi::c_void) -> Result<(), i64> {
     }
     // SAFETY: meta is a valid struct bpf_iter_meta; seq is its first member.
     let seq = unsafe { *(meta as *const *mut aya_ebpf::bindings::seq_file) };
+    let task = task as u64;
+    let tgid = read_kernel::<u32>(task + u64::from(config().task_tgid_off)).unwrap_or(0);
+    walk_vma(seq, tgid, task_comm(task), vma as u64);
+    Ok(())
+}
+
+/// Next VMA to walk per process (`iter/task`, before 5.12): absent at the
+/// start of a walk (user space clears it), 0 once done.
+#[map]
+static WALK_CURSOR: HashMap<u32, u64> = HashMap::with_max_entries(65536, 0);
+
+/// `iter/task` (5.8+), for kernels without `iter/task_vma` (before 5.12):
+/// per thread-group leader, up to [`snap::VMAS_PER_PASS`] VMAs of its
+/// `mm->mmap` list from where the last pass stopped, each written as the
+/// `iter/task_vma` program writes it. No mmap lock is held: a VMA whose
+/// `vm_mm` is not the process's ends that process's walk (counted).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task")]
+pub extern "C" fn task_mmap(ctx: *mut core::ffi::c_void) -> i32 {
+    let _ = try_task_mmap(ctx);
+    0
+}
+
+fn try_task_mmap(ctx: *mut core::ffi::c_void) -> Result<(), i64> {
+    // struct bpf_iter__task { meta, task }.
+    let args = ctx as *const *const u8;
+    // SAFETY: the context has these two pointer members.
+    let (meta, task) = unsafe { (*args, *args.add(1)) };
+    if task.is_null() {
+        return Ok(());
+    }
+    // SAFETY: meta is a valid struct bpf_iter_meta; seq is its first member.
+    let seq = unsafe { *(meta as *const *mut aya_ebpf::bindings::seq_file) };
     let cfg = config();
     let l = &cfg.snap;
-    let vma = vma as u64;
     let task = task as u64;
+    let (pid, tgid) = task_ids(task)?;
+    if pid != tgid {
+        return Ok(());
+    }
+    let mm = read_or_zero(task + u64::from(l.task_mm));
+    if mm == 0 {
+        return Ok(());
+    }
+    // SAFETY: plain lookup, copied out.
+    let mut vma = match unsafe { WALK_CURSOR.get(&tgid) } {
+        Some(&0) => return Ok(()),
+        Some(&v) => v,
+        None => read_or_zero(mm + u64::from(l.mm_mmap)),
+    };
+    let comm = task_comm(task);
+    let mut i = 0;
+    while i < snap::VMAS_PER_PASS {
+        if vma == 0 {
+            break;
+        }
+        if read_or_zero(vma + u64::from(l.vma_mm)) != mm {
+            bump(stat::WALK_TORN, 1);
+            vma = 0;
+            break;
+        }
+        walk_vma(seq, tgid, comm, vma);
+        vma = read_or_zero(vma + u64::from(l.vma_next));
+        i += 1;
+    }
+    let _ = WALK_CURSOR.insert(&tgid, &vma, 0);
+    Ok(())
+}
+
+/// One VMA: one [`SnapAvc`] per AVC of its chain (bounded walk), then one
+/// [`SnapVma`].
+#[inline(always)]
+fn walk_vma(seq: *mut aya_ebpf::bindings::seq_file, tgid: u32, comm: [u8; COMM_LEN], vma: u64) {
+    let cfg = config();
+    let l = &cfg.snap;
     // Branch-free reads (0 when a read faults): checking each read's return
     // code multiplies the verifier's states, and the 6.1 verifier then gives
     // up (E2BIG) on the chain walk.
     let field = |base: u64, off: u32| -> u64 { read_or_zero(base + u64::from(off)) };
     let mut rec = SnapVma {
         kind: snap::VMA,
-        tgid: read_kernel::<u32>(task + u64::from(cfg.task_tgid_off)).unwrap_or(0),
+        tgid,
         mm: field(vma, l.vma_mm),
         vma,
         start: field(vma, l.vma_start),
@@ -481,7 +743,7 @@ fn try_task_vma(ctx: *mut core::ffi::c_void) -> Result<(), i64> {
         flags: field(vma, l.vma_flags),
         file: field(vma, l.vma_file),
         anon_vma: field(vma, l.vma_anon_vma),
-        comm: task_comm(task),
+        comm,
         ..SnapVma::default()
     };
     let av = rec.anon_vma;
@@ -507,7 +769,7 @@ fn try_task_vma(ctx: *mut core::ffi::c_void) -> Result<(), i64> {
         let avc = node - u64::from(l.avc_same_vma);
         let link = SnapAvc {
             kind: snap::AVC,
-            tgid: rec.tgid,
+            tgid,
             vma,
             avc,
             anon_vma: field(avc, l.avc_anon_vma),
@@ -519,7 +781,6 @@ fn try_task_vma(ctx: *mut core::ffi::c_void) -> Result<(), i64> {
     rec.chain_len = n;
     rec.chain_truncated = u32::from(n == snap::MAX_CHAIN && node != head);
     seq_write(seq, &rec);
-    Ok(())
 }
 
 #[inline(always)]

@@ -327,33 +327,36 @@ impl Accounting {
     }
 
     fn free(&mut self, s: &Slab) {
-        let (obj, site_) = (s.object as usize, s.site as usize);
+        // The kind of a known object is the one it was allocated (or seen)
+        // as: kernels whose free tracepoint has no cache pointer (5.10)
+        // only give a guess by call site.
+        let owned = self.owners.remove(s.ptr).map(owner_of);
+        let pending = self.pending.get_mut(&s.tid).and_then(|v| {
+            let pos = v.iter().position(|p| p.ptr == s.ptr)?;
+            (owned.is_none()).then(|| v.swap_remove(pos))
+        });
+        let obj = owned
+            .map(|(_, o)| o)
+            .or(pending.as_ref().map(|p| p.obj))
+            .unwrap_or(s.object) as usize;
+        let site_ = s.site as usize;
         let t = &mut self.objects[obj];
         t.flow.frees += 1;
         t.free_by_site[site_] += 1;
         self.touch(s.ptr);
-        match self.owners.remove(s.ptr).map(owner_of) {
-            Some((owner, owned_obj)) => {
+        match (owned, pending) {
+            (Some((owner, owned_obj)), _) => {
                 self.process(owner).flows[obj].frees += 1;
                 self.drop_live(owner, owned_obj);
             }
-            None => {
-                // An allocation still pending (fork failed after dup_mmap)
-                // or an object older than start-up.
-                let pending = self.pending.get_mut(&s.tid);
-                if let Some(pos) = pending
-                    .as_ref()
-                    .and_then(|v| v.iter().position(|p| p.ptr == s.ptr))
-                    && let Some(v) = pending
-                {
-                    v.swap_remove(pos);
-                    let p = self.process(s.tgid);
-                    p.flows[obj].allocs += 1;
-                    p.flows[obj].frees += 1;
-                } else {
-                    self.objects[obj].frees_of_preexisting += 1;
-                }
+            // An allocation still pending (fork failed after dup_mmap).
+            (None, Some(_)) => {
+                let p = self.process(s.tgid);
+                p.flows[obj].allocs += 1;
+                p.flows[obj].frees += 1;
             }
+            // An object older than start-up.
+            (None, None) => self.objects[obj].frees_of_preexisting += 1,
         }
     }
 

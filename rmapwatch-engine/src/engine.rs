@@ -657,6 +657,13 @@ impl Engine {
             }),
             processes,
             detail: self.detail.clone(),
+            inlined_warning: self.counters.kernel.as_ref().and_then(|k| {
+                crate::report::InlinedReport {
+                    anon_vma_allocs: k.inlined_anon_vma,
+                    sites: k.inlined_sites.clone(),
+                }
+                .warning()
+            }),
         }
     }
 }

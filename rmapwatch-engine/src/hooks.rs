@@ -46,6 +46,55 @@ pub enum ProbeMode {
     Tracepoint,
 }
 
+/// The `--slab-path` choice: where the slab events come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlabPath {
+    /// Raw tracepoints, unless this kernel runs them preemptible (7.0+ with
+    /// `CONFIG_PREEMPT_RCU`, where their recursion guard drops events):
+    /// then classic (perf) tracepoints.
+    #[default]
+    Auto,
+    /// Raw tracepoints (arguments by position).
+    Raw,
+    /// Classic tracepoints (fields at their tracefs format's offsets).
+    Perf,
+}
+
+/// How the slab events are taken on this kernel (facts, report, UI).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SlabEvents {
+    /// `raw` or `perf` tracepoints (empty in recordings made before this
+    /// was recorded: raw).
+    pub path: String,
+    /// The tracepoints' argument layout: `cache` (6.1+: the cache pointer
+    /// tells an anon_vma from an AVC), `sizes` (before 6.0: `bytes_req`),
+    /// with the free's `name` (5.12 .. 6.0) or `call site` (5.10).
+    pub layout: String,
+    /// Why this path (auto's reason, or "forced").
+    pub why: String,
+}
+
+impl SlabEvents {
+    /// One line for the text report and the UI.
+    #[must_use]
+    pub fn line(&self) -> String {
+        let path = if self.path.is_empty() {
+            "raw"
+        } else {
+            &self.path
+        };
+        let mut s = format!("slab events: {path} tracepoints");
+        if !self.layout.is_empty() {
+            s.push_str(&format!(", kind by {}", self.layout));
+        }
+        if !self.why.is_empty() {
+            s.push_str(&format!(" ({})", self.why));
+        }
+        s
+    }
+}
+
 /// A function hook.
 #[derive(Clone, Copy, Debug)]
 pub struct HookSpec {

@@ -98,6 +98,9 @@ pub struct Facts {
     pub clock: ClockRef,
     /// Where the data comes from (`live`, an agent, ...).
     pub source: String,
+    /// How the slab events are taken.
+    #[serde(default)]
+    pub slab: crate::hooks::SlabEvents,
 }
 
 /// The programs' kernel-side counters, summed over CPUs.
@@ -111,6 +114,14 @@ pub struct KernelCounters {
     pub rmap_ptes_pages: u64,
     /// New anonymous folios not counted per VMA (map full).
     pub rmap_vmas_full: u64,
+    /// anon_vma allocations at call sites outside every rmap function's
+    /// range (an rmap function inlined elsewhere, e.g. by LTO): those
+    /// objects are missing from the counts.
+    #[serde(default)]
+    pub inlined_anon_vma: u64,
+    /// The inlining detector's call sites (`function+0xoffset`) and counts.
+    #[serde(default)]
+    pub inlined_sites: BTreeMap<String, u64>,
 }
 
 impl KernelCounters {

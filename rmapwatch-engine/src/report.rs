@@ -335,6 +335,46 @@ pub struct Report {
     pub model: Option<ModelBlock>,
     /// Processes with anon_vma/AVC traffic or objects, biggest first.
     pub processes: Vec<ProcessReport>,
+    /// How the slab events were taken (tracepoint path and layout).
+    #[serde(default)]
+    pub slab: crate::hooks::SlabEvents,
+    /// The inlining detector: anon_vma allocations at call sites outside
+    /// every rmap function (null when the counters could not be read).
+    #[serde(default)]
+    pub inlined: Option<InlinedReport>,
+}
+
+/// anon_vma allocations the call-site ranges missed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InlinedReport {
+    /// How many (0 on every kernel rmapwatch was tested on).
+    pub anon_vma_allocs: u64,
+    /// By call site (`function+0xoffset`).
+    pub sites: BTreeMap<String, u64>,
+}
+
+impl InlinedReport {
+    /// The warning shown when it is not 0.
+    #[must_use]
+    pub fn warning(&self) -> Option<String> {
+        (self.anon_vma_allocs > 0).then(|| {
+            let sites: Vec<String> = self
+                .sites
+                .iter()
+                .map(|(s, n)| format!("{s} ({n})"))
+                .collect();
+            format!(
+                "{} anon_vma allocations at call sites outside the rmap functions (inlined \
+                 elsewhere, e.g. by LTO): missing from the counts; sites: {}",
+                self.anon_vma_allocs,
+                if sites.is_empty() {
+                    "unknown".to_owned()
+                } else {
+                    sites.join(", ")
+                }
+            )
+        })
+    }
 }
 
 /// Per-page rmap counters from the function hooks.
@@ -528,6 +568,11 @@ impl Report {
             lazy,
             model,
             processes,
+            slab: f.slab.clone(),
+            inlined: ctx.counters.map(|c| InlinedReport {
+                anon_vma_allocs: c.inlined_anon_vma,
+                sites: c.inlined_sites.clone(),
+            }),
         }
     }
 
@@ -599,6 +644,10 @@ impl Report {
             .map(|(k, v)| format!("{k}={}", v.as_str()))
             .collect();
         let _ = writeln!(s, "probes: {}", modes.join(" "));
+        let _ = writeln!(s, "{}", self.slab.line());
+        if let Some(w) = self.inlined.as_ref().and_then(InlinedReport::warning) {
+            let _ = writeln!(s, "WARNING: {w}");
+        }
         if let Some(dropped) = self.dropped_events.filter(|&d| d > 0) {
             let _ = writeln!(
                 s,

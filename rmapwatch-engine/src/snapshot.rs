@@ -123,6 +123,25 @@ pub struct WalkCounts {
 /// Bytes read from the iterator at a time.
 pub const CHUNK: usize = 64 * 1024;
 
+/// Decodes a walk made of several passes (see [`Decoder::next_pass`]):
+/// `next` gives each pass after the first, `None` when the walk is done.
+///
+/// # Errors
+/// As [`decode`], or `next`'s error.
+pub fn decode_passes(
+    first: impl std::io::Read,
+    mut next: impl FnMut() -> Result<Option<Box<dyn std::io::Read>>, SnapshotError>,
+    mut f: impl FnMut(&Vma, &[u8; COMM_LEN]),
+) -> Result<WalkCounts, SnapshotError> {
+    let mut d = Decoder::new();
+    for_each_chunk(first, |bytes| d.feed(bytes, &mut f))?;
+    while let Some(pass) = next()? {
+        d.next_pass()?;
+        for_each_chunk(pass, |bytes| d.feed(bytes, &mut f))?;
+    }
+    d.finish()
+}
+
 /// Decodes the iterator's output as it arrives, in pieces of any size:
 /// each VMA (with its chain) is handed on with the iterated task's comm,
 /// and nothing of the stream is kept beyond a partial record, so memory
@@ -282,6 +301,24 @@ impl Decoder {
     ///
     /// # Errors
     /// [`SnapshotError`] when it ends inside a record or a VMA's chain.
+    /// The start of another pass of the same walk (the `iter/task` walk of
+    /// kernels before 5.12 visits each process again where the last pass
+    /// stopped): its mms are walked again, their next VMAs.
+    ///
+    /// # Errors
+    /// The last pass ended inside a record or a chain.
+    pub fn next_pass(&mut self) -> Result<(), SnapshotError> {
+        if !self.partial.is_empty() {
+            return Err(SnapshotError::Truncated(self.offset));
+        }
+        if !self.cur.chain.is_empty() {
+            return Err(SnapshotError::Orphan(self.pending_at));
+        }
+        self.walked.clear();
+        self.visit = None;
+        Ok(())
+    }
+
     pub fn finish(self) -> Result<WalkCounts, SnapshotError> {
         if !self.partial.is_empty() {
             return Err(SnapshotError::Truncated(self.offset));
@@ -509,5 +546,46 @@ pub(crate) mod tests {
             Err(SnapshotError::Orphan(0))
         ));
         assert_eq!(Snapshot::parse(&[]), Ok(Snapshot::default()));
+    }
+
+    #[test]
+    fn a_walk_in_passes_continues_each_mm_where_the_last_pass_stopped() {
+        // Pass 1: process 10's first VMA, and a CLONE_VM sibling (11) of
+        // the same mm, deduplicated; pass 2: process 10's next VMA (the same
+        // mm again, not a duplicate), the sibling's copy deduplicated again.
+        let mut p1 = avc(10, 0xa, 0x500, 0x100);
+        p1.extend(vma(10, 0x1000, 0xa, 0x100, 1));
+        p1.extend(vma(11, 0x1000, 0xa, 0x100, 0));
+        let mut p2 = avc(10, 0xb, 0x600, 0x200);
+        p2.extend(vma(10, 0x1000, 0xb, 0x200, 1));
+        p2.extend(vma(11, 0x1000, 0xb, 0x200, 0));
+        let mut passes = vec![p2];
+        let mut seen = Vec::new();
+        let counts = decode_passes(
+            std::io::Cursor::new(p1),
+            || {
+                Ok(passes
+                    .pop()
+                    .map(|p| Box::new(std::io::Cursor::new(p)) as Box<dyn std::io::Read>))
+            },
+            |v, _| seen.push((v.tgid, v.addr)),
+        )
+        .unwrap();
+        assert_eq!(seen, vec![(10, 0xa), (10, 0xb)]);
+        assert_eq!(counts.vmas, 2);
+        assert_eq!(counts.duplicate_vmas, 2);
+        // A pass that ends inside a chain is an error, not a silent join.
+        let cut = avc(10, 0xa, 0x500, 0x100);
+        let mut once = Some(vma(10, 0x1000, 0xa, 0x100, 1));
+        let r = decode_passes(
+            std::io::Cursor::new(cut),
+            || {
+                Ok(once
+                    .take()
+                    .map(|p| Box::new(std::io::Cursor::new(p)) as Box<dyn std::io::Read>))
+            },
+            |_, _| {},
+        );
+        assert!(matches!(r, Err(SnapshotError::Orphan(0))), "{r:?}");
     }
 }

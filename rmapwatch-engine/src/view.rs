@@ -106,4 +106,7 @@ pub struct Frame {
     pub processes: Vec<ProcRow>,
     /// The inspection of the process the user opened.
     pub detail: Option<Inspection>,
+    /// The inlining detector's warning (anon_vma allocations outside every
+    /// rmap function), if it counted any.
+    pub inlined_warning: Option<String>,
 }

@@ -173,6 +173,11 @@ fn script(sc: &Scenario) -> Vec<Input> {
         ring_bytes: 8 << 20,
         bpf_stats: true,
         source: "live".into(),
+        slab: rmapwatch_engine::hooks::SlabEvents {
+            path: "raw".into(),
+            layout: "cache pointer".into(),
+            why: String::new(),
+        },
         ..Facts::default()
     };
     let mut inputs = vec![Input::Facts(Box::new(facts))];
@@ -209,6 +214,10 @@ fn script(sc: &Scenario) -> Vec<Input> {
                 hook_calls: calls,
                 rmap_ptes_pages: 0,
                 rmap_vmas_full: 0,
+                // The inlining detector counting: an anon_vma allocated at a
+                // call site outside the rmap functions.
+                inlined_anon_vma: 2,
+                inlined_sites: [("do_anonymous_page+0x1a0".to_owned(), 2)].into(),
             }),
             programs: Some(programs),
             undecodable: 0,

@@ -2,7 +2,7 @@
 //! program, choosing fentry, kprobe or the tracepoint path per hook.
 //!
 //! This and `daemon` are the only modules that know about aya.
-use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path, process::Command};
+use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
@@ -58,8 +58,13 @@ pub struct Probes {
     pub warnings: Vec<String>,
     /// What the user is told besides (side effects on the system).
     pub notes: Vec<String>,
-    /// Why snapshots are unavailable, if they are (`iter/task_vma` needs 5.12+).
+    /// Why snapshots are unavailable, if they are.
     pub snapshot_error: Option<String>,
+    /// Which iterator walks: `task_vma` (5.12+) or `task_mmap` (`iter/task`
+    /// following `mm->mmap`, before 5.12, in passes).
+    pub walker: &'static str,
+    /// Whether a multi-pass walk is under way.
+    walk_open: bool,
     /// Keeps the kernel's run-time statistics on while we run
     /// (`BPF_ENABLE_STATS`, 5.8+; dropped = off again unless others hold it).
     stats_fd: Option<std::os::fd::OwnedFd>,
@@ -104,7 +109,10 @@ impl Probes {
             loader.map_max_entries("EVENTS", bytes);
         }
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
-        let snapshot_error = load_iterator(&mut ebpf, facts).err().map(|e| short(&e));
+        let (walker, snapshot_error) = match load_iterator(&mut ebpf, facts) {
+            Ok(w) => (w, None),
+            Err(e) => ("", Some(short(&e))),
+        };
         if attach == Attach::SnapshotOnly {
             return Ok(Self {
                 ebpf,
@@ -113,6 +121,8 @@ impl Probes {
                 warnings: Vec::new(),
                 notes: Vec::new(),
                 snapshot_error,
+                walker,
+                walk_open: false,
                 stats_fd: None,
             });
         }
@@ -145,14 +155,17 @@ impl Probes {
         // tracepoints see are then flagged, and a fork seen entering is
         // seen leaving.
         for tp in RAW_TRACEPOINTS {
-            let prog: &mut RawTracePoint = ebpf
-                .program_mut(tp)
-                .ok_or_else(|| anyhow!("program {tp} missing from the eBPF object"))?
-                .try_into()?;
-            prog.load()
-                .with_context(|| format!("loading raw tracepoint program {tp}"))?;
-            prog.attach(tp)
-                .with_context(|| format!("attaching raw tracepoint {tp}"))?;
+            let perf = facts.config.args.slab_path == rmapwatch_common::slab_path::PERF;
+            let kmem = tp.starts_with("kmem_cache_");
+            if perf && kmem {
+                attach_perf_slab(&mut ebpf, tp)?;
+                continue;
+            }
+            attach_raw(&mut ebpf, tp, tp)?;
+            // Before 6.1, allocations on a given node have their own event.
+            if tp == "kmem_cache_alloc" && facts.alloc_node {
+                attach_raw(&mut ebpf, "kmem_cache_alloc_node", "kmem_cache_alloc_node")?;
+            }
         }
 
         let btf = match mode {
@@ -192,6 +205,8 @@ impl Probes {
             warnings,
             notes,
             snapshot_error,
+            walker,
+            walk_open: false,
             stats_fd,
         })
     }
@@ -229,17 +244,64 @@ impl Probes {
         if let Some(e) = &self.snapshot_error {
             return Err(anyhow!("snapshots unavailable: {e}"));
         }
+        if self.walker == "task_mmap" {
+            // A new walk: every process starts at its first VMA.
+            let map = self
+                .ebpf
+                .map_mut("WALK_CURSOR")
+                .ok_or_else(|| anyhow!("WALK_CURSOR map missing"))?;
+            let mut h: HashMap<&mut MapData, u32, u64> = HashMap::try_from(map)?;
+            let keys: Vec<u32> = h.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                let _ = h.remove(&k);
+            }
+            self.walk_open = true;
+        }
+        self.open_pass()
+    }
+
+    /// The next pass of a walk that [`Self::snapshot_reader`] started, or
+    /// `None` once every process was walked to its end (always `None` for
+    /// `iter/task_vma`, which walks everything in one pass).
+    ///
+    /// # Errors
+    /// The cursor map cannot be read, or the iterator cannot be started.
+    pub fn snapshot_next_pass(&mut self) -> anyhow::Result<Option<Box<dyn std::io::Read>>> {
+        if !self.walk_open {
+            return Ok(None);
+        }
+        let map = self
+            .ebpf
+            .map("WALK_CURSOR")
+            .ok_or_else(|| anyhow!("WALK_CURSOR map missing"))?;
+        let h: HashMap<&MapData, u32, u64> = HashMap::try_from(map)?;
+        let more = h.iter().filter_map(Result::ok).any(|(_, next)| next != 0);
+        if !more {
+            self.walk_open = false;
+            return Ok(None);
+        }
+        self.open_pass().map(Some)
+    }
+
+    fn open_pass(&mut self) -> anyhow::Result<Box<dyn std::io::Read>> {
+        let name = self.walker;
         let prog: &mut Iter = self
             .ebpf
-            .program_mut("task_vma")
-            .ok_or_else(|| anyhow!("program task_vma missing"))?
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing"))?
             .try_into()?;
-        let link_id = prog.attach().context("attaching iter/task_vma")?;
+        let link_id = prog.attach().with_context(|| format!("attaching {name}"))?;
         let link = prog.take_link(link_id)?;
         let file = link.into_file().context("opening the iterator")?;
         // RMAPWATCH_DUMP_SNAPSHOT=FILE keeps the raw records (for bug reports).
         if let Some(path) = std::env::var_os("RMAPWATCH_DUMP_SNAPSHOT") {
-            let copy = std::fs::File::create(&path).context("creating RMAPWATCH_DUMP_SNAPSHOT")?;
+            let copy = std::fs::OpenOptions::new()
+                .create(true)
+                .append(self.walk_open)
+                .write(true)
+                .truncate(!self.walk_open)
+                .open(&path)
+                .context("creating RMAPWATCH_DUMP_SNAPSHOT")?;
             return Ok(Box::new(Tee(file, copy)));
         }
         Ok(Box::new(file))
@@ -311,6 +373,21 @@ impl Probes {
         Ok(())
     }
 
+    /// The inlining detector's call sites and their anon_vma allocations.
+    ///
+    /// # Errors
+    /// The map cannot be read.
+    pub fn inlined_sites(&self) -> anyhow::Result<Vec<(u64, u64)>> {
+        let map = self
+            .ebpf
+            .map("INLINED_SITES")
+            .ok_or_else(|| anyhow!("INLINED_SITES map missing"))?;
+        let h: HashMap<&MapData, u64, u64> = HashMap::try_from(map)?;
+        h.iter()
+            .map(|kv| kv.context("reading INLINED_SITES"))
+            .collect()
+    }
+
     /// The per-CPU counters, summed over CPUs.
     ///
     /// # Errors
@@ -360,41 +437,68 @@ fn prog_stats(fd: std::os::fd::BorrowedFd<'_>) -> Option<ProgramStats> {
     })
 }
 
-fn load_iterator(ebpf: &mut Ebpf, facts: &KernelFacts) -> anyhow::Result<()> {
+/// Loads the snapshot iterator: `iter/task_vma` (5.12+), else `iter/task`
+/// following `mm->mmap` (5.8 .. 6.0). Returns the program's name.
+fn load_iterator(ebpf: &mut Ebpf, facts: &KernelFacts) -> anyhow::Result<&'static str> {
     let btf = Btf::parse_file(&facts.btf_path, Endianness::default()).context("parsing BTF")?;
     let prog: &mut Iter = ebpf
         .program_mut("task_vma")
         .ok_or_else(|| anyhow!("program task_vma missing"))?
         .try_into()?;
-    prog.load("task_vma", &btf)
-        .map_err(|e| anyhow!("iter/task_vma: {}", describe_load_error(&e)))?;
-    Ok(())
+    let first = match prog.load("task_vma", &btf) {
+        Ok(()) => return Ok("task_vma"),
+        Err(e) => describe_load_error(&e),
+    };
+    let snap = facts.config.snap;
+    if snap.mm_mmap == rmapwatch_common::ABSENT || snap.vma_next == rmapwatch_common::ABSENT {
+        return Err(anyhow!("iter/task_vma: {first}"));
+    }
+    let prog: &mut Iter = ebpf
+        .program_mut("task_mmap")
+        .ok_or_else(|| anyhow!("program task_mmap missing"))?
+        .try_into()?;
+    prog.load("task", &btf).map_err(|e| {
+        anyhow!(
+            "iter/task_vma: {first}; iter/task (mm->mmap): {}",
+            describe_load_error(&e)
+        )
+    })?;
+    Ok("task_mmap")
 }
 
-fn tracefs_mounted() -> bool {
-    Path::new("/sys/kernel/tracing/events").exists()
-}
-
-/// Classic tracepoints need tracefs; mount it if it is not (root only).
-/// Returns whether it mounted it (a side effect the user is told of).
 fn ensure_tracefs() -> anyhow::Result<bool> {
-    if tracefs_mounted() {
-        return Ok(false);
-    }
-    let status = Command::new("mount")
-        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
-        .status()
-        .context("running mount -t tracefs")?;
-    if status.success() && tracefs_mounted() {
-        Ok(true)
-    } else {
-        Err(anyhow!("tracefs is not mounted and mounting it failed"))
-    }
+    crate::kernel::ensure_tracefs().map_err(|e| anyhow!(e))
 }
 
 /// What the user is told when rmapwatch mounted tracefs.
 pub const MOUNTED_TRACEFS: &str = "tracefs was not mounted: mounted it at /sys/kernel/tracing \
                                    (the fork window's syscall tracepoints need it)";
+
+fn attach_raw(ebpf: &mut Ebpf, prog_name: &str, tp: &str) -> anyhow::Result<()> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(prog_name)
+        .ok_or_else(|| anyhow!("program {prog_name} missing from the eBPF object"))?
+        .try_into()?;
+    prog.load()
+        .with_context(|| format!("loading raw tracepoint program {prog_name}"))?;
+    prog.attach(tp)
+        .with_context(|| format!("attaching raw tracepoint {tp}"))?;
+    Ok(())
+}
+
+/// The slab events as classic tracepoints (the perf path, 7.0+).
+fn attach_perf_slab(ebpf: &mut Ebpf, tp: &str) -> anyhow::Result<()> {
+    let prog_name = format!("perf_{tp}");
+    let prog: &mut TracePoint = ebpf
+        .program_mut(&prog_name)
+        .ok_or_else(|| anyhow!("program {prog_name} missing from the eBPF object"))?
+        .try_into()?;
+    prog.load()
+        .with_context(|| format!("loading tracepoint program {prog_name}"))?;
+    prog.attach("kmem", tp)
+        .with_context(|| format!("attaching tracepoint kmem:{tp}"))?;
+    Ok(())
+}
 
 fn attach_fork_window(ebpf: &mut Ebpf, notes: &mut Vec<String>) -> anyhow::Result<()> {
     if ensure_tracefs()? {
@@ -433,7 +537,7 @@ fn attach_hook(
     let mut fallbacks = Vec::new();
     let symbol = std::iter::once(spec.name)
         .chain(spec.aliases.iter().copied())
-        .find(|s| facts.hook_symbols.contains(*s));
+        .find(|s| facts.hook_symbols.contains_key(*s));
     let done = |mode, symbol: Option<&str>, fallbacks| HookStatus {
         id: spec.id,
         name: spec.name.to_owned(),
@@ -450,6 +554,28 @@ fn attach_hook(
         };
         return done(mode, None, fallbacks);
     };
+    // The programs read `vma` as argument 1 and `nr_pages` as argument 2:
+    // another position in this kernel's prototype is not hooked.
+    let a = &facts.config.args;
+    let odd = match spec.id {
+        rmapwatch_common::hook::RMAP_NEW if a.rmap_new_vma != 1 => Some(format!(
+            "vma is argument {} of {symbol}, the program reads 1",
+            a.rmap_new_vma
+        )),
+        rmapwatch_common::hook::RMAP_PTES
+            if a.rmap_ptes_nr != 2 && a.rmap_ptes_nr != rmapwatch_common::ABSENT =>
+        {
+            Some(format!(
+                "nr_pages is argument {} of {symbol}, the program reads 2",
+                a.rmap_ptes_nr
+            ))
+        }
+        _ => None,
+    };
+    if let Some(why) = odd {
+        fallbacks.push(why);
+        return done(HookMode::Unavailable, Some(symbol), fallbacks);
+    }
     if matches!(mode, ProbeMode::Auto | ProbeMode::Fentry) {
         match try_fentry(ebpf, spec, symbol, btf) {
             Ok(()) => return done(HookMode::Fentry, Some(symbol), fallbacks),
@@ -457,8 +583,13 @@ fn attach_hook(
         }
     }
     if matches!(mode, ProbeMode::Auto | ProbeMode::Kprobe) {
-        match try_kprobe(ebpf, spec, symbol) {
-            Ok(()) => return done(HookMode::Kprobe, Some(symbol), fallbacks),
+        // The entry kallsyms names (`name.isra.0` where the compiler renamed it).
+        let entry = facts
+            .hook_symbols
+            .get(symbol)
+            .map_or(symbol, String::as_str);
+        match try_kprobe(ebpf, spec, entry) {
+            Ok(()) => return done(HookMode::Kprobe, Some(entry), fallbacks),
             Err(e) => fallbacks.push(format!("kprobe: {}", short(&e))),
         }
     }

@@ -74,6 +74,9 @@ fn clock(id: libc::clockid_t) -> u64 {
 
 /// The attached programs, ready to stream.
 pub struct Live {
+    /// Names of the inlining detector's call sites (kallsyms is read again
+    /// only when a new one turns up: it is ~10 MiB).
+    site_names: std::cell::RefCell<std::collections::HashMap<u64, String>>,
     probes: Probes,
     facts: Facts,
     notices: Vec<Notice>,
@@ -137,6 +140,7 @@ impl Live {
             bpf_stats: probes.bpf_stats(),
             clock,
             source: "live".into(),
+            slab: kernel.slab.clone(),
         };
         Ok(Self {
             probes,
@@ -147,6 +151,7 @@ impl Live {
             detail: None,
             rmap,
             said_shrink: false,
+            site_names: std::cell::RefCell::default(),
         })
     }
 
@@ -245,6 +250,28 @@ impl Live {
             })
     }
 
+    /// The inlining detector's call sites, by name.
+    fn inlined_sites(&self) -> std::collections::BTreeMap<String, u64> {
+        let sites = self.probes.inlined_sites().unwrap_or_default();
+        let mut names = self.site_names.borrow_mut();
+        if sites.iter().any(|(a, _)| !names.contains_key(a))
+            && let Ok(k) = crate::kernel::Kallsyms::read()
+        {
+            for (a, _) in &sites {
+                names.insert(*a, k.symbolize(*a));
+            }
+        }
+        sites
+            .into_iter()
+            .map(|(a, n)| {
+                (
+                    names.get(&a).cloned().unwrap_or_else(|| format!("{a:#x}")),
+                    n,
+                )
+            })
+            .collect()
+    }
+
     fn counters(&self, out: &mut dyn Sink, ring: &RingStats) -> bool {
         let kernel = self.probes.stats().ok().map(|s| KernelCounters {
             dropped: s.get(stat::DROPPED as usize).copied().unwrap_or(0),
@@ -253,6 +280,12 @@ impl Live {
                 .collect(),
             rmap_ptes_pages: s.get(stat::RMAP_PTES_PAGES as usize).copied().unwrap_or(0),
             rmap_vmas_full: s.get(stat::RMAP_VMAS_FULL as usize).copied().unwrap_or(0),
+            inlined_anon_vma: s.get(stat::INLINED_ANON_VMA as usize).copied().unwrap_or(0),
+            inlined_sites: if s.get(stat::INLINED_ANON_VMA as usize).copied().unwrap_or(0) > 0 {
+                self.inlined_sites()
+            } else {
+                std::collections::BTreeMap::new()
+            },
         });
         out.put(Input::Counters {
             t: self.t(),
@@ -364,7 +397,8 @@ impl Live {
                     t: move || u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX),
                     alive: true,
                 };
-                let r = pump.run(reader);
+                let probes = &mut self.probes;
+                let r = pump.run(reader, &mut || probes.snapshot_next_pass());
                 pids.clone_from(&pump.named);
                 if !pump.alive {
                     return false;
@@ -470,8 +504,31 @@ impl<R: RingSource, T: Fn() -> Nanos> WalkPump<'_, R, T> {
         }
     }
 
-    fn run(&mut self, reader: impl std::io::Read) -> Result<WalkCounts, SnapshotError> {
+    /// Reads a walk: `reader`'s pass, then each further pass `next` opens
+    /// (`iter/task` walks before 5.12), draining the ring between reads.
+    fn run(
+        &mut self,
+        reader: Box<dyn std::io::Read>,
+        next: &mut dyn FnMut() -> anyhow::Result<Option<Box<dyn std::io::Read>>>,
+    ) -> Result<WalkCounts, SnapshotError> {
         let mut decoder = Decoder::new();
+        let mut reader = Some(reader);
+        while let Some(r) = reader.take() {
+            self.pass(r, &mut decoder)?;
+            reader = next().map_err(|e| SnapshotError::Io(format!("{e:#}")))?;
+            if reader.is_some() {
+                decoder.next_pass()?;
+            }
+        }
+        self.flush();
+        decoder.finish()
+    }
+
+    fn pass(
+        &mut self,
+        reader: Box<dyn std::io::Read>,
+        decoder: &mut Decoder,
+    ) -> Result<(), SnapshotError> {
         for_each_chunk(reader, |bytes| {
             let (vmas, comms, named) = (&mut self.vmas, &mut self.comms, &mut self.named);
             decoder.feed(bytes, |v, comm| {
@@ -500,9 +557,7 @@ impl<R: RingSource, T: Fn() -> Nanos> WalkPump<'_, R, T> {
             } else {
                 Err(SnapshotError::Io("the consumer went away".into()))
             }
-        })?;
-        self.flush();
-        decoder.finish()
+        })
     }
 }
 
@@ -631,12 +686,15 @@ mod tests {
             alive: true,
         };
         let counts = pump
-            .run(SlowIterator {
-                bytes: bytes.clone(),
-                at: 0,
-                ring: ring.clone(),
-                per_read: 300,
-            })
+            .run(
+                Box::new(SlowIterator {
+                    bytes: bytes.clone(),
+                    at: 0,
+                    ring: ring.clone(),
+                    per_read: 300,
+                }),
+                &mut || Ok(None),
+            )
             .unwrap();
         assert_eq!(counts.vmas, 20_000);
         let r = ring.borrow();

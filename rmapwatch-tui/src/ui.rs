@@ -140,8 +140,17 @@ impl App {
                 .trim_end_matches("_anon_vma");
             l2.push(format!("{label}:{short} ").dim());
         }
+        let slab = if f.facts.slab.path.is_empty() {
+            "raw"
+        } else {
+            &f.facts.slab.path
+        };
+        l2.push(format!("slab:{slab} ").dim());
         if let Some(w) = &f.walk {
             l2.push(format!(" snapshot {:.1}ms", w.walk_ms).dim());
+        }
+        if let Some(w) = &f.inlined_warning {
+            l2.push(format!("  WARNING: {w}").red().bold());
         }
         Paragraph::new(vec![Line::from(l1), Line::from(l2)]).render(area, buf);
     }

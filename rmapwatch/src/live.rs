@@ -2,7 +2,11 @@
 //! facts, the attached programs on a thread of their own.
 use std::{path::Path, time::Duration};
 
-use rmapwatch_engine::{facts::Sizes, hooks::ProbeMode, snapshot::Snapshot};
+use rmapwatch_engine::{
+    facts::Sizes,
+    hooks::{ProbeMode, SlabPath},
+    snapshot::Snapshot,
+};
 
 use crate::drive::Source;
 
@@ -15,6 +19,8 @@ pub struct LiveArgs {
     pub probe_mode: ProbeMode,
     /// Ring buffer bytes.
     pub ring_bytes: Option<u32>,
+    /// Where the slab events come from.
+    pub slab_path: SlabPath,
 }
 
 #[cfg(target_os = "linux")]
@@ -28,14 +34,14 @@ mod imp {
 
     /// Checks privileges and reads the running kernel's facts (before
     /// anything is loaded: these errors come first).
-    pub fn kernel(btf: &Path) -> anyhow::Result<KernelFacts> {
+    pub fn kernel(btf: &Path, slab: SlabPath) -> anyhow::Result<KernelFacts> {
         kernel::check_privileges()?;
-        Ok(KernelFacts::read(btf)?)
+        Ok(KernelFacts::read(btf, slab)?)
     }
 
     /// Attaches and starts streaming, ticking every `tick`.
     pub fn open(a: &LiveArgs, tick: Duration) -> anyhow::Result<Source> {
-        let k = kernel(&a.btf)?;
+        let k = kernel(&a.btf, a.slab_path)?;
         let live = Live::start(
             &k,
             &LiveOptions {
@@ -53,12 +59,19 @@ mod imp {
     /// One walk of every process's VMAs, into memory (`inspect`), and the
     /// kernel's object sizes.
     pub fn snapshot(btf: &Path) -> anyhow::Result<(Snapshot, Sizes)> {
-        let k = kernel(btf)?;
+        let k = kernel(btf, SlabPath::Raw)?;
         let mut probes = Probes::load(&k, ProbeMode::Tracepoint, None, Attach::SnapshotOnly)?;
         let mut s = Snapshot::default();
-        s.counts = rmapwatch_engine::snapshot::decode(probes.snapshot_reader()?, |v, comm| {
-            s.push(v, comm);
-        })?;
+        let first = probes.snapshot_reader()?;
+        s.counts = rmapwatch_engine::snapshot::decode_passes(
+            first,
+            || {
+                probes
+                    .snapshot_next_pass()
+                    .map_err(|e| rmapwatch_engine::snapshot::SnapshotError::Io(format!("{e:#}")))
+            },
+            |v, comm| s.push(v, comm),
+        )?;
         Ok((s, k.sizes))
     }
 

@@ -17,7 +17,11 @@ mod log;
 mod report;
 mod view;
 
-use rmapwatch_engine::{hooks::ProbeMode, model, stream::StreamError};
+use rmapwatch_engine::{
+    hooks::{ProbeMode, SlabPath},
+    model,
+    stream::StreamError,
+};
 
 /// Exit codes, documented in the README.
 mod exit {
@@ -96,12 +100,29 @@ impl From<ProbeModeArg> for ProbeMode {
     }
 }
 
+/// `--slab-path`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+enum SlabPathArg {
+    /// Raw tracepoints, unless this kernel runs them preemptible (7.0+ with
+    /// PREEMPT_RCU, where they miss events): then classic tracepoints.
+    #[default]
+    Auto,
+    /// Raw tracepoints (arguments by position).
+    Raw,
+    /// Classic (perf) tracepoints (fields at the tracefs format's offsets).
+    Perf,
+}
+
 #[derive(Args, Debug)]
 struct GlobalArgs {
     /// How to attach function hooks: auto probes fentry, then kprobe, then
     /// falls back to the tracepoint-only path.
     #[arg(long, value_enum, default_value_t, global = true)]
     probe_mode: ProbeModeArg,
+    /// Where the slab (kmem) events come from; the report and the dashboard
+    /// say which was used and why.
+    #[arg(long, value_enum, default_value_t, global = true)]
+    slab_path: SlabPathArg,
     /// Kernel BTF to read struct layouts from.
     #[arg(
         long,
@@ -337,6 +358,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         live: live::LiveArgs {
             btf: g.btf.clone(),
             probe_mode: g.probe_mode.into(),
+            slab_path: match g.slab_path {
+                SlabPathArg::Auto => SlabPath::Auto,
+                SlabPathArg::Raw => SlabPath::Raw,
+                SlabPathArg::Perf => SlabPath::Perf,
+            },
             ring_bytes: g.ring_buffer_kb.map(|kb| kb * 1024),
         },
         model: model::Options {

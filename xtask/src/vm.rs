@@ -46,28 +46,142 @@ pub const ARCHES: [Arch; 2] = [
     },
 ];
 
-/// Kernel series of the matrix: Debian 12's 6.1 and its 6.12 backport.
-const SERIES: [&str; 2] = ["6.1.0-", "6.12."];
+/// A kernel series of the matrix and where Debian serves it.
+pub struct Series {
+    /// Short name (README, logs).
+    pub label: &'static str,
+    /// `None`: the host's apt sources (Debian 12); else a suite of
+    /// deb.debian.org read through a private apt state (never the host's
+    /// sources).
+    pub suite: Option<&'static str>,
+    /// Package name pattern (regex); `{deb}` is the Debian architecture.
+    pub package: &'static str,
+}
 
-/// The newest Debian cloud kernel package of a series for an architecture
-/// (the archive keeps only current versions, so none is pinned).
-fn newest_package(arch: &Arch, series: &str) -> anyhow::Result<String> {
-    let pattern = format!(
-        "^linux-image-{}.*-cloud-{}-unsigned$",
-        series.replace('.', "\\."),
-        arch.deb
-    );
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "apt-cache search --names-only '{pattern}' | cut -d' ' -f1 | sort -V | tail -1"
-        ))
-        .output()?;
-    let name = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    if name.is_empty() {
-        bail!("no Debian kernel package matches {pattern} (apt-get update?)");
+/// Debian 11's 5.10, Debian 12's 6.1 and its 6.12 backport, and the newest
+/// 7.x of trixie-backports.
+pub const SERIES: [Series; 4] = [
+    Series {
+        label: "5.10",
+        suite: Some("bullseye"),
+        package: "^linux-image-5\\.10\\..*-cloud-{deb}-unsigned$",
+    },
+    Series {
+        label: "6.1",
+        suite: None,
+        package: "^linux-image-6\\.1\\.0-.*-cloud-{deb}-unsigned$",
+    },
+    Series {
+        label: "6.12",
+        suite: None,
+        package: "^linux-image-6\\.12\\..*-cloud-{deb}-unsigned$",
+    },
+    Series {
+        label: "7.x",
+        suite: Some("trixie-backports"),
+        package: "^linux-binary-7\\..*-cloud-{deb}$",
+    },
+];
+
+/// The series the GKI-like cell boots (slab_nomerge, auto mode): Android's
+/// most common GKI base among Debian's kernels.
+const GKI_SERIES: &str = "6.1";
+
+/// apt's options for a suite: the host's own state, or a private one under
+/// `cache_root/apt-SUITE` (its lists refreshed once a day).
+fn apt_options(cache_root: &Path, suite: Option<&str>) -> anyhow::Result<Vec<String>> {
+    let Some(suite) = suite else {
+        return Ok(Vec::new());
+    };
+    let dir = cache_root.join(format!("apt-{suite}"));
+    for d in ["lists/partial", "cache/archives/partial"] {
+        std::fs::create_dir_all(dir.join(d))?;
     }
-    Ok(name)
+    let uri = std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("URIs:"))
+                .map(|u| u.trim().to_owned())
+        })
+        .filter(|u| u.ends_with("/debian"))
+        .unwrap_or_else(|| "http://deb.debian.org/debian".to_owned());
+    let list = dir.join("sources.list");
+    std::fs::write(
+        &list,
+        format!(
+            "deb [arch=amd64,arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
+             {uri} {suite} main\n"
+        ),
+    )?;
+    let status = dir.join("status");
+    if !status.exists() {
+        std::fs::write(&status, "")?;
+    }
+    let opts: Vec<String> = [
+        format!("Dir::Etc::sourcelist={}", list.display()),
+        "Dir::Etc::sourceparts=-".to_owned(),
+        format!("Dir::State::Lists={}", dir.join("lists").display()),
+        format!("Dir::State::status={}", status.display()),
+        format!("Dir::Cache={}", dir.join("cache").display()),
+        "APT::Architectures::=amd64".to_owned(),
+        "APT::Architectures::=arm64".to_owned(),
+    ]
+    .into_iter()
+    .flat_map(|o| ["-o".to_owned(), o])
+    .collect();
+    let stamp = dir.join("updated");
+    let fresh = std::fs::metadata(&stamp)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() < 86_400));
+    if !fresh {
+        eprintln!(
+            "xtask: apt-get update of {suite} into {} (private state; the host's sources are untouched)",
+            dir.display()
+        );
+        sh(Command::new("apt-get").args(&opts).args(["update", "-q"]))?;
+        std::fs::write(&stamp, "")?;
+    }
+    Ok(opts)
+}
+
+/// The newest Debian kernel package of a series for an architecture
+/// (the archive keeps only current versions, so none is pinned).
+fn newest_package(arch: &Arch, series: &Series, apt: &[String]) -> anyhow::Result<String> {
+    let pattern = series.package.replace("{deb}", arch.deb);
+    let out = Command::new("apt-cache")
+        .args(apt)
+        .args(["search", "--names-only", &pattern])
+        .output()?;
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect();
+    names.sort_by_key(|a| version_key(a));
+    names
+        .pop()
+        .with_context(|| format!("no Debian kernel package matches {pattern} (apt-get update?)"))
+}
+
+/// Orders package names as `sort -V` would (numbers by value).
+fn version_key(name: &str) -> Vec<(String, u64)> {
+    let mut key = Vec::new();
+    let mut text = String::new();
+    let mut num = String::new();
+    for c in name.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+        } else {
+            if !num.is_empty() {
+                key.push((std::mem::take(&mut text), num.parse().unwrap_or(0)));
+                num.clear();
+            }
+            text.push(c);
+        }
+    }
+    key.push((text, num.parse().unwrap_or(0)));
+    key
 }
 
 const MODES: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
@@ -86,8 +200,15 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mount -t tracefs nodev /sys/kernel/tracing; mount -t bpf bpf /sys/fs/bpf
 slab() {{ echo 1 > /sys/kernel/slab/anon_vma/shrink; cut -d' ' -f1 /sys/kernel/slab/anon_vma/objects; }}
 cpuslabs() {{ cut -d' ' -f1 /sys/kernel/slab/anon_vma/cpu_slabs; }}
+# With slab_nomerge (the GKI-like boot) the AVC cache is its own: counted too.
+avcslab() {{ [ -L /sys/kernel/slab/anon_vma_chain ] && {{ echo -1; return; }}; echo 1 > /sys/kernel/slab/anon_vma_chain/shrink; cut -d' ' -f1 /sys/kernel/slab/anon_vma_chain/objects; }}
+avccpu() {{ [ -L /sys/kernel/slab/anon_vma_chain ] && {{ echo -1; return; }}; cut -d' ' -f1 /sys/kernel/slab/anon_vma_chain/cpu_slabs; }}
 echo "RMW-KERNEL $(uname -r) $(uname -m)"
-for mode in {modes}; do
+# rmw.modes=a,b on the command line picks the modes; rmw.record=0 skips
+# the recording.
+MODES=$(sed -n 's/.*rmw\.modes=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')
+[ -n "$MODES" ] || MODES="{modes}"
+for mode in $MODES; do
   rm -f /tmp/r.json /tmp/r.err /tmp/w.out /tmp/hold
   echo "RMW-STORM $mode base $(rmw-workload --regions {k} --noise 0 --storm {storm})"
   rmapwatch --probe-mode $mode report --json --interval 0.5 > /tmp/r.json 2>/tmp/r.err &
@@ -96,13 +217,13 @@ for mode in {modes}; do
   while ! grep -q -e attached -e error /tmp/r.err 2>/dev/null; do sleep 0.2; i=$((i+1)); [ $i -gt 600 ] && break; done
   sleep 2.5
   echo "RMW-PRE $mode $(wc -l < /tmp/r.json)"
-  S0=$(slab); C0=$(cpuslabs)
+  S0=$(slab); C0=$(cpuslabs); A0=$(avcslab); AC0=$(avccpu)
   mkfifo /tmp/hold
   rmw-workload --regions {k} --children {f} --noise 20 --hold < /tmp/hold > /tmp/w.out &
   W=$!
   exec 3>/tmp/hold
   while ! grep -q ready /tmp/w.out 2>/dev/null; do sleep 0.1; done
-  S1=$(slab); C1=$(cpuslabs)
+  S1=$(slab); C1=$(cpuslabs); A1=$(avcslab); AC1=$(avccpu)
   sleep 3
   echo "RMW-HOLD $mode $(wc -l < /tmp/r.json)"
   exec 3>&-
@@ -113,10 +234,11 @@ for mode in {modes}; do
   sleep 1
   # JIT-ed programs are in kallsyms as bpf_prog_<tag>_<name> [bpf] while loaded.
   LEFT=$(grep '\[bpf\]' /proc/kallsyms | grep -c -e kmem_cache -e sched_process -e fork_e -e fentry_ -e kprobe_ -e task_vma)
-  echo "RMW-MODE $mode rc=$RC s0=$S0 s1=$S1 c0=$C0 c1=$C1 ops=$(cat /sys/kernel/slab/anon_vma/objs_per_slab) left=$LEFT $(grep -e regions -e ready /tmp/w.out | tr '\n' ' ')"
+  echo "RMW-MODE $mode rc=$RC s0=$S0 s1=$S1 c0=$C0 c1=$C1 ops=$(cat /sys/kernel/slab/anon_vma/objs_per_slab) a0=$A0 a1=$A1 ac0=$AC0 ac1=$AC1 aops=$(cat /sys/kernel/slab/anon_vma_chain/objs_per_slab) left=$LEFT $(grep -e regions -e ready /tmp/w.out | tr '\n' ' ')"
   sed 's/^/RMW-ERR /' /tmp/r.err
   sed 's/^/RMW-JSON /' /tmp/r.json
 done
+if grep -q 'rmw\.record=0' /proc/cmdline; then echo RMW-END; poweroff -f; fi
 # A recording made here, for the host to replay (another architecture on
 # arm64), and the host's fixtures replayed here.
 rm -f /tmp/rec.rmw /tmp/hold2
@@ -164,7 +286,7 @@ fn sh(cmd: &mut Command) -> anyhow::Result<()> {
 }
 
 /// Downloads and extracts a package (cached); `name` may carry `:arch`.
-fn extract(cache: &Path, name: &str) -> anyhow::Result<()> {
+fn extract(cache: &Path, name: &str, apt: &[String]) -> anyhow::Result<()> {
     let base = name.split(':').next().unwrap_or(name);
     let marker = cache.join(format!(".extracted-{base}"));
     if marker.exists() {
@@ -172,6 +294,7 @@ fn extract(cache: &Path, name: &str) -> anyhow::Result<()> {
     }
     eprintln!("xtask: downloading {name} (cached in {})", cache.display());
     sh(Command::new("apt-get")
+        .args(apt)
         .args(["download", "-q", name])
         .current_dir(cache))?;
     let prefix = format!("{base}_");
@@ -193,13 +316,26 @@ fn extract(cache: &Path, name: &str) -> anyhow::Result<()> {
 }
 
 /// The newest kernel of a series, downloaded and extracted.
-fn kernel_image(cache: &Path, arch: &Arch, series: &str) -> anyhow::Result<PathBuf> {
-    let package = newest_package(arch, series)?;
+fn kernel_image(
+    cache_root: &Path,
+    cache: &Path,
+    arch: &Arch,
+    series: &Series,
+) -> anyhow::Result<PathBuf> {
+    let apt = apt_options(cache_root, series.suite)?;
+    let package = newest_package(arch, series, &apt)?;
+    extract(cache, &format!("{package}:{}", arch.deb), &apt)?;
+    if let Some(release) = package.strip_prefix("linux-binary-") {
+        // trixie's packages keep the image with the modules.
+        return Ok(cache
+            .join("ex/usr/lib/modules")
+            .join(release)
+            .join("vmlinuz"));
+    }
     let release = package
         .trim_start_matches("linux-image-")
         .trim_end_matches("-unsigned")
         .to_owned();
-    extract(cache, &format!("{package}:{}", arch.deb))?;
     Ok(cache.join("ex/boot").join(format!("vmlinuz-{release}")))
 }
 
@@ -213,7 +349,7 @@ fn initramfs(cache: &Path, arch: &Arch, bins: &Path) -> anyhow::Result<PathBuf> 
     }
     // Extracted, never installed: installing busybox-static:arm64 would
     // replace the host's /bin/busybox.
-    extract(cache, &format!("busybox-static:{}", arch.deb))?;
+    extract(cache, &format!("busybox-static:{}", arch.deb), &[])?;
     std::fs::copy(cache.join("ex/bin/busybox"), root.join("bin/busybox"))
         .context("busybox-static")?;
     for applet in [
@@ -350,6 +486,9 @@ fn check(
             let want = match mode {
                 "tracepoint" if slab => "tracepoint",
                 "tracepoint" => "unavailable",
+                // Auto takes fentry where the kernel allows it, else kprobe.
+                "auto" if m == "kprobe" => "kprobe",
+                "auto" => "fentry",
                 m => m,
             };
             // A function this kernel does not have (6.1 has no
@@ -412,6 +551,22 @@ fn check(
             return Err(format!(
                 "anon_vma: rmapwatch net {net}, slab delta {slab}, per-CPU slab slots {slack0} / {slack1}"
             ));
+        }
+        // With slab_nomerge the AVC cache is its own, and checked the same way.
+        if field("a0") >= 0 && field("a1") >= 0 {
+            let avc = object(hold, "anon_vma_chain")?;
+            let net = avc.allocs.cast_signed() - avc.frees.cast_signed();
+            let slab = field("a1") - field("a0");
+            let (slack0, slack1) = (field("ac0") * field("aops"), field("ac1") * field("aops"));
+            let _ = write!(
+                detail,
+                "; unmerged AVC cache: net {net}, slab delta {slab} (per-CPU slab slots {slack0} / {slack1})"
+            );
+            if slack0 < 0 || slack1 < 0 || !(slab - slack1..=slab + slack0).contains(&net) {
+                return Err(format!(
+                    "AVC (unmerged cache): rmapwatch net {net}, slab delta {slab}, per-CPU slab slots {slack0} / {slack1}"
+                ));
+            }
         }
         // 3. per process: every child A anon_vmas and 2A AVCs, A >= K
         let kids: Vec<&ProcessReport> = last
@@ -506,6 +661,13 @@ fn check(
         if last.dropped_events != Some(0) {
             return Err(format!("dropped events: {:?}", last.dropped_events));
         }
+        match &last.inlined {
+            Some(i) if i.anon_vma_allocs == 0 => {
+                let _ = write!(detail, "; inlining detector 0");
+            }
+            other => return Err(format!("inlining detector: {other:?}")),
+        }
+        let _ = write!(detail, "; {}", last.slab.line());
         if last.model.is_none() {
             return Err("no snapshot in the VM".into());
         }
@@ -521,6 +683,7 @@ fn run_kernel(
     vmlinuz: &Path,
     initrd: &Path,
     host_bin: &Path,
+    boot: &Boot,
 ) -> anyhow::Result<Vec<Cell>> {
     let out = Command::new("timeout")
         .args(["900", arch.qemu, "-accel", "tcg"])
@@ -538,7 +701,13 @@ fn run_kernel(
         .arg("-initrd")
         .arg(initrd)
         .arg("-append")
-        .arg(format!("console={} quiet panic=-1", arch.console))
+        .arg(format!(
+            "console={} quiet panic=-1 rmw.modes={}{}{}",
+            arch.console,
+            boot.modes.join(","),
+            if boot.record { "" } else { " rmw.record=0" },
+            boot.cmdline
+        ))
         .output()
         .context("running qemu")?;
     let log = String::from_utf8_lossy(&out.stdout).replace('\r', "");
@@ -564,7 +733,7 @@ fn run_kernel(
         );
     }
     let mut cells = Vec::new();
-    for mode in MODES {
+    for &mode in boot.modes {
         let meta = log
             .lines()
             .find_map(|l| l.split(&format!("RMW-MODE {mode} ")).nth(1))
@@ -594,12 +763,14 @@ fn run_kernel(
         }
         cells.push(Cell {
             kernel: kernel.clone(),
-            mode: mode.to_owned(),
+            mode: format!("{mode}{}", boot.label),
             result,
             detail,
         });
     }
-    cells.push(recording(&log, &kernel, initrd, host_bin));
+    if boot.record {
+        cells.push(recording(&log, &kernel, initrd, host_bin));
+    }
     Ok(cells)
 }
 
@@ -854,20 +1025,43 @@ pub fn matrix(
     arch: &Arch,
     bins: &Path,
     host_bin: &Path,
+    only: &[String],
 ) -> anyhow::Result<Vec<Cell>> {
     let cache = cache_root.join(arch.deb);
     std::fs::create_dir_all(&cache)?;
     let initrd = initramfs(&cache, arch, bins)?;
     let mut cells = Vec::new();
-    for series in SERIES {
-        let vmlinuz = kernel_image(&cache, arch, series)?;
+    let full = Boot {
+        modes: &MODES,
+        record: true,
+        cmdline: "",
+        label: "",
+    };
+    let gki = Boot {
+        modes: &["auto"],
+        record: false,
+        cmdline: " slab_nomerge",
+        label: " (GKI-like: slab_nomerge)",
+    };
+    let boots = SERIES.iter().map(|s| (s, &full)).chain(
+        SERIES
+            .iter()
+            .filter(|s| s.label == GKI_SERIES)
+            .map(|s| (s, &gki)),
+    );
+    for (series, boot) in boots {
+        if !only.is_empty() && !only.iter().any(|o| o == series.label) {
+            continue;
+        }
+        let vmlinuz = kernel_image(cache_root, &cache, arch, series)?;
         eprintln!(
-            "xtask: booting {} under {} (TCG)",
+            "xtask: booting {}{} under {} (TCG)",
             vmlinuz.display(),
+            boot.cmdline,
             arch.qemu
         );
         let t = std::time::Instant::now();
-        let booted = match run_kernel(arch, &vmlinuz, &initrd, host_bin) {
+        let booted = match run_kernel(arch, &vmlinuz, &initrd, host_bin, boot) {
             Err(e) if format!("{e:#}").starts_with(PATCH_RACE) => {
                 eprintln!("xtask: {e:#}");
                 eprintln!(
@@ -876,7 +1070,7 @@ pub fn matrix(
                      int3 goes; most likely a stale translation of multi-threaded TCG); booting \
                      it once more"
                 );
-                run_kernel(arch, &vmlinuz, &initrd, host_bin).map(|mut cells| {
+                run_kernel(arch, &vmlinuz, &initrd, host_bin, boot).map(|mut cells| {
                     for c in &mut cells {
                         c.detail
                             .push_str("; booted twice (the first boot: guest int3 oops)");
@@ -886,10 +1080,37 @@ pub fn matrix(
             }
             r => r,
         };
-        cells.extend(booted?);
+        // A kernel that does not boot or finish is a failed cell, not the
+        // end of the matrix.
+        match booted {
+            Ok(c) => cells.extend(c),
+            Err(e) => cells.push(Cell {
+                kernel: format!("{} {}", series.label, arch.name),
+                mode: format!("boot{}", boot.label),
+                result: Err(format!("{e:#}")
+                    .lines()
+                    .take(12)
+                    .collect::<Vec<_>>()
+                    .join(" / ")),
+                detail: String::new(),
+            }),
+        }
         eprintln!("xtask: done in {:.0} s", t.elapsed().as_secs_f64());
     }
     Ok(cells)
+}
+
+/// One boot of a kernel: the modes its /init runs, whether it records,
+/// extra kernel arguments, and what its cells' mode column says besides.
+pub struct Boot {
+    /// Probe modes, in order.
+    pub modes: &'static [&'static str],
+    /// Whether the guest records (and replays the fixtures).
+    pub record: bool,
+    /// Extra kernel command line.
+    pub cmdline: &'static str,
+    /// Appended to each cell's mode.
+    pub label: &'static str,
 }
 
 /// The README table.

@@ -116,6 +116,7 @@ pub fn every_input() -> Vec<Input> {
                     hook_calls: vec![1, 2, 3, 4, 5, 6, 7, 8],
                     rmap_ptes_pages: 9,
                     rmap_vmas_full: 0,
+                    ..KernelCounters::default()
                 }),
                 programs: None,
                 undecodable: 0,

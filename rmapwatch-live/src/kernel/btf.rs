@@ -26,6 +26,25 @@ pub enum BtfError {
     /// A member the probes need is not in its struct.
     #[error("kernel BTF has no member {1} in struct {0}: unsupported kernel")]
     NoMember(String, String),
+    /// A tracepoint whose arguments rmapwatch does not know.
+    #[error(
+        "unknown layout of tracepoint {0}: ({1}); rmapwatch knows those of Linux 5.10, 5.15 and \
+         6.1 to 7.x: unsupported kernel"
+    )]
+    UnknownTracepoint(String, String),
+    /// A tracepoint the programs need is not described.
+    #[error("kernel BTF has no tracepoint {0} (btf_trace_{0}): unsupported kernel")]
+    NoTracepoint(String),
+}
+
+/// One parameter of a function or tracepoint: its name (empty for
+/// tracepoints, whose BTF prototypes carry none) and its C type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Param {
+    /// Parameter name.
+    pub name: String,
+    /// C spelling of the type, e.g. `const struct kmem_cache *`.
+    pub ty: String,
 }
 
 /// An open BTF description of the running kernel.
@@ -97,6 +116,85 @@ impl KernelBtf {
         None
     }
 
+    /// The parameters of tracepoint `name` (its `btf_trace_<name>` typedef,
+    /// a pointer to a prototype whose first parameter, `void *__data`, is
+    /// left out), or `None` when the kernel has no such tracepoint.
+    #[must_use]
+    pub fn tracepoint_params(&self, name: &str) -> Option<Vec<Param>> {
+        let types = self
+            .btf
+            .resolve_types_by_name(&format!("btf_trace_{name}"))
+            .ok()?;
+        let Some(Type::Typedef(t)) = types.into_iter().next() else {
+            return None;
+        };
+        let Type::Ptr(p) = self.btf.resolve_chained_type(&t).ok()? else {
+            return None;
+        };
+        let Type::FuncProto(f) = self.btf.resolve_chained_type(&p).ok()? else {
+            return None;
+        };
+        Some(self.params(&f).into_iter().skip(1).collect())
+    }
+
+    /// The parameters of function `name`, if BTF describes it.
+    #[must_use]
+    pub fn function_params(&self, name: &str) -> Option<Vec<Param>> {
+        let types = self.btf.resolve_types_by_name(name).ok()?;
+        types.into_iter().find_map(|t| match t {
+            Type::Func(func) => match self.btf.resolve_chained_type(&func).ok()? {
+                Type::FuncProto(f) => Some(self.params(&f)),
+                _ => None,
+            },
+            _ => None,
+        })
+    }
+
+    fn params(&self, f: &btf_rs::FuncProto) -> Vec<Param> {
+        f.parameters
+            .iter()
+            .filter(|p| !p.is_variadic())
+            .map(|p| Param {
+                name: self.btf.resolve_name(p).unwrap_or_default(),
+                ty: self
+                    .btf
+                    .resolve_chained_type(p)
+                    .map_or_else(|_| "?".to_owned(), |t| self.c_type(&t, 0)),
+            })
+            .collect()
+    }
+
+    /// A type as C spells it (enough to tell the known layouts apart).
+    fn c_type(&self, t: &Type, depth: u32) -> String {
+        if depth > 8 {
+            return "?".to_owned();
+        }
+        let named = |x: &dyn BtfType| self.btf.resolve_name(x).unwrap_or_default();
+        let inner = |x: &dyn BtfType| {
+            self.btf
+                .resolve_chained_type(x)
+                .map_or_else(|_| "void".to_owned(), |t| self.c_type(&t, depth + 1))
+        };
+        match t {
+            Type::Void => "void".to_owned(),
+            Type::Int(x) => named(x),
+            Type::Float(x) => named(x),
+            Type::Typedef(x) => named(x),
+            Type::Struct(x) => format!("struct {}", named(x)),
+            Type::Union(x) => format!("union {}", named(x)),
+            Type::Enum(x) => format!("enum {}", named(x)),
+            Type::Enum64(x) => format!("enum {}", named(x)),
+            Type::Fwd(x) => format!("struct {}", named(x)),
+            Type::Ptr(x) => format!("{} *", inner(x)),
+            Type::Const(x) => format!("const {}", inner(x)),
+            Type::Volatile(x) => format!("volatile {}", inner(x)),
+            Type::Restrict(x) => inner(x),
+            Type::TypeTag(x) => inner(x),
+            Type::FuncProto(_) => "fn".to_owned(),
+            _ => "?".to_owned(),
+        }
+    }
+
     /// The struct or union a member's type resolves to, through typedefs and qualifiers.
     fn aggregate_of(&self, m: &dyn BtfType) -> Option<btf_rs::Struct> {
         let mut t = self.btf.resolve_chained_type(m).ok()?;
@@ -130,6 +228,8 @@ pub struct Layout {
     pub task_comm: u32,
     /// What the snapshot iterator reads.
     pub snap: rmapwatch_common::SnapshotLayout,
+    /// `offsetof(struct anon_vma, rwsem.wait_list)` (inlining detector).
+    pub anon_vma_wait_list: u32,
 }
 
 impl Layout {
@@ -162,7 +262,16 @@ impl Layout {
                 av_num_active_vmas: btf
                     .member_offset("anon_vma", "num_active_vmas")
                     .unwrap_or(rmapwatch_common::ABSENT),
+                task_mm: btf.member_offset("task_struct", "mm")?,
+                mm_mmap: btf
+                    .member_offset("mm_struct", "mmap")
+                    .unwrap_or(rmapwatch_common::ABSENT),
+                vma_next: btf
+                    .member_offset("vm_area_struct", "vm_next")
+                    .unwrap_or(rmapwatch_common::ABSENT),
             },
+            anon_vma_wait_list: btf.member_offset("anon_vma", "rwsem")?
+                + btf.member_offset("rw_semaphore", "wait_list")?,
         })
     }
 }

@@ -102,6 +102,41 @@ impl Kallsyms {
         self.by_name.contains_key(name)
     }
 
+    /// The symbol a kprobe on function `name` attaches to: `name` itself,
+    /// else the one entry point the compiler renamed (`name.llvm.N`,
+    /// `name.isra.N`, `name.constprop.N`, `name.part.N`, `name.cfi`, or
+    /// several of these); never a `.cold` part or a CFI jump table.
+    #[must_use]
+    pub fn entry(&self, name: &str) -> Option<String> {
+        if self.has(name) {
+            return Some(name.to_owned());
+        }
+        let prefix = format!("{name}.");
+        let mut found: Vec<&str> = self
+            .text
+            .iter()
+            .filter_map(|s| s.name.strip_prefix(&prefix).map(|rest| (s, rest)))
+            .filter(|(_, rest)| is_entry_suffix(rest))
+            .map(|(s, _)| s.name.as_str())
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        // Two renamed copies (e.g. .isra.0 and .constprop.0): the first,
+        // reported as such by the caller through the symbol it names.
+        found.first().map(|s| (*s).to_owned())
+    }
+
+    /// `function+0xoffset` of a text address (the inlining detector's call
+    /// sites), or the address in hex.
+    #[must_use]
+    pub fn symbolize(&self, addr: u64) -> String {
+        let i = self.text.partition_point(|s| s.addr <= addr);
+        match i.checked_sub(1).map(|i| &self.text[i]) {
+            Some(s) => format!("{}+{:#x}", s.name, addr - s.addr),
+            None => format!("{addr:#x}"),
+        }
+    }
+
     /// Every `[start, end)` range of the function `name`, its split parts included.
     #[must_use]
     pub fn ranges(&self, name: &str) -> Vec<(u64, u64)> {
@@ -109,7 +144,12 @@ impl Kallsyms {
         self.text
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.name == name || s.name.starts_with(&prefix))
+            .filter(|(_, s)| {
+                s.name == name
+                    || s.name
+                        .strip_prefix(&prefix)
+                        .is_some_and(|rest| !rest.ends_with("cfi_jt"))
+            })
             .map(|(i, s)| {
                 let end = self.text[i + 1..]
                     .iter()
@@ -120,6 +160,30 @@ impl Kallsyms {
             })
             .collect()
     }
+}
+
+/// Whether `rest` (what follows `name.`) is a chain of compiler suffixes
+/// that keeps the function's entry: `llvm.N`, `isra.N`, `constprop.N`,
+/// `part.N`, `cfi`.
+fn is_entry_suffix(rest: &str) -> bool {
+    let mut it = rest.split('.').peekable();
+    let mut any = false;
+    while let Some(word) = it.next() {
+        match word {
+            "llvm" | "isra" | "constprop" | "part" => {
+                if !it
+                    .next()
+                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()) && !n.is_empty())
+                {
+                    return false;
+                }
+            }
+            "cfi" => {}
+            _ => return false,
+        }
+        any = true;
+    }
+    any
 }
 
 #[cfg(test)]
@@ -167,5 +231,53 @@ ffffffffc0000000 t mod_fn\t[some_module]
             .join("\n");
         let err = Kallsyms::parse(&hidden, "2\n").unwrap_err();
         assert!(err.to_string().contains("kptr_restrict is 2"), "{err}");
+    }
+
+    #[test]
+    fn renamed_entry_points_are_found_and_cold_parts_are_not() {
+        let text = "\
+ffff000008100000 T folio_add_new_anon_rmap.llvm.1234567890
+ffff000008100100 t __anon_vma_prepare.isra.0
+ffff000008100200 t __anon_vma_prepare.cold
+ffff000008100300 t anon_vma_clone.constprop.0.isra.0
+ffff000008100400 t unlink_anon_vmas.part.3
+ffff000008100500 t __put_anon_vma.cfi
+ffff000008100600 t anon_vma_fork.cfi_jt
+ffff000008100700 t anon_vma_fork.cold
+ffff000008100800 T next_fn
+";
+        let k = Kallsyms::parse(text, "0").unwrap();
+        let entry = |n: &str| k.entry(n);
+        assert_eq!(
+            entry("folio_add_new_anon_rmap").as_deref(),
+            Some("folio_add_new_anon_rmap.llvm.1234567890")
+        );
+        assert_eq!(
+            entry("__anon_vma_prepare").as_deref(),
+            Some("__anon_vma_prepare.isra.0")
+        );
+        assert_eq!(
+            entry("anon_vma_clone").as_deref(),
+            Some("anon_vma_clone.constprop.0.isra.0")
+        );
+        assert_eq!(
+            entry("unlink_anon_vmas").as_deref(),
+            Some("unlink_anon_vmas.part.3")
+        );
+        assert_eq!(
+            entry("__put_anon_vma").as_deref(),
+            Some("__put_anon_vma.cfi")
+        );
+        assert_eq!(entry("anon_vma_fork"), None, "a jump table and a cold part");
+        assert_eq!(
+            k.ranges("anon_vma_fork"),
+            vec![(0xffff000008100700, 0xffff000008100800)],
+            "the cold part is code of the function, the CFI jump table is not"
+        );
+        assert_eq!(
+            k.symbolize(0xffff000008100410),
+            "unlink_anon_vmas.part.3+0x10"
+        );
+        assert_eq!(k.symbolize(0x10), "0x10");
     }
 }

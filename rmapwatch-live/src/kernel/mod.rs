@@ -1,12 +1,16 @@
 //! Facts about the running kernel: privileges, BTF layouts, symbol ranges.
 //! Everything here is read at start-up, before any program is loaded.
+pub mod args;
 pub mod btf;
 pub mod kallsyms;
 
 use std::path::Path;
 
-use rmapwatch_common::{Config, MAX_SITE_RANGES, site};
-use rmapwatch_engine::facts::{KernelId, Sizes};
+use rmapwatch_common::{ABSENT, Config, MAX_SITE_RANGES, arg2, site, slab_path};
+use rmapwatch_engine::{
+    facts::{KernelId, Sizes},
+    hooks::{HOOKS, SlabEvents, SlabPath},
+};
 
 pub use self::{
     btf::{KernelBtf, Layout},
@@ -31,6 +35,12 @@ pub enum EnvError {
     /// More split parts than the programs take.
     #[error("{0} call-site ranges are more than the {MAX_SITE_RANGES} the probes take")]
     TooManyRanges(usize),
+    /// The classic tracepoints' formats are not what the perf path reads.
+    #[error(
+        "cannot take slab events from classic tracepoints: {0} (tracefs \
+         events/kmem/kmem_cache_{{alloc,free}}/format){1}"
+    )]
+    PerfFormat(String, &'static str),
 }
 
 /// The running kernel's identity.
@@ -99,9 +109,16 @@ pub struct KernelFacts {
     pub btf_path: std::path::PathBuf,
     /// Struct layouts.
     pub layout: Layout,
-    /// The hooks' function names (and aliases) this kernel has: all that
-    /// is asked of kallsyms after start-up (the whole table is ~10 MiB).
-    pub hook_symbols: std::collections::BTreeSet<String>,
+    /// The hooks' function names (and aliases) this kernel has, each with
+    /// the symbol a kprobe attaches to (a compiler-renamed entry such as
+    /// `name.isra.0` where the plain name is absent): all that is asked of
+    /// kallsyms after start-up (the whole table is ~10 MiB).
+    pub hook_symbols: std::collections::BTreeMap<String, String>,
+    /// Whether the kernel has the `kmem_cache_alloc_node` tracepoint
+    /// (before 6.1).
+    pub alloc_node: bool,
+    /// How the slab events are taken.
+    pub slab: SlabEvents,
     /// The programs' global configuration.
     pub config: Config,
     /// Per-object sizes for KB figures.
@@ -113,11 +130,11 @@ impl KernelFacts {
     ///
     /// # Errors
     /// See [`EnvError`].
-    pub fn read(btf_path: &Path) -> Result<Self, EnvError> {
+    pub fn read(btf_path: &Path, slab: SlabPath) -> Result<Self, EnvError> {
         let btf = KernelBtf::open(btf_path)?;
         let layout = Layout::read(&btf)?;
         let kallsyms = Kallsyms::read()?;
-        let config = program_config(&kallsyms, &layout)?;
+        let mut config = program_config(&kallsyms, &layout)?;
         let slab_size = |cache: &str, fallback: u32| {
             std::fs::read_to_string(format!("/sys/kernel/slab/{cache}/slab_size"))
                 .ok()
@@ -128,19 +145,189 @@ impl KernelFacts {
             anon_vma: slab_size("anon_vma", layout.anon_vma_size),
             anon_vma_chain: slab_size("anon_vma_chain", layout.avc_size),
         };
+        let hook_symbols: std::collections::BTreeMap<String, String> = HOOKS
+            .iter()
+            .flat_map(|h| std::iter::once(h.name).chain(h.aliases.iter().copied()))
+            .filter_map(|s| Some((s.to_owned(), kallsyms.entry(s)?)))
+            .collect();
+        let id = current_id();
+        let (alloc_node, slab_events) = arg_layout(
+            &btf,
+            &layout,
+            &hook_symbols,
+            &id,
+            slab,
+            kallsyms.has("__rcu_read_lock"),
+            &mut config,
+        )?;
+        config.args.anon_vma_slab_size = sizes.anon_vma;
         Ok(Self {
             sizes,
-            id: current_id(),
+            id,
             btf_path: btf_path.to_owned(),
             layout,
-            hook_symbols: rmapwatch_engine::hooks::HOOKS
-                .iter()
-                .flat_map(|h| std::iter::once(h.name).chain(h.aliases.iter().copied()))
-                .filter(|s| kallsyms.has(s))
-                .map(str::to_owned)
-                .collect(),
+            hook_symbols,
+            alloc_node,
+            slab: slab_events,
             config,
         })
+    }
+}
+
+/// Fills `config.args` from the tracepoint and hook prototypes, and picks
+/// the slab path. Returns whether `kmem_cache_alloc_node` exists, and what
+/// the user is told of the slab events.
+fn arg_layout(
+    btf: &KernelBtf,
+    layout: &Layout,
+    hook_symbols: &std::collections::BTreeMap<String, String>,
+    id: &KernelId,
+    slab: SlabPath,
+    preempt_rcu: bool,
+    config: &mut Config,
+) -> Result<(bool, SlabEvents), EnvError> {
+    let tp = |name: &str| {
+        btf.tracepoint_params(name)
+            .ok_or_else(|| btf::BtfError::NoTracepoint(name.to_owned()))
+    };
+    let alloc = args::slab_arg2("kmem_cache_alloc", &tp("kmem_cache_alloc")?)?;
+    let free = args::slab_arg2("kmem_cache_free", &tp("kmem_cache_free")?)?;
+    let alloc_node = match btf.tracepoint_params("kmem_cache_alloc_node") {
+        Some(p) => {
+            if args::slab_arg2("kmem_cache_alloc_node", &p)? != alloc {
+                return Err(btf::BtfError::UnknownTracepoint(
+                    "kmem_cache_alloc_node".into(),
+                    "another layout than kmem_cache_alloc's".into(),
+                )
+                .into());
+            }
+            true
+        }
+        None => false,
+    };
+    // The first alias the kernel has is the one hooked.
+    let proto = |hook: u32| {
+        let spec = HOOKS.iter().find(|h| h.id == hook)?;
+        let name = std::iter::once(spec.name)
+            .chain(spec.aliases.iter().copied())
+            .find(|n| hook_symbols.contains_key(*n))?;
+        Some((name, btf.function_params(name)?))
+    };
+    let new = proto(rmapwatch_common::hook::RMAP_NEW);
+    let ptes = proto(rmapwatch_common::hook::RMAP_PTES);
+    let (rmap_new_vma, rmap_ptes_nr) = args::hook_positions(
+        new.as_ref().map(|(n, p)| (*n, p.as_slice())),
+        ptes.as_ref().map(|(n, p)| (*n, p.as_slice())),
+    )?;
+    let a = &mut config.args;
+    a.alloc_arg2 = alloc;
+    a.free_arg2 = free;
+    a.anon_vma_size = layout.anon_vma_size;
+    a.anon_vma_wait_list = layout.anon_vma_wait_list;
+    a.rmap_new_vma = rmap_new_vma;
+    a.rmap_ptes_nr = rmap_ptes_nr;
+    let kind_by = |alloc: u32, free: u32| {
+        let f = match free {
+            arg2::CACHE => "cache",
+            arg2::NAME => "cache name",
+            _ => "call site",
+        };
+        match alloc {
+            arg2::CACHE if free == arg2::CACHE => "cache pointer".to_owned(),
+            arg2::CACHE => format!("cache pointer (frees: {f})"),
+            _ => format!("bytes_req (frees: {f})"),
+        }
+    };
+    let preemptible = args::raw_tracepoints_preemptible(&id.release, Some(preempt_rcu));
+    let perf = match slab {
+        SlabPath::Raw => false,
+        SlabPath::Perf => true,
+        SlabPath::Auto => preemptible,
+    };
+    let why = match slab {
+        SlabPath::Auto if perf => "7.0+ with PREEMPT_RCU runs raw tracepoints preemptible; \
+                                   perf tracepoints disable preemption"
+            .to_owned(),
+        SlabPath::Auto => String::new(),
+        _ => "forced by --slab-path".to_owned(),
+    };
+    if !perf {
+        let why = if preemptible && slab == SlabPath::Raw {
+            "forced by --slab-path; on this kernel raw tracepoints can be preempted and miss \
+             events (recursion misses are shown)"
+                .to_owned()
+        } else {
+            why
+        };
+        return Ok((
+            alloc_node,
+            SlabEvents {
+                path: "raw".into(),
+                layout: kind_by(alloc, free),
+                why,
+            },
+        ));
+    }
+    let mounted = ensure_tracefs().map_err(|e| EnvError::PerfFormat(e, ""))?;
+    let read = |e: &str| {
+        std::fs::read_to_string(format!("{TRACEFS}/events/kmem/{e}/format"))
+            .map_err(|err| EnvError::PerfFormat(format!("{e}: {err}"), ""))
+    };
+    let [call_site, ptr, req, got, name] =
+        args::perf_offsets(&read("kmem_cache_alloc")?, &read("kmem_cache_free")?).map_err(|e| {
+            EnvError::PerfFormat(e, "; --slab-path raw takes them from raw tracepoints")
+        })?;
+    a.slab_path = slab_path::PERF;
+    a.perf_call_site = call_site;
+    a.perf_ptr = ptr;
+    a.perf_bytes_req = req;
+    a.perf_bytes_alloc = got;
+    a.perf_free_name = name;
+    let free_kind = if name == ABSENT {
+        arg2::NONE
+    } else {
+        arg2::NAME
+    };
+    let mut why = why;
+    if mounted {
+        why.push_str("; mounted tracefs at /sys/kernel/tracing");
+    }
+    Ok((
+        alloc_node,
+        SlabEvents {
+            path: "perf".into(),
+            layout: kind_by(arg2::SIZES, free_kind),
+            why,
+        },
+    ))
+}
+
+/// Where tracefs is mounted.
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Whether tracefs is mounted.
+#[must_use]
+pub fn tracefs_mounted() -> bool {
+    Path::new(TRACEFS).join("events").exists()
+}
+
+/// Classic tracepoints need tracefs; mounts it if it is not (root only).
+/// Returns whether it mounted it (a side effect the user is told of).
+///
+/// # Errors
+/// Not mounted and mounting failed.
+pub fn ensure_tracefs() -> Result<bool, String> {
+    if tracefs_mounted() {
+        return Ok(false);
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "nodev", TRACEFS])
+        .status()
+        .map_err(|e| format!("running mount -t tracefs: {e}"))?;
+    if status.success() && tracefs_mounted() {
+        Ok(true)
+    } else {
+        Err("tracefs is not mounted and mounting it failed".into())
     }
 }
 

@@ -578,7 +578,10 @@ fn spawn_workload(exe: &PathBuf, regions: u32) -> (Child, u32) {
 /// same processes' /proc/PID/maps.
 fn bench_snapshot(procs: u32, regions: u32, repeat: usize) -> anyhow::Result<()> {
     kernel::check_privileges()?;
-    let facts = KernelFacts::read(std::path::Path::new("/sys/kernel/btf/vmlinux"))?;
+    let facts = KernelFacts::read(
+        std::path::Path::new("/sys/kernel/btf/vmlinux"),
+        rmapwatch_engine::hooks::SlabPath::Auto,
+    )?;
     let exe = std::env::current_exe()?.with_file_name("rmw-workload");
     let workloads: Vec<(Child, u32)> = (0..procs).map(|_| spawn_workload(&exe, regions)).collect();
     let mut probes = Probes::load(&facts, ProbeMode::Tracepoint, None, Attach::SnapshotOnly)?;
