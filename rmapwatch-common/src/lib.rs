@@ -318,8 +318,10 @@ pub mod snap {
     /// Longest AVC chain walked per VMA; longer ones are flagged truncated.
     pub const MAX_CHAIN: u32 = 128;
     /// VMAs the `iter/task` walk (before 5.12) visits per process and
-    /// pass; user space runs passes until every process is done.
-    pub const VMAS_PER_PASS: u32 = 32;
+    /// pass (each with its chain, as `iter/task_vma` walks one): the 5.10
+    /// verifier explores every iteration of every loop within a million
+    /// instructions. User space runs passes until every process is done.
+    pub const VMAS_PER_PASS: u32 = 4;
 }
 
 /// One VMA, written by the `iter/task_vma` program after its AVC records.

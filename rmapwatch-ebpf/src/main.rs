@@ -705,8 +705,12 @@ fn try_task_mmap(ctx: *mut core::ffi::c_void) -> Result<(), i64> {
         None => read_or_zero(mm + u64::from(l.mm_mmap)),
     };
     let comm = task_comm(task);
-    let mut i = 0;
-    while i < snap::VMAS_PER_PASS {
+    // A few VMAs per pass, each as `iter/task_vma` walks one: the 5.10
+    // verifier explores every iteration of every loop, and a flattened
+    // loop of VMAs and AVCs (or many VMAs per pass) exceeds its million
+    // instructions (E2BIG). User space runs as many passes as it takes.
+    let mut k = 0;
+    while k < snap::VMAS_PER_PASS {
         if vma == 0 {
             break;
         }
@@ -717,7 +721,7 @@ fn try_task_mmap(ctx: *mut core::ffi::c_void) -> Result<(), i64> {
         }
         walk_vma(seq, tgid, comm, vma);
         vma = read_or_zero(vma + u64::from(l.vma_next));
-        i += 1;
+        k += 1;
     }
     let _ = WALK_CURSOR.insert(&tgid, &vma, 0);
     Ok(())

@@ -44,6 +44,10 @@ const RAW_TRACEPOINTS: [&str; 5] = [
     "sched_process_exec",
 ];
 
+/// Most passes of an `iter/task` walk (each walks `VMAS_PER_PASS` more
+/// VMAs of every unfinished process).
+const MAX_WALK_PASSES: u32 = 1 << 16;
+
 /// Fork-family syscalls whose entry/exit delimit the fork window.
 const FORK_SYSCALLS: [&str; 4] = ["clone", "clone3", "fork", "vfork"];
 
@@ -65,6 +69,10 @@ pub struct Probes {
     pub walker: &'static str,
     /// Whether a multi-pass walk is under way.
     walk_open: bool,
+    /// The unfinished processes after the last pass, and where each stood.
+    walk_cursors: Vec<(u32, u64)>,
+    /// Passes of the walk under way.
+    walk_passes: u32,
     /// Keeps the kernel's run-time statistics on while we run
     /// (`BPF_ENABLE_STATS`, 5.8+; dropped = off again unless others hold it).
     stats_fd: Option<std::os::fd::OwnedFd>,
@@ -105,6 +113,15 @@ impl Probes {
         config.wake_bytes = u64::from(ring_bytes.unwrap_or(rmapwatch_common::RING_BYTES)) / 8;
         let mut loader = EbpfLoader::new();
         loader.override_global("CONFIG", &config, true);
+        // No per-instruction log unless asked for: on a refusal aya loads
+        // again with a log buffer that it grows tenfold per retry, and a
+        // refused loop's log (millions of lines) then takes minutes on a
+        // slow CPU.
+        loader.verifier_log_level(if std::env::var_os("RMAPWATCH_VERIFIER_LOG").is_some() {
+            aya::VerifierLogLevel::DEBUG | aya::VerifierLogLevel::STATS
+        } else {
+            aya::VerifierLogLevel::STATS
+        });
         if let Some(bytes) = ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
@@ -123,6 +140,8 @@ impl Probes {
                 snapshot_error,
                 walker,
                 walk_open: false,
+                walk_cursors: Vec::new(),
+                walk_passes: 0,
                 stats_fd: None,
             });
         }
@@ -207,6 +226,8 @@ impl Probes {
             snapshot_error,
             walker,
             walk_open: false,
+            walk_cursors: Vec::new(),
+            walk_passes: 0,
             stats_fd,
         })
     }
@@ -256,6 +277,8 @@ impl Probes {
                 let _ = h.remove(&k);
             }
             self.walk_open = true;
+            self.walk_cursors.clear();
+            self.walk_passes = 1;
         }
         self.open_pass()
     }
@@ -272,14 +295,29 @@ impl Probes {
         }
         let map = self
             .ebpf
-            .map("WALK_CURSOR")
+            .map_mut("WALK_CURSOR")
             .ok_or_else(|| anyhow!("WALK_CURSOR map missing"))?;
-        let h: HashMap<&MapData, u32, u64> = HashMap::try_from(map)?;
-        let more = h.iter().filter_map(Result::ok).any(|(_, next)| next != 0);
-        if !more {
+        let mut h: HashMap<&mut MapData, u32, u64> = HashMap::try_from(map)?;
+        let mut open: Vec<(u32, u64)> = h
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|&(_, next)| next != 0)
+            .collect();
+        open.sort_unstable();
+        // A process the last pass did not visit (it exited) stands where
+        // it stood: it is done.
+        let (stale, open): (Vec<_>, Vec<_>) = open
+            .into_iter()
+            .partition(|e| self.walk_cursors.binary_search(e).is_ok());
+        for (tgid, _) in stale {
+            let _ = h.insert(tgid, 0, 0);
+        }
+        if open.is_empty() || self.walk_passes >= MAX_WALK_PASSES {
             self.walk_open = false;
             return Ok(None);
         }
+        self.walk_cursors = open;
+        self.walk_passes += 1;
         self.open_pass().map(Some)
     }
 

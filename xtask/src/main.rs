@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod btf;
 mod cpio;
 mod fixtures;
 mod vm;
@@ -98,6 +99,10 @@ enum Cmd {
     /// Record this host's fixtures (rmapwatch/tests/fixtures/host-ARCH.*):
     /// a controlled workload, replayed by the non-root tests (root).
     Fixtures,
+    /// Cut the BTF of every kernel of the matrix down to what rmapwatch
+    /// reads (rmapwatch-live/tests/btf/SERIES-ARCH.btf, kilobytes each):
+    /// the unit tests' fixtures for each tracepoint and hook layout.
+    BtfFixtures,
     /// Set up, build (release) and run the benchmarks as root; each prints
     /// its baseline from the same run and the ratio (see BENCHMARKS.md).
     Bench {
@@ -158,6 +163,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let out = root.join(format!("rmapwatch/tests/fixtures/host-{arch}"));
             fixtures::record(&root.join("target/release"), &out, &[])?;
             step(&format!("wrote {}.{{rmw,json,meta}}", out.display()));
+            Ok(())
+        }
+        Cmd::BtfFixtures => {
+            let dir = root.join("rmapwatch-live/tests/btf");
+            std::fs::create_dir_all(&dir)?;
+            for arch in &vm::ARCHES {
+                for series in &vm::SERIES {
+                    let image = vm::kernel_image_of(&root.join(".cache/vm"), arch, series)?;
+                    let out = dir.join(format!("{}-{}.btf", series.label, arch.name));
+                    let n = btf::fixture(&image, &out)?;
+                    step(&format!(
+                        "{} ({n} bytes) from {}",
+                        out.display(),
+                        image.display()
+                    ));
+                }
+            }
             Ok(())
         }
         Cmd::Bench { which } => {

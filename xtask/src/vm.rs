@@ -339,6 +339,17 @@ fn kernel_image(
     Ok(cache.join("ex/boot").join(format!("vmlinuz-{release}")))
 }
 
+/// The newest kernel image of a series for an architecture (downloaded
+/// and extracted into the matrix's cache).
+///
+/// # Errors
+/// apt or the package fails.
+pub fn kernel_image_of(cache_root: &Path, arch: &Arch, series: &Series) -> anyhow::Result<PathBuf> {
+    let cache = cache_root.join(arch.deb);
+    std::fs::create_dir_all(&cache)?;
+    kernel_image(cache_root, &cache, arch, series)
+}
+
 /// Builds the initramfs: busybox (of the guest's architecture), the static
 /// binaries, /init.
 fn initramfs(cache: &Path, arch: &Arch, bins: &Path) -> anyhow::Result<PathBuf> {
