@@ -229,7 +229,23 @@ enum Arg2 {
 /// size only counts the arguments read in verified code.
 #[inline(always)]
 fn raw_slab(ctx: &RawTracePointContext, event_kind: u32) -> Result<(), i64> {
-    let a = &config().args;
+    let cfg = config();
+    let a = &cfg.args;
+    if a.slab_path == rmapwatch_common::slab_path::PERF {
+        // The perf path counts; this raw program only runs the inlining
+        // detector, which needs the cache pointer (and learns the anon_vma
+        // cache at an rmap site). Its recursion misses lose no event.
+        let call_site: u64 = ctx.arg(0);
+        if a.alloc_arg2 != arg2::CACHE {
+            return Ok(());
+        }
+        if cfg.classify(call_site).is_some() {
+            object_of(ctx.arg(2))?;
+        } else {
+            inlined(call_site, ctx.arg(1), &|| Arg2::Cache(ctx.arg(2)));
+        }
+        return Ok(());
+    }
     let layout = if event_kind == kind::ALLOC {
         a.alloc_arg2
     } else {
@@ -269,7 +285,8 @@ fn perf_slab(ctx: &TracePointContext, event_kind: u32) -> Result<(), i64> {
 fn slab(call_site: u64, ptr: u64, event_kind: u32, arg2: impl Fn() -> Arg2) -> Result<(), i64> {
     let cfg = config();
     let Some(site_id) = cfg.classify(call_site) else {
-        if event_kind == kind::ALLOC {
+        // On the perf path a raw program runs the detector.
+        if event_kind == kind::ALLOC && cfg.args.slab_path == rmapwatch_common::slab_path::RAW {
             inlined(call_site, ptr, &arg2);
         }
         return Ok(());
@@ -356,7 +373,8 @@ fn inlined(call_site: u64, ptr: u64, arg2: &impl Fn() -> Arg2) {
             av != 0 && cache == av
         }
         Arg2::BytesReq(req, alloc) => {
-            req == u64::from(a.anon_vma_size)
+            a.anon_vma_wait_list != ABSENT
+                && req == u64::from(a.anon_vma_size)
                 && alloc == u64::from(a.anon_vma_slab_size)
                 && ptr != 0
                 && {

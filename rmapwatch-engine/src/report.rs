@@ -342,6 +342,10 @@ pub struct Report {
     /// every rmap function (null when the counters could not be read).
     #[serde(default)]
     pub inlined: Option<InlinedReport>,
+    /// Why no walk of the VMAs could be taken, if none could (then the
+    /// live counts come from events alone and no lazy figure is given).
+    #[serde(default)]
+    pub snapshot_error: Option<String>,
 }
 
 /// anon_vma allocations the call-site ranges missed.
@@ -569,6 +573,7 @@ impl Report {
             model,
             processes,
             slab: f.slab.clone(),
+            snapshot_error: f.snapshot_error.clone(),
             inlined: ctx.counters.map(|c| InlinedReport {
                 anon_vma_allocs: c.inlined_anon_vma,
                 sites: c.inlined_sites.clone(),
@@ -647,6 +652,13 @@ impl Report {
         let _ = writeln!(s, "{}", self.slab.line());
         if let Some(w) = self.inlined.as_ref().and_then(InlinedReport::warning) {
             let _ = writeln!(s, "WARNING: {w}");
+        }
+        if let Some(e) = &self.snapshot_error {
+            let _ = writeln!(
+                s,
+                "no VMA walk on this kernel ({e}): live counts from events alone (objects older \
+                 than start-up are not seen), no lazy figures"
+            );
         }
         if let Some(dropped) = self.dropped_events.filter(|&d| d > 0) {
             let _ = writeln!(

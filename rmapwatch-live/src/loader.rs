@@ -178,6 +178,11 @@ impl Probes {
             let kmem = tp.starts_with("kmem_cache_");
             if perf && kmem {
                 attach_perf_slab(&mut ebpf, tp)?;
+                // The inlining detector needs the cache pointer: a raw
+                // program that emits nothing.
+                if tp == "kmem_cache_alloc" {
+                    attach_raw(&mut ebpf, tp, tp)?;
+                }
                 continue;
             }
             attach_raw(&mut ebpf, tp, tp)?;

@@ -50,38 +50,47 @@ pub fn from_image(vmlinuz: &Path) -> anyhow::Result<Vec<u8>> {
     if let Some(b) = find_btf(&image) {
         return Ok(b);
     }
-    let payloads: [(&[u8], &str); 3] = [
-        (&[0x28, 0xb5, 0x2f, 0xfd], "zstd"),
-        (&[0xfd, b'7', b'z', b'X', b'Z', 0], "xz"),
-        (&[0x1f, 0x8b, 0x08], "gzip"),
-    ];
-    for (magic, tool) in payloads {
-        let mut at = 0;
-        while let Some(i) = image[at..].windows(magic.len()).position(|w| w == magic) {
-            let start = at + i;
-            at = start + 1;
-            let mut child = Command::new(tool)
-                .args(["-dc"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .with_context(|| format!("running {tool} (to open the kernel image)"))?;
-            let mut stdin = child.stdin.take().context("stdin")?;
-            let tail = image[start..].to_vec();
-            let writer = std::thread::spawn(move || {
-                let _ = stdin.write_all(&tail);
-            });
-            let out = child.wait_with_output()?;
-            let _ = writer.join();
-            // Trailing data after the payload makes the tools fail; what
-            // they wrote is still the kernel.
-            if out.stdout.len() > 1 << 20
-                && let Some(b) = find_btf(&out.stdout)
-            {
-                return Ok(b);
-            }
-        }
+    // An x86 bzImage: the compressed kernel at the setup header's
+    // payload_offset (after the setup sectors), its format by magic.
+    if image.get(0x202..0x206) != Some(b"HdrS") {
+        bail!("no BTF in {} and it is not a bzImage", vmlinuz.display());
+    }
+    let setup_sects = match image[0x1f1] {
+        0 => 4,
+        n => usize::from(n),
+    };
+    let word = |o: usize| u32_at(&image, o) as usize;
+    let start = (setup_sects + 1) * 512 + word(0x248);
+    let payload = image
+        .get(start..start + word(0x24c))
+        .context("the bzImage payload")?;
+    let (tool, args): (&str, &[&str]) = match payload {
+        [0x1f, 0x8b, ..] => ("gzip", &["-dc"]),
+        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => ("xz", &["-dc"]),
+        [0x5d, 0, 0, ..] => ("xz", &["--format=lzma", "-dc"]),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => ("zstd", &["-dc"]),
+        [0x02, 0x21, 0x4c, 0x18, ..] => ("lz4", &["-dc"]),
+        [b'B', b'Z', b'h', ..] => ("bzip2", &["-dc"]),
+        _ => bail!("unknown compression of {}'s payload", vmlinuz.display()),
+    };
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("running {tool} (to open the kernel image; apt install it)"))?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let data = payload.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let out = child.wait_with_output()?;
+    let _ = writer.join();
+    // Padding after the payload makes some tools fail; what they wrote is
+    // still the kernel.
+    if let Some(b) = find_btf(&out.stdout) {
+        return Ok(b);
     }
     bail!("no BTF found in {} or its payload", vmlinuz.display())
 }
@@ -171,7 +180,7 @@ fn parse(blob: &[u8]) -> anyhow::Result<(Vec<Ty>, &[u8])> {
     Ok((out, strings))
 }
 
-fn name<'a>(strings: &'a [u8], off: u32) -> &'a str {
+fn name(strings: &[u8], off: u32) -> &str {
     let s = strings.get(off as usize..).unwrap_or_default();
     let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
     std::str::from_utf8(&s[..end]).unwrap_or("")

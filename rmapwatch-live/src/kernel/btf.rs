@@ -228,7 +228,8 @@ pub struct Layout {
     pub task_comm: u32,
     /// What the snapshot iterator reads.
     pub snap: rmapwatch_common::SnapshotLayout,
-    /// `offsetof(struct anon_vma, rwsem.wait_list)` (inlining detector).
+    /// `offsetof(struct anon_vma, rwsem.wait_list)` (inlining detector), or
+    /// `ABSENT` (7.x).
     pub anon_vma_wait_list: u32,
 }
 
@@ -270,8 +271,14 @@ impl Layout {
                     .member_offset("vm_area_struct", "vm_next")
                     .unwrap_or(rmapwatch_common::ABSENT),
             },
-            anon_vma_wait_list: btf.member_offset("anon_vma", "rwsem")?
-                + btf.member_offset("rw_semaphore", "wait_list")?,
+            // 7.x's rwsem has a first_waiter pointer instead of a list.
+            anon_vma_wait_list: match (
+                btf.member_offset("anon_vma", "rwsem"),
+                btf.member_offset("rw_semaphore", "wait_list"),
+            ) {
+                (Ok(a), Ok(b)) => a + b,
+                _ => rmapwatch_common::ABSENT,
+            },
         })
     }
 }
