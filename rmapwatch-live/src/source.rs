@@ -110,7 +110,7 @@ impl Live {
                 warning: true,
                 text: w.clone(),
             })
-            .chain(probes.notes.iter().map(|n| Notice {
+            .chain(kernel.notes.iter().chain(&probes.notes).map(|n| Notice {
                 warning: false,
                 text: n.clone(),
             }))

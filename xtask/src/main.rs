@@ -442,6 +442,33 @@ fn write_vm_fixtures(root: &Path, cells: &[vm::Cell]) -> anyhow::Result<()> {
         }
         step(&format!("fixture {to}.rmw from {}", c.kernel));
     }
+    // The kallsyms excerpts, one per kernel booted.
+    let dst = root.join("rmapwatch-live/tests/kallsyms");
+    std::fs::create_dir_all(&dst)?;
+    let mut kernels: Vec<&str> = cells.iter().map(|c| c.kernel.as_str()).collect();
+    kernels.sort_unstable();
+    kernels.dedup();
+    for k in kernels {
+        let (release, arch) = k.split_once(' ').unwrap_or((k, ""));
+        let Some(a) = vm::ARCHES.iter().find(|a| a.name == arch) else {
+            continue;
+        };
+        let src = root
+            .join(".cache/vm")
+            .join(a.deb)
+            .join(format!("ksyms-{}.txt", k.replace(' ', "-")));
+        let Some(series) = vm::SERIES.iter().find(|s| match s.label.strip_suffix('x') {
+            Some(major) => release.starts_with(major),
+            None => release.starts_with(&format!("{}.", s.label)),
+        }) else {
+            continue;
+        };
+        if src.exists() {
+            let to = dst.join(format!("{}-{arch}.txt", series.label));
+            std::fs::copy(&src, &to)?;
+            step(&format!("kallsyms fixture {}", to.display()));
+        }
+    }
     Ok(())
 }
 

@@ -184,6 +184,24 @@ fn version_key(name: &str) -> Vec<(String, u64)> {
     key
 }
 
+/// Symbols of the kallsyms fixtures: the call sites, the hooks and their
+/// older names, the anon_vma cache's ctor, and PREEMPT_RCU's marker.
+pub const KSYMS: [&str; 13] = [
+    "__anon_vma_prepare",
+    "anon_vma_clone",
+    "anon_vma_fork",
+    "unlink_anon_vmas",
+    "__put_anon_vma",
+    "anon_vma_ctor",
+    "folio_add_new_anon_rmap",
+    "page_add_new_anon_rmap",
+    "__page_add_new_anon_rmap",
+    "folio_add_anon_rmap_ptes",
+    "page_add_anon_rmap",
+    "folio_add_anon_rmap_pmd",
+    "__rcu_read_lock",
+];
+
 const MODES: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
 const K: u64 = 40;
 const F: u64 = 3;
@@ -204,6 +222,11 @@ cpuslabs() {{ cut -d' ' -f1 /sys/kernel/slab/anon_vma/cpu_slabs; }}
 avcslab() {{ [ -L /sys/kernel/slab/anon_vma_chain ] && {{ echo -1; return; }}; echo 1 > /sys/kernel/slab/anon_vma_chain/shrink; cut -d' ' -f1 /sys/kernel/slab/anon_vma_chain/objects; }}
 avccpu() {{ [ -L /sys/kernel/slab/anon_vma_chain ] && {{ echo -1; return; }}; cut -d' ' -f1 /sys/kernel/slab/anon_vma_chain/cpu_slabs; }}
 echo "RMW-KERNEL $(uname -r) $(uname -m)"
+# The kallsyms lines rmapwatch reads (and each one's successor, which ends
+# its range): the unit tests' fixtures.
+echo RMW-KSYMS-START
+awk 'p{{print;p=0}} $3 ~ /^({ksyms})(\..*)?$/{{print;p=1}}' /proc/kallsyms
+echo RMW-KSYMS-END
 # rmw.modes=a,b on the command line picks the modes; rmw.record=0 skips
 # the recording.
 MODES=$(sed -n 's/.*rmw\.modes=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')
@@ -234,10 +257,27 @@ for mode in $MODES; do
   sleep 1
   # JIT-ed programs are in kallsyms as bpf_prog_<tag>_<name> [bpf] while loaded.
   LEFT=$(grep '\[bpf\]' /proc/kallsyms | grep -c -e kmem_cache -e sched_process -e fork_e -e fentry_ -e kprobe_ -e task_vma)
-  echo "RMW-MODE $mode rc=$RC s0=$S0 s1=$S1 c0=$C0 c1=$C1 ops=$(cat /sys/kernel/slab/anon_vma/objs_per_slab) a0=$A0 a1=$A1 ac0=$AC0 ac1=$AC1 aops=$(cat /sys/kernel/slab/anon_vma_chain/objs_per_slab) left=$LEFT $(grep -e regions -e ready /tmp/w.out | tr '\n' ' ')"
+  echo "RMW-MODE $mode rc=$RC s0=$S0 s1=$S1 c0=$C0 c1=$C1 ops=$(cat /sys/kernel/slab/anon_vma/objs_per_slab) a0=$A0 a1=$A1 ac0=$AC0 ac1=$AC1 aops=$(cat /sys/kernel/slab/anon_vma_chain/objs_per_slab) sheaf=$(cat /sys/kernel/slab/anon_vma/sheaf_capacity 2>/dev/null || echo 0) asheaf=$(cat /sys/kernel/slab/anon_vma_chain/sheaf_capacity 2>/dev/null || echo 0) cpus=$(grep -c ^processor /proc/cpuinfo) left=$LEFT $(grep -e regions -e ready /tmp/w.out | tr '\n' ' ')"
   sed 's/^/RMW-ERR /' /tmp/r.err
   sed 's/^/RMW-JSON /' /tmp/r.json
 done
+# Refusals a phone can produce (rmw.refusals=1), lockdown last: it cannot
+# be lifted.
+if grep -q 'rmw\.refusals=1' /proc/cmdline; then
+  cp /sys/kernel/btf/vmlinux /tmp/vmlinux.btf
+  mount -t tmpfs none /sys/kernel/btf
+  rmapwatch report --duration 1 > /dev/null 2>/tmp/e; echo "RMW-REFUSE nobtf rc=$? $(grep error /tmp/e | head -1)"
+  rmapwatch --btf /tmp/vmlinux.btf report --duration 1 --json > /tmp/j 2>/tmp/e; echo "RMW-REFUSE btf-file rc=$? reports=$(grep -c schema /tmp/j)"
+  umount /sys/kernel/btf
+  K=$(cat /proc/sys/kernel/kptr_restrict)
+  echo 2 > /proc/sys/kernel/kptr_restrict
+  rmapwatch report --duration 1 > /dev/null 2>/tmp/e; echo "RMW-REFUSE kptr rc=$? after=$(cat /proc/sys/kernel/kptr_restrict) $(grep kptr_restrict /tmp/e | head -1)"
+  echo $K > /proc/sys/kernel/kptr_restrict
+  (ulimit -l 64; rmapwatch report --duration 1 > /dev/null 2>/tmp/e; echo "RMW-REFUSE memlock rc=$? $(grep -i memlock /tmp/e | head -1)")
+  mount -t securityfs none /sys/kernel/security 2>/dev/null
+  echo confidentiality > /sys/kernel/security/lockdown
+  rmapwatch report --duration 1 > /dev/null 2>/tmp/e; echo "RMW-REFUSE lockdown rc=$? $(grep error /tmp/e | head -1)"
+fi
 if grep -q 'rmw\.record=0' /proc/cmdline; then echo RMW-END; poweroff -f; fi
 # A recording made here, for the host to replay (another architecture on
 # arm64), and the host's fixtures replayed here.
@@ -270,6 +310,7 @@ echo RMW-END
 poweroff -f
 "#,
         modes = MODES.join(" "),
+        ksyms = KSYMS.join("|"),
         k = K,
         f = F,
         storm = STORM,
@@ -365,7 +406,7 @@ fn initramfs(cache: &Path, arch: &Arch, bins: &Path) -> anyhow::Result<PathBuf> 
         .context("busybox-static")?;
     for applet in [
         "sh", "mount", "cat", "echo", "sleep", "grep", "mkfifo", "poweroff", "kill", "wc", "cut",
-        "sed", "rm", "uname", "base64", "tr", "basename",
+        "sed", "rm", "uname", "base64", "tr", "basename", "awk",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
     }
@@ -550,13 +591,25 @@ fn check(
         let av = object(hold, "anon_vma")?;
         let net = av.allocs.cast_signed() - av.frees.cast_signed();
         let slab = field("s1") - field("s0");
-        let (slack0, slack1) = (field("c0") * field("ops"), field("c1") * field("ops"));
+        // 7.x's sheaves (per-CPU arrays of objects, a main and a spare per
+        // CPU, `sheaf_capacity` each) hold free objects that `objects`
+        // counts as in use, and a shrink does not empty them.
+        let sheaves = |cap: i64| cap.max(0) * 2 * field("cpus").max(1);
+        let (slack0, slack1) = (
+            field("c0") * field("ops") + sheaves(field("sheaf")),
+            field("c1") * field("ops") + sheaves(field("sheaf")),
+        );
         let live = hold.live.anon_vma.objects;
         let _ = write!(
             detail,
             "live anon_vma {live}, AVC {} vs a fresh walk (workload processes exact); anon_vma net {net}, slab delta {slab} \
-             (per-CPU slab slots {slack0} / {slack1})",
-            hold.live.anon_vma_chain.objects
+             (per-CPU slab slots{} {slack0} / {slack1})",
+            hold.live.anon_vma_chain.objects,
+            if field("sheaf") > 0 {
+                " and sheaves"
+            } else {
+                ""
+            }
         );
         if slack0 < 0 || slack1 < 0 || !(slab - slack1..=slab + slack0).contains(&net) {
             return Err(format!(
@@ -568,7 +621,10 @@ fn check(
             let avc = object(hold, "anon_vma_chain")?;
             let net = avc.allocs.cast_signed() - avc.frees.cast_signed();
             let slab = field("a1") - field("a0");
-            let (slack0, slack1) = (field("ac0") * field("aops"), field("ac1") * field("aops"));
+            let (slack0, slack1) = (
+                field("ac0") * field("aops") + sheaves(field("asheaf")),
+                field("ac1") * field("aops") + sheaves(field("asheaf")),
+            );
             let _ = write!(
                 detail,
                 "; unmerged AVC cache: net {net}, slab delta {slab} (per-CPU slab slots {slack0} / {slack1})"
@@ -713,10 +769,11 @@ fn run_kernel(
         .arg(initrd)
         .arg("-append")
         .arg(format!(
-            "console={} quiet panic=-1 rmw.modes={}{}{}",
+            "console={} quiet panic=-1 rmw.modes={}{}{}{}",
             arch.console,
             boot.modes.join(","),
             if boot.record { "" } else { " rmw.record=0" },
+            if boot.refusals { " rmw.refusals=1" } else { "" },
             boot.cmdline
         ))
         .output()
@@ -731,6 +788,16 @@ fn run_kernel(
     // useful with everything before it.
     let saved = initrd.with_file_name(format!("serial-{}.log", kernel.replace(' ', "-")));
     let _ = std::fs::write(&saved, &log);
+    if let Some(ksyms) = log
+        .split("RMW-KSYMS-START\n")
+        .nth(1)
+        .and_then(|r| r.split("RMW-KSYMS-END").next())
+    {
+        let _ = std::fs::write(
+            initrd.with_file_name(format!("ksyms-{}.txt", kernel.replace(' ', "-"))),
+            ksyms,
+        );
+    }
     if !log.contains("RMW-END") {
         bail!(
             "{}the VM did not finish (full log: {}):\n{}",
@@ -782,7 +849,62 @@ fn run_kernel(
     if boot.record {
         cells.push(recording(&log, &kernel, initrd, host_bin));
     }
+    if boot.refusals {
+        cells.push(refusals(&log, &kernel));
+    }
     Ok(cells)
+}
+
+/// The refusals a phone can produce, tried in the guest: each one line
+/// with its remedy and exit code 3, or handled (and said) where rmapwatch
+/// can handle it.
+fn refusals(log: &str, kernel: &str) -> Cell {
+    let line = |what: &str| {
+        log.lines()
+            .find_map(|l| l.strip_prefix(&format!("RMW-REFUSE {what} ")))
+            .unwrap_or("")
+    };
+    let rc = |l: &str| {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix("rc="))
+            .unwrap_or("?")
+            .to_owned()
+    };
+    let mut detail = Vec::new();
+    let result = (|| -> Result<(), String> {
+        let l = line("nobtf");
+        if rc(l) != "3" || !l.contains("--btf") {
+            return Err(format!("no BTF: {l}"));
+        }
+        detail.push("no BTF: exit 3, says --btf".to_owned());
+        let l = line("btf-file");
+        if rc(l) != "0" || !l.contains("reports=1") {
+            return Err(format!("--btf FILE: {l}"));
+        }
+        detail.push("--btf FILE: runs".to_owned());
+        let l = line("kptr");
+        if rc(l) != "0" || !l.contains("after=2") || !l.contains("lowered to 1") {
+            return Err(format!("kptr_restrict 2: {l}"));
+        }
+        detail.push("kptr_restrict 2: lowered to 1 for the read, set back, said".to_owned());
+        let l = line("memlock");
+        if rc(l) != "0" || !l.contains("raised RLIMIT_MEMLOCK from 64 KiB") {
+            return Err(format!("memlock 64 KiB: {l}"));
+        }
+        detail.push("RLIMIT_MEMLOCK 64 KiB: raised, said".to_owned());
+        let l = line("lockdown");
+        if rc(l) != "3" || !l.contains("confidentiality") {
+            return Err(format!("lockdown=confidentiality: {l}"));
+        }
+        detail.push("lockdown confidentiality: exit 3, one line".to_owned());
+        Ok(())
+    })();
+    Cell {
+        kernel: kernel.to_owned(),
+        mode: "refusals".to_owned(),
+        result,
+        detail: detail.join("; "),
+    }
 }
 
 /// Decodes standard base64 (as busybox writes it: lines of 76).
@@ -1047,19 +1169,39 @@ pub fn matrix(
         record: true,
         cmdline: "",
         label: "",
+        refusals: false,
+    };
+    // 5.10 (Android's oldest GKI, maps charged to RLIMIT_MEMLOCK) tries
+    // the refusals too.
+    let full_refusals = Boot {
+        refusals: true,
+        ..full
     };
     let gki = Boot {
         modes: &["auto"],
         record: false,
         cmdline: " slab_nomerge",
         label: " (GKI-like: slab_nomerge)",
+        refusals: true,
     };
-    let boots = SERIES.iter().map(|s| (s, &full)).chain(
-        SERIES
-            .iter()
-            .filter(|s| s.label == GKI_SERIES)
-            .map(|s| (s, &gki)),
-    );
+    let boots = SERIES
+        .iter()
+        .map(|s| {
+            (
+                s,
+                if s.label == "5.10" {
+                    &full_refusals
+                } else {
+                    &full
+                },
+            )
+        })
+        .chain(
+            SERIES
+                .iter()
+                .filter(|s| s.label == GKI_SERIES)
+                .map(|s| (s, &gki)),
+        );
     for (series, boot) in boots {
         if !only.is_empty() && !only.iter().any(|o| o == series.label) {
             continue;
@@ -1122,6 +1264,8 @@ pub struct Boot {
     pub cmdline: &'static str,
     /// Appended to each cell's mode.
     pub label: &'static str,
+    /// Whether the guest tries the refusals a phone can produce.
+    pub refusals: bool,
 }
 
 /// The README table.

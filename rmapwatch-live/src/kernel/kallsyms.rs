@@ -14,8 +14,9 @@ pub enum KallsymsError {
     Read(#[from] std::io::Error),
     /// Every address reads as zero.
     #[error(
-        "kernel symbol addresses are hidden (/proc/sys/kernel/kptr_restrict is {0}): rmapwatch \
-         classifies slab call sites by address; run as root with kptr_restrict 0 or 1"
+        "kernel symbol addresses are hidden (/proc/sys/kernel/kptr_restrict is {0}, and it could \
+         not be lowered for the read): rmapwatch classifies slab call sites by address; run as \
+         root, or set kptr_restrict to 1 (sysctl kernel.kptr_restrict=1)"
     )]
     Hidden(String),
     /// A function the tracepoint path needs is absent.
@@ -84,10 +85,39 @@ impl Kallsyms {
     /// # Errors
     /// See [`KallsymsError`].
     pub fn read() -> Result<Self, KallsymsError> {
+        Self::read_noting(&mut |_| {})
+    }
+
+    /// As [`Self::read`]; where `kptr_restrict` (2) hides the addresses
+    /// even from root, lowers it to 1 while reading and restores it on
+    /// every path, and says so through `note`.
+    ///
+    /// # Errors
+    /// See [`KallsymsError`]; [`KallsymsError::Hidden`] when it stays hidden.
+    pub fn read_noting(note: &mut dyn FnMut(String)) -> Result<Self, KallsymsError> {
+        const KPTR: &str = "/proc/sys/kernel/kptr_restrict";
         let text = std::fs::read_to_string("/proc/kallsyms")?;
-        let restrict = std::fs::read_to_string("/proc/sys/kernel/kptr_restrict")
-            .unwrap_or_else(|_| "?".into());
-        Self::parse(&text, &restrict)
+        let restrict = std::fs::read_to_string(KPTR).unwrap_or_else(|_| "?".into());
+        match Self::parse(&text, &restrict) {
+            Err(KallsymsError::Hidden(was)) if was == "2" => {
+                if std::fs::write(KPTR, "1").is_err() {
+                    return Err(KallsymsError::Hidden(was));
+                }
+                let again = std::fs::read_to_string("/proc/kallsyms");
+                let restored = std::fs::write(KPTR, &was).is_ok();
+                note(format!(
+                    "kptr_restrict was 2 (addresses hidden from root): lowered to 1 while \
+                     reading /proc/kallsyms, {}",
+                    if restored {
+                        "then set back to 2"
+                    } else {
+                        "and setting it back to 2 FAILED"
+                    }
+                ));
+                Self::parse(&again?, "2")
+            }
+            r => r,
+        }
     }
 
     /// Address of a text symbol.

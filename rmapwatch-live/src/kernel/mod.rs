@@ -35,6 +35,21 @@ pub enum EnvError {
     /// More split parts than the programs take.
     #[error("{0} call-site ranges are more than the {MAX_SITE_RANGES} the probes take")]
     TooManyRanges(usize),
+    /// Kernel lockdown forbids eBPF programs to read kernel memory.
+    #[error(
+        "the kernel is locked down in confidentiality mode (/sys/kernel/security/lockdown): \
+         eBPF programs may not read kernel memory (bpf_probe_read_kernel), which every rmapwatch \
+         probe does; boot without lockdown=confidentiality (Secure Boot alone gives integrity \
+         mode, which rmapwatch runs under)"
+    )]
+    Lockdown,
+    /// RLIMIT_MEMLOCK too low for the maps and cannot be raised.
+    #[error(
+        "the locked-memory limit ({0} KiB) is too low for rmapwatch's maps on this kernel \
+         (before 5.11 BPF maps count against RLIMIT_MEMLOCK) and could not be raised: {1}; \
+         run as root or raise it (ulimit -l unlimited)"
+    )]
+    Memlock(u64, String),
     /// The classic tracepoints' formats are not what the perf path reads.
     #[error(
         "cannot take slab events from classic tracepoints: {0} (tracefs \
@@ -119,6 +134,9 @@ pub struct KernelFacts {
     pub alloc_node: bool,
     /// How the slab events are taken.
     pub slab: SlabEvents,
+    /// What the user is told of what start-up changed (kptr_restrict,
+    /// RLIMIT_MEMLOCK).
+    pub notes: Vec<String>,
     /// The programs' global configuration.
     pub config: Config,
     /// Per-object sizes for KB figures.
@@ -131,9 +149,12 @@ impl KernelFacts {
     /// # Errors
     /// See [`EnvError`].
     pub fn read(btf_path: &Path, slab: SlabPath) -> Result<Self, EnvError> {
+        let mut notes = Vec::new();
+        check_lockdown()?;
+        raise_memlock(&mut notes)?;
         let btf = KernelBtf::open(btf_path)?;
         let layout = Layout::read(&btf)?;
-        let kallsyms = Kallsyms::read()?;
+        let kallsyms = Kallsyms::read_noting(&mut |n| notes.push(n))?;
         let mut config = program_config(&kallsyms, &layout)?;
         let slab_size = |cache: &str, fallback: u32| {
             std::fs::read_to_string(format!("/sys/kernel/slab/{cache}/slab_size"))
@@ -169,6 +190,7 @@ impl KernelFacts {
             hook_symbols,
             alloc_node,
             slab: slab_events,
+            notes,
             config,
         })
     }
@@ -302,6 +324,73 @@ fn arg_layout(
     ))
 }
 
+/// Refuses a kernel locked down in confidentiality mode (read from
+/// securityfs, mounted for the check if it is not).
+fn check_lockdown() -> Result<(), EnvError> {
+    const FILE: &str = "/sys/kernel/security/lockdown";
+    if !Path::new(FILE).exists() && Path::new("/sys/kernel/security").exists() {
+        let _ = std::process::Command::new("mount")
+            .args(["-t", "securityfs", "securityfs", "/sys/kernel/security"])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    match std::fs::read_to_string(FILE) {
+        Ok(s) if lockdown_mode(&s) == Some("confidentiality") => Err(EnvError::Lockdown),
+        _ => Ok(()),
+    }
+}
+
+/// The selected mode of a lockdown file: `none [integrity] confidentiality`.
+#[must_use]
+pub fn lockdown_mode(text: &str) -> Option<&str> {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))
+}
+
+/// Before 5.11 BPF maps are charged to RLIMIT_MEMLOCK (often 64 KiB or
+/// 8 MiB): raises it to unlimited, or refuses if the maps cannot fit.
+fn raise_memlock(notes: &mut Vec<String>) -> Result<(), EnvError> {
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &raw mut cur) } != 0
+        || cur.rlim_cur == libc::RLIM_INFINITY
+    {
+        return Ok(());
+    }
+    let want = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const want) } == 0 {
+        notes.push(format!(
+            "raised RLIMIT_MEMLOCK from {} KiB to unlimited for the eBPF maps",
+            cur.rlim_cur / 1024
+        ));
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error().to_string();
+    // The ring buffer alone is 8 MiB by default.
+    if cur.rlim_cur < 16 << 20 && !memcg_accounted() {
+        return Err(EnvError::Memlock(cur.rlim_cur / 1024, err));
+    }
+    Ok(())
+}
+
+/// Whether BPF memory is charged to the memory cgroup (5.11+), not to
+/// RLIMIT_MEMLOCK.
+fn memcg_accounted() -> bool {
+    let r = current_id().release;
+    let mut v = r
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u32>().unwrap_or(0));
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (5, 11)
+}
+
 /// Where tracefs is mounted.
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -368,4 +457,22 @@ pub fn program_config(kallsyms: &Kallsyms, layout: &Layout) -> Result<Config, En
     }
     config.nr_ranges = n as u32;
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lockdown_mode_is_the_bracketed_one() {
+        assert_eq!(
+            lockdown_mode("none integrity [confidentiality]\n"),
+            Some("confidentiality")
+        );
+        assert_eq!(
+            lockdown_mode("[none] integrity confidentiality"),
+            Some("none")
+        );
+        assert_eq!(lockdown_mode(""), None);
+    }
 }
