@@ -348,3 +348,19 @@ fn the_header_shows_the_tools_own_cost_and_a_degraded_model() {
     assert!(text.contains("dropped 42"), "{text}");
     assert!(text.contains("DEGRADED"), "{text}");
 }
+
+#[test]
+fn the_header_names_the_slab_path_and_warns_of_inlining() {
+    let mut app = app_with_frames();
+    let mut f = frame(6, None);
+    f.facts.slab.path = "perf".into();
+    f.inlined_warning =
+        Some("3 anon_vma allocations at call sites outside the rmap functions".into());
+    app.update(Action::Update(Update::Frame(Box::new(f))));
+    let screen = format!("{}", draw(&app, 250, 30).backend());
+    assert!(screen.contains("slab:perf"), "{screen}");
+    assert!(
+        screen.contains("WARNING: 3 anon_vma allocations"),
+        "{screen}"
+    );
+}

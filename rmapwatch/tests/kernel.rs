@@ -106,12 +106,27 @@ fn flow(p: &ProcessReport, object: &str, dir: &str) -> u64 {
 #[test]
 #[ignore = "needs root: run by cargo xtask test"]
 fn counts_match_bpftrace_and_slab_counter_and_exclude_merged_cache_noise() {
+    counts_match(&[]);
+}
+
+/// The same on the classic (perf) tracepoints that 7.x kernels with
+/// PREEMPT_RCU use: fields at the tracefs format's offsets, the kind by
+/// `bytes_req` and the cache's name.
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn counts_match_bpftrace_and_slab_counter_on_the_perf_path() {
+    counts_match(&["--slab-path", "perf"]);
+}
+
+fn counts_match(extra: &[&str]) {
     require_root();
     const K: u64 = 300;
     const F: u64 = 8;
     const NOISE: u64 = 400;
     let bt = Bpftrace::start();
-    let mut rw = Rmapwatch::start(&["--interval", "0.2"]);
+    let mut args = vec!["--interval", "0.2"];
+    args.extend_from_slice(extra);
+    let mut rw = Rmapwatch::start(&args);
     let slab0 = slab_objects("anon_vma");
     let w = Workload::start(&[
         "--regions",
