@@ -285,6 +285,18 @@ pub fn minimize(blob: &[u8], roots: &[&str], keep: &[&str]) -> anyhow::Result<Ve
         put(&mut body, t.info);
         let mut extra = t.extra.clone();
         let set = |e: &mut Vec<u8>, o: usize, v: u32| e[o..o + 4].copy_from_slice(&v.to_le_bytes());
+        let mut fix = |e: &mut Vec<u8>, stride: usize, name: Option<usize>, ty: Option<usize>| {
+            for r in 0..t.vlen() {
+                if let Some(o) = name {
+                    let n = intern(u32_at(e, r * stride + o));
+                    set(e, r * stride + o, n);
+                }
+                if let Some(o) = ty {
+                    let id = remap(u32_at(e, r * stride + o));
+                    set(e, r * stride + o, id);
+                }
+            }
+        };
         let size_or_type = match t.kind() {
             PTR | TYPEDEF | VOLATILE | CONST | RESTRICT | FUNC | TYPE_TAG | VAR | DECL_TAG => {
                 remap(t.size_or_type)
@@ -298,40 +310,12 @@ pub fn minimize(blob: &[u8], roots: &[&str], keep: &[&str]) -> anyhow::Result<Ve
                 set(&mut extra, 0, a);
                 set(&mut extra, 4, b);
             }
-            STRUCT | UNION => {
-                for m in 0..t.vlen() {
-                    let n = intern(u32_at(&extra, m * 12));
-                    let ty = remap(u32_at(&extra, m * 12 + 4));
-                    set(&mut extra, m * 12, n);
-                    set(&mut extra, m * 12 + 4, ty);
-                }
-            }
-            ENUM => {
-                for m in 0..t.vlen() {
-                    let n = intern(u32_at(&extra, m * 8));
-                    set(&mut extra, m * 8, n);
-                }
-            }
-            ENUM64 => {
-                for m in 0..t.vlen() {
-                    let n = intern(u32_at(&extra, m * 12));
-                    set(&mut extra, m * 12, n);
-                }
-            }
-            FUNC_PROTO => {
-                for p in 0..t.vlen() {
-                    let n = intern(u32_at(&extra, p * 8));
-                    let ty = remap(u32_at(&extra, p * 8 + 4));
-                    set(&mut extra, p * 8, n);
-                    set(&mut extra, p * 8 + 4, ty);
-                }
-            }
-            DATASEC => {
-                for v in 0..t.vlen() {
-                    let ty = remap(u32_at(&extra, v * 12));
-                    set(&mut extra, v * 12, ty);
-                }
-            }
+            // Records of `stride` bytes with a name and/or a type id.
+            STRUCT | UNION => fix(&mut extra, 12, Some(0), Some(4)),
+            ENUM => fix(&mut extra, 8, Some(0), None),
+            ENUM64 => fix(&mut extra, 12, Some(0), None),
+            FUNC_PROTO => fix(&mut extra, 8, Some(0), Some(4)),
+            DATASEC => fix(&mut extra, 12, None, Some(0)),
             INT | FLOAT | FWD => {}
             _ => {}
         }
@@ -350,30 +334,19 @@ pub fn minimize(blob: &[u8], roots: &[&str], keep: &[&str]) -> anyhow::Result<Ve
     Ok(out)
 }
 
-/// What rmapwatch reads from BTF: the roots and the structs kept whole.
-pub const ROOTS: &[&str] = &[
-    "btf_trace_kmem_cache_alloc",
-    "btf_trace_kmem_cache_alloc_node",
-    "btf_trace_kmem_cache_free",
-    "anon_vma",
-    "anon_vma_chain",
-    "kmem_cache",
-    "task_struct",
-    "vm_area_struct",
-    "mm_struct",
-    "rw_semaphore",
-    "__anon_vma_prepare",
-    "anon_vma_fork",
-    "anon_vma_clone",
-    "unlink_anon_vmas",
-    "__put_anon_vma",
-    "folio_add_new_anon_rmap",
-    "page_add_new_anon_rmap",
-    "__page_add_new_anon_rmap",
-    "folio_add_anon_rmap_ptes",
-    "page_add_anon_rmap",
-    "folio_add_anon_rmap_pmd",
-];
+/// What rmapwatch reads from BTF: the slab tracepoints' prototypes, the
+/// structs it reads, and the functions it hooks or classifies by (the
+/// kallsyms fixtures' symbols).
+fn roots() -> Vec<&'static str> {
+    let mut v = vec![
+        "btf_trace_kmem_cache_alloc",
+        "btf_trace_kmem_cache_alloc_node",
+        "btf_trace_kmem_cache_free",
+    ];
+    v.extend_from_slice(KEEP);
+    v.extend_from_slice(&crate::vm::KSYMS);
+    v
+}
 
 /// Structs whose members rmapwatch reads (kept whole; the rest become
 /// forward declarations).
@@ -395,7 +368,7 @@ pub const KEEP: &[&str] = &[
 /// No BTF in the image, or the file cannot be written.
 pub fn fixture(vmlinuz: &Path, out: &Path) -> anyhow::Result<usize> {
     let blob = from_image(vmlinuz)?;
-    let small = minimize(&blob, ROOTS, KEEP)?;
+    let small = minimize(&blob, &roots(), KEEP)?;
     std::fs::write(out, &small)?;
     Ok(small.len())
 }
