@@ -379,6 +379,31 @@ fn sigterm_and_ctrl_c_detach_everything() {
     }
 }
 
+/// A kernel whose slab tracepoint has a layout rmapwatch does not know
+/// (6.12's BTF with `kmem_cache_free`'s cache pointer made an int) is
+/// refused in one line before anything is loaded, not read by position.
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn an_unknown_tracepoint_layout_is_refused() {
+    require_root();
+    let btf = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../rmapwatch-live/tests/btf/unknown-layout.btf"
+    );
+    let out = Command::new(RMAPWATCH)
+        .args(["--btf", btf, "report", "--duration", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("unknown layout of tracepoint kmem_cache_free")
+            && stderr.contains("(long unsigned int, const void *, int)"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
 #[test]
 #[ignore = "needs root: run by cargo xtask test"]
 fn missing_btf_is_a_clear_environment_error() {

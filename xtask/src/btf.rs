@@ -362,6 +362,39 @@ pub const KEEP: &[&str] = &[
     "rb_root_cached",
 ];
 
+/// A copy of `blob` in which parameter `index` of tracepoint `tp`'s
+/// prototype has the type named `to`: a kernel layout rmapwatch does not
+/// know, for the refusal's tests.
+///
+/// # Errors
+/// The tracepoint or the type is not in `blob`.
+pub fn retype_param(blob: &[u8], tp: &str, index: usize, to: &str) -> anyhow::Result<Vec<u8>> {
+    let (types, strings) = parse(blob)?;
+    let find = |n: &str, kind: u32| {
+        types
+            .iter()
+            .position(|t| t.kind() == kind && name(strings, t.name_off) == n)
+            .with_context(|| format!("no {n}"))
+    };
+    let typedef = find(&format!("btf_trace_{tp}"), TYPEDEF)?;
+    let ptr = types[typedef].size_or_type as usize;
+    let proto = types.get(ptr).context("the pointer")?.size_or_type as usize;
+    let to_id = u32::try_from(find(to, INT)?)?;
+    anyhow::ensure!(
+        types.get(proto).is_some_and(|t| t.kind() == FUNC_PROTO),
+        "not a prototype"
+    );
+    // Byte offset of that type's record in the blob.
+    let mut at = 24;
+    for t in &types[1..proto] {
+        at += 12 + t.extra.len();
+    }
+    let mut out = blob.to_vec();
+    let field = at + 12 + index * 8 + 4;
+    out[field..field + 4].copy_from_slice(&to_id.to_le_bytes());
+    Ok(out)
+}
+
 /// Writes `out` (the minimized BTF of `vmlinuz`).
 ///
 /// # Errors

@@ -178,6 +178,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         out.display(),
                         image.display()
                     ));
+                    // A layout no kernel has: free's cache pointer an int.
+                    if series.label == "6.12" && arch.name == "x86_64" {
+                        let odd =
+                            btf::retype_param(&std::fs::read(&out)?, "kmem_cache_free", 3, "int")?;
+                        let to = dir.join("unknown-layout.btf");
+                        std::fs::write(&to, odd)?;
+                        step(&format!(
+                            "{} (6.12's, kmem_cache_free's s an int)",
+                            to.display()
+                        ));
+                    }
                 }
             }
             Ok(())
