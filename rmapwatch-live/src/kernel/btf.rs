@@ -11,14 +11,14 @@ use btf_rs::{Btf, BtfType, Type};
 pub enum BtfError {
     /// The BTF file is missing or unreadable.
     #[error(
-        "cannot read kernel BTF at {path}: {source} (rmapwatch needs CONFIG_DEBUG_INFO_BTF=y; \
+        "cannot read kernel BTF at {path}: {cause} (rmapwatch needs CONFIG_DEBUG_INFO_BTF=y; \
          pass --btf PATH to use a BTF file extracted from this kernel)"
     )]
     Open {
         /// Path that was tried.
         path: String,
-        /// Why it failed.
-        source: btf_rs::Error,
+        /// Why it failed (in the message, not chained: said once).
+        cause: String,
     },
     /// A struct the probes need is not described.
     #[error("kernel BTF has no struct {0}: unsupported kernel")]
@@ -60,9 +60,10 @@ impl KernelBtf {
     pub fn open(path: &Path) -> Result<Self, BtfError> {
         Btf::from_file(path)
             .map(|btf| Self { btf })
-            .map_err(|source| BtfError::Open {
+            .map_err(|e| BtfError::Open {
                 path: path.display().to_string(),
-                source,
+                cause: std::error::Error::source(&e)
+                    .map_or_else(|| e.to_string(), ToString::to_string),
             })
     }
 
