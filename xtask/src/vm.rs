@@ -227,6 +227,24 @@ echo "RMW-KERNEL $(uname -r) $(uname -m)"
 echo RMW-KSYMS-START
 awk 'p{{print;p=0}} $3 ~ /^({ksyms})(\..*)?$/{{print;p=1}}' /proc/kallsyms
 echo RMW-KSYMS-END
+# Refusals a phone can produce (rmw.refusals=1): the last thing a guest
+# does, as the lockdown it ends with cannot be lifted.
+refusals() {{
+  grep -q 'rmw\.refusals=1' /proc/cmdline || return 0
+  cp /sys/kernel/btf/vmlinux /tmp/vmlinux.btf
+  mount -t tmpfs none /sys/kernel/btf
+  rmapwatch report --duration 1 > /dev/null 2>/tmp/e; echo "RMW-REFUSE nobtf rc=$? $(grep error /tmp/e | head -1)"
+  rmapwatch --btf /tmp/vmlinux.btf report --duration 1 --json > /tmp/j 2>/tmp/e; echo "RMW-REFUSE btf-file rc=$? reports=$(grep -c schema /tmp/j)"
+  umount /sys/kernel/btf
+  K=$(cat /proc/sys/kernel/kptr_restrict)
+  echo 2 > /proc/sys/kernel/kptr_restrict
+  rmapwatch report --duration 1 > /dev/null 2>/tmp/e; echo "RMW-REFUSE kptr rc=$? after=$(cat /proc/sys/kernel/kptr_restrict) $(grep kptr_restrict /tmp/e | head -1)"
+  echo $K > /proc/sys/kernel/kptr_restrict
+  (ulimit -l 64; rmapwatch report --duration 1 > /dev/null 2>/tmp/e; echo "RMW-REFUSE memlock rc=$? $(grep -i memlock /tmp/e | head -1)")
+  mount -t securityfs none /sys/kernel/security 2>/dev/null
+  echo confidentiality > /sys/kernel/security/lockdown
+  rmapwatch report --duration 1 > /dev/null 2>/tmp/e; echo "RMW-REFUSE lockdown rc=$? $(grep error /tmp/e | head -1)"
+}}
 # rmw.modes=a,b on the command line picks the modes; rmw.record=0 skips
 # the recording.
 MODES=$(sed -n 's/.*rmw\.modes=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')
@@ -261,24 +279,7 @@ for mode in $MODES; do
   sed 's/^/RMW-ERR /' /tmp/r.err
   sed 's/^/RMW-JSON /' /tmp/r.json
 done
-# Refusals a phone can produce (rmw.refusals=1), lockdown last: it cannot
-# be lifted.
-if grep -q 'rmw\.refusals=1' /proc/cmdline; then
-  cp /sys/kernel/btf/vmlinux /tmp/vmlinux.btf
-  mount -t tmpfs none /sys/kernel/btf
-  rmapwatch report --duration 1 > /dev/null 2>/tmp/e; echo "RMW-REFUSE nobtf rc=$? $(grep error /tmp/e | head -1)"
-  rmapwatch --btf /tmp/vmlinux.btf report --duration 1 --json > /tmp/j 2>/tmp/e; echo "RMW-REFUSE btf-file rc=$? reports=$(grep -c schema /tmp/j)"
-  umount /sys/kernel/btf
-  K=$(cat /proc/sys/kernel/kptr_restrict)
-  echo 2 > /proc/sys/kernel/kptr_restrict
-  rmapwatch report --duration 1 > /dev/null 2>/tmp/e; echo "RMW-REFUSE kptr rc=$? after=$(cat /proc/sys/kernel/kptr_restrict) $(grep kptr_restrict /tmp/e | head -1)"
-  echo $K > /proc/sys/kernel/kptr_restrict
-  (ulimit -l 64; rmapwatch report --duration 1 > /dev/null 2>/tmp/e; echo "RMW-REFUSE memlock rc=$? $(grep -i memlock /tmp/e | head -1)")
-  mount -t securityfs none /sys/kernel/security 2>/dev/null
-  echo confidentiality > /sys/kernel/security/lockdown
-  rmapwatch report --duration 1 > /dev/null 2>/tmp/e; echo "RMW-REFUSE lockdown rc=$? $(grep error /tmp/e | head -1)"
-fi
-if grep -q 'rmw\.record=0' /proc/cmdline; then echo RMW-END; poweroff -f; fi
+if grep -q 'rmw\.record=0' /proc/cmdline; then refusals; echo RMW-END; poweroff -f; fi
 # A recording made here, for the host to replay (another architecture on
 # arm64), and the host's fixtures replayed here.
 rm -f /tmp/rec.rmw /tmp/hold2
@@ -306,6 +307,7 @@ for f in /fixtures/*.rmw; do
   [ -e "$f" ] || continue
   echo "RMW-REPLAY $(basename $f) $(rmapwatch report --from $f --json 2>/tmp/replay.err | tr '\n' ' ')"
 done
+refusals
 echo RMW-END
 poweroff -f
 "#,
