@@ -389,11 +389,11 @@ fn inlined(call_site: u64, ptr: u64, arg2: &impl Fn() -> Arg2) {
     }
     bump(stat::INLINED_ANON_VMA, 1);
     // SAFETY: plain lookup.
-    if let Some(n) = INLINED_SITES.get_ptr_mut(&call_site) {
+    if let Some(n) = INLINED_SITES.get_ptr_mut(call_site) {
         // SAFETY: a live map value.
         unsafe { atomic_add(n, 1) };
     } else {
-        let _ = INLINED_SITES.insert(&call_site, &1, 0);
+        let _ = INLINED_SITES.insert(call_site, 1, 0);
     }
 }
 
@@ -451,6 +451,11 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
     let child: u64 = ctx.arg(1);
     let (tid, tgid) = task_ids(parent)?;
     let (child_tid, child_tgid) = task_ids(child)?;
+    // Every allocation of the fork happened in copy_process, before this:
+    // the fork window closes here too, so that a missed sys_exit (7.x's
+    // syscall tracepoints run preemptible, and their program can be
+    // skipped: seen twice on 7.3) leaves no thread marked as forking.
+    let _ = FORKING.remove(tid);
     emit(&Event {
         kind: kind::FORK,
         tid,
@@ -717,7 +722,7 @@ fn try_task_mmap(ctx: *mut core::ffi::c_void) -> Result<(), i64> {
         return Ok(());
     }
     // SAFETY: plain lookup, copied out.
-    let mut vma = match unsafe { WALK_CURSOR.get(&tgid) } {
+    let mut vma = match unsafe { WALK_CURSOR.get(tgid) } {
         Some(&0) => return Ok(()),
         Some(&v) => v,
         None => read_or_zero(mm + u64::from(l.mm_mmap)),
@@ -741,7 +746,7 @@ fn try_task_mmap(ctx: *mut core::ffi::c_void) -> Result<(), i64> {
         vma = read_or_zero(vma + u64::from(l.vma_next));
         k += 1;
     }
-    let _ = WALK_CURSOR.insert(&tgid, &vma, 0);
+    let _ = WALK_CURSOR.insert(tgid, vma, 0);
     Ok(())
 }
 
