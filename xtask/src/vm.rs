@@ -1233,34 +1233,20 @@ pub fn matrix(
         );
         let t = std::time::Instant::now();
         let booted = match run_kernel(arch, &vmlinuz, &initrd, host_bin, boot) {
-            Err(e) if format!("{e:#}").starts_with(PATCH_RACE) => {
-                eprintln!("xtask: {e:#}");
-                eprintln!(
-                    "xtask: the guest kernel hit a breakpoint of its own live code patching \
-                     after the patch had completed (on hardware every CPU is synced before the \
-                     int3 goes; most likely a stale translation of multi-threaded TCG); booting \
-                     it once more"
-                );
-                run_kernel(arch, &vmlinuz, &initrd, host_bin, boot).map(|mut cells| {
-                    for c in &mut cells {
-                        c.detail
-                            .push_str("; booted twice (the first boot: guest int3 oops)");
-                    }
-                    cells
-                })
-            }
-            Err(e) if format!("{e:#}").starts_with(NO_BOOT) => {
-                eprintln!("xtask: {e:#}");
-                eprintln!("xtask: the guest never reached /init; booting it once more");
-                run_kernel(arch, &vmlinuz, &initrd, host_bin, boot).map(|mut cells| {
-                    for c in &mut cells {
-                        c.detail
-                            .push_str("; booted twice (the first boot never reached /init)");
-                    }
-                    cells
-                })
-            }
-            r => r,
+            Err(e) => match retry_reason(&e) {
+                Some((why, note)) => {
+                    eprintln!("xtask: {e:#}");
+                    eprintln!("xtask: {why}; booting it once more");
+                    run_kernel(arch, &vmlinuz, &initrd, host_bin, boot).map(|mut cells| {
+                        for c in &mut cells {
+                            c.detail.push_str(&format!("; booted twice ({note})"));
+                        }
+                        cells
+                    })
+                }
+                None => Err(e),
+            },
+            ok => ok,
         };
         // A kernel that does not boot or finish is a failed cell, not the
         // end of the matrix.
@@ -1280,6 +1266,27 @@ pub fn matrix(
         eprintln!("xtask: done in {:.0} s", t.elapsed().as_secs_f64());
     }
     Ok(cells)
+}
+
+/// Why a failed boot is booted once more (said, and noted in its rows),
+/// or `None`: a failure of rmapwatch, not of the guest.
+fn retry_reason(e: &anyhow::Error) -> Option<(&'static str, &'static str)> {
+    let e = format!("{e:#}");
+    if e.starts_with(PATCH_RACE) {
+        Some((
+            "the guest kernel hit a breakpoint of its own live code patching after the patch \
+             had completed (on hardware every CPU is synced before the int3 goes; most likely a \
+             stale translation of multi-threaded TCG)",
+            "the first boot: guest int3 oops",
+        ))
+    } else if e.starts_with(NO_BOOT) {
+        Some((
+            "the guest never reached /init",
+            "the first boot never reached /init",
+        ))
+    } else {
+        None
+    }
 }
 
 /// One boot of a kernel: the modes its /init runs, whether it records,
