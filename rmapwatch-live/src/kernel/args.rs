@@ -136,12 +136,17 @@ pub fn perf_offsets(alloc: &str, free: &str) -> Result<[u32; 5], String> {
 /// (with `CONFIG_PREEMPT_RCU`). `preempt_rcu` is `None` when unknown.
 #[must_use]
 pub fn raw_tracepoints_preemptible(release: &str, preempt_rcu: Option<bool>) -> bool {
+    version(release).0 >= 7 && preempt_rcu != Some(false)
+}
+
+/// `(major, minor)` of a kernel release such as `6.12.117+deb12-cloud-amd64`.
+#[must_use]
+pub fn version(release: &str) -> (u32, u32) {
     let mut nums = release
         .split(|c: char| !c.is_ascii_digit())
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<u32>().unwrap_or(0));
-    let major = nums.next().unwrap_or(0);
-    major >= 7 && preempt_rcu != Some(false)
+    (nums.next().unwrap_or(0), nums.next().unwrap_or(0))
 }
 
 #[cfg(test)]

@@ -383,12 +383,7 @@ fn raise_memlock(notes: &mut Vec<String>) -> Result<(), EnvError> {
 /// Whether BPF memory is charged to the memory cgroup (5.11+), not to
 /// RLIMIT_MEMLOCK.
 fn memcg_accounted() -> bool {
-    let r = current_id().release;
-    let mut v = r
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<u32>().unwrap_or(0));
-    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (5, 11)
+    args::version(&current_id().release) >= (5, 11)
 }
 
 /// Where tracefs is mounted.
