@@ -664,6 +664,7 @@ impl Engine {
                 }
                 .warning()
             }),
+            link: None,
         }
     }
 }

@@ -346,6 +346,51 @@ pub struct Report {
     /// live counts come from events alone and no lazy figure is given).
     #[serde(default)]
     pub snapshot_error: Option<String>,
+    /// The link to a remote agent (a phone over adb, `--remote`): absent
+    /// for the kernel here and for recordings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkReport>,
+}
+
+/// The link to a remote agent, as the host measured it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LinkReport {
+    /// How the agent is reached: `adb SERIAL`, or `remote: CMD`.
+    pub via: String,
+    /// The device, as it described itself (adb: model, Android SDK,
+    /// build type, how root was had); empty for `--remote`.
+    pub device: BTreeMap<String, String>,
+    /// Stream bytes received.
+    pub bytes: u64,
+    /// Stream bytes per second over the run.
+    pub bytes_per_s: f64,
+    /// Stream bytes per second over the last second or so.
+    pub recent_bytes_per_s: f64,
+    /// How late the newest tick arrived, above the quickest tick seen (ms):
+    /// the link's queueing delay (the two clocks are never compared).
+    pub lag_ms: f64,
+    /// The largest such lag of the run (ms).
+    pub lag_max_ms: f64,
+}
+
+impl LinkReport {
+    /// One line: `via adb X (Pixel 8): 12.3 KB/s, lag 4 ms (max 20 ms)`.
+    #[must_use]
+    pub fn line(&self) -> String {
+        let model = self
+            .device
+            .get("model")
+            .map_or_else(String::new, |m| format!(" ({m})"));
+        format!(
+            "via {}{model}: {:.1} KB/s now, {:.1} KB/s mean, {} KB in all, lag {:.0} ms (max {:.0} ms)",
+            self.via,
+            self.recent_bytes_per_s / 1024.0,
+            self.bytes_per_s / 1024.0,
+            self.bytes / 1024,
+            self.lag_ms,
+            self.lag_max_ms
+        )
+    }
 }
 
 /// anon_vma allocations the call-site ranges missed.
@@ -574,6 +619,7 @@ impl Report {
             processes,
             slab: f.slab.clone(),
             snapshot_error: f.snapshot_error.clone(),
+            link: None,
             inlined: ctx.counters.map(|c| InlinedReport {
                 anon_vma_allocs: c.inlined_anon_vma,
                 sites: c.inlined_sites.clone(),
@@ -650,6 +696,9 @@ impl Report {
             .collect();
         let _ = writeln!(s, "probes: {}", modes.join(" "));
         let _ = writeln!(s, "{}", self.slab.line());
+        if let Some(l) = &self.link {
+            let _ = writeln!(s, "link: {}", l.line());
+        }
         if let Some(w) = self.inlined.as_ref().and_then(InlinedReport::warning) {
             let _ = writeln!(s, "WARNING: {w}");
         }

@@ -109,4 +109,6 @@ pub struct Frame {
     /// The inlining detector's warning (anon_vma allocations outside every
     /// rmap function), if it counted any.
     pub inlined_warning: Option<String>,
+    /// The link to a remote agent (set by the host, not the engine).
+    pub link: Option<crate::report::LinkReport>,
 }

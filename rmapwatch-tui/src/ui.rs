@@ -89,6 +89,17 @@ impl App {
         if let Some(source) = &self.source {
             l1.push(format!("  {source}").yellow());
         }
+        if let Some(l) = &f.link {
+            // A remote agent's link: its throughput and queueing lag.
+            l1.push(
+                format!(
+                    "  link {:.1} KB/s lag {:.0} ms",
+                    l.recent_bytes_per_s / 1024.0,
+                    l.lag_ms
+                )
+                .yellow(),
+            );
+        }
         if let Some(c) = &f.cost {
             // The tool's own CPU cost, from the kernel's bpf_stats.
             let ns = c

@@ -24,9 +24,14 @@ pub struct Source {
     /// Said before its notices: "" for the live kernel here, "recorded: "
     /// for a recording, "remote: " for a remote agent.
     pub prefix: &'static str,
+    /// The link to a remote agent, if the source is one.
+    pub link: Option<std::sync::Arc<crate::link::Link>>,
     inputs: UnboundedReceiver<Input>,
     requests: UnboundedSender<Request>,
     thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    /// Dropped after everything else: what the source set up elsewhere
+    /// (a device session, undone at the end).
+    pub guard: Option<Box<dyn Send>>,
 }
 
 impl Source {
@@ -55,9 +60,11 @@ impl Source {
         Ok(Self {
             facts,
             prefix,
+            link: None,
             inputs,
             requests,
             thread: Some(thread),
+            guard: None,
         })
     }
 

@@ -29,6 +29,14 @@ pub fn inspect(
     all: bool,
     from: Option<&Path>,
 ) -> anyhow::Result<()> {
+    if let (Some(a), None) = (&c.adb, from) {
+        // On the device: its /proc, its walk; output passed through.
+        let mut args = vec!["inspect".to_owned(), target.to_owned()];
+        args.extend(json.then(|| "--json".to_owned()));
+        args.extend(all.then(|| "--all".to_owned()));
+        args.extend(live::device_args(&c.live));
+        return crate::adb::run_to_end(a, "inspect", &args);
+    }
     let target = Target::parse(target);
     let (snap, pid, paths, sizes) = match from {
         Some(path) => {

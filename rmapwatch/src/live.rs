@@ -148,8 +148,38 @@ pub fn tool() -> String {
 /// # Errors
 /// See [`open`] and [`crate::file::remote`].
 pub fn source(c: &crate::Common, tick: Duration) -> anyhow::Result<Source> {
+    if let Some(a) = &c.adb {
+        let mut args = vec!["agent".to_owned(), "--interval".to_owned()];
+        args.push(format!("{}", tick.as_secs_f64()));
+        args.extend(device_args(&c.live));
+        return crate::adb::source(a, &args);
+    }
     match &c.remote {
         Some(cmd) => crate::file::remote(cmd),
         None => open(&c.live, tick),
     }
+}
+
+/// The attach options, as a device's rmapwatch takes them (its BTF is
+/// the device's own, or the one pushed).
+#[must_use]
+pub fn device_args(a: &LiveArgs) -> Vec<String> {
+    let mode = match a.probe_mode {
+        ProbeMode::Auto => "auto",
+        ProbeMode::Fentry => "fentry",
+        ProbeMode::Kprobe => "kprobe",
+        ProbeMode::Tracepoint => "tracepoint",
+    };
+    let slab = match a.slab_path {
+        SlabPath::Auto => "auto",
+        SlabPath::Raw => "raw",
+        SlabPath::Perf => "perf",
+    };
+    let mut v: Vec<String> = ["--probe-mode", mode, "--slab-path", slab]
+        .map(str::to_owned)
+        .into();
+    if let Some(b) = a.ring_bytes {
+        v.extend(["--ring-buffer-kb".to_owned(), (b / 1024).to_string()]);
+    }
+    v
 }

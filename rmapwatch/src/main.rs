@@ -8,10 +8,12 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
+mod adb;
 mod agent;
 mod drive;
 mod file;
 mod inspect;
+mod link;
 mod live;
 mod log;
 mod report;
@@ -123,14 +125,11 @@ struct GlobalArgs {
     /// say which was used and why.
     #[arg(long, value_enum, default_value_t, global = true)]
     slab_path: SlabPathArg,
-    /// Kernel BTF to read struct layouts from.
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "/sys/kernel/btf/vmlinux",
-        global = true
-    )]
-    btf: PathBuf,
+    /// Kernel BTF to read struct layouts from [default:
+    /// /sys/kernel/btf/vmlinux]. With --adb, a file here that is pushed to
+    /// the device (for kernels without BTF of their own).
+    #[arg(long, value_name = "PATH", global = true)]
+    btf: Option<PathBuf>,
     /// Ring buffer size in KiB (power of two, at least the page size).
     #[arg(long, value_name = "KIB", global = true, value_parser = parse_ring_kb)]
     ring_buffer_kb: Option<u32>,
@@ -155,8 +154,27 @@ struct GlobalArgs {
     /// Watch another machine: run CMD, a remote `rmapwatch agent` (e.g.
     /// "ssh host sudo rmapwatch agent"), and read its stream; requests go to
     /// its stdin. For the live view and `report`.
-    #[arg(long, value_name = "CMD", global = true)]
+    #[arg(long, value_name = "CMD", global = true, conflicts_with = "adb")]
     remote: Option<String>,
+    /// Watch an Android device over adb (SERIAL, else $ANDROID_SERIAL, else
+    /// the only one): rmapwatch gets root there (adb root, or su), pushes
+    /// its static agent to /data/local/tmp, streams from it, and removes it
+    /// at the end. For the live view, report, record and inspect.
+    #[arg(long, value_name = "SERIAL", num_args = 0..=1, default_missing_value = "", global = true)]
+    adb: Option<String>,
+    /// With --adb: the static rmapwatch to push (default: found next to
+    /// this binary or in the build tree; `cargo xtask build --target
+    /// aarch64-unknown-linux-gnu` makes one).
+    #[arg(long, value_name = "PATH", global = true)]
+    agent: Option<PathBuf>,
+    /// With --adb: leave the pushed agent on the device (the next run
+    /// then pushes nothing).
+    #[arg(long, global = true)]
+    keep_agent: bool,
+    /// Files this process removes when it exits, on every path (set by
+    /// --adb hosts for the agent they pushed).
+    #[arg(long, value_name = "PATH", global = true, hide = true)]
+    cleanup: Vec<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -291,6 +309,11 @@ fn parse_ring_kb(s: &str) -> Result<u32, String> {
 #[error("{0} exists: pass --force to overwrite it")]
 pub struct OutputExists(pub String);
 
+/// A combination of flags that makes no sense (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 /// An input file that cannot be read as a stream (exit code 5).
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {source}")]
@@ -303,7 +326,18 @@ pub struct BadInput {
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
-    if live::is_environment_error(e) {
+    let agent_code = e
+        .downcast_ref::<adb::DeviceExit>()
+        .map(|d| d.code)
+        .or_else(|| e.downcast_ref::<file::AgentExited>().and_then(|a| a.code));
+    if let Some(code) = agent_code {
+        // The agent's own code, where it is one of ours.
+        return u8::try_from(code)
+            .ok()
+            .filter(|c| (1..=5).contains(c))
+            .unwrap_or(exit::FAILURE);
+    }
+    if live::is_environment_error(e) || e.downcast_ref::<adb::AdbError>().is_some() {
         exit::ENVIRONMENT
     } else if e
         .downcast_ref::<rmapwatch_engine::inspect::TargetError>()
@@ -312,6 +346,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         exit::TARGET
     } else if e.downcast_ref::<rmapwatch_tui::NotATerminal>().is_some()
         || e.downcast_ref::<OutputExists>().is_some()
+        || e.downcast_ref::<UsageError>().is_some()
     {
         exit::USAGE
     } else if e.downcast_ref::<BadInput>().is_some() || e.downcast_ref::<StreamError>().is_some() {
@@ -323,7 +358,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 
 fn main() -> ExitCode {
     live::tune_process();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(args());
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader of our output went away (`| head`): nothing to say.
@@ -350,13 +385,50 @@ pub struct Common {
     pub model: model::Options,
     /// A remote agent's command, if any.
     pub remote: Option<String>,
+    /// An Android device over adb, if any.
+    pub adb: Option<adb::AdbArgs>,
+}
+
+/// Removes its files when dropped (`--cleanup`): the agent's own binary
+/// on a device, whatever way the agent ends.
+struct Cleanup(Vec<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// `--adb` takes an optional value: `--adb report` means the default
+/// device and the command `report`, not a device named "report".
+fn args() -> Vec<std::ffi::OsString> {
+    const COMMANDS: [&str; 7] = [
+        "report", "inspect", "record", "replay", "agent", "help", "--",
+    ];
+    let mut v: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    for i in 1..v.len() {
+        if v[i] == "--adb"
+            && v.get(i + 1)
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| COMMANDS.contains(&n) || n.starts_with('-'))
+        {
+            v[i] = "--adb=".into();
+        }
+    }
+    v
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let g = cli.global;
+    let _cleanup = Cleanup(g.cleanup.clone());
     let common = Common {
         live: live::LiveArgs {
-            btf: g.btf.clone(),
+            btf: g
+                .btf
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/sys/kernel/btf/vmlinux")),
             probe_mode: g.probe_mode.into(),
             slab_path: match g.slab_path {
                 SlabPathArg::Auto => SlabPath::Auto,
@@ -369,7 +441,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tree_parent_keeps_chain: !g.tree_parent_drops_chain,
         },
         remote: g.remote.clone(),
+        adb: g.adb.clone().map(|serial| adb::AdbArgs {
+            serial: Some(serial).filter(|s| !s.is_empty()),
+            agent: g.agent.clone(),
+            keep_agent: g.keep_agent,
+            btf: g.btf.clone(),
+        }),
     };
+    if common.adb.is_some() && matches!(cli.command, Some(Command::Replay(_) | Command::Agent(_))) {
+        anyhow::bail!(UsageError(
+            "--adb is for the live view, report, record and inspect".into()
+        ));
+    }
     match cli.command {
         None => view::live(&common, g.delay, &g.log_file),
         Some(Command::Replay(a)) => {

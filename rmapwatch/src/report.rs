@@ -95,6 +95,7 @@ pub fn report(c: &Common, o: &Opts) -> anyhow::Result<()> {
     let mut signals = rt.block_on(async { Signals::install() })?;
     let mut src = live::source(c, o.interval.unwrap_or(Duration::from_secs(1)))?;
     let prefix = src.prefix;
+    let link = src.link.clone();
     log::info(&format!("attached; counting {}", counting(o.duration)));
     let mut engine = Engine::new(engine::Options {
         model: c.model,
@@ -114,13 +115,17 @@ pub fn report(c: &Common, o: &Opts) -> anyhow::Result<()> {
         },
         |e, step| {
             if step == Step::Frame && o.interval.is_some() {
-                print(&e.report(false), o.json, o.top)?;
+                let mut r = e.report(false);
+                r.link = link.as_ref().map(|l| l.report());
+                print(&r, o.json, o.top)?;
             }
             Ok(())
         },
     ))?;
     log::info(&format!("stopped ({stop:?}); programs detached"));
-    print(&engine.report(true), o.json, o.top)
+    let mut r = engine.report(true);
+    r.link = link.as_ref().map(|l| l.report());
+    print(&r, o.json, o.top)
 }
 
 /// What `record` was asked.

@@ -45,7 +45,20 @@ pub fn live(c: &Common, delay: Duration, log_path: &str) -> anyhow::Result<()> {
         walk_budget: Some(WALK_BUDGET),
         source_answers: true,
     };
-    let source = c.remote.as_ref().map(|cmd| format!("remote: {cmd}"));
+    let source = src.link.as_ref().map(|l| {
+        let r = l.report();
+        let d = &r.device;
+        match d.get("model") {
+            Some(m) => format!(
+                "{m} via {} (SDK {}, {}, {})",
+                r.via,
+                d.get("sdk").map_or("?", String::as_str),
+                d.get("build_type").map_or("?", String::as_str),
+                d.get("root").map_or("?", String::as_str)
+            ),
+            None => r.via,
+        }
+    });
     dashboard(rt, signals, src, opts, delay, log_path, source)
 }
 
@@ -105,10 +118,13 @@ fn dashboard(
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let tx = update_tx.clone();
         let notice_prefix = src.prefix;
+        let link = src.link.clone();
         let collector = scope.spawn(move || {
             let mut engine = Engine::new(opts);
             let send = |e: &Engine, tx: &mpsc::Sender<tui::state::Update>| {
-                let _ = tx.send(tui::state::Update::Frame(Box::new(e.frame())));
+                let mut f = e.frame();
+                f.link = link.as_ref().map(|l| l.report());
+                let _ = tx.send(tui::state::Update::Frame(Box::new(f)));
             };
             let result = rt.block_on(drive(
                 &mut src,

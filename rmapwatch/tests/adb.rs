@@ -1,0 +1,565 @@
+//! `--adb` with the real adb client (Debian's `adb`) against the project's
+//! device stand-in (`rmw-adbd`, crate rmapwatch-tools: the ADB protocol,
+//! shell v2, sync, `root:`, a fake property set, `su`), whose commands run
+//! on this host: the "device" is this kernel. Each test has its own adb
+//! server (its own port and HOME), and checks that nothing is left on the
+//! device side afterwards: pushed files, loaded programs, kptr_restrict.
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU16, Ordering},
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+/// The stand-in, next to rmapwatch (`cargo build -p rmapwatch-tools`).
+fn adbd_bin() -> PathBuf {
+    let p = Path::new(RMAPWATCH).with_file_name("rmw-adbd");
+    assert!(
+        p.exists(),
+        "{} is missing: build it with `cargo build -p rmapwatch-tools` (cargo xtask test does)",
+        p.display()
+    );
+    p
+}
+
+fn adb_bin() -> &'static str {
+    assert!(
+        Command::new("adb").arg("version").output().is_ok(),
+        "the adb client is missing: cargo xtask setup installs Debian's adb"
+    );
+    "adb"
+}
+
+static NEXT_SERVER: AtomicU16 = AtomicU16::new(0);
+
+/// A private adb server: its port and HOME (its key).
+struct Server {
+    port: u16,
+    home: PathBuf,
+}
+
+impl Server {
+    fn new() -> Self {
+        let port = 15_100
+            + (std::process::id() % 500) as u16 * 4
+            + NEXT_SERVER.fetch_add(1, Ordering::Relaxed);
+        let home = std::env::temp_dir().join(format!("rmw-adb-home-{port}"));
+        std::fs::create_dir_all(&home).unwrap();
+        Self { port, home }
+    }
+
+    fn env(&self, c: &mut Command) {
+        c.env("ANDROID_ADB_SERVER_PORT", self.port.to_string())
+            .env("HOME", &self.home)
+            .env_remove("ANDROID_SERIAL")
+            .env_remove("ADB");
+    }
+
+    fn adb(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(adb_bin());
+        self.env(&mut c);
+        c.args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// rmapwatch with this server, `args` as given.
+    fn rmapwatch(&self) -> Command {
+        let mut c = Command::new(RMAPWATCH);
+        self.env(&mut c);
+        c.stdin(Stdio::null());
+        c
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.adb(&["kill-server"]);
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+/// A running stand-in, connected to `server`.
+struct Device {
+    child: Child,
+    serial: String,
+    props: PathBuf,
+    _stderr: Lines,
+}
+
+/// Android-like properties: a userdebug build unless `extra` overrides.
+fn props_text(extra: &[(&str, &str)]) -> String {
+    let mut p = vec![
+        ("ro.build.type", "userdebug"),
+        ("ro.debuggable", "1"),
+        ("ro.build.version.sdk", "34"),
+        ("ro.product.model", "rmw stand-in"),
+        ("ro.product.cpu.abi", "x86_64"),
+    ];
+    for (k, v) in extra {
+        p.retain(|(a, _)| a != k);
+        p.push((k, v));
+    }
+    p.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+}
+
+impl Device {
+    fn start(server: &Server, args: &[&str], props_extra: &[(&str, &str)], connect: bool) -> Self {
+        let props = std::env::temp_dir().join(format!(
+            "rmw-adbd-props-{}-{}",
+            server.port,
+            NEXT_SERVER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&props, props_text(props_extra)).unwrap();
+        let mut child = Command::new(adbd_bin())
+            .args(["--listen", "127.0.0.1:0", "--props"])
+            .arg(&props)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = Lines::new(child.stdout.take().unwrap());
+        let stderr = Lines::new(child.stderr.take().unwrap());
+        let line = stdout.wait_for("listening on", Duration::from_secs(20));
+        let addr = line.rsplit(' ').next().unwrap().trim().to_owned();
+        let d = Self {
+            child,
+            serial: addr.clone(),
+            props,
+            _stderr: stderr,
+        };
+        if connect {
+            let out = server.adb(&["connect", &addr]);
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("connected"),
+                "adb connect {addr}: {out:?}"
+            );
+        }
+        d
+    }
+
+    /// Waits until the server lists it in `state`.
+    fn wait_state(&self, server: &Server, state: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = server.adb(&["devices"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text
+                .lines()
+                .any(|l| l.starts_with(&self.serial) && l.split_whitespace().nth(1) == Some(state))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never {state}: {text}",
+                self.serial
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn shell(&self, server: &Server, cmd: &str) -> String {
+        let out = server.adb(&["-s", &self.serial, "shell", "-T", cmd]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        send(&self.child, libc::SIGTERM);
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.props);
+    }
+}
+
+/// What a run must leave behind: nothing.
+struct Clean {
+    kptr: String,
+}
+
+impl Clean {
+    fn before() -> Self {
+        Self {
+            kptr: std::fs::read_to_string("/proc/sys/kernel/kptr_restrict").unwrap(),
+        }
+    }
+
+    fn check(&self) {
+        let left = wait_gone(Duration::from_secs(10));
+        assert!(left.is_empty(), "programs left loaded: {left:?}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let files = pushed_files();
+            if files.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "left on the device: {files:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            std::fs::read_to_string("/proc/sys/kernel/kptr_restrict").unwrap(),
+            self.kptr,
+            "kptr_restrict restored"
+        );
+    }
+}
+
+fn pushed_files() -> Vec<String> {
+    std::fs::read_dir("/data/local/tmp")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("rmapwatch-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A report over adb, then Ctrl-C: the final report.
+fn adb_report(server: &Server, serial: &str, extra: &[&str]) -> (Child, Lines, Lines) {
+    let mut child = server
+        .rmapwatch()
+        .args(["--adb", serial, "report", "--json"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = Lines::new(child.stdout.take().unwrap());
+    let mut err = Lines::new(child.stderr.take().unwrap());
+    err.wait_for("attached; counting", Duration::from_secs(120));
+    (child, stdout, err)
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn report_over_adb_counts_a_workload_exactly_as_the_local_report_does() {
+    require_root();
+    let clean = Clean::before();
+    let server = Server::new();
+    let dev = Device::start(&server, &["--uid", "0"], &[], true);
+    dev.wait_state(&server, "device");
+    let local = Rmapwatch::start(&[]);
+    let (child, mut out, mut err) = adb_report(&server, &dev.serial, &[]);
+    let w = Workload::start(&["--regions", "100", "--children", "3", "--noise", "20"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    send(&child, libc::SIGINT);
+    let status = { child }.wait().unwrap();
+    let lines = out.rest();
+    let errs = err.rest();
+    assert!(status.success(), "{status:?} {errs:#?}");
+    let remote = report(lines.last().unwrap());
+    let here = local.stop();
+    let pids: Vec<u32> = std::iter::once(w.parent)
+        .chain(w.children.clone())
+        .collect();
+    w.finish();
+    assert!(remote.done, "{errs:#?}");
+    assert_eq!(remote.dropped_events, Some(0));
+    for pid in &pids {
+        let (a, b) = (process(&remote, *pid), process(&here, *pid));
+        assert_eq!(a.live, b.live, "pid {pid} live");
+        assert_eq!(a.lazy, b.lazy, "pid {pid} lazy");
+        assert_eq!(a.snapshot, b.snapshot, "pid {pid} walked");
+        assert_eq!(
+            (a.anon_vma, a.anon_vma_chain),
+            (b.anon_vma, b.anon_vma_chain),
+            "pid {pid} flows"
+        );
+    }
+    // The workload's children: each holds its own anon_vma per region
+    // plus the parent's chain (exact, from the walk).
+    let m = remote.model.as_ref().unwrap();
+    assert_eq!((m.drift.anon_vma, m.drift.anon_vma_chain), (0, 0));
+    let link = remote
+        .link
+        .as_ref()
+        .expect("a report over adb has its link");
+    assert_eq!(link.via, format!("adb {}", dev.serial));
+    assert_eq!(
+        link.device.get("model").map(String::as_str),
+        Some("rmw stand-in")
+    );
+    assert_eq!(
+        link.device.get("root").map(String::as_str),
+        Some("adbd runs as root")
+    );
+    assert!(link.bytes > 0);
+    assert!(errs.iter().any(|l| l.contains("pushing")), "{errs:#?}");
+    clean.check();
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn every_device_state_is_one_line_with_its_remedy() {
+    require_root();
+    let clean = Clean::before();
+    let server = Server::new();
+    let run = |args: &[&str]| {
+        let o = server
+            .rmapwatch()
+            .args(args)
+            .args(["report", "--duration", "1"])
+            .output()
+            .unwrap();
+        (o.status.code(), stderr(&o))
+    };
+    // None attached (the server starts empty).
+    let (code, e) = run(&["--adb"]);
+    assert_eq!(code, Some(3), "{e}");
+    assert!(e.contains("no Android device"), "{e}");
+    let (code, e) = run(&["--adb", "nosuch:5555"]);
+    assert_eq!(code, Some(3), "{e}");
+    assert!(e.contains("device 'nosuch:5555' not found"), "{e}");
+    for (mode, want) in [
+        ("unauthorized", "accept the 'Allow USB debugging?' prompt"),
+        ("offline", "does not answer"),
+        ("recovery", "not running Android"),
+        ("sideload", "not running Android"),
+    ] {
+        let d = Device::start(&server, &["--mode", mode], &[], true);
+        d.wait_state(&server, mode);
+        let (code, e) = run(&["--adb", &d.serial]);
+        assert_eq!(code, Some(3), "{mode}: {e}");
+        assert!(
+            e.contains(&format!("is {mode}")) && e.contains(want),
+            "{mode}: {e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{mode}: one line: {e}");
+        let _ = server.adb(&["disconnect", &d.serial]);
+    }
+    // Two devices, none chosen: both listed; ANDROID_SERIAL picks one.
+    let a = Device::start(&server, &["--uid", "0"], &[], true);
+    let b = Device::start(&server, &["--uid", "0"], &[], true);
+    a.wait_state(&server, "device");
+    b.wait_state(&server, "device");
+    let (code, e) = run(&["--adb"]);
+    assert_eq!(code, Some(3), "{e}");
+    assert!(
+        e.contains("several devices") && e.contains(&a.serial) && e.contains(&b.serial),
+        "{e}"
+    );
+    let o = server
+        .rmapwatch()
+        .env("ANDROID_SERIAL", &b.serial)
+        .args(["--adb", "inspect", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"pid\":1"));
+    // adb missing, or $ADB not a program.
+    let o = server
+        .rmapwatch()
+        .env("PATH", "/nonexistent")
+        .env_remove("ANDROID_HOME")
+        .args(["--adb", "report"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("adb not found"), "{}", stderr(&o));
+    let o = server
+        .rmapwatch()
+        .env("ADB", "/etc/passwd")
+        .args(["--adb", "report"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("ADB=/etc/passwd"), "{}", stderr(&o));
+    clean.check();
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn root_is_had_by_adb_root_or_su_or_refused() {
+    require_root();
+    let clean = Clean::before();
+    let server = Server::new();
+    let inspect = |serial: &str| {
+        server
+            .rmapwatch()
+            .args(["--adb", serial, "inspect", "1", "--json"])
+            .output()
+            .unwrap()
+    };
+    // userdebug: adb root, and adb unroot at the end.
+    let d = Device::start(&server, &["--uid", "2000"], &[], true);
+    d.wait_state(&server, "device");
+    assert_eq!(d.shell(&server, "id -u"), "2000");
+    let o = inspect(&d.serial);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("adb root on"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("adb unroot"), "{}", stderr(&o));
+    d.wait_state(&server, "device");
+    assert_eq!(d.shell(&server, "id -u"), "2000", "unrooted again");
+    drop(d);
+    // A user build with su (Magisk, KernelSU): su -c.
+    let user = [("ro.build.type", "user"), ("ro.debuggable", "0")];
+    let d = Device::start(&server, &["--uid", "2000", "--su"], &user, true);
+    d.wait_state(&server, "device");
+    let o = inspect(&d.serial);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("root on") && stderr(&o).contains("su -c"),
+        "{}",
+        stderr(&o)
+    );
+    drop(d);
+    // su that refuses, and no su at all: one line, exit 3.
+    for (args, want) in [
+        (&["--uid", "2000", "--su-deny"][..], "su refused"),
+        (&["--uid", "2000"][..], "there is no su"),
+    ] {
+        let d = Device::start(&server, args, &user, true);
+        d.wait_state(&server, "device");
+        let o = inspect(&d.serial);
+        assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+        let e = stderr(&o);
+        let last = e.lines().last().unwrap_or("");
+        assert!(
+            last.contains("needs root on the device")
+                && last.contains("'user' build")
+                && last.contains(want),
+            "{e}"
+        );
+    }
+    clean.check();
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_dropped_link_is_one_line_and_leaves_nothing_on_the_device() {
+    require_root();
+    let clean = Clean::before();
+    let server = Server::new();
+    let dev = Device::start(&server, &["--uid", "0"], &[], true);
+    dev.wait_state(&server, "device");
+    let (mut child, _out, mut err) = adb_report(&server, &dev.serial, &[]);
+    // The cable: every connection of the device dropped at once.
+    send(&dev.child, libc::SIGUSR1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the host did not notice");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let errs = err.rest();
+    assert!(!status.success());
+    let last = errs.last().cloned().unwrap_or_default();
+    assert!(last.contains("the link dropped"), "{errs:#?}");
+    // The agent saw its stdin close (SIGHUP from the stand-in, as adbd
+    // does) and detached, removing its own binary.
+    clean.check();
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn hostile_strings_are_data_and_the_agent_is_pushed_once_when_kept() {
+    require_root();
+    let clean = Clean::before();
+    let server = Server::new();
+    let dev = Device::start(
+        &server,
+        &["--uid", "2000", "--su"],
+        &[("ro.build.type", "user"), ("ro.debuggable", "0")],
+        true,
+    );
+    dev.wait_state(&server, "device");
+    let marker = std::env::temp_dir().join("rmw-adb-pwned");
+    let _ = std::fs::remove_file(&marker);
+    let evil = format!(
+        "x'; touch {m}; echo '$(touch {m})`touch {m}`",
+        m = marker.display()
+    );
+    // A process name, through sh and su -c's sh: not found, nothing run.
+    let o = server
+        .rmapwatch()
+        .args(["--adb", &dev.serial, "inspect", &evil])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no process"), "{}", stderr(&o));
+    assert!(!marker.exists(), "a name ran as shell code");
+    // An agent and a BTF under hostile paths on the host: pushed as data.
+    let dir = std::env::temp_dir().join("rmw adb 'dir'; $(x)");
+    std::fs::create_dir_all(&dir).unwrap();
+    let agent = dir.join("rmapwatch agent");
+    let built = Path::new(RMAPWATCH)
+        .parent()
+        .unwrap()
+        .join("../x86_64-unknown-linux-gnu/release/rmapwatch");
+    std::fs::copy(&built, &agent).unwrap();
+    let btf = dir.join("vm linux;.btf");
+    std::fs::copy("/sys/kernel/btf/vmlinux", &btf).unwrap();
+    let serial_env = dev.serial.clone();
+    let run = |keep: bool| {
+        let mut c = server.rmapwatch();
+        c.env("ANDROID_SERIAL", &serial_env)
+            .arg("--adb")
+            .arg("--agent")
+            .arg(&agent)
+            .arg("--btf")
+            .arg(&btf);
+        if keep {
+            c.arg("--keep-agent");
+        }
+        c.args(["inspect", "1", "--json"]).output().unwrap()
+    };
+    let o = run(true);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("pushing"), "{}", stderr(&o));
+    assert_eq!(pushed_files().len(), 2, "agent and BTF kept");
+    let o = run(false);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is already on"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("pushing"), "{}", stderr(&o));
+    // Kept files were not pushed by this run: removed by hand.
+    for f in pushed_files() {
+        let _ = std::fs::remove_file(Path::new("/data/local/tmp").join(f));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!marker.exists());
+    clean.check();
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn record_over_adb_replays_here() {
+    require_root();
+    let clean = Clean::before();
+    let server = Server::new();
+    let dev = Device::start(&server, &["--uid", "0"], &[], true);
+    dev.wait_state(&server, "device");
+    let file = std::env::temp_dir().join(format!("rmw-adb-{}.rmw", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let o = server
+        .rmapwatch()
+        .args(["--adb", &dev.serial, "record", "-t", "2", "--json", "-o"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rec = report(String::from_utf8_lossy(&o.stdout).lines().last().unwrap());
+    let o = server
+        .rmapwatch()
+        .args(["report", "--json", "--from"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let replayed = report(String::from_utf8_lossy(&o.stdout).trim());
+    assert_eq!(replayed.live, rec.live);
+    assert_eq!(replayed.kernel, rec.kernel);
+    let _ = std::fs::remove_file(&file);
+    clean.check();
+}
