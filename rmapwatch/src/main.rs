@@ -64,11 +64,16 @@ sudo rmapwatch report --json           JSON report when you press Ctrl-C\n  \
 sudo rmapwatch record -o run.rmw -t 60 record a minute\n  \
 rmapwatch replay run.rmw               the dashboard of the recording (no root)\n  \
 rmapwatch report --from run.rmw --json the recording's report\n  \
-rmapwatch --remote 'ssh host sudo rmapwatch agent'   another machine's dashboard\n\n\
+rmapwatch --remote 'ssh host sudo rmapwatch agent'   another machine's dashboard\n  \
+rmapwatch --adb                        the Android device's dashboard (root: adb root or su)\n  \
+rmapwatch --adb SERIAL report -t 10    a report from that device\n  \
+rmapwatch --adb inspect surfaceflinger one process on the device\n\n\
 Exit codes: 0 ok, 1 runtime failure, 2 bad usage (or no terminal for the live view, or an \
 output file that exists), 3 this system cannot run rmapwatch, 4 no such process to inspect, \
 5 the input file or stream is not a rmapwatch recording, of another version, empty, damaged or \
-truncated (what came before the damage is still reported)."
+truncated (what came before the damage is still reported). With --adb: 3 also for every device \
+problem (adb missing, no device, several, unauthorized, offline, no root), each said in one line \
+with its remedy; a command on the device passes its own exit code on; a dropped link is 1."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -34,6 +34,8 @@ const TOOLCHAIN_PACKAGES: &[&str] = &[
 ];
 const TEST_PACKAGES: &[&str] = &[
     "zstd",
+    // The real adb client, against the project's device stand-in.
+    "adb",
     "bpftrace",
     "bpftool",
     "util-linux",
@@ -153,7 +155,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .find(|a| a.target == target)
                 .with_context(|| format!("unsupported target {target}: x86_64-unknown-linux-gnu or aarch64-unknown-linux-gnu"))?;
             let dir = build_static(&root, arch)?;
-            step(&format!("static binaries in {}", dir.display()));
+            step(&format!(
+                "static binaries in {} (rmapwatch there is the agent `--adb` pushes: found \
+                 by a host rmapwatch of this build tree, or pass --agent {}/rmapwatch)",
+                dir.display(),
+                dir.display()
+            ));
             Ok(())
         }
         Cmd::Fixtures => {
@@ -402,8 +409,11 @@ fn test(no_lint: bool) -> anyhow::Result<()> {
     fuzz_briefly()?;
     step("privileged kernel tests (root, one at a time)");
     cargo(&["build", "--tests", "--package", "rmapwatch"])?;
-    // The controlled workload the privileged tests run, next to rmapwatch.
+    // The controlled workload and the adb device stand-in the privileged
+    // tests run, next to rmapwatch.
     cargo(&["build", "--package", "rmapwatch-tools", "--bins"])?;
+    // The static agent the --adb tests push (found in the build tree).
+    build_static(&workspace_root(), &vm::ARCHES[0])?;
     let privileged = [
         "test",
         "--package",
@@ -617,13 +627,58 @@ fn build_static(root: &Path, arch: &vm::Arch) -> anyhow::Result<PathBuf> {
         "--package",
         "rmapwatch-tools",
     ])
-    .args(["--bin", "rmapwatch", "--bin", "rmw-workload"])
-    .env("RUSTFLAGS", "-C target-feature=+crt-static");
+    .args(["--bin", "rmapwatch", "--bin", "rmw-workload", "--bin", "rmw-adbd"])
+    .env(
+        "RUSTFLAGS",
+        if arch.name == "x86_64" {
+            "-C target-feature=+crt-static"
+        } else {
+            // Phones from android14-6.1 on may run 16 KiB pages.
+            "-C target-feature=+crt-static -C link-arg=-Wl,-z,max-page-size=16384"
+        },
+    );
     if arch.name != "x86_64" {
         c.args(["-Z", "build-std=std,panic_abort"]);
     }
     sh(&mut c)?;
-    Ok(root.join("target").join(arch.target).join("release"))
+    let dir = root.join("target").join(arch.target).join("release");
+    if arch.name == "x86_64" {
+        return Ok(dir);
+    }
+    let align = load_alignment(&dir.join("rmapwatch"))?;
+    if align < 16384 {
+        bail!(
+            "{}/rmapwatch: LOAD segments aligned to {align} bytes, not 16 KiB pages",
+            dir.display()
+        );
+    }
+    step(&format!(
+        "{} rmapwatch: static, LOAD segments aligned to {} KiB (16 KiB-page kernels run it)",
+        arch.name,
+        align / 1024
+    ));
+    Ok(dir)
+}
+
+/// The smallest alignment of an ELF64 file's LOAD segments.
+fn load_alignment(path: &Path) -> anyhow::Result<u64> {
+    let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let num = |o: usize, n: usize| -> anyhow::Result<u64> {
+        let s = b.get(o..o + n).context("truncated ELF")?;
+        Ok(s.iter().rev().fold(0, |a, &x| a << 8 | u64::from(x)))
+    };
+    if b.get(..4) != Some(b"\x7fELF") {
+        bail!("{} is not ELF", path.display());
+    }
+    let (phoff, phentsize, phnum) = (num(32, 8)?, num(54, 2)?, num(56, 2)?);
+    let mut min = u64::MAX;
+    for i in 0..phnum {
+        let at = usize::try_from(phoff + i * phentsize)?;
+        if num(at, 4)? == 1 {
+            min = min.min(num(at + 48, 8)?);
+        }
+    }
+    Ok(min)
 }
 
 fn vm_test(
