@@ -575,3 +575,107 @@ fn record_over_adb_replays_here() {
     let _ = std::fs::remove_file(&file);
     clean.check();
 }
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_killed_adb_server_is_a_dropped_link_too() {
+    require_root();
+    let clean = Clean::before();
+    let server = Server::new();
+    let dev = Device::start(&server, &["--uid", "0"], &[], true);
+    dev.wait_state(&server, "device");
+    let (mut child, _out, mut err) = adb_report(&server, &dev.serial, &[]);
+    let _ = server.adb(&["kill-server"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the host did not notice");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let errs = err.rest();
+    assert!(!status.success());
+    assert!(
+        errs.iter().any(|l| l.contains("the link dropped")),
+        "{errs:#?}"
+    );
+    clean.check();
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn the_dashboard_over_adb_shows_the_device_and_its_link() {
+    require_root();
+    let clean = Clean::before();
+    let server = Server::new();
+    let dev = Device::start(&server, &["--uid", "0"], &[], true);
+    dev.wait_state(&server, "device");
+    let log = std::env::temp_dir().join(format!("rmw-adb-tui-{}.log", server.port));
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(["-L", "rmapwatch-adb-test"])
+            .args(args)
+            .output()
+            .expect("tmux is installed by cargo xtask setup")
+    };
+    let cmd = format!(
+        "env ANDROID_ADB_SERVER_PORT={} HOME={} {RMAPWATCH} --adb {} --log-file {}",
+        server.port,
+        server.home.display(),
+        dev.serial,
+        log.display()
+    );
+    let _ = tmux(&["kill-server"]);
+    assert!(
+        tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            "adb",
+            "-x",
+            "160",
+            "-y",
+            "48",
+            &cmd
+        ])
+        .status
+        .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let screen = loop {
+        let s = String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "adb"]).stdout)
+            .into_owned();
+        if s.contains("via adb")
+            && s.contains("link ")
+            && s.contains("KB/s")
+            && s.contains("anon_vma")
+        {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no device header: {s}\nlog: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        screen.contains(&format!("rmw stand-in via adb {}", dev.serial)),
+        "{screen}"
+    );
+    let _ = tmux(&["send-keys", "-t", "adb", "q"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tmux(&["has-session", "-t", "adb"]).status.success() {
+        assert!(Instant::now() < deadline, "the dashboard did not quit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = tmux(&["kill-server"]);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("device: "),
+        "the agent's notices are logged: {text}"
+    );
+    let _ = std::fs::remove_file(&log);
+    clean.check();
+}
