@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod adb;
 mod record;
 mod storm;
 
@@ -656,6 +657,10 @@ fn main() -> ExitCode {
             "footprint" => bench_footprint(),
             "snapshot" => bench_snapshot(5, 10_000, 9)?,
             "idle" => storm::idle(20)?,
+            "adb" => adb::run(
+                arg_num(&args, "--secs", 20),
+                arg_num(&args, "--forks", 2000),
+            )?,
             "replay" => record::replay(5_000_000, 5)?,
             "record" => record::record(
                 arg_num(&args, "--rounds", 5),
@@ -683,7 +688,7 @@ fn main() -> ExitCode {
             }
             other => anyhow::bail!(
                 "unknown benchmark {other}: \
-                 render|pipeline|ingest|footprint|snapshot|replay|record|idle|storms|all"
+                 render|pipeline|ingest|footprint|snapshot|replay|record|idle|adb|storms|all"
             ),
         }
         Ok(())
