@@ -275,17 +275,7 @@ fn report_over_adb_counts_a_workload_exactly_as_the_local_report_does() {
     w.finish();
     assert!(remote.done, "{errs:#?}");
     assert_eq!(remote.dropped_events, Some(0));
-    for pid in &pids {
-        let (a, b) = (process(&remote, *pid), process(&here, *pid));
-        assert_eq!(a.live, b.live, "pid {pid} live");
-        assert_eq!(a.lazy, b.lazy, "pid {pid} lazy");
-        assert_eq!(a.snapshot, b.snapshot, "pid {pid} walked");
-        assert_eq!(
-            (a.anon_vma, a.anon_vma_chain),
-            (b.anon_vma, b.anon_vma_chain),
-            "pid {pid} flows"
-        );
-    }
+    same_processes(&remote, &here, &pids);
     // The workload's children: each holds its own anon_vma per region
     // plus the parent's chain (exact, from the walk).
     let m = remote.model.as_ref().unwrap();
@@ -446,17 +436,17 @@ fn root_is_had_by_adb_root_or_su_or_refused() {
     clean.check();
 }
 
-#[test]
-#[ignore = "needs root: run by cargo xtask test"]
-fn a_dropped_link_is_one_line_and_leaves_nothing_on_the_device() {
+/// A report over adb whose link `cut` drops: one line, non-zero, and
+/// nothing left on the device (the agent saw its stdin close, or SIGHUP
+/// from the stand-in as from adbd, and detached, removing its binary).
+fn drop_link(cut: impl FnOnce(&Server, &Device)) {
     require_root();
     let clean = Clean::before();
     let server = Server::new();
     let dev = Device::start(&server, &["--uid", "0"], &[], true);
     dev.wait_state(&server, "device");
     let (mut child, _out, mut err) = adb_report(&server, &dev.serial, &[]);
-    // The cable: every connection of the device dropped at once.
-    send(&dev.child, libc::SIGUSR1);
+    cut(&server, &dev);
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -469,9 +459,22 @@ fn a_dropped_link_is_one_line_and_leaves_nothing_on_the_device() {
     assert!(!status.success());
     let last = errs.last().cloned().unwrap_or_default();
     assert!(last.contains("the link dropped"), "{errs:#?}");
-    // The agent saw its stdin close (SIGHUP from the stand-in, as adbd
-    // does) and detached, removing its own binary.
     clean.check();
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_dropped_link_is_one_line_and_leaves_nothing_on_the_device() {
+    // The cable: every connection of the device dropped at once.
+    drop_link(|_, dev| send(&dev.child, libc::SIGUSR1));
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_killed_adb_server_is_a_dropped_link_too() {
+    drop_link(|server, _| {
+        let _ = server.adb(&["kill-server"]);
+    });
 }
 
 #[test]
@@ -573,33 +576,6 @@ fn record_over_adb_replays_here() {
     assert_eq!(replayed.live, rec.live);
     assert_eq!(replayed.kernel, rec.kernel);
     let _ = std::fs::remove_file(&file);
-    clean.check();
-}
-
-#[test]
-#[ignore = "needs root: run by cargo xtask test"]
-fn a_killed_adb_server_is_a_dropped_link_too() {
-    require_root();
-    let clean = Clean::before();
-    let server = Server::new();
-    let dev = Device::start(&server, &["--uid", "0"], &[], true);
-    dev.wait_state(&server, "device");
-    let (mut child, _out, mut err) = adb_report(&server, &dev.serial, &[]);
-    let _ = server.adb(&["kill-server"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the host did not notice");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let errs = err.rest();
-    assert!(!status.success());
-    assert!(
-        errs.iter().any(|l| l.contains("the link dropped")),
-        "{errs:#?}"
-    );
     clean.check();
 }
 

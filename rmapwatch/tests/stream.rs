@@ -57,18 +57,7 @@ fn a_recording_replays_to_what_a_report_beside_it_saw() {
     // live and lazy, system-wide and for every process of the workload.
     assert!(replayed.done);
     assert_eq!(replayed.dropped_events, Some(0));
-    for pid in &pids {
-        let (a, b) = (process(&replayed, *pid), process(&live, *pid));
-        assert_eq!(a.live, b.live, "pid {pid} live");
-        assert_eq!(a.lazy, b.lazy, "pid {pid} lazy");
-        assert_eq!(a.snapshot, b.snapshot, "pid {pid} walked");
-        assert_eq!(
-            (a.anon_vma, a.anon_vma_chain),
-            (b.anon_vma, b.anon_vma_chain),
-            "pid {pid} flows"
-        );
-        assert_eq!(a.ppid, b.ppid);
-    }
+    same_processes(&replayed, &live, &pids);
     // System-wide, but for the two rmapwatch processes: each final walk
     // sees the other one alive or not, depending on who stops first.
     // Everything else here (the test harness) is idle while they stop.

@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod adbcell;
 mod btf;
 mod cpio;
 mod fixtures;
@@ -108,7 +109,8 @@ enum Cmd {
     /// Set up, build (release) and run the benchmarks as root; each prints
     /// its baseline from the same run and the ratio (see BENCHMARKS.md).
     Bench {
-        /// One of render, pipeline, ingest, footprint, snapshot, all.
+        /// One of render, pipeline, ingest, footprint, snapshot, replay,
+        /// record, idle, storms, adb (the --adb link), all (but adb).
         #[arg(default_value = "all")]
         which: String,
     },
@@ -134,10 +136,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             step("building rmapwatch (release)");
             cargo(&["build", "--release", "--package", "rmapwatch"])?;
             let bin = root.join("target/release/rmapwatch");
+            // A phone over adb: the host needs no root, the phone needs the
+            // static agent of its architecture (both built: phones are
+            // aarch64, emulators x86_64; found in the build tree).
+            let adb = args.iter().any(|a| a == "--adb" || a.starts_with("--adb="));
+            if adb {
+                for arch in &vm::ARCHES {
+                    build_static(&root, arch)?;
+                }
+            }
             step(&format!("running {} {}", bin.display(), args.join(" ")));
-            let status = as_root(&bin, &args)
-                .status()
-                .context("starting rmapwatch")?;
+            let status = if adb {
+                Command::new(&bin).args(&args).status()
+            } else {
+                as_root(&bin, &args).status()
+            }
+            .context("starting rmapwatch")?;
             // rmapwatch already printed why it stopped; pass its code on.
             std::process::exit(status.code().unwrap_or(1));
         }
@@ -203,6 +217,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench { which } => {
             setup()?;
             build_release("the benchmarks")?;
+            if which == "adb" {
+                // The agent the adb benchmark pushes to the stand-in.
+                build_static(&root, &vm::ARCHES[0])?;
+            }
             let bin = root.join("target/release/rmw-bench");
             step(&format!("running {} {which}", bin.display()));
             sh(&mut as_root(&bin, &[which]))
@@ -418,6 +436,9 @@ fn test(no_lint: bool) -> anyhow::Result<()> {
         "test",
         "--package",
         "rmapwatch",
+        // The stand-in's own root tests (uid 2000, setuid su).
+        "--package",
+        "rmapwatch-tools",
         "--",
         "--ignored",
         "--test-threads=1",
@@ -627,7 +648,14 @@ fn build_static(root: &Path, arch: &vm::Arch) -> anyhow::Result<PathBuf> {
         "--package",
         "rmapwatch-tools",
     ])
-    .args(["--bin", "rmapwatch", "--bin", "rmw-workload", "--bin", "rmw-adbd"])
+    .args([
+        "--bin",
+        "rmapwatch",
+        "--bin",
+        "rmw-workload",
+        "--bin",
+        "rmw-adbd",
+    ])
     .env(
         "RUSTFLAGS",
         if arch.name == "x86_64" {

@@ -3,8 +3,9 @@
 //! VM. The kernels are Debian packages, cached in `.cache/vm`.
 use std::{
     fmt::Write as _,
+    io::{BufRead as _, Read as _},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, bail};
@@ -203,10 +204,20 @@ pub const KSYMS: [&str; 13] = [
 ];
 
 const MODES: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
-const K: u64 = 40;
-const F: u64 = 3;
+pub const K: u64 = 40;
+pub const F: u64 = 3;
 /// Forks of the small fork storm timed per mode (untraced, then traced).
-const STORM: u64 = 200;
+pub const STORM: u64 = 200;
+/// At most this long the guest waits in the host phase for the host to
+/// release it (below the boot's 900 s, so the log still ends).
+const HOST_PHASE_SECS: u64 = 600;
+/// The guest ports of the host phase: its server, and the one the host
+/// connects to (and closes) to release it.
+const GUEST_PORT: u16 = 5555;
+const RELEASE_PORT: u16 = 5556;
+/// The roots of the NIC's modules (with their dependencies); builtin ones
+/// are skipped.
+const NET_MODULES: [&str; 2] = ["virtio_pci", "virtio_net"];
 
 /// The VM's /init: for each mode, attach, take the anon_vma slab count,
 /// run the workload to its hold point, take the count again, let interim
@@ -245,6 +256,54 @@ refusals() {{
   echo confidentiality > /sys/kernel/security/lockdown
   rmapwatch report --duration 1 > /dev/null 2>/tmp/e; echo "RMW-REFUSE lockdown rc=$? $(grep error /tmp/e | head -1)"
 }}
+# rmw.net=1: a virtio-net NIC on QEMU's user network. Its modules (the host
+# puts this kernel's in /lib/modules/RELEASE, net.list in load order), then
+# QEMU's user-net defaults. Done late (in the host phase): nothing measured
+# before sees a NIC driver.
+net_up() {{
+  D=/lib/modules/$(uname -r)
+  [ -f $D/net.list ] || {{ echo "RMW-NET no modules for $(uname -r)"; return 1; }}
+  for m in $(cat $D/net.list); do insmod $D/$m 2>/tmp/e || echo "RMW-NET insmod $m failed: $(cat /tmp/e)"; done
+  i=0
+  while [ ! -e /sys/class/net/eth0 ]; do sleep 0.2; i=$((i+1)); [ $i -gt 100 ] && {{ echo "RMW-NET no eth0"; return 1; }}; done
+  ip link set lo up
+  ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 || echo "RMW-NET ip failed"
+}}
+# Whether a TCP port (4 hex digits) of the guest is listening.
+listening() {{ cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -q ":$1 [0-9A-F]*:0000 0A"; }}
+# The guest's side of the host phase: servers on 5555 (the host reaches it
+# on 127.0.0.1:<HostPhase::port>), started in the background, their pids in
+# PHASE_PIDS (killed after the phase); PHASE_PORTS are waited for (listening)
+# before RMW-NET-READY. Here: the project's ADB device stand-in, a
+# userdebug "phone" whose adbd runs as root, for the host's real adb client.
+adb_phase() {{
+  mkdir -p /data/local/tmp
+  printf 'ro.build.type=userdebug\nro.debuggable=1\nro.build.version.sdk=34\nro.product.model=arm64 guest\nro.product.cpu.abi=arm64-v8a\n' > /tmp/adb.props
+  # As Android's init leaves them: kernel addresses hidden, 64 KiB of
+  # locked memory for everything it starts.
+  echo 2 > /proc/sys/kernel/kptr_restrict
+  (ulimit -l 64; exec rmw-adbd --listen 0.0.0.0:5555 --props /tmp/adb.props --uid 0 > /tmp/adbd.out 2> /tmp/adbd.err) & PHASE_PIDS="$PHASE_PIDS $!"
+  PHASE_PORTS="$PHASE_PORTS 15B3"
+}}
+# The host phase (rmw.net=1): NIC up, adb_phase, then RMW-NET-READY on the
+# console; blocked until the host connects to 5556 and closes (at most
+# {phase_secs} s, so a broken host never hangs the boot).
+host_phase() {{
+  grep -q 'rmw\.net=1' /proc/cmdline || return 0
+  net_up
+  PHASE_PIDS=; PHASE_PORTS=15B4
+  timeout {phase_secs} nc -l -p 5556 < /dev/null > /dev/null 2>&1 &
+  N=$!
+  adb_phase
+  for p in $PHASE_PORTS; do
+    i=0
+    while ! listening $p; do sleep 0.2; i=$((i+1)); [ $i -gt 300 ] && {{ echo "RMW-NET port $p not listening"; break; }}; done
+  done
+  echo RMW-NET-READY
+  wait $N; echo "RMW-NET-RELEASED rc=$?"
+  for p in $PHASE_PIDS; do kill $p 2>/dev/null; done
+  [ -e /tmp/adbd.err ] && tail -5 /tmp/adbd.err | sed 's/^/RMW-NET adbd: /'
+}}
 # rmw.modes=a,b on the command line picks the modes; rmw.record=0 skips
 # the recording.
 MODES=$(sed -n 's/.*rmw\.modes=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')
@@ -279,7 +338,7 @@ for mode in $MODES; do
   sed 's/^/RMW-ERR /' /tmp/r.err
   sed 's/^/RMW-JSON /' /tmp/r.json
 done
-if grep -q 'rmw\.record=0' /proc/cmdline; then refusals; echo RMW-END; poweroff -f; fi
+if grep -q 'rmw\.record=0' /proc/cmdline; then host_phase; refusals; echo RMW-END; poweroff -f; fi
 # A recording made here, for the host to replay (another architecture on
 # arm64), and the host's fixtures replayed here.
 rm -f /tmp/rec.rmw /tmp/hold2
@@ -307,6 +366,7 @@ for f in /fixtures/*.rmw; do
   [ -e "$f" ] || continue
   echo "RMW-REPLAY $(basename $f) $(rmapwatch report --from $f --json 2>/tmp/replay.err | tr '\n' ' ')"
 done
+host_phase
 refusals
 echo RMW-END
 poweroff -f
@@ -317,6 +377,7 @@ poweroff -f
         f = F,
         storm = STORM,
         workload = crate::fixtures::WORKLOAD.join(" "),
+        phase_secs = HOST_PHASE_SECS,
     )
 }
 
@@ -393,9 +454,139 @@ pub fn kernel_image_of(cache_root: &Path, arch: &Arch, series: &Series) -> anyho
     kernel_image(cache_root, &cache, arch, series)
 }
 
+/// The release of a kernel image of the cache: `boot/vmlinuz-RELEASE`, or
+/// `usr/lib/modules/RELEASE/vmlinuz` (trixie).
+fn release_of(vmlinuz: &Path) -> Option<String> {
+    let name = vmlinuz.file_name()?.to_str()?;
+    match name.strip_prefix("vmlinuz-") {
+        Some(r) => Some(r.to_owned()),
+        None => Some(vmlinuz.parent()?.file_name()?.to_str()?.to_owned()),
+    }
+}
+
+/// A module's bytes, decompressed on the host (busybox's insmod may not).
+fn module_bytes(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let name = path.to_string_lossy();
+    let tool = if name.ends_with(".xz") {
+        "xz"
+    } else if name.ends_with(".zst") {
+        "zstd"
+    } else {
+        return std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    };
+    let out = Command::new(tool)
+        .arg("-dc")
+        .arg(path)
+        .output()
+        .with_context(|| {
+            format!(
+                "running {tool} -dc {} (is {tool} installed?)",
+                path.display()
+            )
+        })?;
+    if !out.status.success() {
+        bail!(
+            "{tool} -dc {} failed ({}): {}",
+            path.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
+}
+
+/// The `depends=` of a module's .modinfo (kernel module names).
+fn module_depends(ko: &[u8]) -> Vec<String> {
+    let key = b"\0depends=";
+    let Some(at) = ko.windows(key.len()).position(|w| w == key) else {
+        return Vec::new();
+    };
+    let rest = &ko[at + key.len()..];
+    let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+    String::from_utf8_lossy(&rest[..end])
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every module file under `dir`, by kernel module name (`-` read as `_`).
+fn module_index(
+    dir: &Path,
+    index: &mut std::collections::HashMap<String, PathBuf>,
+) -> anyhow::Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = e?.path();
+        if path.is_dir() {
+            module_index(&path, index)?;
+        } else if let Some(name) = path.file_name().and_then(|n| n.to_str())
+            && let Some(stem) = [".ko", ".ko.xz", ".ko.zst"]
+                .iter()
+                .find_map(|x| name.strip_suffix(x))
+        {
+            index.insert(stem.replace('-', "_"), path.clone());
+        }
+    }
+    Ok(())
+}
+
+/// Puts the NIC's modules of the kernel tree `tree` (`lib/modules/RELEASE`
+/// of a package) into `dest`, decompressed, with `net.list`: their files in
+/// load order (dependencies first). The package has no `modules.dep`
+/// (depmod runs at install): the order is read from each module's
+/// `depends=`. Returns the list.
+fn net_modules(tree: &Path, dest: &Path) -> anyhow::Result<Vec<String>> {
+    let builtin: std::collections::HashSet<String> =
+        std::fs::read_to_string(tree.join("modules.builtin"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.rsplit('/').next()?.strip_suffix(".ko"))
+            .map(|n| n.replace('-', "_"))
+            .collect();
+    let mut index = std::collections::HashMap::new();
+    module_index(&tree.join("kernel"), &mut index)?;
+    let mut order = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    // Depth first, each module after its dependencies.
+    fn visit(
+        name: &str,
+        index: &std::collections::HashMap<String, PathBuf>,
+        builtin: &std::collections::HashSet<String>,
+        seen: &mut std::collections::HashSet<String>,
+        order: &mut Vec<(String, Vec<u8>)>,
+    ) -> anyhow::Result<()> {
+        if builtin.contains(name) || !seen.insert(name.to_owned()) {
+            return Ok(());
+        }
+        let path = index
+            .get(name)
+            .with_context(|| format!("no module {name}, and it is not builtin"))?;
+        let ko = module_bytes(path)?;
+        for dep in module_depends(&ko) {
+            visit(&dep, index, builtin, seen, order)?;
+        }
+        order.push((name.to_owned(), ko));
+        Ok(())
+    }
+    for root in NET_MODULES {
+        visit(root, &index, &builtin, &mut seen, &mut order)
+            .with_context(|| format!("the modules of {root} in {}", tree.display()))?;
+    }
+    std::fs::create_dir_all(dest)?;
+    let mut list = Vec::new();
+    for (name, ko) in order {
+        let file = format!("{name}.ko");
+        std::fs::write(dest.join(&file), ko)?;
+        list.push(file);
+    }
+    std::fs::write(dest.join("net.list"), list.join("\n") + "\n")?;
+    Ok(list)
+}
+
 /// Builds the initramfs: busybox (of the guest's architecture), the static
-/// binaries, /init.
-fn initramfs(cache: &Path, arch: &Arch, bins: &Path) -> anyhow::Result<PathBuf> {
+/// binaries, /init, and the NIC's modules of each release in `net`
+/// (`/lib/modules/RELEASE`, picked by the guest's `uname -r`).
+fn initramfs(cache: &Path, arch: &Arch, bins: &Path, net: &[String]) -> anyhow::Result<PathBuf> {
     let root = cache.join("root");
     let _ = std::fs::remove_dir_all(&root);
     for d in ["bin", "proc", "sys", "dev", "tmp"] {
@@ -408,11 +599,12 @@ fn initramfs(cache: &Path, arch: &Arch, bins: &Path) -> anyhow::Result<PathBuf> 
         .context("busybox-static")?;
     for applet in [
         "sh", "mount", "cat", "echo", "sleep", "grep", "mkfifo", "poweroff", "kill", "wc", "cut",
-        "sed", "rm", "uname", "base64", "tr", "basename", "awk",
+        "sed", "rm", "uname", "base64", "tr", "basename", "awk", "insmod", "ip", "nc", "httpd",
+        "timeout", "mkdir",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
     }
-    for b in ["rmapwatch", "rmw-workload"] {
+    for b in ["rmapwatch", "rmw-workload", "rmw-adbd"] {
         std::fs::copy(bins.join(b), root.join("bin").join(b))
             .with_context(|| format!("static {b}"))?;
     }
@@ -422,6 +614,20 @@ fn initramfs(cache: &Path, arch: &Arch, bins: &Path) -> anyhow::Result<PathBuf> 
     for f in fixture_files()? {
         if let Some(name) = f.file_name() {
             std::fs::copy(&f, root.join("fixtures").join(name))?;
+        }
+    }
+    for release in net {
+        let tree = ["ex/lib/modules", "ex/usr/lib/modules"]
+            .iter()
+            .map(|d| cache.join(d).join(release))
+            .find(|t| t.join("kernel").is_dir());
+        let dest = root.join("lib/modules").join(release);
+        // A kernel without them boots all the same; its guest says so and
+        // its host phase fails.
+        match tree.map(|t| net_modules(&t, &dest)) {
+            Some(Ok(list)) => eprintln!("xtask: {release}: NIC modules {}", list.join(" ")),
+            Some(Err(e)) => eprintln!("xtask: {release}: no NIC modules: {e:#}"),
+            None => eprintln!("xtask: {release}: no module tree in {}", cache.display()),
         }
     }
     let init = root.join("init");
@@ -458,7 +664,7 @@ fn object<'a>(
 }
 
 /// Checks one mode's output against the VM's ground truth.
-fn check(
+pub fn check(
     mode: &str,
     meta: &str,
     pre_lines: usize,
@@ -754,8 +960,14 @@ fn run_kernel(
     host_bin: &Path,
     boot: &Boot,
 ) -> anyhow::Result<Vec<Cell>> {
-    let out = Command::new("timeout")
-        .args(["900", arch.qemu, "-accel", "tcg"])
+    // The host phase's ports: free ones now, forwarded to the guest's.
+    let ports = if boot.net {
+        Some((free_port()?, free_port()?))
+    } else {
+        None
+    };
+    let mut qemu = Command::new("timeout");
+    qemu.args(["900", arch.qemu, "-accel", "tcg"])
         .args(arch.machine)
         .args([
             "-m",
@@ -771,16 +983,91 @@ fn run_kernel(
         .arg(initrd)
         .arg("-append")
         .arg(format!(
-            "console={} quiet panic=-1 rmw.modes={}{}{}{}",
+            "console={} quiet panic=-1 rmw.modes={}{}{}{}{}",
             arch.console,
             boot.modes.join(","),
             if boot.record { "" } else { " rmw.record=0" },
             if boot.refusals { " rmw.refusals=1" } else { "" },
+            if boot.net { " rmw.net=1" } else { "" },
             boot.cmdline
-        ))
-        .output()
+        ));
+    if let Some((port, release)) = ports {
+        // QEMU's user network (the guest 10.0.2.15, its gateway 10.0.2.2),
+        // reachable from the host's loopback only. No option ROM: the
+        // kernel is booted directly.
+        qemu.args([
+            "-netdev",
+            &format!(
+                "user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:{GUEST_PORT},\
+                 hostfwd=tcp:127.0.0.1:{release}-:{RELEASE_PORT}"
+            ),
+            "-device",
+            "virtio-net-pci,netdev=n0,romfile=",
+        ]);
+    }
+    let mut child = qemu
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .context("running qemu")?;
-    let log = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let (stdout, mut stderr) = (
+        child.stdout.take().context("qemu's stdout")?,
+        child.stderr.take().context("qemu's stderr")?,
+    );
+    let errs = std::thread::spawn(move || {
+        let mut e = Vec::new();
+        let _ = stderr.read_to_end(&mut e);
+        e
+    });
+    // The serial console as it comes, line by line, so that the host phase
+    // runs while the guest waits.
+    let (tx, lines) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut r = std::io::BufReader::new(stdout);
+        loop {
+            let mut line = Vec::new();
+            match r.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut raw = Vec::new();
+    let mut phase: Option<Vec<Cell>> = None;
+    for line in lines {
+        raw.extend_from_slice(&line);
+        if let Some((port, release)) = ports
+            && phase.is_none()
+            && String::from_utf8_lossy(&line).contains("RMW-NET-READY")
+        {
+            let so_far = String::from_utf8_lossy(&raw).replace('\r', "");
+            let kernel = so_far
+                .lines()
+                .find_map(|l| l.split("RMW-KERNEL ").nth(1))
+                .unwrap_or("")
+                .trim()
+                .to_owned();
+            let hp = HostPhase {
+                port,
+                release: kernel.split(' ').next().unwrap_or("").to_owned(),
+                kernel,
+            };
+            eprintln!("xtask: {}: host phase on 127.0.0.1:{port}", hp.kernel);
+            phase = Some(boot.host_phase.map(|f| f(&hp)).unwrap_or_default());
+            if let Err(e) = release_guest(release) {
+                eprintln!("xtask: {}: releasing the guest: {e:#}", hp.kernel);
+            }
+        }
+    }
+    let _ = reader.join();
+    let status = child.wait().context("waiting for qemu")?;
+    let stderr = errs.join().unwrap_or_default();
+    let log = String::from_utf8_lossy(&raw).replace('\r', "");
     let kernel = log
         .lines()
         .find_map(|l| l.split("RMW-KERNEL ").nth(1))
@@ -791,8 +1078,8 @@ fn run_kernel(
             let _ = std::fs::write(&saved, &log);
             anyhow::anyhow!(
                 "{NO_BOOT}qemu {}, its stderr: {}; serial ({}):\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim(),
+                status,
+                String::from_utf8_lossy(&stderr).trim(),
                 saved.display(),
                 tail(&log)
             )
@@ -865,8 +1152,85 @@ fn run_kernel(
     if boot.refusals {
         cells.push(refusals(&log, &kernel));
     }
+    if boot.net {
+        cells.extend(host_phase_cells(&log, &kernel, phase));
+    }
     Ok(cells)
 }
+
+/// A free port of the host's loopback (bound, read, closed: QEMU binds it
+/// next).
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    Ok(l.local_addr().context("a bound port")?.port())
+}
+
+/// Ends the guest's host phase: connects to its release port (forwarded
+/// from `port`) and closes; the guest's `nc`, its stdin empty, closes its
+/// side at once, so the end of the stream says it was reached.
+fn release_guest(port: u16) -> anyhow::Result<()> {
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port))
+        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+    c.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    c.shutdown(std::net::Shutdown::Write)?;
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest)
+        .with_context(|| format!("waiting for the guest to close 127.0.0.1:{port}"))?;
+    Ok(())
+}
+
+/// The host phase's cells, failed with the guest's `RMW-NET` lines where
+/// they fail, and a `host phase` cell when the phase never ran or did not
+/// release the guest.
+fn host_phase_cells(log: &str, kernel: &str, phase: Option<Vec<Cell>>) -> Vec<Cell> {
+    let net: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("RMW-NET "))
+        .collect();
+    let said = if net.is_empty() {
+        String::new()
+    } else {
+        format!(" (the guest: {})", net.join("; "))
+    };
+    let failed = |why: String| Cell {
+        kernel: kernel.to_owned(),
+        mode: "host phase".to_owned(),
+        result: Err(format!("{why}{said}")),
+        detail: String::new(),
+    };
+    let Some(mut cells) = phase else {
+        return vec![failed("the guest never printed RMW-NET-READY".to_owned())];
+    };
+    for c in &mut cells {
+        if let Err(e) = &mut c.result {
+            e.push_str(&said);
+        }
+    }
+    let released = log
+        .lines()
+        .find_map(|l| l.strip_prefix("RMW-NET-RELEASED "))
+        .unwrap_or("(no RMW-NET-RELEASED line)");
+    if released.trim() != "rc=0" {
+        cells.push(failed(format!(
+            "the host did not release the guest: {released}"
+        )));
+    }
+    cells
+}
+
+/// What a host phase is given: where the guest's server is, and whose.
+pub struct HostPhase {
+    /// The host's 127.0.0.1 port forwarded to the guest's 5555.
+    pub port: u16,
+    /// The cells' kernel column (`uname -r`, `uname -m` of the guest).
+    pub kernel: String,
+    /// The guest's `uname -r`.
+    pub release: String,
+}
+
+/// A host phase: runs on the host while the guest waits in its
+/// `adb_phase` (its servers listening); its cells join the boot's.
+pub type HostPhaseFn = fn(&HostPhase) -> Vec<Cell>;
 
 /// The refusals a phone can produce, tried in the guest: each one line
 /// with its remedy and exit code 3, or handled (and said) where rmapwatch
@@ -1180,7 +1544,6 @@ pub fn matrix(
 ) -> anyhow::Result<Vec<Cell>> {
     let cache = cache_root.join(arch.deb);
     std::fs::create_dir_all(&cache)?;
-    let initrd = initramfs(&cache, arch, bins)?;
     let mut cells = Vec::new();
     let full = Boot {
         modes: &MODES,
@@ -1188,12 +1551,22 @@ pub fn matrix(
         cmdline: "",
         label: "",
         refusals: false,
+        net: false,
+        host_phase: None,
+    };
+    // arm64's 5.10 and 6.12 (the phones' kernels the ADB stand-in runs
+    // on) have a NIC and a host phase.
+    let arm_net = arch.name == "aarch64";
+    let full_net = Boot {
+        net: arm_net,
+        host_phase: arm_net.then_some(crate::adbcell::phase as HostPhaseFn),
+        ..full
     };
     // 5.10 (Android's oldest GKI, maps charged to RLIMIT_MEMLOCK) tries
     // the refusals too.
     let full_refusals = Boot {
         refusals: true,
-        ..full
+        ..full_net
     };
     let gki = Boot {
         modes: &["auto"],
@@ -1201,16 +1574,18 @@ pub fn matrix(
         cmdline: " slab_nomerge",
         label: " (GKI-like: slab_nomerge)",
         refusals: true,
+        net: false,
+        host_phase: None,
     };
     let boots = SERIES
         .iter()
         .map(|s| {
             (
                 s,
-                if s.label == "5.10" {
-                    &full_refusals
-                } else {
-                    &full
+                match s.label {
+                    "5.10" => &full_refusals,
+                    "6.12" => &full_net,
+                    _ => &full,
                 },
             )
         })
@@ -1220,11 +1595,27 @@ pub fn matrix(
                 .filter(|s| s.label == GKI_SERIES)
                 .map(|s| (s, &gki)),
         );
+    // Every kernel first: the initramfs carries the NIC's modules of those
+    // booted with one.
+    let mut plan = Vec::new();
     for (series, boot) in boots {
         if !only.is_empty() && !only.iter().any(|o| o == series.label) {
             continue;
         }
-        let vmlinuz = kernel_image(cache_root, &cache, arch, series)?;
+        plan.push((
+            series,
+            boot,
+            kernel_image(cache_root, &cache, arch, series)?,
+        ));
+    }
+    let mut net: Vec<String> = plan
+        .iter()
+        .filter(|(_, b, _)| b.net)
+        .filter_map(|(_, _, v)| release_of(v))
+        .collect();
+    net.dedup();
+    let initrd = initramfs(&cache, arch, bins, &net)?;
+    for (series, boot, vmlinuz) in plan {
         eprintln!(
             "xtask: booting {}{} under {} (TCG)",
             vmlinuz.display(),
@@ -1302,6 +1693,14 @@ pub struct Boot {
     pub label: &'static str,
     /// Whether the guest tries the refusals a phone can produce.
     pub refusals: bool,
+    /// Whether the guest has a NIC (virtio-net on QEMU's user network, its
+    /// 5555 and 5556 forwarded from free ports of the host's loopback) and
+    /// a host phase: after the recording, its `adb_phase` starts its
+    /// servers, it prints `RMW-NET-READY` and waits; the host runs
+    /// `host_phase`, then releases it.
+    pub net: bool,
+    /// The host's side of the phase (`None`: the guest is released at once).
+    pub host_phase: Option<HostPhaseFn>,
 }
 
 /// The README table.

@@ -293,6 +293,23 @@ pub fn report(json: &str) -> Report {
     serde_json::from_str(json).unwrap_or_else(|e| panic!("not a rmapwatch.report/1: {e}: {json}"))
 }
 
+/// Two reports of the same moment agree on these processes: live, lazy
+/// and walked objects, flows, parent.
+pub fn same_processes(a: &Report, b: &Report, pids: &[u32]) {
+    for pid in pids {
+        let (a, b) = (process(a, *pid), process(b, *pid));
+        assert_eq!(a.live, b.live, "pid {pid} live");
+        assert_eq!(a.lazy, b.lazy, "pid {pid} lazy");
+        assert_eq!(a.snapshot, b.snapshot, "pid {pid} walked");
+        assert_eq!(
+            (a.anon_vma, a.anon_vma_chain),
+            (b.anon_vma, b.anon_vma_chain),
+            "pid {pid} flows"
+        );
+        assert_eq!(a.ppid, b.ppid, "pid {pid} parent");
+    }
+}
+
 /// The report's process `pid`.
 pub fn process(r: &Report, pid: u32) -> &ProcessReport {
     r.processes
