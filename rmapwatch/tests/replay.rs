@@ -135,7 +135,22 @@ fn a_recording_read_through_a_remote_command_gives_the_same_report() {
         "--json",
     ]);
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), printed);
+    // The same report, plus what the host saw of the link.
+    let mut got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let link = got
+        .as_object_mut()
+        .and_then(|o| o.remove("link"))
+        .expect("a remote report has its link");
+    assert!(
+        link["via"].as_str().unwrap().starts_with("remote: cat "),
+        "{link}"
+    );
+    assert_eq!(
+        link["bytes"].as_u64(),
+        Some(std::fs::metadata(f).unwrap().len())
+    );
+    let want: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(got, want);
 }
 
 /// A copy of the first fixture, changed by `f`.
