@@ -320,6 +320,13 @@ fn every_device_state_is_one_line_with_its_remedy() {
     let (code, e) = run(&["--adb", "nosuch:5555"]);
     assert_eq!(code, Some(3), "{e}");
     assert!(e.contains("device 'nosuch:5555' not found"), "{e}");
+    // A hostile serial is a name adb does not know, never shell code.
+    let marker = std::env::temp_dir().join("rmw-adb-serial-pwned");
+    let evil = format!("x'; touch {m}; $(touch {m})", m = marker.display());
+    let (code, e) = run(&["--adb", &evil]);
+    assert_eq!(code, Some(3), "{e}");
+    assert!(e.contains(&format!("device '{evil}' not found")), "{e}");
+    assert!(!marker.exists(), "a serial ran as shell code");
     for (mode, want) in [
         ("unauthorized", "accept the 'Allow USB debugging?' prompt"),
         ("offline", "does not answer"),
