@@ -261,7 +261,9 @@ fn report_over_adb_counts_a_workload_exactly_as_the_local_report_does() {
     let local = Rmapwatch::start(&[]);
     let (child, mut out, mut err) = adb_report(&server, &dev.serial, &[]);
     let w = Workload::start(&["--regions", "100", "--children", "3", "--noise", "20"]);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Both drain what the workload did (ticks come late on a loaded
+    // machine) before either stops.
+    std::thread::sleep(Duration::from_secs(3));
     send(&child, libc::SIGINT);
     let status = { child }.wait().unwrap();
     let lines = out.rest();
