@@ -127,7 +127,20 @@ fn counts_match(extra: &[&str]) {
     let mut args = vec!["--interval", "0.2"];
     args.extend_from_slice(extra);
     let mut rw = Rmapwatch::start(&args);
-    let slab0 = slab_objects("anon_vma");
+    let slab0 = settled_slab_objects("anon_vma");
+    // rmapwatch's net count at the same moment: what happened between its
+    // attach and this reading (its own start-up, a previous test's
+    // processes still exiting) is in both readings, not in the delta.
+    let net_of = |r: &Report| {
+        r.objects["anon_vma"].allocs.cast_signed() - r.objects["anon_vma"].frees.cast_signed()
+    };
+    // A report begun after the reading (reports come every 0.2 s; what
+    // the ring held then is drained by the next one).
+    std::thread::sleep(Duration::from_millis(300));
+    rw.stdout.fresh("\"done\":false", Duration::from_secs(5));
+    let net0 = net_of(&report(
+        &rw.stdout.fresh("\"done\":false", Duration::from_secs(5)),
+    ));
     let w = Workload::start(&[
         "--regions",
         &K.to_string(),
@@ -136,16 +149,13 @@ fn counts_match(extra: &[&str]) {
         "--noise",
         &NOISE.to_string(),
     ]);
-    let slab1 = slab_objects("anon_vma");
+    let slab1 = settled_slab_objects("anon_vma");
     // Interim reports keep coming while the workload holds; take one from
     // after the slab reading.
-    let seen = rw.stdout.seen.len();
-    std::thread::sleep(Duration::from_millis(700));
-    rw.stdout.wait_for("\"done\":false", Duration::from_secs(5));
-    assert!(rw.stdout.seen.len() > seen);
-    let interim = report(rw.stdout.seen.last().unwrap());
-    let net_at_hold = interim.objects["anon_vma"].allocs.cast_signed()
-        - interim.objects["anon_vma"].frees.cast_signed();
+    std::thread::sleep(Duration::from_millis(300));
+    rw.stdout.fresh("\"done\":false", Duration::from_secs(5));
+    let interim = report(&rw.stdout.fresh("\"done\":false", Duration::from_secs(5)));
+    let net_at_hold = net_of(&interim) - net0;
     let (parent, children) = (w.parent, w.children.clone());
     w.finish();
     std::thread::sleep(Duration::from_millis(300));
@@ -157,7 +167,11 @@ fn counts_match(extra: &[&str]) {
     let tol = (K * (F + 1) / 100) as i64 + 3;
     assert!(
         (slab_delta - net_at_hold).abs() <= tol,
-        "anon_vma slab delta {slab_delta} vs rmapwatch net {net_at_hold} (tolerance {tol})"
+        "anon_vma slab delta {slab_delta} vs rmapwatch net {net_at_hold} (tolerance {tol}); \
+         slab {slab0} -> {slab1}, net {net0} -> {}, recursion misses {:?}, dropped {:?}",
+        net_of(&interim),
+        interim.cost.as_ref().map(|c| c.recursion_misses),
+        interim.dropped_events
     );
 
     // 2. The workload's objects, per site, equal bpftrace's call-site counts

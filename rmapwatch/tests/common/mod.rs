@@ -49,6 +49,23 @@ pub fn slab_objects(cache: &str) -> i64 {
     s.split_whitespace().next().unwrap().parse().unwrap()
 }
 
+/// [`slab_objects`] once it holds still: right after many frees (a test
+/// before this one ended its processes) slabs wait out an RCU grace period
+/// (the anon_vma cache is SLAB_TYPESAFE_BY_RCU) before a shrink can empty
+/// them, and the count reads high for a moment.
+pub fn settled_slab_objects(cache: &str) -> i64 {
+    let mut last = slab_objects(cache);
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = slab_objects(cache);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
 pub fn send(child: &Child, sig: libc::c_int) {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as libc::pid_t, sig) };
@@ -130,6 +147,16 @@ impl Lines {
                 }
             }
         }
+    }
+
+    /// The next line with `needle` printed after now: what is already
+    /// queued (lines printed earlier, not yet read) is read first and
+    /// passed over.
+    pub fn fresh(&mut self, needle: &str, timeout: Duration) -> String {
+        while let Ok(line) = self.rx.try_recv() {
+            self.seen.push(line);
+        }
+        self.wait_for(needle, timeout)
     }
 
     /// Every line until the stream closes.
