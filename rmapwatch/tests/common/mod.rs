@@ -177,10 +177,17 @@ pub struct Rmapwatch {
 
 impl Rmapwatch {
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(RMAPWATCH)
-            .args(["report", "--json"])
+        let mut c = Command::new(RMAPWATCH);
+        c.args(["report", "--json"])
             .args(args)
-            .env("RMAPWATCH_LOG", "debug")
+            .env("RMAPWATCH_LOG", "debug");
+        Self::spawn(c, "attached", Duration::from_secs(60))
+    }
+
+    /// `c`, a `report --json` of some source, once its stderr said
+    /// `attached`.
+    pub fn spawn(mut c: Command, attached: &str, timeout: Duration) -> Self {
+        let mut child = c
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -188,7 +195,7 @@ impl Rmapwatch {
             .unwrap();
         let stdout = Lines::new(child.stdout.take().unwrap());
         let mut stderr = Lines::new(child.stderr.take().unwrap());
-        stderr.wait_for("attached", Duration::from_secs(60));
+        stderr.wait_for(attached, timeout);
         Self {
             child,
             stdout,
