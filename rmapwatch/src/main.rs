@@ -16,7 +16,9 @@ mod inspect;
 mod link;
 mod live;
 mod log;
+mod metrics;
 mod report;
+mod serve;
 mod view;
 
 use rmapwatch_engine::{
@@ -67,7 +69,8 @@ rmapwatch report --from run.rmw --json the recording's report\n  \
 rmapwatch --remote 'ssh host sudo rmapwatch agent'   another machine's dashboard\n  \
 rmapwatch --adb                        the Android device's dashboard (root: adb root or su)\n  \
 rmapwatch --adb SERIAL report -t 10    a report from that device\n  \
-rmapwatch --adb inspect surfaceflinger one process on the device\n\n\
+rmapwatch --adb inspect surfaceflinger one process on the device\n  \
+sudo rmapwatch serve                   a Prometheus exporter on 127.0.0.1:9464\n\n\
 Exit codes: 0 ok, 1 runtime failure, 2 bad usage (or no terminal for the live view, or an \
 output file that exists), 3 this system cannot run rmapwatch, 4 no such process to inspect, \
 5 the input file or stream is not a rmapwatch recording, of another version, empty, damaged or \
@@ -195,6 +198,11 @@ enum Command {
     /// The live view of a recording: at the recorded pace (--fast: as fast
     /// as it decodes), pause with p.
     Replay(ReplayArgs),
+    /// A Prometheus / OpenMetrics exporter on --listen (loopback by
+    /// default): the report's figures as metrics at /metrics, refreshed
+    /// every --interval; with --adb, a phone's.
+    #[command(after_help = SERVE_HELP)]
+    Serve(ServeArgs),
     /// Headless: the stream (rmapwatch.stream/1) on stdout, requests
     /// (walks, names) on stdin; detaches and exits on stdin EOF, SIGHUP,
     /// SIGTERM or a closed stdout. Run by `--remote` (and `--adb`) hosts.
@@ -259,6 +267,42 @@ struct RecordArgs {
     /// Processes listed in the text report.
     #[arg(long, default_value_t = 20)]
     top: usize,
+}
+
+const SERVE_HELP: &str = "Series (all prefixed rmapwatch_): objects and objects_bytes by type \
+(anon_vma, anon_vma_chain) and basis (live, lazy, snapshot); allocations_total and frees_total by \
+type and call site; dropped_events_total, reseeds_total, degraded, drift_objects, walks_total; \
+recursion_misses_total, bpf_run_seconds_total and bpf_runs_total by program (the cost in the \
+kernel) and process_cpu_seconds_total, process_resident_memory_bytes (the exporter's); \
+build_info (kernel, arch, hooks and their modes), hook by hook and mode; process_objects by pid and \
+comm for the top --top processes only; source_up (0 once the source went away: the last state is \
+kept, stale, and the source retried every --retry seconds).\n\n\
+Examples:\n  sudo rmapwatch serve                          http://127.0.0.1:9464/metrics\n  \
+sudo rmapwatch serve --listen 0.0.0.0:9464    reachable from other hosts (said at start)\n  \
+rmapwatch --adb SERIAL serve --listen 127.0.0.1:9465   one exporter per phone\n\n\
+Prometheus scrape config:\n  scrape_configs:\n    - job_name: rmapwatch\n      \
+static_configs:\n        - targets: ['127.0.0.1:9464']";
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address and port to listen on. Loopback by default; another address
+    /// is allowed (and said at start): the metrics name processes.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
+    listen: std::net::SocketAddr,
+    /// Per-process series only for this many processes (by footprint):
+    /// keeps the series count bounded.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    top: usize,
+    /// Walk and refresh the metrics every SECS.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_secs, allow_negative_numbers = true)]
+    interval: Duration,
+    /// When the source goes away (a phone unplugged), start it again every
+    /// SECS; its last state is served meanwhile, marked stale.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs, allow_negative_numbers = true)]
+    retry: Duration,
+    /// Stop after SECS (default: until Ctrl-C / SIGTERM).
+    #[arg(long, short = 't', value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
+    duration: Option<Duration>,
 }
 
 #[derive(Args, Debug)]
@@ -409,8 +453,8 @@ impl Drop for Cleanup {
 /// `--adb` takes an optional value: `--adb report` means the default
 /// device and the command `report`, not a device named "report".
 fn args() -> Vec<std::ffi::OsString> {
-    const COMMANDS: [&str; 7] = [
-        "report", "inspect", "record", "replay", "agent", "help", "--",
+    const COMMANDS: [&str; 9] = [
+        "report", "inspect", "record", "replay", "agent", "serve", "export", "help", "--",
     ];
     let mut v: Vec<std::ffi::OsString> = std::env::args_os().collect();
     for i in 1..v.len() {
@@ -455,7 +499,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     if common.adb.is_some() && matches!(cli.command, Some(Command::Replay(_) | Command::Agent(_))) {
         anyhow::bail!(UsageError(
-            "--adb is for the live view, report, record and inspect".into()
+            "--adb is for the live view, report, record, inspect and serve".into()
         ));
     }
     match cli.command {
@@ -493,5 +537,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             inspect::inspect(&common, &a.target, a.json, a.all, a.from.as_deref())
         }
         Some(Command::Agent(a)) => agent::agent(&common, a.interval),
+        Some(Command::Serve(a)) => serve::serve(
+            &common,
+            &serve::Opts {
+                listen: a.listen,
+                top: a.top,
+                interval: a.interval,
+                retry: a.retry,
+                duration: a.duration,
+            },
+        ),
     }
 }

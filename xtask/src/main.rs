@@ -45,6 +45,10 @@ const TEST_PACKAGES: &[&str] = &[
     "qemu-system-arm",
     "gcc-aarch64-linux-gnu",
     "libc6-dev-arm64-cross",
+    // The real Prometheus server and promtool, against `rmapwatch serve`.
+    "prometheus",
+    // Fork/mmap churn for `cargo xtask soak`.
+    "stress-ng",
 ];
 
 #[derive(Parser)]
@@ -106,6 +110,18 @@ enum Cmd {
     /// reads (rmapwatch-live/tests/btf/SERIES-ARCH.btf, kilobytes each):
     /// the unit tests' fixtures for each tracepoint and hook layout.
     BtfFixtures,
+    /// Set up, build (release) and soak `rmapwatch serve` as root: fork/mmap
+    /// churn (stress-ng) next to a process holding --vmas VMAs, scraped the
+    /// whole time; fails on an RSS growth trend, a scrape of 100 ms or
+    /// more, or end counts unlike a fresh walk's (see BENCHMARKS.md).
+    Soak {
+        /// Minutes of churn.
+        #[arg(long, default_value = "10")]
+        minutes: f64,
+        /// VMAs of state (half of them with an anon_vma).
+        #[arg(long, default_value = "1000000")]
+        vmas: usize,
+    },
     /// Set up, build (release) and run the benchmarks as root; each prints
     /// its baseline from the same run and the ratio (see BENCHMARKS.md).
     Bench {
@@ -213,6 +229,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             Ok(())
+        }
+        Cmd::Soak { minutes, vmas } => {
+            setup()?;
+            build_release("rmapwatch, the workload and the soak")?;
+            let bin = root.join("target/release/rmw-bench");
+            let args = [
+                "soak".to_owned(),
+                "--minutes".to_owned(),
+                minutes.to_string(),
+                "--vmas".to_owned(),
+                vmas.to_string(),
+            ];
+            step(&format!("running {} {}", bin.display(), args.join(" ")));
+            sh(&mut as_root(&bin, &args))
         }
         Cmd::Bench { which } => {
             setup()?;

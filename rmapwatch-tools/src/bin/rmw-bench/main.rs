@@ -15,6 +15,7 @@ use std::{
 
 mod adb;
 mod record;
+mod soak;
 mod storm;
 
 use ratatui::{Terminal, backend::TestBackend};
@@ -662,6 +663,15 @@ fn main() -> ExitCode {
                 arg_num(&args, "--forks", 2000),
             )?,
             "replay" => record::replay(5_000_000, 5)?,
+            "soak" => soak::run(&soak::Opts {
+                minutes: args
+                    .iter()
+                    .position(|a| a == "--minutes")
+                    .and_then(|i| args.get(i + 1))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(10.0),
+                vmas: arg_num(&args, "--vmas", 1_000_000),
+            })?,
             "record" => record::record(
                 arg_num(&args, "--rounds", 5),
                 arg_num(&args, "--forks", 2000),

@@ -274,7 +274,7 @@ pub struct Opts {
     pub fault_mib: usize,
 }
 
-fn rmapwatch_bin() -> anyhow::Result<PathBuf> {
+pub(crate) fn rmapwatch_bin() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let bin = exe.with_file_name("rmapwatch");
     if !bin.exists() {

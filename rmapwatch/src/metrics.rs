@@ -1,0 +1,783 @@
+//! The Prometheus / OpenMetrics presenter: one [`Report`] (the latest
+//! frame) and the exporter's own state as metric families, encoded by
+//! `prometheus-client` in either text format.
+//!
+//! Every series comes from one report, so a scrape never sees half of an
+//! update (e.g. a re-seed): the engine publishes whole reports, a scrape
+//! encodes the latest one. Cardinality is bounded: per-process series
+//! only for the top N by footprint.
+use std::{fmt::Write as _, sync::Arc};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::{Registry, Unit},
+};
+use rmapwatch_engine::report::{LiveBlock, ProcessReport, Report};
+
+/// The exporter's state at a scrape, besides the report.
+#[derive(Clone, Debug, Default)]
+pub struct Exporter {
+    /// Whether the source (the kernel here, a phone) is delivering now;
+    /// `false` once it went away (the report is then the last one it gave).
+    pub up: bool,
+    /// Seconds since the report was published.
+    pub report_age_s: f64,
+    /// Times the source was (re)connected.
+    pub connects: u64,
+    /// Times it went away.
+    pub losses: u64,
+    /// Scrapes served before this one.
+    pub scrapes: u64,
+    /// How long the previous scrape's encoding took (s).
+    pub last_scrape_s: f64,
+    /// This process's CPU time (s) and resident memory (bytes), when
+    /// readable.
+    pub cpu_s: Option<f64>,
+    /// Resident set size.
+    pub rss_bytes: Option<u64>,
+    /// Per-process series for this many processes.
+    pub top: usize,
+}
+
+/// One scrape's content.
+#[derive(Debug)]
+struct Scrape {
+    report: Option<Arc<Report>>,
+    exporter: Exporter,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// One family with its series: counters (u64) or gauges (f64).
+fn family<V: Copy>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+    kind: MetricType,
+    series: &[(Labels, V)],
+    mut put: impl FnMut(prometheus_client::encoding::MetricEncoder<'_>, V) -> std::fmt::Result,
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, unit.as_ref(), kind)?;
+    for (labels, v) in series {
+        put(m.encode_family(labels)?, *v)?;
+    }
+    Ok(())
+}
+
+fn counter(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: &[(Labels, u64)],
+) -> std::fmt::Result {
+    family(
+        enc,
+        name,
+        help,
+        None,
+        MetricType::Counter,
+        series,
+        |m, v| ConstCounter::new(v).encode(m),
+    )
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+    series: &[(Labels, f64)],
+) -> std::fmt::Result {
+    family(enc, name, help, unit, MetricType::Gauge, series, |m, v| {
+        ConstGauge::new(v).encode(m)
+    })
+}
+
+fn one(v: f64) -> [(Labels, f64); 1] {
+    [(Vec::new(), v)]
+}
+
+const TYPES: [&str; 2] = ["anon_vma", "anon_vma_chain"];
+
+/// (type, objects, bytes) of a live block.
+fn live_rows(b: &LiveBlock) -> [(&'static str, u64, u64); 2] {
+    [
+        (TYPES[0], b.anon_vma.objects, b.anon_vma.bytes),
+        (TYPES[1], b.anon_vma_chain.objects, b.anon_vma_chain.bytes),
+    ]
+}
+
+/// A process's footprint: the bytes of the objects it owns now.
+fn footprint(p: &ProcessReport) -> u64 {
+    p.live.anon_vma.bytes + p.live.anon_vma_chain.bytes
+}
+
+/// The top `n` live processes by footprint (ties: lower pid first).
+#[must_use]
+pub fn top_processes(r: &Report, n: usize) -> Vec<&ProcessReport> {
+    let mut v: Vec<&ProcessReport> = r
+        .processes
+        .iter()
+        .filter(|p| !p.exited && footprint(p) > 0)
+        .collect();
+    v.sort_by_key(|p| (std::cmp::Reverse(footprint(p)), p.pid));
+    v.truncate(n);
+    v
+}
+
+#[allow(clippy::too_many_lines)] // one family after the other
+fn encode_report(enc: &mut DescriptorEncoder<'_>, r: &Report, top: usize) -> std::fmt::Result {
+    let mut hook_modes: Vec<String> = r
+        .probes
+        .iter()
+        .map(|(h, m)| format!("{h}={}", m.as_str()))
+        .collect();
+    hook_modes.sort();
+    let mut info = enc.encode_descriptor(
+        "rmapwatch_build",
+        "The measured machine and how it is hooked (value 1).",
+        None,
+        MetricType::Info,
+    )?;
+    let via = r
+        .link
+        .as_ref()
+        .map_or_else(|| "local".to_owned(), |l| l.via.clone());
+    let device = r
+        .link
+        .as_ref()
+        .and_then(|l| l.device.get("model").cloned())
+        .unwrap_or_default();
+    info.encode_info(&vec![
+        ("kernel", r.kernel.release.clone()),
+        ("arch", r.kernel.arch.clone()),
+        ("via", via),
+        ("device", device),
+        ("hooks", hook_modes.join(",")),
+        (
+            "slab_path",
+            if r.slab.path.is_empty() {
+                "raw".to_owned()
+            } else {
+                r.slab.path.clone()
+            },
+        ),
+        ("slab_layout", r.slab.layout.clone()),
+        ("fork_window", r.fork_window.to_string()),
+    ])?;
+    let hooks: Vec<(Labels, f64)> = r
+        .hooks
+        .iter()
+        .map(|(name, h)| {
+            (
+                vec![
+                    ("hook", name.clone()),
+                    ("mode", h.mode.as_str().to_owned()),
+                    ("symbol", h.symbol.clone().unwrap_or_default()),
+                ],
+                1.0,
+            )
+        })
+        .collect();
+    gauge(
+        enc,
+        "rmapwatch_hook",
+        "Each function hook and the mode it runs in: fentry, kprobe, tracepoint (left to the \
+         slab tracepoints) or unavailable (value 1).",
+        None,
+        &hooks,
+    )?;
+    let hook_calls: Vec<(Labels, u64)> = r
+        .hooks
+        .iter()
+        .filter_map(|(name, h)| Some((vec![("hook", name.clone())], h.calls?)))
+        .collect();
+    counter(
+        enc,
+        "rmapwatch_hook_calls",
+        "Calls counted by the fentry/kprobe hooks.",
+        &hook_calls,
+    )?;
+
+    // Objects and bytes, by basis.
+    let mut objects: Vec<(Labels, f64)> = Vec::new();
+    let mut bytes: Vec<(Labels, f64)> = Vec::new();
+    let mut add = |basis: &str, t: &'static str, o: u64, b: u64| {
+        let l = vec![("type", t.to_owned()), ("basis", basis.to_owned())];
+        objects.push((l.clone(), o as f64));
+        bytes.push((l, b as f64));
+    };
+    for (t, o, b) in live_rows(&r.live) {
+        add("live", t, o, b);
+    }
+    if let Some(l) = &r.lazy {
+        add("lazy", TYPES[0], l.anon_vma.objects, l.anon_vma.bytes);
+        add(
+            "lazy",
+            TYPES[1],
+            l.anon_vma_chain.objects,
+            l.anon_vma_chain.bytes,
+        );
+    }
+    if let Some(m) = &r.model {
+        for (t, o, b) in live_rows(&m.snapshot.actual) {
+            add("snapshot", t, o, b);
+        }
+    }
+    gauge(
+        enc,
+        "rmapwatch_objects",
+        "Objects by type and basis: live (exist now: seeded by a walk, kept by events), lazy \
+         (what ANON_VMA_LAZY would hold, as of the latest walk), snapshot (what the latest walk \
+         found).",
+        None,
+        &objects,
+    )?;
+    gauge(
+        enc,
+        "rmapwatch_objects",
+        "Bytes of those objects (objects times the slab's object size).",
+        Some(Unit::Bytes),
+        &bytes,
+    )?;
+
+    // Flows by call site.
+    let mut allocs: Vec<(Labels, u64)> = Vec::new();
+    let mut frees: Vec<(Labels, u64)> = Vec::new();
+    let mut preexisting: Vec<(Labels, u64)> = Vec::new();
+    for (t, o) in &r.objects {
+        for (site, n) in &o.allocs_by_site {
+            allocs.push((vec![("type", t.clone()), ("site", site.clone())], *n));
+        }
+        for (site, n) in &o.frees_by_site {
+            frees.push((vec![("type", t.clone()), ("site", site.clone())], *n));
+        }
+        preexisting.push((vec![("type", t.clone())], o.frees_of_preexisting));
+    }
+    counter(
+        enc,
+        "rmapwatch_allocations",
+        "Objects allocated, by type and call site (the rmap function that allocated them).",
+        &allocs,
+    )?;
+    counter(
+        enc,
+        "rmapwatch_frees",
+        "Objects freed, by type and call site.",
+        &frees,
+    )?;
+    counter(
+        enc,
+        "rmapwatch_frees_of_preexisting",
+        "Frees of objects allocated before rmapwatch started and not seen by its first walk.",
+        &preexisting,
+    )?;
+    counter(
+        enc,
+        "rmapwatch_events",
+        "Events decoded.",
+        &[(Vec::new(), r.events)],
+    )?;
+    counter(
+        enc,
+        "rmapwatch_dropped_events",
+        "Events lost in the ring buffer (the live counts are re-seeded from the next walk).",
+        &[(Vec::new(), r.dropped_events.unwrap_or(0))],
+    )?;
+    counter(
+        enc,
+        "rmapwatch_reseeds",
+        "Re-seeds of the live counts from a walk after lost events.",
+        &[(Vec::new(), r.resync.resyncs)],
+    )?;
+    gauge(
+        enc,
+        "rmapwatch_degraded",
+        "1 while events were lost since the last re-seed (live figures uncertain until the next \
+         walk).",
+        None,
+        &one(f64::from(u8::from(r.resync.degraded))),
+    )?;
+    if let Some(m) = &r.model {
+        gauge(
+            enc,
+            "rmapwatch_drift_objects",
+            "Live objects (events) minus the latest walk's: 0 when the events account for every \
+             object.",
+            None,
+            &[
+                (vec![("type", TYPES[0].to_owned())], m.drift.anon_vma as f64),
+                (
+                    vec![("type", TYPES[1].to_owned())],
+                    m.drift.anon_vma_chain as f64,
+                ),
+            ],
+        )?;
+        gauge(
+            enc,
+            "rmapwatch_drift_processes",
+            "Processes whose live counts differ from the latest walk's.",
+            None,
+            &one(m.drift.processes_differing as f64),
+        )?;
+        counter(
+            enc,
+            "rmapwatch_walks",
+            "Walks of every VMA (snapshots) taken.",
+            &[(Vec::new(), m.snapshot.stats.taken)],
+        )?;
+        gauge(
+            enc,
+            "rmapwatch_walk_age",
+            "Seconds since the latest walk ended.",
+            Some(Unit::Seconds),
+            &one(m.snapshot.age_s),
+        )?;
+        gauge(
+            enc,
+            "rmapwatch_walk_duration",
+            "How long the latest walk and its decoding took.",
+            Some(Unit::Seconds),
+            &one(m.snapshot.stats.walk_ms / 1000.0),
+        )?;
+        gauge(
+            enc,
+            "rmapwatch_walk_vmas",
+            "VMAs the latest walk saw.",
+            None,
+            &one(m.snapshot.stats.vmas as f64),
+        )?;
+        let saved: Vec<(Labels, f64)> = m
+            .saved_by_rule
+            .iter()
+            .flat_map(|(rule, o)| {
+                let rule = serde_json::to_value(rule)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| format!("{rule:?}"));
+                [
+                    (
+                        vec![("type", TYPES[0].to_owned()), ("rule", rule.clone())],
+                        o.anon_vma as f64,
+                    ),
+                    (
+                        vec![("type", TYPES[1].to_owned()), ("rule", rule)],
+                        o.avc as f64,
+                    ),
+                ]
+            })
+            .collect();
+        gauge(
+            enc,
+            "rmapwatch_lazy_saved_objects",
+            "Objects ANON_VMA_LAZY would not hold, by the rule that saves them.",
+            None,
+            &saved,
+        )?;
+    }
+    if let Some(c) = &r.cost {
+        counter(
+            enc,
+            "rmapwatch_recursion_misses",
+            "Program runs the kernel skipped because one was already running on that CPU.",
+            &[(Vec::new(), c.recursion_misses)],
+        )?;
+        let runs: Vec<(Labels, u64)> = c
+            .programs
+            .iter()
+            .map(|(p, s)| (vec![("program", p.clone())], s.runs))
+            .collect();
+        counter(
+            enc,
+            "rmapwatch_bpf_runs",
+            "Runs of each eBPF program.",
+            &runs,
+        )?;
+        let time: Vec<(Labels, f64)> = c
+            .programs
+            .iter()
+            .map(|(p, s)| (vec![("program", p.clone())], s.run_time_ns as f64 / 1e9))
+            .collect();
+        family(
+            enc,
+            "rmapwatch_bpf_run",
+            "Time spent in each eBPF program (the kernel's bpf_stats): rmapwatch's cost in the \
+             kernel.",
+            Some(Unit::Seconds),
+            MetricType::Counter,
+            &time,
+            |m, v| ConstCounter::new(v).encode(m),
+        )?;
+    }
+    if let Some(rm) = &r.rmap {
+        counter(
+            enc,
+            "rmapwatch_new_anon_folios",
+            "New anonymous folios mapped (folio_add_new_anon_rmap calls).",
+            &[(Vec::new(), rm.new_anon_folios)],
+        )?;
+    }
+    if let Some(i) = &r.inlined {
+        counter(
+            enc,
+            "rmapwatch_inlined_allocations",
+            "anon_vma allocations at call sites outside every rmap function (inlined elsewhere): \
+             missing from the counts.",
+            &[(Vec::new(), i.anon_vma_allocs)],
+        )?;
+    }
+    if let Some(l) = &r.link {
+        counter(
+            enc,
+            "rmapwatch_link_received",
+            "Stream bytes received from the remote agent (a phone over adb).",
+            &[(Vec::new(), l.bytes)],
+        )?;
+        gauge(
+            enc,
+            "rmapwatch_link_lag",
+            "How late the newest tick arrived over the link, above the quickest tick.",
+            Some(Unit::Seconds),
+            &one(l.lag_ms / 1000.0),
+        )?;
+    }
+
+    // The top N processes.
+    let top = top_processes(r, top);
+    let mut objects: Vec<(Labels, f64)> = Vec::new();
+    let mut bytes: Vec<(Labels, f64)> = Vec::new();
+    for p in &top {
+        let mut add = |basis: &str, t: &'static str, o: u64, b: u64| {
+            let l = vec![
+                ("pid", p.pid.to_string()),
+                ("comm", p.comm.clone()),
+                ("type", t.to_owned()),
+                ("basis", basis.to_owned()),
+            ];
+            objects.push((l.clone(), o as f64));
+            bytes.push((l, b as f64));
+        };
+        for (t, o, b) in live_rows(&p.live) {
+            add("live", t, o, b);
+        }
+        if let Some(l) = &p.lazy {
+            add("lazy", TYPES[0], l.anon_vma.objects, l.anon_vma.bytes);
+            add(
+                "lazy",
+                TYPES[1],
+                l.anon_vma_chain.objects,
+                l.anon_vma_chain.bytes,
+            );
+        }
+    }
+    gauge(
+        enc,
+        "rmapwatch_process_objects",
+        "Objects a process owns (live) and would own under ANON_VMA_LAZY (lazy), for the top \
+         processes by footprint only (--top).",
+        None,
+        &objects,
+    )?;
+    gauge(
+        enc,
+        "rmapwatch_process_objects",
+        "Bytes of those objects.",
+        Some(Unit::Bytes),
+        &bytes,
+    )?;
+    gauge(
+        enc,
+        "rmapwatch_processes",
+        "Processes with anon_vma/AVC traffic or objects that the report holds.",
+        None,
+        &one(r.processes.len() as f64),
+    )?;
+    gauge(
+        enc,
+        "rmapwatch_duration",
+        "Seconds since the programs were attached (the source's clock).",
+        Some(Unit::Seconds),
+        &one(r.duration_s),
+    )
+}
+
+fn encode_exporter(enc: &mut DescriptorEncoder<'_>, e: &Exporter) -> std::fmt::Result {
+    gauge(
+        enc,
+        "rmapwatch_source_up",
+        "1 while the source (this kernel, or the phone over adb) delivers; 0 once it went away: \
+         the other series are then its last state, kept (stale) until it is back.",
+        None,
+        &one(f64::from(u8::from(e.up))),
+    )?;
+    gauge(
+        enc,
+        "rmapwatch_report_age",
+        "Seconds since the report behind these series was made.",
+        Some(Unit::Seconds),
+        &one(e.report_age_s),
+    )?;
+    counter(
+        enc,
+        "rmapwatch_source_connects",
+        "Times the source was started (again, after it went away).",
+        &[(Vec::new(), e.connects)],
+    )?;
+    counter(
+        enc,
+        "rmapwatch_source_losses",
+        "Times the source went away (a phone unplugged, a link dropped).",
+        &[(Vec::new(), e.losses)],
+    )?;
+    counter(
+        enc,
+        "rmapwatch_scrapes",
+        "Scrapes served before this one.",
+        &[(Vec::new(), e.scrapes)],
+    )?;
+    gauge(
+        enc,
+        "rmapwatch_scrape_encode",
+        "How long encoding the previous scrape took.",
+        Some(Unit::Seconds),
+        &one(e.last_scrape_s),
+    )?;
+    if let Some(cpu) = e.cpu_s {
+        family(
+            enc,
+            "process_cpu",
+            "User and system CPU time of the exporter itself.",
+            Some(Unit::Seconds),
+            MetricType::Counter,
+            &[(Vec::new(), cpu)],
+            |m, v| ConstCounter::new(v).encode(m),
+        )?;
+    }
+    if let Some(rss) = e.rss_bytes {
+        gauge(
+            enc,
+            "process_resident_memory",
+            "Resident memory of the exporter itself.",
+            Some(Unit::Bytes),
+            &one(rss as f64),
+        )?;
+    }
+    Ok(())
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
+        encode_exporter(&mut enc, &self.exporter)?;
+        if let Some(r) = &self.report {
+            encode_report(&mut enc, r, self.exporter.top)?;
+        }
+        Ok(())
+    }
+}
+
+/// The two text formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0 (what Prometheus asks for first).
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4 (curl, older scrapers).
+    Prometheus,
+}
+
+impl Format {
+    /// By the request's `Accept` header.
+    #[must_use]
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+            Self::OpenMetrics
+        } else {
+            Self::Prometheus
+        }
+    }
+
+    /// The response's content type.
+    #[must_use]
+    pub const fn content_type(self) -> &'static str {
+        match self {
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Self::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        }
+    }
+}
+
+/// Encodes one scrape.
+///
+/// # Errors
+/// Never in practice (writing to a String).
+pub fn encode(
+    report: Option<Arc<Report>>,
+    exporter: Exporter,
+    format: Format,
+) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape { report, exporter }));
+    let mut out = String::with_capacity(16 * 1024);
+    match format {
+        Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry)?,
+        Format::Prometheus => {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?;
+        }
+    }
+    Ok(out)
+}
+
+/// This process's CPU seconds and resident bytes, from /proc/self/stat.
+#[must_use]
+pub fn own_usage() -> (Option<f64>, Option<u64>) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return (None, None);
+    };
+    // After the command's closing parenthesis: field 3 onwards.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return (None, None);
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime, stime are fields 14, 15; rss (pages) is 24: indices 11, 12, 21.
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let num = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok());
+    let cpu = match (num(11), num(12)) {
+        (Some(u), Some(s)) if tick > 0 => Some((u + s) as f64 / tick as f64),
+        _ => None,
+    };
+    let rss = num(21).and_then(|p| u64::try_from(page).ok().map(|pg| p * pg));
+    (cpu, rss)
+}
+
+/// A one-line description of the families (for `serve --help` and the
+/// index page).
+#[must_use]
+pub fn index_page(listen: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "rmapwatch exporter\n\n/metrics  OpenMetrics or Prometheus text (by Accept)\n\n\
+         Scrape it with:\n  - job_name: rmapwatch\n    static_configs:\n      - targets: \
+         ['{listen}']"
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        let s = include_str!("../../rmapwatch-engine/tests/snapshots/schema__report.snap");
+        // The snapshot file has a YAML header, then the JSON.
+        let json = s.splitn(3, "---").nth(2).unwrap_or(s);
+        serde_json::from_str(json).expect("the schema snapshot is a report")
+    }
+
+    #[test]
+    fn both_formats_carry_the_live_lazy_and_snapshot_series() {
+        let r = Arc::new(report());
+        for f in [Format::OpenMetrics, Format::Prometheus] {
+            let text = encode(
+                Some(r.clone()),
+                Exporter {
+                    up: true,
+                    top: 20,
+                    ..Exporter::default()
+                },
+                f,
+            )
+            .unwrap();
+            let live = format!(
+                "rmapwatch_objects{{type=\"anon_vma\",basis=\"live\"}} {}",
+                r.live.anon_vma.objects
+            );
+            assert!(text.contains(&live), "{f:?}: no {live} in\n{text}");
+            assert!(text.contains("rmapwatch_source_up 1"), "{text}");
+            assert!(text.contains("basis=\"lazy\""), "{text}");
+            assert!(text.contains("basis=\"snapshot\""), "{text}");
+            assert_eq!(f == Format::OpenMetrics, text.ends_with("# EOF\n"), "{f:?}");
+        }
+    }
+
+    #[test]
+    fn per_process_series_are_bounded_by_top() {
+        let mut r = report();
+        let p = r.processes[0].clone();
+        r.processes = (0..100u32)
+            .map(|i| {
+                let mut q = p.clone();
+                q.pid = 1000 + i;
+                q.exited = false;
+                q.live.anon_vma.objects = u64::from(i) + 1;
+                q.live.anon_vma.bytes = (u64::from(i) + 1) * 88;
+                q
+            })
+            .collect();
+        let top = top_processes(&r, 20);
+        assert_eq!(top.len(), 20);
+        assert_eq!(top[0].pid, 1099, "the biggest first");
+        let text = encode(
+            Some(Arc::new(r)),
+            Exporter {
+                top: 20,
+                ..Exporter::default()
+            },
+            Format::Prometheus,
+        )
+        .unwrap();
+        let pids: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("rmapwatch_process_objects{"))
+            .filter_map(|l| l.split("pid=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(pids.len(), 20, "{pids:?}");
+        assert!(!pids.contains("1000"), "the smallest is not among them");
+    }
+
+    #[test]
+    fn a_lost_source_still_serves_its_last_report_marked_down() {
+        let text = encode(
+            Some(Arc::new(report())),
+            Exporter {
+                up: false,
+                losses: 1,
+                ..Exporter::default()
+            },
+            Format::OpenMetrics,
+        )
+        .unwrap();
+        assert!(text.contains("rmapwatch_source_up 0"), "{text}");
+        assert!(text.contains("rmapwatch_source_losses_total 1"), "{text}");
+        assert!(text.contains("rmapwatch_objects{"), "{text}");
+        // Before the first report, only the exporter's own series.
+        let empty = encode(None, Exporter::default(), Format::Prometheus).unwrap();
+        assert!(!empty.contains("rmapwatch_objects"), "{empty}");
+        assert!(empty.contains("rmapwatch_source_up 0"), "{empty}");
+    }
+
+    #[test]
+    fn accept_header_picks_the_format() {
+        assert_eq!(
+            Format::negotiate(Some(
+                "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                 version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+            )),
+            Format::OpenMetrics
+        );
+        assert_eq!(Format::negotiate(Some("*/*")), Format::Prometheus);
+        assert_eq!(Format::negotiate(None), Format::Prometheus);
+    }
+
+    #[test]
+    fn own_usage_reads_this_process() {
+        let (cpu, rss) = own_usage();
+        assert!(cpu.is_some());
+        assert!(rss.is_some_and(|r| r > 0));
+    }
+}
