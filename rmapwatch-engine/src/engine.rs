@@ -712,6 +712,7 @@ impl Engine {
                 drift: w.comparison.drift,
             }),
             processes,
+            exited: self.acct.folded,
             detail: self.detail.clone(),
             inlined_warning: self.counters.kernel.as_ref().and_then(|k| {
                 crate::report::InlinedReport {
