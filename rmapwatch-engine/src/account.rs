@@ -23,7 +23,14 @@
 //! lost or misapplied. A walk that seeds (the first) or re-seeds (after
 //! lost events) then makes the live objects the walk's, again except for
 //! the addresses the events settled during the walk.
-use std::collections::BTreeMap;
+//!
+//! # Retention
+//! A run may last days on a machine that forks all the time: an exited
+//! process stays listed for a while ([`Retention`]: by source time, and at
+//! most so many), then [`Accounting::fold`] folds it into one aggregate
+//! ([`Folded`]), once it owns no live object. What is kept is then bounded
+//! by the live processes, the live objects and the retention.
+use std::collections::{BTreeMap, VecDeque};
 
 use rmapwatch_common::{object, site};
 
@@ -69,6 +76,8 @@ pub struct Process {
     pub ppid: Option<u32>,
     /// Whether the process has exited.
     pub exited: bool,
+    /// When it exited (source time), if it did.
+    pub exited_at: Option<u64>,
     /// Flows per object kind.
     pub flows: [Flow; object::COUNT],
     /// Live objects it owns (seeded by a walk, then event-maintained).
@@ -84,6 +93,64 @@ impl Process {
     }
 }
 
+/// What the processes folded away had: exited processes kept past their
+/// retention ([`Retention`]) once they owned no live object, summed. With
+/// the processes still listed it adds up to the system's flows of owned
+/// objects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Folded {
+    /// Processes folded (those with anon_vma/AVC traffic: the others had
+    /// nothing to add and are only forgotten).
+    pub processes: u64,
+    /// Their flows per object kind.
+    pub flows: [Flow; object::COUNT],
+}
+
+/// How long exited processes stay listed before they are folded into
+/// [`Folded`] (never while they own live objects: an mm still held, an
+/// anon_vma a child still links to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Source time (event and tick timestamps, not the wall clock: a
+    /// recording replays the same) an exited process stays listed, in ns.
+    pub exited_ns: u64,
+    /// At most this many exits wait for their time; past it the oldest
+    /// are folded first.
+    pub exited_max: usize,
+}
+
+impl Retention {
+    /// Nothing is ever folded.
+    pub const FOREVER: Self = Self {
+        exited_ns: u64::MAX,
+        exited_max: usize::MAX,
+    };
+}
+
+impl Default for Retention {
+    /// 60 s, 1024 exited processes.
+    fn default() -> Self {
+        Self {
+            exited_ns: 60_000_000_000,
+            exited_max: 1024,
+        }
+    }
+}
+
+/// The size of the accounting's state (for an exporter to watch it stay
+/// bounded).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateSize {
+    /// Processes listed.
+    pub processes: usize,
+    /// Of them, exited ones not folded yet.
+    pub exited_kept: usize,
+    /// Of those, the ones that still own live objects (not foldable).
+    pub exited_with_objects: usize,
+    /// Bytes held by the owner table.
+    pub owner_table_bytes: usize,
+}
+
 /// New anonymous folios per (process, VMA start), from the kernel's
 /// `RMAP_VMAS` map: its current values plus those of entries the source
 /// already removed from it (exited processes, so that it never fills).
@@ -91,6 +158,9 @@ impl Process {
 pub struct RmapVmas {
     retired: BTreeMap<(u32, u64), u64>,
     current: BTreeMap<(u32, u64), u64>,
+    /// Retired counts of processes folded away (and of removed entries of
+    /// processes the accounting does not list).
+    folded: u64,
 }
 
 impl RmapVmas {
@@ -106,6 +176,34 @@ impl RmapVmas {
             let r = self.retired.entry(key).or_default();
             *r = r.saturating_add(n);
         }
+    }
+
+    /// Folds the removed entries of `tgid` into [`Self::folded`] (the
+    /// process was folded away, or is not listed).
+    pub fn fold(&mut self, tgid: u32) {
+        let keys: Vec<(u32, u64)> = self
+            .retired
+            .range((tgid, 0)..=(tgid, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            if let Some(n) = self.retired.remove(&k) {
+                self.folded = self.folded.saturating_add(n);
+            }
+        }
+    }
+
+    /// New anonymous folios of the processes folded away.
+    #[must_use]
+    pub fn folded(&self) -> u64 {
+        self.folded
+    }
+
+    /// Entries held: the kernel map's, and those removed from it that are
+    /// kept per process.
+    #[must_use]
+    pub fn entries(&self) -> usize {
+        self.retired.len() + self.current.len()
     }
 
     /// Per process: VMA start -> new anonymous folios.
@@ -229,6 +327,19 @@ pub struct Accounting {
     window: Option<Window>,
     /// Walks begun.
     epoch: u64,
+    /// What the processes folded away had.
+    pub folded: Folded,
+    /// The source's time of the latest input ([`Self::set_now`]).
+    now: u64,
+    /// Exits waiting for their retention, oldest first: (tgid, time).
+    exits: VecDeque<(u32, u64)>,
+    /// Exited processes past their retention that still own live objects.
+    held: FastSet<u32>,
+    /// Of those, the ones whose last live object was freed since: (tgid,
+    /// exit time).
+    ready: Vec<(u32, u64)>,
+    /// Processes folded away since the last [`Self::take_folded`].
+    folded_pids: Vec<u32>,
 }
 
 impl Accounting {
@@ -249,12 +360,102 @@ impl Accounting {
                 self.process(*tgid).comm = comm.text();
             }
             Event::Exit { tgid, comm, .. } => {
-                let p = self.process(*tgid);
-                p.exited = true;
+                // A process that never had traffic is not listed for its
+                // exit alone (every exit of the system would be).
+                let Some(p) = self.processes.get_mut(tgid) else {
+                    return;
+                };
                 if p.comm.is_empty() {
                     p.comm = comm.text();
                 }
+                if !p.exited {
+                    p.exited = true;
+                    p.exited_at = Some(self.now);
+                    self.exits.push_back((*tgid, self.now));
+                }
             }
+        }
+    }
+
+    /// The source's time now (event batches and ticks): exits are
+    /// timestamped with it.
+    pub fn set_now(&mut self, t: u64) {
+        self.now = self.now.max(t);
+    }
+
+    /// Folds exited processes past `r` into [`Self::folded`]: the oldest
+    /// exits first, once their time is up or too many wait; a process that
+    /// still owns live objects waits until they are freed. Not during a
+    /// walk (it may still give objects to them). Amortised constant time
+    /// per exit.
+    pub fn fold(&mut self, r: Retention) {
+        if self.window.is_some() {
+            return;
+        }
+        for (pid, t) in std::mem::take(&mut self.ready) {
+            match self.processes.get(&pid) {
+                Some(p) if p.exited_at == Some(t) && p.live == [0; object::COUNT] => {
+                    self.fold_one(pid);
+                }
+                // A walk gave it objects again.
+                Some(p) if p.exited_at == Some(t) => {
+                    self.held.insert(pid);
+                }
+                _ => {}
+            }
+        }
+        while let Some(&(pid, t)) = self.exits.front() {
+            if self.exits.len() <= r.exited_max && self.now.saturating_sub(t) < r.exited_ns {
+                break;
+            }
+            self.exits.pop_front();
+            match self.processes.get(&pid) {
+                // (Else a later life of the pid, or gone already.)
+                Some(p) if p.exited_at == Some(t) => {
+                    if p.live == [0; object::COUNT] {
+                        self.fold_one(pid);
+                    } else {
+                        self.held.insert(pid);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn fold_one(&mut self, pid: u32) {
+        self.held.remove(&pid);
+        let Some(p) = self.processes.remove(&pid) else {
+            return;
+        };
+        if p.is_active() {
+            self.folded.processes += 1;
+            for (f, pf) in self.folded.flows.iter_mut().zip(p.flows) {
+                f.allocs += pf.allocs;
+                f.frees += pf.frees;
+            }
+        }
+        self.folded_pids.push(pid);
+    }
+
+    /// Processes folded away since the last call (their other state, such
+    /// as the rmap counts, follows them).
+    pub fn take_folded(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.folded_pids)
+    }
+
+    /// The size of the state.
+    #[must_use]
+    pub fn state_size(&self) -> StateSize {
+        let exited = self.processes.values().filter(|p| p.exited);
+        let (kept, with_objects) = exited.fold((0, 0), |(k, w), p| {
+            (k + 1, w + usize::from(p.live != [0; object::COUNT]))
+        });
+        StateSize {
+            processes: self.processes.len(),
+            exited_kept: kept,
+            exited_with_objects: with_objects,
+            owner_table_bytes: self.owner_table_bytes(),
         }
     }
 
@@ -321,6 +522,13 @@ impl Accounting {
     fn drop_live(&mut self, tgid: u32, obj: u32) {
         if let Some(p) = self.processes.get_mut(&tgid) {
             p.live[obj as usize] = p.live[obj as usize].saturating_sub(1);
+            // Its last object: an exited process that waited for it can go.
+            if let Some(t) = p.exited_at
+                && p.live == [0; object::COUNT]
+                && self.held.remove(&tgid)
+            {
+                self.ready.push((tgid, t));
+            }
         }
         let t = &mut self.objects[obj as usize];
         t.live = t.live.saturating_sub(1);
@@ -335,6 +543,9 @@ impl Accounting {
             let pos = v.iter().position(|p| p.ptr == s.ptr)?;
             (owned.is_none()).then(|| v.swap_remove(pos))
         });
+        if pending.is_some() && self.pending.get(&s.tid).is_some_and(Vec::is_empty) {
+            self.pending.remove(&s.tid);
+        }
         let obj = owned
             .map(|(_, o)| o)
             .or(pending.as_ref().map(|p| p.obj))
@@ -363,11 +574,26 @@ impl Accounting {
     fn fork(&mut self, tid: u32, parent: u32, child_tgid: u32, comm: String) {
         let pending = self.pending.remove(&tid).unwrap_or_default();
         if child_tgid != parent {
-            // A reused pid starts a new life.
-            let child = self.processes.entry(child_tgid).or_default();
-            if child.exited {
-                *child = Process::default();
+            // A reused pid starts a new life: the previous one is folded at
+            // once, whatever its retention. The owner table knows objects by
+            // tgid alone: what the previous life still owns (an mm held
+            // past its pid) is the new one's to free.
+            let live = self
+                .processes
+                .get(&child_tgid)
+                .filter(|p| p.exited)
+                .map(|p| p.live);
+            if let Some(live) = live {
+                self.fold_one(child_tgid);
+                self.processes.insert(
+                    child_tgid,
+                    Process {
+                        live,
+                        ..Process::default()
+                    },
+                );
             }
+            let child = self.processes.entry(child_tgid).or_default();
             child.pid = child_tgid;
             child.comm = comm;
             child.ppid = Some(parent);
@@ -891,6 +1117,147 @@ mod tests {
         a.apply(&fork(1, 5));
         assert!(!a.processes[&5].exited);
         assert_eq!(a.processes[&5].flows[1].allocs, 0);
+        // The previous life was folded at once; what it still owned is the
+        // new one's to free (the owner table knows tgids alone).
+        assert_eq!(a.folded.processes, 1);
+        assert_eq!(a.folded.flows[1].allocs, 1);
+        assert_eq!(a.take_folded(), [5]);
+        assert_eq!(a.processes[&5].live, [0, 1]);
+        a.apply(&free(AVC, site::UNLINK, 5, 0x40));
+        assert_eq!(a.processes[&5].live, [0, 0]);
+        assert_eq!(summed(&a), [a.objects[0].flow, a.objects[1].flow]);
+        // Its old exit, still queued, is not the new life's.
+        a.set_now(1000);
+        a.fold(Retention {
+            exited_ns: 0,
+            exited_max: 0,
+        });
+        assert!(a.processes.contains_key(&5));
+    }
+
+    fn exit(tgid: u32) -> Event {
+        Event::Exit {
+            tid: tgid,
+            tgid,
+            comm: Comm::new("kid"),
+        }
+    }
+
+    /// Flows of the listed processes plus the folded ones.
+    fn summed(a: &Accounting) -> [Flow; object::COUNT] {
+        let mut out = a.folded.flows;
+        for p in a.processes.values() {
+            for (o, f) in out.iter_mut().zip(p.flows) {
+                o.allocs += f.allocs;
+                o.frees += f.frees;
+            }
+        }
+        out
+    }
+
+    const SOON: Retention = Retention {
+        exited_ns: 10,
+        exited_max: 1024,
+    };
+
+    #[test]
+    fn an_exited_process_is_folded_only_once_its_objects_are_freed() {
+        let mut a = Accounting::default();
+        a.apply(&fork(1, 5));
+        a.apply(&alloc(AV, site::PREPARE, 5, 0x40, false));
+        a.apply(&alloc(AVC, site::PREPARE, 5, 0x80, false));
+        a.apply(&free(AVC, site::UNLINK, 5, 0x80));
+        a.apply(&exit(5));
+        a.set_now(100);
+        a.fold(SOON);
+        // Its anon_vma outlives it (a child still links to it).
+        assert_eq!(a.processes[&5].live, [1, 0]);
+        assert_eq!(a.state_size().exited_with_objects, 1);
+        assert!(a.take_folded().is_empty());
+        a.apply(&free(AV, site::PUT, 1, 0x40));
+        assert!(a.processes.contains_key(&5), "folded at the next fold");
+        a.fold(SOON);
+        assert!(!a.processes.contains_key(&5));
+        assert_eq!(a.take_folded(), vec![5]);
+        assert_eq!(a.folded.processes, 1);
+        assert_eq!(
+            a.folded.flows,
+            [
+                Flow {
+                    allocs: 1,
+                    frees: 1
+                },
+                Flow {
+                    allocs: 1,
+                    frees: 1
+                }
+            ]
+        );
+        assert_eq!(summed(&a), [a.objects[0].flow, a.objects[1].flow]);
+        assert_eq!(a.live(), [0, 0]);
+        // Pid 1 has no traffic of its own: listed, never folded (alive).
+        a.apply(&exit(1));
+        a.set_now(200);
+        a.fold(SOON);
+        assert!(a.processes.is_empty());
+        assert_eq!(a.folded.processes, 1, "nothing to add: only forgotten");
+    }
+
+    #[test]
+    fn the_cap_folds_the_oldest_exits_first_and_the_time_the_rest() {
+        let mut a = Accounting::default();
+        for pid in 10..15 {
+            a.set_now(u64::from(pid));
+            a.apply(&alloc(AV, site::PREPARE, pid, u64::from(pid) * 64, false));
+            a.apply(&free(AV, site::PUT, pid, u64::from(pid) * 64));
+            a.apply(&exit(pid));
+        }
+        // An exit unknown to the accounting is not listed for itself.
+        a.apply(&exit(99));
+        let r = Retention {
+            exited_ns: 100,
+            exited_max: 2,
+        };
+        a.fold(r);
+        assert_eq!(a.processes.keys().copied().collect::<Vec<_>>(), [13, 14]);
+        assert_eq!(a.take_folded(), [10, 11, 12]);
+        a.set_now(113);
+        a.fold(r);
+        assert_eq!(a.processes.keys().copied().collect::<Vec<_>>(), [14]);
+        assert_eq!(a.folded.processes, 4);
+        assert_eq!(summed(&a), [a.objects[0].flow, a.objects[1].flow]);
+        // Not during a walk (it may still give them objects).
+        a.begin_walk(WalkKind::Refresh);
+        a.set_now(1000);
+        a.fold(r);
+        assert!(a.processes.contains_key(&14));
+        a.end_walk();
+        a.fold(r);
+        assert!(a.processes.is_empty());
+    }
+
+    #[test]
+    fn a_pid_reused_after_its_fold_starts_fresh() {
+        let mut a = Accounting::default();
+        a.apply(&fork(1, 5));
+        a.apply(&alloc(AVC, site::PREPARE, 5, 0x40, false));
+        a.apply(&free(AVC, site::UNLINK, 5, 0x40));
+        a.apply(&exit(5));
+        a.set_now(50);
+        a.fold(SOON);
+        assert!(!a.processes.contains_key(&5));
+        a.apply(&fork(1, 5));
+        let p = &a.processes[&5];
+        assert!(!p.exited && p.exited_at.is_none());
+        assert_eq!(p.flows, [Flow::default(); 2]);
+        assert_eq!(p.ppid, Some(1));
+        a.apply(&exit(5));
+        assert_eq!(a.processes[&5].exited_at, Some(50));
+        // The first life's exit is long due, this one's is not.
+        a.set_now(55);
+        a.fold(SOON);
+        assert!(a.processes.contains_key(&5));
+        assert_eq!(summed(&a), [a.objects[0].flow, a.objects[1].flow]);
     }
 
     #[test]

@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use rmapwatch_common::{hook, object};
 
+pub use crate::account::Retention;
 use crate::{
-    account::{Accounting, Comparison, RmapVmas, WalkKind},
+    account::{Accounting, Comparison, RmapVmas, StateSize, WalkKind},
     hash::FastMap,
     hooks::HookMode,
     input::{
@@ -36,6 +37,9 @@ pub struct Options {
     /// Whether the source answers requests (a recording does not: its
     /// walks are the ones recorded).
     pub source_answers: bool,
+    /// How long exited processes stay listed before they are folded into
+    /// the `exited` aggregate (default: 60 s of source time, at most 1024).
+    pub retention: Retention,
 }
 
 impl Default for Options {
@@ -45,8 +49,21 @@ impl Default for Options {
             walk_on_tick: true,
             walk_budget: None,
             source_answers: true,
+            retention: Retention::default(),
         }
     }
+}
+
+/// The size of the engine's state: what grows with the observed system
+/// (and stays bounded by it: live objects, live processes, the retention).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineState {
+    /// The accounting's.
+    pub accounting: StateSize,
+    /// Entries of the per-VMA new-folio counts (0 without the rmap hook).
+    pub rmap_entries: usize,
+    /// Processes whose mapping paths are kept (inspections).
+    pub path_processes: usize,
 }
 
 /// What an input led to.
@@ -249,6 +266,7 @@ impl Engine {
         self.order.check(&input)?;
         if let Some(t) = input.time() {
             self.now = t;
+            self.acct.set_now(t);
         }
         Ok(match input {
             Input::Facts(f) => {
@@ -266,6 +284,8 @@ impl Engine {
                 for e in &events {
                     self.acct.apply(e);
                 }
+                // Lives ended by a reused pid.
+                self.folded_away();
                 Step::Nothing
             }
             Input::WalkBegin { t } => {
@@ -283,7 +303,20 @@ impl Engine {
             }
             Input::Rmap(u) => {
                 if let Some(r) = &mut self.rmap {
+                    // Removed entries of processes not listed (folded away
+                    // already, or never seen) go to the folded ones.
+                    let mut unlisted: Vec<u32> = u
+                        .retired
+                        .iter()
+                        .map(|((tgid, _), _)| *tgid)
+                        .filter(|t| !self.acct.processes.contains_key(t))
+                        .collect();
+                    unlisted.sort_unstable();
+                    unlisted.dedup();
                     r.update(u.current, u.retired);
+                    for tgid in unlisted {
+                        r.fold(tgid);
+                    }
                 }
                 Step::Nothing
             }
@@ -320,7 +353,30 @@ impl Engine {
         })
     }
 
+    /// What follows the processes folded away: their rmap counts, their
+    /// mapping paths.
+    fn folded_away(&mut self) {
+        for pid in self.acct.take_folded() {
+            if let Some(r) = &mut self.rmap {
+                r.fold(pid);
+            }
+            self.paths.remove(&pid);
+        }
+    }
+
+    /// The size of the state now.
+    #[must_use]
+    pub fn state_size(&self) -> EngineState {
+        EngineState {
+            accounting: self.acct.state_size(),
+            rmap_entries: self.rmap.as_ref().map_or(0, RmapVmas::entries),
+            path_processes: self.paths.len(),
+        }
+    }
+
     fn tick(&mut self) -> Step {
+        self.acct.fold(self.opts.retention);
+        self.folded_away();
         let unnamed = self.acct.take_unnamed();
         if !unnamed.is_empty() {
             self.requests.push(Request::Names { pids: unnamed });
@@ -656,6 +712,7 @@ impl Engine {
                 drift: w.comparison.drift,
             }),
             processes,
+            exited: self.acct.folded,
             detail: self.detail.clone(),
             inlined_warning: self.counters.kernel.as_ref().and_then(|k| {
                 crate::report::InlinedReport {

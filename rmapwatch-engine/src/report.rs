@@ -335,6 +335,10 @@ pub struct Report {
     pub model: Option<ModelBlock>,
     /// Processes with anon_vma/AVC traffic or objects, biggest first.
     pub processes: Vec<ProcessReport>,
+    /// Exited processes folded away past their retention, summed: with
+    /// `processes`, the system's flows of owned objects.
+    #[serde(default)]
+    pub exited: ExitedReport,
     /// How the slab events were taken (tracepoint path and layout).
     #[serde(default)]
     pub slab: crate::hooks::SlabEvents,
@@ -346,10 +350,61 @@ pub struct Report {
     /// live counts come from events alone and no lazy figure is given).
     #[serde(default)]
     pub snapshot_error: Option<String>,
+    /// The size of rmapwatch's own state (bounded by the live objects, the
+    /// live processes and the retention of exited ones).
+    #[serde(default)]
+    pub state: StateReport,
     /// The link to a remote agent (a phone over adb, `--remote`): absent
     /// for the kernel here and for recordings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<LinkReport>,
+}
+
+/// Exited processes folded into one aggregate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitedReport {
+    /// Processes folded.
+    pub processes: u64,
+    /// Their anon_vma flow.
+    pub anon_vma: Flow,
+    /// Their AVC flow.
+    pub anon_vma_chain: Flow,
+    /// Their new anonymous folios (null without the
+    /// `folio_add_new_anon_rmap` hook).
+    pub new_anon_folios: Option<u64>,
+}
+
+impl ExitedReport {
+    /// One line: `exited (folded): 1200 processes, av +10/-10, avc +30/-30`.
+    #[must_use]
+    pub fn line(&self) -> String {
+        format!(
+            "exited (folded): {} processes, anon_vma +{}/-{}, AVC +{}/-{}{}",
+            self.processes,
+            self.anon_vma.allocs,
+            self.anon_vma.frees,
+            self.anon_vma_chain.allocs,
+            self.anon_vma_chain.frees,
+            self.new_anon_folios
+                .map_or_else(String::new, |n| format!(", {n} new anon folios"))
+        )
+    }
+}
+
+/// The size of rmapwatch's own state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateReport {
+    /// Processes listed (live, and exited ones not folded yet).
+    pub processes: u64,
+    /// Of them, exited ones.
+    pub exited_kept: u64,
+    /// Of those, the ones that still own live objects (kept until freed).
+    pub exited_with_objects: u64,
+    /// Per-VMA new-folio counts held (the kernel map's and those kept of
+    /// removed entries).
+    pub rmap_entries: u64,
+    /// Bytes of the owner table (every live anon_vma and AVC).
+    pub owner_table_bytes: u64,
 }
 
 /// The link to a remote agent, as the host measured it.
@@ -599,6 +654,22 @@ impl Report {
                 .lazy(m.estimate.system.lazy, m.estimate.system.actual)
         });
         let model = ctx.model.as_ref().map(|m| model_block(m, f.sizes));
+        let folded = &acct.folded;
+        let exited = ExitedReport {
+            processes: folded.processes,
+            anon_vma: folded.flows[object::ANON_VMA as usize],
+            anon_vma_chain: folded.flows[object::AVC as usize],
+            new_anon_folios: ctx.rmap_vmas.map(RmapVmas::folded),
+        };
+        let size = acct.state_size();
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        let state = StateReport {
+            processes: n(size.processes),
+            exited_kept: n(size.exited_kept),
+            exited_with_objects: n(size.exited_with_objects),
+            rmap_entries: n(ctx.rmap_vmas.map_or(0, RmapVmas::entries)),
+            owner_table_bytes: n(size.owner_table_bytes),
+        };
         Self {
             schema: SCHEMA.to_owned(),
             kernel: f.kernel.clone(),
@@ -617,8 +688,10 @@ impl Report {
             lazy,
             model,
             processes,
+            exited,
             slab: f.slab.clone(),
             snapshot_error: f.snapshot_error.clone(),
+            state,
             link: None,
             inlined: ctx.counters.map(|c| InlinedReport {
                 anon_vma_allocs: c.inlined_anon_vma,
@@ -814,6 +887,9 @@ impl Report {
                     self.processes.len() - top
                 );
             }
+        }
+        if self.exited.processes > 0 {
+            let _ = writeln!(s, "{}", self.exited.line());
         }
         s
     }

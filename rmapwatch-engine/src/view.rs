@@ -2,7 +2,7 @@
 //! from the JSON report (whose field names a renamed field would silently
 //! break).
 use crate::{
-    account::ObjectTotals,
+    account::{Folded, ObjectTotals},
     facts::Sizes,
     input::Facts,
     inspect::Inspection,
@@ -104,6 +104,8 @@ pub struct Frame {
     pub walk: Option<WalkView>,
     /// Processes with traffic or objects.
     pub processes: Vec<ProcRow>,
+    /// Exited processes folded away past their retention, summed.
+    pub exited: Folded,
     /// The inspection of the process the user opened.
     pub detail: Option<Inspection>,
     /// The inlining detector's warning (anon_vma allocations outside every

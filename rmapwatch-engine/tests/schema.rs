@@ -275,3 +275,56 @@ fn inspect_json_is_pinned() {
     let back: Inspection = serde_json::from_str(&json).unwrap();
     assert_eq!(back, i);
 }
+
+#[test]
+fn exited_processes_fold_into_one_block() {
+    // The same inputs, app (101, exited at 1 s) kept 5 s only, and the
+    // source removing its rmap entry: folded at the last tick.
+    let sc = scenario();
+    let mut e = Engine::new(engine::Options {
+        retention: engine::Retention {
+            exited_ns: 5_000 * MS,
+            exited_max: 1024,
+        },
+        ..engine::Options::default()
+    });
+    let mut inputs = script(&sc);
+    let tick = inputs.pop().unwrap();
+    inputs.push(Input::Rmap(RmapUpdate {
+        current: vec![((200, 0x5500_0020_0000), 1), ((102, 0x7f00_0000_0000), 2)],
+        retired: vec![((101, 0x7f00_0000_0000), 4)],
+    }));
+    inputs.push(tick);
+    for i in inputs {
+        e.apply(i).unwrap();
+    }
+    let r = e.report(true);
+    assert!(r.processes.iter().all(|p| p.pid != 101));
+    let blocks = serde_json::json!({ "exited": r.exited, "state": r.state });
+    insta::assert_snapshot!(
+        "report_exited",
+        serde_json::to_string_pretty(&blocks).unwrap()
+    );
+    let line = r.to_text(20).lines().last().unwrap().to_owned();
+    insta::assert_snapshot!("report_exited_text", line);
+    // The system's figures are the unfolded report's.
+    let all = engine_of(&sc).report(true);
+    assert_eq!(r.objects, all.objects);
+    assert_eq!(r.live, all.live);
+}
+
+#[test]
+fn a_report_without_the_later_blocks_still_reads() {
+    // Written before `exited` and `state` existed: additive fields default.
+    let r = engine_of(&scenario()).report(true);
+    let mut v = serde_json::to_value(&r).unwrap();
+    let o = v.as_object_mut().unwrap();
+    o.remove("exited").unwrap();
+    o.remove("state").unwrap();
+    let back: Report = serde_json::from_value(v).unwrap();
+    assert_eq!(
+        back.exited,
+        rmapwatch_engine::report::ExitedReport::default()
+    );
+    assert_eq!(back.processes, r.processes);
+}

@@ -364,3 +364,15 @@ fn the_header_names_the_slab_path_and_warns_of_inlining() {
         "{screen}"
     );
 }
+
+#[test]
+fn folded_exits_are_counted_in_the_process_table_title() {
+    let mut app = app_with_frames();
+    let screen = format!("{}", draw(&app, 160, 48).backend());
+    assert!(!screen.contains("folded"), "{screen}");
+    let mut f = frame(6, None);
+    f.exited.processes = 1234;
+    app.update(Action::Update(Update::Frame(Box::new(f))));
+    let screen = format!("{}", draw(&app, 160, 48).backend());
+    assert!(screen.contains("; 1234 exited, folded) "), "{screen}");
+}

@@ -365,7 +365,12 @@ impl App {
             Constraint::Length(9),
             Constraint::Min(10),
         ];
-        let title = format!(" processes ({}) ", rows.len());
+        let folded = self.frame.as_ref().map_or(0, |f| f.exited.processes);
+        let title = if folded > 0 {
+            format!(" processes ({}; {folded} exited, folded) ", rows.len())
+        } else {
+            format!(" processes ({}) ", rows.len())
+        };
         Table::new(body, widths)
             .header(header)
             .block(Block::default().borders(Borders::ALL).title(title))

@@ -75,6 +75,7 @@ pub fn report(c: &Common, o: &Opts) -> anyhow::Result<()> {
             walk_on_tick: false,
             walk_budget: None,
             source_answers: false,
+            retention: engine::Retention::default(),
         });
         let result = rt.block_on(drive(
             &mut src,
@@ -102,6 +103,7 @@ pub fn report(c: &Common, o: &Opts) -> anyhow::Result<()> {
         walk_on_tick: o.interval.is_some(),
         walk_budget: None,
         source_answers: true,
+        retention: engine::Retention::default(),
     });
     let stop = rt.block_on(drive(
         &mut src,
@@ -203,6 +205,7 @@ pub fn record(c: &Common, r: &RecordOpts) -> anyhow::Result<()> {
         walk_on_tick: true,
         walk_budget: Some(0.05),
         source_answers: true,
+        retention: engine::Retention::default(),
     });
     let started = Instant::now();
     let mut events = 0u64;

@@ -44,6 +44,7 @@ pub fn live(c: &Common, delay: Duration, log_path: &str) -> anyhow::Result<()> {
         walk_on_tick: true,
         walk_budget: Some(WALK_BUDGET),
         source_answers: true,
+        retention: engine::Retention::default(),
     };
     let source = src.link.as_ref().map(|l| {
         let r = l.report();
@@ -83,6 +84,7 @@ pub fn replay(
         walk_on_tick: true,
         walk_budget: None,
         source_answers: false,
+        retention: engine::Retention::default(),
     };
     let name = path.file_name().map_or_else(
         || path.display().to_string(),

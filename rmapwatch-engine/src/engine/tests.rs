@@ -6,8 +6,9 @@ use rmapwatch_common::{object, site};
 
 use super::*;
 use crate::{
+    account::Flow,
     event::{Comm, Event},
-    input::{KernelCounters, SlabRead},
+    input::{KernelCounters, RmapUpdate, SlabRead},
     model::sim::Sim,
     snapshot::Snapshot,
 };
@@ -623,4 +624,298 @@ fn a_frame_is_the_same_state_as_the_report() {
     assert!((f.uptime_s - r.duration_s).abs() < 1e-3);
     assert_eq!(f.totals[0].flow.allocs, 1);
     let _ = Comm::new("x");
+}
+
+/// Facts with the rmap hook (per-VMA folio counts), and no walks.
+fn churn_facts() -> Facts {
+    let mut hooks = crate::hooks::tracepoint_only("fentry: refused");
+    hooks[rmapwatch_common::hook::RMAP_NEW as usize].mode = HookMode::Kprobe;
+    Facts {
+        sizes: crate::facts::Sizes {
+            anon_vma: 104,
+            anon_vma_chain: 64,
+        },
+        hooks,
+        snapshot_error: Some("none in this test".into()),
+        ..Facts::default()
+    }
+}
+
+/// The fork storm of a server: `n` short-lived children of pid 1 (pids
+/// cycling over 30,000 from 1000, so each is reused many times), one every
+/// `gap` ns; each gets an anon_vma and an AVC in fork, faults one more
+/// AVC, frees all three, exits and leaves 3 new folios in one VMA. Pid 1
+/// keeps one anon_vma all along; pid 7 exits at once but owns an anon_vma
+/// until the storm's middle. A tick every 100 children, with the rmap
+/// map's update (the children exited since are removed from it) before it.
+fn churn(n: u64, gap: Nanos, mut put: impl FnMut(Input)) {
+    const BASE: u64 = 0xffff_8880_0000_0000;
+    put(Input::Facts(Box::new(churn_facts())));
+    put(Input::Events {
+        t: 1,
+        events: vec![
+            Event::alloc(AV, site::PREPARE, 1, BASE, false),
+            Event::fork(1, 7, "held"),
+            Event::alloc(AV, site::PREPARE, 7, BASE + 0x40, false),
+            Event::Exit {
+                tid: 7,
+                tgid: 7,
+                comm: Comm::new("held"),
+            },
+        ],
+    });
+    let mut retired = Vec::new();
+    for i in 0..n {
+        let t = 2 + i * gap;
+        let pid = 1000 + u32::try_from(i % 30_000).unwrap();
+        let at = BASE + 0x1_0000 + u64::from(pid) * 0x100;
+        let mut events = vec![
+            Event::alloc(AV, site::FORK, 1, at, true),
+            Event::alloc(AVC, site::CLONE, 1, at + 0x40, true),
+            Event::fork(1, pid, "worker"),
+            Event::alloc(AVC, site::PREPARE, pid, at + 0x80, false),
+            Event::free(AVC, site::UNLINK, pid, at + 0x40),
+            Event::free(AVC, site::UNLINK, pid, at + 0x80),
+            Event::free(AV, site::PUT, pid, at),
+            Event::Exit {
+                tid: pid,
+                tgid: pid,
+                comm: Comm::new("worker"),
+            },
+        ];
+        if i == n / 2 {
+            // The last link to pid 7's anon_vma goes.
+            events.push(Event::free(AV, site::PUT, 1, BASE + 0x40));
+        }
+        put(Input::Events { t, events });
+        retired.push(((pid, 0x7f00_0000_0000), 3));
+        if i % 100 == 99 {
+            put(Input::Rmap(RmapUpdate {
+                current: vec![((1, 0x5500_0000_0000), i)],
+                retired: std::mem::take(&mut retired),
+            }));
+            put(Input::Tick { t: t + 1 });
+        }
+    }
+    put(Input::Rmap(RmapUpdate {
+        current: vec![((1, 0x5500_0000_0000), n)],
+        retired,
+    }));
+    put(Input::Tick { t: 2 + n * gap });
+}
+
+fn run_churn(n: u64, gap: Nanos, retention: Retention, mut check: impl FnMut(&Engine)) -> Engine {
+    let mut e = Engine::new(Options {
+        source_answers: false,
+        walk_on_tick: false,
+        retention,
+        ..Options::default()
+    });
+    churn(n, gap, |i| {
+        let tick = matches!(i, Input::Tick { .. });
+        e.apply(i).unwrap();
+        if tick {
+            check(&e);
+        }
+    });
+    e
+}
+
+#[test]
+fn a_fork_storm_keeps_the_state_bounded_and_the_sums_whole() {
+    const N: u64 = 100_000;
+    let r = Retention::default();
+    let mut ticks = 0;
+    let mut held_until = None;
+    let e = run_churn(N, 1_000_000, r, |e| {
+        ticks += 1;
+        let a = e.accounting();
+        let s = e.state_size();
+        // At most the cap of exited processes, plus pid 1 and pid 7 (held
+        // by its object).
+        assert!(s.accounting.exited_kept <= r.exited_max + 1, "{s:?}");
+        assert!(a.processes.len() <= r.exited_max + 2, "{s:?}");
+        // The kept processes' retired rmap entries, and pid 1's.
+        assert!(s.rmap_entries <= r.exited_max + 1, "{s:?}");
+        // pid 7 waits for its anon_vma, then goes at the next tick.
+        match a.processes.get(&7) {
+            Some(p) => {
+                assert!(p.exited);
+                assert_eq!(p.live, [1, 0]);
+                assert!(held_until.is_none());
+            }
+            None => {
+                held_until.get_or_insert(a.events);
+            }
+        }
+    });
+    assert_eq!(ticks, N / 100 + 1);
+    // pid 7 went right after the storm's middle.
+    let gone_at = held_until.unwrap();
+    assert!(gone_at > 4 + 8 * (N / 2) && gone_at <= 4 + 8 * (N / 2 + 100) + 1);
+    let a = e.accounting();
+    let rep = e.report(true);
+    // The aggregate is what the folded processes had, by construction:
+    // each child 1/1 anon_vma, 2/2 AVC, 3 folios; pid 7 1/1 anon_vma.
+    let kids = rep.exited.processes - 1;
+    assert_eq!(a.folded.processes, rep.exited.processes);
+    assert_eq!(
+        rep.exited.anon_vma,
+        Flow {
+            allocs: kids + 1,
+            frees: kids + 1
+        }
+    );
+    assert_eq!(
+        rep.exited.anon_vma_chain,
+        Flow {
+            allocs: 2 * kids,
+            frees: 2 * kids
+        }
+    );
+    assert_eq!(rep.exited.new_anon_folios, Some(3 * kids));
+    // Listed + folded = every process that had traffic, and their flows
+    // add up to the system's (every object here has an owner).
+    let listed: Vec<_> = rep.processes.iter().collect();
+    assert_eq!(listed.len() as u64 + rep.exited.processes, N + 2);
+    for (k, name) in [(0, "anon_vma"), (1, "anon_vma_chain")] {
+        let flow = |p: &crate::report::ProcessReport| {
+            if k == 0 { p.anon_vma } else { p.anon_vma_chain }
+        };
+        let ex = if k == 0 {
+            rep.exited.anon_vma
+        } else {
+            rep.exited.anon_vma_chain
+        };
+        let allocs: u64 = listed.iter().map(|p| flow(p).allocs).sum::<u64>() + ex.allocs;
+        let frees: u64 = listed.iter().map(|p| flow(p).frees).sum::<u64>() + ex.frees;
+        assert_eq!(
+            (allocs, frees),
+            (rep.objects[name].allocs, rep.objects[name].frees)
+        );
+    }
+    let folios: u64 = listed
+        .iter()
+        .map(|p| p.rmap.as_ref().unwrap().new_anon_folios)
+        .sum::<u64>()
+        + rep.exited.new_anon_folios.unwrap();
+    assert_eq!(folios, 3 * N + N, "every child's 3, and pid 1's");
+    // Reused pids started fresh: every listed child has its own life only.
+    for p in listed.iter().filter(|p| p.pid >= 1000) {
+        assert_eq!(
+            p.anon_vma,
+            Flow {
+                allocs: 1,
+                frees: 1
+            },
+            "{p:?}"
+        );
+        assert_eq!(
+            p.anon_vma_chain,
+            Flow {
+                allocs: 2,
+                frees: 2
+            },
+            "{p:?}"
+        );
+        assert_eq!(p.rmap.as_ref().unwrap().new_anon_folios, 3, "{p:?}");
+    }
+    assert_eq!(rep.state.processes, a.processes.len() as u64);
+    assert_eq!(rep.state.exited_with_objects, 0);
+
+    // The system's figures are those of the same storm never folded.
+    let all = run_churn(N, 1_000_000, Retention::FOREVER, |_| {});
+    let rall = all.report(true);
+    assert_eq!(rall.objects, rep.objects);
+    assert_eq!(rall.live, rep.live);
+    assert_eq!(rall.events, rep.events);
+    assert_eq!(all.accounting().objects, a.objects);
+    // (Never folded but for reused pids: a new life folds the previous.)
+    assert_eq!(rall.processes.len(), 30_000 + 2);
+    assert_eq!(rall.exited.processes, N - 30_000);
+}
+
+#[test]
+fn exited_processes_stay_listed_for_their_time_then_fold() {
+    // 100 children a second, the cap far: the time folds them.
+    let r = Retention {
+        exited_ns: 60_000_000_000,
+        exited_max: 100_000,
+    };
+    let mut max_kept = 0;
+    let e = run_churn(30_000, 10_000_000, r, |e| {
+        let a = e.accounting();
+        // Every exited child listed exited less than 60 s ago.
+        for p in a.processes.values().filter(|p| p.pid >= 1000) {
+            let at = p.exited_at.unwrap();
+            assert!(e.now() - at < r.exited_ns, "{p:?} at {}", e.now());
+        }
+        max_kept = max_kept.max(a.processes.len());
+    });
+    // 100 children a second for 60 s, give or take a tick's worth.
+    assert!((6000..=6000 + 102).contains(&max_kept), "{max_kept}");
+    assert!(e.accounting().folded.processes > 0);
+}
+
+#[test]
+fn removed_rmap_entries_of_a_process_folded_already_go_to_the_aggregate() {
+    let mut e = Engine::new(Options {
+        source_answers: false,
+        retention: Retention {
+            exited_ns: 0,
+            exited_max: 1024,
+        },
+        ..Options::default()
+    });
+    e.apply(Input::Facts(Box::new(churn_facts()))).unwrap();
+    e.apply(Input::Events {
+        t: 1,
+        events: vec![
+            Event::fork(1, 5, "kid"),
+            Event::alloc(AV, site::PREPARE, 5, 0x40, false),
+            Event::free(AV, site::PUT, 5, 0x40),
+            Event::Exit {
+                tid: 5,
+                tgid: 5,
+                comm: Comm::new("kid"),
+            },
+        ],
+    })
+    .unwrap();
+    e.apply(Input::Rmap(RmapUpdate {
+        current: vec![((5, 0x1000), 2)],
+        retired: vec![],
+    }))
+    .unwrap();
+    e.apply(Input::Tick { t: 2 }).unwrap();
+    assert!(!e.accounting().processes.contains_key(&5));
+    // The source removes its entry after the fold.
+    e.apply(Input::Rmap(RmapUpdate {
+        current: vec![],
+        retired: vec![((5, 0x1000), 4)],
+    }))
+    .unwrap();
+    let r = e.report(false);
+    assert_eq!(r.exited.processes, 1);
+    assert_eq!(r.exited.new_anon_folios, Some(4));
+    assert_eq!(r.state.rmap_entries, 0);
+    assert!(
+        r.to_text(10)
+            .contains("exited (folded): 1 processes, anon_vma +1/-1, AVC +0/-0, 4 new anon folios")
+    );
+}
+
+#[test]
+fn the_same_inputs_give_the_same_report() {
+    let json = || {
+        let e = run_churn(5_000, 1_000_000, Retention::default(), |_| {});
+        serde_json::to_string(&e.report(true)).unwrap()
+    };
+    let (a, b) = (json(), json());
+    assert_eq!(a, b);
+    assert!(
+        a.contains(r#""exited":{"processes":3977,"#),
+        "{}",
+        &a[..200]
+    );
 }
