@@ -589,6 +589,7 @@ impl Engine {
                 facts,
                 counters: self.counters.kernel.as_ref(),
                 duration_s: self.duration_s(),
+                t_ns: self.now,
                 done,
                 model,
                 rmap_vmas: self.rmap.as_ref(),
