@@ -225,7 +225,9 @@ struct ReportArgs {
     /// Print the report as JSON (schema rmapwatch.report/1, see README).
     #[arg(long)]
     json: bool,
-    /// Also print an interim report every SECS (one JSON object per line with --json).
+    /// Also print an interim report every SECS (one JSON object per line with --json);
+    /// with --from, at recorded time (at the first frame at or after each SECS; 0.001
+    /// gives every frame, each with its `t_ns`).
     #[arg(long, value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
     interval: Option<Duration>,
     /// Processes listed in the text report.
@@ -233,7 +235,7 @@ struct ReportArgs {
     top: usize,
     /// Report on a recording (- reads standard input) instead of the
     /// running system.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["duration", "interval"])]
+    #[arg(long, value_name = "FILE", conflicts_with = "duration")]
     from: Option<PathBuf>,
 }
 

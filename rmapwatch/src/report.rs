@@ -76,6 +76,12 @@ pub fn report(c: &Common, o: &Opts) -> anyhow::Result<()> {
             walk_budget: None,
             source_answers: false,
         });
+        // Interim reports at recorded time: at the first frame at or after
+        // each multiple of the interval.
+        let every = o
+            .interval
+            .map(|i| u64::try_from(i.as_nanos()).unwrap_or(u64::MAX).max(1));
+        let mut next = 0u64;
         let result = rt.block_on(drive(
             &mut src,
             &mut engine,
@@ -86,7 +92,16 @@ pub fn report(c: &Common, o: &Opts) -> anyhow::Result<()> {
                 tee: None,
                 notice_prefix: prefix,
             },
-            |_, _| Ok(()),
+            |e, step| {
+                if let Some(every) = every
+                    && step == Step::Frame
+                    && e.now() >= next
+                {
+                    next = (e.now() / every).saturating_add(1).saturating_mul(every);
+                    print(&e.report(false), o.json, o.top)?;
+                }
+                Ok(())
+            },
         ));
         // What came before any damage is reported, then the damage.
         print(&engine.report(engine.ended().is_some()), o.json, o.top)?;
