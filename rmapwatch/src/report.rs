@@ -10,12 +10,13 @@ use anyhow::Context as _;
 use rmapwatch_engine::{
     engine::{self, Engine, Step},
     input::Input,
+    perfetto,
     report::Report,
     stream::{Kind, Writer},
 };
 
 use crate::{
-    Common, OutputExists,
+    Common, OutputExists, UsageError,
     drive::{Drive, Signals, Stop, drive},
     file, live, log,
 };
@@ -155,8 +156,10 @@ pub struct RecordOpts {
     pub force: bool,
     /// The final report as JSON.
     pub json: bool,
-    /// Processes in the text report.
+    /// Processes in the text report and with tracks in the Perfetto trace.
     pub top: usize,
+    /// Also write the run's Perfetto trace here.
+    pub perfetto: Option<PathBuf>,
 }
 
 /// Creates the recording: mode 0600, never over an existing file unless
@@ -194,9 +197,28 @@ pub fn record(c: &Common, r: &RecordOpts) -> anyhow::Result<()> {
         force,
         json,
         top,
+        perfetto,
     } = r;
     let (path, duration, interval, force) = (path.as_path(), *duration, *interval, *force);
+    if perfetto.as_deref() == Some(path) {
+        anyhow::bail!(UsageError(
+            "--perfetto needs a file of its own, not the recording's".into()
+        ));
+    }
     let file = create(path, force)?;
+    let trace = match perfetto {
+        Some(p) => match create(p, force) {
+            Ok(f) => Some((p.as_path(), f)),
+            Err(e) => {
+                // Leave no empty recording behind either.
+                drop(file);
+                let _ = std::fs::remove_file(path);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+    let mut builder = trace.as_ref().map(|_| perfetto::Builder::new(*top));
     let rt = runtime()?;
     let mut signals = rt.block_on(async { Signals::install() })?;
     let mut src = live::source(c, interval)?;
@@ -243,8 +265,19 @@ pub fn record(c: &Common, r: &RecordOpts) -> anyhow::Result<()> {
             tee: Some(&mut tee),
             notice_prefix: prefix,
         },
-        |_, _| Ok(()),
-    ))?;
+        |e, step| {
+            if let Some(b) = builder.as_mut() {
+                b.step(e, step);
+            }
+            Ok(())
+        },
+    ));
+    // The trace of what was recorded, whatever ended the run.
+    if let (Some((p, f)), Some(b)) = (trace, &builder) {
+        write_trace(p, f, b)?;
+        log::info(&format!("wrote the Perfetto trace {}", p.display()));
+    }
+    let stop = stop?;
     w.flush().context("writing the recording")?;
     let bytes = w.written;
     log::info(&format!(
@@ -265,4 +298,72 @@ pub fn record(c: &Common, r: &RecordOpts) -> anyhow::Result<()> {
     }
     // The report a replay of the file gives, to the byte.
     print(&engine.report(true), *json, *top)
+}
+
+/// Writes the encoded trace to `file` (created by [`create`]).
+fn write_trace(path: &Path, file: std::fs::File, b: &perfetto::Builder) -> anyhow::Result<()> {
+    let mut w = std::io::BufWriter::new(file);
+    w.write_all(&b.encode())
+        .and_then(|()| w.flush())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// What `export` was asked.
+pub struct ExportOpts {
+    /// The Perfetto trace to write.
+    pub perfetto: PathBuf,
+    /// The recording (`-`: standard input).
+    pub from: PathBuf,
+    /// Processes with tracks of their own.
+    pub top: usize,
+    /// Overwrite the trace if it exists.
+    pub force: bool,
+}
+
+/// The `export` command: a recording replayed into a Perfetto trace, as
+/// `record --perfetto` writes it during the run.
+///
+/// # Errors
+/// The trace exists (without `force`) or cannot be written; the recording
+/// is not one (then no trace is left), or is damaged or truncated (then
+/// the trace holds what came before the damage).
+pub fn export(c: &Common, o: &ExportOpts) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let out = create(&o.perfetto, o.force)?;
+    let mut src = match file::open(&o.from, file::Pace::Fast) {
+        Ok(s) => s,
+        Err(e) => {
+            // Nothing to write: leave nothing.
+            drop(out);
+            let _ = std::fs::remove_file(&o.perfetto);
+            return Err(e);
+        }
+    };
+    let prefix = src.prefix;
+    let mut engine = Engine::new(engine::Options {
+        model: c.model,
+        walk_on_tick: false,
+        walk_budget: None,
+        source_answers: false,
+    });
+    let mut builder = perfetto::Builder::new(o.top);
+    let result = rt.block_on(drive(
+        &mut src,
+        &mut engine,
+        Drive {
+            duration: None,
+            signals: None,
+            control: None,
+            tee: None,
+            notice_prefix: prefix,
+        },
+        |e, step| {
+            builder.step(e, step);
+            Ok(())
+        },
+    ));
+    write_trace(&o.perfetto, out, &builder)?;
+    result
+        .map(|_| ())
+        .with_context(|| format!("{} holds the trace up to the damage", o.perfetto.display()))
 }
