@@ -227,6 +227,19 @@ impl Engine {
         self.walks
     }
 
+    /// Lost events and the re-seeds so far.
+    #[must_use]
+    pub fn resync(&self) -> Resync {
+        self.resync
+    }
+
+    /// Events lost in the ring buffer, as the latest counters said (`None`
+    /// before any or when unreadable).
+    #[must_use]
+    pub fn dropped_events(&self) -> Option<u64> {
+        self.counters.kernel.as_ref().map(|k| k.dropped)
+    }
+
     /// Why the source ended, once it did.
     #[must_use]
     pub fn ended(&self) -> Option<&str> {
@@ -645,6 +658,7 @@ impl Engine {
                 facts,
                 counters: self.counters.kernel.as_ref(),
                 duration_s: self.duration_s(),
+                t_ns: self.now,
                 done,
                 model,
                 rmap_vmas: self.rmap.as_ref(),

@@ -8,7 +8,7 @@
 //! `account` (actual objects by ownership), `model` (the ANON_VMA_LAZY
 //! shadow model), `walk` (one pass: model, owners, per-process counts) ->
 //! `engine` (the state machine fed by inputs) -> `report`, `inspect`,
-//! `view` (what sinks show); `stream` (the recording and link format).
+//! `view`, `perfetto` (what sinks show); `stream` (the recording and link format).
 pub mod account;
 pub mod addrmap;
 pub mod engine;
@@ -19,6 +19,7 @@ pub mod hooks;
 pub mod input;
 pub mod inspect;
 pub mod model;
+pub mod perfetto;
 pub mod report;
 pub mod snapshot;
 pub mod stream;

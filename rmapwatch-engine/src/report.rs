@@ -216,6 +216,8 @@ pub struct Context<'a> {
     pub counters: Option<&'a KernelCounters>,
     /// Seconds since attach.
     pub duration_s: f64,
+    /// The source's clock: nanoseconds since it started.
+    pub t_ns: u64,
     /// Whether the run ended (final report) or is an interim line.
     pub done: bool,
     /// The model, when a walk is available.
@@ -312,6 +314,11 @@ pub struct Report {
     pub fork_window: bool,
     /// Seconds since attach.
     pub duration_s: f64,
+    /// The source's clock at this report, in nanoseconds since it started
+    /// (`duration_s` unrounded): the time of a recording's frame, as a
+    /// Perfetto trace of it stamps its samples.
+    #[serde(default)]
+    pub t_ns: u64,
     /// Events lost in the ring buffer (null when the counters could not be
     /// read).
     pub dropped_events: Option<u64>,
@@ -677,6 +684,7 @@ impl Report {
             hooks,
             fork_window: f.fork_window,
             duration_s: (ctx.duration_s * 1000.0).round() / 1000.0,
+            t_ns: ctx.t_ns,
             dropped_events: ctx.counters.map(|c| c.dropped),
             resync: ctx.resync,
             events: acct.events,

@@ -261,6 +261,13 @@ fn report_json_is_pinned() {
     let back: Report = serde_json::from_str(&json).unwrap();
     assert_eq!(back, r);
     assert_eq!(back.schema, "rmapwatch.report/1");
+    // Additive: a report without the fields added since (an older
+    // rmapwatch's) still reads, with their defaults.
+    let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+    old.as_object_mut().unwrap().remove("t_ns");
+    let old: Report = serde_json::from_value(old).unwrap();
+    assert_eq!(old.t_ns, 0);
+    assert_eq!(r.t_ns, 12_500_000_000, "the engine's clock, exactly");
 }
 
 #[test]

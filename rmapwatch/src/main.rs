@@ -66,6 +66,7 @@ sudo rmapwatch report --json           JSON report when you press Ctrl-C\n  \
 sudo rmapwatch record -o run.rmw -t 60 record a minute\n  \
 rmapwatch replay run.rmw               the dashboard of the recording (no root)\n  \
 rmapwatch report --from run.rmw --json the recording's report\n  \
+rmapwatch export --perfetto run.pftrace --from run.rmw   its trace for ui.perfetto.dev\n  \
 rmapwatch --remote 'ssh host sudo rmapwatch agent'   another machine's dashboard\n  \
 rmapwatch --adb                        the Android device's dashboard (root: adb root or su)\n  \
 rmapwatch --adb SERIAL report -t 10    a report from that device\n  \
@@ -207,6 +208,36 @@ enum Command {
     /// (walks, names) on stdin; detaches and exits on stdin EOF, SIGHUP,
     /// SIGTERM or a closed stdout. Run by `--remote` (and `--adb`) hosts.
     Agent(AgentArgs),
+    /// Turn a recording into a Perfetto trace (open it in ui.perfetto.dev).
+    Export(ExportArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "The trace (Perfetto's protobuf format) has counter tracks of live and \
+lazy anon_vma and anon_vma_chain objects system-wide and for the --top processes of largest peak \
+footprint (under their process tracks), and instants on a \"rmapwatch\" track for every walk, \
+re-seed and growth of the dropped events; timestamps are the recording's.\n\n\
+Examples:\n  rmapwatch export --perfetto run.pftrace --from run.rmw\n  \
+ssh host cat run.rmw | rmapwatch export --perfetto run.pftrace --from -\n  \
+rmapwatch export --perfetto top5.pftrace --from run.rmw --top 5 --force\n\n\
+Then open run.pftrace at https://ui.perfetto.dev (Open trace file). A damaged or truncated \
+recording exits 5 with the trace of what came before the damage written."
+)]
+struct ExportArgs {
+    /// The Perfetto trace to write (created with mode 0600).
+    #[arg(long, value_name = "OUT")]
+    perfetto: PathBuf,
+    /// The recording (- reads standard input).
+    #[arg(long, value_name = "FILE")]
+    from: PathBuf,
+    /// Processes with counter tracks of their own: the largest peak
+    /// footprints (live bytes) of the run.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    top: usize,
+    /// Overwrite OUT if it exists.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -233,7 +264,9 @@ struct ReportArgs {
     /// Print the report as JSON (schema rmapwatch.report/1, see README).
     #[arg(long)]
     json: bool,
-    /// Also print an interim report every SECS (one JSON object per line with --json).
+    /// Also print an interim report every SECS (one JSON object per line with --json);
+    /// with --from, at recorded time (at the first frame at or after each SECS; 0.001
+    /// gives every frame, each with its `t_ns`).
     #[arg(long, value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
     interval: Option<Duration>,
     /// Processes listed in the text report.
@@ -241,7 +274,7 @@ struct ReportArgs {
     top: usize,
     /// Report on a recording (- reads standard input) instead of the
     /// running system.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["duration", "interval"])]
+    #[arg(long, value_name = "FILE", conflicts_with = "duration")]
     from: Option<PathBuf>,
 }
 
@@ -257,14 +290,19 @@ struct RecordArgs {
     /// model (walks take at most 5 % of the time).
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_secs, allow_negative_numbers = true)]
     interval: Duration,
-    /// Overwrite FILE if it exists.
+    /// Overwrite FILE (and OUT) if it exists.
     #[arg(long)]
     force: bool,
+    /// Also write the run's Perfetto trace to OUT, built during the run
+    /// (tracks as `export --help` says), for the --top processes.
+    #[arg(long, value_name = "OUT")]
+    perfetto: Option<PathBuf>,
     /// At the end, print the report (the one `report --from FILE` gives)
     /// as JSON.
     #[arg(long)]
     json: bool,
-    /// Processes listed in the text report.
+    /// Processes listed in the text report (and with tracks in the
+    /// Perfetto trace).
     #[arg(long, default_value_t = 20)]
     top: usize,
 }
@@ -497,7 +535,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             btf: g.btf.clone(),
         }),
     };
-    if common.adb.is_some() && matches!(cli.command, Some(Command::Replay(_) | Command::Agent(_))) {
+    if common.adb.is_some()
+        && matches!(
+            cli.command,
+            Some(Command::Replay(_) | Command::Agent(_) | Command::Export(_))
+        )
+    {
         anyhow::bail!(UsageError(
             "--adb is for the live view, report, record, inspect and serve".into()
         ));
@@ -531,6 +574,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 force: a.force,
                 json: a.json,
                 top: a.top,
+                perfetto: a.perfetto,
+            },
+        ),
+        Some(Command::Export(a)) => report::export(
+            &common,
+            &report::ExportOpts {
+                perfetto: a.perfetto,
+                from: a.from,
+                top: a.top,
+                force: a.force,
             },
         ),
         Some(Command::Inspect(a)) => {

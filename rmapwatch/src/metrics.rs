@@ -495,6 +495,58 @@ fn encode_report(enc: &mut DescriptorEncoder<'_>, r: &Report, top: usize) -> std
         None,
         &one(r.processes.len() as f64),
     )?;
+    let e = &r.exited;
+    counter(
+        enc,
+        "rmapwatch_exited_folded",
+        "Exited processes folded into the exited aggregate (kept a while after exit, then \
+         folded: the state stays bounded under fork churn).",
+        &[(Vec::new(), e.processes)],
+    )?;
+    let flows = |f: fn(&rmapwatch_engine::account::Flow) -> u64| -> Vec<(Labels, u64)> {
+        vec![
+            (vec![("type", TYPES[0].to_owned())], f(&e.anon_vma)),
+            (vec![("type", TYPES[1].to_owned())], f(&e.anon_vma_chain)),
+        ]
+    };
+    counter(
+        enc,
+        "rmapwatch_exited_allocations",
+        "Objects allocated by the processes folded into the exited aggregate.",
+        &flows(|f| f.allocs),
+    )?;
+    counter(
+        enc,
+        "rmapwatch_exited_frees",
+        "Objects freed by the processes folded into the exited aggregate.",
+        &flows(|f| f.frees),
+    )?;
+    let st = &r.state;
+    gauge(
+        enc,
+        "rmapwatch_state_entries",
+        "Entries of rmapwatch's own state: processes listed (live and recently exited), \
+         exited ones kept, per-VMA folio counts.",
+        None,
+        &[
+            (vec![("table", "processes".to_owned())], st.processes as f64),
+            (
+                vec![("table", "exited_kept".to_owned())],
+                st.exited_kept as f64,
+            ),
+            (
+                vec![("table", "rmap_vmas".to_owned())],
+                st.rmap_entries as f64,
+            ),
+        ],
+    )?;
+    gauge(
+        enc,
+        "rmapwatch_state_owner_table",
+        "Bytes of the owner table (one slot per live anon_vma and AVC).",
+        Some(Unit::Bytes),
+        &one(st.owner_table_bytes as f64),
+    )?;
     gauge(
         enc,
         "rmapwatch_duration",

@@ -14,10 +14,7 @@ use std::{
 use anyhow::Context as _;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, header};
-use rmapwatch_engine::{
-    engine::{self, Engine, Step},
-    report::Report,
-};
+use rmapwatch_engine::{engine::Step, report::Report};
 
 use crate::{
     Common, UsageError,
@@ -282,12 +279,7 @@ pub fn serve(c: &Common, o: &Opts) -> anyhow::Result<()> {
         lock(&shared).connects += 1;
         let link = src.link.clone();
         let prefix = src.prefix;
-        let mut engine = Engine::new(engine::Options {
-            model: c.model,
-            walk_on_tick: true,
-            walk_budget: Some(0.05),
-            source_answers: true,
-        });
+        let mut engine = crate::report::live_engine(c, true, Some(0.05));
         let publish = |r: Report| {
             let mut s = lock(&shared);
             s.report = Some(Arc::new(r));

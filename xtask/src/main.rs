@@ -49,7 +49,12 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     // Fork/mmap churn for `cargo xtask soak`.
     "stress-ng",
+    // The venv of the Perfetto test's decoder (python3 -m venv).
+    "python3-venv",
 ];
+/// What the Perfetto test decodes traces with: Perfetto's generated Python
+/// bindings, in the venv `.cache/venv`.
+const PYTHON_PACKAGES: &[&str] = &["perfetto==0.59.1", "protobuf"];
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "rmapwatch workflows")]
@@ -399,6 +404,7 @@ fn setup() -> anyhow::Result<()> {
         )?;
     }
     apt_install(TEST_PACKAGES)?;
+    python_venv(&workspace_root())?;
     // The fuzzer of the stream decoder: cargo-fuzz, with rustup's nightly
     // (which these machines have; sanitizers need no rust-src).
     if succeeds(Command::new("cargo").args(["+nightly", "fuzz", "--version"])) {
@@ -435,6 +441,56 @@ fn setup() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The venv's interpreter (what `RMAPWATCH_PYTHON` names for the tests).
+fn venv_python(root: &Path) -> PathBuf {
+    root.join(".cache/venv/bin/python3")
+}
+
+/// Makes the venv `.cache/venv` with [`PYTHON_PACKAGES`] (idempotent: a
+/// venv that imports them is left as it is).
+fn python_venv(root: &Path) -> anyhow::Result<()> {
+    let venv = root.join(".cache/venv");
+    let py = venv_python(root);
+    let ready = || {
+        succeeds(Command::new(&py).args([
+            "-c",
+            "import importlib.metadata as m, google.protobuf; \
+             from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace; \
+             assert m.version('perfetto') == '0.59.1'",
+        ]))
+    };
+    if ready() {
+        step(&format!(
+            "Python venv {} with {} present",
+            venv.display(),
+            PYTHON_PACKAGES.join(" ")
+        ));
+        return Ok(());
+    }
+    if !py.exists() {
+        step(&format!(
+            "making the Python venv {} (the Perfetto test's decoder)",
+            venv.display()
+        ));
+        sh(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    step(&format!(
+        "installing {} into {}",
+        PYTHON_PACKAGES.join(" "),
+        venv.display()
+    ));
+    sh(Command::new(&py)
+        .args(["-m", "pip", "install", "-q"])
+        .args(PYTHON_PACKAGES))?;
+    if !ready() {
+        bail!(
+            "{} cannot import perfetto's trace bindings after pip install",
+            py.display()
+        );
+    }
+    Ok(())
+}
+
 fn test(no_lint: bool) -> anyhow::Result<()> {
     setup()?;
     if !no_lint {
@@ -453,7 +509,12 @@ fn test(no_lint: bool) -> anyhow::Result<()> {
     boundaries()?;
     step("unit and binary tests (no root needed)");
     // The default members: the eBPF crate is built for bpf by build.rs.
-    cargo(&["test"])?;
+    // The Perfetto test decodes with the venv's Python.
+    sh(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .arg("test")
+            .env("RMAPWATCH_PYTHON", venv_python(&workspace_root())),
+    )?;
     fuzz_briefly()?;
     step("privileged kernel tests (root, one at a time)");
     cargo(&["build", "--tests", "--package", "rmapwatch"])?;

@@ -919,3 +919,57 @@ fn the_same_inputs_give_the_same_report() {
         &a[..200]
     );
 }
+
+#[test]
+fn the_perfetto_trace_marks_walks_reseeds_drops_and_zeroes_who_left() {
+    let mut s = Script::new();
+    s.walk(&Snapshot {
+        vmas: vec![vma(30, 0xa000, 0x1000, 0x2000)],
+        ..Snapshot::default()
+    })
+    .tick()
+    .dropped(3)
+    // The re-seeding walk: 30's objects are gone.
+    .walk(&Snapshot::default())
+    .tick()
+    .dropped(5)
+    .tick();
+    let mut e = Engine::new(Options {
+        walk_on_tick: false,
+        source_answers: false,
+        ..Options::default()
+    });
+    let mut b = crate::perfetto::Builder::new(20);
+    let mut frames = Vec::new();
+    for i in &s.inputs {
+        let step = e.apply(i.clone()).unwrap();
+        b.step(&e, step);
+        if step == Step::Frame {
+            frames.push(e.now());
+        }
+    }
+    assert_eq!(
+        b.instants(),
+        [
+            "walk 1",
+            "dropped events +3 (total 3)",
+            "walk 2",
+            "re-seed 1",
+            "dropped events +2 (total 5)"
+        ]
+    );
+    assert_eq!(frames.len(), 3);
+    // 30 owned an anon_vma and an AVC (lazy: neither), then left the
+    // report: 0 from the next frame on, and no sample after that.
+    assert_eq!(
+        b.samples(30),
+        [
+            (frames[0], [Some(1), Some(0), Some(1), Some(0)]),
+            (frames[1], [Some(0), Some(0), Some(0), Some(0)]),
+        ]
+    );
+    assert!(e.report(false).processes.iter().all(|p| p.pid != 30));
+    // Without a ClockRef the trace is on the source's own t.
+    let trace = b.encode();
+    assert!(!trace.is_empty());
+}

@@ -1,0 +1,421 @@
+//! A Perfetto trace of a run (`rmapwatch export --perfetto`, `record
+//! --perfetto`): Perfetto's native protobuf format (a `Trace`, repeated
+//! `TracePacket`s), for ui.perfetto.dev.
+//!
+//! [`Builder`] is fed after every input (from the driver's `on_step`), so a
+//! live run and a replay of its recording give the same trace. It keeps the
+//! samples until the end: the processes that get tracks (the `top` largest
+//! peak footprints of the whole run) are known only then.
+//!
+//! Tracks: counters of live and lazy objects per object type, system-wide
+//! and per process (under a process track named by a `ProcessDescriptor`);
+//! instants on a "rmapwatch" track for walks, re-seeds and dropped events.
+//! A system counter has a sample at every frame; a process's counters have
+//! one where a value changed (a counter holds its value until the next
+//! sample), 0 when the process left the report. Timestamps are the
+//! recording's own: its clock is `CLOCK_MONOTONIC` since the source
+//! started, so packets are on `BUILTIN_CLOCK_MONOTONIC` at the source's
+//! `ClockRef` plus `t`, with a `ClockSnapshot` of the source's clocks at
+//! `t = 0` that lets the trace processor place them on its boot-time axis.
+//! Without a `ClockRef` (all zero) `t` itself is used, on the default clock.
+use std::collections::BTreeMap;
+
+use crate::{
+    engine::{Engine, Step},
+    input::{ClockRef, Nanos},
+    report::Report,
+};
+
+pub mod proto;
+use proto::Msg;
+
+/// Field numbers and enum values, from Perfetto's protos
+/// (`protos/perfetto/trace/...`).
+mod f {
+    pub const TRACE_PACKET: u32 = 1;
+
+    // TracePacket.
+    pub const CLOCK_SNAPSHOT: u32 = 6;
+    pub const TIMESTAMP: u32 = 8;
+    pub const TRUSTED_PACKET_SEQUENCE_ID: u32 = 10;
+    pub const TRACK_EVENT: u32 = 11;
+    pub const SEQUENCE_FLAGS: u32 = 13;
+    pub const TIMESTAMP_CLOCK_ID: u32 = 58;
+    pub const TRACK_DESCRIPTOR: u32 = 60;
+    pub const FIRST_PACKET_ON_SEQUENCE: u32 = 87;
+    pub const SEQ_INCREMENTAL_STATE_CLEARED: u64 = 1;
+
+    // ClockSnapshot, ClockSnapshot.Clock, BuiltinClock.
+    pub const CLOCKS: u32 = 1;
+    pub const PRIMARY_TRACE_CLOCK: u32 = 2;
+    pub const CLOCK_ID: u32 = 1;
+    pub const CLOCK_TIMESTAMP: u32 = 2;
+    pub const REALTIME: u64 = 1;
+    pub const MONOTONIC: u64 = 3;
+    pub const BOOTTIME: u64 = 6;
+
+    // TrackDescriptor.
+    pub const UUID: u32 = 1;
+    pub const NAME: u32 = 2;
+    pub const PROCESS: u32 = 3;
+    pub const PARENT_UUID: u32 = 5;
+    pub const COUNTER: u32 = 8;
+    pub const DESCRIPTION: u32 = 14;
+
+    // ProcessDescriptor.
+    pub const PID: u32 = 1;
+    pub const PROCESS_NAME: u32 = 6;
+
+    // CounterDescriptor.
+    pub const UNIT: u32 = 3;
+    pub const Y_AXIS_SHARE_KEY: u32 = 7;
+    pub const UNIT_COUNT: u64 = 2;
+
+    // TrackEvent.
+    pub const TYPE: u32 = 9;
+    pub const TRACK_UUID: u32 = 11;
+    pub const CATEGORIES: u32 = 22;
+    pub const EVENT_NAME: u32 = 23;
+    pub const COUNTER_VALUE: u32 = 30;
+    pub const TYPE_INSTANT: u64 = 3;
+    pub const TYPE_COUNTER: u64 = 4;
+}
+
+/// The one packet sequence of the trace.
+const SEQUENCE: u64 = 1;
+/// The "rmapwatch" track (instants).
+const ROOT_UUID: u64 = 1;
+/// System counters: `SYSTEM_UUID + k`.
+const SYSTEM_UUID: u64 = 16;
+/// Process tracks: `PROCESS_UUID | pid`; their counters:
+/// `PROCESS_COUNTER_UUID | pid << 2 | k`.
+const PROCESS_UUID: u64 = 1 << 32;
+const PROCESS_COUNTER_UUID: u64 = 1 << 40;
+
+/// The counters, `k` in the uuids: object type and live or lazy.
+const COUNTERS: [(&str, &str); 4] = [
+    ("anon_vma", "live"),
+    ("anon_vma", "lazy"),
+    ("anon_vma_chain", "live"),
+    ("anon_vma_chain", "lazy"),
+];
+
+/// One sample of the four counters (lazy is `None` before the first walk).
+type Sample = [Option<u64>; 4];
+
+/// A process's samples.
+#[derive(Debug, Default)]
+struct Series {
+    comm: String,
+    /// The largest live footprint (bytes of both types) of the run.
+    peak: u64,
+    /// Changes only.
+    samples: Vec<(Nanos, Sample)>,
+}
+
+/// Builds the trace of a run; see the module.
+#[derive(Debug)]
+pub struct Builder {
+    top: usize,
+    clock: Option<ClockRef>,
+    system: Vec<(Nanos, Sample)>,
+    procs: BTreeMap<u32, Series>,
+    instants: Vec<(Nanos, String)>,
+    walks: u64,
+    resyncs: u64,
+    dropped: u64,
+}
+
+fn sample_of(live: &crate::report::LiveBlock, lazy: Option<&crate::report::LazyBlock>) -> Sample {
+    [
+        Some(live.anon_vma.objects),
+        lazy.map(|l| l.anon_vma.objects),
+        Some(live.anon_vma_chain.objects),
+        lazy.map(|l| l.anon_vma_chain.objects),
+    ]
+}
+
+impl Builder {
+    /// A trace with per-process tracks for the `top` processes of largest
+    /// peak footprint.
+    #[must_use]
+    pub fn new(top: usize) -> Self {
+        Self {
+            top,
+            clock: None,
+            system: Vec::new(),
+            procs: BTreeMap::new(),
+            instants: Vec::new(),
+            walks: 0,
+            resyncs: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Takes what `engine` shows after an input that led to `step`: the
+    /// instants at every step, the counters at frames and at the end.
+    pub fn step(&mut self, engine: &Engine, step: Step) {
+        let t = engine.now();
+        if self.clock.is_none()
+            && let Some(facts) = engine.facts()
+        {
+            self.clock = Some(facts.clock);
+        }
+        if engine.walks() > self.walks {
+            self.walks = engine.walks();
+            self.instants.push((t, format!("walk {}", self.walks)));
+        }
+        let resyncs = engine.resync().resyncs;
+        if resyncs > self.resyncs {
+            self.resyncs = resyncs;
+            self.instants.push((t, format!("re-seed {resyncs}")));
+        }
+        if let Some(dropped) = engine.dropped_events()
+            && dropped > self.dropped
+        {
+            self.instants.push((
+                t,
+                format!(
+                    "dropped events +{} (total {dropped})",
+                    dropped - self.dropped
+                ),
+            ));
+            self.dropped = dropped;
+        }
+        if matches!(step, Step::Frame | Step::End) {
+            self.sample(t, &engine.report(false));
+        }
+    }
+
+    /// Counter samples from a report at `t`.
+    pub fn sample(&mut self, t: Nanos, r: &Report) {
+        let system = sample_of(&r.live, r.lazy.as_ref());
+        match self.system.last_mut() {
+            Some(last) if last.0 == t => last.1 = system,
+            _ => self.system.push((t, system)),
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &r.processes {
+            seen.insert(p.pid);
+            let s = self.procs.entry(p.pid).or_default();
+            if p.comm != "?" || s.comm.is_empty() {
+                s.comm.clone_from(&p.comm);
+            }
+            s.peak = s
+                .peak
+                .max(p.live.anon_vma.bytes + p.live.anon_vma_chain.bytes);
+            push_change(&mut s.samples, t, sample_of(&p.live, p.lazy.as_ref()));
+        }
+        // A process that left the report owns nothing now.
+        let gone = [Some(0), system[1].map(|_| 0), Some(0), system[3].map(|_| 0)];
+        for (pid, s) in &mut self.procs {
+            if !seen.contains(pid) {
+                push_change(&mut s.samples, t, gone);
+            }
+        }
+    }
+
+    /// The instants so far.
+    #[cfg(test)]
+    pub(crate) fn instants(&self) -> Vec<&str> {
+        self.instants.iter().map(|(_, n)| n.as_str()).collect()
+    }
+
+    /// A process's samples (changes only).
+    #[cfg(test)]
+    pub(crate) fn samples(&self, pid: u32) -> Vec<(Nanos, Sample)> {
+        self.procs
+            .get(&pid)
+            .map(|s| s.samples.clone())
+            .unwrap_or_default()
+    }
+
+    /// The processes that get tracks: the `top` largest peak footprints
+    /// (ties: lower pid first), by pid.
+    fn chosen(&self) -> Vec<u32> {
+        let mut by_peak: Vec<(u64, u32)> = self
+            .procs
+            .iter()
+            .filter(|(_, s)| s.peak > 0)
+            .map(|(&pid, s)| (s.peak, pid))
+            .collect();
+        by_peak.sort_by_key(|&(peak, pid)| (std::cmp::Reverse(peak), pid));
+        let mut pids: Vec<u32> = by_peak.into_iter().take(self.top).map(|x| x.1).collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// The packet's timestamp fields for the source's time `t`.
+    fn stamp(&self, p: &mut Msg, t: Nanos) {
+        match self.clock.filter(|c| *c != ClockRef::default()) {
+            Some(c) => {
+                p.uint(f::TIMESTAMP, c.monotonic_ns.saturating_add(t));
+                p.uint(f::TIMESTAMP_CLOCK_ID, f::MONOTONIC);
+            }
+            None => {
+                p.uint(f::TIMESTAMP, t);
+            }
+        }
+    }
+
+    /// The encoded trace.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        let mut packets: Vec<Msg> = Vec::new();
+        // The first packet: the clocks at t = 0 (when known), and the
+        // sequence's state cleared.
+        let mut first = Msg::new();
+        if let Some(c) = self.clock.filter(|c| *c != ClockRef::default()) {
+            let mut snap = Msg::new();
+            for (id, ts) in [
+                (f::BOOTTIME, c.boottime_ns),
+                (f::MONOTONIC, c.monotonic_ns),
+                (f::REALTIME, c.unix_ns),
+            ] {
+                let mut clock = Msg::new();
+                clock.uint(f::CLOCK_ID, id).uint(f::CLOCK_TIMESTAMP, ts);
+                snap.message(f::CLOCKS, &clock);
+            }
+            snap.uint(f::PRIMARY_TRACE_CLOCK, f::BOOTTIME);
+            first
+                .uint(f::TIMESTAMP, c.boottime_ns)
+                .message(f::CLOCK_SNAPSHOT, &snap);
+        }
+        first
+            .uint(f::TRUSTED_PACKET_SEQUENCE_ID, SEQUENCE)
+            .uint(f::SEQUENCE_FLAGS, f::SEQ_INCREMENTAL_STATE_CLEARED)
+            .bool(f::FIRST_PACKET_ON_SEQUENCE, true);
+        packets.push(first);
+
+        // Tracks.
+        let track = |desc: &Msg| {
+            let mut p = Msg::new();
+            p.uint(f::TRUSTED_PACKET_SEQUENCE_ID, SEQUENCE)
+                .message(f::TRACK_DESCRIPTOR, desc);
+            p
+        };
+        let mut root = Msg::new();
+        root.uint(f::UUID, ROOT_UUID)
+            .string(f::NAME, "rmapwatch")
+            .string(
+                f::DESCRIPTION,
+                "rmapwatch: walks of every process's VMAs, re-seeds after lost events, \
+                 dropped events",
+            );
+        packets.push(track(&root));
+        let counter = |uuid: u64, parent: Option<u64>, k: usize, scope: &str| {
+            let (object, which) = COUNTERS[k];
+            let mut cd = Msg::new();
+            cd.uint(f::UNIT, f::UNIT_COUNT)
+                .string(f::Y_AXIS_SHARE_KEY, &format!("{scope} {object}"));
+            let mut d = Msg::new();
+            d.uint(f::UUID, uuid);
+            if let Some(parent) = parent {
+                d.uint(f::PARENT_UUID, parent);
+                d.string(f::NAME, &format!("{object} {which}"));
+            } else {
+                d.string(f::NAME, &format!("{object} {which} (system)"));
+            }
+            d.string(
+                f::DESCRIPTION,
+                if which == "live" {
+                    "objects that exist now (rmapwatch live: walk-seeded, event-maintained)"
+                } else {
+                    "objects ANON_VMA_LAZY would hold (rmapwatch's model, as of the latest walk)"
+                },
+            )
+            .message(f::COUNTER, &cd);
+            track(&d)
+        };
+        for k in 0..COUNTERS.len() {
+            packets.push(counter(SYSTEM_UUID + k as u64, None, k, "system"));
+        }
+        let chosen = self.chosen();
+        for &pid in &chosen {
+            let comm = self.procs.get(&pid).map_or("?", |s| s.comm.as_str());
+            let mut pd = Msg::new();
+            pd.int(f::PID, i64::from(pid)).string(f::PROCESS_NAME, comm);
+            let mut d = Msg::new();
+            d.uint(f::UUID, PROCESS_UUID | u64::from(pid))
+                .message(f::PROCESS, &pd);
+            packets.push(track(&d));
+            for k in 0..COUNTERS.len() {
+                packets.push(counter(
+                    process_counter_uuid(pid, k),
+                    Some(PROCESS_UUID | u64::from(pid)),
+                    k,
+                    &format!("pid {pid}"),
+                ));
+            }
+        }
+
+        // Events, in time order (counters before instants at one time).
+        let mut events: Vec<(Nanos, Msg)> = Vec::new();
+        let counter_event = |uuid: u64, v: u64| {
+            let mut e = Msg::new();
+            e.uint(f::TYPE, f::TYPE_COUNTER)
+                .uint(f::TRACK_UUID, uuid)
+                .int(f::COUNTER_VALUE, i64::try_from(v).unwrap_or(i64::MAX));
+            e
+        };
+        for (t, s) in &self.system {
+            for (k, v) in s.iter().enumerate() {
+                if let Some(v) = v {
+                    events.push((*t, counter_event(SYSTEM_UUID + k as u64, *v)));
+                }
+            }
+        }
+        for &pid in &chosen {
+            let Some(series) = self.procs.get(&pid) else {
+                continue;
+            };
+            let mut last: Sample = [None; 4];
+            for (t, s) in &series.samples {
+                for k in 0..4 {
+                    if let Some(v) = s[k]
+                        && last[k] != s[k]
+                    {
+                        events.push((*t, counter_event(process_counter_uuid(pid, k), v)));
+                    }
+                }
+                last = *s;
+            }
+        }
+        for (t, name) in &self.instants {
+            let mut e = Msg::new();
+            e.uint(f::TYPE, f::TYPE_INSTANT)
+                .uint(f::TRACK_UUID, ROOT_UUID)
+                .string(f::CATEGORIES, "rmapwatch")
+                .string(f::EVENT_NAME, name);
+            events.push((*t, e));
+        }
+        events.sort_by_key(|(t, _)| *t);
+        for (t, e) in events {
+            let mut p = Msg::new();
+            self.stamp(&mut p, t);
+            p.uint(f::TRUSTED_PACKET_SEQUENCE_ID, SEQUENCE)
+                .message(f::TRACK_EVENT, &e);
+            packets.push(p);
+        }
+
+        let mut trace = Msg::new();
+        for p in &packets {
+            trace.message(f::TRACE_PACKET, p);
+        }
+        trace.as_bytes().to_vec()
+    }
+}
+
+fn process_counter_uuid(pid: u32, k: usize) -> u64 {
+    PROCESS_COUNTER_UUID | u64::from(pid) << 2 | k as u64
+}
+
+/// Appends `s` at `t` unless it equals the last sample; a second sample
+/// at the same `t` replaces the first.
+fn push_change(samples: &mut Vec<(Nanos, Sample)>, t: Nanos, s: Sample) {
+    match samples.last_mut() {
+        Some(last) if last.0 == t => last.1 = s,
+        Some(last) if last.1 == s => {}
+        _ => samples.push((t, s)),
+    }
+}
