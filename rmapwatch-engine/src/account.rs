@@ -82,6 +82,9 @@ pub struct Process {
     pub flows: [Flow; object::COUNT],
     /// Live objects it owns (seeded by a walk, then event-maintained).
     pub live: [u64; object::COUNT],
+    /// The walks begun before it was first seen (a walk that began
+    /// before it may not have seen it).
+    pub born: u64,
 }
 
 impl Process {
@@ -589,11 +592,16 @@ impl Accounting {
                     child_tgid,
                     Process {
                         live,
+                        born: self.epoch,
                         ..Process::default()
                     },
                 );
             }
-            let child = self.processes.entry(child_tgid).or_default();
+            let epoch = self.epoch;
+            let child = self.processes.entry(child_tgid).or_insert_with(|| Process {
+                born: epoch,
+                ..Process::default()
+            });
             child.pid = child_tgid;
             child.comm = comm;
             child.ppid = Some(parent);
@@ -611,13 +619,34 @@ impl Accounting {
 
     fn process(&mut self, tgid: u32) -> &mut Process {
         let unnamed = &mut self.unnamed;
+        let born = self.epoch;
         self.processes.entry(tgid).or_insert_with(|| {
             unnamed.push(tgid);
             Process {
                 pid: tgid,
+                born,
                 ..Process::default()
             }
         })
+    }
+
+    /// After a walk that re-seeded the live counts (events were lost):
+    /// listed processes it did not find, that own nothing and were listed
+    /// before it began, are gone, their exit among the lost events. They
+    /// are marked exited now, and folded as any other exited process (else
+    /// they would stay listed for ever). Returns how many.
+    pub fn exits_lost(&mut self, seen: impl Fn(u32) -> bool) -> u64 {
+        let (epoch, now) = (self.epoch, self.now);
+        let mut n = 0;
+        for p in self.processes.values_mut() {
+            if !p.exited && p.born < epoch && p.live == [0; object::COUNT] && !seen(p.pid) {
+                p.exited = true;
+                p.exited_at = Some(now);
+                self.exits.push_back((p.pid, now));
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Processes seen since the last call whose name is still unknown.

@@ -507,6 +507,8 @@ impl Engine {
             let comparison = self.acct.end_walk().unwrap_or_default();
             if comparison.reconciled {
                 if self.seeded {
+                    // Exits lost with the events: gone, not listed for ever.
+                    self.acct.exits_lost(|pid| walked.procs.contains_key(&pid));
                     self.resync = Resync {
                         degraded: false,
                         resyncs: self.resync.resyncs + 1,

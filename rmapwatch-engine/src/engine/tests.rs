@@ -973,3 +973,50 @@ fn the_perfetto_trace_marks_walks_reseeds_drops_and_zeroes_who_left() {
     let trace = b.encode();
     assert!(!trace.is_empty());
 }
+
+#[test]
+fn a_process_whose_exit_was_lost_is_folded_after_the_reseed() {
+    // 30 is seen by every walk; 50 forks, allocates, frees, and exits
+    // among lost events; 60 is forked while the re-seeding walk runs (not
+    // in it, but not gone either).
+    let mut s = Script::new();
+    s.walk(&Snapshot {
+        vmas: vec![vma(30, 0xa000, 0x1000, 0x2000)],
+        ..Snapshot::default()
+    })
+    .tick()
+    .events(&[
+        Event::fork(30, 50, "short"),
+        Event::alloc(AV, site::PREPARE, 50, 0x5000, false),
+        Event::free(AV, site::PUT, 50, 0x5000),
+    ])
+    .dropped(7)
+    .begin()
+    .events(&[Event::fork(30, 60, "new")])
+    .vmas(&[vma(30, 0xa000, 0x1000, 0x2000)])
+    .end()
+    .tick();
+    let e = s.run_with(Options {
+        source_answers: false,
+        walk_on_tick: false,
+        retention: Retention {
+            exited_ns: 0,
+            exited_max: 1024,
+        },
+        ..Options::default()
+    });
+    let a = e.accounting();
+    assert_eq!(e.report(false).resync.resyncs, 1);
+    assert!(!a.processes.contains_key(&50), "{:?}", a.processes.get(&50));
+    assert_eq!(a.folded.processes, 1);
+    assert_eq!(
+        a.folded.flows[AV as usize],
+        Flow {
+            allocs: 1,
+            frees: 1
+        }
+    );
+    // Seen by the walk, or born during it: still listed, not exited.
+    assert!(!a.processes[&30].exited);
+    assert!(!a.processes[&60].exited);
+}
