@@ -661,3 +661,65 @@ fn the_dashboard_over_adb_shows_the_device_and_its_link() {
     let _ = std::fs::remove_file(&log);
     clean.check();
 }
+
+/// `serve --adb`: the phone going away (unplugged: its connections
+/// dropped, new ones refused) is `rmapwatch_source_up 0` with the last
+/// state still served; plugged in again, the exporter serves it again.
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn serve_over_adb_keeps_the_last_state_stale_while_the_phone_is_away() {
+    let (clean, server, dev) = rooted_device();
+    let mut c = server.rmapwatch();
+    c.args([
+        "--adb",
+        &dev.serial,
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--retry",
+        "1",
+    ]);
+    let serve = Serve::spawn(c);
+    let up = |want: f64, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, text) = serve.scrape(None);
+            if sample(&text, "rmapwatch_source_up") == Some(want) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: never source_up {want}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let before = up(1.0, "attached");
+    let live = "rmapwatch_objects{type=\"anon_vma\",basis=\"live\"}";
+    assert!(sample(&before, live).is_some_and(|n| n > 0.0), "{before}");
+    assert!(before.contains("via=\"adb "), "{before}");
+    // Unplugged.
+    send(&dev.child, libc::SIGUSR2);
+    let stale = up(0.0, "unplugged");
+    assert!(
+        sample(&stale, live).is_some(),
+        "the last state is kept:\n{stale}"
+    );
+    assert_eq!(sample(&stale, "rmapwatch_source_losses_total"), Some(1.0));
+    // Still away after a few retries: still served, still down.
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, later) = serve.scrape(None);
+    assert_eq!(sample(&later, "rmapwatch_source_up"), Some(0.0));
+    assert!(sample(&later, "rmapwatch_report_age_seconds").is_some_and(|a| a >= 3.0));
+    // Plugged in again: adb reconnects the device, the exporter its agent.
+    send(&dev.child, libc::SIGUSR2);
+    let back = up(1.0, "plugged in again");
+    assert_eq!(sample(&back, "rmapwatch_source_connects_total"), Some(2.0));
+    let (status, err) = serve.stop();
+    assert!(status.success(), "{err:#?}");
+    assert!(
+        err.iter().any(|l| l.contains("the source went away")),
+        "{err:#?}"
+    );
+    clean.check();
+}

@@ -4,7 +4,7 @@
 mod common;
 
 use std::{
-    io::{Read as _, Write as _},
+    io::Write as _,
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -13,99 +13,6 @@ use std::{
 
 use common::*;
 use serde_json::Value;
-
-/// A running `rmapwatch serve`, once it said where it serves.
-struct Serve {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Lines,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        // A failed test's exporter must not outlive it (its programs would
-        // count in the next test's checks).
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Serve {
-    fn start(args: &[&str]) -> Self {
-        let mut c = Command::new(RMAPWATCH);
-        c.arg("serve").args(args);
-        Self::spawn(c)
-    }
-
-    fn spawn(mut c: Command) -> Self {
-        let mut child = c
-            .env("RMAPWATCH_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = Lines::new(child.stderr.take().unwrap());
-        let line = stderr.wait_for("serving http://", Duration::from_secs(90));
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|r| r.split('/').next())
-            .unwrap()
-            .parse()
-            .unwrap();
-        Self {
-            child,
-            addr,
-            stderr,
-        }
-    }
-
-    /// GET /metrics (with an Accept header, or none).
-    fn scrape(&self, accept: Option<&str>) -> (String, String) {
-        get(self.addr, "/metrics", accept)
-    }
-
-    /// SIGINT; its exit status and stderr.
-    fn stop(mut self) -> (std::process::ExitStatus, Vec<String>) {
-        send(&self.child, libc::SIGINT);
-        let status = self.child.wait().unwrap();
-        (status, self.stderr.rest())
-    }
-}
-
-/// A plain HTTP/1.0 GET (no chunked replies): (content type, body).
-fn get(addr: SocketAddr, path: &str, accept: Option<&str>) -> (String, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let accept = accept.map_or_else(String::new, |a| format!("Accept: {a}\r\n"));
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n").unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    assert!(
-        head.lines().next().is_some_and(|l| l.contains(" 200 ")),
-        "GET {path}: {head}"
-    );
-    let ctype = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type: ")
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
-    (ctype, body.to_owned())
-}
-
-/// The value of the sample `series` (name and labels as printed, in the
-/// encoder's label order) in an exposition.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        let (s, v) = l.rsplit_once(' ')?;
-        (s == series).then(|| v.parse().ok()).flatten()
-    })
-}
 
 fn promtool_check(text: &str) {
     let mut c = Command::new("promtool")

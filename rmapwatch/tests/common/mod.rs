@@ -2,7 +2,8 @@
 #![allow(dead_code, reason = "each test file uses a subset")]
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
     process::{Child, ChildStdout, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -381,4 +382,97 @@ pub fn vmas_in(inspection: &Inspection, range: (u64, u64)) -> Vec<VmaReport> {
         .filter(|v| hex(&v.start) >= range.0 && hex(&v.end) <= range.1)
         .cloned()
         .collect()
+}
+
+/// A running `rmapwatch serve`, once it said where it serves.
+pub struct Serve {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub stderr: Lines,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        // A failed test's exporter must not outlive it (its programs would
+        // count in the next test's checks).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Serve {
+    pub fn start(args: &[&str]) -> Self {
+        let mut c = Command::new(RMAPWATCH);
+        c.arg("serve").args(args);
+        Self::spawn(c)
+    }
+
+    pub fn spawn(mut c: Command) -> Self {
+        let mut child = c
+            .env("RMAPWATCH_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = Lines::new(child.stderr.take().unwrap());
+        let line = stderr.wait_for("serving http://", Duration::from_secs(90));
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        Self {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    /// GET /metrics (with an Accept header, or none).
+    pub fn scrape(&self, accept: Option<&str>) -> (String, String) {
+        get(self.addr, "/metrics", accept)
+    }
+
+    /// SIGINT; its exit status and stderr.
+    pub fn stop(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        send(&self.child, libc::SIGINT);
+        let status = self.child.wait().unwrap();
+        (status, self.stderr.rest())
+    }
+}
+
+/// A plain HTTP/1.0 GET (no chunked replies): (content type, body).
+pub fn get(addr: SocketAddr, path: &str, accept: Option<&str>) -> (String, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let accept = accept.map_or_else(String::new, |a| format!("Accept: {a}\r\n"));
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.lines().next().is_some_and(|l| l.contains(" 200 ")),
+        "GET {path}: {head}"
+    );
+    let ctype = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    (ctype, body.to_owned())
+}
+
+/// The value of the sample `series` (name and labels as printed, in the
+/// encoder's label order) in an exposition.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (s, v) = l.rsplit_once(' ')?;
+        (s == series).then(|| v.parse().ok()).flatten()
+    })
 }
