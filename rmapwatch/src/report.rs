@@ -339,6 +339,15 @@ pub struct ExportOpts {
 /// the trace holds what came before the damage).
 pub fn export(c: &Common, o: &ExportOpts) -> anyhow::Result<()> {
     let rt = runtime()?;
+    // `--force` over the recording itself would truncate what it reads.
+    if let (Ok(a), Ok(b)) = (o.perfetto.canonicalize(), o.from.canonicalize())
+        && a == b
+    {
+        anyhow::bail!(crate::UsageError(format!(
+            "--perfetto {} is the recording itself: write the trace elsewhere",
+            o.perfetto.display()
+        )));
+    }
     let out = create(&o.perfetto, o.force)?;
     let mut src = match file::open(&o.from, file::Pace::Fast) {
         Ok(s) => s,

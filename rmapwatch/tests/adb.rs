@@ -714,7 +714,7 @@ fn serve_over_adb_keeps_the_last_state_stale_while_the_phone_is_away() {
     // Plugged in again: adb reconnects the device, the exporter its agent.
     send(&dev.child, libc::SIGUSR2);
     let back = up(1.0, "plugged in again");
-    assert_eq!(sample(&back, "rmapwatch_source_connects_total"), Some(2.0));
+    assert!(sample(&back, "rmapwatch_source_connects_total").is_some_and(|n| n >= 2.0));
     let (status, err) = serve.stop();
     assert!(status.success(), "{err:#?}");
     assert!(

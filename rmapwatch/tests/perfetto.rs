@@ -637,3 +637,26 @@ fn record_writes_the_trace_of_its_run() {
         std::fs::remove_file(p).unwrap();
     }
 }
+
+#[test]
+fn export_refuses_to_write_over_the_recording_it_reads() {
+    let copy = temp("self.rmw");
+    std::fs::copy(&fixtures()[0], &copy).unwrap();
+    let before = std::fs::read(&copy).unwrap();
+    let o = rmapwatch(&[
+        "export",
+        "--perfetto",
+        path(&copy),
+        "--from",
+        path(&copy),
+        "--force",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is the recording itself"));
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        before,
+        "the recording is untouched"
+    );
+    let _ = std::fs::remove_file(&copy);
+}

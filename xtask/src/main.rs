@@ -54,7 +54,7 @@ const TEST_PACKAGES: &[&str] = &[
 ];
 /// What the Perfetto test decodes traces with: Perfetto's generated Python
 /// bindings, in the venv `.cache/venv`.
-const PYTHON_PACKAGES: &[&str] = &["perfetto==0.59.1", "protobuf"];
+const PYTHON_PACKAGES: &[&str] = &["perfetto==0.59.1", "protobuf==7.36.2"];
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "rmapwatch workflows")]
