@@ -14,7 +14,7 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::{Registry, Unit},
 };
-use rmapwatch_engine::report::{LiveBlock, ProcessReport, Report};
+use rmapwatch_engine::report::{LazyBlock, LiveBlock, ProcessReport, Report};
 
 /// The exporter's state at a scrape, besides the report.
 #[derive(Clone, Debug, Default)]
@@ -108,6 +108,27 @@ fn live_rows(b: &LiveBlock) -> [(&'static str, u64, u64); 2] {
         (TYPES[0], b.anon_vma.objects, b.anon_vma.bytes),
         (TYPES[1], b.anon_vma_chain.objects, b.anon_vma_chain.bytes),
     ]
+}
+
+/// Calls `add(basis, type, objects, bytes)` for the live rows and, when
+/// there is one, the lazy rows.
+fn live_and_lazy(
+    live: &LiveBlock,
+    lazy: Option<&LazyBlock>,
+    add: &mut impl FnMut(&str, &'static str, u64, u64),
+) {
+    for (t, o, b) in live_rows(live) {
+        add("live", t, o, b);
+    }
+    if let Some(l) = lazy {
+        add("lazy", TYPES[0], l.anon_vma.objects, l.anon_vma.bytes);
+        add(
+            "lazy",
+            TYPES[1],
+            l.anon_vma_chain.objects,
+            l.anon_vma_chain.bytes,
+        );
+    }
 }
 
 /// A process's footprint: the bytes of the objects it owns now.
@@ -210,18 +231,7 @@ fn encode_report(enc: &mut DescriptorEncoder<'_>, r: &Report, top: usize) -> std
         objects.push((l.clone(), o as f64));
         bytes.push((l, b as f64));
     };
-    for (t, o, b) in live_rows(&r.live) {
-        add("live", t, o, b);
-    }
-    if let Some(l) = &r.lazy {
-        add("lazy", TYPES[0], l.anon_vma.objects, l.anon_vma.bytes);
-        add(
-            "lazy",
-            TYPES[1],
-            l.anon_vma_chain.objects,
-            l.anon_vma_chain.bytes,
-        );
-    }
+    live_and_lazy(&r.live, r.lazy.as_ref(), &mut add);
     if let Some(m) = &r.model {
         for (t, o, b) in live_rows(&m.snapshot.actual) {
             add("snapshot", t, o, b);
@@ -460,18 +470,7 @@ fn encode_report(enc: &mut DescriptorEncoder<'_>, r: &Report, top: usize) -> std
             objects.push((l.clone(), o as f64));
             bytes.push((l, b as f64));
         };
-        for (t, o, b) in live_rows(&p.live) {
-            add("live", t, o, b);
-        }
-        if let Some(l) = &p.lazy {
-            add("lazy", TYPES[0], l.anon_vma.objects, l.anon_vma.bytes);
-            add(
-                "lazy",
-                TYPES[1],
-                l.anon_vma_chain.objects,
-                l.anon_vma_chain.bytes,
-            );
-        }
+        live_and_lazy(&p.live, p.lazy.as_ref(), &mut add);
     }
     gauge(
         enc,
