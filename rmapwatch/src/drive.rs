@@ -167,6 +167,19 @@ pub struct Drive<'a> {
     pub notice_prefix: &'static str,
 }
 
+impl Drive<'_> {
+    /// A recording's replay: to its end, no signals, controls or tee.
+    pub const fn replay(notice_prefix: &'static str) -> Self {
+        Self {
+            duration: None,
+            signals: None,
+            control: None,
+            tee: None,
+            notice_prefix,
+        }
+    }
+}
+
 fn forward(src: &Source, engine: &mut Engine) {
     for r in engine.take_requests() {
         src.request(r);

@@ -106,13 +106,7 @@ pub fn report(c: &Common, o: &Opts) -> anyhow::Result<()> {
         let result = rt.block_on(drive(
             &mut src,
             &mut engine,
-            Drive {
-                duration: None,
-                signals: None,
-                control: None,
-                tee: None,
-                notice_prefix: prefix,
-            },
+            Drive::replay(prefix),
             |e, step| {
                 if let Some(every) = every
                     && step == Step::Frame
@@ -364,13 +358,7 @@ pub fn export(c: &Common, o: &ExportOpts) -> anyhow::Result<()> {
     let result = rt.block_on(drive(
         &mut src,
         &mut engine,
-        Drive {
-            duration: None,
-            signals: None,
-            control: None,
-            tee: None,
-            notice_prefix: prefix,
-        },
+        Drive::replay(prefix),
         |e, step| {
             builder.step(e, step);
             Ok(())

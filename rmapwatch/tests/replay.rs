@@ -9,19 +9,6 @@ use std::{path::PathBuf, process::Command};
 
 use common::*;
 
-fn fixtures() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "rmw"))
-        .collect();
-    v.sort();
-    assert!(!v.is_empty(), "no fixtures in {}", dir.display());
-    v
-}
-
 fn rmapwatch(args: &[&str]) -> std::process::Output {
     Command::new(RMAPWATCH).args(args).output().unwrap()
 }

@@ -476,3 +476,17 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
         (s == series).then(|| v.parse().ok()).flatten()
     })
 }
+
+/// The committed recordings (`tests/fixtures/*.rmw`), sorted.
+pub fn fixtures() -> Vec<std::path::PathBuf> {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut v: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rmw"))
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no fixtures in {}", dir.display());
+    v
+}
