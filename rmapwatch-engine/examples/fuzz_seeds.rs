@@ -4,9 +4,9 @@
 use rmapwatch_common::{object, site};
 use rmapwatch_engine::{
     event::{Comm, Event},
+    facts::Facts,
     input::{
-        Counters, Facts, Input, KernelCounters, Notice, Paths, Request, RmapUpdate, SlabCounts,
-        SlabRead,
+        Counters, Input, KernelCounters, Notice, Paths, Request, RmapUpdate, SlabCounts, SlabRead,
     },
     snapshot::{Vma, WalkCounts},
     stream::{Kind, Writer},

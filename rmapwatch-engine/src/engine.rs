@@ -5,21 +5,21 @@
 //! a recording replays to the same results.
 use std::collections::{BTreeMap, HashMap};
 
-use rmapwatch_common::{hook, object};
+use rmapwatch_common::hook;
 
 pub use crate::account::Retention;
 use crate::{
     account::{Accounting, Comparison, RmapVmas, StateSize, WalkKind},
+    facts::Facts,
     hash::FastMap,
     hooks::HookMode,
-    input::{
-        Counters, Facts, Input, Nanos, Order, OrderError, Paths, Request, SlabCounts, SlabRead,
-    },
+    input::{Counters, Input, Nanos, Order, OrderError, Paths, Request, SlabCounts, SlabRead},
     inspect::{self, Family, Inspection},
     model::{Estimate, Objects, Options as ModelOptions},
     report::{Context, ModelView, Report, Resync, SnapshotStats},
+    rows::{ProcRow, WalkOf, process_rows},
     snapshot::{Vma, WalkCounts},
-    view::{Frame, ProcRow, WalkView},
+    view::{Frame, WalkView},
     walk::{Digest, ProcInfo},
 };
 
@@ -670,36 +670,37 @@ impl Engine {
         )
     }
 
+    /// The processes with traffic or objects, as every sink sees them
+    /// ([`crate::rows`]).
+    pub fn rows(&self) -> impl Iterator<Item = ProcRow> + '_ {
+        process_rows(&self.acct, self.walk_of())
+    }
+
+    /// Objects that exist now, system-wide (events).
+    #[must_use]
+    pub fn live(&self) -> Objects {
+        Objects::from(self.acct.live())
+    }
+
+    /// What ANON_VMA_LAZY would hold system-wide, as of the latest walk.
+    #[must_use]
+    pub fn lazy(&self) -> Option<Objects> {
+        self.walk.as_ref().map(|w| w.estimate.system.lazy)
+    }
+
+    /// The latest walk, for the per-process projection.
+    fn walk_of(&self) -> Option<WalkOf<'_>> {
+        self.walk.as_ref().map(|w| WalkOf {
+            estimate: &w.estimate,
+            procs: &w.procs,
+        })
+    }
+
     /// The typed view of the state now, for the live view.
     #[must_use]
     pub fn frame(&self) -> Frame {
-        let live_of = |l: &[u64; object::COUNT]| Objects {
-            anon_vma: l[object::ANON_VMA as usize],
-            avc: l[object::AVC as usize],
-        };
         let walk = self.walk.as_ref();
-        let processes = self
-            .acct
-            .processes
-            .values()
-            .filter(|p| p.is_active())
-            .map(|p| {
-                let pair = walk.and_then(|w| w.estimate.processes.get(&p.pid).copied());
-                ProcRow {
-                    pid: p.pid,
-                    comm: if p.comm.is_empty() {
-                        "?".into()
-                    } else {
-                        p.comm.clone()
-                    },
-                    exited: p.exited,
-                    vmas: walk.and_then(|w| w.procs.get(&p.pid).map(|i| i.vmas)),
-                    live: live_of(&p.live),
-                    walked: walk.map(|_| pair.map(|x| x.actual).unwrap_or_default()),
-                    lazy: walk.map(|_| pair.map(|x| x.lazy).unwrap_or_default()),
-                }
-            })
-            .collect();
+        let processes = self.rows().collect();
         Frame {
             facts: self.facts.clone().unwrap_or_default(),
             uptime_s: self.duration_s(),
@@ -717,7 +718,7 @@ impl Engine {
                 .as_ref()
                 .map(|p| crate::report::CostReport::new(p, self.duration_s())),
             totals: self.acct.objects,
-            live: live_of(&self.acct.live()),
+            live: self.live(),
             walk: walk.map(|w| WalkView {
                 actual: w.estimate.system.actual,
                 lazy: w.estimate.system.lazy,

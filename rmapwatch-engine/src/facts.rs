@@ -1,9 +1,11 @@
-//! Facts of the measured machine: who it is and what its objects cost.
+//! Facts of the measured machine: who it is, what its objects cost, how it
+//! is watched and its clocks. The first input of every stream
+//! ([`crate::input::Input::Facts`]).
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    model::{self, Objects},
-    report::{LazyBlock, LazyBytes, LiveBlock, ObjBytes, round2},
+    hooks::{HookStatus, ProbeMode, SlabEvents},
+    model::Objects,
 };
 
 /// Kernel identity shown in reports.
@@ -26,44 +28,80 @@ pub struct Sizes {
 }
 
 impl Sizes {
-    fn bytes(self, o: Objects) -> (u64, u64) {
-        (
+    /// Bytes of `o` per object type: anon_vma, AVC. The one place where
+    /// objects become bytes.
+    #[must_use]
+    pub fn per_type(self, o: Objects) -> [u64; 2] {
+        [
             o.anon_vma * u64::from(self.anon_vma),
             o.avc * u64::from(self.anon_vma_chain),
-        )
+        ]
     }
 
-    /// A `live` block.
+    /// Bytes of `o`, both types.
     #[must_use]
-    pub fn live(self, o: Objects) -> LiveBlock {
-        let (a, c) = self.bytes(o);
-        LiveBlock {
-            anon_vma: ObjBytes {
-                objects: o.anon_vma,
-                bytes: a,
-            },
-            anon_vma_chain: ObjBytes {
-                objects: o.avc,
-                bytes: c,
-            },
-        }
+    pub fn bytes(self, o: Objects) -> u64 {
+        self.per_type(o).iter().sum()
     }
+}
 
-    /// A `lazy` block against `actual`.
-    #[must_use]
-    pub fn lazy(self, lazy: Objects, actual: Objects) -> LazyBlock {
-        let (a, c) = self.bytes(lazy);
-        LazyBlock {
-            anon_vma: LazyBytes {
-                objects: lazy.anon_vma,
-                bytes: a,
-                change_pct: round2(model::change_pct(actual.anon_vma, lazy.anon_vma)),
-            },
-            anon_vma_chain: LazyBytes {
-                objects: lazy.avc,
-                bytes: c,
-                change_pct: round2(model::change_pct(actual.avc, lazy.avc)),
-            },
-        }
-    }
+/// Where a stream's clock stands against the measured machine's clocks, at
+/// `t = 0`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockRef {
+    /// `CLOCK_REALTIME`, nanoseconds since the Unix epoch.
+    pub unix_ns: u64,
+    /// `CLOCK_MONOTONIC`, nanoseconds.
+    pub monotonic_ns: u64,
+    /// `CLOCK_BOOTTIME`, nanoseconds.
+    pub boottime_ns: u64,
+}
+
+/// Byte order of the measured machine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Endian {
+    /// Little-endian (x86_64, arm64 as Linux runs it).
+    #[default]
+    Little,
+    /// Big-endian.
+    Big,
+}
+
+/// Facts of the measured machine and of how it is watched.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Facts {
+    /// The tool that measured: `rmapwatch 0.1.0`.
+    pub tool: String,
+    /// Kernel release and architecture.
+    pub kernel: KernelId,
+    /// Bytes per page.
+    pub page_size: u32,
+    /// Byte order.
+    pub endian: Endian,
+    /// `sizeof(struct anon_vma)` from BTF.
+    pub anon_vma_size: u32,
+    /// `sizeof(struct anon_vma_chain)` from BTF.
+    pub avc_size: u32,
+    /// Per-object slab sizes for byte figures.
+    pub sizes: Sizes,
+    /// The probe mode asked for.
+    pub probe_mode: ProbeMode,
+    /// How each function hook was attached.
+    pub hooks: Vec<HookStatus>,
+    /// Whether the fork window (syscall tracepoints) is attached.
+    pub fork_window: bool,
+    /// Why snapshot walks are unavailable, if they are.
+    pub snapshot_error: Option<String>,
+    /// Ring buffer bytes.
+    pub ring_bytes: u32,
+    /// Whether the kernel keeps run-time statistics of the programs.
+    pub bpf_stats: bool,
+    /// The clocks at `t = 0`.
+    pub clock: ClockRef,
+    /// Where the data comes from (`live`, an agent, ...).
+    pub source: String,
+    /// How the slab events are taken.
+    #[serde(default)]
+    pub slab: SlabEvents,
 }

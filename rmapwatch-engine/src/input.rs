@@ -33,74 +33,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     event::Event,
-    facts::{KernelId, Sizes},
-    hooks::{HookStatus, ProbeMode},
-    report::ProgramStats,
+    facts::Facts,
     snapshot::{Vma, WalkCounts},
 };
 
 /// Nanoseconds since the source started, on its monotonic clock.
 pub type Nanos = u64;
 
-/// Where a stream's clock stands against the measured machine's clocks, at
-/// `t = 0`.
+/// One eBPF program's run statistics (the kernel's `bpf_stats`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClockRef {
-    /// `CLOCK_REALTIME`, nanoseconds since the Unix epoch.
-    pub unix_ns: u64,
-    /// `CLOCK_MONOTONIC`, nanoseconds.
-    pub monotonic_ns: u64,
-    /// `CLOCK_BOOTTIME`, nanoseconds.
-    pub boottime_ns: u64,
-}
-
-/// Byte order of the measured machine.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Endian {
-    /// Little-endian (x86_64, arm64 as Linux runs it).
-    #[default]
-    Little,
-    /// Big-endian.
-    Big,
-}
-
-/// Facts of the measured machine and of how it is watched.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Facts {
-    /// The tool that measured: `rmapwatch 0.1.0`.
-    pub tool: String,
-    /// Kernel release and architecture.
-    pub kernel: KernelId,
-    /// Bytes per page.
-    pub page_size: u32,
-    /// Byte order.
-    pub endian: Endian,
-    /// `sizeof(struct anon_vma)` from BTF.
-    pub anon_vma_size: u32,
-    /// `sizeof(struct anon_vma_chain)` from BTF.
-    pub avc_size: u32,
-    /// Per-object slab sizes for byte figures.
-    pub sizes: Sizes,
-    /// The probe mode asked for.
-    pub probe_mode: ProbeMode,
-    /// How each function hook was attached.
-    pub hooks: Vec<HookStatus>,
-    /// Whether the fork window (syscall tracepoints) is attached.
-    pub fork_window: bool,
-    /// Why snapshot walks are unavailable, if they are.
-    pub snapshot_error: Option<String>,
-    /// Ring buffer bytes.
-    pub ring_bytes: u32,
-    /// Whether the kernel keeps run-time statistics of the programs.
-    pub bpf_stats: bool,
-    /// The clocks at `t = 0`.
-    pub clock: ClockRef,
-    /// Where the data comes from (`live`, an agent, ...).
-    pub source: String,
-    /// How the slab events are taken.
-    #[serde(default)]
-    pub slab: crate::hooks::SlabEvents,
+pub struct ProgramStats {
+    /// Runs counted.
+    pub runs: u64,
+    /// Time spent in the program, summed over runs.
+    pub run_time_ns: u64,
+    /// Runs skipped because the program was already running on that CPU.
+    pub recursion_misses: u64,
 }
 
 /// The programs' kernel-side counters, summed over CPUs.

@@ -21,6 +21,7 @@ pub mod inspect;
 pub mod model;
 pub mod perfetto;
 pub mod report;
+pub mod rows;
 pub mod snapshot;
 pub mod stream;
 pub mod view;

@@ -119,6 +119,16 @@ pub struct Objects {
     pub avc: u64,
 }
 
+impl From<[u64; rmapwatch_common::object::COUNT]> for Objects {
+    /// Counts indexed by `rmapwatch_common::object` (the accounting's).
+    fn from(n: [u64; rmapwatch_common::object::COUNT]) -> Self {
+        Self {
+            anon_vma: n[rmapwatch_common::object::ANON_VMA as usize],
+            avc: n[rmapwatch_common::object::AVC as usize],
+        }
+    }
+}
+
 /// Actual vs lazy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pair {

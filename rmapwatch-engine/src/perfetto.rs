@@ -22,8 +22,10 @@ use std::collections::BTreeMap;
 
 use crate::{
     engine::{Engine, Step},
-    input::{ClockRef, Nanos},
-    report::Report,
+    facts::{ClockRef, Sizes},
+    input::Nanos,
+    model::Objects,
+    rows::ProcRow,
 };
 
 pub mod proto;
@@ -126,12 +128,12 @@ pub struct Builder {
     dropped: u64,
 }
 
-fn sample_of(live: &crate::report::LiveBlock, lazy: Option<&crate::report::LazyBlock>) -> Sample {
+fn sample_of(live: Objects, lazy: Option<Objects>) -> Sample {
     [
-        Some(live.anon_vma.objects),
-        lazy.map(|l| l.anon_vma.objects),
-        Some(live.anon_vma_chain.objects),
-        lazy.map(|l| l.anon_vma_chain.objects),
+        Some(live.anon_vma),
+        lazy.map(|l| l.anon_vma),
+        Some(live.avc),
+        lazy.map(|l| l.avc),
     ]
 }
 
@@ -183,28 +185,35 @@ impl Builder {
             self.dropped = dropped;
         }
         if matches!(step, Step::Frame | Step::End) {
-            self.sample(t, &engine.report(false));
+            let sizes = engine.facts().map(|f| f.sizes).unwrap_or_default();
+            self.sample(t, engine.live(), engine.lazy(), engine.rows(), sizes);
         }
     }
 
-    /// Counter samples from a report at `t`.
-    pub fn sample(&mut self, t: Nanos, r: &Report) {
-        let system = sample_of(&r.live, r.lazy.as_ref());
+    /// Counter samples at `t`: the system's live and lazy objects and the
+    /// processes (the engine's per-process projection, as the report's).
+    fn sample(
+        &mut self,
+        t: Nanos,
+        live: Objects,
+        lazy: Option<Objects>,
+        rows: impl Iterator<Item = ProcRow>,
+        sizes: Sizes,
+    ) {
+        let system = sample_of(live, lazy);
         match self.system.last_mut() {
             Some(last) if last.0 == t => last.1 = system,
             _ => self.system.push((t, system)),
         }
         let mut seen = std::collections::BTreeSet::new();
-        for p in &r.processes {
+        for p in rows {
             seen.insert(p.pid);
             let s = self.procs.entry(p.pid).or_default();
             if p.comm != "?" || s.comm.is_empty() {
-                s.comm.clone_from(&p.comm);
+                s.comm = p.comm;
             }
-            s.peak = s
-                .peak
-                .max(p.live.anon_vma.bytes + p.live.anon_vma_chain.bytes);
-            push_change(&mut s.samples, t, sample_of(&p.live, p.lazy.as_ref()));
+            s.peak = s.peak.max(sizes.bytes(p.live));
+            push_change(&mut s.samples, t, sample_of(p.live, p.lazy));
         }
         // A process that left the report owns nothing now.
         let gone = [Some(0), system[1].map(|_| 0), Some(0), system[3].map(|_| 0)];

@@ -5,13 +5,13 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use rmapwatch_common::{hook, object, site};
 use serde::{Deserialize, Serialize};
 
-pub use crate::facts::Sizes;
 use crate::{
     account::{Accounting, Comparison, Flow, ObjectTotals, RmapVmas},
-    facts::KernelId,
+    facts::{Facts, KernelId, Sizes},
     hooks::{HookMode, HookStatus},
-    input::{Facts, KernelCounters},
+    input::{KernelCounters, ProgramStats},
     model::{self, Estimate, LazyState, Objects, Options, Rule},
+    rows::{WalkOf, process_rows},
     walk::ProcInfo,
 };
 
@@ -53,7 +53,57 @@ pub struct LazyBlock {
     pub anon_vma_chain: LazyBytes,
 }
 
-pub(crate) fn round2(v: Option<f64>) -> Option<f64> {
+impl LiveBlock {
+    /// The block of `o` objects.
+    #[must_use]
+    pub fn of(o: Objects, sizes: Sizes) -> Self {
+        let [a, c] = sizes.per_type(o);
+        Self {
+            anon_vma: ObjBytes {
+                objects: o.anon_vma,
+                bytes: a,
+            },
+            anon_vma_chain: ObjBytes {
+                objects: o.avc,
+                bytes: c,
+            },
+        }
+    }
+
+    /// Bytes of both types.
+    #[must_use]
+    pub fn bytes(&self) -> u64 {
+        self.anon_vma.bytes + self.anon_vma_chain.bytes
+    }
+}
+
+impl LazyBlock {
+    /// The block of `lazy` objects, with the change against `actual`.
+    #[must_use]
+    pub fn of(lazy: Objects, actual: Objects, sizes: Sizes) -> Self {
+        let [a, c] = sizes.per_type(lazy);
+        Self {
+            anon_vma: LazyBytes {
+                objects: lazy.anon_vma,
+                bytes: a,
+                change_pct: round2(model::change_pct(actual.anon_vma, lazy.anon_vma)),
+            },
+            anon_vma_chain: LazyBytes {
+                objects: lazy.avc,
+                bytes: c,
+                change_pct: round2(model::change_pct(actual.avc, lazy.avc)),
+            },
+        }
+    }
+
+    /// Bytes of both types.
+    #[must_use]
+    pub fn bytes(&self) -> u64 {
+        self.anon_vma.bytes + self.anon_vma_chain.bytes
+    }
+}
+
+fn round2(v: Option<f64>) -> Option<f64> {
     v.map(|x| (x * 100.0).round() / 100.0)
 }
 
@@ -135,17 +185,6 @@ pub struct SnapshotBlock {
     pub stats: SnapshotStats,
     /// Its actual counts.
     pub actual: LiveBlock,
-}
-
-/// One eBPF program's run statistics (the kernel's `bpf_stats`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProgramStats {
-    /// Runs counted.
-    pub runs: u64,
-    /// Time spent in the program, summed over runs.
-    pub run_time_ns: u64,
-    /// Runs skipped because the program was already running on that CPU.
-    pub recursion_misses: u64,
 }
 
 /// rmapwatch's own cost in the kernel, from `bpf_stats`.
@@ -508,7 +547,11 @@ fn model_block(m: &ModelView<'_>, sizes: Sizes) -> ModelBlock {
     ModelBlock {
         options: m.estimate.options,
         blind_spots: model::BLIND_SPOTS.iter().map(|&s| s.to_owned()).collect(),
-        lazy_other_option: sizes.lazy(m.estimate.lazy_other_option, m.estimate.system.actual),
+        lazy_other_option: LazyBlock::of(
+            m.estimate.lazy_other_option,
+            m.estimate.system.actual,
+            sizes,
+        ),
         saved_by_rule: m.estimate.saved_by_rule.clone(),
         vmas_by_state: m.estimate.vmas_by_state.clone(),
         drift: Drift {
@@ -519,7 +562,7 @@ fn model_block(m: &ModelView<'_>, sizes: Sizes) -> ModelBlock {
         snapshot: SnapshotBlock {
             age_s: (m.age_s * 1000.0).round() / 1000.0,
             stats: m.stats,
-            actual: sizes.live(m.estimate.system.actual),
+            actual: LiveBlock::of(m.estimate.system.actual, sizes),
         },
         unreachable_anon_vmas: m.slab_anon_vma.map(|slab| {
             i64::try_from(i128::from(slab) - i128::from(m.estimate.system.actual.anon_vma))
@@ -594,42 +637,27 @@ impl Report {
             .zip(acct.objects.iter().zip(sizes))
             .map(|(&name, (t, size))| (name.to_owned(), object_report(t, size)))
             .collect();
-        let live_of = |l: &[u64; object::COUNT]| Objects {
-            anon_vma: l[object::ANON_VMA as usize],
-            avc: l[object::AVC as usize],
-        };
-        let mut processes: Vec<ProcessReport> = acct
-            .processes
-            .values()
-            .filter(|p| p.is_active())
+        let walk = ctx.model.as_ref().map(|m| WalkOf {
+            estimate: m.estimate,
+            procs: m.procs,
+        });
+        let mut processes: Vec<ProcessReport> = process_rows(acct, walk)
             .map(|p| {
-                let pair = ctx.model.as_ref().map(|m| {
-                    m.estimate
-                        .processes
-                        .get(&p.pid)
-                        .copied()
-                        .unwrap_or_default()
-                });
-                let lazy = pair.map(|pair| f.sizes.lazy(pair.lazy, pair.actual));
-                let snapshot = pair.map(|pair| f.sizes.live(pair.actual));
+                let lazy = p
+                    .walked
+                    .zip(p.lazy)
+                    .map(|(actual, lazy)| LazyBlock::of(lazy, actual, f.sizes));
                 ProcessReport {
                     pid: p.pid,
-                    comm: if p.comm.is_empty() {
-                        "?".into()
-                    } else {
-                        p.comm.clone()
-                    },
+                    comm: p.comm,
                     ppid: p.ppid,
                     exited: p.exited,
-                    vmas: ctx
-                        .model
-                        .as_ref()
-                        .and_then(|m| m.procs.get(&p.pid).map(|i| i.vmas)),
+                    vmas: p.vmas,
                     anon_vma: p.flows[object::ANON_VMA as usize],
                     anon_vma_chain: p.flows[object::AVC as usize],
-                    live: f.sizes.live(live_of(&p.live)),
+                    live: LiveBlock::of(p.live, f.sizes),
                     lazy,
-                    snapshot,
+                    snapshot: p.walked.map(|a| LiveBlock::of(a, f.sizes)),
                     rmap: rmap_by_process.as_ref().map(|by| {
                         let vmas = by.get(&p.pid);
                         ProcessRmap {
@@ -646,20 +674,16 @@ impl Report {
             .collect();
         // Biggest saving first, then most traffic.
         processes.sort_by_key(|p| {
-            let saved = p.lazy.map_or(0, |l| {
-                (p.live.anon_vma.bytes + p.live.anon_vma_chain.bytes)
-                    .saturating_sub(l.anon_vma.bytes + l.anon_vma_chain.bytes)
-            });
+            let saved = p
+                .lazy
+                .map_or(0, |l| p.live.bytes().saturating_sub(l.bytes()));
             std::cmp::Reverse((saved, p.anon_vma.allocs + p.anon_vma_chain.allocs))
         });
-        let live = Objects {
-            anon_vma: acct.objects[object::ANON_VMA as usize].live,
-            avc: acct.objects[object::AVC as usize].live,
-        };
-        let lazy = ctx.model.as_ref().map(|m| {
-            f.sizes
-                .lazy(m.estimate.system.lazy, m.estimate.system.actual)
-        });
+        let live = Objects::from(acct.live());
+        let lazy = ctx
+            .model
+            .as_ref()
+            .map(|m| LazyBlock::of(m.estimate.system.lazy, m.estimate.system.actual, f.sizes));
         let model = ctx.model.as_ref().map(|m| model_block(m, f.sizes));
         let folded = &acct.folded;
         let exited = ExitedReport {
@@ -692,7 +716,7 @@ impl Report {
             rmap,
             cost: ctx.programs.map(|p| CostReport::new(p, ctx.duration_s)),
             objects,
-            live: f.sizes.live(live),
+            live: LiveBlock::of(live, f.sizes),
             lazy,
             model,
             processes,
@@ -742,9 +766,9 @@ impl Report {
         );
         let sum_a = ObjBytes {
             objects: actual.anon_vma.objects + actual.anon_vma_chain.objects,
-            bytes: actual.anon_vma.bytes + actual.anon_vma_chain.bytes,
+            bytes: actual.bytes(),
         };
-        let sum_l_bytes = lazy.anon_vma.bytes + lazy.anon_vma_chain.bytes;
+        let sum_l_bytes = lazy.bytes();
         let sum_l = LazyBytes {
             objects: lazy.anon_vma.objects + lazy.anon_vma_chain.objects,
             bytes: sum_l_bytes,

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     event::{Comm, Event, Slab},
-    input::{Facts, Input, Nanos, Request},
+    facts::Facts,
+    input::{Input, Nanos, Request},
     snapshot::Vma,
 };
 

@@ -3,11 +3,11 @@
 //! break).
 use crate::{
     account::{Folded, ObjectTotals},
-    facts::Sizes,
-    input::Facts,
+    facts::Facts,
     inspect::Inspection,
     model::Objects,
     report::{CostReport, Resync},
+    rows::ProcRow,
 };
 
 /// The latest walk, system-wide: actual and lazy on the same basis (the
@@ -29,54 +29,6 @@ pub struct WalkView {
     /// Events' live minus the walk's, over the objects that did not change
     /// during it (anon_vma, AVC).
     pub drift: [i64; 2],
-}
-
-/// One process row.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ProcRow {
-    /// tgid.
-    pub pid: u32,
-    /// Name.
-    pub comm: String,
-    /// Whether it exited.
-    pub exited: bool,
-    /// VMAs at the latest walk.
-    pub vmas: Option<u64>,
-    /// Objects it owns now (events).
-    pub live: Objects,
-    /// Objects the latest walk saw it own (`None`: no walk yet).
-    pub walked: Option<Objects>,
-    /// What lazy would hold for it at the latest walk.
-    pub lazy: Option<Objects>,
-}
-
-/// Bytes of objects.
-#[must_use]
-pub fn bytes(o: Objects, sizes: Sizes) -> u64 {
-    o.anon_vma * u64::from(sizes.anon_vma) + o.avc * u64::from(sizes.anon_vma_chain)
-}
-
-impl ProcRow {
-    /// Live bytes.
-    #[must_use]
-    pub fn live_bytes(&self, sizes: Sizes) -> u64 {
-        bytes(self.live, sizes)
-    }
-
-    /// Lazy bytes.
-    #[must_use]
-    pub fn lazy_bytes(&self, sizes: Sizes) -> Option<u64> {
-        self.lazy.map(|l| bytes(l, sizes))
-    }
-
-    /// Bytes lazy would save (walk actual minus lazy: one basis).
-    #[must_use]
-    pub fn saving_bytes(&self, sizes: Sizes) -> i128 {
-        match (self.walked, self.lazy) {
-            (Some(a), Some(l)) => i128::from(bytes(a, sizes)) - i128::from(bytes(l, sizes)),
-            _ => 0,
-        }
-    }
 }
 
 /// One refresh of the live view.

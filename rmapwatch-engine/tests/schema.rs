@@ -8,12 +8,12 @@ use rmapwatch_common::{hook, object, site};
 use rmapwatch_engine::{
     engine::{self, Engine},
     event::{Comm, Event},
-    facts::{KernelId, Sizes},
+    facts::{Facts, KernelId, Sizes},
     hooks::{HookMode, HookStatus, tracepoint_only},
-    input::{Counters, Facts, Input, KernelCounters, RmapUpdate, SlabCounts},
+    input::{Counters, Input, KernelCounters, ProgramStats, RmapUpdate, SlabCounts},
     inspect::{self, Inspection},
     model::{self, Options, sim::Sim},
-    report::{ProgramStats, Report},
+    report::Report,
     snapshot::{Snapshot, WalkCounts},
     walk,
 };

@@ -14,7 +14,7 @@ use rmapwatch_common::{RmapKey, stat};
 
 use rmapwatch_engine::{
     hooks::{HOOKS, HookMode, HookSpec, HookStatus, ProbeMode},
-    report::ProgramStats,
+    input::ProgramStats,
 };
 
 use crate::kernel::KernelFacts;

@@ -15,11 +15,9 @@ use aya::maps::{MapData, RingBuf};
 use rmapwatch_common::stat;
 use rmapwatch_engine::{
     event::{Event, decode},
+    facts::{ClockRef, Endian, Facts},
     hooks::{HookMode, ProbeMode},
-    input::{
-        ClockRef, Counters, Endian, Facts, Input, KernelCounters, Nanos, Notice, Paths, Request,
-        RmapUpdate, SlabRead,
-    },
+    input::{Counters, Input, KernelCounters, Nanos, Notice, Paths, Request, RmapUpdate, SlabRead},
     snapshot::{Decoder, SnapshotError, Vma, WalkCounts, for_each_chunk},
 };
 use tokio::{io::unix::AsyncFd, sync::mpsc::UnboundedReceiver};

@@ -5,8 +5,8 @@ use std::{collections::VecDeque, time::Duration};
 use ratatui::crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use rmapwatch_common::site;
 
+use rmapwatch_engine::rows::ProcRow;
 pub use rmapwatch_engine::view::Frame;
-use rmapwatch_engine::view::ProcRow;
 
 /// What the collector can tell the UI.
 #[derive(Debug)]
@@ -387,7 +387,7 @@ impl App {
             && walks != Some(w.walks)
         {
             let sizes = frame.facts.sizes;
-            let kb = |o| rmapwatch_engine::view::bytes(o, sizes) as f64 / 1024.0;
+            let kb = |o| sizes.bytes(o) as f64 / 1024.0;
             if self.history.len() == HISTORY {
                 self.history.pop_front();
             }

@@ -14,8 +14,8 @@ use super::{
 };
 use rmapwatch_engine::{
     engine::{self, Engine},
-    facts::{KernelId, Sizes},
-    input::{Counters, Facts, Input, KernelCounters},
+    facts::{Facts, KernelId, Sizes},
+    input::{Counters, Input, KernelCounters},
     model::sim::Sim,
     snapshot::{Snapshot, WalkCounts},
 };
@@ -324,7 +324,7 @@ fn the_header_shows_the_tools_own_cost_and_a_degraded_model() {
     let mut programs = std::collections::BTreeMap::new();
     programs.insert(
         "kmem_cache_alloc".to_owned(),
-        rmapwatch_engine::report::ProgramStats {
+        rmapwatch_engine::input::ProgramStats {
             runs: 1000,
             run_time_ns: 37_000,
             recursion_misses: 0,

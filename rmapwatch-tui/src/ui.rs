@@ -11,11 +11,7 @@ use ratatui::{
 };
 use rmapwatch_common::site;
 
-use rmapwatch_engine::{
-    hooks::HookMode,
-    model::change_pct,
-    view::{Frame, bytes},
-};
+use rmapwatch_engine::{hooks::HookMode, model::change_pct, view::Frame};
 
 use super::state::{App, Column, View};
 
@@ -512,32 +508,24 @@ fn render_seed_table(f: &Frame, area: Rect, buf: &mut Buffer) {
         ])
     };
     let (a, l) = (w.actual, w.lazy);
-    let av = |n: u64| n * u64::from(sizes.anon_vma);
-    let avc = |n: u64| n * u64::from(sizes.anon_vma_chain);
+    let ([a_av, a_avc], [l_av, l_avc]) = (sizes.per_type(a), sizes.per_type(l));
     Table::new(
         vec![
             row(
                 "anon_vma",
                 a.anon_vma,
-                av(a.anon_vma),
+                a_av,
                 l.anon_vma,
-                av(l.anon_vma),
+                l_av,
                 f.live.anon_vma,
             ),
-            row(
-                "anon_vma_chain",
-                a.avc,
-                avc(a.avc),
-                l.avc,
-                avc(l.avc),
-                f.live.avc,
-            ),
+            row("anon_vma_chain", a.avc, a_avc, l.avc, l_avc, f.live.avc),
             row(
                 "total",
                 a.anon_vma + a.avc,
-                bytes(a, sizes),
+                sizes.bytes(a),
                 l.anon_vma + l.avc,
-                bytes(l, sizes),
+                sizes.bytes(l),
                 f.live.anon_vma + f.live.avc,
             ),
         ],

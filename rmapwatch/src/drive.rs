@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rmapwatch_engine::{
     engine::{Engine, Step},
-    input::{Facts, Input, Request},
+    facts::Facts,
+    input::{Input, Request},
 };
 use tokio::{
     signal::unix::{SignalKind, signal},

@@ -133,7 +133,7 @@ fn live_and_lazy(
 
 /// A process's footprint: the bytes of the objects it owns now.
 fn footprint(p: &ProcessReport) -> u64 {
-    p.live.anon_vma.bytes + p.live.anon_vma_chain.bytes
+    p.live.bytes()
 }
 
 /// The top `n` live processes by footprint (ties: lower pid first).
