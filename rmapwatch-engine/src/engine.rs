@@ -42,6 +42,54 @@ pub struct Options {
     pub retention: Retention,
 }
 
+/// The share of wall time walks may take where they run at every tick
+/// for a watching user (5 %): on a 1M-VMA system a walk takes ~0.7 s.
+pub const WALK_BUDGET: f64 = 0.05;
+
+/// The presets of the commands: which one a sink runs with is decided
+/// here, not by each command.
+impl Options {
+    /// The dashboard's, and that of `record` and `serve`: a walk at every
+    /// tick (a frame after it), at most [`WALK_BUDGET`] of the time
+    /// walking.
+    #[must_use]
+    pub fn dashboard(model: ModelOptions) -> Self {
+        Self {
+            model,
+            walk_on_tick: true,
+            walk_budget: Some(WALK_BUDGET),
+            source_answers: true,
+            retention: Retention::default(),
+        }
+    }
+
+    /// A headless report of a live source: walks to seed, re-seed and
+    /// end, and at every tick when `interim` reports are printed.
+    #[must_use]
+    pub fn headless(model: ModelOptions, interim: bool) -> Self {
+        Self {
+            model,
+            walk_on_tick: interim,
+            walk_budget: None,
+            source_answers: true,
+            retention: Retention::default(),
+        }
+    }
+
+    /// A recording's replay: its walks are the ones recorded; `view`: as
+    /// the dashboard shows it (a tick's frame after the walk it had).
+    #[must_use]
+    pub fn replay(model: ModelOptions, view: bool) -> Self {
+        Self {
+            model,
+            walk_on_tick: view,
+            walk_budget: None,
+            source_answers: false,
+            retention: Retention::default(),
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Self {

@@ -19,7 +19,8 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{drive::Source, link::Link, log};
+use super::{remote, running::Source};
+use crate::{link::Link, log};
 
 /// Where the agent and a pushed BTF go on the device.
 pub const DEVICE_DIR: &str = "/data/local/tmp";
@@ -878,11 +879,11 @@ impl Drop for Session {
 /// The agent on the device as a source.
 ///
 /// # Errors
-/// See [`Session::open`] and [`crate::file::agent`].
+/// See [`Session::open`] and [`remote::agent`].
 pub fn source(a: &AdbArgs, agent_args: &[String]) -> anyhow::Result<Source> {
     let s = Session::open(a)?;
     let link = Link::new(format!("adb {}", s.serial), s.describe());
-    let mut src = crate::file::agent(
+    let mut src = remote::agent(
         s.agent_command(agent_args),
         &format!("the agent on {}", s.serial),
         "device: ",

@@ -13,7 +13,7 @@ use rmapwatch_engine::{
     stream::{Kind, Reader, Writer},
 };
 
-use crate::{Common, drive::Signals, live, log};
+use crate::{log, run::Signals, source::live, version};
 
 /// A frame reaches the host within this: blocks are written at least this
 /// often while inputs come.
@@ -24,18 +24,18 @@ const LATENCY: Duration = Duration::from_millis(50);
 /// # Errors
 /// Loading or attaching fails (before anything is written), or the
 /// requests on stdin are not a stream of requests.
-pub fn agent(c: &Common, tick: Duration) -> anyhow::Result<()> {
+pub fn agent(live: &live::LiveArgs, tick: Duration) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let mut signals = rt.block_on(async { Signals::install() })?;
-    let mut src = live::open(&c.live, tick)?;
+    let mut src = live::open(live, tick)?;
     let stdout = std::io::stdout().lock();
     let mut w = Writer::new(
         std::io::BufWriter::with_capacity(1 << 20, stdout),
         Kind::Inputs,
-        &live::tool(),
+        &version::tool(),
         Some(&src.facts),
     )
     .context("writing the stream to stdout")?;

@@ -1,161 +1,20 @@
-//! Sources that are streams: a recording (a file, or standard input), and
-//! a remote agent (a command whose stdout is the stream and whose stdin
-//! takes requests).
+//! A remote agent as a source: a command (`ssh host sudo rmapwatch agent`,
+//! or `adb shell` running the agent on a phone) whose stdout is the stream,
+//! whose stdin takes requests and whose stderr lines are its notices.
 use std::{
-    io::{BufReader, Read},
-    path::Path,
+    io::BufReader,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Context as _;
 use rmapwatch_engine::{
-    input::{Input, Nanos, Request},
+    input::Input,
     stream::{Kind, Reader, StreamError, Writer},
 };
-use tokio::sync::mpsc::error::TryRecvError;
 
-use crate::{BadInput, drive::Source, link::Link};
-
-/// How fast a recording plays.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Pace {
-    /// As fast as it decodes.
-    Fast,
-    /// At the recorded pace times this factor.
-    Recorded(f64),
-}
-
-/// Opens a recording, or standard input for `-`.
-///
-/// # Errors
-/// [`BadInput`]: the file cannot be opened.
-pub fn open_input(path: &Path) -> Result<Box<dyn Read + Send>, BadInput> {
-    if path == Path::new("-") {
-        return Ok(Box::new(std::io::stdin()));
-    }
-    let f = std::fs::File::open(path).map_err(|source| BadInput {
-        path: path.display().to_string(),
-        source: StreamError::Io { offset: 0, source },
-    })?;
-    Ok(Box::new(f))
-}
-
-/// Opens a recording (its header is checked at once).
-///
-/// # Errors
-/// The file cannot be opened, or is not a rmapwatch stream ([`BadInput`]).
-pub fn open(path: &Path, pace: Pace) -> anyhow::Result<Source> {
-    let name = path.display().to_string();
-    let reader = Reader::open(
-        BufReader::with_capacity(1 << 20, open_input(path)?),
-        Kind::Inputs,
-    )
-    .map_err(|source| BadInput {
-        path: name.clone(),
-        source,
-    })?;
-    let facts = reader.header().facts.clone().unwrap_or_default();
-    Source::spawn("replay", "recorded: ", facts, move |out, mut requests| {
-        play(reader, out, &mut requests, pace)
-            .map_err(|source| BadInput { path: name, source }.into())
-    })
-}
-
-/// The replay's clock: the recording's time, paced, minus pauses.
-struct Clock {
-    speed: Option<f64>,
-    started: Instant,
-    paused_for: Duration,
-    paused_at: Option<Instant>,
-    first_t: Option<Nanos>,
-}
-
-impl Clock {
-    fn pause(&mut self, paused: bool) {
-        match (paused, self.paused_at) {
-            (true, None) => self.paused_at = Some(Instant::now()),
-            (false, Some(at)) => {
-                self.paused_for += at.elapsed();
-                self.paused_at = None;
-            }
-            _ => {}
-        }
-    }
-
-    /// How long until the input of time `t` is due.
-    fn wait_for(&mut self, t: Nanos) -> Duration {
-        let Some(speed) = self.speed else {
-            return Duration::ZERO;
-        };
-        let t0 = *self.first_t.get_or_insert(t);
-        let due = Duration::try_from_secs_f64(t.saturating_sub(t0) as f64 / 1e9 / speed)
-            .unwrap_or(Duration::MAX);
-        due.saturating_sub(self.started.elapsed().saturating_sub(self.paused_for))
-    }
-}
-
-/// Feeds a recording's inputs, paced; a [`Request::Stop`] (or the engine
-/// going away) ends it early, with an end; [`Request::Pause`] holds it.
-/// Other requests are ignored: a recording cannot walk again.
-fn play(
-    mut reader: Reader<impl Read>,
-    out: &mut dyn FnMut(Input) -> bool,
-    requests: &mut tokio::sync::mpsc::UnboundedReceiver<Request>,
-    pace: Pace,
-) -> Result<(), StreamError> {
-    let mut clock = Clock {
-        speed: match pace {
-            Pace::Fast => None,
-            Pace::Recorded(s) => Some(s),
-        },
-        started: Instant::now(),
-        paused_for: Duration::ZERO,
-        paused_at: None,
-        first_t: None,
-    };
-    let mut last_t: Nanos = 0;
-    let stop = |out: &mut dyn FnMut(Input) -> bool, t: Nanos| {
-        out(Input::End {
-            t,
-            reason: "replay stopped".into(),
-        });
-    };
-    loop {
-        let Some(input) = reader.next_input()? else {
-            return Ok(());
-        };
-        loop {
-            loop {
-                match requests.try_recv() {
-                    Ok(Request::Pause { paused }) => clock.pause(paused),
-                    Ok(Request::Stop) | Err(TryRecvError::Disconnected) => {
-                        stop(out, last_t);
-                        return Ok(());
-                    }
-                    Ok(_) => {}
-                    Err(TryRecvError::Empty) => break,
-                }
-            }
-            let wait = if clock.paused_at.is_some() {
-                Duration::from_millis(20)
-            } else {
-                input.time().map_or(Duration::ZERO, |t| clock.wait_for(t))
-            };
-            if wait.is_zero() {
-                break;
-            }
-            // In short steps, to answer a pause or a stop in time.
-            std::thread::sleep(wait.min(Duration::from_millis(50)));
-        }
-        if let Some(t) = input.time() {
-            last_t = t;
-        }
-        if !out(input) {
-            return Ok(());
-        }
-    }
-}
+use super::running::Source;
+use crate::{error::BadInput, link::Link, log, version};
 
 /// Runs `cmd` (through `sh -c`) as a remote agent: its stdout is the
 /// stream, its stdin takes requests, its stderr is passed on as notices.
@@ -227,7 +86,7 @@ pub fn agent(
                 for line in BufReader::new(err).lines() {
                     let Ok(line) = line else { break };
                     let line = line.strip_prefix("rmapwatch: ").unwrap_or(&line);
-                    crate::log::info(&format!("{prefix}{line}"));
+                    log::info(&format!("{prefix}{line}"));
                 }
             });
     }
@@ -262,7 +121,7 @@ pub fn agent(
     let facts = reader.header().facts.clone().unwrap_or_default();
     let ticks = link.clone();
     let mut src = Source::spawn("remote", prefix, facts, move |out, mut requests| {
-        let mut w = Writer::new(stdin, Kind::Requests, &crate::live::tool(), None)?;
+        let mut w = Writer::new(stdin, Kind::Requests, &version::tool(), None)?;
         // Requests go out from a thread of their own: the stream is read
         // here without waiting on them.
         let sender = std::thread::spawn(move || {

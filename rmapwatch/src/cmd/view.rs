@@ -1,5 +1,6 @@
 //! The live view: the engine's frames on the dashboard, from the live
-//! kernel (`sudo rmapwatch`), a remote agent, or a recording (`replay`).
+//! kernel (`sudo rmapwatch`), a remote agent, a phone, or a recording
+//! (`replay`).
 use std::{
     io::Write as _,
     path::Path,
@@ -12,41 +13,68 @@ use std::{
 };
 
 use anyhow::Context as _;
-use rmapwatch_engine::engine::{self, Engine, Step};
+use rmapwatch_engine::{engine, model};
 use rmapwatch_tui as tui;
 
 use crate::{
-    Common,
-    drive::{Control, Drive, Signals, Source, Stop, drive},
-    file, live, log,
+    log,
+    run::{Control, Runner, Until},
+    sink::{Stop, dashboard::Feed},
+    source::{Source, Spec},
 };
 
-/// The share of wall time snapshot walks may take in the live view (5 %).
-const WALK_BUDGET: f64 = 0.05;
-
-/// `sudo rmapwatch` (or `--remote`).
+/// `sudo rmapwatch` (or `--remote`, `--adb`), and `rmapwatch replay FILE`.
 ///
 /// # Errors
-/// Not a terminal, loading or attaching fails, or the terminal fails.
-pub fn live(c: &Common, delay: Duration, log_path: &str) -> anyhow::Result<()> {
+/// Not a terminal, loading or attaching fails, the file is not a
+/// recording, or the terminal fails.
+pub fn view(
+    spec: &Spec,
+    model: model::Options,
+    delay: Duration,
+    log_path: &str,
+) -> anyhow::Result<()> {
     // The live view's own precondition, before anything is set up.
     tui::check_terminal()?;
-    log::to_file(log_path).with_context(|| format!("opening the log file {log_path}"))?;
-    let _ = writeln!(
-        std::io::stderr(),
-        "rmapwatch: attaching (log: {log_path})..."
-    );
-    let rt = runtime()?;
-    let signals = rt.block_on(async { Signals::install() })?;
-    let src = live::source(c, delay)?;
-    let opts = engine::Options {
-        model: c.model,
-        walk_on_tick: true,
-        walk_budget: Some(WALK_BUDGET),
-        source_answers: true,
-        retention: engine::Retention::default(),
+    let replay = match spec {
+        Spec::Recording { path, .. } => Some(path.as_path()),
+        _ => None,
     };
-    let source = src.link.as_ref().map(|l| {
+    let (runner, src) = if replay.is_some() {
+        // A recording that is none is said before the screen is taken.
+        let src = spec.open(delay)?;
+        log::to_file(log_path).with_context(|| format!("opening the log file {log_path}"))?;
+        (Runner::with_signals()?, src)
+    } else {
+        log::to_file(log_path).with_context(|| format!("opening the log file {log_path}"))?;
+        let _ = writeln!(
+            std::io::stderr(),
+            "rmapwatch: attaching (log: {log_path})..."
+        );
+        let runner = Runner::with_signals()?;
+        (runner, spec.open(delay)?)
+    };
+    let (opts, header) = match replay {
+        Some(path) => (
+            engine::Options::replay(model, true),
+            Some(format!("replay of {}", file_name(path))),
+        ),
+        None => (engine::Options::dashboard(model), header(&src)),
+    };
+    dashboard(runner, src, opts, delay, log_path, header)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// The header's source line for a remote or a phone: "MODEL via adb
+/// SERIAL (SDK, build type, root)".
+fn header(src: &Source) -> Option<String> {
+    src.link.as_ref().map(|l| {
         let r = l.report();
         let d = &r.device;
         match d.get("model") {
@@ -59,53 +87,13 @@ pub fn live(c: &Common, delay: Duration, log_path: &str) -> anyhow::Result<()> {
             ),
             None => r.via,
         }
-    });
-    dashboard(rt, signals, src, opts, delay, log_path, source)
+    })
 }
 
-/// `rmapwatch replay FILE`.
-///
-/// # Errors
-/// Not a terminal, the file is not a recording, or the terminal fails.
-pub fn replay(
-    c: &Common,
-    path: &Path,
-    pace: file::Pace,
-    delay: Duration,
-    log_path: &str,
-) -> anyhow::Result<()> {
-    tui::check_terminal()?;
-    let src = file::open(path, pace)?;
-    log::to_file(log_path).with_context(|| format!("opening the log file {log_path}"))?;
-    let rt = runtime()?;
-    let signals = rt.block_on(async { Signals::install() })?;
-    let opts = engine::Options {
-        model: c.model,
-        walk_on_tick: true,
-        walk_budget: None,
-        source_answers: false,
-        retention: engine::Retention::default(),
-    };
-    let name = path.file_name().map_or_else(
-        || path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    );
-    let source = Some(format!("replay of {name}"));
-    dashboard(rt, signals, src, opts, delay, log_path, source)
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
-/// The collector (engine and driver) on a thread of its own, the UI on
-/// this one.
+/// The collector (the run into the dashboard's feed) on a thread of its
+/// own, the UI on this one.
 fn dashboard(
-    rt: tokio::runtime::Runtime,
-    mut signals: Signals,
+    mut runner: Runner,
     mut src: Source,
     opts: engine::Options,
     delay: Duration,
@@ -118,46 +106,19 @@ fn dashboard(
     let ui_done = Arc::new(AtomicBool::new(false));
     let ui_done_ui = ui_done.clone();
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        let tx = update_tx.clone();
-        let notice_prefix = src.prefix;
-        let link = src.link.clone();
         let collector = scope.spawn(move || {
-            let mut engine = Engine::new(opts);
-            let send = |e: &Engine, tx: &mpsc::Sender<tui::state::Update>| {
-                let mut f = e.frame();
-                f.link = link.as_ref().map(|l| l.report());
-                let _ = tx.send(tui::state::Update::Frame(Box::new(f)));
-            };
-            let result = rt.block_on(drive(
+            let mut feed = Feed::new(update_tx);
+            let result = runner.run(
                 &mut src,
-                &mut engine,
-                Drive {
+                opts,
+                Until {
                     duration: None,
-                    signals: Some(&mut signals),
                     control: Some(control_rx),
-                    tee: None,
-                    notice_prefix,
                 },
-                |e, step| {
-                    if step == Step::Frame || e.walks() == 1 && step != Step::End {
-                        send(e, &tx);
-                    }
-                    Ok(())
-                },
-            ));
-            // The last state stays on the screen until the user quits.
-            send(&engine, &tx);
-            let why = match &result {
-                Ok(Stop::SourceEnded) => "the recording ended (q quits)".to_owned(),
-                Ok(stop) => format!("stopped ({stop:?})"),
-                Err(e) => format!("collector failed: {e:#}"),
-            };
+                &mut feed,
+            );
+            let why = feed.why.take().unwrap_or_default();
             let ended = matches!(result, Ok(Stop::SourceEnded));
-            let _ = tx.send(if ended {
-                tui::state::Update::Ended(why.clone())
-            } else {
-                tui::state::Update::Stopped(why.clone())
-            });
             // Watchdog: a UI thread stuck in a dead terminal must not keep
             // the process alive (and spinning) once everything is detached.
             // An ended recording waits for the user (a dead terminal ends

@@ -14,13 +14,15 @@ use std::{
 use anyhow::Context as _;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, header};
-use rmapwatch_engine::{engine::Step, report::Report};
+use rmapwatch_engine::{engine, model, report::Report};
 
 use crate::{
-    Common, UsageError,
-    drive::{Drive, Signals, Stop, drive},
-    live, log,
+    error::UsageError,
+    log,
     metrics::{self, Exporter, Format},
+    run::{Runner, Until},
+    sink::{Stop, publish::Publish},
+    source::Spec,
 };
 
 /// What `serve` was asked.
@@ -214,7 +216,7 @@ fn spawn_server(listener: TcpListener, shared: Shared) -> anyhow::Result<()> {
 /// # Errors
 /// The address cannot be bound, or the source cannot be started the
 /// first time (later losses are served as stale and retried).
-pub fn serve(c: &Common, o: &Opts) -> anyhow::Result<()> {
+pub fn serve(spec: &Spec, model: model::Options, o: &Opts) -> anyhow::Result<()> {
     let listener = bind(o.listen)?;
     let addr = listener.local_addr().unwrap_or(o.listen);
     if !addr.ip().is_loopback() {
@@ -235,17 +237,12 @@ pub fn serve(c: &Common, o: &Opts) -> anyhow::Result<()> {
         last_scrape_s: 0.0,
         top: o.top,
     }));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let mut signals = rt.block_on(async { Signals::install() })?;
+    let mut runner = Runner::with_signals()?;
     let deadline = o.duration.map(|d| Instant::now() + d);
     let mut first = true;
     loop {
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let src = live::source(c, o.interval);
-        let mut src = match src {
+        let mut src = match spec.open(o.interval) {
             Ok(s) => s,
             // The first start's errors are the user's to fix: say them and
             // exit (no device, not root, ...).
@@ -255,7 +252,7 @@ pub fn serve(c: &Common, o: &Opts) -> anyhow::Result<()> {
                     "the source is still away ({e:#}); trying again in {:.0} s",
                     o.retry.as_secs_f64()
                 ));
-                if wait(&rt, &mut signals, o.retry, deadline) {
+                if stopped(&mut runner, o.retry, deadline) {
                     return Ok(());
                 }
                 continue;
@@ -277,34 +274,21 @@ pub fn serve(c: &Common, o: &Opts) -> anyhow::Result<()> {
             log::info("the source is back: serving it again");
         }
         lock(&shared).connects += 1;
-        let link = src.link.clone();
-        let prefix = src.prefix;
-        let mut engine = crate::report::live_engine(c, true, Some(0.05));
-        let publish = |r: Report| {
+        let mut publish = Publish(|r: Report| {
             let mut s = lock(&shared);
             s.report = Some(Arc::new(r));
             s.published = Instant::now();
             s.up = true;
-        };
-        let result = rt.block_on(drive(
+        });
+        let result = runner.run(
             &mut src,
-            &mut engine,
-            Drive {
+            engine::Options::dashboard(model),
+            Until {
                 duration: remaining,
-                signals: Some(&mut signals),
                 control: None,
-                tee: None,
-                notice_prefix: prefix,
             },
-            |e, step| {
-                if step == Step::Frame {
-                    let mut r = e.report(false);
-                    r.link = link.as_ref().map(|l| l.report());
-                    publish(r);
-                }
-                Ok(())
-            },
-        ));
+            &mut publish,
+        );
         drop(src);
         match result {
             Ok(Stop::SourceEnded) => {}
@@ -324,7 +308,7 @@ pub fn serve(c: &Common, o: &Opts) -> anyhow::Result<()> {
              trying again every {:.0} s",
             o.retry.as_secs_f64()
         ));
-        if wait(&rt, &mut signals, o.retry, deadline) {
+        if stopped(&mut runner, o.retry, deadline) {
             return Ok(());
         }
     }
@@ -332,20 +316,8 @@ pub fn serve(c: &Common, o: &Opts) -> anyhow::Result<()> {
 
 /// Waits `d` (or until the deadline); `true` when a signal or the
 /// deadline says stop.
-fn wait(
-    rt: &tokio::runtime::Runtime,
-    signals: &mut Signals,
-    d: Duration,
-    deadline: Option<Instant>,
-) -> bool {
-    let until = deadline.map_or(d, |dl| d.min(dl.saturating_duration_since(Instant::now())));
-    let stopped = rt.block_on(async {
-        tokio::select! {
-            s = signals.recv() => Some(s),
-            () = tokio::time::sleep(until) => None,
-        }
-    });
-    if let Some(s) = stopped {
+fn stopped(runner: &mut Runner, d: Duration, deadline: Option<Instant>) -> bool {
+    if let Some(s) = runner.pause(d, deadline) {
         log::info(&format!("stopped ({s:?})"));
         return true;
     }

@@ -1,5 +1,6 @@
-//! The live-kernel source (Linux only): privileges, the running kernel's
-//! facts, the attached programs on a thread of their own.
+//! The live kernel as a source (Linux only): privileges, the running
+//! kernel's facts, the attached programs on a thread of their own; and one
+//! walk of every process for `inspect`.
 use std::{path::Path, time::Duration};
 
 use rmapwatch_engine::{
@@ -8,7 +9,7 @@ use rmapwatch_engine::{
     snapshot::Snapshot,
 };
 
-use crate::drive::Source;
+use super::running::Source;
 
 /// How to attach.
 #[derive(Clone, Debug)]
@@ -117,69 +118,34 @@ mod imp {
 
 pub use imp::*;
 
-/// Whether an error means "this system cannot run rmapwatch" (exit 3).
-#[must_use]
-pub fn is_environment_error(e: &anyhow::Error) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        e.downcast_ref::<rmapwatch_live::kernel::EnvError>()
-            .is_some()
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        e.downcast_ref::<imp::NoLiveSource>().is_some()
-    }
-}
-
 /// Prepares the process (allocator policy for big walk tables).
 pub fn tune_process() {
     #[cfg(target_os = "linux")]
     rmapwatch_live::source::tune_allocator();
 }
 
-/// This tool and its version, as streams record it.
-#[must_use]
-pub fn tool() -> String {
-    format!("rmapwatch {}", env!("CARGO_PKG_VERSION"))
-}
-
-/// Opens the source a command reads: a remote agent, else the live kernel.
-///
-/// # Errors
-/// See [`open`] and [`crate::file::remote`].
-pub fn source(c: &crate::Common, tick: Duration) -> anyhow::Result<Source> {
-    if let Some(a) = &c.adb {
-        let mut args = vec!["agent".to_owned(), "--interval".to_owned()];
-        args.push(format!("{}", tick.as_secs_f64()));
-        args.extend(device_args(&c.live));
-        return crate::adb::source(a, &args);
+impl LiveArgs {
+    /// The attach options, as a device's rmapwatch takes them (its BTF is
+    /// the device's own, or the one pushed).
+    #[must_use]
+    pub fn device_args(&self) -> Vec<String> {
+        let mode = match self.probe_mode {
+            ProbeMode::Auto => "auto",
+            ProbeMode::Fentry => "fentry",
+            ProbeMode::Kprobe => "kprobe",
+            ProbeMode::Tracepoint => "tracepoint",
+        };
+        let slab = match self.slab_path {
+            SlabPath::Auto => "auto",
+            SlabPath::Raw => "raw",
+            SlabPath::Perf => "perf",
+        };
+        let mut v: Vec<String> = ["--probe-mode", mode, "--slab-path", slab]
+            .map(str::to_owned)
+            .into();
+        if let Some(b) = self.ring_bytes {
+            v.extend(["--ring-buffer-kb".to_owned(), (b / 1024).to_string()]);
+        }
+        v
     }
-    match &c.remote {
-        Some(cmd) => crate::file::remote(cmd),
-        None => open(&c.live, tick),
-    }
-}
-
-/// The attach options, as a device's rmapwatch takes them (its BTF is
-/// the device's own, or the one pushed).
-#[must_use]
-pub fn device_args(a: &LiveArgs) -> Vec<String> {
-    let mode = match a.probe_mode {
-        ProbeMode::Auto => "auto",
-        ProbeMode::Fentry => "fentry",
-        ProbeMode::Kprobe => "kprobe",
-        ProbeMode::Tracepoint => "tracepoint",
-    };
-    let slab = match a.slab_path {
-        SlabPath::Auto => "auto",
-        SlabPath::Raw => "raw",
-        SlabPath::Perf => "perf",
-    };
-    let mut v: Vec<String> = ["--probe-mode", mode, "--slab-path", slab]
-        .map(str::to_owned)
-        .into();
-    if let Some(b) = a.ring_bytes {
-        v.extend(["--ring-buffer-kb".to_owned(), (b / 1024).to_string()]);
-    }
-    v
 }
