@@ -227,23 +227,16 @@ enum Arg2 {
 /// which the verifier sees as constant (frozen `.rodata`): the branches a
 /// kernel does not take are never verified, and a raw tracepoint's context
 /// size only counts the arguments read in verified code.
+///
+/// On the perf path (7.0+ with `PREEMPT_RCU`) the perf program counts and
+/// this one (attached to `kmem_cache_alloc` only) runs the inlining
+/// detector, which needs the cache pointer: it streams nothing, so its
+/// recursion misses lose no event.
 #[inline(always)]
 fn raw_slab(ctx: &RawTracePointContext, event_kind: u32) -> Result<(), i64> {
-    let cfg = config();
-    let a = &cfg.args;
-    if a.slab_path == rmapwatch_common::slab_path::PERF {
-        // The perf path counts; this raw program only runs the inlining
-        // detector, which needs the cache pointer (and learns the anon_vma
-        // cache at an rmap site). Its recursion misses lose no event.
-        let call_site: u64 = ctx.arg(0);
-        if a.alloc_arg2 != arg2::CACHE {
-            return Ok(());
-        }
-        if cfg.classify(call_site).is_some() {
-            object_of(ctx.arg(2))?;
-        } else {
-            inlined(call_site, ctx.arg(1), &|| Arg2::Cache(ctx.arg(2)));
-        }
+    let a = &config().args;
+    let perf = a.slab_path == rmapwatch_common::slab_path::PERF;
+    if perf && a.alloc_arg2 != arg2::CACHE {
         return Ok(());
     }
     let layout = if event_kind == kind::ALLOC {
@@ -251,7 +244,8 @@ fn raw_slab(ctx: &RawTracePointContext, event_kind: u32) -> Result<(), i64> {
     } else {
         a.free_arg2
     };
-    slab(ctx.arg(0), ctx.arg(1), event_kind, || match layout {
+    let role = if perf { Role::Detect } else { Role::Both };
+    slab(ctx.arg(0), ctx.arg(1), event_kind, role, || match layout {
         arg2::CACHE => Arg2::Cache(ctx.arg(2)),
         arg2::SIZES => Arg2::BytesReq(ctx.arg(2), ctx.arg(3)),
         arg2::NAME => Arg2::Name(ctx.arg(2)),
@@ -267,7 +261,7 @@ fn perf_slab(ctx: &TracePointContext, event_kind: u32) -> Result<(), i64> {
     let field = |off: u32| unsafe { ctx.read_at::<u64>(off as usize) }.unwrap_or(0);
     let call_site = field(a.perf_call_site);
     let ptr = field(a.perf_ptr);
-    slab(call_site, ptr, event_kind, || {
+    slab(call_site, ptr, event_kind, Role::Count, || {
         if event_kind == kind::ALLOC {
             Arg2::BytesReq(field(a.perf_bytes_req), field(a.perf_bytes_alloc))
         } else if a.perf_free_name != rmapwatch_common::ABSENT {
@@ -281,16 +275,44 @@ fn perf_slab(ctx: &TracePointContext, event_kind: u32) -> Result<(), i64> {
     })
 }
 
+/// What a program does with the slab events it sees: on the raw path one
+/// program does both; on the perf path the perf program counts and a raw
+/// one detects.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Stream the rmap sites' objects and run the inlining detector on the
+    /// other sites' allocations.
+    Both,
+    /// Only stream.
+    Count,
+    /// Only detect (and learn the anon_vma cache at an rmap site, for the
+    /// detector's comparison).
+    Detect,
+}
+
+/// The one entry of every slab program: the call site classified, then the
+/// object streamed, or the allocation checked by the inlining detector.
 #[inline(always)]
-fn slab(call_site: u64, ptr: u64, event_kind: u32, arg2: impl Fn() -> Arg2) -> Result<(), i64> {
+fn slab(
+    call_site: u64,
+    ptr: u64,
+    event_kind: u32,
+    role: Role,
+    arg2: impl Fn() -> Arg2,
+) -> Result<(), i64> {
     let cfg = config();
     let Some(site_id) = cfg.classify(call_site) else {
-        // On the perf path a raw program runs the detector.
-        if event_kind == kind::ALLOC && cfg.args.slab_path == rmapwatch_common::slab_path::RAW {
+        if event_kind == kind::ALLOC && role != Role::Count {
             inlined(call_site, ptr, &arg2);
         }
         return Ok(());
     };
+    if role == Role::Detect {
+        if let Arg2::Cache(cache) = arg2() {
+            object_of(cache)?;
+        }
+        return Ok(());
+    }
     if ptr == 0 {
         return Ok(());
     }
