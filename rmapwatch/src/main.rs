@@ -27,7 +27,7 @@ use rmapwatch_engine::{
     stream::StreamError,
 };
 
-/// Exit codes, documented in the README.
+/// Exit codes, documented in docs/guide.md ("Exit codes"; a short table in the README).
 mod exit {
     /// Runtime failure.
     pub const FAILURE: u8 = 1;
@@ -245,7 +245,7 @@ struct InspectArgs {
     /// A pid, or a process name (comm) that matches exactly one process.
     #[arg(value_name = "PID|COMM")]
     target: String,
-    /// Print JSON (schema rmapwatch.inspect/1, see README).
+    /// Print JSON (schema rmapwatch.inspect/1, see docs/json.md).
     #[arg(long)]
     json: bool,
     /// Also list VMAs without an anon_vma.
@@ -261,7 +261,7 @@ struct ReportArgs {
     /// Seconds to count; without it, count until Ctrl-C / SIGTERM.
     #[arg(long, short = 't', value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
     duration: Option<Duration>,
-    /// Print the report as JSON (schema rmapwatch.report/1, see README).
+    /// Print the report as JSON (schema rmapwatch.report/1, see docs/json.md).
     #[arg(long)]
     json: bool,
     /// Also print an interim report every SECS (one JSON object per line with --json);
