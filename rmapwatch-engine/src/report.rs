@@ -1,5 +1,5 @@
 //! The headless report: a stable JSON contract (`rmapwatch.report/1`,
-//! documented in the README; additive changes only) and a text rendering.
+//! documented in docs/json.md; additive changes only) and a text rendering.
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use rmapwatch_common::{hook, object, site};

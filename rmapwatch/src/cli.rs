@@ -206,7 +206,7 @@ pub struct InspectArgs {
     /// A pid, or a process name (comm) that matches exactly one process.
     #[arg(value_name = "PID|COMM")]
     pub target: String,
-    /// Print JSON (schema rmapwatch.inspect/1, see README).
+    /// Print JSON (schema rmapwatch.inspect/1, see docs/json.md).
     #[arg(long)]
     pub json: bool,
     /// Also list VMAs without an anon_vma.
@@ -222,7 +222,7 @@ pub struct ReportArgs {
     /// Seconds to count; without it, count until Ctrl-C / SIGTERM.
     #[arg(long, short = 't', value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
     pub duration: Option<Duration>,
-    /// Print the report as JSON (schema rmapwatch.report/1, see README).
+    /// Print the report as JSON (schema rmapwatch.report/1, see docs/json.md).
     #[arg(long)]
     pub json: bool,
     /// Also print an interim report every SECS (one JSON object per line with --json);

@@ -1,4 +1,5 @@
-//! Exit codes, documented in the README and `--help`, and the one place
+//! Exit codes, documented in docs/guide.md (a short table in the README)
+//! and `--help`, and the one place
 //! where errors map to them: every error type rmapwatch can end with says
 //! its code here ([`Coded`]), and [`code`] asks the error that ended the
 //! run.

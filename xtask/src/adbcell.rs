@@ -353,7 +353,7 @@ fn run(port: u16, host_bin: &Path, release: &str) -> Result<String, String> {
             _ => "?".to_owned(),
         };
         // What the "phone" showed: the cover letter's table, kept for
-        // the README next to the series' numbers.
+        // docs/android.md next to the series' numbers.
         if let Some(t) = last.seed_table() {
             let _ = std::fs::write(
                 crate::workspace_root().join(format!(".cache/vm/adb-seed-{release}.txt")),

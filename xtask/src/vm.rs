@@ -49,7 +49,7 @@ pub const ARCHES: [Arch; 2] = [
 
 /// A kernel series of the matrix and where Debian serves it.
 pub struct Series {
-    /// Short name (README, logs).
+    /// Short name (the matrix in docs/kernels.md, logs).
     pub label: &'static str,
     /// `None`: the host's apt sources (Debian 12); else a suite of
     /// deb.debian.org read through a private apt state (never the host's
@@ -646,7 +646,7 @@ pub struct Cell {
     pub mode: String,
     /// Pass or the first failed check.
     pub result: Result<(), String>,
-    /// What was measured, for the README matrix.
+    /// What was measured, for the matrix in docs/kernels.md.
     pub detail: String,
 }
 
@@ -1703,7 +1703,7 @@ pub struct Boot {
     pub host_phase: Option<HostPhaseFn>,
 }
 
-/// The README table.
+/// The matrix table (docs/kernels.md).
 #[must_use]
 pub fn table(cells: &[Cell]) -> String {
     let mut s = String::from(
