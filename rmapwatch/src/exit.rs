@@ -1,8 +1,7 @@
 //! Exit codes, documented in docs/guide.md (a short table in the README)
-//! and `--help`, and the one place
-//! where errors map to them: every error type rmapwatch can end with says
-//! its code here ([`Coded`]), and [`code`] asks the error that ended the
-//! run.
+//! and `--help`, and the one place where errors map to them: every error
+//! type rmapwatch can end with says its code here ([`Coded`]), and
+//! [`code`] asks the error that ended the run.
 use rmapwatch_engine::{inspect::TargetError, stream::StreamError};
 
 use crate::{
