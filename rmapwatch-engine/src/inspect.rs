@@ -12,6 +12,7 @@ use crate::{
     model::{self, Estimate, Options, Pair},
     report::{LazyBlock, LiveBlock},
     snapshot::{Snapshot, Vma},
+    text::{Printable, printable_lines},
 };
 
 /// JSON schema name.
@@ -334,7 +335,7 @@ impl Inspection {
             s,
             "pid {} ({}): {} VMAs",
             self.pid,
-            self.comm,
+            Printable(&self.comm),
             self.vmas.len()
         );
         let _ = writeln!(s);
@@ -388,7 +389,7 @@ impl Inspection {
                 v.lazy_avc,
                 v.lazy_state,
                 format!("{:?}", v.rule),
-                v.file.as_deref().unwrap_or("")
+                Printable(v.file.as_deref().unwrap_or(""))
             );
         }
         if hidden > 0 {
@@ -407,11 +408,13 @@ impl Inspection {
                 let _ = writeln!(
                     s,
                     "  {:>8} {:<16} {} shared anon_vmas",
-                    f.pid, f.comm, f.shared_anon_vmas
+                    f.pid,
+                    Printable(&f.comm),
+                    f.shared_anon_vmas
                 );
             }
         }
-        s
+        printable_lines(&s).into_owned()
     }
 }
 

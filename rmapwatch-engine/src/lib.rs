@@ -24,5 +24,6 @@ pub mod report;
 pub mod rows;
 pub mod snapshot;
 pub mod stream;
+pub mod text;
 pub mod view;
 pub mod walk;

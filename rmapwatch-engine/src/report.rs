@@ -12,6 +12,7 @@ use crate::{
     input::{KernelCounters, ProgramStats},
     model::{self, Estimate, LazyState, Objects, Options, Rule},
     rows::{WalkOf, process_rows},
+    text::{Printable, printable_lines},
     walk::ProcInfo,
 };
 
@@ -785,8 +786,8 @@ impl Report {
         let _ = writeln!(
             s,
             "rmapwatch: kernel {} {}, {:.1} s, {} events, {} dropped",
-            self.kernel.release,
-            self.kernel.arch,
+            Printable(&self.kernel.release),
+            Printable(&self.kernel.arch),
             self.duration_s,
             self.events,
             self.dropped_events.map_or_else(
@@ -904,7 +905,7 @@ impl Report {
                     s,
                     "{:>8} {:<16} {:>9} {:>9} {:>9} {:>9}{}",
                     p.pid,
-                    p.comm,
+                    Printable(&p.comm),
                     p.anon_vma.allocs,
                     p.anon_vma.frees,
                     p.anon_vma_chain.allocs,
@@ -923,6 +924,8 @@ impl Report {
         if self.exited.processes > 0 {
             let _ = writeln!(s, "{}", self.exited.line());
         }
-        s
+        // What a remote agent or a recording said (kernel, hooks, device)
+        // reaches the terminal without its control characters.
+        printable_lines(&s).into_owned()
     }
 }

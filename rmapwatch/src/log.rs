@@ -1,10 +1,14 @@
 //! Warnings: to stderr, or to a file while the TUI owns the screen (so that
-//! nothing ever writes over it).
+//! nothing ever writes over it). Every line goes out without control
+//! characters but its own line breaks (`text::printable_lines`): messages
+//! carry process names, paths and what a device said.
 use std::{
     fs::File,
     io::Write as _,
     sync::{Mutex, OnceLock},
 };
+
+use rmapwatch_engine::text::printable_lines;
 
 static FILE: OnceLock<Mutex<File>> = OnceLock::new();
 
@@ -23,6 +27,7 @@ pub fn to_file(path: &str) -> std::io::Result<()> {
 
 /// Logs a warning.
 pub fn warn(msg: &str) {
+    let msg = printable_lines(msg);
     if let Some(f) = FILE.get()
         && let Ok(mut f) = f.lock()
     {
@@ -37,6 +42,7 @@ pub fn warn(msg: &str) {
 
 /// Logs an informational line (stderr only outside the TUI).
 pub fn info(msg: &str) {
+    let msg = printable_lines(msg);
     if let Some(f) = FILE.get()
         && let Ok(mut f) = f.lock()
     {
@@ -50,6 +56,7 @@ pub fn info(msg: &str) {
 /// restored by then), and in the log file if there is one. Not eprintln!:
 /// after a hangup stderr may be gone, and eprintln! panics.
 pub fn error(msg: &str) {
+    let msg = printable_lines(msg);
     if let Some(f) = FILE.get()
         && let Ok(mut f) = f.lock()
     {

@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use rmapwatch_engine::{
     engine::{self, Engine, Step},
     input::{Input, Request},
+    text::printable,
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -250,7 +251,8 @@ async fn drive(
                 };
                 sink.input(&input)?;
                 if let Input::Notice(n) = &input {
-                    let text = format!("{notice_prefix}{}", n.text);
+                    // One line, whatever the source put in it.
+                    let text = format!("{notice_prefix}{}", printable(&n.text));
                     if n.warning {
                         log::warn(&text);
                     } else {

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use rmapwatch_engine::{engine, model};
+use rmapwatch_engine::{engine, model, text::printable};
 use rmapwatch_tui as tui;
 
 use crate::{
@@ -169,7 +169,11 @@ fn dashboard(
             .join()
             .map_err(|_| anyhow::anyhow!("the collector thread panicked"))?;
         // Not eprintln!: after a hangup stderr is gone, and eprintln! panics.
-        let _ = writeln!(std::io::stderr(), "rmapwatch: {why}; programs detached");
+        let _ = writeln!(
+            std::io::stderr(),
+            "rmapwatch: {}; programs detached",
+            printable(&why)
+        );
         log::info(&format!("{why}; programs detached"));
         match ui_result {
             // The terminal went away: the session ended, as on SIGHUP.

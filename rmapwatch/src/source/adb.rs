@@ -18,6 +18,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use rmapwatch_engine::text::printable_lines;
 
 use super::{remote, running::Source};
 use crate::{link::Link, log};
@@ -894,17 +895,31 @@ pub fn source(a: &AdbArgs, agent_args: &[String]) -> anyhow::Result<Source> {
 }
 
 /// Runs `rmapwatch ARGS` on the device to its end, its stdout and stderr
-/// passed through (`inspect`).
+/// passed through (`inspect`), line by line without control characters:
+/// a phone may be hostile, and this is printed to the user's terminal.
 ///
 /// # Errors
 /// See [`Session::open`]; the command's own failure ([`DeviceExit`]).
 pub fn run_to_end(a: &AdbArgs, what: &str, args: &[String]) -> anyhow::Result<()> {
     let s = Session::open(a)?;
-    let status = s
+    let mut child = s
         .agent_command(args)
         .stdin(Stdio::null())
-        .status()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .context("running adb shell")?;
+    let err = child
+        .stderr
+        .take()
+        .map(|e| std::thread::spawn(move || pass_through(e, &mut std::io::stderr())));
+    if let Some(out) = child.stdout.take() {
+        pass_through(out, &mut std::io::stdout())?;
+    }
+    if let Some(t) = err {
+        let _ = t.join();
+    }
+    let status = child.wait().context("running adb shell")?;
     match status.code() {
         Some(0) => Ok(()),
         Some(code) => Err(DeviceExit {
@@ -917,9 +932,32 @@ pub fn run_to_end(a: &AdbArgs, what: &str, args: &[String]) -> anyhow::Result<()
     }
 }
 
+/// Copies `from` to `to` line by line, each without control characters
+/// (`text::printable_lines`).
+fn pass_through(from: impl std::io::Read, to: &mut impl std::io::Write) -> std::io::Result<()> {
+    use std::io::BufRead as _;
+    let mut r = std::io::BufReader::new(from);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if r.read_until(b'\n', &mut line)? == 0 {
+            return to.flush();
+        }
+        let text = String::from_utf8_lossy(&line);
+        to.write_all(printable_lines(&text).as_bytes())?;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_s_output_reaches_the_terminal_without_control_characters() {
+        let mut out = Vec::new();
+        pass_through(&b"pid 1 (\x1b]0;owned\x07x)\r\n{\"a\":1}\n"[..], &mut out).unwrap();
+        assert_eq!(out, b"pid 1 (?]0;owned?x)?\n{\"a\":1}\n");
+    }
 
     #[test]
     fn quoting_keeps_hostile_strings_data() {

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use rmapwatch_engine::{
     input::Input,
     stream::{Kind, Reader, StreamError, Writer},
+    text::printable,
 };
 
 use super::running::Source;
@@ -86,7 +87,7 @@ pub fn agent(
                 for line in BufReader::new(err).lines() {
                     let Ok(line) = line else { break };
                     let line = line.strip_prefix("rmapwatch: ").unwrap_or(&line);
-                    log::info(&format!("{prefix}{line}"));
+                    log::info(&format!("{prefix}{}", printable(line)));
                 }
             });
     }
