@@ -29,15 +29,32 @@ pub fn map_paths(pid: u32) -> HashMap<u64, String> {
     let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
         return HashMap::new();
     };
-    maps.lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let range = f.next()?;
-            let path = f.nth(4)?;
-            let start = u64::from_str_radix(range.split('-').next()?, 16).ok()?;
-            Some((start, path.to_owned()))
-        })
+    maps.split('\n')
+        .filter_map(maps_line)
+        .map(|(start, path)| (start, path.to_owned()))
         .collect()
+}
+
+/// One line of `/proc/PID/maps`: its start address and its path (`None`
+/// without one). The path is everything after the fifth field and the
+/// padding: it may hold spaces and any byte but a newline (which the
+/// kernel writes as `\012`), so it is never split on whitespace.
+#[must_use]
+pub fn maps_line(l: &str) -> Option<(u64, &str)> {
+    let mut rest = l;
+    let mut fields = [""; 5];
+    for f in &mut fields {
+        rest = rest.trim_start_matches(' ');
+        let end = rest.find(' ')?;
+        *f = &rest[..end];
+        rest = &rest[end..];
+    }
+    let path = rest.trim_start_matches(' ');
+    if path.is_empty() {
+        return None;
+    }
+    let start = u64::from_str_radix(fields[0].split('-').next()?, 16).ok()?;
+    Some((start, path))
 }
 
 /// A process's name, from `/proc/<pid>/comm`.
@@ -78,5 +95,40 @@ pub fn slab_counts(shrink: bool) -> rmapwatch_engine::input::SlabCounts {
         anon_vma: slab_objects("anon_vma"),
         anon_vma_chain: slab_objects("anon_vma_chain"),
         shrunk,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_paths_keep_spaces_and_odd_bytes() {
+        let l = "7f9ff4bff000-7f9ff4c00000 rw-p 00000000 00:1f 1234                       \
+                 /tmp/My Files/f\x1b[2J\x07\r\\012x (deleted)";
+        assert_eq!(
+            maps_line(l),
+            Some((
+                0x7f9f_f4bf_f000,
+                "/tmp/My Files/f\x1b[2J\x07\r\\012x (deleted)"
+            ))
+        );
+        assert_eq!(
+            maps_line(
+                "7ffe4b0b0000-7ffe4b0d1000 rw-p 00000000 00:00 0                          [stack]"
+            ),
+            Some((0x7ffe_4b0b_0000, "[stack]"))
+        );
+        // Anonymous: no path.
+        assert_eq!(
+            maps_line("55e8bac80000-55e8baca1000 rw-p 00000000 00:00 0 "),
+            None
+        );
+        assert_eq!(
+            maps_line("55e8bac80000-55e8baca1000 rw-p 00000000 00:00 0"),
+            None
+        );
+        assert_eq!(maps_line(""), None);
+        assert_eq!(maps_line("zz-1 r 0 0 0 x"), None);
     }
 }

@@ -16,7 +16,11 @@
 //!
 //! Optional: `--split` mprotects half of each region after the fault (a VMA
 //! split), `--wipe` sets MADV_WIPEONFORK and `--dontfork` MADV_DONTFORK on
-//! every region before forking.
+//! every region before forking. `--name NAME` names the process (and its
+//! children) NAME with `PR_SET_NAME`, any bytes but NUL (a hostile name);
+//! `--file PATH` also maps PATH (created, one page) private and writes to
+//! it, so that a file mapping with a copy-on-write page (an anon_vma) shows
+//! PATH in `inspect`.
 use std::{
     io::{BufRead as _, Write as _},
     process::ExitCode,
@@ -31,10 +35,13 @@ struct Opts {
     split: bool,
     advice: Option<libc::c_int>,
     storm: usize,
+    name: Option<std::ffi::OsString>,
+    file: Option<std::path::PathBuf>,
 }
 
 const USAGE: &str = "usage: rmw-workload [--regions K] [--pages P] [--children F] [--noise N] \
-                     [--hold] [--split] [--wipe|--dontfork] [--storm N]";
+                     [--hold] [--split] [--wipe|--dontfork] [--storm N] [--name NAME] \
+                     [--file PATH]";
 
 fn parse() -> Result<Opts, String> {
     let mut o = Opts {
@@ -46,12 +53,26 @@ fn parse() -> Result<Opts, String> {
         split: false,
         advice: None,
         storm: 0,
+        name: None,
+        file: None,
     };
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args_os().skip(1);
     while let Some(a) = args.next() {
+        let a = a.to_string_lossy().into_owned();
+        if a == "--name" || a == "--file" {
+            let v = args
+                .next()
+                .ok_or_else(|| format!("{a} needs a value\n{USAGE}"))?;
+            if a == "--name" {
+                o.name = Some(v);
+            } else {
+                o.file = Some(v.into());
+            }
+            continue;
+        }
         let mut num = |name: &str| -> Result<usize, String> {
             args.next()
-                .and_then(|v| v.parse().ok())
+                .and_then(|v| v.to_str().and_then(|v| v.parse().ok()))
                 .ok_or_else(|| format!("{name} needs a whole number\n{USAGE}"))
         };
         match a.as_str() {
@@ -210,9 +231,66 @@ fn storm(o: &Opts) -> Result<(), String> {
     Ok(())
 }
 
+/// `PR_SET_NAME`: the first 15 bytes of `name`, whatever they are.
+fn set_name(name: &std::ffi::OsStr) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut buf = [0u8; 16];
+    for (b, &c) in buf.iter_mut().zip(name.as_bytes().iter().take(15)) {
+        *b = c;
+    }
+    // SAFETY: a NUL-terminated buffer of 16 bytes.
+    check(
+        unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) },
+        "prctl(PR_SET_NAME)",
+    )
+}
+
+/// `--file PATH`: one page of PATH (created) mapped private and written
+/// to: a copy-on-write page, so the VMA gets an anon_vma.
+fn map_file(path: &std::path::Path) -> Result<(), String> {
+    use std::os::fd::AsRawFd as _;
+    let ps = page_size();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.set_len(ps as u64)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: a private mapping of our own file; the fd may close after.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            ps,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(format!(
+            "mmap {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: one page of our own writable mapping.
+    unsafe { p.cast::<u8>().write_volatile(1) };
+    Ok(())
+}
+
 fn run(o: &Opts) -> Result<(), String> {
+    if let Some(name) = &o.name {
+        set_name(name)?;
+    }
     if o.storm > 0 {
         return storm(o);
+    }
+    if let Some(path) = &o.file {
+        map_file(path)?;
     }
     let regions = map_regions(o)?;
     if let (Some(first), Some(last)) = (regions.first(), regions.last()) {

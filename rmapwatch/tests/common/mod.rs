@@ -490,3 +490,93 @@ pub fn fixtures() -> Vec<std::path::PathBuf> {
     assert!(!v.is_empty(), "no fixtures in {}", dir.display());
     v
 }
+
+/// A tmux session running a command (the live view is driven in a real
+/// terminal: keys sent with send-keys, the screen read with capture-pane).
+pub struct Tmux(String);
+
+/// A tmux server of the tests' own: `kill-server` and session names never
+/// touch the user's (or a concurrent run's) sessions.
+pub const SOCKET: &str = "rmapwatch-test";
+
+pub fn tmux() -> Command {
+    let mut c = Command::new("tmux");
+    c.args(["-L", SOCKET]);
+    c
+}
+
+impl Tmux {
+    pub fn start(name: &str, cmd: &str) -> Self {
+        let _ = tmux().args(["kill-session", "-t", name]).status();
+        let ok = tmux()
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                name,
+                "-x",
+                "160",
+                "-y",
+                "48",
+                cmd,
+            ])
+            .status()
+            .expect("tmux is installed by cargo xtask setup");
+        assert!(ok.success());
+        Self(name.to_owned())
+    }
+
+    /// The rmapwatch of this session: the pane's process, or its child
+    /// (never `pgrep` system-wide: other runs may have their own).
+    pub fn rmapwatch_pid(&self) -> String {
+        let out = tmux()
+            .args(["list-panes", "-t", &self.0, "-F", "#{pane_pid}"])
+            .output()
+            .unwrap();
+        let pane = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let comm = std::fs::read_to_string(format!("/proc/{pane}/comm")).unwrap_or_default();
+        if comm.trim() == "rmapwatch" {
+            return pane;
+        }
+        let out = Command::new("pgrep")
+            .args(["-P", &pane, "-x", "rmapwatch"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    pub fn screen(&self) -> String {
+        let out = tmux()
+            .args(["capture-pane", "-p", "-t", &self.0])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn keys(&self, keys: &[&str]) {
+        let mut c = tmux();
+        c.args(["send-keys", "-t", &self.0]).args(keys);
+        assert!(c.status().unwrap().success());
+    }
+
+    pub fn wait_for(&self, what: impl Fn(&str) -> bool, label: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.screen();
+            if what(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {label}; screen:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = tmux().args(["kill-session", "-t", &self.0]).status();
+    }
+}
