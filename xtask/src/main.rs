@@ -16,9 +16,12 @@ use clap::{Parser, Subcommand};
 
 mod adbcell;
 mod btf;
+mod cmd;
 mod cpio;
 mod fixtures;
 mod vm;
+
+use cmd::{as_root, cargo, cargo_bin, is_root, sh, step, succeeds, workspace_root};
 
 /// Name under which Debian's toolchain is linked into rustup.
 const BPF_TOOLCHAIN: &str = "rmapwatch-bpf";
@@ -211,8 +214,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = root.join("rmapwatch-live/tests/btf");
             std::fs::create_dir_all(&dir)?;
             for arch in &vm::ARCHES {
-                for series in &vm::SERIES {
-                    let image = vm::kernel_image_of(&root.join(".cache/vm"), arch, series)?;
+                for series in &vm::kernels::SERIES {
+                    let image =
+                        vm::kernels::kernel_image_of(&root.join(".cache/vm"), arch, series)?;
                     let out = dir.join(format!("{}-{}.btf", series.label, arch.name));
                     let n = btf::fixture(&image, &out)?;
                     step(&format!(
@@ -278,54 +282,6 @@ fn build_release(what: &str) -> anyhow::Result<()> {
     ])
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-}
-
-fn step(msg: &str) {
-    eprintln!("xtask: {msg}");
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// A command run as root: directly when we are root, else through sudo.
-fn as_root(program: &Path, args: &[String]) -> Command {
-    if is_root() {
-        let mut c = Command::new(program);
-        c.args(args);
-        c
-    } else {
-        let mut c = Command::new("sudo");
-        c.arg("--preserve-env=RMAPWATCH_LOG,RMAPWATCH_BPF_TOOLCHAIN")
-            .arg(program)
-            .args(args);
-        c
-    }
-}
-
-fn sh(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed ({status})");
-    }
-    Ok(())
-}
-
-fn succeeds(cmd: &mut Command) -> bool {
-    cmd.output().is_ok_and(|o| o.status.success())
-}
-
-fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    sh(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(args))
-}
-
 fn deb_installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", pkg])
@@ -389,19 +345,17 @@ fn setup() -> anyhow::Result<()> {
         step("bpf-linker present");
     } else {
         step("building bpf-linker against LLVM 22 (about a minute)");
-        sh(
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args([
-                    "install",
-                    "bpf-linker",
-                    "--version",
-                    "^0.13",
-                    "--no-default-features",
-                    "--features",
-                    "llvm-22",
-                ])
-                .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
-        )?;
+        sh(Command::new(cargo_bin())
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                "^0.13",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
     }
     apt_install(TEST_PACKAGES)?;
     python_venv(&workspace_root())?;
@@ -417,13 +371,7 @@ fn setup() -> anyhow::Result<()> {
             );
         }
         step("installing cargo-fuzz (about a minute)");
-        sh(
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
-                "install",
-                "cargo-fuzz",
-                "--locked",
-            ]),
-        )?;
+        sh(Command::new(cargo_bin()).args(["install", "cargo-fuzz", "--locked"]))?;
     }
     // arm64 kernels and busybox for the QEMU matrix are Debian packages of
     // the arm64 architecture (downloaded and extracted, never installed).
@@ -510,11 +458,9 @@ fn test(no_lint: bool) -> anyhow::Result<()> {
     step("unit and binary tests (no root needed)");
     // The default members: the eBPF crate is built for bpf by build.rs.
     // The Perfetto test decodes with the venv's Python.
-    sh(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .arg("test")
-            .env("RMAPWATCH_PYTHON", venv_python(&workspace_root())),
-    )?;
+    sh(Command::new(cargo_bin())
+        .arg("test")
+        .env("RMAPWATCH_PYTHON", venv_python(&workspace_root())))?;
     fuzz_briefly()?;
     step("privileged kernel tests (root, one at a time)");
     cargo(&["build", "--tests", "--package", "rmapwatch"])?;
@@ -537,9 +483,8 @@ fn test(no_lint: bool) -> anyhow::Result<()> {
     if is_root() {
         cargo(&privileged)?;
     } else {
-        let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         sh(Command::new("sudo")
-            .args(["--preserve-env=PATH,RUSTUP_HOME,CARGO_HOME", &cargo_bin])
+            .args(["--preserve-env=PATH,RUSTUP_HOME,CARGO_HOME", &cargo_bin()])
             .args(privileged))?;
     }
     step(
@@ -565,7 +510,10 @@ fn write_vm_fixtures(root: &Path, cells: &[vm::Cell]) -> anyhow::Result<()> {
         let src = root.join(".cache/vm").join(deb);
         let dst = root.join("rmapwatch/tests/fixtures");
         // Releases have dots: extensions are appended, not replaced.
-        let (from, to) = (vm::recording_name(&c.kernel), format!("vm-{arch}-{series}"));
+        let (from, to) = (
+            vm::checks::recording_name(&c.kernel),
+            format!("vm-{arch}-{series}"),
+        );
         for ext in ["rmw", "json", "meta"] {
             std::fs::copy(
                 src.join(format!("{from}.{ext}")),
@@ -590,10 +538,13 @@ fn write_vm_fixtures(root: &Path, cells: &[vm::Cell]) -> anyhow::Result<()> {
             .join(".cache/vm")
             .join(a.deb)
             .join(format!("ksyms-{}.txt", k.replace(' ', "-")));
-        let Some(series) = vm::SERIES.iter().find(|s| match s.label.strip_suffix('x') {
-            Some(major) => release.starts_with(major),
-            None => release.starts_with(&format!("{}.", s.label)),
-        }) else {
+        let Some(series) = vm::kernels::SERIES
+            .iter()
+            .find(|s| match s.label.strip_suffix('x') {
+                Some(major) => release.starts_with(major),
+                None => release.starts_with(&format!("{}.", s.label)),
+            })
+        else {
             continue;
         };
         if src.exists() {
@@ -625,7 +576,7 @@ const NOT_IN_THE_ENGINE: &[&str] = &[
 /// type-checks for macOS on Apple silicon.
 fn boundaries() -> anyhow::Result<()> {
     step("boundary: the engine's dependency tree (cargo tree -p rmapwatch-engine)");
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let out = Command::new(cargo_bin())
         .args([
             "tree",
             "-p",
@@ -716,9 +667,8 @@ fn build_static(root: &Path, arch: &vm::Arch) -> anyhow::Result<PathBuf> {
         "building static {} binaries (crt-static)",
         arch.name
     ));
-    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut c = if arch.name == "x86_64" {
-        Command::new(cargo_bin)
+        Command::new(cargo_bin())
     } else {
         let mut c = Command::new("rustup");
         c.args(["run", BPF_TOOLCHAIN, "cargo"])
@@ -828,18 +778,20 @@ fn vm_test(
         let host = host_bin
             .get_or_insert_with(|| bins.join("rmapwatch"))
             .clone();
-        cells.extend(vm::matrix(
+        cells.extend(vm::matrix::matrix(
             &root.join(".cache/vm"),
             arch,
             &bins,
             &host,
             only,
+            // The arm64 guests' host phase: the phone over adb.
+            Some(adbcell::phase as vm::HostPhaseFn),
         )?);
     }
     if fixtures {
         write_vm_fixtures(root, &cells)?;
     }
-    let table = vm::table(&cells);
+    let table = vm::matrix::table(&cells);
     println!("{table}");
     if report {
         let readme = root.join("README.md");
