@@ -54,6 +54,8 @@ const TEST_PACKAGES: &[&str] = &[
     "stress-ng",
     // The venv of the Perfetto test's decoder (python3 -m venv).
     "python3-venv",
+    // The lint step checks every shell script.
+    "shellcheck",
 ];
 /// What the Perfetto test decodes traces with: Perfetto's generated Python
 /// bindings, in the venv `.cache/venv`.
@@ -76,11 +78,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every check and test: fmt, clippy, unit and binary
+    /// Set up, then run every check and test: fmt, clippy, shellcheck, unit and binary
     /// tests, the privileged kernel tests (as root, one at a time), and the
     /// kernel matrix under QEMU (vm-test).
     Test {
-        /// Skip fmt and clippy.
+        /// Skip fmt, clippy and shellcheck.
         #[arg(long)]
         no_lint: bool,
     },
@@ -439,20 +441,44 @@ fn python_venv(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// fmt, clippy, and shellcheck on every shell script of the repository
+/// (tracked `*.sh` files and `.ci/run`).
+fn lint() -> anyhow::Result<()> {
+    step("cargo fmt --check");
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    step("cargo clippy -D warnings");
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    let out = Command::new("git")
+        .args(["ls-files", "-z", "*.sh"])
+        .output()
+        .context("running git ls-files")?;
+    if !out.status.success() {
+        bail!(
+            "git ls-files failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut scripts: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split('\0')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    scripts.push(".ci/run".to_owned());
+    step(&format!("shellcheck {}", scripts.join(" ")));
+    sh(Command::new("shellcheck").args(&scripts))
+}
+
 fn test(no_lint: bool) -> anyhow::Result<()> {
     setup()?;
     if !no_lint {
-        step("cargo fmt --check");
-        cargo(&["fmt", "--all", "--", "--check"])?;
-        step("cargo clippy -D warnings");
-        cargo(&[
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ])?;
+        lint()?;
     }
     boundaries()?;
     step("unit and binary tests (no root needed)");
