@@ -7,8 +7,8 @@
 //! everything `cargo xtask test` needs). The modules: `cmd` (running
 //! commands), `setup` (what each command installs), `vm` (the kernel matrix
 //! under QEMU: `kernels`, `guest`, `checks`, `matrix`), `adbcell` (the
-//! matrix's host phase over adb, wired in here), `fixtures`, `btf` and
-//! `cpio`.
+//! matrix's host phase over adb, wired in here), `cycles` (the import-cycle
+//! check), `fixtures`, `btf` and `cpio`.
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
@@ -21,6 +21,7 @@ mod adbcell;
 mod btf;
 mod cmd;
 mod cpio;
+mod cycles;
 mod fixtures;
 mod setup;
 mod vm;
@@ -63,7 +64,7 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Run every check and test: fmt, clippy, shellcheck, the crate
-    /// boundaries, unit and binary tests, the fuzzer, the
+    /// boundaries and import cycles, unit and binary tests, the fuzzer, the
     /// privileged kernel tests (as root, one at a time), and the kernel
     /// matrix under QEMU (vm-test). Installs everything the tests need
     /// (`cargo xtask setup test --dry-run` lists it).
@@ -132,6 +133,11 @@ enum Cmd {
         #[arg(default_value = "all")]
         which: String,
     },
+    /// Print the import cycles among the modules of every workspace crate
+    /// (`crate::`, `super::`, `self::` and child-module paths), or that
+    /// there is none; exits 0 either way (`cargo xtask test` fails on them).
+    /// Installs nothing.
+    Cycles,
 }
 
 fn main() -> ExitCode {
@@ -245,6 +251,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             step(&format!("running {} {which}", bin.display()));
             sh(&mut as_root(&bin, &[which]))
         }
+        Cmd::Cycles => {
+            let graphs = cycles::workspace(&root)?;
+            print!("{}", cycles::render(&graphs));
+            Ok(())
+        }
     }
 }
 
@@ -317,7 +328,7 @@ fn test(root: &Path, no_lint: bool) -> anyhow::Result<()> {
     if !no_lint {
         lint()?;
     }
-    boundaries()?;
+    boundaries(root)?;
     step("unit and binary tests (no root needed)");
     // The default members: the eBPF crate is built for bpf by build.rs.
     // The Perfetto test decodes with the venv's Python.
@@ -514,11 +525,19 @@ const NOT_IN_THE_ENGINE: &[&str] = &[
     "mio",
 ];
 
-/// The crate boundaries, proven: the engine's dependency tree has no aya,
-/// tokio, ratatui or Linux-only API; and the host side that replays and
-/// (later) talks to a phone (engine, TUI, CLI, without the live source)
-/// type-checks for macOS on Apple silicon.
-fn boundaries() -> anyhow::Result<()> {
+/// The crate boundaries, proven: no crate's modules import each other in a
+/// cycle; the engine's dependency tree has no aya, tokio, ratatui or
+/// Linux-only API; and the host side that replays and (later) talks to a
+/// phone (engine, TUI, CLI, without the live source) type-checks for macOS
+/// on Apple silicon.
+fn boundaries(root: &Path) -> anyhow::Result<()> {
+    step("boundary: no import cycle among the modules of each crate");
+    let graphs = cycles::workspace(root)?;
+    let found = cycles::render(&graphs);
+    if graphs.iter().any(|g| !g.cycles().is_empty()) {
+        bail!("import cycles:\n{found}");
+    }
+    step(found.trim_end());
     step("boundary: the engine's dependency tree (cargo tree -p rmapwatch-engine)");
     let out = Command::new(cargo_bin())
         .args([
