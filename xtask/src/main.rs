@@ -80,7 +80,8 @@ enum Cmd {
     /// the VM. Installs the eBPF toolchain, the aarch64 cross gcc, QEMU,
     /// zstd, adb, and adds the arm64 dpkg architecture.
     VmTest {
-        /// Rewrite the matrix in README.md with the results.
+        /// Rewrite the matrix in docs/kernels.md (between its vm-matrix
+        /// markers) with the results.
         #[arg(long)]
         report: bool,
         /// Only these series (5.10, 6.1, 6.12, 7.x; repeatable).
@@ -330,7 +331,8 @@ fn test(root: &Path, no_lint: bool) -> anyhow::Result<()> {
     }
     boundaries(root)?;
     step("unit and binary tests (no root needed)");
-    // The default members: the eBPF crate is built for bpf by build.rs.
+    // The default members: the eBPF crate is built for bpf by
+    // rmapwatch-live/build.rs.
     // The Perfetto test decodes with the venv's Python.
     sh(Command::new(cargo_bin())
         .arg("test")
@@ -371,8 +373,22 @@ fn test(root: &Path, no_lint: bool) -> anyhow::Result<()> {
     vm_test(root, false, false, &[], None)
 }
 
+/// Where `vm-test --report` writes the matrix, between [`MATRIX_MARKERS`].
+const MATRIX_DOC: &str = "docs/kernels.md";
+/// The markers around the matrix table in [`MATRIX_DOC`].
+const MATRIX_MARKERS: (&str, &str) = ("<!-- vm-matrix:start -->", "<!-- vm-matrix:end -->");
+
+/// `text` with what lies between the `markers` replaced by `table`, or
+/// `None` when a marker is missing or the end comes first.
+fn between_markers(text: &str, markers: (&str, &str), table: &str) -> Option<String> {
+    let (a, b) = markers;
+    let i = text.find(a)?;
+    let j = i + text[i..].find(b)?;
+    Some(format!("{}{a}\n{table}{}", &text[..i], &text[j..]))
+}
+
 /// Runs the kernel matrix (set up already), prints its table, and with
-/// `report` writes it into README.md.
+/// `report` writes it into [`MATRIX_DOC`].
 fn vm_test(
     root: &Path,
     report: bool,
@@ -380,6 +396,20 @@ fn vm_test(
     only: &[String],
     only_arch: Option<&str>,
 ) -> anyhow::Result<()> {
+    let doc = root.join(MATRIX_DOC);
+    // Said before half an hour of QEMU, not after.
+    if report {
+        let text = std::fs::read_to_string(&doc)
+            .with_context(|| format!("--report writes the matrix into {MATRIX_DOC}"))?;
+        if between_markers(&text, MATRIX_MARKERS, "").is_none() {
+            bail!(
+                "{MATRIX_DOC} has no {} ... {} markers (in that order): --report writes the \
+                 matrix between them",
+                MATRIX_MARKERS.0,
+                MATRIX_MARKERS.1
+            );
+        }
+    }
     let mut cells = Vec::new();
     if let Some(a) = only_arch
         && !vm::ARCHES.iter().any(|x| x.name == a)
@@ -410,16 +440,11 @@ fn vm_test(
     let table = vm::matrix::table(&cells);
     println!("{table}");
     if report {
-        let readme = root.join("README.md");
-        let text = std::fs::read_to_string(&readme)?;
-        let (a, b) = ("<!-- vm-matrix:start -->", "<!-- vm-matrix:end -->");
-        if let (Some(i), Some(j)) = (text.find(a), text.find(b)) {
-            let new = format!("{}{a}\n{table}{}", &text[..i], &text[j..]);
-            std::fs::write(&readme, new)?;
-            step("README.md matrix rewritten");
-        } else {
-            bail!("README.md has no {a} ... {b} markers");
-        }
+        let text = std::fs::read_to_string(&doc)?;
+        let new = between_markers(&text, MATRIX_MARKERS, &table)
+            .with_context(|| format!("{MATRIX_DOC} lost its vm-matrix markers during the run"))?;
+        std::fs::write(&doc, new)?;
+        step(&format!("{MATRIX_DOC} matrix rewritten"));
     }
     let failed: Vec<&vm::Cell> = cells.iter().filter(|c| c.result.is_err()).collect();
     if failed.is_empty() {
@@ -527,9 +552,9 @@ const NOT_IN_THE_ENGINE: &[&str] = &[
 
 /// The crate boundaries, proven: no crate's modules import each other in a
 /// cycle; the engine's dependency tree has no aya, tokio, ratatui or
-/// Linux-only API; and the host side that replays and (later) talks to a
-/// phone (engine, TUI, CLI, without the live source) type-checks for macOS
-/// on Apple silicon.
+/// Linux-only API; and the host side that replays and talks to a phone
+/// (engine, TUI, CLI, without the live source) type-checks for macOS on
+/// Apple silicon.
 fn boundaries(root: &Path) -> anyhow::Result<()> {
     step("boundary: no import cycle among the modules of each crate");
     let graphs = cycles::workspace(root)?;
@@ -711,4 +736,24 @@ fn load_alignment(path: &Path) -> anyhow::Result<u64> {
         }
     }
     Ok(min)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_matrix_goes_between_the_markers_and_nowhere_else() {
+        let doc =
+            "# Kernels\n\n<!-- vm-matrix:start -->\n| old |\n<!-- vm-matrix:end -->\n\nafter\n";
+        assert_eq!(
+            between_markers(doc, MATRIX_MARKERS, "| new |\n").as_deref(),
+            Some(
+                "# Kernels\n\n<!-- vm-matrix:start -->\n| new |\n<!-- vm-matrix:end -->\n\nafter\n"
+            )
+        );
+        assert_eq!(between_markers("# Kernels\n", MATRIX_MARKERS, ""), None);
+        let reversed = "<!-- vm-matrix:end -->\n<!-- vm-matrix:start -->\n";
+        assert_eq!(between_markers(reversed, MATRIX_MARKERS, ""), None);
+    }
 }

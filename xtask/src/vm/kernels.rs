@@ -15,7 +15,7 @@ use crate::cmd::sh;
 
 /// A kernel series of the matrix and where Debian serves it.
 pub struct Series {
-    /// Short name (README, logs).
+    /// Short name (the matrix table, logs, fixture names).
     pub label: &'static str,
     /// `None`: the host's apt sources (Debian 12); else a suite of
     /// deb.debian.org read through a private apt state (never the host's

@@ -409,7 +409,7 @@ fn tail(log: &str) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-/// The README table.
+/// The matrix table (what `vm-test --report` writes into docs/kernels.md).
 #[must_use]
 pub fn table(cells: &[Cell]) -> String {
     let mut s = String::from(

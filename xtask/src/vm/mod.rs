@@ -22,7 +22,7 @@ pub struct Arch {
     pub deb: &'static str,
     /// Rust target of the static binaries.
     pub target: &'static str,
-    /// QEMU binary and machine arguments.
+    /// QEMU binary.
     pub qemu: &'static str,
     /// QEMU machine arguments.
     pub machine: &'static [&'static str],
@@ -58,7 +58,7 @@ pub struct Cell {
     pub mode: String,
     /// Pass or the first failed check.
     pub result: Result<(), String>,
-    /// What was measured, for the README matrix.
+    /// What was measured, for the matrix table.
     pub detail: String,
 }
 
