@@ -53,8 +53,7 @@ const INIT: &str = include_str!("guest/init.sh");
 
 /// `/etc/rmw.conf`, which [`INIT`] sources: the guest's parameters as shell
 /// assignments, each value single-quoted (nothing in it is expanded).
-#[must_use]
-pub fn config() -> String {
+fn config() -> String {
     let vars = [
         ("RMW_MODES", MODES.join(" ")),
         ("RMW_KSYMS", KSYMS.join("|")),
