@@ -38,8 +38,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what a command needs if missing (idempotent), saying what it
-    /// prepares and what that includes. `run` (the default): the eBPF
+    /// Install what a command needs if missing (idempotent), saying which
+    /// command it prepares and what that includes.
+    ///
+    /// `run` (the default): the eBPF
     /// toolchain (Debian's rustc-web and library sources linked into rustup
     /// as rmapwatch-bpf, LLVM 22, bpf-linker). `test`: everything the tests
     /// need (also the aarch64 cross gcc, QEMU, the arm64 dpkg architecture,
