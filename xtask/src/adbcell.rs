@@ -16,7 +16,10 @@ use std::{
 
 use rmapwatch_engine::report::Report;
 
-use crate::vm::{self, Cell};
+use crate::vm::{
+    Cell, HostPhase, checks,
+    guest::{F, K, STORM},
+};
 
 /// A private adb server (port, HOME) for the cell.
 struct Adb {
@@ -152,14 +155,12 @@ fn cpu(adb: &Adb, agent_pid: &str, host_pid: u32) -> (Option<u64>, Option<u64>, 
 
 /// The host phase of an arm64 guest (its `adb_phase` serves the
 /// stand-in): one cell.
-pub fn phase(hp: &vm::HostPhase) -> Vec<Cell> {
+pub fn phase(hp: &HostPhase) -> Vec<Cell> {
     // The x86_64 static build (vm-test builds it first); it finds the
     // aarch64 agent in the build tree beside it.
-    let host_bin =
-        crate::workspace_root().join("target/x86_64-unknown-linux-gnu/release/rmapwatch");
     let (port, kernel) = (hp.port, hp.kernel.as_str());
     let t = Instant::now();
-    let (result, detail) = match run(port, &host_bin, &hp.release) {
+    let (result, detail) = match run(port, &hp.host_bin, &hp.release, &hp.cache) {
         Ok(d) => (Ok(()), d),
         Err(e) => (Err(e), String::new()),
     };
@@ -171,7 +172,7 @@ pub fn phase(hp: &vm::HostPhase) -> Vec<Cell> {
     }]
 }
 
-fn run(port: u16, host_bin: &Path, release: &str) -> Result<String, String> {
+fn run(port: u16, host_bin: &Path, release: &str, cache: &Path) -> Result<String, String> {
     let home = std::env::temp_dir().join(format!("rmw-vm-adb-{port}"));
     std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
     let adb = Adb {
@@ -245,8 +246,7 @@ fn run(port: u16, host_bin: &Path, release: &str) -> Result<String, String> {
             .args(["-s", &adb.serial, "shell", "-T"])
             .arg(format!(
                 "rmw-workload --regions {} --children {} --noise 20 --hold",
-                vm::K,
-                vm::F
+                K, F
             ))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -264,8 +264,7 @@ fn run(port: u16, host_bin: &Path, release: &str) -> Result<String, String> {
         // The fork storm: the link's peak.
         let storm = adb.shell(&format!(
             "rmw-workload --regions {} --noise 0 --storm {}",
-            vm::K,
-            vm::STORM
+            K, STORM
         ))?;
         std::thread::sleep(Duration::from_secs(1));
         let cpu1 = cpu(&adb, &agent_pid, host_pid);
@@ -319,7 +318,7 @@ fn run(port: u16, host_bin: &Path, release: &str) -> Result<String, String> {
             .collect::<Result<_, _>>()?;
         let err_refs: Vec<&str> = errs.iter().map(String::as_str).collect();
         let (checked, detail) =
-            vm::check("auto", &meta, pre_lines, hold_lines, &err_refs, &reports);
+            checks::check("auto", &meta, pre_lines, hold_lines, &err_refs, &reports);
         checked?;
         if files.trim() != "0" {
             return Err(format!("left in /data/local/tmp: {files} files"));
@@ -355,10 +354,7 @@ fn run(port: u16, host_bin: &Path, release: &str) -> Result<String, String> {
         // What the "phone" showed: the cover letter's table, kept for
         // docs/android.md next to the series' numbers.
         if let Some(t) = last.seed_table() {
-            let _ = std::fs::write(
-                crate::workspace_root().join(format!(".cache/vm/adb-seed-{release}.txt")),
-                t,
-            );
+            let _ = std::fs::write(cache.join(format!("adb-seed-{release}.txt")), t);
         }
         Ok(format!(
             "{detail}; link idle {:.1} KB/s, peak {:.1} KB/s (storm: {}), {} KB in {:.0} s, lag max {:.0} ms; \

@@ -344,7 +344,7 @@ fn roots() -> Vec<&'static str> {
         "btf_trace_kmem_cache_free",
     ];
     v.extend_from_slice(KEEP);
-    v.extend_from_slice(&crate::vm::KSYMS);
+    v.extend_from_slice(&crate::vm::guest::KSYMS);
     v
 }
 

@@ -1,11 +1,14 @@
 //! Workflows for rmapwatch: set-up, run, test. Building is cargo's job
-//! (`rmapwatch/build.rs` builds the eBPF object); xtask only orchestrates.
+//! (`rmapwatch-live/build.rs` builds the eBPF object with aya-build); xtask
+//! only orchestrates.
 //!
-//! `cargo xtask setup` installs what the eBPF build needs, idempotently, and
-//! says what it does: Debian's rustc-web with its library sources (linked into
-//! rustup as `rmapwatch-bpf`), LLVM 22 and bpf-linker built against it, and
-//! the test peers (bpftrace, bpftool). See ../shared/docs/toolchain.md for
-//! why this recipe and not a rustup nightly.
+//! Each command first installs what it needs, idempotently, and says what
+//! it does (`setup`: the profiles, from `cargo xtask run`'s eBPF toolchain to
+//! everything `cargo xtask test` needs). The modules: `cmd` (running
+//! commands), `setup` (what each command installs), `vm` (the kernel matrix
+//! under QEMU: `kernels`, `guest`, `checks`, `matrix`), `adbcell` (the
+//! matrix's host phase over adb, wired in here), `cycles` (the import-cycle
+//! check), `fixtures`, `btf` and `cpio`.
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
@@ -16,45 +19,15 @@ use clap::{Parser, Subcommand};
 
 mod adbcell;
 mod btf;
+mod cmd;
 mod cpio;
+mod cycles;
 mod fixtures;
+mod setup;
 mod vm;
 
-/// Name under which Debian's toolchain is linked into rustup.
-const BPF_TOOLCHAIN: &str = "rmapwatch-bpf";
-
-/// Debian packages: the eBPF toolchain, then test peers and tools.
-const TOOLCHAIN_PACKAGES: &[&str] = &[
-    "rustc-web",
-    "cargo-web",
-    "rust-web-src",
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "zlib1g-dev",
-    "libzstd-dev",
-];
-const TEST_PACKAGES: &[&str] = &[
-    "zstd",
-    // The real adb client, against the project's device stand-in.
-    "adb",
-    "bpftrace",
-    "bpftool",
-    "util-linux",
-    "tmux",
-    "qemu-system-x86",
-    "qemu-system-arm",
-    "gcc-aarch64-linux-gnu",
-    "libc6-dev-arm64-cross",
-    // The real Prometheus server and promtool, against `rmapwatch serve`.
-    "prometheus",
-    // Fork/mmap churn for `cargo xtask soak`.
-    "stress-ng",
-    // The venv of the Perfetto test's decoder (python3 -m venv).
-    "python3-venv",
-];
-/// What the Perfetto test decodes traces with: Perfetto's generated Python
-/// bindings, in the venv `.cache/venv`.
-const PYTHON_PACKAGES: &[&str] = &["perfetto==0.59.1", "protobuf==7.36.2"];
+use cmd::{as_root, cargo, cargo_bin, is_root, sh, step, workspace_root};
+use setup::{BPF_TOOLCHAIN, Profile};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "rmapwatch workflows")]
@@ -65,19 +38,40 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install the eBPF toolchain and test tools if missing (idempotent).
-    Setup,
-    /// Set up, build (release) and run rmapwatch as root; arguments after `--` go to rmapwatch.
+    /// Install what a command needs if missing (idempotent), saying which
+    /// command it prepares and what that includes.
+    ///
+    /// `run` (the default): the eBPF
+    /// toolchain (Debian's rustc-web and library sources linked into rustup
+    /// as rmapwatch-bpf, LLVM 22, bpf-linker). `test`: everything the tests
+    /// need (also the aarch64 cross gcc, QEMU, the arm64 dpkg architecture,
+    /// adb, bpftrace, bpftool, tmux, Prometheus, stress-ng, shellcheck, the
+    /// Python venv, rustup's nightly and cargo-fuzz). The other profiles are
+    /// those of the other commands.
+    Setup {
+        /// Which command to prepare for.
+        #[arg(value_enum, default_value = "run")]
+        profile: Profile,
+        /// Print the plan (each item: present, or what would be done) and
+        /// change nothing; needs no root.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Build (release) and run rmapwatch as root; arguments after `--` go to
+    /// rmapwatch. Installs the eBPF toolchain; with `--adb`, also the aarch64
+    /// cross gcc (the phone's static agent).
     Run {
         /// Arguments for rmapwatch.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every check and test: fmt, clippy, unit and binary
-    /// tests, the privileged kernel tests (as root, one at a time), and the
-    /// kernel matrix under QEMU (vm-test).
+    /// Run every check and test: fmt, clippy, shellcheck, the crate
+    /// boundaries and import cycles, unit and binary tests, the fuzzer, the
+    /// privileged kernel tests (as root, one at a time), and the kernel
+    /// matrix under QEMU (vm-test). Installs everything the tests need
+    /// (`cargo xtask setup test --dry-run` lists it).
     Test {
-        /// Skip fmt and clippy.
+        /// Skip fmt, clippy and shellcheck.
         #[arg(long)]
         no_lint: bool,
     },
@@ -85,9 +79,11 @@ enum Cmd {
     /// and 6.12, trixie-backports' newest 7.x; x86_64 and arm64) and run
     /// rmapwatch in each probe mode (fentry, kprobe, tracepoint), plus a
     /// GKI-like boot (slab_nomerge, auto), against ground truth taken inside
-    /// the VM.
+    /// the VM. Installs the eBPF toolchain, the aarch64 cross gcc, QEMU,
+    /// zstd, adb, and adds the arm64 dpkg architecture.
     VmTest {
-        /// Rewrite the matrix in README.md with the results.
+        /// Rewrite the matrix in docs/kernels.md (between its vm-matrix
+        /// markers) with the results.
         #[arg(long)]
         report: bool,
         /// Only these series (5.10, 6.1, 6.12, 7.x; repeatable).
@@ -100,9 +96,10 @@ enum Cmd {
         #[arg(long)]
         fixtures: bool,
     },
-    /// Build static release binaries (rmapwatch, rmw-workload) for a target:
-    /// x86_64-unknown-linux-gnu or aarch64-unknown-linux-gnu (for Android
-    /// and any Linux without shared libraries).
+    /// Build static release binaries (rmapwatch, rmw-workload, rmw-adbd) for
+    /// a target: x86_64-unknown-linux-gnu or aarch64-unknown-linux-gnu (for
+    /// Android and any Linux without shared libraries). Installs the eBPF
+    /// toolchain; for aarch64 also the aarch64 cross gcc.
     Build {
         /// Rust target triple.
         #[arg(long, default_value = "x86_64-unknown-linux-gnu")]
@@ -110,15 +107,18 @@ enum Cmd {
     },
     /// Record this host's fixtures (rmapwatch/tests/fixtures/host-ARCH.*):
     /// a controlled workload, replayed by the non-root tests (root).
+    /// Installs the eBPF toolchain.
     Fixtures,
     /// Cut the BTF of every kernel of the matrix down to what rmapwatch
     /// reads (rmapwatch-live/tests/btf/SERIES-ARCH.btf, kilobytes each):
     /// the unit tests' fixtures for each tracepoint and hook layout.
+    /// Installs zstd and adds the arm64 dpkg architecture.
     BtfFixtures,
-    /// Set up, build (release) and soak `rmapwatch serve` as root: fork/mmap
-    /// churn (stress-ng) next to a process holding --vmas VMAs, scraped the
-    /// whole time; fails on an RSS growth trend, a scrape of 100 ms or
-    /// more, or end counts unlike a fresh walk's (see BENCHMARKS.md).
+    /// Build (release) and soak `rmapwatch serve` as root: fork/mmap churn
+    /// (stress-ng) next to a process holding --vmas VMAs, scraped the whole
+    /// time; fails on an RSS growth trend, a scrape of 100 ms or more, or
+    /// end counts unlike a fresh walk's (see BENCHMARKS.md). Installs the
+    /// eBPF toolchain and stress-ng.
     Soak {
         /// Minutes of churn.
         #[arg(long, default_value = "10")]
@@ -127,14 +127,20 @@ enum Cmd {
         #[arg(long, default_value = "1000000")]
         vmas: usize,
     },
-    /// Set up, build (release) and run the benchmarks as root; each prints
-    /// its baseline from the same run and the ratio (see BENCHMARKS.md).
+    /// Build (release) and run the benchmarks as root; each prints its
+    /// baseline from the same run and the ratio (see BENCHMARKS.md).
+    /// Installs the eBPF toolchain, bpftrace and adb.
     Bench {
         /// One of render, pipeline, ingest, footprint, snapshot, replay,
         /// record, idle, storms, adb (the --adb link), all (but adb).
         #[arg(default_value = "all")]
         which: String,
     },
+    /// Print the import cycles among the modules of every workspace crate
+    /// (`crate::`, `super::`, `self::` and child-module paths), or that
+    /// there is none; exits 0 either way (`cargo xtask test` fails on them).
+    /// Installs nothing.
+    Cycles,
 }
 
 fn main() -> ExitCode {
@@ -151,16 +157,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let root = workspace_root();
     std::env::set_current_dir(&root)?;
     match cli.cmd {
-        Cmd::Setup => setup(),
+        Cmd::Setup { profile, dry_run } => setup::prepare(profile, &root, dry_run),
         Cmd::Run { args } => {
-            setup()?;
-            step("building rmapwatch (release)");
-            cargo(&["build", "--release", "--package", "rmapwatch"])?;
-            let bin = root.join("target/release/rmapwatch");
             // A phone over adb: the host needs no root, the phone needs the
             // static agent of its architecture (both built: phones are
             // aarch64, emulators x86_64; found in the build tree).
             let adb = args.iter().any(|a| a == "--adb" || a.starts_with("--adb="));
+            setup::prepare(
+                if adb { Profile::RunAdb } else { Profile::Run },
+                &root,
+                false,
+            )?;
+            step("building rmapwatch (release)");
+            cargo(&["build", "--release", "--package", "rmapwatch"])?;
+            let bin = root.join("target/release/rmapwatch");
             if adb {
                 for arch in &vm::ARCHES {
                     build_static(&root, arch)?;
@@ -176,19 +186,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // rmapwatch already printed why it stopped; pass its code on.
             std::process::exit(status.code().unwrap_or(1));
         }
-        Cmd::Test { no_lint } => test(no_lint),
+        Cmd::Test { no_lint } => test(&root, no_lint),
         Cmd::VmTest {
             report,
             fixtures,
             only,
             arch,
-        } => vm_test(&root, report, fixtures, &only, arch.as_deref()),
+        } => {
+            setup::prepare(Profile::VmTest, &root, false)?;
+            vm_test(&root, report, fixtures, &only, arch.as_deref())
+        }
         Cmd::Build { target } => {
-            setup()?;
             let arch = vm::ARCHES
                 .iter()
                 .find(|a| a.target == target)
                 .with_context(|| format!("unsupported target {target}: x86_64-unknown-linux-gnu or aarch64-unknown-linux-gnu"))?;
+            let profile = if arch.name == "x86_64" {
+                Profile::Build
+            } else {
+                Profile::BuildAarch64
+            };
+            setup::prepare(profile, &root, false)?;
             let dir = build_static(&root, arch)?;
             step(&format!(
                 "static binaries in {} (rmapwatch there is the agent `--adb` pushes: found \
@@ -199,7 +217,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Fixtures => {
-            setup()?;
+            setup::prepare(Profile::Fixtures, &root, false)?;
             build_release("rmapwatch and the workload")?;
             let arch = std::env::consts::ARCH;
             let out = root.join(format!("rmapwatch/tests/fixtures/host-{arch}"));
@@ -208,35 +226,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::BtfFixtures => {
-            let dir = root.join("rmapwatch-live/tests/btf");
-            std::fs::create_dir_all(&dir)?;
-            for arch in &vm::ARCHES {
-                for series in &vm::SERIES {
-                    let image = vm::kernel_image_of(&root.join(".cache/vm"), arch, series)?;
-                    let out = dir.join(format!("{}-{}.btf", series.label, arch.name));
-                    let n = btf::fixture(&image, &out)?;
-                    step(&format!(
-                        "{} ({n} bytes) from {}",
-                        out.display(),
-                        image.display()
-                    ));
-                    // A layout no kernel has: free's cache pointer an int.
-                    if series.label == "6.12" && arch.name == "x86_64" {
-                        let odd =
-                            btf::retype_param(&std::fs::read(&out)?, "kmem_cache_free", 3, "int")?;
-                        let to = dir.join("unknown-layout.btf");
-                        std::fs::write(&to, odd)?;
-                        step(&format!(
-                            "{} (6.12's, kmem_cache_free's s an int)",
-                            to.display()
-                        ));
-                    }
-                }
-            }
-            Ok(())
+            setup::prepare(Profile::BtfFixtures, &root, false)?;
+            btf_fixtures(&root)
         }
         Cmd::Soak { minutes, vmas } => {
-            setup()?;
+            setup::prepare(Profile::Soak, &root, false)?;
             build_release("rmapwatch, the workload and the soak")?;
             let bin = root.join("target/release/rmw-bench");
             let args = [
@@ -250,7 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sh(&mut as_root(&bin, &args))
         }
         Cmd::Bench { which } => {
-            setup()?;
+            setup::prepare(Profile::Bench, &root, false)?;
             build_release("the benchmarks")?;
             if which == "adb" {
                 // The agent the adb benchmark pushes to the stand-in.
@@ -260,6 +254,210 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             step(&format!("running {} {which}", bin.display()));
             sh(&mut as_root(&bin, &[which]))
         }
+        Cmd::Cycles => {
+            let graphs = cycles::workspace(&root)?;
+            print!("{}", cycles::render(&graphs));
+            Ok(())
+        }
+    }
+}
+
+/// The BTF fixtures of every kernel of the matrix, and one of a layout no
+/// kernel has.
+fn btf_fixtures(root: &Path) -> anyhow::Result<()> {
+    let dir = root.join("rmapwatch-live/tests/btf");
+    std::fs::create_dir_all(&dir)?;
+    for arch in &vm::ARCHES {
+        for series in &vm::kernels::SERIES {
+            let image = vm::kernels::kernel_image_of(&root.join(".cache/vm"), arch, series)?;
+            let out = dir.join(format!("{}-{}.btf", series.label, arch.name));
+            let n = btf::fixture(&image, &out)?;
+            step(&format!(
+                "{} ({n} bytes) from {}",
+                out.display(),
+                image.display()
+            ));
+            // A layout no kernel has: free's cache pointer an int.
+            if series.label == "6.12" && arch.name == "x86_64" {
+                let odd = btf::retype_param(&std::fs::read(&out)?, "kmem_cache_free", 3, "int")?;
+                let to = dir.join("unknown-layout.btf");
+                std::fs::write(&to, odd)?;
+                step(&format!(
+                    "{} (6.12's, kmem_cache_free's s an int)",
+                    to.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// fmt, clippy, and shellcheck on every shell script of the repository
+/// (tracked `*.sh` files and `.ci/run`).
+fn lint() -> anyhow::Result<()> {
+    step("cargo fmt --check");
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    step("cargo clippy -D warnings");
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    let out = Command::new("git")
+        .args(["ls-files", "-z", "*.sh"])
+        .output()
+        .context("running git ls-files")?;
+    if !out.status.success() {
+        bail!(
+            "git ls-files failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut scripts: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split('\0')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    scripts.push(".ci/run".to_owned());
+    step(&format!("shellcheck {}", scripts.join(" ")));
+    sh(Command::new("shellcheck").args(&scripts))
+}
+
+fn test(root: &Path, no_lint: bool) -> anyhow::Result<()> {
+    setup::prepare(Profile::Test, root, false)?;
+    if !no_lint {
+        lint()?;
+    }
+    boundaries(root)?;
+    step("unit and binary tests (no root needed)");
+    // The default members: the eBPF crate is built for bpf by
+    // rmapwatch-live/build.rs.
+    // The Perfetto test decodes with the venv's Python.
+    sh(Command::new(cargo_bin())
+        .arg("test")
+        .env("RMAPWATCH_PYTHON", setup::venv_python(root)))?;
+    fuzz_briefly()?;
+    step("privileged kernel tests (root, one at a time)");
+    cargo(&["build", "--tests", "--package", "rmapwatch"])?;
+    // The controlled workload and the adb device stand-in the privileged
+    // tests run, next to rmapwatch.
+    cargo(&["build", "--package", "rmapwatch-tools", "--bins"])?;
+    // The static agent the --adb tests push (found in the build tree).
+    build_static(root, &vm::ARCHES[0])?;
+    let privileged = [
+        "test",
+        "--package",
+        "rmapwatch",
+        // The stand-in's own root tests (uid 2000, setuid su).
+        "--package",
+        "rmapwatch-tools",
+        // The set-up's own: the run path's plan in a rustup without nightly.
+        "--package",
+        "xtask",
+        "--",
+        "--ignored",
+        "--test-threads=1",
+    ];
+    if is_root() {
+        cargo(&privileged)?;
+    } else {
+        sh(Command::new("sudo")
+            .args(["--preserve-env=PATH,RUSTUP_HOME,CARGO_HOME", &cargo_bin()])
+            .args(privileged))?;
+    }
+    step(
+        "kernel matrix under QEMU: Debian 5.10, 6.1, 6.12 and 7.x, x86_64 and arm64, \
+         fentry / kprobe / tracepoint, and a GKI-like boot per arch",
+    );
+    vm_test(root, false, false, &[], None)
+}
+
+/// Where `vm-test --report` writes the matrix, between [`MATRIX_MARKERS`].
+const MATRIX_DOC: &str = "docs/kernels.md";
+/// The markers around the matrix table in [`MATRIX_DOC`].
+const MATRIX_MARKERS: (&str, &str) = ("<!-- vm-matrix:start -->", "<!-- vm-matrix:end -->");
+
+/// `text` with what lies between the `markers` replaced by `table`, or
+/// `None` when a marker is missing or the end comes first.
+fn between_markers(text: &str, markers: (&str, &str), table: &str) -> Option<String> {
+    let (a, b) = markers;
+    let i = text.find(a)?;
+    let j = i + text[i..].find(b)?;
+    Some(format!("{}{a}\n{table}{}", &text[..i], &text[j..]))
+}
+
+/// Runs the kernel matrix (set up already), prints its table, and with
+/// `report` writes it into [`MATRIX_DOC`].
+fn vm_test(
+    root: &Path,
+    report: bool,
+    fixtures: bool,
+    only: &[String],
+    only_arch: Option<&str>,
+) -> anyhow::Result<()> {
+    let doc = root.join(MATRIX_DOC);
+    // Said before half an hour of QEMU, not after.
+    if report {
+        let text = std::fs::read_to_string(&doc)
+            .with_context(|| format!("--report writes the matrix into {MATRIX_DOC}"))?;
+        if between_markers(&text, MATRIX_MARKERS, "").is_none() {
+            bail!(
+                "{MATRIX_DOC} has no {} ... {} markers (in that order): --report writes the \
+                 matrix between them",
+                MATRIX_MARKERS.0,
+                MATRIX_MARKERS.1
+            );
+        }
+    }
+    let mut cells = Vec::new();
+    if let Some(a) = only_arch
+        && !vm::ARCHES.iter().any(|x| x.name == a)
+    {
+        bail!("--arch {a}: the matrix has x86_64 and aarch64");
+    }
+    // The x86_64 build replays every guest's recording (and drives the
+    // arm64 guests over adb): always built.
+    let host = build_static(root, &vm::ARCHES[0])?.join("rmapwatch");
+    for arch in vm::ARCHES
+        .iter()
+        .filter(|a| only_arch.is_none_or(|o| o == a.name))
+    {
+        let bins = build_static(root, arch)?;
+        cells.extend(vm::matrix::matrix(
+            &root.join(".cache/vm"),
+            arch,
+            &bins,
+            &host,
+            only,
+            // The arm64 guests' host phase: the phone over adb.
+            Some(adbcell::phase as vm::HostPhaseFn),
+        )?);
+    }
+    if fixtures {
+        write_vm_fixtures(root, &cells)?;
+    }
+    let table = vm::matrix::table(&cells);
+    println!("{table}");
+    if report {
+        let text = std::fs::read_to_string(&doc)?;
+        let new = between_markers(&text, MATRIX_MARKERS, &table)
+            .with_context(|| format!("{MATRIX_DOC} lost its vm-matrix markers during the run"))?;
+        std::fs::write(&doc, new)?;
+        step(&format!("{MATRIX_DOC} matrix rewritten"));
+    }
+    let failed: Vec<&vm::Cell> = cells.iter().filter(|c| c.result.is_err()).collect();
+    if failed.is_empty() {
+        step(&format!("vm-test: {} passed, 0 failed", cells.len()));
+        Ok(())
+    } else {
+        bail!(
+            "vm-test: {} passed, {} failed",
+            cells.len() - failed.len(),
+            failed.len()
+        )
     }
 }
 
@@ -278,277 +476,6 @@ fn build_release(what: &str) -> anyhow::Result<()> {
     ])
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-}
-
-fn step(msg: &str) {
-    eprintln!("xtask: {msg}");
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// A command run as root: directly when we are root, else through sudo.
-fn as_root(program: &Path, args: &[String]) -> Command {
-    if is_root() {
-        let mut c = Command::new(program);
-        c.args(args);
-        c
-    } else {
-        let mut c = Command::new("sudo");
-        c.arg("--preserve-env=RMAPWATCH_LOG,RMAPWATCH_BPF_TOOLCHAIN")
-            .arg(program)
-            .args(args);
-        c
-    }
-}
-
-fn sh(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed ({status})");
-    }
-    Ok(())
-}
-
-fn succeeds(cmd: &mut Command) -> bool {
-    cmd.output().is_ok_and(|o| o.status.success())
-}
-
-fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    sh(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(args))
-}
-
-fn deb_installed(pkg: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", pkg])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-}
-
-fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !deb_installed(p)).collect();
-    if missing.is_empty() {
-        step(&format!("Debian packages present: {}", pkgs.join(" ")));
-        return Ok(());
-    }
-    step(&format!(
-        "installing Debian packages: {}",
-        missing.join(" ")
-    ));
-    let sudo = if is_root() { vec![] } else { vec!["sudo"] };
-    let run = |args: &[&str]| {
-        let mut all: Vec<&str> = sudo.clone();
-        all.extend_from_slice(args);
-        let mut c = Command::new(all[0]);
-        c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
-        sh(&mut c)
-    };
-    run(&["apt-get", "update", "-q"])?;
-    let mut args = vec!["apt-get", "install", "-y", "-q", "--no-install-recommends"];
-    args.extend(&missing);
-    run(&args)
-}
-
-fn setup() -> anyhow::Result<()> {
-    step("setting up the eBPF toolchain (idempotent)");
-    if let Ok(tc) = std::env::var("RMAPWATCH_BPF_TOOLCHAIN") {
-        step(&format!(
-            "RMAPWATCH_BPF_TOOLCHAIN={tc}: using that rustup toolchain as is"
-        ));
-    } else {
-        if !Path::new("/usr/bin/dpkg-query").exists() {
-            bail!(
-                "not a Debian/Ubuntu system: install a rustup nightly with rust-src and \
-                 bpf-linker, then set RMAPWATCH_BPF_TOOLCHAIN=nightly"
-            );
-        }
-        apt_install(TOOLCHAIN_PACKAGES)?;
-        let linked =
-            succeeds(Command::new("rustup").args(["run", BPF_TOOLCHAIN, "rustc", "--version"]));
-        if linked {
-            step(&format!("rustup toolchain {BPF_TOOLCHAIN} -> /usr present"));
-        } else {
-            step(&format!(
-                "linking Debian's rustc into rustup as {BPF_TOOLCHAIN}"
-            ));
-            sh(Command::new("rustup").args(["toolchain", "link", BPF_TOOLCHAIN, "/usr"]))?;
-        }
-        if !Path::new("/usr/lib/rustlib/src/rust/library/core").exists() {
-            bail!("rust-web-src did not install /usr/lib/rustlib/src/rust/library");
-        }
-    }
-    if succeeds(Command::new("bpf-linker").arg("--version")) {
-        step("bpf-linker present");
-    } else {
-        step("building bpf-linker against LLVM 22 (about a minute)");
-        sh(
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args([
-                    "install",
-                    "bpf-linker",
-                    "--version",
-                    "^0.13",
-                    "--no-default-features",
-                    "--features",
-                    "llvm-22",
-                ])
-                .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
-        )?;
-    }
-    apt_install(TEST_PACKAGES)?;
-    python_venv(&workspace_root())?;
-    // The fuzzer of the stream decoder: cargo-fuzz, with rustup's nightly
-    // (which these machines have; sanitizers need no rust-src).
-    if succeeds(Command::new("cargo").args(["+nightly", "fuzz", "--version"])) {
-        step("cargo-fuzz present");
-    } else {
-        if !succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
-            bail!(
-                "the fuzz step needs a rustup nightly toolchain (rustup toolchain install \
-                 nightly --profile minimal)"
-            );
-        }
-        step("installing cargo-fuzz (about a minute)");
-        sh(
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
-                "install",
-                "cargo-fuzz",
-                "--locked",
-            ]),
-        )?;
-    }
-    // arm64 kernels and busybox for the QEMU matrix are Debian packages of
-    // the arm64 architecture (downloaded and extracted, never installed).
-    let foreign = Command::new("dpkg")
-        .arg("--print-foreign-architectures")
-        .output()?;
-    if String::from_utf8_lossy(&foreign.stdout).contains("arm64") {
-        step("dpkg architecture arm64 present");
-    } else {
-        step("adding the arm64 dpkg architecture (for kernel packages of the QEMU matrix)");
-        sh(Command::new("dpkg").args(["--add-architecture", "arm64"]))?;
-        sh(Command::new("apt-get").args(["update", "-q"]))?;
-    }
-    step("set-up complete");
-    Ok(())
-}
-
-/// The venv's interpreter (what `RMAPWATCH_PYTHON` names for the tests).
-fn venv_python(root: &Path) -> PathBuf {
-    root.join(".cache/venv/bin/python3")
-}
-
-/// Makes the venv `.cache/venv` with [`PYTHON_PACKAGES`] (idempotent: a
-/// venv that imports them is left as it is).
-fn python_venv(root: &Path) -> anyhow::Result<()> {
-    let venv = root.join(".cache/venv");
-    let py = venv_python(root);
-    let ready = || {
-        succeeds(Command::new(&py).args([
-            "-c",
-            "import importlib.metadata as m, google.protobuf; \
-             from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace; \
-             assert m.version('perfetto') == '0.59.1'",
-        ]))
-    };
-    if ready() {
-        step(&format!(
-            "Python venv {} with {} present",
-            venv.display(),
-            PYTHON_PACKAGES.join(" ")
-        ));
-        return Ok(());
-    }
-    if !py.exists() {
-        step(&format!(
-            "making the Python venv {} (the Perfetto test's decoder)",
-            venv.display()
-        ));
-        sh(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    }
-    step(&format!(
-        "installing {} into {}",
-        PYTHON_PACKAGES.join(" "),
-        venv.display()
-    ));
-    sh(Command::new(&py)
-        .args(["-m", "pip", "install", "-q"])
-        .args(PYTHON_PACKAGES))?;
-    if !ready() {
-        bail!(
-            "{} cannot import perfetto's trace bindings after pip install",
-            py.display()
-        );
-    }
-    Ok(())
-}
-
-fn test(no_lint: bool) -> anyhow::Result<()> {
-    setup()?;
-    if !no_lint {
-        step("cargo fmt --check");
-        cargo(&["fmt", "--all", "--", "--check"])?;
-        step("cargo clippy -D warnings");
-        cargo(&[
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ])?;
-    }
-    boundaries()?;
-    step("unit and binary tests (no root needed)");
-    // The default members: the eBPF crate is built for bpf by build.rs.
-    // The Perfetto test decodes with the venv's Python.
-    sh(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .arg("test")
-            .env("RMAPWATCH_PYTHON", venv_python(&workspace_root())),
-    )?;
-    fuzz_briefly()?;
-    step("privileged kernel tests (root, one at a time)");
-    cargo(&["build", "--tests", "--package", "rmapwatch"])?;
-    // The controlled workload and the adb device stand-in the privileged
-    // tests run, next to rmapwatch.
-    cargo(&["build", "--package", "rmapwatch-tools", "--bins"])?;
-    // The static agent the --adb tests push (found in the build tree).
-    build_static(&workspace_root(), &vm::ARCHES[0])?;
-    let privileged = [
-        "test",
-        "--package",
-        "rmapwatch",
-        // The stand-in's own root tests (uid 2000, setuid su).
-        "--package",
-        "rmapwatch-tools",
-        "--",
-        "--ignored",
-        "--test-threads=1",
-    ];
-    if is_root() {
-        cargo(&privileged)?;
-    } else {
-        let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        sh(Command::new("sudo")
-            .args(["--preserve-env=PATH,RUSTUP_HOME,CARGO_HOME", &cargo_bin])
-            .args(privileged))?;
-    }
-    step(
-        "kernel matrix under QEMU: Debian 5.10, 6.1, 6.12 and 7.x, x86_64 and arm64, \
-         fentry / kprobe / tracepoint, and a GKI-like boot per arch",
-    );
-    vm_test(&workspace_root(), false, false, &[], None)
-}
-
 /// Copies each guest's recording (kept by vm-test next to its serial log)
 /// into the committed fixtures, as `vm-ARCH-SERIES.{rmw,json,meta}`.
 fn write_vm_fixtures(root: &Path, cells: &[vm::Cell]) -> anyhow::Result<()> {
@@ -565,7 +492,10 @@ fn write_vm_fixtures(root: &Path, cells: &[vm::Cell]) -> anyhow::Result<()> {
         let src = root.join(".cache/vm").join(deb);
         let dst = root.join("rmapwatch/tests/fixtures");
         // Releases have dots: extensions are appended, not replaced.
-        let (from, to) = (vm::recording_name(&c.kernel), format!("vm-{arch}-{series}"));
+        let (from, to) = (
+            vm::checks::recording_name(&c.kernel),
+            format!("vm-{arch}-{series}"),
+        );
         for ext in ["rmw", "json", "meta"] {
             std::fs::copy(
                 src.join(format!("{from}.{ext}")),
@@ -590,10 +520,13 @@ fn write_vm_fixtures(root: &Path, cells: &[vm::Cell]) -> anyhow::Result<()> {
             .join(".cache/vm")
             .join(a.deb)
             .join(format!("ksyms-{}.txt", k.replace(' ', "-")));
-        let Some(series) = vm::SERIES.iter().find(|s| match s.label.strip_suffix('x') {
-            Some(major) => release.starts_with(major),
-            None => release.starts_with(&format!("{}.", s.label)),
-        }) else {
+        let Some(series) = vm::kernels::SERIES
+            .iter()
+            .find(|s| match s.label.strip_suffix('x') {
+                Some(major) => release.starts_with(major),
+                None => release.starts_with(&format!("{}.", s.label)),
+            })
+        else {
             continue;
         };
         if src.exists() {
@@ -619,13 +552,21 @@ const NOT_IN_THE_ENGINE: &[&str] = &[
     "mio",
 ];
 
-/// The crate boundaries, proven: the engine's dependency tree has no aya,
-/// tokio, ratatui or Linux-only API; and the host side that replays and
-/// (later) talks to a phone (engine, TUI, CLI, without the live source)
-/// type-checks for macOS on Apple silicon.
-fn boundaries() -> anyhow::Result<()> {
+/// The crate boundaries, proven: no crate's modules import each other in a
+/// cycle; the engine's dependency tree has no aya, tokio, ratatui or
+/// Linux-only API; and the host side that replays and talks to a phone
+/// (engine, TUI, CLI, without the live source) type-checks for macOS on
+/// Apple silicon.
+fn boundaries(root: &Path) -> anyhow::Result<()> {
+    step("boundary: no import cycle among the modules of each crate");
+    let graphs = cycles::workspace(root)?;
+    let found = cycles::render(&graphs);
+    if graphs.iter().any(|g| !g.cycles().is_empty()) {
+        bail!("import cycles:\n{found}");
+    }
+    step(found.trim_end());
     step("boundary: the engine's dependency tree (cargo tree -p rmapwatch-engine)");
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let out = Command::new(cargo_bin())
         .args([
             "tree",
             "-p",
@@ -716,9 +657,8 @@ fn build_static(root: &Path, arch: &vm::Arch) -> anyhow::Result<PathBuf> {
         "building static {} binaries (crt-static)",
         arch.name
     ));
-    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut c = if arch.name == "x86_64" {
-        Command::new(cargo_bin)
+        Command::new(cargo_bin())
     } else {
         let mut c = Command::new("rustup");
         c.args(["run", BPF_TOOLCHAIN, "cargo"])
@@ -800,68 +740,22 @@ fn load_alignment(path: &Path) -> anyhow::Result<u64> {
     Ok(min)
 }
 
-fn vm_test(
-    root: &Path,
-    report: bool,
-    fixtures: bool,
-    only: &[String],
-    only_arch: Option<&str>,
-) -> anyhow::Result<()> {
-    setup()?;
-    let mut cells = Vec::new();
-    let mut host_bin = None;
-    if let Some(a) = only_arch
-        && !vm::ARCHES.iter().any(|x| x.name == a)
-    {
-        bail!("--arch {a}: the matrix has x86_64 and aarch64");
-    }
-    // The x86_64 build replays every guest's recording: always built.
-    let host = build_static(root, &vm::ARCHES[0])?.join("rmapwatch");
-    host_bin.get_or_insert(host);
-    for arch in vm::ARCHES
-        .iter()
-        .filter(|a| only_arch.is_none_or(|o| o == a.name))
-    {
-        let bins = build_static(root, arch)?;
-        // The x86_64 static build runs here too: it replays every guest's
-        // recording.
-        let host = host_bin
-            .get_or_insert_with(|| bins.join("rmapwatch"))
-            .clone();
-        cells.extend(vm::matrix(
-            &root.join(".cache/vm"),
-            arch,
-            &bins,
-            &host,
-            only,
-        )?);
-    }
-    if fixtures {
-        write_vm_fixtures(root, &cells)?;
-    }
-    let table = vm::table(&cells);
-    println!("{table}");
-    if report {
-        let readme = root.join("README.md");
-        let text = std::fs::read_to_string(&readme)?;
-        let (a, b) = ("<!-- vm-matrix:start -->", "<!-- vm-matrix:end -->");
-        if let (Some(i), Some(j)) = (text.find(a), text.find(b)) {
-            let new = format!("{}{a}\n{table}{}", &text[..i], &text[j..]);
-            std::fs::write(&readme, new)?;
-            step("README.md matrix rewritten");
-        } else {
-            bail!("README.md has no {a} ... {b} markers");
-        }
-    }
-    let failed: Vec<&vm::Cell> = cells.iter().filter(|c| c.result.is_err()).collect();
-    if failed.is_empty() {
-        step(&format!("vm-test: {} passed, 0 failed", cells.len()));
-        Ok(())
-    } else {
-        bail!(
-            "vm-test: {} passed, {} failed",
-            cells.len() - failed.len(),
-            failed.len()
-        )
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_matrix_goes_between_the_markers_and_nowhere_else() {
+        let doc =
+            "# Kernels\n\n<!-- vm-matrix:start -->\n| old |\n<!-- vm-matrix:end -->\n\nafter\n";
+        assert_eq!(
+            between_markers(doc, MATRIX_MARKERS, "| new |\n").as_deref(),
+            Some(
+                "# Kernels\n\n<!-- vm-matrix:start -->\n| new |\n<!-- vm-matrix:end -->\n\nafter\n"
+            )
+        );
+        assert_eq!(between_markers("# Kernels\n", MATRIX_MARKERS, ""), None);
+        let reversed = "<!-- vm-matrix:end -->\n<!-- vm-matrix:start -->\n";
+        assert_eq!(between_markers(reversed, MATRIX_MARKERS, ""), None);
     }
 }

@@ -17,7 +17,10 @@ use rmapwatch_engine::{
     stream::{Kind, Reader, Writer},
 };
 
-use crate::{facts, fork_storm_events, line, ratio, stats, synthetic, walk_inputs};
+use crate::{
+    stats::{line, ratio, stats},
+    synth::{facts, fork_storm_events, synthetic, walk_inputs},
+};
 
 /// Events per batch, as the live source drains them.
 const BATCH: usize = 1024;

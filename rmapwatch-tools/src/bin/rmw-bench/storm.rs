@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 use rmapwatch_common::site;
 use rmapwatch_live::kernel::kallsyms::Kallsyms;
 
-use crate::{line, stats};
+use crate::stats::{line, stats};
 
 /// What runs alongside the storm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

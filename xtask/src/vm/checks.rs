@@ -1,0 +1,670 @@
+//! Ground truth: the guest's serial output read back (its `RMW-...`
+//! markers) and each cell checked against what the VM measured: the probe
+//! modes, live objects against a fresh walk, the slab counters, the
+//! workload's exact per-process counts, the hooks against their call sites,
+//! the recording replayed on the host, the refusals a phone can produce,
+//! and the host phase's cells.
+use std::{fmt::Write as _, path::Path, process::Command};
+
+use rmapwatch_engine::report::{ProcessReport, Report};
+
+use super::{
+    Cell,
+    guest::{F, K, STORM, fixture_files},
+};
+
+/// The guest's `uname -r` and `uname -m` (its `RMW-KERNEL` line): the
+/// cells' kernel column.
+#[must_use]
+pub fn kernel(log: &str) -> Option<&str> {
+    log.lines().find_map(|l| l.split("RMW-KERNEL ").nth(1))
+}
+
+/// One cell per probe mode of a boot (`label` appended to each mode),
+/// each checked against the guest's ground truth (its `RMW-MODE` line),
+/// with the mode's fork storm.
+///
+/// # Errors
+/// A mode's report does not parse: the boot fails, not one cell.
+pub fn modes(log: &str, kernel: &str, modes: &[&str], label: &str) -> anyhow::Result<Vec<Cell>> {
+    let mut cells = Vec::new();
+    for &mode in modes {
+        let meta = log
+            .lines()
+            .find_map(|l| l.split(&format!("RMW-MODE {mode} ")).nth(1))
+            .unwrap_or("");
+        let errs: Vec<&str> = section(log, mode, "RMW-ERR ");
+        let json: Vec<Report> = section(log, mode, "RMW-JSON ")
+            .into_iter()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .map_err(|e| format!("a report that does not parse ({e}): {l}"))
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("{mode}: {e}"))?;
+        let hold_lines = log
+            .lines()
+            .find_map(|l| l.split(&format!("RMW-HOLD {mode} ")).nth(1))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        let pre_lines = log
+            .lines()
+            .find_map(|l| l.split(&format!("RMW-PRE {mode} ")).nth(1))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        let (result, mut detail) = check(mode, meta, pre_lines, hold_lines, &errs, &json);
+        if result.is_ok() {
+            detail.push_str(&storm_detail(log, mode, json.last()));
+        }
+        cells.push(Cell {
+            kernel: kernel.to_owned(),
+            mode: format!("{mode}{label}"),
+            result,
+            detail,
+        });
+    }
+    Ok(cells)
+}
+
+/// The report's process `pid`.
+fn find(r: &Report, pid: u64) -> Option<&ProcessReport> {
+    r.processes.iter().find(|p| u64::from(p.pid) == pid)
+}
+
+/// The report's block of an object kind.
+fn object<'a>(
+    r: &'a Report,
+    name: &str,
+) -> Result<&'a rmapwatch_engine::report::ObjectReport, String> {
+    r.objects.get(name).ok_or(format!("no {name} block"))
+}
+
+/// Checks one mode's output against the VM's ground truth.
+pub fn check(
+    mode: &str,
+    meta: &str,
+    pre_lines: usize,
+    hold_lines: usize,
+    errs: &[&str],
+    json: &[Report],
+) -> (Result<(), String>, String) {
+    let field = |k: &str| -> i64 {
+        meta.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1)
+    };
+    let mut detail = String::new();
+    let r = (|| -> Result<(), String> {
+        if field("rc") != 0 {
+            // A forced mode this kernel refuses must say so in one line
+            // (arm64 6.1 has no BPF trampoline: fentry attach is ENOTSUPP).
+            let refused =
+                format!("--probe-mode {mode} was forced but this kernel accepts no such hook");
+            if let Some(e) = errs.iter().find(|e| e.contains(&refused)) {
+                let _ = write!(
+                    detail,
+                    "kernel cannot: {}",
+                    e.trim_start_matches("rmapwatch: error: ")
+                );
+                return Ok(());
+            }
+            return Err(format!(
+                "rmapwatch exited {}: {}",
+                field("rc"),
+                errs.join(" | ")
+            ));
+        }
+        let last = json.last().ok_or("no final report")?;
+        // Interim reports from quiet moments: a report is built from the
+        // event stream drained so far and a fresh walk; if a process forks
+        // while that happens (the init shell runs `wc` at the markers), the
+        // walk sees objects whose events are still in the ring (seen on
+        // arm64 6.12: drift 4). A report is quiet when the one before and
+        // the one after it counted the same: nothing was in flight.
+        // The per-page rmap hooks count every fault, rmapwatch's own too
+        // (its walk's tables are mapped and unmapped each time): they are
+        // not anon_vma traffic, and left out.
+        let anon_hooks = |r: &Report| {
+            r.hooks
+                .iter()
+                .filter(|(name, _)| !name.starts_with("folio_"))
+                .map(|(name, h)| (name.clone(), h.calls))
+                .collect::<Vec<_>>()
+        };
+        let same =
+            |a: &Report, b: &Report| anon_hooks(a) == anon_hooks(b) && a.objects == b.objects;
+        let quiet_before = |lines: usize, what: &str| -> Result<&Report, String> {
+            let upto = lines.min(json.len());
+            (1..upto)
+                .rev()
+                .find(|&i| {
+                    same(&json[i], &json[i - 1])
+                        && json.get(i + 1).is_none_or(|n| same(n, &json[i]))
+                })
+                .or_else(|| upto.checked_sub(1))
+                .map(|i| &json[i])
+                .ok_or(format!("no interim report {what}"))
+        };
+        // At the hold point (the workload's children exist and have written).
+        let hold = quiet_before(hold_lines, "at the hold point")?;
+        // Before the workload: the hooks and the slab tracepoints are
+        // compared over [pre, hold], where both were attached (under TCG the
+        // hooks attach seconds after the tracepoints).
+        let pre = quiet_before(pre_lines, "before the workload")?;
+        // 1. probe modes
+        if last.probes.is_empty() {
+            return Err("no probes".into());
+        }
+        for (hook, m) in &last.probes {
+            let m = m.as_str();
+            let slab = !hook.starts_with("folio_");
+            let want = match mode {
+                "tracepoint" if slab => "tracepoint",
+                "tracepoint" => "unavailable",
+                // Auto takes fentry where the kernel allows it, else kprobe.
+                "auto" if m == "kprobe" => "kprobe",
+                "auto" => "fentry",
+                m => m,
+            };
+            // A function this kernel does not have (6.1 has no
+            // folio_add_anon_rmap_pmd) is reported as such, not hooked.
+            let absent = last.hooks.get(hook).is_some_and(|h| {
+                h.fallbacks
+                    .iter()
+                    .any(|x| x.ends_with("not in this kernel"))
+            });
+            if absent {
+                let _ = write!(detail, "{hook} absent from this kernel; ");
+                continue;
+            }
+            if m != want {
+                return Err(format!("{hook} is {m}, not {want}: {}", errs.join(" | ")));
+            }
+        }
+        // 2. At the hold point, the event-maintained live objects equal a
+        //    fresh iterator walk exactly (drift 0), and the anon_vma slab
+        //    counter agrees with what SLUB can hide: `objects` counts the
+        //    free slots of the per-CPU slabs (and per-CPU partial slabs) as
+        //    in use, and on 6.1 and 6.12 a shrink does not empty those (on
+        //    6.18 it does: `cpu_slabs` is then 0 and the check is exact). So
+        //    in use is in [objects - cpu_slabs * objs_per_slab, objects] at
+        //    both points, and the true delta in [D - slack1, D + slack0].
+        // Objects whose lives straddled the attach were mis-charged now and
+        // then (an exited process kept 2-7 objects, or one moved between
+        // processes) until fork's end was attached before the allocations
+        // and what was reported while attaching was applied before seeding.
+        let model = |r: &Report, what: &str| r.model.clone().ok_or(format!("no walk {what}"));
+        let drift = model(hold, "at the hold point")?.drift;
+        if drift.anon_vma != 0 || drift.anon_vma_chain != 0 {
+            return Err(format!(
+                "events vs a fresh walk at the hold point: drift {drift:?} (before the workload {:?})",
+                model(pre, "before the workload")?.drift
+            ));
+        }
+        for &pid in &workload_pids(meta)? {
+            let p = find(hold, pid)
+                .ok_or(format!("workload process {pid} missing at the hold point"))?;
+            if Some(p.live) != p.snapshot {
+                return Err(format!(
+                    "workload process {pid}: events {:?} vs fresh walk {:?}",
+                    p.live, p.snapshot
+                ));
+            }
+        }
+        let av = object(hold, "anon_vma")?;
+        let net = av.allocs.cast_signed() - av.frees.cast_signed();
+        let slab = field("s1") - field("s0");
+        // 7.x's sheaves (per-CPU arrays of objects, a main and a spare per
+        // CPU, `sheaf_capacity` each) hold free objects that `objects`
+        // counts as in use, and a shrink does not empty them.
+        let sheaves = |cap: i64| cap.max(0) * 2 * field("cpus").max(1);
+        let (slack0, slack1) = (
+            field("c0") * field("ops") + sheaves(field("sheaf")),
+            field("c1") * field("ops") + sheaves(field("sheaf")),
+        );
+        let live = hold.live.anon_vma.objects;
+        let _ = write!(
+            detail,
+            "live anon_vma {live}, AVC {} vs a fresh walk (workload processes exact); anon_vma net {net}, slab delta {slab} \
+             (per-CPU slab slots{} {slack0} / {slack1})",
+            hold.live.anon_vma_chain.objects,
+            if field("sheaf") > 0 {
+                " and sheaves"
+            } else {
+                ""
+            }
+        );
+        if slack0 < 0 || slack1 < 0 || !(slab - slack1..=slab + slack0).contains(&net) {
+            return Err(format!(
+                "anon_vma: rmapwatch net {net}, slab delta {slab}, per-CPU slab slots {slack0} / {slack1}"
+            ));
+        }
+        // With slab_nomerge the AVC cache is its own, and checked the same way.
+        if field("a0") >= 0 && field("a1") >= 0 {
+            let avc = object(hold, "anon_vma_chain")?;
+            let net = avc.allocs.cast_signed() - avc.frees.cast_signed();
+            let slab = field("a1") - field("a0");
+            let (slack0, slack1) = (
+                field("ac0") * field("aops") + sheaves(field("asheaf")),
+                field("ac1") * field("aops") + sheaves(field("asheaf")),
+            );
+            let _ = write!(
+                detail,
+                "; unmerged AVC cache: net {net}, slab delta {slab} (per-CPU slab slots {slack0} / {slack1})"
+            );
+            if slack0 < 0 || slack1 < 0 || !(slab - slack1..=slab + slack0).contains(&net) {
+                return Err(format!(
+                    "AVC (unmerged cache): rmapwatch net {net}, slab delta {slab}, per-CPU slab slots {slack0} / {slack1}"
+                ));
+            }
+        }
+        // 3. per process: every child A anon_vmas and 2A AVCs, A >= K
+        let kids: Vec<&ProcessReport> = last
+            .processes
+            .iter()
+            .filter(|p| p.comm == "rmw-workload")
+            .filter(|p| {
+                p.ppid.is_some_and(|ppid| {
+                    last.processes
+                        .iter()
+                        .any(|q| q.pid == ppid && q.comm == "rmw-workload")
+                })
+            })
+            .collect();
+        if kids.len() as u64 != F {
+            return Err(format!(
+                "{} workload children in the report, expected {F}",
+                kids.len()
+            ));
+        }
+        let a = kids[0].anon_vma.allocs;
+        for k in &kids {
+            if k.anon_vma.allocs != a || k.anon_vma_chain.allocs != 2 * a || a < K {
+                return Err(format!("child counts differ from A={a}, 2A AVCs: {k:?}"));
+            }
+        }
+        let _ = write!(detail, "; {F} children x {a} anon_vma / {} AVC", 2 * a);
+        // 4. function hooks against the slab call sites, and the rmap pages
+        if mode != "tracepoint" {
+            let delta = |f: &dyn Fn(&Report) -> u64| f(hold).saturating_sub(f(pre));
+            // A hook this mode attached has counted calls; an absent site
+            // has no events (the JSON leaves empty sites out).
+            let calls =
+                |h: &str| delta(&|j: &Report| j.hooks.get(h).and_then(|x| x.calls).unwrap_or(0));
+            let site = |s: &str| {
+                delta(&|j: &Report| {
+                    j.objects
+                        .get("anon_vma_chain")
+                        .and_then(|o| o.allocs_by_site.get(s).copied())
+                        .unwrap_or(0)
+                })
+            };
+            let prepare_avcs = site("__anon_vma_prepare");
+            if calls("__anon_vma_prepare") != prepare_avcs {
+                return Err(format!(
+                    "__anon_vma_prepare calls {} != AVCs allocated there {prepare_avcs}",
+                    calls("__anon_vma_prepare")
+                ));
+            }
+            let fork_avcs = site("anon_vma_fork");
+            if calls("anon_vma_fork") < fork_avcs || calls("anon_vma_fork") < F * a {
+                return Err(format!(
+                    "anon_vma_fork calls {} < {fork_avcs} / {}",
+                    calls("anon_vma_fork"),
+                    F * a
+                ));
+            }
+            if hold.rmap.is_none() {
+                return Err("no rmap counters with function hooks".into());
+            }
+            let folios = delta(&|j: &Report| j.rmap.as_ref().map_or(0, |r| r.new_anon_folios));
+            if folios < K * (1 + F) {
+                return Err(format!(
+                    "new anon folios {folios} < the workload's {} touched pages",
+                    K * (1 + F)
+                ));
+            }
+            // Per VMA, exactly: the parent and each child mapped one new
+            // anonymous folio per region page (first touch, then
+            // copy-on-write), whatever else they faulted elsewhere.
+            let per_process = region_folios(meta, hold)?;
+            if per_process.len() as u64 != 1 + F || per_process.iter().any(|&(_, n)| n != K) {
+                return Err(format!(
+                    "new anon folios in the {K} region VMAs per process (parent first): {per_process:?}"
+                ));
+            }
+            let _ = write!(
+                detail,
+                "; prepare calls {} = AVCs there; fork calls {}; new anon folios {folios}, \
+                 in the regions exactly {K} for the parent and each of {F} children",
+                calls("__anon_vma_prepare"),
+                calls("anon_vma_fork"),
+            );
+        }
+        if field("left") != 0 {
+            return Err(format!(
+                "{} rmapwatch programs still loaded after exit",
+                field("left")
+            ));
+        }
+        let _ = write!(detail, "; nothing loaded after exit");
+        if last.dropped_events != Some(0) {
+            return Err(format!("dropped events: {:?}", last.dropped_events));
+        }
+        match &last.inlined {
+            Some(i) if i.anon_vma_allocs == 0 => {
+                let _ = write!(detail, "; inlining detector 0");
+            }
+            other => return Err(format!("inlining detector: {other:?}")),
+        }
+        let _ = write!(detail, "; {}", last.slab.line());
+        if last.model.is_none() {
+            return Err("no snapshot in the VM".into());
+        }
+        Ok(())
+    })();
+    (r, detail)
+}
+
+/// The host phase's cells, failed with the guest's `RMW-NET` lines where
+/// they fail, and a `host phase` cell when the phase never ran or did not
+/// release the guest.
+pub fn host_phase_cells(log: &str, kernel: &str, phase: Option<Vec<Cell>>) -> Vec<Cell> {
+    let net: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("RMW-NET "))
+        .collect();
+    let said = if net.is_empty() {
+        String::new()
+    } else {
+        format!(" (the guest: {})", net.join("; "))
+    };
+    let failed = |why: String| Cell {
+        kernel: kernel.to_owned(),
+        mode: "host phase".to_owned(),
+        result: Err(format!("{why}{said}")),
+        detail: String::new(),
+    };
+    let Some(mut cells) = phase else {
+        return vec![failed("the guest never printed RMW-NET-READY".to_owned())];
+    };
+    for c in &mut cells {
+        if let Err(e) = &mut c.result {
+            e.push_str(&said);
+        }
+    }
+    let released = log
+        .lines()
+        .find_map(|l| l.strip_prefix("RMW-NET-RELEASED "))
+        .unwrap_or("(no RMW-NET-RELEASED line)");
+    if released.trim() != "rc=0" {
+        cells.push(failed(format!(
+            "the host did not release the guest: {released}"
+        )));
+    }
+    cells
+}
+
+/// The refusals a phone can produce, tried in the guest: each one line
+/// with its remedy and exit code 3, or handled (and said) where rmapwatch
+/// can handle it.
+pub fn refusals(log: &str, kernel: &str) -> Cell {
+    let line = |what: &str| {
+        log.lines()
+            .find_map(|l| l.strip_prefix(&format!("RMW-REFUSE {what} ")))
+            .unwrap_or("")
+    };
+    let rc = |l: &str| {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix("rc="))
+            .unwrap_or("?")
+            .to_owned()
+    };
+    let mut detail = Vec::new();
+    let result = (|| -> Result<(), String> {
+        let l = line("nobtf");
+        if rc(l) != "3" || !l.contains("--btf") {
+            return Err(format!("no BTF: {l}"));
+        }
+        detail.push("no BTF: exit 3, says --btf".to_owned());
+        let l = line("btf-file");
+        if rc(l) != "0" || !l.contains("reports=1") {
+            return Err(format!("--btf FILE: {l}"));
+        }
+        detail.push("--btf FILE: runs".to_owned());
+        let l = line("kptr");
+        if rc(l) != "0" || !l.contains("after=2") || !l.contains("lowered to 1") {
+            return Err(format!("kptr_restrict 2: {l}"));
+        }
+        detail.push("kptr_restrict 2: lowered to 1 for the read, set back, said".to_owned());
+        let l = line("memlock");
+        if rc(l) != "0" || !l.contains("raised RLIMIT_MEMLOCK from 64 KiB") {
+            return Err(format!("memlock 64 KiB: {l}"));
+        }
+        detail.push("RLIMIT_MEMLOCK 64 KiB: raised, said".to_owned());
+        let l = line("lockdown");
+        if rc(l) != "3" || !l.contains("confidentiality") {
+            return Err(format!("lockdown=confidentiality: {l}"));
+        }
+        detail.push("lockdown confidentiality: exit 3, one line".to_owned());
+        Ok(())
+    })();
+    Cell {
+        kernel: kernel.to_owned(),
+        mode: "refusals".to_owned(),
+        result,
+        detail: detail.join("; "),
+    }
+}
+
+/// Decodes standard base64 (as busybox writes it: lines of 76).
+fn base64(text: &str) -> Result<Vec<u8>, String> {
+    let val = |c: u8| -> Result<u32, String> {
+        Ok(match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return Err(format!("not base64: {:?}", char::from(c))),
+        })
+    };
+    let clean: Vec<u8> = text
+        .bytes()
+        .filter(|b| !b.is_ascii_whitespace() && *b != b'=')
+        .collect();
+    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
+    for chunk in clean.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= val(c)? << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Ok(out)
+}
+
+/// The guest's recording: kept next to the serial log, replayed by the
+/// host's rmapwatch (x86_64: another architecture for arm64 guests) to the
+/// report the guest's recorder printed; and the committed fixtures
+/// replayed in the guest to theirs.
+pub fn recording(log: &str, kernel: &str, initrd: &Path, host_bin: &Path) -> Cell {
+    let mut detail = String::new();
+    let result = (|| -> Result<(), String> {
+        let meta = log
+            .lines()
+            .find_map(|l| l.strip_prefix("RMW-REC "))
+            .ok_or("no recording in the guest")?;
+        let errs: Vec<&str> = log
+            .lines()
+            .filter_map(|l| l.strip_prefix("RMW-REC-ERR "))
+            .collect();
+        if !meta.starts_with("rc=0") {
+            return Err(format!(
+                "the guest's recorder failed: {meta}: {}",
+                errs.join(" | ")
+            ));
+        }
+        let printed: String = log
+            .lines()
+            .filter_map(|l| l.strip_prefix("RMW-REC-JSON "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let b64: String = log
+            .split("RMW-REC-B64-START\n")
+            .nth(1)
+            .and_then(|r| r.split("RMW-REC-B64-END").next())
+            .ok_or("no recording bytes in the serial log")?
+            .to_owned();
+        let bytes = base64(&b64)?;
+        // Kernel releases have dots: extensions are appended, not replaced.
+        let file = |ext: &str| initrd.with_file_name(format!("{}.{ext}", recording_name(kernel)));
+        let rmw = file("rmw");
+        std::fs::write(&rmw, &bytes).map_err(|e| e.to_string())?;
+        std::fs::write(file("json"), &printed).map_err(|e| e.to_string())?;
+        let ready: String = meta
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace(" ready", "\nready");
+        std::fs::write(file("meta"), format!("{ready}\n")).map_err(|e| e.to_string())?;
+        let out = Command::new(host_bin)
+            .args(["report", "--from"])
+            .arg(&rmw)
+            .arg("--json")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "the host could not replay the guest's recording: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        if out.stdout != printed.as_bytes() {
+            return Err(
+                "the host's replay of the guest's recording differs from what the guest printed"
+                    .into(),
+            );
+        }
+        let r: Report =
+            serde_json::from_str(&printed).map_err(|e| format!("the guest's report: {e}"))?;
+        let _ = write!(
+            detail,
+            "recorded here ({} KiB, {} events, {} walks), replayed on the host: the same report",
+            bytes.len() / 1024,
+            r.events,
+            r.model.as_ref().map_or(0, |m| m.snapshot.stats.taken)
+        );
+        // The fixtures, replayed in the guest.
+        let mut replayed = Vec::new();
+        for line in log.lines().filter_map(|l| l.strip_prefix("RMW-REPLAY ")) {
+            let (name, json) = line.split_once(' ').ok_or("a bad replay line")?;
+            let want = fixture_files()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|f| f.file_name().is_some_and(|n| n == name))
+                .ok_or(format!("no fixture {name}"))?
+                .with_extension("json");
+            let want = std::fs::read_to_string(&want).map_err(|e| e.to_string())?;
+            if json.trim_end() != want.trim_end() {
+                return Err(format!(
+                    "fixture {name} replayed in the guest: another report: {}",
+                    &json[..json.len().min(300)]
+                ));
+            }
+            replayed.push(name.to_owned());
+        }
+        if replayed.is_empty() {
+            return Err("no fixture replayed in the guest".into());
+        }
+        let _ = write!(detail, "; fixtures replayed here: {}", replayed.join(", "));
+        Ok(())
+    })();
+    Cell {
+        kernel: kernel.to_owned(),
+        mode: "record/replay".to_owned(),
+        result,
+        detail,
+    }
+}
+
+/// The name (without extension) of a guest's recording next to its
+/// serial log.
+#[must_use]
+pub fn recording_name(kernel: &str) -> String {
+    format!("rec-{}", kernel.replace(' ', "-"))
+}
+
+/// The workload's pids (parent first) from its `ready PARENT CHILD...` line.
+fn workload_pids(meta: &str) -> Result<Vec<u64>, String> {
+    let mut words = meta.split_whitespace().skip_while(|w| *w != "ready");
+    words.next().ok_or("no ready line from the workload")?;
+    Ok(words.map_while(|p| p.parse().ok()).collect())
+}
+
+/// From the workload's `regions START END ready PARENT CHILD...` and a
+/// report: per workload process (parent first), the new anonymous folios
+/// counted in VMAs that start inside the regions.
+fn region_folios(meta: &str, report: &Report) -> Result<Vec<(u64, u64)>, String> {
+    let words: Vec<&str> = meta.split_whitespace().collect();
+    let after = |w: &str| words.iter().position(|x| *x == w).map(|i| &words[i + 1..]);
+    let hex = |s: &&str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+    let r = after("regions").ok_or("no regions line from the workload")?;
+    let (Some(start), Some(end)) = (r.first().and_then(hex), r.get(1).and_then(hex)) else {
+        return Err(format!("bad regions line: {meta}"));
+    };
+    let pids = workload_pids(meta)?;
+    pids.iter()
+        .map(|&pid| {
+            let p = find(report, pid)
+                .ok_or(format!("workload process {pid} missing from the report"))?;
+            let by_vma = &p
+                .rmap
+                .as_ref()
+                .ok_or(format!("no per-VMA rmap counts for {pid}"))?
+                .by_vma;
+            let n = by_vma
+                .iter()
+                .filter(|(k, _)| hex(&k.as_str()).is_some_and(|a| (start..end).contains(&a)))
+                .map(|(_, v)| *v)
+                .sum();
+            Ok((pid, n))
+        })
+        .collect()
+}
+
+/// The fork storm timed in this mode, untraced and traced (reported, not
+/// checked: TCG wall time says little), with rmapwatch's cost per event.
+fn storm_detail(log: &str, mode: &str, last: Option<&Report>) -> String {
+    let secs = |phase: &str| -> Option<f64> {
+        let l = log
+            .lines()
+            .find_map(|l| l.split(&format!("RMW-STORM {mode} {phase} ")).nth(1))?;
+        // "storm 200 forks 1.234 s"
+        l.split_whitespace().nth(3)?.parse().ok()
+    };
+    let (Some(base), Some(traced)) = (secs("base"), secs("traced")) else {
+        return String::new();
+    };
+    let ns = last
+        .and_then(|j| j.cost.as_ref()?.ns_per_event)
+        .map_or_else(String::new, |n| format!(", {n:.0} ns/event (bpf_stats)"));
+    format!(
+        "; fork storm ({STORM} forks): untraced {base:.2} s, traced {traced:.2} s ({:+.1}%){ns}",
+        (traced / base - 1.0) * 100.0
+    )
+}
+
+/// Lines with `prefix` between this mode's RMW-MODE line and the next one.
+fn section<'a>(log: &'a str, mode: &str, prefix: &str) -> Vec<&'a str> {
+    let start = log.find(&format!("RMW-MODE {mode} ")).unwrap_or(log.len());
+    let rest = &log[start..];
+    let end = rest[1..].find("RMW-MODE ").map_or(rest.len(), |e| e + 1);
+    rest[..end]
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .collect()
+}

@@ -1,0 +1,161 @@
+#!/bin/sh
+# The matrix guest's /init (busybox sh): for each probe mode, attach, take
+# the anon_vma slab count, run the workload to its hold point, take the
+# count again, let interim reports come, release, stop, and print
+# everything between RMW-... markers, which the host's checks parse
+# (xtask/src/vm/checks.rs). Its parameters come from /etc/rmw.conf, written
+# by xtask/src/vm/guest.rs: RMW_MODES (the default probe modes), RMW_KSYMS
+# (the kallsyms fixtures' symbols, an awk alternation), RMW_K, RMW_F and
+# RMW_STORM (regions, children, storm forks), RMW_WORKLOAD (the recording's
+# workload arguments) and RMW_HOST_PHASE_SECS.
+# shellcheck source=/dev/null # written into the initramfs by xtask
+. /etc/rmw.conf
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mount -t tracefs nodev /sys/kernel/tracing; mount -t bpf bpf /sys/fs/bpf
+slab() { echo 1 > /sys/kernel/slab/anon_vma/shrink; cut -d' ' -f1 /sys/kernel/slab/anon_vma/objects; }
+cpuslabs() { cut -d' ' -f1 /sys/kernel/slab/anon_vma/cpu_slabs; }
+# With slab_nomerge (the GKI-like boot) the AVC cache is its own: counted too.
+avcslab() { [ -L /sys/kernel/slab/anon_vma_chain ] && { echo -1; return; }; echo 1 > /sys/kernel/slab/anon_vma_chain/shrink; cut -d' ' -f1 /sys/kernel/slab/anon_vma_chain/objects; }
+avccpu() { [ -L /sys/kernel/slab/anon_vma_chain ] && { echo -1; return; }; cut -d' ' -f1 /sys/kernel/slab/anon_vma_chain/cpu_slabs; }
+echo "RMW-KERNEL $(uname -r) $(uname -m)"
+# The kallsyms lines rmapwatch reads (and each one's successor, which ends
+# its range): the unit tests' fixtures.
+echo RMW-KSYMS-START
+# [.] rather than \. : awk -v would read the backslash as an escape.
+awk -v re="^($RMW_KSYMS)([.].*)?\$" 'p{print;p=0} $3 ~ re {print;p=1}' /proc/kallsyms
+echo RMW-KSYMS-END
+# Refusals a phone can produce (rmw.refusals=1): the last thing a guest
+# does, as the lockdown it ends with cannot be lifted.
+refusals() {
+  grep -q 'rmw\.refusals=1' /proc/cmdline || return 0
+  cp /sys/kernel/btf/vmlinux /tmp/vmlinux.btf
+  mount -t tmpfs none /sys/kernel/btf
+  rmapwatch report --duration 1 > /dev/null 2>/tmp/e; echo "RMW-REFUSE nobtf rc=$? $(grep error /tmp/e | head -1)"
+  rmapwatch --btf /tmp/vmlinux.btf report --duration 1 --json > /tmp/j 2>/tmp/e; echo "RMW-REFUSE btf-file rc=$? reports=$(grep -c schema /tmp/j)"
+  umount /sys/kernel/btf
+  K=$(cat /proc/sys/kernel/kptr_restrict)
+  echo 2 > /proc/sys/kernel/kptr_restrict
+  rmapwatch report --duration 1 > /dev/null 2>/tmp/e; echo "RMW-REFUSE kptr rc=$? after=$(cat /proc/sys/kernel/kptr_restrict) $(grep kptr_restrict /tmp/e | head -1)"
+  echo "$K" > /proc/sys/kernel/kptr_restrict
+  # shellcheck disable=SC3045 # busybox sh has ulimit -l (POSIX leaves it undefined)
+  (ulimit -l 64; rmapwatch report --duration 1 > /dev/null 2>/tmp/e; echo "RMW-REFUSE memlock rc=$? $(grep -i memlock /tmp/e | head -1)")
+  mount -t securityfs none /sys/kernel/security 2>/dev/null
+  echo confidentiality > /sys/kernel/security/lockdown
+  rmapwatch report --duration 1 > /dev/null 2>/tmp/e; echo "RMW-REFUSE lockdown rc=$? $(grep error /tmp/e | head -1)"
+}
+# rmw.net=1: a virtio-net NIC on QEMU's user network. Its modules (the host
+# puts this kernel's in /lib/modules/RELEASE, net.list in load order), then
+# QEMU's user-net defaults. Done late (in the host phase): nothing measured
+# before sees a NIC driver.
+net_up() {
+  D=/lib/modules/$(uname -r)
+  [ -f "$D/net.list" ] || { echo "RMW-NET no modules for $(uname -r)"; return 1; }
+  while read -r m; do insmod "$D/$m" 2>/tmp/e || echo "RMW-NET insmod $m failed: $(cat /tmp/e)"; done < "$D/net.list"
+  i=0
+  while [ ! -e /sys/class/net/eth0 ]; do sleep 0.2; i=$((i+1)); [ $i -gt 100 ] && { echo "RMW-NET no eth0"; return 1; }; done
+  ip link set lo up
+  ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 || echo "RMW-NET ip failed"
+}
+# Whether a TCP port (4 hex digits) of the guest is listening.
+listening() { cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -q ":$1 [0-9A-F]*:0000 0A"; }
+# The guest's side of the host phase: servers on 5555 (the host reaches it
+# on 127.0.0.1:<HostPhase::port>), started in the background, their pids in
+# PHASE_PIDS (killed after the phase); PHASE_PORTS are waited for (listening)
+# before RMW-NET-READY. Here: the project's ADB device stand-in, a
+# userdebug "phone" whose adbd runs as root, for the host's real adb client.
+adb_phase() {
+  mkdir -p /data/local/tmp
+  printf 'ro.build.type=userdebug\nro.debuggable=1\nro.build.version.sdk=34\nro.product.model=arm64 guest\nro.product.cpu.abi=arm64-v8a\n' > /tmp/adb.props
+  # As Android's init leaves them: kernel addresses hidden, 64 KiB of
+  # locked memory for everything it starts.
+  echo 2 > /proc/sys/kernel/kptr_restrict
+  # shellcheck disable=SC3045 # busybox sh has ulimit -l (POSIX leaves it undefined)
+  (ulimit -l 64; exec rmw-adbd --listen 0.0.0.0:5555 --props /tmp/adb.props --uid 0 > /tmp/adbd.out 2> /tmp/adbd.err) & PHASE_PIDS="$PHASE_PIDS $!"
+  PHASE_PORTS="$PHASE_PORTS 15B3"
+}
+# The host phase (rmw.net=1): NIC up, adb_phase, then RMW-NET-READY on the
+# console; blocked until the host connects to 5556 and closes (at most
+# $RMW_HOST_PHASE_SECS s, so a broken host never hangs the boot).
+host_phase() {
+  grep -q 'rmw\.net=1' /proc/cmdline || return 0
+  net_up
+  PHASE_PIDS=; PHASE_PORTS=15B4
+  timeout "$RMW_HOST_PHASE_SECS" nc -l -p 5556 < /dev/null > /dev/null 2>&1 &
+  N=$!
+  adb_phase
+  for p in $PHASE_PORTS; do
+    i=0
+    while ! listening "$p"; do sleep 0.2; i=$((i+1)); [ $i -gt 300 ] && { echo "RMW-NET port $p not listening"; break; }; done
+  done
+  echo RMW-NET-READY
+  wait "$N"; echo "RMW-NET-RELEASED rc=$?"
+  for p in $PHASE_PIDS; do kill "$p" 2>/dev/null; done
+  [ -e /tmp/adbd.err ] && tail -5 /tmp/adbd.err | sed 's/^/RMW-NET adbd: /'
+}
+# rmw.modes=a,b on the command line picks the modes; rmw.record=0 skips
+# the recording.
+MODES=$(sed -n 's/.*rmw\.modes=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')
+[ -n "$MODES" ] || MODES="$RMW_MODES"
+for mode in $MODES; do
+  rm -f /tmp/r.json /tmp/r.err /tmp/w.out /tmp/hold
+  echo "RMW-STORM $mode base $(rmw-workload --regions "$RMW_K" --noise 0 --storm "$RMW_STORM")"
+  rmapwatch --probe-mode "$mode" report --json --interval 0.5 > /tmp/r.json 2>/tmp/r.err &
+  P=$!
+  i=0
+  while ! grep -q -e attached -e error /tmp/r.err 2>/dev/null; do sleep 0.2; i=$((i+1)); [ $i -gt 600 ] && break; done
+  sleep 2.5
+  echo "RMW-PRE $mode $(wc -l < /tmp/r.json)"
+  S0=$(slab); C0=$(cpuslabs); A0=$(avcslab); AC0=$(avccpu)
+  mkfifo /tmp/hold
+  rmw-workload --regions "$RMW_K" --children "$RMW_F" --noise 20 --hold < /tmp/hold > /tmp/w.out &
+  W=$!
+  exec 3>/tmp/hold
+  while ! grep -q ready /tmp/w.out 2>/dev/null; do sleep 0.1; done
+  S1=$(slab); C1=$(cpuslabs); A1=$(avcslab); AC1=$(avccpu)
+  sleep 3
+  echo "RMW-HOLD $mode $(wc -l < /tmp/r.json)"
+  exec 3>&-
+  wait "$W"
+  echo "RMW-STORM $mode traced $(rmw-workload --regions "$RMW_K" --noise 0 --storm "$RMW_STORM")"
+  sleep 1
+  kill -INT "$P"; wait "$P"; RC=$?
+  sleep 1
+  # JIT-ed programs are in kallsyms as bpf_prog_<tag>_<name> [bpf] while loaded.
+  LEFT=$(grep '\[bpf\]' /proc/kallsyms | grep -c -e kmem_cache -e sched_process -e fork_e -e fentry_ -e kprobe_ -e task_vma)
+  echo "RMW-MODE $mode rc=$RC s0=$S0 s1=$S1 c0=$C0 c1=$C1 ops=$(cat /sys/kernel/slab/anon_vma/objs_per_slab) a0=$A0 a1=$A1 ac0=$AC0 ac1=$AC1 aops=$(cat /sys/kernel/slab/anon_vma_chain/objs_per_slab) sheaf=$(cat /sys/kernel/slab/anon_vma/sheaf_capacity 2>/dev/null || echo 0) asheaf=$(cat /sys/kernel/slab/anon_vma_chain/sheaf_capacity 2>/dev/null || echo 0) cpus=$(grep -c ^processor /proc/cpuinfo) left=$LEFT $(grep -e regions -e ready /tmp/w.out | tr '\n' ' ')"
+  sed 's/^/RMW-ERR /' /tmp/r.err
+  sed 's/^/RMW-JSON /' /tmp/r.json
+done
+if grep -q 'rmw\.record=0' /proc/cmdline; then host_phase; refusals; echo RMW-END; poweroff -f; fi
+# A recording made here, for the host to replay (another architecture on
+# arm64), and the host's fixtures replayed here.
+rm -f /tmp/rec.rmw /tmp/hold2
+rmapwatch record -o /tmp/rec.rmw --json --interval 0.5 > /tmp/rec.json 2>/tmp/rec.err &
+R=$!
+i=0
+while ! grep -q -e attached -e error /tmp/rec.err 2>/dev/null; do sleep 0.2; i=$((i+1)); [ $i -gt 600 ] && break; done
+sleep 0.8
+mkfifo /tmp/hold2
+# shellcheck disable=SC2086 # RMW_WORKLOAD is split into its arguments on purpose
+rmw-workload $RMW_WORKLOAD --hold < /tmp/hold2 > /tmp/w2.out &
+W=$!
+exec 4>/tmp/hold2
+while ! grep -q ready /tmp/w2.out 2>/dev/null; do sleep 0.1; done
+sleep 1.5
+kill -INT "$R"; wait "$R"; RC=$?
+exec 4>&-
+wait "$W"
+echo "RMW-REC rc=$RC $(grep -e regions -e ready /tmp/w2.out | tr '\n' ' ')"
+sed 's/^/RMW-REC-ERR /' /tmp/rec.err
+sed 's/^/RMW-REC-JSON /' /tmp/rec.json
+echo RMW-REC-B64-START
+base64 /tmp/rec.rmw
+echo RMW-REC-B64-END
+for f in /fixtures/*.rmw; do
+  [ -e "$f" ] || continue
+  echo "RMW-REPLAY $(basename "$f") $(rmapwatch report --from "$f" --json 2>/tmp/replay.err | tr '\n' ' ')"
+done
+host_phase
+refusals
+echo RMW-END
+poweroff -f

@@ -1,0 +1,427 @@
+//! The matrix runner: for each architecture, which kernels boot how
+//! (probe modes, recording, refusals, a NIC and a host phase, the GKI-like
+//! boot), QEMU under TCG, the serial console read live so that the host
+//! phase runs while the guest waits, one retry for the two known guest
+//! flukes, and the table of cells.
+use std::{
+    fmt::Write as _,
+    io::{BufRead as _, Read as _},
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+use super::{Arch, Cell, HostPhase, HostPhaseFn, checks, guest, kernels};
+
+/// The series the GKI-like cell boots (slab_nomerge, auto mode): Android's
+/// most common GKI base among Debian's kernels.
+const GKI_SERIES: &str = "6.1";
+
+/// The guest ports of the host phase: its server, and the one the host
+/// connects to (and closes) to release it.
+const GUEST_PORT: u16 = 5555;
+
+const RELEASE_PORT: u16 = 5556;
+
+/// One boot of a kernel: the modes its /init runs, whether it records,
+/// extra kernel arguments, and what its cells' mode column says besides.
+pub struct Boot {
+    /// Probe modes, in order.
+    pub modes: &'static [&'static str],
+    /// Whether the guest records (and replays the fixtures).
+    pub record: bool,
+    /// Extra kernel command line.
+    pub cmdline: &'static str,
+    /// Appended to each cell's mode.
+    pub label: &'static str,
+    /// Whether the guest tries the refusals a phone can produce.
+    pub refusals: bool,
+    /// Whether the guest has a NIC (virtio-net on QEMU's user network, its
+    /// 5555 and 5556 forwarded from free ports of the host's loopback) and
+    /// a host phase: after the recording, its `adb_phase` starts its
+    /// servers, it prints `RMW-NET-READY` and waits; the host runs
+    /// `host_phase`, then releases it.
+    pub net: bool,
+    /// The host's side of the phase (`None`: the guest is released at once).
+    pub host_phase: Option<HostPhaseFn>,
+}
+
+/// The matrix of one architecture. `bins` holds its static binaries;
+/// `host_bin` is the host's rmapwatch (the x86_64 static build), which
+/// replays every guest's recording; `arm_phase` is the host's side of the
+/// arm64 guests' host phase (the caller's: the matrix knows no host phase).
+///
+/// # Errors
+/// A kernel cannot be fetched or booted.
+pub fn matrix(
+    cache_root: &Path,
+    arch: &Arch,
+    bins: &Path,
+    host_bin: &Path,
+    only: &[String],
+    arm_phase: Option<HostPhaseFn>,
+) -> anyhow::Result<Vec<Cell>> {
+    let cache = cache_root.join(arch.deb);
+    std::fs::create_dir_all(&cache)?;
+    let mut cells = Vec::new();
+    let full = Boot {
+        modes: &guest::MODES,
+        record: true,
+        cmdline: "",
+        label: "",
+        refusals: false,
+        net: false,
+        host_phase: None,
+    };
+    // arm64's 5.10 and 6.12 (the phones' kernels the ADB stand-in runs
+    // on) have a NIC and a host phase.
+    let arm_net = arch.name == "aarch64";
+    let full_net = Boot {
+        net: arm_net,
+        host_phase: if arm_net { arm_phase } else { None },
+        ..full
+    };
+    // 5.10 (Android's oldest GKI, maps charged to RLIMIT_MEMLOCK) tries
+    // the refusals too.
+    let full_refusals = Boot {
+        refusals: true,
+        ..full_net
+    };
+    let gki = Boot {
+        modes: &["auto"],
+        record: false,
+        cmdline: " slab_nomerge",
+        label: " (GKI-like: slab_nomerge)",
+        refusals: true,
+        net: false,
+        host_phase: None,
+    };
+    let boots = kernels::SERIES
+        .iter()
+        .map(|s| {
+            (
+                s,
+                match s.label {
+                    "5.10" => &full_refusals,
+                    "6.12" => &full_net,
+                    _ => &full,
+                },
+            )
+        })
+        .chain(
+            kernels::SERIES
+                .iter()
+                .filter(|s| s.label == GKI_SERIES)
+                .map(|s| (s, &gki)),
+        );
+    // Every kernel first: the initramfs carries the NIC's modules of those
+    // booted with one.
+    let mut plan = Vec::new();
+    for (series, boot) in boots {
+        if !only.is_empty() && !only.iter().any(|o| o == series.label) {
+            continue;
+        }
+        plan.push((
+            series,
+            boot,
+            kernels::kernel_image_of(cache_root, arch, series)?,
+        ));
+    }
+    let mut net: Vec<String> = plan
+        .iter()
+        .filter(|(_, b, _)| b.net)
+        .filter_map(|(_, _, v)| kernels::release_of(v))
+        .collect();
+    net.dedup();
+    let initrd = guest::initramfs(&cache, arch, bins, &net)?;
+    for (series, boot, vmlinuz) in plan {
+        eprintln!(
+            "xtask: booting {}{} under {} (TCG)",
+            vmlinuz.display(),
+            boot.cmdline,
+            arch.qemu
+        );
+        let t = std::time::Instant::now();
+        let booted = match run_kernel(cache_root, arch, &vmlinuz, &initrd, host_bin, boot) {
+            Err(e) => match retry_reason(&e) {
+                Some((why, note)) => {
+                    eprintln!("xtask: {e:#}");
+                    eprintln!("xtask: {why}; booting it once more");
+                    run_kernel(cache_root, arch, &vmlinuz, &initrd, host_bin, boot).map(
+                        |mut cells| {
+                            for c in &mut cells {
+                                c.detail.push_str(&format!("; booted twice ({note})"));
+                            }
+                            cells
+                        },
+                    )
+                }
+                None => Err(e),
+            },
+            ok => ok,
+        };
+        // A kernel that does not boot or finish is a failed cell, not the
+        // end of the matrix.
+        match booted {
+            Ok(c) => cells.extend(c),
+            Err(e) => cells.push(Cell {
+                kernel: format!("{} {}", series.label, arch.name),
+                mode: format!("boot{}", boot.label),
+                result: Err(format!("{e:#}")
+                    .lines()
+                    .take(12)
+                    .collect::<Vec<_>>()
+                    .join(" / ")),
+                detail: String::new(),
+            }),
+        }
+        eprintln!("xtask: done in {:.0} s", t.elapsed().as_secs_f64());
+    }
+    Ok(cells)
+}
+
+/// Why a failed boot is booted once more (said, and noted in its rows),
+/// or `None`: a failure of rmapwatch, not of the guest.
+fn retry_reason(e: &anyhow::Error) -> Option<(&'static str, &'static str)> {
+    let e = format!("{e:#}");
+    if e.starts_with(PATCH_RACE) {
+        Some((
+            "the guest kernel hit a breakpoint of its own live code patching after the patch \
+             had completed (on hardware every CPU is synced before the int3 goes; most likely a \
+             stale translation of multi-threaded TCG)",
+            "the first boot: guest int3 oops",
+        ))
+    } else if e.starts_with(NO_BOOT) {
+        Some((
+            "the guest never reached /init",
+            "the first boot never reached /init",
+        ))
+    } else {
+        None
+    }
+}
+
+/// How a boot that died of an `int3` oops starts its error. Seen once (6.12
+/// x86_64, attaching in kprobe mode, RIP in `syscall_exit_to_user_mode_prepare`,
+/// a static branch that enabling a syscall tracepoint patches): the guest
+/// kernel patches live code through a temporary int3, and a vCPU executed
+/// that int3 after the patch had completed, which the kernel's syncing of
+/// every CPU rules out on hardware (most likely a stale translation of
+/// multi-threaded TCG). The kernel is booted once more, and the matrix says
+/// so; a second failure fails it.
+const PATCH_RACE: &str = "guest oops on an int3 of live code patching: ";
+
+/// How a boot that never reached /init starts its error (seen once in 20
+/// boots: 7.3 x86_64 ended after 6 s with no line from the guest, and
+/// booted normally the next time). Booted once more, and said.
+const NO_BOOT: &str = "the VM did not boot to /init: ";
+
+/// Boots one kernel and checks every mode, then the recording made in it
+/// (replayed here by `host_bin`) and the fixtures replayed in it.
+fn run_kernel(
+    cache_root: &Path,
+    arch: &Arch,
+    vmlinuz: &Path,
+    initrd: &Path,
+    host_bin: &Path,
+    boot: &Boot,
+) -> anyhow::Result<Vec<Cell>> {
+    // The host phase's ports: free ones now, forwarded to the guest's.
+    let ports = if boot.net {
+        Some((free_port()?, free_port()?))
+    } else {
+        None
+    };
+    let mut qemu = Command::new("timeout");
+    qemu.args(["900", arch.qemu, "-accel", "tcg"])
+        .args(arch.machine)
+        .args([
+            "-m",
+            "1024",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+            "-kernel",
+        ])
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .arg("-append")
+        .arg(format!(
+            "console={} quiet panic=-1 rmw.modes={}{}{}{}{}",
+            arch.console,
+            boot.modes.join(","),
+            if boot.record { "" } else { " rmw.record=0" },
+            if boot.refusals { " rmw.refusals=1" } else { "" },
+            if boot.net { " rmw.net=1" } else { "" },
+            boot.cmdline
+        ));
+    if let Some((port, release)) = ports {
+        // QEMU's user network (the guest 10.0.2.15, its gateway 10.0.2.2),
+        // reachable from the host's loopback only. No option ROM: the
+        // kernel is booted directly.
+        qemu.args([
+            "-netdev",
+            &format!(
+                "user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:{GUEST_PORT},\
+                 hostfwd=tcp:127.0.0.1:{release}-:{RELEASE_PORT}"
+            ),
+            "-device",
+            "virtio-net-pci,netdev=n0,romfile=",
+        ]);
+    }
+    let mut child = qemu
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running qemu")?;
+    let (stdout, mut stderr) = (
+        child.stdout.take().context("qemu's stdout")?,
+        child.stderr.take().context("qemu's stderr")?,
+    );
+    let errs = std::thread::spawn(move || {
+        let mut e = Vec::new();
+        let _ = stderr.read_to_end(&mut e);
+        e
+    });
+    // The serial console as it comes, line by line, so that the host phase
+    // runs while the guest waits.
+    let (tx, lines) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut r = std::io::BufReader::new(stdout);
+        loop {
+            let mut line = Vec::new();
+            match r.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut raw = Vec::new();
+    let mut phase: Option<Vec<Cell>> = None;
+    for line in lines {
+        raw.extend_from_slice(&line);
+        if let Some((port, release)) = ports
+            && phase.is_none()
+            && String::from_utf8_lossy(&line).contains("RMW-NET-READY")
+        {
+            let so_far = String::from_utf8_lossy(&raw).replace('\r', "");
+            let kernel = checks::kernel(&so_far).unwrap_or("").trim().to_owned();
+            let hp = HostPhase {
+                port,
+                release: kernel.split(' ').next().unwrap_or("").to_owned(),
+                kernel,
+                host_bin: host_bin.to_owned(),
+                cache: cache_root.to_owned(),
+            };
+            eprintln!("xtask: {}: host phase on 127.0.0.1:{port}", hp.kernel);
+            phase = Some(boot.host_phase.map(|f| f(&hp)).unwrap_or_default());
+            if let Err(e) = release_guest(release) {
+                eprintln!("xtask: {}: releasing the guest: {e:#}", hp.kernel);
+            }
+        }
+    }
+    let _ = reader.join();
+    let status = child.wait().context("waiting for qemu")?;
+    let stderr = errs.join().unwrap_or_default();
+    let log = String::from_utf8_lossy(&raw).replace('\r', "");
+    let kernel = checks::kernel(&log).map(str::to_owned).ok_or_else(|| {
+        // Kept whole: an early oops is only useful with all of it.
+        let saved = initrd.with_file_name("serial-noboot.log");
+        let _ = std::fs::write(&saved, &log);
+        anyhow::anyhow!(
+            "{NO_BOOT}qemu {}, its stderr: {}; serial ({}):\n{}",
+            status,
+            String::from_utf8_lossy(&stderr).trim(),
+            saved.display(),
+            tail(&log)
+        )
+    })?;
+    // The whole serial log is kept: a kernel oops in a guest is only
+    // useful with everything before it.
+    let saved = initrd.with_file_name(format!("serial-{}.log", kernel.replace(' ', "-")));
+    let _ = std::fs::write(&saved, &log);
+    if let Some(ksyms) = log
+        .split("RMW-KSYMS-START\n")
+        .nth(1)
+        .and_then(|r| r.split("RMW-KSYMS-END").next())
+    {
+        let _ = std::fs::write(
+            initrd.with_file_name(format!("ksyms-{}.txt", kernel.replace(' ', "-"))),
+            ksyms,
+        );
+    }
+    if !log.contains("RMW-END") {
+        bail!(
+            "{}the VM did not finish (full log: {}):\n{}",
+            if log.contains("Oops: int3") {
+                PATCH_RACE
+            } else {
+                ""
+            },
+            saved.display(),
+            tail(&log)
+        );
+    }
+    let mut cells = checks::modes(&log, &kernel, boot.modes, boot.label)?;
+    if boot.record {
+        cells.push(checks::recording(&log, &kernel, initrd, host_bin));
+    }
+    if boot.refusals {
+        cells.push(checks::refusals(&log, &kernel));
+    }
+    if boot.net {
+        cells.extend(checks::host_phase_cells(&log, &kernel, phase));
+    }
+    Ok(cells)
+}
+
+/// A free port of the host's loopback (bound, read, closed: QEMU binds it
+/// next).
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    Ok(l.local_addr().context("a bound port")?.port())
+}
+
+/// Ends the guest's host phase: connects to its release port (forwarded
+/// from `port`) and closes; the guest's `nc`, its stdin empty, closes its
+/// side at once, so the end of the stream says it was reached.
+fn release_guest(port: u16) -> anyhow::Result<()> {
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port))
+        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+    c.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    c.shutdown(std::net::Shutdown::Write)?;
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest)
+        .with_context(|| format!("waiting for the guest to close 127.0.0.1:{port}"))?;
+    Ok(())
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// The matrix table (what `vm-test --report` writes into docs/kernels.md).
+#[must_use]
+pub fn table(cells: &[Cell]) -> String {
+    let mut s = String::from(
+        "| kernel | arch | mode | result | measured in the VM |\n|---|---|---|---|---|\n",
+    );
+    for c in cells {
+        let (k, arch) = c.kernel.split_once(' ').unwrap_or((&c.kernel, ""));
+        let r = match &c.result {
+            Ok(()) => "pass".to_owned(),
+            Err(e) => format!("FAIL: {e}"),
+        };
+        let _ = writeln!(s, "| {k} | {arch} | {} | {r} | {} |", c.mode, c.detail);
+    }
+    s
+}
