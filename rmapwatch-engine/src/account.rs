@@ -541,7 +541,11 @@ impl Accounting {
         // The kind of a known object is the one it was allocated (or seen)
         // as: kernels whose free tracepoint has no cache pointer (5.10)
         // only give a guess by call site.
-        let owned = self.owners.remove(s.ptr).map(owner_of);
+        let entry = self.owners.remove(s.ptr);
+        // What only the walk in progress saw (its owner, never counted
+        // live): freed during the walk, it is no one's live object to drop.
+        let seen_only = entry.filter(|v| v & bits::PROVISIONAL != 0).map(owner_of);
+        let owned = entry.filter(|v| v & bits::PROVISIONAL == 0).map(owner_of);
         let pending = self.pending.get_mut(&s.tid).and_then(|v| {
             let pos = v.iter().position(|p| p.ptr == s.ptr)?;
             (owned.is_none()).then(|| v.swap_remove(pos))
@@ -552,25 +556,29 @@ impl Accounting {
         let obj = owned
             .map(|(_, o)| o)
             .or(pending.as_ref().map(|p| p.obj))
+            .or(seen_only.map(|(_, o)| o))
             .unwrap_or(s.object) as usize;
         let site_ = s.site as usize;
         let t = &mut self.objects[obj];
         t.flow.frees += 1;
         t.free_by_site[site_] += 1;
         self.touch(s.ptr);
-        match (owned, pending) {
-            (Some((owner, owned_obj)), _) => {
+        match (owned, pending, seen_only) {
+            (Some((owner, owned_obj)), _, _) => {
                 self.process(owner).flows[obj].frees += 1;
                 self.drop_live(owner, owned_obj);
             }
             // An allocation still pending (fork failed after dup_mmap).
-            (None, Some(_)) => {
+            (None, Some(_), _) => {
                 let p = self.process(s.tgid);
                 p.flows[obj].allocs += 1;
                 p.flows[obj].frees += 1;
             }
+            // Older than start-up, seen by the walk in progress: its owner
+            // is known, as for a seeded object.
+            (None, None, Some((owner, _))) => self.process(owner).flows[obj].frees += 1,
             // An object older than start-up.
-            (None, None) => self.objects[obj].frees_of_preexisting += 1,
+            (None, None, None) => self.objects[obj].frees_of_preexisting += 1,
         }
     }
 
@@ -989,6 +997,28 @@ mod tests {
         assert_eq!(a.processes[&10].flows[1].frees, 1);
         assert_eq!(a.objects[AVC as usize].frees_of_preexisting, 0);
         assert_eq!(a.processes[&10].comm, "a");
+    }
+
+    #[test]
+    fn an_object_only_the_walk_saw_and_freed_during_it_is_not_taken_from_its_owner() {
+        // The owner holds one object the events know; the seeding walk sees
+        // another one, older than start-up, which is freed while the walk
+        // runs (an exit, an exec): that free must not take the first one
+        // from the owner's live count.
+        let mut a = Accounting::default();
+        a.apply(&alloc(AV, site::PREPARE, 10, 0x40, false));
+        a.begin_walk(WalkKind::Seed);
+        a.walk_object(0x40, 10, AV);
+        a.walk_object(0x80, 10, AV);
+        a.apply(&free(AV, site::PUT, 10, 0x80));
+        let cmp = a.end_walk().unwrap();
+        assert_eq!(cmp.drift, [0, 0]);
+        assert_eq!(a.processes[&10].live, [1, 0]);
+        assert_eq!(a.live(), [1, 0]);
+        // Charged to the owner the walk saw, as a seeded object's free.
+        assert_eq!(a.objects[AV as usize].frees_of_preexisting, 0);
+        assert_eq!(a.processes[&10].flows[AV as usize].frees, 1);
+        assert_eq!(a.objects[AV as usize].flow.frees, 1);
     }
 
     #[test]
