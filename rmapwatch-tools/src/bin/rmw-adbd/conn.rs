@@ -12,7 +12,10 @@ use std::{
     },
 };
 
-use crate::{Daemon, Mode, lock, log};
+use crate::{
+    daemon::{Daemon, Link, Mode},
+    util::{lock, log, random},
+};
 
 /// Packs a four-letter command into its little-endian wire value.
 const fn cmd(b: &[u8; 4]) -> u32 {
@@ -34,6 +37,8 @@ const CLSE: u32 = cmd(b"CLSE");
 
 /// Protocol version answered in CNXN (the one that may skip checksums).
 const VERSION: u32 = 0x0100_0001;
+/// Features announced in the banner.
+const FEATURES: &str = "shell_v2,cmd,fixed_push_mkdir";
 /// Largest payload this stand-in accepts.
 pub const MAX_PAYLOAD: usize = 256 * 1024;
 /// Largest payload this stand-in reads off the wire (the server may use 1 MiB).
@@ -141,6 +146,15 @@ impl Hangup {
     }
 }
 
+/// A service started on a newly opened stream: it runs in a thread of its
+/// own, with both halves of the stream and the stream's hangup.
+pub type Runner = Box<dyn FnOnce(Inbound, Outbound, Arc<Hangup>) + Send>;
+
+/// The services: a service name's [`Runner`], `None` for one this stand-in
+/// lacks (refused with CLSE). Given to [`serve`] by main.rs: the services
+/// are built on this module's streams, so the transport must not name them.
+pub type Services = fn(&str) -> Option<Runner>;
+
 /// The connection's view of one open stream.
 struct StreamHandle {
     /// Payloads of WRTE packets from the server.
@@ -153,8 +167,6 @@ struct StreamHandle {
 
 /// One TCP connection from an adb server.
 pub struct Conn {
-    /// Registry key of this connection.
-    pub id: u64,
     /// Peer address, for the log.
     peer: String,
     /// The socket, for writing (whole packets under the lock).
@@ -169,6 +181,8 @@ pub struct Conn {
     online: AtomicBool,
     /// Daemon-wide state.
     pub daemon: Arc<Daemon>,
+    /// Resolves OPEN's service names.
+    services: Services,
 }
 
 impl Conn {
@@ -197,20 +211,20 @@ impl Conn {
             d.prop("ro.product.name", "rmw"),
             d.prop("ro.product.model", "rmw-adbd"),
             d.prop("ro.product.device", "rmw"),
-            crate::FEATURES
+            FEATURES
         )
     }
 
     /// Sends a fresh AUTH TOKEN.
     fn send_token(&self) -> io::Result<()> {
         let mut token = [0u8; 20];
-        crate::random(&mut token);
+        random(&mut token);
         self.send(AUTH, AUTH_TOKEN, 0, &token)
     }
 
     /// Opens a stream for `OPEN(remote, service)`.
     fn open(self: &Arc<Self>, remote: u32, service: &str) -> io::Result<()> {
-        let Some(svc) = crate::service::parse(service) else {
+        let Some(run) = (self.services)(service) else {
             log(format_args!(
                 "{}: refused unknown service {service:?}",
                 self.peer
@@ -246,7 +260,7 @@ impl Conn {
             remote,
             ack: ack_rx,
         };
-        std::thread::spawn(move || crate::service::run(svc, inbound, outbound, hangup));
+        std::thread::spawn(move || run(inbound, outbound, hangup));
         Ok(())
     }
 
@@ -316,15 +330,18 @@ impl Conn {
             }
         }
     }
+}
 
+impl Link for Conn {
     /// Cuts the TCP connection (readers and writers see it at once).
-    pub fn drop_now(&self) {
+    fn drop_now(&self) {
         let _ = lock(&self.writer).shutdown(Shutdown::Both);
     }
 }
 
-/// Serves one TCP connection until it ends.
-pub fn serve(daemon: Arc<Daemon>, id: u64, sock: TcpStream) {
+/// Serves one TCP connection until it ends, registered as `id`, running
+/// the streams' services with `services`.
+pub fn serve(daemon: Arc<Daemon>, id: u64, sock: TcpStream, services: Services) {
     let peer = sock
         .peer_addr()
         .map_or_else(|_| "?".to_owned(), |a| a.to_string());
@@ -337,7 +354,6 @@ pub fn serve(daemon: Arc<Daemon>, id: u64, sock: TcpStream) {
     };
     let _ = reader.set_nodelay(true);
     let conn = Arc::new(Conn {
-        id,
         peer: peer.clone(),
         writer: Mutex::new(writer),
         max_payload: AtomicUsize::new(4096),
@@ -345,8 +361,9 @@ pub fn serve(daemon: Arc<Daemon>, id: u64, sock: TcpStream) {
         next_local: AtomicU32::new(1),
         online: AtomicBool::new(false),
         daemon: Arc::clone(&daemon),
+        services,
     });
-    daemon.register(&conn);
+    daemon.register(id, Arc::clone(&conn) as Arc<dyn Link>);
     log(format_args!(
         "{peer}: connected (mode {:?})",
         daemon.opts.mode

@@ -14,474 +14,45 @@
 //! server reconnects within a second, like after a reboot); SIGUSR2 toggles
 //! "unplugged" (drop, and refuse connections until the next SIGUSR2);
 //! SIGTERM/SIGINT exit cleanly, removing what it created.
+//!
+//! The modules form layers, each using only those before it (no import
+//! cycle, which `cargo xtask cycles` checks): `util` (shared helpers),
+//! `tools` (the multi-call personalities), `daemon` (options, state, the
+//! connection registry, signals), `conn` (the transport, which holds the
+//! daemon), `service` (what runs on conn's streams). This file only wires
+//! them together; in particular it hands `conn` the service dispatcher, so
+//! that the transport need not name the services built on top of it.
 mod conn;
+mod daemon;
 mod service;
 mod tools;
+mod util;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
     ffi::OsString,
-    fs,
     io::Write as _,
-    net::{SocketAddr, TcpListener},
-    os::unix::fs::{PermissionsExt, chown},
-    path::{Path, PathBuf},
+    net::TcpListener,
+    path::Path,
     process::ExitCode,
     sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        Arc,
+        atomic::{AtomicU64, Ordering},
     },
 };
 
-/// Uid (and gid) of Android's `shell` user.
-pub const SHELL_UID: u32 = 2000;
-/// Features announced in the banner.
-pub const FEATURES: &str = "shell_v2,cmd,fixed_push_mkdir";
-/// The device's temp directory (the host's own path).
-const DATA_TMP: &str = "/data/local/tmp";
+use util::log;
 
-const USAGE: &str = "usage: rmw-adbd [--listen IP:PORT] [--props FILE] [--state DIR] \
-                     [--mode device|unauthorized|offline|recovery|sideload] [--uid 0|2000] \
-                     [--su|--su-deny] [--exit-on-drop]";
-
-/// What kind of device to pretend to be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// A normal, authorized device.
-    Device,
-    /// Answers CNXN with AUTH tokens and never accepts a key.
-    Unauthorized,
-    /// Accepts TCP and never answers.
-    Offline,
-    /// A device in recovery.
-    Recovery,
-    /// A device in sideload mode.
-    Sideload,
-}
-
-/// Which `su` commands find.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Su {
-    /// None.
-    Absent,
-    /// A working setuid-root su.
-    Allow,
-    /// One that refuses with "Permission denied".
-    Deny,
-}
-
-/// Command-line options.
-pub struct Opts {
-    /// Address to listen on.
-    listen: SocketAddr,
-    /// Property file.
-    props: Option<PathBuf>,
-    /// Parent of the state directory.
-    state: Option<PathBuf>,
-    /// Device kind.
-    pub mode: Mode,
-    /// Starting uid of commands.
-    uid: u32,
-    /// su flavour.
-    su: Su,
-    /// Exit after a SIGUSR1 drop.
-    exit_on_drop: bool,
-}
-
-/// Parses the command line.
-fn parse(args: &[OsString]) -> Result<Opts, String> {
-    let mut o = Opts {
-        listen: SocketAddr::from(([127, 0, 0, 1], 5555)),
-        props: None,
-        state: None,
-        mode: Mode::Device,
-        uid: SHELL_UID,
-        su: Su::Absent,
-        exit_on_drop: false,
-    };
-    let mut it = args.iter().map(|a| a.to_string_lossy().into_owned());
-    while let Some(a) = it.next() {
-        let mut val = |name: &str| {
-            it.next()
-                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
-        };
-        match a.as_str() {
-            "--listen" => {
-                let v = val("--listen")?;
-                o.listen = v
-                    .parse()
-                    .map_err(|_| format!("--listen wants IP:PORT, not {v:?}"))?;
-            }
-            "--props" => o.props = Some(PathBuf::from(val("--props")?)),
-            "--state" => o.state = Some(PathBuf::from(val("--state")?)),
-            "--mode" => {
-                o.mode = match val("--mode")?.as_str() {
-                    "device" => Mode::Device,
-                    "unauthorized" => Mode::Unauthorized,
-                    "offline" => Mode::Offline,
-                    "recovery" => Mode::Recovery,
-                    "sideload" => Mode::Sideload,
-                    m => return Err(format!("unknown --mode {m:?}\n{USAGE}")),
-                }
-            }
-            "--uid" => {
-                o.uid = match val("--uid")?.as_str() {
-                    "0" => 0,
-                    "2000" => SHELL_UID,
-                    u => return Err(format!("--uid is 0 or 2000, not {u:?}")),
-                }
-            }
-            "--su" => o.su = Su::Allow,
-            "--su-deny" => o.su = Su::Deny,
-            "--exit-on-drop" => o.exit_on_drop = true,
-            "-h" | "--help" => return Err(USAGE.to_owned()),
-            _ => return Err(format!("unknown argument {a:?}\n{USAGE}")),
-        }
-    }
-    Ok(o)
-}
-
-/// Locks a mutex, ignoring poisoning (the data stays usable).
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Logs a line to stderr.
-pub fn log(args: std::fmt::Arguments<'_>) {
-    eprintln!("rmw-adbd: {args}");
-}
-
-/// Fills `buf` with random bytes (an AUTH token need not be strong).
-pub fn random(buf: &mut [u8]) {
-    if fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, buf))
-        .is_err()
-    {
-        let mut x = std::process::id() as u64
-            ^ std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
-        for b in buf {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
-    }
-}
-
-/// Daemon-wide state.
-pub struct Daemon {
-    /// Options.
-    pub opts: Opts,
-    /// The fake properties.
-    props: BTreeMap<String, String>,
-    /// Current uid of commands (changed by root:/unroot:).
-    pub uid: AtomicU32,
-    /// Running as root on the host (identity switching possible).
-    pub root_host: bool,
-    /// Directory put first on commands' PATH.
-    pub bin_dir: PathBuf,
-    /// The binary copy that serves sync as the current identity.
-    pub helper: PathBuf,
-    /// Our state directory (removed on exit).
-    state_dir: PathBuf,
-    /// Also remove the state directory's parent (a temp dir we made).
-    remove_parent: bool,
-    /// Directories of /data/local/tmp we created, deepest last.
-    created_data: Vec<PathBuf>,
-    /// Live connections.
-    conns: Mutex<HashMap<u64, Arc<conn::Conn>>>,
-    /// Process groups of running commands.
-    children: Mutex<HashSet<i32>>,
-    /// Unplugged (SIGUSR2): new connections are closed at once.
-    unplugged: AtomicBool,
-}
-
-impl Daemon {
-    /// A property, or `default`.
-    pub fn prop<'a>(&'a self, key: &str, default: &'a str) -> &'a str {
-        self.props.get(key).map_or(default, String::as_str)
-    }
-
-    /// Adds a connection to the registry.
-    pub fn register(&self, c: &Arc<conn::Conn>) {
-        lock(&self.conns).insert(c.id, Arc::clone(c));
-    }
-
-    /// Removes a connection from the registry.
-    pub fn unregister(&self, id: u64) {
-        lock(&self.conns).remove(&id);
-    }
-
-    /// Records a running (or finished) command's process group.
-    pub fn track(&self, pgid: i32, running: bool) {
-        let mut c = lock(&self.children);
-        if running {
-            c.insert(pgid);
-        } else {
-            c.remove(&pgid);
-        }
-    }
-
-    /// Drops every connection.
-    pub fn drop_all(&self, why: &str) {
-        let conns: Vec<_> = lock(&self.conns).values().cloned().collect();
-        log(format_args!(
-            "dropping {} connection(s): {why}",
-            conns.len()
-        ));
-        for c in conns {
-            c.drop_now();
-        }
-    }
-
-    /// Hangs up running commands and removes what we created.
-    fn cleanup(&self) {
-        for &pgid in lock(&self.children).iter() {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(-pgid, libc::SIGHUP) };
-        }
-        let _ = fs::remove_dir_all(&self.state_dir);
-        if self.remove_parent
-            && let Some(p) = self.state_dir.parent()
-        {
-            let _ = fs::remove_dir(p);
-        }
-        for d in self.created_data.iter().rev() {
-            if fs::remove_dir(d).is_err() {
-                log(format_args!("left {} in place (not empty)", d.display()));
-                break;
-            }
-        }
-    }
-}
-
-/// Whether the filesystem holding `p` is mounted nosuid.
-fn nosuid(p: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
-        return true;
-    };
-    // SAFETY: c is NUL-terminated and st is a plain out-parameter.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        libc::statvfs(c.as_ptr(), &mut st) == 0 && st.f_flag & libc::ST_NOSUID != 0
-    }
-}
-
-/// Creates the state directory; returns it and whether its parent is ours.
-fn make_state(opts: &Opts) -> Result<(PathBuf, bool), String> {
-    let tag = format!("rmw-adbd.{}", std::process::id());
-    if let Some(base) = &opts.state {
-        fs::create_dir_all(base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
-        if opts.su == Su::Allow && nosuid(base) {
-            return Err(format!(
-                "--state {} is on a nosuid filesystem: su could not be setuid; choose another --state",
-                base.display()
-            ));
-        }
-        let dir = base.join(tag);
-        fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        return Ok((dir, false));
-    }
-    let mut bases = vec![
-        std::env::temp_dir(),
-        PathBuf::from("/var/tmp"),
-        PathBuf::from("/run"),
-    ];
-    bases.dedup();
-    for base in bases {
-        if opts.su == Su::Allow && nosuid(&base) {
-            continue;
-        }
-        let mut rnd = [0u8; 6];
-        random(&mut rnd);
-        let suffix: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
-        let parent = base.join(format!("{tag}.{suffix}"));
-        if fs::create_dir(&parent).is_ok() {
-            let _ = fs::set_permissions(&parent, fs::Permissions::from_mode(0o755));
-            let dir = parent.join("state");
-            fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            return Ok((dir, true));
-        }
-    }
-    Err("no temp directory without nosuid to hold the state (use --state)".to_owned())
-}
-
-/// Sets up the state directory, the fake bin directory and /data/local/tmp.
-fn setup(opts: Opts) -> Result<Daemon, String> {
-    // SAFETY: geteuid cannot fail.
-    let root_host = unsafe { libc::geteuid() } == 0;
-    if !root_host && (opts.uid != 0 || opts.su == Su::Allow) {
-        log(format_args!(
-            "not root: commands run as ourselves, su cannot be setuid"
-        ));
-    }
-    let props = match &opts.props {
-        Some(p) => tools::read_props(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?,
-        None => [
-            ("ro.build.type", "userdebug"),
-            ("ro.debuggable", "1"),
-            ("ro.build.version.sdk", "30"),
-            ("ro.product.name", "rmw"),
-            ("ro.product.model", "rmw-adbd"),
-            ("ro.product.device", "rmw"),
-            (
-                "ro.product.cpu.abi",
-                if cfg!(target_arch = "aarch64") {
-                    "arm64-v8a"
-                } else {
-                    "x86_64"
-                },
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect(),
-    };
-    let (state_dir, remove_parent) = make_state(&opts)?;
-    let fail = |what: &str, e: std::io::Error| format!("{what}: {e}");
-    let _ = fs::set_permissions(&state_dir, fs::Permissions::from_mode(0o755));
-    let text: String = props.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    fs::write(state_dir.join("props"), text).map_err(|e| fail("cannot write props", e))?;
-    let exe = std::env::current_exe().map_err(|e| fail("cannot find own binary", e))?;
-    let (lib, bin) = (state_dir.join("lib"), state_dir.join("bin"));
-    for d in [&lib, &bin] {
-        fs::create_dir(d).map_err(|e| fail("cannot create state", e))?;
-        let _ = fs::set_permissions(d, fs::Permissions::from_mode(0o755));
-    }
-    let helper = lib.join("rmw-adbd");
-    fs::copy(&exe, &helper).map_err(|e| fail("cannot copy binary", e))?;
-    fs::set_permissions(&helper, fs::Permissions::from_mode(0o755))
-        .map_err(|e| fail("chmod", e))?;
-    std::os::unix::fs::symlink("../lib/rmw-adbd", bin.join("getprop"))
-        .map_err(|e| fail("cannot link getprop", e))?;
-    match opts.su {
-        Su::Absent => {}
-        Su::Allow => {
-            let su = bin.join("su");
-            fs::copy(&exe, &su).map_err(|e| fail("cannot copy su", e))?;
-            if root_host {
-                chown(&su, Some(0), Some(0)).map_err(|e| fail("chown su", e))?;
-            }
-            fs::set_permissions(&su, fs::Permissions::from_mode(0o4755))
-                .map_err(|e| fail("chmod su", e))?;
-        }
-        Su::Deny => {
-            let su = bin.join("su");
-            fs::write(&su, "#!/bin/sh\necho 'Permission denied' >&2\nexit 1\n")
-                .map_err(|e| fail("cannot write su", e))?;
-            fs::set_permissions(&su, fs::Permissions::from_mode(0o755))
-                .map_err(|e| fail("chmod su", e))?;
-        }
-    }
-    let mut ancestor = state_dir.clone();
-    while let Some(p) = ancestor.parent().map(Path::to_path_buf) {
-        if let Ok(m) = fs::metadata(&p)
-            && m.permissions().mode() & 0o001 == 0
-        {
-            log(format_args!(
-                "warning: {} is not searchable by uid 2000",
-                p.display()
-            ));
-        }
-        ancestor = p;
-    }
-    let mut created_data = Vec::new();
-    for d in ["/data", "/data/local", DATA_TMP] {
-        let p = PathBuf::from(d);
-        if !p.exists() {
-            if let Err(e) = fs::create_dir(&p) {
-                log(format_args!("warning: cannot create {d}: {e}"));
-                break;
-            }
-            let mode = if d == DATA_TMP { 0o771 } else { 0o755 };
-            let _ = fs::set_permissions(&p, fs::Permissions::from_mode(mode));
-            if d == DATA_TMP && root_host {
-                let _ = chown(&p, Some(SHELL_UID), Some(SHELL_UID));
-            }
-            created_data.push(p);
-        }
-    }
-    Ok(Daemon {
-        uid: AtomicU32::new(opts.uid),
-        opts,
-        props,
-        root_host,
-        bin_dir: bin,
-        helper,
-        state_dir,
-        remove_parent,
-        created_data,
-        conns: Mutex::new(HashMap::new()),
-        children: Mutex::new(HashSet::new()),
-        unplugged: AtomicBool::new(false),
-    })
-}
-
-/// Blocks the control signals in every thread; returns their set.
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: plain signal-set manipulation on a local.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [
-            libc::SIGTERM,
-            libc::SIGINT,
-            libc::SIGHUP,
-            libc::SIGUSR1,
-            libc::SIGUSR2,
-        ] {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
-}
-
-/// Waits for control signals: SIGUSR1 drops connections, SIGUSR2 toggles
-/// "unplugged" (drops them and refuses new ones until the next SIGUSR2),
-/// others exit.
-fn signal_loop(d: &Daemon, set: libc::sigset_t) -> ! {
-    loop {
-        let mut sig = 0;
-        // SAFETY: set is initialised, sig is an out-parameter.
-        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-            continue;
-        }
-        if sig == libc::SIGUSR1 {
-            d.drop_all("SIGUSR1");
-            if d.opts.exit_on_drop {
-                break;
-            }
-        } else if sig == libc::SIGUSR2 {
-            let now = !d.unplugged.fetch_xor(true, Ordering::SeqCst);
-            log(format_args!(
-                "SIGUSR2: {}",
-                if now { "unplugged" } else { "plugged in" }
-            ));
-            if now {
-                d.drop_all("SIGUSR2 (unplugged)");
-            }
-        } else {
-            log(format_args!("signal {sig}: exiting"));
-            break;
-        }
-    }
-    d.cleanup();
-    std::process::exit(0)
-}
-
-/// The daemon proper.
-fn daemon(args: &[OsString]) -> ExitCode {
-    let opts = match parse(args) {
+/// The daemon proper: listens, then serves each connection in a thread of
+/// its own with the services of [`service::dispatch`].
+fn run_daemon(args: &[OsString]) -> ExitCode {
+    let opts = match daemon::parse(args) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(2);
         }
     };
-    let set = block_signals();
+    let set = daemon::block_signals();
     let listener = match TcpListener::bind(opts.listen) {
         Ok(l) => l,
         Err(e) => {
@@ -489,7 +60,7 @@ fn daemon(args: &[OsString]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let d = match setup(opts) {
+    let d = match daemon::setup(opts) {
         Ok(d) => Arc::new(d),
         Err(e) => {
             eprintln!("rmw-adbd: {e}");
@@ -509,15 +80,15 @@ fn daemon(args: &[OsString]) -> ExitCode {
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();
     let ds = Arc::clone(&d);
-    std::thread::spawn(move || signal_loop(&ds, set));
+    std::thread::spawn(move || daemon::signal_loop(&ds, set));
     let next = AtomicU64::new(1);
     for sock in listener.incoming() {
         match sock {
-            Ok(s) if d.unplugged.load(Ordering::SeqCst) => drop(s),
+            Ok(s) if d.unplugged() => drop(s),
             Ok(s) => {
                 let id = next.fetch_add(1, Ordering::Relaxed);
                 let d = Arc::clone(&d);
-                std::thread::spawn(move || conn::serve(d, id, s));
+                std::thread::spawn(move || conn::serve(d, id, s, service::dispatch));
             }
             Err(e) => log(format_args!("accept failed: {e}")),
         }
@@ -539,6 +110,6 @@ fn main() -> ExitCode {
         Some("su") => tools::su(&rest),
         Some("getprop") => tools::getprop(&rest),
         Some("rmw-adbd-sync") => tools::sync_helper(),
-        _ => daemon(&rest),
+        _ => run_daemon(&rest),
     }
 }

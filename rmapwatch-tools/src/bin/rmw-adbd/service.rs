@@ -11,8 +11,9 @@ use std::{
 };
 
 use crate::{
-    conn::{Hangup, Inbound, Outbound},
-    log,
+    conn::{Hangup, Inbound, Outbound, Runner},
+    daemon::Daemon,
+    util::{SHELL_UID, log},
 };
 
 /// Shell protocol v2 packet ids.
@@ -27,7 +28,7 @@ const SH_EXIT: u8 = 3;
 const SH_CLOSE_STDIN: u8 = 4;
 
 /// A parsed service request.
-pub enum Service {
+enum Service {
     /// A command; `v2` selects the shell protocol, `pty` notes a requested
     /// terminal (served raw), `cmd` empty means an interactive `sh`.
     Shell {
@@ -44,8 +45,16 @@ pub enum Service {
     Root(bool),
 }
 
+/// The services, for the transport ([`crate::conn::Services`]): parses
+/// `name` and returns what runs it on its stream; `None` for services this
+/// stand-in lacks.
+pub fn dispatch(name: &str) -> Option<Runner> {
+    let svc = parse(name)?;
+    Some(Box::new(move |inb, out, hangup| run(svc, inb, out, hangup)))
+}
+
 /// Parses a service name; `None` for services this stand-in lacks.
-pub fn parse(name: &str) -> Option<Service> {
+fn parse(name: &str) -> Option<Service> {
     if let Some(cmd) = name.strip_prefix("exec:") {
         return Some(Service::Shell {
             v2: false,
@@ -80,7 +89,7 @@ pub fn parse(name: &str) -> Option<Service> {
 }
 
 /// Runs a service on its stream (in its own thread).
-pub fn run(svc: Service, inb: Inbound, out: Outbound, hangup: Arc<Hangup>) {
+fn run(svc: Service, inb: Inbound, out: Outbound, hangup: Arc<Hangup>) {
     match svc {
         Service::Root(want) => root(&out, want),
         Service::Sync => {
@@ -124,10 +133,8 @@ fn root(out: &Outbound, want_root: bool) {
     let _ = out.write(msg.as_bytes());
     out.close();
     if restart {
-        d.uid.store(
-            if want_root { 0 } else { crate::SHELL_UID },
-            Ordering::Relaxed,
-        );
+        d.uid
+            .store(if want_root { 0 } else { SHELL_UID }, Ordering::Relaxed);
         std::thread::sleep(std::time::Duration::from_millis(100));
         d.drop_all("adbd restart");
     }
@@ -161,7 +168,7 @@ fn pipe() -> std::io::Result<(std::fs::File, OwnedFd)> {
 }
 
 /// Spawns `c` with the daemon's identity, environment and process group.
-fn spawn(c: &mut Command, d: &crate::Daemon) -> std::io::Result<Child> {
+fn spawn(c: &mut Command, d: &Daemon) -> std::io::Result<Child> {
     let uid = d.uid.load(Ordering::Relaxed);
     let switch = d.root_host && uid != 0;
     c.env_clear()

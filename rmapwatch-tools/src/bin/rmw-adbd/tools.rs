@@ -16,6 +16,8 @@ use std::{
     process::{Command, ExitCode},
 };
 
+use crate::util::SHELL_UID;
+
 /// Reads a `key=value` property file (blank lines and `#` comments skipped).
 pub fn read_props(path: &Path) -> io::Result<BTreeMap<String, String>> {
     let text = fs::read_to_string(path)?;
@@ -92,7 +94,7 @@ pub fn su(args: &[OsString]) -> ExitCode {
             | "-M"
             | "--mount-master" => {}
             "root" if !seen_user => (uid, seen_user) = (0, true),
-            "shell" if !seen_user => (uid, seen_user) = (crate::SHELL_UID, true),
+            "shell" if !seen_user => (uid, seen_user) = (SHELL_UID, true),
             s if !seen_user && s.parse::<libc::uid_t>().is_ok() => {
                 uid = s.parse().unwrap_or(0);
                 seen_user = true;
