@@ -7,7 +7,7 @@
 
 /// Version of this ABI (the records below): recorded in streams, so that a
 /// recording says which programs measured it. Bumped on any change.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Kernel objects that rmapwatch counts.
 pub mod object {
@@ -197,8 +197,6 @@ pub struct Config {
     /// How the slab tracepoints' and hooks' arguments are laid out on this
     /// kernel.
     pub args: ArgLayout,
-    /// Explicit padding.
-    pub _pad: u32,
     /// Wake user space once this many bytes wait in the ring buffer (an
     /// eighth of it); below that the programs submit without a wakeup.
     pub wake_bytes: u64,
@@ -304,6 +302,12 @@ pub struct SnapshotLayout {
     pub mm_mmap: u32,
     /// `vm_area_struct.vm_next` (before 6.1), or [`ABSENT`].
     pub vma_next: u32,
+    /// `task_struct.real_parent`: a task that shares its parent's mm
+    /// without being its thread (a vfork or `posix_spawn` child before its
+    /// exec, a `CLONE_VM` child) is not walked: those VMAs are its parent's,
+    /// walked with the parent (else whichever of the two the iterator met
+    /// first, by pid, took the parent's objects).
+    pub task_real_parent: u32,
 }
 
 /// Marks an absent member in [`SnapshotLayout`].
@@ -432,11 +436,10 @@ mod tests {
                 + 4 * 3
                 + size_of::<SnapshotLayout>()
                 + size_of::<ArgLayout>()
-                + 4
                 + 8
         );
         assert_eq!(size_of::<RmapKey>(), 4 + 4 + 8);
-        assert_eq!(size_of::<SnapshotLayout>(), 17 * 4);
+        assert_eq!(size_of::<SnapshotLayout>(), 18 * 4);
         assert_eq!(size_of::<ArgLayout>(), 13 * 4);
         assert_eq!(size_of::<SnapVma>(), 4 * 2 + 8 * 11 + 4 * 4 + COMM_LEN);
         assert_eq!(size_of::<SnapAvc>(), 4 * 2 + 8 * 3);

@@ -86,6 +86,7 @@ static CONFIG: Config = Config {
         task_mm: 0,
         mm_mmap: 0,
         vma_next: 0,
+        task_real_parent: 0,
     },
     args: rmapwatch_common::ArgLayout {
         alloc_arg2: 0,
@@ -102,7 +103,6 @@ static CONFIG: Config = Config {
         perf_bytes_alloc: 0,
         perf_free_name: 0,
     },
-    _pad: 0,
     wake_bytes: 1 << 20,
 };
 
@@ -700,9 +700,23 @@ fn try_task_vma(ctx: *mut core::ffi::c_void) -> Result<(), i64> {
     // SAFETY: meta is a valid struct bpf_iter_meta; seq is its first member.
     let seq = unsafe { *(meta as *const *mut aya_ebpf::bindings::seq_file) };
     let task = task as u64;
+    if borrows_parents_mm(task) {
+        return Ok(());
+    }
     let tgid = read_kernel::<u32>(task + u64::from(config().task_tgid_off)).unwrap_or(0);
     walk_vma(seq, tgid, task_comm(task), vma as u64);
     Ok(())
+}
+
+/// Whether `task` runs on its parent's mm without being its thread: a
+/// vfork or `posix_spawn` child before its exec, a `CLONE_VM` child. Its
+/// VMAs are walked with the parent, whose they are.
+#[inline(always)]
+fn borrows_parents_mm(task: u64) -> bool {
+    let l = &config().snap;
+    let mm = read_or_zero(task + u64::from(l.task_mm));
+    let parent = read_or_zero(task + u64::from(l.task_real_parent));
+    mm != 0 && parent != 0 && read_or_zero(parent + u64::from(l.task_mm)) == mm
 }
 
 /// Next VMA to walk per process (`iter/task`, before 5.12): absent at the
@@ -740,7 +754,7 @@ fn try_task_mmap(ctx: *mut core::ffi::c_void) -> Result<(), i64> {
         return Ok(());
     }
     let mm = read_or_zero(task + u64::from(l.task_mm));
-    if mm == 0 {
+    if mm == 0 || borrows_parents_mm(task) {
         return Ok(());
     }
     // SAFETY: plain lookup, copied out.

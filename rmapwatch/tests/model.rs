@@ -359,3 +359,49 @@ fn a_process_forking_while_rmapwatch_attaches_is_charged_exactly() {
         }
     }
 }
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_clone_vm_child_walked_first_does_not_take_its_parents_objects() {
+    require_root();
+    ensure_tracefs();
+    // A CLONE_VM child (as posix_spawn's before its exec) with a lower pid
+    // than its parent: the iterator meets it first, on the parent's mm.
+    // Seen before the fix: the seeding walk gave it every object of the
+    // parent, and the parent kept none.
+    let w = Workload::start(&[
+        "--regions",
+        &K.to_string(),
+        "--children",
+        "0",
+        "--noise",
+        "0",
+        "--vm-child",
+    ]);
+    let vm = w.vm_child.expect("the workload started its CLONE_VM child");
+    assert!(vm < w.parent);
+    let i = inspect(w.parent);
+    assert_eq!(
+        states(&vmas_in(&i, w.regions))[&key("L", 1, 0)],
+        K,
+        "inspect finds the parent's regions under the parent"
+    );
+    let r = Rmapwatch::start(&[]);
+    std::thread::sleep(Duration::from_secs(1));
+    let r = r.stop();
+    let p = process(&r, w.parent);
+    assert!(objects(&p.live).0 >= K, "{:?}", p.live);
+    assert_eq!(Some(objects(&p.live)), p.snapshot.as_ref().map(objects));
+    assert!(
+        r.processes
+            .iter()
+            .filter(|p| p.pid == vm)
+            .all(|p| objects(&p.live) == (0, 0)
+                && p.snapshot.as_ref().is_none_or(|s| objects(s) == (0, 0))),
+        "the CLONE_VM child owns nothing: {:?}",
+        r.processes.iter().find(|p| p.pid == vm)
+    );
+    let m = r.model.as_ref().unwrap();
+    assert_eq!((m.drift.anon_vma, m.drift.anon_vma_chain), (0, 0));
+    w.finish();
+}

@@ -240,3 +240,35 @@ fn the_agent_detaches_on_sigterm_sighup_and_a_closed_stdout() {
     let left = wait_gone(Duration::from_secs(5));
     assert!(left.is_empty(), "programs left loaded: {left:?}");
 }
+
+/// The report of `source` (with a tick a second), once it said `attached`.
+fn report_of(source: &[&str]) -> Rmapwatch {
+    let mut c = Command::new(RMAPWATCH);
+    c.args(source)
+        .args(["report", "--json", "--interval", "1"])
+        .env("RMAPWATCH_LOG", "debug");
+    Rmapwatch::spawn(c, "attached", Duration::from_secs(60))
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_fork_storm_spanning_the_seeding_walk_is_counted_exactly_here() {
+    require_root();
+    ensure_tracefs();
+    for run in 0..straddle_runs() {
+        let n = straddle(|| report_of(&[]), false);
+        eprintln!("run {run}: {n} workloads started during the seeding window");
+    }
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_fork_storm_spanning_the_seeding_walk_is_counted_exactly_over_a_remote_link() {
+    require_root();
+    ensure_tracefs();
+    let agent = format!("exec {RMAPWATCH} agent");
+    for run in 0..straddle_runs() {
+        let n = straddle(|| report_of(&["--remote", &agent]), true);
+        eprintln!("run {run}: {n} workloads started during the seeding window");
+    }
+}

@@ -271,6 +271,7 @@ impl Layout {
                 vma_next: btf
                     .member_offset("vm_area_struct", "vm_next")
                     .unwrap_or(rmapwatch_common::ABSENT),
+                task_real_parent: btf.member_offset("task_struct", "real_parent")?,
             },
             // 7.x's rwsem has a first_waiter pointer instead of a list.
             anon_vma_wait_list: match (

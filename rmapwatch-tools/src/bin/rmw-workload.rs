@@ -20,7 +20,10 @@
 //! children) NAME with `PR_SET_NAME`, any bytes but NUL (a hostile name);
 //! `--file PATH` also maps PATH (created, one page) private and writes to
 //! it, so that a file mapping with a copy-on-write page (an anon_vma) shows
-//! PATH in `inspect`.
+//! PATH in `inspect`. `--vm-child` also starts, before the children, a
+//! `CLONE_VM` child (as `posix_spawn`'s before its exec) with a lower pid
+//! than the parent's (root: chosen through `/proc/sys/kernel/ns_last_pid`),
+//! which waits with the others; `ready` then ends with `vm <pid>`.
 use std::{
     io::{BufRead as _, Write as _},
     process::ExitCode,
@@ -37,11 +40,12 @@ struct Opts {
     storm: usize,
     name: Option<std::ffi::OsString>,
     file: Option<std::path::PathBuf>,
+    vm_child: bool,
 }
 
 const USAGE: &str = "usage: rmw-workload [--regions K] [--pages P] [--children F] [--noise N] \
                      [--hold] [--split] [--wipe|--dontfork] [--storm N] [--name NAME] \
-                     [--file PATH]";
+                     [--file PATH] [--vm-child]";
 
 fn parse() -> Result<Opts, String> {
     let mut o = Opts {
@@ -55,6 +59,7 @@ fn parse() -> Result<Opts, String> {
         storm: 0,
         name: None,
         file: None,
+        vm_child: false,
     };
     let mut args = std::env::args_os().skip(1);
     while let Some(a) = args.next() {
@@ -85,6 +90,7 @@ fn parse() -> Result<Opts, String> {
             "--split" => o.split = true,
             "--wipe" => o.advice = Some(libc::MADV_WIPEONFORK),
             "--dontfork" => o.advice = Some(libc::MADV_DONTFORK),
+            "--vm-child" => o.vm_child = true,
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -282,6 +288,58 @@ fn map_file(path: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The `CLONE_VM` child: closes its copy of the release pipe's write end,
+/// waits for the pipe to close, then exits. It shares our memory, so it
+/// makes raw system calls only. `arg`: read end | write end << 16.
+extern "C" fn vm_child_main(arg: *mut libc::c_void) -> libc::c_int {
+    let fds = arg as usize;
+    let mut b = [0u8; 1];
+    // SAFETY: plain system calls on our own fds and stack buffer.
+    unsafe {
+        libc::close((fds >> 16) as libc::c_int);
+        libc::read((fds & 0xffff) as libc::c_int, b.as_mut_ptr().cast(), 1);
+    }
+    0
+}
+
+/// `--vm-child`: a `CLONE_VM` child whose pid is lower than ours, waiting
+/// on `release` (the release pipe) to close.
+fn vm_child(release: [libc::c_int; 2]) -> Result<libc::pid_t, String> {
+    let arg = usize::try_from(release[0]).map_err(|_| "bad fd")?
+        | usize::try_from(release[1]).map_err(|_| "bad fd")? << 16;
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    // The stack it runs on: ours to give (it shares our memory), kept for
+    // its whole life.
+    let stack: &'static mut [u8] = Vec::leak(vec![0u8; 256 * 1024]);
+    for _ in 0..20 {
+        // A free pid below ours: the next one the kernel gives out.
+        let free = (300..me)
+            .rev()
+            .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+            .ok_or("no free pid below ours")?;
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (free - 1).to_string())
+            .map_err(|e| format!("/proc/sys/kernel/ns_last_pid (needs root): {e}"))?;
+        // SAFETY: the child runs vm_child_main on its own stack (the top of
+        // `stack`, 16-byte aligned) and makes raw system calls only.
+        let pid = unsafe {
+            let top = stack.as_mut_ptr().add(stack.len() & !15);
+            libc::clone(
+                vm_child_main,
+                top.cast(),
+                libc::CLONE_VM | libc::SIGCHLD,
+                arg as *mut libc::c_void,
+            )
+        };
+        check(pid, "clone(CLONE_VM)")?;
+        if pid < me {
+            return Ok(pid);
+        }
+        // Someone else forked in between: try again (this one waits too).
+    }
+    Err("could not start a CLONE_VM child below our pid".into())
+}
+
 fn run(o: &Opts) -> Result<(), String> {
     if let Some(name) = &o.name {
         set_name(name)?;
@@ -334,6 +392,11 @@ fn run(o: &Opts) -> Result<(), String> {
     // SAFETY: as above.
     check(unsafe { libc::pipe(release.as_mut_ptr()) }, "pipe")?;
     let mut children = Vec::new();
+    let vm = if o.vm_child {
+        Some(vm_child(release)?)
+    } else {
+        None
+    };
     for _ in 0..o.children {
         // SAFETY: the child only makes async-signal-safe calls before _exit.
         let pid = unsafe { libc::fork() };
@@ -370,7 +433,8 @@ fn run(o: &Opts) -> Result<(), String> {
     let me = unsafe { libc::getpid() };
     let pids: Vec<String> = children.iter().map(ToString::to_string).collect();
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "ready {me} {}", pids.join(" "));
+    let vm_said = vm.map_or_else(String::new, |p| format!(" vm {p}"));
+    let _ = writeln!(out, "ready {me} {}{vm_said}", pids.join(" "));
     let _ = out.flush();
     drop(out);
     if o.hold {
@@ -379,7 +443,7 @@ fn run(o: &Opts) -> Result<(), String> {
     }
     // SAFETY: closing the release pipe lets every child's read return.
     unsafe { libc::close(release[1]) };
-    for pid in children {
+    for pid in children.into_iter().chain(vm) {
         let mut status = 0;
         // SAFETY: reaping our own child.
         unsafe { libc::waitpid(pid, &raw mut status, 0) };

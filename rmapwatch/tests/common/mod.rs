@@ -230,6 +230,8 @@ pub struct Workload {
     pub child: Child,
     pub parent: u32,
     pub children: Vec<u32>,
+    /// The `CLONE_VM` child of `--vm-child`.
+    pub vm_child: Option<u32>,
     /// Address range of the regions.
     pub regions: (u64, u64),
     stdout: BufReader<ChildStdout>,
@@ -262,13 +264,15 @@ impl Workload {
                 break;
             }
         }
-        let mut words = line.split_whitespace();
+        let (forked, vm) = line.split_once(" vm ").unwrap_or((&line, ""));
+        let mut words = forked.split_whitespace();
         assert_eq!(words.next(), Some("ready"), "workload said {line:?}");
         let pids: Vec<u32> = words.map(|w| w.parse().unwrap()).collect();
         Self {
             child,
             parent: pids[0],
             children: pids[1..].to_vec(),
+            vm_child: vm.trim().parse().ok(),
             regions,
             stdout,
         }
@@ -579,4 +583,124 @@ impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = tmux().args(["kill-session", "-t", &self.0]).status();
     }
+}
+
+/// How many times the straddling case runs per test (the race it guards
+/// was once one in ten): `RMAPWATCH_STRADDLE_RUNS`, 3 by default.
+pub fn straddle_runs() -> usize {
+    std::env::var("RMAPWATCH_STRADDLE_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
+/// A fork storm spanning the seeding walk: workloads (a parent holding 40
+/// regions, three children) start one after the other from before the
+/// source attaches until its first interim report (after its seeding
+/// walk), and stay held. `start` starts the report under test (with
+/// `--interval`); `reference`, when given, starts beside it a report
+/// whose seeding walk came before the storm. Once every workload holds,
+/// both are stopped: for every workload process the report's live objects
+/// equal what its final walk saw and the reference's, its drift is 0 and
+/// nothing was dropped. Returns how many workloads started during the
+/// seeding window.
+pub fn straddle(start: impl FnOnce() -> Rmapwatch, reference: bool) -> usize {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    let reference = reference.then(|| Rmapwatch::start(&[]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let storm = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            // As fast as they start, at most 200 (800 processes held).
+            while !stop.load(Ordering::Acquire) && held.len() < 200 {
+                let t = Instant::now();
+                held.push((
+                    t,
+                    Workload::start(&["--regions", "40", "--children", "3", "--noise", "0"]),
+                ));
+            }
+            held
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let mut r = start();
+    let attached = Instant::now();
+    r.stdout.fresh("\"done\":false", Duration::from_secs(60));
+    let seeded = Instant::now();
+    stop.store(true, Ordering::Release);
+    let held = storm.join().unwrap();
+    let during = held
+        .iter()
+        .filter(|(t, _)| *t >= attached && *t <= seeded)
+        .count();
+    assert!(
+        during > 0,
+        "no workload started between attach and the first report: the storm did not span the seeding walk"
+    );
+    // Every later tick's walk sees them held; let two pass.
+    std::thread::sleep(Duration::from_secs(2));
+    let got = r.stop();
+    let reference = reference.map(Rmapwatch::stop);
+    assert_eq!(got.dropped_events, Some(0));
+    let m = got.model.as_ref().unwrap();
+    let differing: Vec<String> = got
+        .processes
+        .iter()
+        .filter(|p| {
+            p.snapshot
+                .as_ref()
+                .is_some_and(|s| objects(s) != objects(&p.live))
+        })
+        .map(|p| {
+            format!(
+                "{} {} ppid {:?} exited {}: live {:?} walked {:?}",
+                p.pid,
+                p.comm,
+                p.ppid,
+                p.exited,
+                objects(&p.live),
+                p.snapshot.as_ref().map(objects)
+            )
+        })
+        .collect();
+    assert_eq!(
+        (
+            m.drift.anon_vma,
+            m.drift.anon_vma_chain,
+            m.drift.processes_differing
+        ),
+        (0, 0, 0),
+        "drift of the final walk; processes whose live objects differ from the walk's: {differing:#?}"
+    );
+    let pids: Vec<u32> = held
+        .iter()
+        .flat_map(|(_, w)| std::iter::once(w.parent).chain(w.children.clone()))
+        .collect();
+    for &pid in &pids {
+        let p = process(&got, pid);
+        let walked = p.snapshot.as_ref().map(objects);
+        assert_eq!(
+            Some(objects(&p.live)),
+            walked,
+            "pid {pid}: live vs the final walk"
+        );
+    }
+    // The reference attached before the storm: the flows differ (it saw
+    // the allocations the other seeded), the objects may not.
+    if let Some(reference) = &reference {
+        for &pid in &pids {
+            let (a, b) = (process(&got, pid), process(reference, pid));
+            assert_eq!(objects(&a.live), objects(&b.live), "pid {pid} live");
+            assert_eq!(a.lazy, b.lazy, "pid {pid} lazy");
+            assert_eq!(a.snapshot, b.snapshot, "pid {pid} walked");
+        }
+    }
+    for (_, w) in held {
+        w.finish();
+    }
+    during
 }
