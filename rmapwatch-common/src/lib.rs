@@ -364,8 +364,8 @@ pub struct SnapVma {
     pub chain_len: u32,
     /// 1 when the chain was longer than [`snap::MAX_CHAIN`].
     pub chain_truncated: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// The parent's tgid (`task->real_parent->tgid`; 0 unread).
+    pub ppid: u32,
     /// The task's comm.
     pub comm: [u8; COMM_LEN],
 }

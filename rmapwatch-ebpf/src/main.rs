@@ -704,8 +704,19 @@ fn try_task_vma(ctx: *mut core::ffi::c_void) -> Result<(), i64> {
         return Ok(());
     }
     let tgid = read_kernel::<u32>(task + u64::from(config().task_tgid_off)).unwrap_or(0);
-    walk_vma(seq, tgid, task_comm(task), vma as u64);
+    walk_vma(seq, tgid, parent_tgid(task), task_comm(task), vma as u64);
     Ok(())
+}
+
+/// The tgid of `task`'s parent (0 when unreadable).
+#[inline(always)]
+fn parent_tgid(task: u64) -> u32 {
+    let cfg = config();
+    let parent = read_or_zero(task + u64::from(cfg.snap.task_real_parent));
+    if parent == 0 {
+        return 0;
+    }
+    read_kernel::<u32>(parent + u64::from(cfg.task_tgid_off)).unwrap_or(0)
 }
 
 /// Whether `task` runs on its parent's mm without being its thread: a
@@ -764,6 +775,7 @@ fn try_task_mmap(ctx: *mut core::ffi::c_void) -> Result<(), i64> {
         None => read_or_zero(mm + u64::from(l.mm_mmap)),
     };
     let comm = task_comm(task);
+    let ppid = parent_tgid(task);
     // A few VMAs per pass, each as `iter/task_vma` walks one: the 5.10
     // verifier explores every iteration of every loop, and a flattened
     // loop of VMAs and AVCs (or many VMAs per pass) exceeds its million
@@ -778,7 +790,7 @@ fn try_task_mmap(ctx: *mut core::ffi::c_void) -> Result<(), i64> {
             vma = 0;
             break;
         }
-        walk_vma(seq, tgid, comm, vma);
+        walk_vma(seq, tgid, ppid, comm, vma);
         vma = read_or_zero(vma + u64::from(l.vma_next));
         k += 1;
     }
@@ -789,7 +801,13 @@ fn try_task_mmap(ctx: *mut core::ffi::c_void) -> Result<(), i64> {
 /// One VMA: one [`SnapAvc`] per AVC of its chain (bounded walk), then one
 /// [`SnapVma`].
 #[inline(always)]
-fn walk_vma(seq: *mut aya_ebpf::bindings::seq_file, tgid: u32, comm: [u8; COMM_LEN], vma: u64) {
+fn walk_vma(
+    seq: *mut aya_ebpf::bindings::seq_file,
+    tgid: u32,
+    ppid: u32,
+    comm: [u8; COMM_LEN],
+    vma: u64,
+) {
     let cfg = config();
     let l = &cfg.snap;
     // Branch-free reads (0 when a read faults): checking each read's return
@@ -806,6 +824,7 @@ fn walk_vma(seq: *mut aya_ebpf::bindings::seq_file, tgid: u32, comm: [u8; COMM_L
         flags: field(vma, l.vma_flags),
         file: field(vma, l.vma_file),
         anon_vma: field(vma, l.vma_anon_vma),
+        ppid,
         comm,
         ..SnapVma::default()
     };

@@ -69,6 +69,7 @@ fn inputs() -> Vec<Input> {
         Input::WalkBegin { t: 2 },
         Input::WalkVmas {
             comms: vec![(10, "parent".into()), (11, "kid".into())],
+            parents: Vec::new(),
             vmas: vec![vma(10, 0), vma(10, 1), vma(11, 2)],
         },
         Input::MapPaths {

@@ -336,6 +336,13 @@ pub struct Accounting {
     now: u64,
     /// Exits waiting for their retention, oldest first: (tgid, time).
     exits: VecDeque<(u32, u64)>,
+    /// Of those, the entries of lives already gone (their pid was reused
+    /// and the earlier life folded at once): not counted toward the cap.
+    stale_exits: usize,
+    /// Objects still held by earlier lives of reused pids (an mm kept past
+    /// its pid): address -> kind. Live system-wide, no process's; their
+    /// frees go to the folded aggregate.
+    earlier: FastMap<u64, u32>,
     /// Exited processes past their retention that still own live objects.
     held: FastSet<u32>,
     /// Of those, the ones whose last live object was freed since: (tgid,
@@ -408,12 +415,12 @@ impl Accounting {
             }
         }
         while let Some(&(pid, t)) = self.exits.front() {
-            if self.exits.len() <= r.exited_max && self.now.saturating_sub(t) < r.exited_ns {
+            let waiting = self.exits.len() - self.stale_exits;
+            if waiting <= r.exited_max && self.now.saturating_sub(t) < r.exited_ns {
                 break;
             }
             self.exits.pop_front();
             match self.processes.get(&pid) {
-                // (Else a later life of the pid, or gone already.)
                 Some(p) if p.exited_at == Some(t) => {
                     if p.live == [0; object::COUNT] {
                         self.fold_one(pid);
@@ -421,7 +428,9 @@ impl Accounting {
                         self.held.insert(pid);
                     }
                 }
-                _ => {}
+                // A later life of the pid (the earlier one folded when the
+                // pid was reused), or gone already.
+                _ => self.stale_exits = self.stale_exits.saturating_sub(1),
             }
         }
     }
@@ -542,6 +551,11 @@ impl Accounting {
         // as: kernels whose free tracepoint has no cache pointer (5.10)
         // only give a guess by call site.
         let entry = self.owners.remove(s.ptr);
+        let earlier = if entry.is_none() {
+            self.earlier.remove(&s.ptr)
+        } else {
+            None
+        };
         // What only the walk in progress saw (its owner, never counted
         // live): freed during the walk, it is no one's live object to drop.
         let seen_only = entry.filter(|v| v & bits::PROVISIONAL != 0).map(owner_of);
@@ -557,6 +571,7 @@ impl Accounting {
             .map(|(_, o)| o)
             .or(pending.as_ref().map(|p| p.obj))
             .or(seen_only.map(|(_, o)| o))
+            .or(earlier)
             .unwrap_or(s.object) as usize;
         let site_ = s.site as usize;
         let t = &mut self.objects[obj];
@@ -577,6 +592,12 @@ impl Accounting {
             // Older than start-up, seen by the walk in progress: its owner
             // is known, as for a seeded object.
             (None, None, Some((owner, _))) => self.process(owner).flows[obj].frees += 1,
+            // An earlier life's, of a reused pid: live, and folded.
+            (None, None, None) if earlier.is_some() => {
+                self.folded.flows[obj].frees += 1;
+                let t = &mut self.objects[obj];
+                t.live = t.live.saturating_sub(1);
+            }
             // An object older than start-up.
             (None, None, None) => self.objects[obj].frees_of_preexisting += 1,
         }
@@ -586,24 +607,23 @@ impl Accounting {
         let pending = self.pending.remove(&tid).unwrap_or_default();
         if child_tgid != parent {
             // A reused pid starts a new life: the previous one is folded at
-            // once, whatever its retention. The owner table knows objects by
-            // tgid alone: what the previous life still owns (an mm held
-            // past its pid) is the new one's to free.
-            let live = self
+            // once, whatever its retention. What it still owns (an mm held
+            // past its pid) is set aside, not the new life's: the owner
+            // table knows objects by tgid alone.
+            let earlier = self
                 .processes
                 .get(&child_tgid)
                 .filter(|p| p.exited)
-                .map(|p| p.live);
-            if let Some(live) = live {
+                .map(|p| p.live != [0; object::COUNT]);
+            if let Some(owns) = earlier {
+                // Its exit still waits unless it was held past it.
+                if !self.held.contains(&child_tgid) {
+                    self.stale_exits += 1;
+                }
+                if owns {
+                    self.set_aside(child_tgid);
+                }
                 self.fold_one(child_tgid);
-                self.processes.insert(
-                    child_tgid,
-                    Process {
-                        live,
-                        born: self.epoch,
-                        ..Process::default()
-                    },
-                );
             }
             let epoch = self.epoch;
             let child = self.processes.entry(child_tgid).or_insert_with(|| Process {
@@ -622,6 +642,24 @@ impl Accounting {
             let owner = p.seen_in.unwrap_or(child_tgid);
             self.touch(p.ptr);
             self.own(p.ptr, owner, p.obj);
+        }
+    }
+
+    /// Moves what `tgid` owns to [`Self::earlier`] (its pid is being
+    /// reused). A scan of the owner table: only for a reused pid whose
+    /// earlier life still holds objects.
+    fn set_aside(&mut self, tgid: u32) {
+        let earlier = &mut self.earlier;
+        self.owners.update_all(|addr, v| {
+            let (owner, obj) = owner_of(v);
+            if owner == tgid && v & bits::PROVISIONAL == 0 {
+                earlier.insert(addr, obj);
+                return None;
+            }
+            Some(v)
+        });
+        if let Some(p) = self.processes.get_mut(&tgid) {
+            p.live = [0; object::COUNT];
         }
     }
 
@@ -678,6 +716,17 @@ impl Accounting {
                 && p.comm.is_empty()
             {
                 p.comm = comm;
+            }
+        }
+    }
+
+    /// Sets the parent of listed processes whose fork was not seen.
+    pub fn parents_existing(&mut self, parents: impl IntoIterator<Item = (u32, u32)>) {
+        for (tgid, ppid) in parents {
+            if let Some(p) = self.processes.get_mut(&tgid)
+                && p.ppid.is_none()
+            {
+                p.ppid = Some(ppid);
             }
         }
     }
@@ -781,6 +830,9 @@ impl Accounting {
         let reconcile = w.reconcile();
         let reseed = w.kind == WalkKind::Reseed;
         let pending = &self.pending;
+        let earlier = &mut self.earlier;
+        // Earlier lives' objects a seeding walk found in a process: its.
+        let mut earlier_found: Vec<u32> = Vec::new();
         self.owners.update_all(|addr, v| {
             let clean = v & !(bits::SEEN | bits::PROVISIONAL);
             let (tgid, obj) = owner_of(v);
@@ -807,6 +859,9 @@ impl Accounting {
                 // Only the walk knows it.
                 bump(tgid, obj, -1);
                 if reconcile {
+                    if let Some(o) = earlier.remove(&addr) {
+                        earlier_found.push(o);
+                    }
                     gained.push((tgid, obj));
                     return Some(clean);
                 }
@@ -835,6 +890,19 @@ impl Accounting {
         });
         for (tgid, obj) in lost {
             self.drop_live(tgid, obj);
+        }
+        // Counted live once already (set aside), and now gained again.
+        let mut unlive = |obj: u32| {
+            let t = &mut self.objects[obj as usize];
+            t.live = t.live.saturating_sub(1);
+        };
+        earlier_found.into_iter().for_each(&mut unlive);
+        if reseed {
+            // Their frees may be among the lost events, and no walk can
+            // see an mm without a task: the walk's count stands.
+            std::mem::take(&mut self.earlier)
+                .into_values()
+                .for_each(&mut unlive);
         }
         for (tgid, obj) in gained {
             self.process(tgid).live[obj as usize] += 1;
@@ -1176,14 +1244,21 @@ mod tests {
         a.apply(&fork(1, 5));
         assert!(!a.processes[&5].exited);
         assert_eq!(a.processes[&5].flows[1].allocs, 0);
-        // The previous life was folded at once; what it still owned is the
-        // new one's to free (the owner table knows tgids alone).
+        // The previous life was folded at once; what it still owned is set
+        // aside: live system-wide, not the new life's.
         assert_eq!(a.folded.processes, 1);
         assert_eq!(a.folded.flows[1].allocs, 1);
         assert_eq!(a.take_folded(), [5]);
+        assert_eq!(a.processes[&5].live, [0, 0]);
+        assert_eq!(a.live(), [0, 1]);
+        // The new life's own object, then the earlier life's free.
+        a.apply(&alloc(AVC, site::PREPARE, 5, 0x80, false));
         assert_eq!(a.processes[&5].live, [0, 1]);
         a.apply(&free(AVC, site::UNLINK, 5, 0x40));
-        assert_eq!(a.processes[&5].live, [0, 0]);
+        assert_eq!(a.processes[&5].live, [0, 1], "the new life keeps its own");
+        assert_eq!(a.processes[&5].flows[1].frees, 0);
+        assert_eq!(a.folded.flows[1].frees, 1);
+        assert_eq!(a.live(), [0, 1]);
         assert_eq!(summed(&a), [a.objects[0].flow, a.objects[1].flow]);
         // Its old exit, still queued, is not the new life's.
         a.set_now(1000);
@@ -1192,6 +1267,62 @@ mod tests {
             exited_max: 0,
         });
         assert!(a.processes.contains_key(&5));
+    }
+
+    #[test]
+    fn a_reused_pid_s_old_exit_does_not_count_toward_the_cap() {
+        // Two exits may wait. A pid exits and is reused at once: its old
+        // exit entry is stale, and must not push a real exit out early.
+        let mut a = Accounting::default();
+        let r = Retention {
+            exited_ns: u64::MAX,
+            exited_max: 2,
+        };
+        for pid in [5, 6, 7] {
+            a.apply(&fork(1, pid));
+            a.apply(&alloc(
+                AVC,
+                site::PREPARE,
+                pid,
+                u64::from(pid) * 0x40,
+                false,
+            ));
+            a.apply(&free(AVC, site::UNLINK, pid, u64::from(pid) * 0x40));
+        }
+        a.apply(&exit(6));
+        a.apply(&exit(5));
+        a.apply(&fork(1, 5)); // reused: exit 5's entry, behind 6's, is stale
+        a.apply(&exit(7));
+        a.fold(r);
+        assert!(
+            a.processes.contains_key(&6),
+            "two real exits wait: none folded"
+        );
+        assert!(a.processes.contains_key(&7));
+        a.apply(&fork(1, 8));
+        a.apply(&alloc(AVC, site::PREPARE, 8, 0x400, false));
+        a.apply(&exit(8));
+        a.fold(r);
+        assert!(!a.processes.contains_key(&6), "a third: the oldest goes");
+        assert!(a.processes.contains_key(&7) && a.processes.contains_key(&8));
+        assert!(a.processes.contains_key(&5) && !a.processes[&5].exited);
+    }
+
+    #[test]
+    fn a_seeding_walk_that_finds_an_earlier_life_s_object_counts_it_once() {
+        let mut a = Accounting::default();
+        a.apply(&fork(1, 5));
+        a.apply(&alloc(AV, site::PREPARE, 5, 0x40, false));
+        a.apply(&exit(5));
+        a.apply(&fork(1, 5));
+        assert_eq!(a.live(), [1, 0]);
+        // Lost events: the re-seeding walk finds it in pid 9.
+        a.begin_walk(WalkKind::Reseed);
+        a.walk_object(0x40, 9, AV);
+        a.end_walk().unwrap();
+        assert_eq!(a.live(), [1, 0]);
+        assert_eq!(a.processes[&9].live, [1, 0]);
+        assert!(a.earlier.is_empty());
     }
 
     fn exit(tgid: u32) -> Event {

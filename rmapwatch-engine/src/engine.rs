@@ -145,6 +145,8 @@ struct Walking {
     detail_pid: Option<u32>,
     digest: Digest,
     comms: FastMap<u32, String>,
+    /// The parents the walk saw.
+    parents: Vec<(u32, u32)>,
     family: Option<Family>,
 }
 
@@ -353,7 +355,14 @@ impl Engine {
                 self.walk_began(t);
                 Step::Nothing
             }
-            Input::WalkVmas { comms, vmas } => {
+            Input::WalkVmas {
+                comms,
+                parents,
+                vmas,
+            } => {
+                if let Some(w) = &mut self.walking {
+                    w.parents.extend(parents);
+                }
                 self.walk_vmas(comms, &vmas);
                 Step::Nothing
             }
@@ -509,6 +518,7 @@ impl Engine {
             detail_pid: self.detail_pid,
             digest: Digest::new(model, hint.min(16 << 20), self.detail_pid),
             comms: FastMap::default(),
+            parents: Vec::new(),
             family,
         });
         self.acct.begin_walk(if !self.seeded {
@@ -568,6 +578,9 @@ impl Engine {
             }
             self.acct
                 .name_existing(walked.procs.iter().map(|(&p, i)| (p, i.comm.clone())));
+            // Processes the events never saw fork (older than start-up):
+            // their parent as the walk saw it.
+            self.acct.parents_existing(w.parents.iter().copied());
             self.walks += 1;
             self.last_walk = Some((w.began, t.saturating_sub(w.began)));
             // The detail view: this walk's VMAs, the family against the

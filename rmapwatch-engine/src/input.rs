@@ -148,6 +148,9 @@ pub enum Input {
     WalkVmas {
         /// Names of the processes first seen in this batch.
         comms: Vec<(u32, String)>,
+        /// Parents (tgid) of processes first seen in this batch, as the
+        /// walk saw them (empty in recordings made before they were kept).
+        parents: Vec<(u32, u32)>,
         /// The VMAs.
         vmas: Vec<Vma>,
     },
@@ -329,7 +332,7 @@ impl Order {
                 }
                 self.in_walk = Some(crate::hash::FastSet::default());
             }
-            Input::WalkVmas { comms, vmas } => {
+            Input::WalkVmas { comms, vmas, .. } => {
                 let Some(named) = self.in_walk.as_mut() else {
                     return Err(OrderError::Walk("walk records outside a walk"));
                 };
@@ -386,6 +389,7 @@ mod tests {
         assert!(matches!(
             o.check(&Input::WalkVmas {
                 comms: vec![],
+                parents: vec![],
                 vmas: vec![vma.clone()]
             }),
             Err(OrderError::Walk(_))
@@ -395,17 +399,20 @@ mod tests {
         assert_eq!(
             o.check(&Input::WalkVmas {
                 comms: vec![],
+                parents: vec![],
                 vmas: vec![vma.clone()]
             }),
             Err(OrderError::Unnamed(7))
         );
         o.check(&Input::WalkVmas {
             comms: vec![(7, "x".into())],
+            parents: vec![],
             vmas: vec![vma.clone()],
         })
         .unwrap();
         o.check(&Input::WalkVmas {
             comms: vec![],
+            parents: Vec::new(),
             vmas: vec![vma],
         })
         .unwrap();

@@ -55,23 +55,46 @@ pub enum TargetError {
     )]
     NotVisible(u32),
     /// No process of that name.
-    #[error("no process named {0:?} (names are the kernel's comm, at most 15 characters)")]
+    #[error(
+        "no process named {0:?} (a name is the kernel's comm, at most 15 bytes, or the first \
+         argument of a process's command line whose comm is its first 15 bytes)"
+    )]
     NoMatch(String),
     /// Several processes of that name.
-    #[error("{name:?} matches {} processes: {}; give a pid", .pids.len(), list(.pids))]
+    #[error("{name:?} matches {} processes: {}; give a pid", .candidates.len(), list(.candidates))]
     Ambiguous {
         /// The name.
         name: String,
-        /// The candidates.
-        pids: Vec<u32>,
+        /// The candidates: pid and name.
+        candidates: Vec<(u32, String)>,
     },
 }
 
-fn list(pids: &[u32]) -> String {
-    pids.iter()
-        .map(ToString::to_string)
+fn list(candidates: &[(u32, String)]) -> String {
+    candidates
+        .iter()
+        .map(|(pid, comm)| format!("{pid} ({})", crate::text::printable(comm)))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The kernel keeps this many bytes of a process name (`TASK_COMM_LEN`
+/// less its NUL).
+pub const COMM_BYTES: usize = 15;
+
+/// `name` cut as the kernel cuts a process name: its first 15 bytes (at a
+/// character boundary: the kernel cuts bytes, and a comm read back is
+/// lossy there anyway).
+#[must_use]
+pub fn as_comm(name: &str) -> &str {
+    if name.len() <= COMM_BYTES {
+        return name;
+    }
+    let mut end = COMM_BYTES;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
 }
 
 /// What the system says about a pid outside the snapshot.
@@ -86,7 +109,12 @@ pub enum PidStatus {
 }
 
 /// Resolves a target against a snapshot. `before` / `after` are the pid's
-/// status before and after the walk (only used for a pid).
+/// status before and after the walk (only used for a pid). A name longer
+/// than a comm (an Android package, `com.google.android.gms`, whose comm
+/// is `com.google.andr`) matches the processes of that comm whose command
+/// line's first argument, or its last path component, is the name;
+/// `argv0(pid)` reads it (`None`: unknown, as in a recording: then the
+/// comm alone decides).
 ///
 /// # Errors
 /// [`TargetError`].
@@ -95,6 +123,7 @@ pub fn resolve(
     snap: &Snapshot,
     before: &PidStatus,
     after: &PidStatus,
+    argv0: &dyn Fn(u32) -> Option<String>,
 ) -> Result<u32, TargetError> {
     match target {
         Target::Pid(pid) => {
@@ -111,18 +140,26 @@ pub fn resolve(
             }
         }
         Target::Comm(name) => {
-            let pids: Vec<u32> = snap
+            let comm = as_comm(name);
+            let long = comm.len() < name.len();
+            let candidates: Vec<(u32, String)> = snap
                 .procs
                 .values()
-                .filter(|p| &p.comm == name)
-                .map(|p| p.pid)
+                .filter(|p| p.comm == comm)
+                .filter(|p| {
+                    !long
+                        || argv0(p.pid).is_none_or(|a| {
+                            a == *name || a.rsplit('/').next() == Some(name.as_str())
+                        })
+                })
+                .map(|p| (p.pid, p.comm.clone()))
                 .collect();
-            match pids[..] {
+            match candidates[..] {
                 [] => Err(TargetError::NoMatch(name.clone())),
-                [pid] => Ok(pid),
+                [(pid, _)] => Ok(pid),
                 _ => Err(TargetError::Ambiguous {
                     name: name.clone(),
-                    pids,
+                    candidates,
                 }),
             }
         }
@@ -438,19 +475,29 @@ mod tests {
         s
     }
 
+    fn none(_: u32) -> Option<String> {
+        None
+    }
+
     #[test]
     fn targets_resolve_or_say_why_not() {
         let s = snap_with_comms(&[(10, "bash"), (11, "bash"), (12, "vim")]);
         let user = PidStatus::User;
         assert_eq!(Target::parse("12"), Target::Pid(12));
         assert_eq!(Target::parse("vim"), Target::Comm("vim".into()));
-        assert_eq!(resolve(&Target::Pid(12), &s, &user, &user), Ok(12));
+        assert_eq!(resolve(&Target::Pid(12), &s, &user, &user, &none), Ok(12));
         assert_eq!(
-            resolve(&Target::Comm("vim".into()), &s, &user, &user),
+            resolve(&Target::Comm("vim".into()), &s, &user, &user, &none),
             Ok(12)
         );
         assert_eq!(
-            resolve(&Target::Pid(99), &s, &PidStatus::Absent, &PidStatus::Absent),
+            resolve(
+                &Target::Pid(99),
+                &s,
+                &PidStatus::Absent,
+                &PidStatus::Absent,
+                &none
+            ),
             Err(TargetError::NoSuchProcess(99))
         );
         assert_eq!(
@@ -458,27 +505,78 @@ mod tests {
                 &Target::Pid(2),
                 &s,
                 &PidStatus::KernelThread("kthreadd".into()),
-                &user
+                &user,
+                &none
             ),
             Err(TargetError::KernelThread(2, "kthreadd".into()))
         );
         assert_eq!(
-            resolve(&Target::Pid(50), &s, &user, &PidStatus::Absent),
+            resolve(&Target::Pid(50), &s, &user, &PidStatus::Absent, &none),
             Err(TargetError::Exited(50))
         );
         assert_eq!(
-            resolve(&Target::Pid(50), &s, &user, &user),
+            resolve(&Target::Pid(50), &s, &user, &user, &none),
             Err(TargetError::NotVisible(50))
         );
         assert_eq!(
-            resolve(&Target::Comm("emacs".into()), &s, &user, &user),
+            resolve(&Target::Comm("emacs".into()), &s, &user, &user, &none),
             Err(TargetError::NoMatch("emacs".into()))
         );
-        let amb = resolve(&Target::Comm("bash".into()), &s, &user, &user).unwrap_err();
+        let amb = resolve(&Target::Comm("bash".into()), &s, &user, &user, &none).unwrap_err();
         assert_eq!(
             amb.to_string(),
-            "\"bash\" matches 2 processes: 10, 11; give a pid"
+            "\"bash\" matches 2 processes: 10 (bash), 11 (bash); give a pid"
         );
+    }
+
+    #[test]
+    fn a_name_longer_than_a_comm_is_found_by_the_command_line() {
+        // Android: the app's comm is its package name's first 15 bytes.
+        let s = snap_with_comms(&[
+            (20, "com.google.andr"),
+            (21, "com.google.andr"),
+            (22, "com.google.andr"),
+            (23, "surfaceflinger"),
+        ]);
+        let user = PidStatus::User;
+        let argv0 = |pid: u32| {
+            Some(
+                match pid {
+                    20 => "com.google.android.gms",
+                    21 => "com.google.android.gms.persistent",
+                    22 => "/system/bin/com.google.android.apps.x",
+                    _ => "/system/bin/surfaceflinger",
+                }
+                .to_owned(),
+            )
+        };
+        let find = |name: &str, argv0: &dyn Fn(u32) -> Option<String>| {
+            resolve(&Target::Comm(name.into()), &s, &user, &user, argv0)
+        };
+        assert_eq!(find("com.google.android.gms", &argv0), Ok(20));
+        assert_eq!(find("com.google.android.gms.persistent", &argv0), Ok(21));
+        // The last path component of the first argument counts too.
+        assert_eq!(find("com.google.android.apps.x", &argv0), Ok(22));
+        assert_eq!(
+            find("com.google.android.nothing", &argv0),
+            Err(TargetError::NoMatch("com.google.android.nothing".into()))
+        );
+        // The comm itself still names all three: ambiguous, listed.
+        let amb = find("com.google.andr", &argv0).unwrap_err();
+        assert_eq!(
+            amb.to_string(),
+            "\"com.google.andr\" matches 3 processes: 20 (com.google.andr), 21 \
+             (com.google.andr), 22 (com.google.andr); give a pid"
+        );
+        // Command lines unknown (a recording): the comm decides.
+        let amb = find("com.google.android.gms", &none).unwrap_err();
+        assert!(
+            matches!(amb, TargetError::Ambiguous { ref candidates, .. } if candidates.len() == 3)
+        );
+        assert_eq!(as_comm("ab"), "ab");
+        assert_eq!(as_comm("com.google.android.gms"), "com.google.andr");
+        // Cut at a character boundary.
+        assert_eq!(as_comm("ééééééééé"), "ééééééé");
     }
 
     #[test]

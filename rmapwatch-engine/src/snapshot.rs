@@ -37,6 +37,9 @@ pub struct Vma {
     pub chain: Vec<(u64, u64)>,
     /// The chain was longer than the walk's bound.
     pub chain_truncated: bool,
+    /// The process's parent (tgid) as the walk saw it; 0 unknown (a
+    /// recording carries it once per process, in `Input::WalkVmas`).
+    pub ppid: u32,
 }
 
 impl Vma {
@@ -288,6 +291,7 @@ impl Decoder {
                 av_refcount: r.av_refcount,
                 chain,
                 chain_truncated: r.chain_truncated != 0,
+                ppid: r.ppid,
             };
             f(&self.cur, &r.comm);
         } else {
@@ -396,6 +400,7 @@ pub fn encode(v: &Vma, comm: &[u8; COMM_LEN], out: &mut Vec<u8>) {
         av_refcount: v.av_refcount,
         chain_len: u32::try_from(v.chain.len()).unwrap_or(u32::MAX),
         chain_truncated: u32::from(v.chain_truncated),
+        ppid: v.ppid,
         comm: *comm,
         ..SnapVma::default()
     }));

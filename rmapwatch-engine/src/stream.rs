@@ -32,7 +32,7 @@ pub const BLOCK_MAGIC: &[u8; 4] = b"RMWB";
 /// The format this module writes (major, minor). Readers refuse another
 /// major version; a newer minor version only adds message kinds, which
 /// older readers skip.
-pub const VERSION: (u16, u16) = (1, 0);
+pub const VERSION: (u16, u16) = (1, 1);
 /// The format's name, in the header.
 pub const FORMAT: &str = "rmapwatch.stream/1";
 /// Largest header.
@@ -152,6 +152,9 @@ mod tag {
     /// Messages from tag 64 on carry a length: a reader that does not
     /// know one skips it (newer minor versions).
     pub const FIRST_SKIPPABLE: u8 = 64;
+    /// 1.1: a walk's VMAs with each new process's parent, and room after
+    /// each VMA for more of its facts (`WALK_VMAS` stays readable).
+    pub const WALK_VMAS_EXT: u8 = 64;
 }
 
 /// Delta state, restarted at every block.
@@ -297,17 +300,33 @@ impl Encoder {
                 self.raw.push(tag::WALK_BEGIN);
                 put_varint(&mut self.raw, *t);
             }
-            Input::WalkVmas { comms, vmas } => {
-                self.raw.push(tag::WALK_VMAS);
+            Input::WalkVmas {
+                comms,
+                parents,
+                vmas,
+            } => {
+                // The body after its length, built in place: the delta
+                // state runs on through it as through any message.
+                self.raw.push(tag::WALK_VMAS_EXT);
+                let outer = std::mem::take(&mut self.raw);
                 put_varint(&mut self.raw, comms.len() as u64);
                 for (pid, comm) in comms {
                     put_varint(&mut self.raw, u64::from(*pid));
                     put_bytes(&mut self.raw, comm.as_bytes());
+                    let ppid = parents
+                        .iter()
+                        .find(|(p, _)| p == pid)
+                        .map_or(0, |&(_, pp)| pp);
+                    put_varint(&mut self.raw, u64::from(ppid));
                 }
                 put_varint(&mut self.raw, vmas.len() as u64);
                 for v in vmas {
                     self.vma(v);
+                    // A VMA's further facts (none yet): their length.
+                    put_varint(&mut self.raw, 0);
                 }
+                let body = std::mem::replace(&mut self.raw, outer);
+                put_bytes(&mut self.raw, &body);
             }
             Input::WalkEnd { t, counts, error } => self.json(
                 tag::WALK_END,
@@ -671,6 +690,40 @@ fn decode_vma(c: &mut Cursor<'_>, d: &mut Deltas) -> Result<Vma, String> {
         av_refcount,
         chain,
         chain_truncated: bits & 2 != 0,
+        ppid: 0,
+    })
+}
+
+/// The body of a `WALK_VMAS` (1.0) or `WALK_VMAS_EXT` (1.1) message.
+fn decode_walk_vmas(c: &mut Cursor<'_>, d: &mut Deltas, ext: bool) -> Result<Input, String> {
+    let n = c.count(2)?;
+    let mut comms = Vec::with_capacity(n.min(PREALLOC));
+    let mut parents = Vec::new();
+    for _ in 0..n {
+        let pid = c.u32()?;
+        let name = String::from_utf8_lossy(c.bytes()?).into_owned();
+        if ext {
+            let ppid = c.u32()?;
+            if ppid != 0 {
+                parents.push((pid, ppid));
+            }
+        }
+        comms.push((pid, name));
+    }
+    // A VMA takes at least 13 bytes.
+    let n = c.count(13)?;
+    let mut vmas = Vec::with_capacity(n.min(PREALLOC));
+    for _ in 0..n {
+        vmas.push(decode_vma(c, d)?);
+        if ext {
+            // Facts of a newer minor version: skipped.
+            c.bytes()?;
+        }
+    }
+    Ok(Input::WalkVmas {
+        comms,
+        parents,
+        vmas,
     })
 }
 
@@ -694,21 +747,15 @@ fn decode_message(c: &mut Cursor<'_>, d: &mut Deltas) -> Result<Message, String>
             Input::Events { t: at, events }
         }
         tag::WALK_BEGIN => Input::WalkBegin { t: c.varint()? },
-        tag::WALK_VMAS => {
-            let n = c.count(2)?;
-            let mut comms = Vec::with_capacity(n.min(PREALLOC));
-            for _ in 0..n {
-                let pid = c.u32()?;
-                let name = String::from_utf8_lossy(c.bytes()?).into_owned();
-                comms.push((pid, name));
+        tag::WALK_VMAS => decode_walk_vmas(c, d, false)?,
+        tag::WALK_VMAS_EXT => {
+            let body = c.bytes()?;
+            let mut inner = Cursor { b: body, at: 0 };
+            let input = decode_walk_vmas(&mut inner, d, true)?;
+            if inner.left() != 0 {
+                return Err("bytes left after a walk's VMAs".into());
             }
-            // A VMA takes at least 13 bytes.
-            let n = c.count(13)?;
-            let mut vmas = Vec::with_capacity(n.min(PREALLOC));
-            for _ in 0..n {
-                vmas.push(decode_vma(c, d)?);
-            }
-            Input::WalkVmas { comms, vmas }
+            input
         }
         tag::WALK_END => {
             let j: WalkEndJson = c.json()?;

@@ -140,10 +140,12 @@ fn walk(inputs: &mut Vec<Input>, snap: &Snapshot, began: u64, ended: u64) {
     let (a, b) = snap.vmas.split_at(snap.vmas.len() / 2);
     inputs.push(Input::WalkVmas {
         comms,
+        parents: Vec::new(),
         vmas: a.to_vec(),
     });
     inputs.push(Input::WalkVmas {
         comms: vec![],
+        parents: Vec::new(),
         vmas: b.to_vec(),
     });
     inputs.push(Input::WalkEnd {

@@ -2,6 +2,7 @@
 //! running kernel's facts (`kernel`: BTF layouts, kallsyms ranges),
 //! everything read from `/proc` and `/sys` (`procfs`), and the pump that
 //! turns them into the engine's ordered inputs (`source`).
+pub mod caps;
 pub mod kernel;
 pub mod loader;
 pub mod procfs;

@@ -57,6 +57,22 @@ pub fn maps_line(l: &str) -> Option<(u64, &str)> {
     Some((start, path))
 }
 
+/// The first argument of a process's command line (`/proc/<pid>/cmdline`
+/// up to its first NUL): on Android, an app's whole package name.
+#[must_use]
+pub fn argv0(pid: u32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    cmdline_argv0(&raw)
+}
+
+/// The first argument of a `/proc/<pid>/cmdline` (NUL-separated; empty
+/// for a kernel thread or a zombie).
+#[must_use]
+pub fn cmdline_argv0(raw: &[u8]) -> Option<String> {
+    let first = raw.split(|&b| b == 0).next()?;
+    (!first.is_empty()).then(|| String::from_utf8_lossy(first).into_owned())
+}
+
 /// A process's name, from `/proc/<pid>/comm`.
 #[must_use]
 pub fn comm(pid: u32) -> Option<String> {

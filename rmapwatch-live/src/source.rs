@@ -391,6 +391,7 @@ impl Live {
                     stats,
                     vmas: Vec::new(),
                     comms: Vec::new(),
+                    parents: Vec::new(),
                     named: BTreeSet::new(),
                     t: move || u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX),
                     alive: true,
@@ -475,6 +476,7 @@ struct WalkPump<'a, R: RingSource, T: Fn() -> Nanos> {
     stats: &'a mut RingStats,
     vmas: Vec<Vma>,
     comms: Vec<(u32, String)>,
+    parents: Vec<(u32, u32)>,
     named: BTreeSet<u32>,
     t: T,
     alive: bool,
@@ -497,6 +499,7 @@ impl<R: RingSource, T: Fn() -> Nanos> WalkPump<'_, R, T> {
         if !self.vmas.is_empty() && self.alive {
             self.alive = self.out.put(Input::WalkVmas {
                 comms: std::mem::take(&mut self.comms),
+                parents: std::mem::take(&mut self.parents),
                 vmas: std::mem::take(&mut self.vmas),
             });
         }
@@ -528,10 +531,18 @@ impl<R: RingSource, T: Fn() -> Nanos> WalkPump<'_, R, T> {
         decoder: &mut Decoder,
     ) -> Result<(), SnapshotError> {
         for_each_chunk(reader, |bytes| {
-            let (vmas, comms, named) = (&mut self.vmas, &mut self.comms, &mut self.named);
+            let (vmas, comms, parents, named) = (
+                &mut self.vmas,
+                &mut self.comms,
+                &mut self.parents,
+                &mut self.named,
+            );
             decoder.feed(bytes, |v, comm| {
                 if named.insert(v.tgid) {
                     comms.push((v.tgid, rmapwatch_engine::event::Comm(*comm).text()));
+                    if v.ppid != 0 {
+                        parents.push((v.tgid, v.ppid));
+                    }
                 }
                 vmas.push(v.clone());
             })?;
@@ -679,6 +690,7 @@ mod tests {
             stats: &mut stats,
             vmas: Vec::new(),
             comms: Vec::new(),
+            parents: Vec::new(),
             named: BTreeSet::new(),
             t: || 0,
             alive: true,

@@ -90,6 +90,7 @@ fn engine(secs: u64, detail: Option<u32>) -> Engine {
         e.apply(Input::WalkBegin { t: t * s }).unwrap();
         e.apply(Input::WalkVmas {
             comms: comms.clone(),
+            parents: Vec::new(),
             vmas: snap.vmas.clone(),
         })
         .unwrap();

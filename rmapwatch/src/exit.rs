@@ -68,6 +68,13 @@ impl Coded for rmapwatch_live::kernel::EnvError {
     }
 }
 
+#[cfg(target_os = "linux")]
+impl Coded for rmapwatch_live::caps::CapsError {
+    fn code(&self) -> Option<u8> {
+        Some(ENVIRONMENT)
+    }
+}
+
 #[cfg(not(target_os = "linux"))]
 impl Coded for crate::source::live::NoLiveSource {
     fn code(&self) -> Option<u8> {
@@ -124,7 +131,8 @@ pub fn code(e: &anyhow::Error) -> u8 {
     // In order: an agent's own code first (it already said why), then what
     // is wrong with this system, the target, the usage, the input.
     #[cfg(target_os = "linux")]
-    let env = find::<rmapwatch_live::kernel::EnvError>(e);
+    let env = find::<rmapwatch_live::kernel::EnvError>(e)
+        .or_else(|| find::<rmapwatch_live::caps::CapsError>(e));
     #[cfg(not(target_os = "linux"))]
     let env = find::<crate::source::live::NoLiveSource>(e);
     find::<DeviceExit>(e)

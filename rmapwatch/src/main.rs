@@ -74,6 +74,7 @@ fn live_args(g: &cli::GlobalArgs) -> LiveArgs {
             SlabPathArg::Perf => SlabPath::Perf,
         },
         ring_bytes: g.ring_buffer_kb.map(|kb| kb * 1024),
+        cleanup: !g.cleanup.is_empty(),
     }
 }
 
@@ -128,6 +129,10 @@ fn source_spec(cli: &Cli) -> anyhow::Result<Spec> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // Before anything else: a setuid rmapwatch would attach programs for
+    // whoever runs it.
+    #[cfg(target_os = "linux")]
+    rmapwatch_live::caps::refuse_setuid()?;
     let _cleanup = Cleanup(cli.global.cleanup.clone());
     let spec = source_spec(&cli)?;
     let g = cli.global;

@@ -83,6 +83,9 @@ pub struct Until {
 pub struct Runner {
     rt: tokio::runtime::Runtime,
     signals: Option<Signals>,
+    /// Why the last run was asked to stop, if it was (its end may still
+    /// have failed: a final walk over a link that dropped).
+    stopped: Option<Stop>,
 }
 
 impl Runner {
@@ -97,6 +100,7 @@ impl Runner {
         Ok(Self {
             rt,
             signals: Some(signals),
+            stopped: None,
         })
     }
 
@@ -108,6 +112,7 @@ impl Runner {
         Ok(Self {
             rt: runtime()?,
             signals: None,
+            stopped: None,
         })
     }
 
@@ -128,6 +133,7 @@ impl Runner {
     ) -> anyhow::Result<Stop> {
         let mut engine = Engine::new(opts);
         let link = src.link.clone();
+        self.stopped = None;
         let result = self.rt.block_on(drive(
             src,
             &mut engine,
@@ -135,6 +141,7 @@ impl Runner {
             until,
             link.as_deref(),
             sink,
+            &mut self.stopped,
         ));
         let view = View {
             engine: &engine,
@@ -142,6 +149,73 @@ impl Runner {
         };
         sink.finish(&view, result.as_ref().map(|s| *s))?;
         result
+    }
+
+    /// Why the last run was asked to stop (a signal, `--duration`, a quit),
+    /// if it was: a run that then failed was ending, not lost.
+    #[must_use]
+    pub fn stopped(&self) -> Option<Stop> {
+        self.stopped
+    }
+
+    /// Starts `spec` on a thread of its own, while signals (and
+    /// `deadline`) are still heard: a phone's `adb root` and
+    /// `wait-for-device` may take a minute. `Ok(Err(stop))` when the run
+    /// was stopped first: the start is cancelled (its commands killed, its
+    /// own cleanup run) and waited for.
+    ///
+    /// # Errors
+    /// The source cannot start (see [`Spec::open`]).
+    pub fn open(
+        &mut self,
+        spec: &Spec,
+        tick: Duration,
+        deadline: Option<std::time::Instant>,
+    ) -> anyhow::Result<Result<Source, Stop>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spec = spec.clone();
+        let opening = std::thread::Builder::new()
+            .name("source start".into())
+            .spawn(move || {
+                let _ = tx.send(spec.open(tick));
+            })
+            .context("starting the source's thread")?;
+        let signals = self.signals.as_mut();
+        let until = deadline.map(tokio::time::Instant::from_std);
+        let stopped = self.rt.block_on(async {
+            tokio::select! {
+                r = rx => Ok(r),
+                s = async {
+                    match signals {
+                        Some(s) => s.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => Err(s),
+                () = async {
+                    match until {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => Err(Stop::Duration),
+            }
+        });
+        match stopped {
+            Ok(r) => {
+                let _ = opening.join();
+                r.map_err(|_| anyhow::anyhow!("the source's thread ended without a word"))?
+                    .map(Ok)
+            }
+            Err(stop) => {
+                log::info(&format!(
+                    "stopped ({stop:?}) while the source was starting: cancelling the start"
+                ));
+                crate::source::start::cancel();
+                // Whatever it got (a source that started after all is
+                // dropped: detached, its device session undone).
+                let _ = opening.join();
+                Ok(Err(stop))
+            }
+        }
     }
 
     /// Waits `d` (or until `deadline`); `Some` when a signal came.
@@ -182,7 +256,10 @@ pub fn run(
     } else {
         Runner::to_the_end()?
     };
-    let mut src = spec.open(tick)?;
+    let mut src = match runner.open(spec, tick, None)? {
+        Ok(s) => s,
+        Err(stop) => return Ok(stop),
+    };
     attached(&src);
     runner.run(&mut src, opts, until, sink)
 }
@@ -210,11 +287,11 @@ async fn drive(
     mut until: Until,
     link: Option<&crate::link::Link>,
     sink: &mut dyn Sink,
+    stop: &mut Option<Stop>,
 ) -> anyhow::Result<Stop> {
     let notice_prefix = src.prefix;
     let deadline = tokio::time::sleep(until.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(deadline);
-    let mut stop: Option<Stop> = None;
     let mut hard_stopped = false;
     // After a second signal, a source that does not end in this long is
     // given up on (a remote link that stalled).
@@ -267,15 +344,15 @@ async fn drive(
                     return Ok(stop.unwrap_or(Stop::SourceEnded));
                 }
                 if !go_on {
-                    finish(&mut stop, Stop::Quit, src, engine);
+                    finish(stop, Stop::Quit, src, engine);
                 }
             }
             () = &mut deadline, if stop.is_none() => {
-                finish(&mut stop, Stop::Duration, src, engine);
+                finish(stop, Stop::Duration, src, engine);
             }
             s = signal => {
                 if stop.is_none() {
-                    finish(&mut stop, s, src, engine);
+                    finish(stop, s, src, engine);
                 } else if !hard_stopped {
                     // A second signal: no final walk, stop now.
                     hard_stopped = true;
@@ -294,7 +371,7 @@ async fn drive(
                     forward(src, engine);
                 }
                 Some(Control::Pause(paused)) => src.request(Request::Pause { paused }),
-                Some(Control::Quit) => finish(&mut stop, Stop::Quit, src, engine),
+                Some(Control::Quit) => finish(stop, Stop::Quit, src, engine),
             },
         }
     }

@@ -723,3 +723,17 @@ fn serve_over_adb_keeps_the_last_state_stale_while_the_phone_is_away() {
     );
     clean.check();
 }
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_fork_storm_spanning_the_seeding_walk_is_counted_exactly_over_adb() {
+    let (clean, server, dev) = rooted_device();
+    for run in 0..straddle_runs() {
+        let n = straddle(
+            || adb_report(&server, &dev.serial, &["--interval", "1"]),
+            true,
+        );
+        eprintln!("run {run}: {n} workloads started during the seeding window");
+    }
+    clean.check();
+}

@@ -297,6 +297,57 @@ fn inspect_bad_targets_are_clear_errors() {
 
 #[test]
 #[ignore = "needs root: run by cargo xtask test"]
+fn inspect_finds_a_long_name_by_the_command_line_as_users_type_it() {
+    require_root();
+    let run = |target: &str| {
+        let out = std::process::Command::new(RMAPWATCH)
+            .args(["inspect", target, "--json"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // As on Android: comm "com.example.and", command line
+    // "com.example.android.gms".
+    let app = "com.example.android.gms";
+    let a = Workload::start_named(app, &["--regions", "3", "--children", "0", "--noise", "0"]);
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", a.parent)).unwrap();
+    assert_eq!(comm.trim_end(), "com.example.and");
+    let (code, out, err) = run(app);
+    assert_eq!(code, Some(0), "{err}");
+    let i: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(i["pid"], a.parent);
+    // Another app of the same comm: the long name still picks one; the
+    // comm names both, and the error lists them with their names.
+    let b = Workload::start_named(
+        "com.example.android.other",
+        &["--regions", "3", "--children", "0", "--noise", "0"],
+    );
+    let (code, out, err) = run(app);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["pid"],
+        a.parent
+    );
+    let (code, _, err) = run("com.example.and");
+    assert_eq!(code, Some(4), "{err}");
+    assert!(
+        err.contains(&format!("{} (com.example.and)", a.parent))
+            && err.contains(&format!("{} (com.example.and)", b.parent)),
+        "{err}"
+    );
+    let (code, _, err) = run("com.example.android.none");
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("no process named"), "{err}");
+    a.finish();
+    b.finish();
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
 fn a_process_forking_while_rmapwatch_attaches_is_charged_exactly() {
     // Attach while one task forks in a loop: a fork whose allocations were
     // seen but whose end was not would leave them waiting for that task's
@@ -403,5 +454,23 @@ fn a_clone_vm_child_walked_first_does_not_take_its_parents_objects() {
     );
     let m = r.model.as_ref().unwrap();
     assert_eq!((m.drift.anon_vma, m.drift.anon_vma_chain), (0, 0));
+    w.finish();
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn processes_older_than_the_run_carry_their_parent() {
+    require_root();
+    ensure_tracefs();
+    // Started before rmapwatch: only the seeding walk sees the workload
+    // and its children (their forks were never seen).
+    let w = Workload::start(&["--regions", "3", "--children", "2", "--noise", "0"]);
+    let r = Rmapwatch::start(&[]);
+    std::thread::sleep(Duration::from_millis(500));
+    let r = r.stop();
+    assert_eq!(process(&r, w.parent).ppid, Some(std::process::id()));
+    for &c in &w.children {
+        assert_eq!(process(&r, c).ppid, Some(w.parent), "child {c}");
+    }
     w.finish();
 }

@@ -65,6 +65,7 @@ impl Script {
             .collect();
         self.inputs.push(Input::WalkVmas {
             comms,
+            parents: Vec::new(),
             vmas: vmas.to_vec(),
         });
         self
@@ -541,6 +542,7 @@ fn a_detail_view_is_walked_at_once_and_its_family_found_in_the_next_walk() {
         e.apply(Input::WalkBegin { t }).unwrap();
         e.apply(Input::WalkVmas {
             comms: vec![(1, "parent".into()), (2, "child".into())],
+            parents: Vec::new(),
             vmas: snap.vmas.clone(),
         })
         .unwrap();

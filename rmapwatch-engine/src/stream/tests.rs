@@ -37,6 +37,7 @@ fn vma(tgid: u32, i: u64) -> Vma {
             .map(|k| (0xffff_8880_4000_0000 + i * 128 + k * 64, av - k * 104))
             .collect(),
         chain_truncated: i == 7,
+        ppid: 0,
     }
 }
 
@@ -88,6 +89,7 @@ pub fn every_input() -> Vec<Input> {
         Input::WalkBegin { t: 6 },
         Input::WalkVmas {
             comms: vec![(100, "zygote64".into()), (200, "".into())],
+            parents: vec![(100, 1)],
             vmas: (0..10).map(|i| vma(100, i)).chain([vma(200, 11)]).collect(),
         },
         Input::Events {
@@ -256,7 +258,7 @@ fn empty_foreign_and_other_version_files_say_so() {
     bytes[8] = 2;
     assert!(matches!(
         decode_all(&bytes),
-        Err((_, StreamError::Version(2, 0)))
+        Err((_, StreamError::Version(2, m))) if m == VERSION.1
     ));
 }
 

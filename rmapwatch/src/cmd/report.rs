@@ -127,7 +127,24 @@ pub fn record(spec: &Spec, model: model::Options, r: &RecordOpts) -> anyhow::Res
         None => None,
     };
     let mut runner = run::Runner::with_signals()?;
-    let mut src = spec.open(r.interval)?;
+    // Stopped or failed before the source started: no empty files left.
+    let remove = || {
+        let _ = std::fs::remove_file(path);
+        if let Some(p) = &r.perfetto {
+            let _ = std::fs::remove_file(p);
+        }
+    };
+    let mut src = match runner.open(spec, r.interval, None) {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) => {
+            remove();
+            return Ok(());
+        }
+        Err(e) => {
+            remove();
+            return Err(e);
+        }
+    };
     let recording = RecordSink::new(path, file, &src.facts)?;
     log::info(&format!(
         "attached; recording to {} {}",

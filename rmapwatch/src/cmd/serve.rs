@@ -171,17 +171,16 @@ fn spawn_server(listener: TcpListener, shared: Shared) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the HTTP server's runtime")?;
+    // Here, not on the server's thread: a server that cannot start is the
+    // command's error, not a line in the log of an exporter serving nothing.
+    let l = {
+        let _in = rt.enter();
+        tokio::net::TcpListener::from_std(listener).context("starting the HTTP server")?
+    };
     std::thread::Builder::new()
         .name("http".into())
         .spawn(move || {
             rt.block_on(async move {
-                let l = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        log::warn(&format!("the HTTP server cannot start: {e}"));
-                        return;
-                    }
-                };
                 loop {
                     let stream = match l.accept().await {
                         Ok((s, _)) => s,
@@ -242,8 +241,9 @@ pub fn serve(spec: &Spec, model: model::Options, o: &Opts) -> anyhow::Result<()>
     let mut first = true;
     loop {
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let mut src = match spec.open(o.interval) {
-            Ok(s) => s,
+        let mut src = match runner.open(spec, o.interval, deadline) {
+            Ok(Ok(s)) => s,
+            Ok(Err(_)) => return Ok(()),
             // The first start's errors are the user's to fix: say them and
             // exit (no device, not root, ...).
             Err(e) if first => return Err(e),
@@ -296,6 +296,9 @@ pub fn serve(spec: &Spec, model: model::Options, o: &Opts) -> anyhow::Result<()>
                 log::info(&format!("stopped ({stop:?}); programs detached"));
                 return Ok(());
             }
+            // Stopped, and its end failed (the final walk over a link that
+            // dropped): the end, not a lost source to retry.
+            Err(e) if runner.stopped().is_some() => return Err(e),
             Err(e) => log::warn(&format!("{e:#}")),
         }
         {

@@ -51,8 +51,14 @@ pub fn view(
             std::io::stderr(),
             "rmapwatch: attaching (log: {log_path})..."
         );
-        let runner = Runner::with_signals()?;
-        (runner, spec.open(delay)?)
+        let mut runner = Runner::with_signals()?;
+        match runner.open(spec, delay, None)? {
+            Ok(src) => (runner, src),
+            Err(stop) => {
+                let _ = writeln!(std::io::stderr(), "rmapwatch: stopped ({stop:?})");
+                return Ok(());
+            }
+        }
     };
     let (opts, header) = match replay {
         Some(path) => (

@@ -214,6 +214,7 @@ fn run(mut cmd: Command, limit: Duration, what: &str) -> anyhow::Result<Output> 
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {what}"))?;
+    let _starting = super::start::Starting::new(child.id());
     let mut out = child.stdout.take().context("stdout")?;
     let mut err = child.stderr.take().context("stderr")?;
     let o = std::thread::spawn(move || {
@@ -238,6 +239,11 @@ fn run(mut cmd: Command, limit: Duration, what: &str) -> anyhow::Result<Output> 
                 what: what.to_owned(),
                 why: format!("no answer in {} s", limit.as_secs()),
             });
+        }
+        if let Err(c) = super::start::check() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(c.into());
         }
         std::thread::sleep(Duration::from_millis(10));
     };

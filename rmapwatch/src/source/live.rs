@@ -22,12 +22,16 @@ pub struct LiveArgs {
     pub ring_bytes: Option<u32>,
     /// Where the slab events come from.
     pub slab_path: SlabPath,
+    /// Keep `CAP_DAC_OVERRIDE` after attaching: an agent that removes its
+    /// pushed binary at the end (`--cleanup`).
+    pub cleanup: bool,
 }
 
 #[cfg(target_os = "linux")]
 mod imp {
     use super::*;
     use rmapwatch_live::{
+        caps,
         kernel::{self, KernelFacts},
         loader::{Attach, Probes},
         source::{Live, LiveOptions},
@@ -52,6 +56,13 @@ mod imp {
             },
         )?;
         let facts = live.facts().clone();
+        // Attached: what the rest of the run does not use goes, for good.
+        let keep = caps::after_attach(caps::kernel_has_cap_bpf(), a.cleanup);
+        let kept = caps::keep_only(&keep)?;
+        crate::log::info(&format!(
+            "attached; capabilities kept: {} (the others dropped)",
+            caps::names(kept)
+        ));
         Source::spawn("live source", "", facts, move |out, requests| {
             live.run(&mut |i| out(i), requests)
         })
@@ -85,6 +96,11 @@ mod imp {
     pub fn map_paths(pid: u32) -> std::collections::HashMap<u64, String> {
         rmapwatch_live::procfs::map_paths(pid)
     }
+
+    /// The first argument of a process's command line.
+    pub fn argv0(pid: u32) -> Option<String> {
+        rmapwatch_live::procfs::argv0(pid)
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -113,6 +129,10 @@ mod imp {
 
     pub fn map_paths(_: u32) -> std::collections::HashMap<u64, String> {
         std::collections::HashMap::new()
+    }
+
+    pub fn argv0(_: u32) -> Option<String> {
+        None
     }
 }
 

@@ -15,6 +15,7 @@ pub mod live;
 pub mod recording;
 pub mod remote;
 pub mod running;
+pub mod start;
 
 pub use recording::Pace;
 pub use running::Source;
@@ -137,7 +138,13 @@ impl Spec {
                 let (snap, mut paths, sizes) = recording::last_walk(path)?;
                 // In a recording, a pid that is not in its last walk was
                 // not there (or was a kernel thread): there is no /proc.
-                let pid = inspect::resolve(&target, &snap, &PidStatus::Absent, &PidStatus::Absent)?;
+                let pid = inspect::resolve(
+                    &target,
+                    &snap,
+                    &PidStatus::Absent,
+                    &PidStatus::Absent,
+                    &|_| None,
+                )?;
                 let paths = paths.remove(&pid).unwrap_or_default();
                 Ok(Inspected::Here {
                     snap,
@@ -164,7 +171,7 @@ impl Spec {
                 }
                 let (snap, sizes) = live::snapshot(&a.btf)?;
                 let after = status(&target);
-                let pid = inspect::resolve(&target, &snap, &before, &after)?;
+                let pid = inspect::resolve(&target, &snap, &before, &after, &live::argv0)?;
                 Ok(Inspected::Here {
                     paths: live::map_paths(pid),
                     snap,

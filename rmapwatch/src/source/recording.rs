@@ -202,7 +202,7 @@ pub fn last_walk(path: &Path) -> anyhow::Result<(Snapshot, Paths, Sizes)> {
                 cur = Some((Snapshot::default(), HashMap::new()));
                 comms.clear();
             }
-            Input::WalkVmas { comms: c, vmas } => {
+            Input::WalkVmas { comms: c, vmas, .. } => {
                 comms.extend(c);
                 if let Some((s, _)) = &mut cur {
                     for v in &vmas {

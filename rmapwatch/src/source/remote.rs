@@ -92,6 +92,8 @@ pub fn agent(
             });
     }
     let name = name.to_owned();
+    // Killed if the run is stopped before the agent's stream begins.
+    let starting = super::start::Starting::new(child.id());
     let reader = match Reader::open(BufReader::new(link.counting(stdout)), Kind::Inputs) {
         Ok(r) => r,
         Err(source) => {
@@ -119,6 +121,7 @@ pub fn agent(
             .into());
         }
     };
+    drop(starting);
     let facts = reader.header().facts.clone().unwrap_or_default();
     let ticks = link.clone();
     let mut src = Source::spawn("remote", prefix, facts, move |out, mut requests| {

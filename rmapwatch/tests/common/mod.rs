@@ -225,6 +225,22 @@ impl Rmapwatch {
     }
 }
 
+/// A test that failed leaves no rmapwatch running (it would hold the
+/// programs, and the lock of `cargo xtask test`'s callers, for ever).
+impl Drop for Rmapwatch {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            send(&self.child, libc::SIGINT);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A running `rmw-workload --hold`, stopped at its `ready` line.
 pub struct Workload {
     pub child: Child,
@@ -239,7 +255,21 @@ pub struct Workload {
 
 impl Workload {
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(&*WORKLOAD)
+        Self::spawn(Command::new(&*WORKLOAD), args)
+    }
+
+    /// A workload that calls itself `name` as an Android app does: the
+    /// first argument of its command line, and its comm (the kernel keeps
+    /// the first 15 bytes).
+    pub fn start_named(name: &str, args: &[&str]) -> Self {
+        use std::os::unix::process::CommandExt as _;
+        let mut c = Command::new(&*WORKLOAD);
+        c.arg0(name).args(["--name", name]);
+        Self::spawn(c, args)
+    }
+
+    fn spawn(mut c: Command, args: &[&str]) -> Self {
+        let mut child = c
             .args(args)
             .arg("--hold")
             .stdin(Stdio::piped())
@@ -614,16 +644,27 @@ pub fn straddle(start: impl FnOnce() -> Rmapwatch, reference: bool) -> usize {
     let storm = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let mut held = Vec::new();
-            // As fast as they start, at most 200 (800 processes held).
-            while !stop.load(Ordering::Acquire) && held.len() < 200 {
+            // As fast as they start; the newest 100 held (400 processes),
+            // the older ones released as new ones come, however long the
+            // source takes to attach (a phone's agent is pushed first).
+            let mut held = std::collections::VecDeque::new();
+            let mut started = Vec::new();
+            while !stop.load(Ordering::Acquire) {
                 let t = Instant::now();
-                held.push((
-                    t,
-                    Workload::start(&["--regions", "40", "--children", "3", "--noise", "0"]),
-                ));
+                started.push(t);
+                held.push_back(Workload::start(&[
+                    "--regions",
+                    "40",
+                    "--children",
+                    "3",
+                    "--noise",
+                    "0",
+                ]));
+                if held.len() > 100 {
+                    held.pop_front().map(Workload::finish);
+                }
             }
-            held
+            (started, held)
         })
     };
     std::thread::sleep(Duration::from_millis(200));
@@ -632,10 +673,10 @@ pub fn straddle(start: impl FnOnce() -> Rmapwatch, reference: bool) -> usize {
     r.stdout.fresh("\"done\":false", Duration::from_secs(60));
     let seeded = Instant::now();
     stop.store(true, Ordering::Release);
-    let held = storm.join().unwrap();
-    let during = held
+    let (started, held) = storm.join().unwrap();
+    let during = started
         .iter()
-        .filter(|(t, _)| *t >= attached && *t <= seeded)
+        .filter(|t| **t >= attached && **t <= seeded)
         .count();
     assert!(
         during > 0,
@@ -678,7 +719,7 @@ pub fn straddle(start: impl FnOnce() -> Rmapwatch, reference: bool) -> usize {
     );
     let pids: Vec<u32> = held
         .iter()
-        .flat_map(|(_, w)| std::iter::once(w.parent).chain(w.children.clone()))
+        .flat_map(|w| std::iter::once(w.parent).chain(w.children.clone()))
         .collect();
     for &pid in &pids {
         let p = process(&got, pid);
@@ -699,7 +740,7 @@ pub fn straddle(start: impl FnOnce() -> Rmapwatch, reference: bool) -> usize {
             assert_eq!(a.snapshot, b.snapshot, "pid {pid} walked");
         }
     }
-    for (_, w) in held {
+    for w in held {
         w.finish();
     }
     during

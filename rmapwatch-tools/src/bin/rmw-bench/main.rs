@@ -324,12 +324,19 @@ fn walk_through(engine: &mut Engine, mut records: impl std::io::Read, clock: &mu
             engine
                 .apply(Input::WalkVmas {
                     comms: std::mem::take(&mut comms),
+                    parents: Vec::new(),
                     vmas: std::mem::take(&mut vmas),
                 })
                 .expect("vmas");
         }
     }
-    engine.apply(Input::WalkVmas { comms, vmas }).expect("vmas");
+    engine
+        .apply(Input::WalkVmas {
+            comms,
+            parents: Vec::new(),
+            vmas,
+        })
+        .expect("vmas");
     let counts = decoder.finish().expect("synthetic records end well");
     *clock += 1_000_000;
     engine

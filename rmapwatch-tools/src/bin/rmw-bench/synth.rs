@@ -161,11 +161,16 @@ pub fn walk_inputs(vmas: impl IntoIterator<Item = Vma>, t: u64) -> Vec<Input> {
         if batch.len() == 1024 {
             out.push(Input::WalkVmas {
                 comms: std::mem::take(&mut comms),
+                parents: Vec::new(),
                 vmas: std::mem::take(&mut batch),
             });
         }
     }
-    out.push(Input::WalkVmas { comms, vmas: batch });
+    out.push(Input::WalkVmas {
+        comms,
+        parents: Vec::new(),
+        vmas: batch,
+    });
     out.push(Input::WalkEnd {
         t: t + 1_000_000,
         counts: WalkCounts {
