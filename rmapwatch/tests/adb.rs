@@ -493,6 +493,100 @@ fn a_killed_adb_server_is_a_dropped_link_too() {
     });
 }
 
+/// The pids of agents running from a pushed file.
+fn agents() -> Vec<i32> {
+    let out = Command::new("pgrep")
+        .args(["-f", "^/data/local/tmp/rmapwatch-[0-9a-f]+ agent"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// A `kill -9` of the agent on the device, at a moment it had left
+/// `kptr_restrict` lowered (it lowers it while it reads the kernel's
+/// symbols where it is 2): its programs go with it (their links are its
+/// file descriptors), the host says so in one line, removes the pushed
+/// file and puts `kptr_restrict` back.
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_kill_9_of_the_agent_leaves_nothing_and_the_host_restores_kptr_restrict() {
+    let (clean, server, dev) = rooted_device();
+    let mut rw = adb_report(&server, &dev.serial, &[]);
+    let pids = agents();
+    assert_eq!(pids.len(), 1, "one agent: {pids:?}");
+    assert!(!rmapwatch_programs_loaded().is_empty());
+    // The moment the host cannot see: the agent between lowering and
+    // restoring it.
+    let kptr = "/proc/sys/kernel/kptr_restrict";
+    let was = std::fs::read_to_string(kptr).unwrap();
+    let lowered = if was.trim() == "1" { "0" } else { "1" };
+    std::fs::write(kptr, lowered).unwrap();
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pids[0], libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = rw.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the host did not notice");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let errs = rw.stderr.rest();
+    assert!(!status.success(), "{errs:#?}");
+    assert!(
+        errs.iter()
+            .any(|l| l.contains("kptr_restrict") && l.contains("set back")),
+        "{errs:#?}"
+    );
+    clean.check();
+}
+
+/// A `kill -9` of the host's rmapwatch: the agent sees its stdin close
+/// and detaches, removing its pushed file.
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_kill_9_of_the_host_leaves_nothing_on_the_device() {
+    let (clean, server, dev) = rooted_device();
+    for wait in [None, Some(Duration::from_millis(300))] {
+        let mut rw = match wait {
+            // Attached and streaming.
+            None => adb_report(&server, &dev.serial, &[]),
+            // During the start: the push, root, the agent's loading.
+            Some(d) => {
+                let mut c = server.rmapwatch();
+                c.args(["--adb", &dev.serial, "report", "--json"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                let child = c.spawn().unwrap();
+                std::thread::sleep(d);
+                Rmapwatch {
+                    child,
+                    stdout: Lines::new(std::io::empty()),
+                    stderr: Lines::new(std::io::empty()),
+                }
+            }
+        };
+        send(&rw.child, libc::SIGKILL);
+        let _ = rw.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !agents().is_empty() {
+            assert!(Instant::now() < deadline, "an agent outlived its host");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if wait.is_some() {
+            // Killed before the agent ran, it may have left the pushed
+            // file: the next run takes it as its own and removes it.
+            let r = adb_report(&server, &dev.serial, &[]).stop();
+            assert!(r.done);
+        }
+        clean.check();
+    }
+}
+
 #[test]
 #[ignore = "needs root: run by cargo xtask test"]
 fn hostile_strings_are_data_and_the_agent_is_pushed_once_when_kept() {

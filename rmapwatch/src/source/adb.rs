@@ -25,6 +25,8 @@ use crate::{link::Link, log};
 
 /// Where the agent and a pushed BTF go on the device.
 pub const DEVICE_DIR: &str = "/data/local/tmp";
+/// The sysctl that hides kernel addresses.
+const KPTR_RESTRICT: &str = "/proc/sys/kernel/kptr_restrict";
 
 /// What `--adb` and its companions asked.
 #[derive(Clone, Debug, Default)]
@@ -594,6 +596,10 @@ pub struct Session {
     /// Files rmapwatch pushed (removed at the end unless kept).
     pushed: Vec<String>,
     keep: bool,
+    /// The device's `kptr_restrict` before the agent ran: the agent lowers
+    /// it for a moment where it hides kernel addresses from root, and
+    /// restores it, unless it is killed in between; then this does.
+    kptr_restrict: Option<String>,
 }
 
 impl Session {
@@ -631,6 +637,7 @@ impl Session {
             btf: None,
             pushed: Vec::new(),
             keep: a.keep_agent,
+            kptr_restrict: None,
         };
         s.device = s.probe()?;
         log::info(&format!(
@@ -663,6 +670,7 @@ impl Session {
         let (path, bytes) = find_agent(a.agent.as_deref(), &s.device.arch)?;
         s.root = s.gain_root()?;
         log::info(&format!("root on {}: {}", s.serial, s.root.as_str()));
+        s.kptr_restrict = s.kptr_restrict();
         s.agent = s.push(&path, &bytes, "")?;
         if let Some(btf) = &a.btf {
             let b = std::fs::read(btf).with_context(|| format!("reading {}", btf.display()))?;
@@ -755,8 +763,60 @@ impl Session {
         .into())
     }
 
+    /// The device's `kptr_restrict`, as root.
+    fn kptr_restrict(&self) -> Option<String> {
+        let out = self
+            .shell(
+                &self.root.wrap(&format!("cat {KPTR_RESTRICT}")),
+                Duration::from_secs(15),
+            )
+            .ok()?;
+        let v = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (out.status.success() && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .then_some(v)
+    }
+
+    /// Puts `kptr_restrict` back where the run found it, if the agent left
+    /// it changed (killed while it read the kernel's symbols).
+    fn restore_kptr_restrict(&self) {
+        let Some(was) = &self.kptr_restrict else {
+            return;
+        };
+        let Some(now) = self.kptr_restrict() else {
+            log::warn(&format!(
+                "could not check kptr_restrict on {} (it was {was})",
+                self.serial
+            ));
+            return;
+        };
+        if &now == was {
+            return;
+        }
+        let set = self.shell(
+            &self
+                .root
+                .wrap(&format!("echo {} > {KPTR_RESTRICT}", quote(was))),
+            Duration::from_secs(15),
+        );
+        match set {
+            Ok(o) if o.status.success() && self.kptr_restrict().as_ref() == Some(was) => {
+                log::warn(&format!(
+                    "kptr_restrict on {} was left at {now} (the agent ended while it read the \
+                     kernel's symbols): set back to {was}",
+                    self.serial
+                ));
+            }
+            _ => log::warn(&format!(
+                "kptr_restrict on {} is {now}, was {was}, and setting it back FAILED",
+                self.serial
+            )),
+        }
+    }
+
     /// Pushes `bytes` (read from `path`) under a content-hashed name,
-    /// unless that file is already there.
+    /// unless that file is already there. A file already there that this
+    /// run does not keep is removed at the end as if pushed: an earlier
+    /// run that was killed left it.
     fn push(&mut self, path: &Path, bytes: &[u8], suffix: &str) -> anyhow::Result<String> {
         let remote = format!(
             "{DEVICE_DIR}/rmapwatch-{:016x}{suffix}",
@@ -769,6 +829,7 @@ impl Session {
         )?;
         if String::from_utf8_lossy(&out.stdout).trim() == bytes.len().to_string() {
             log::info(&format!("{remote} is already on {}", self.serial));
+            self.pushed.push(remote.clone());
             return Ok(remote);
         }
         let part = format!("{remote}.part");
@@ -851,6 +912,7 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.restore_kptr_restrict();
         if !self.keep && !self.pushed.is_empty() {
             let files: Vec<String> = self.pushed.iter().map(|p| quote(p)).collect();
             let files = files.join(" ");
