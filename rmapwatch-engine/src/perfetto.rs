@@ -222,6 +222,37 @@ impl Builder {
                 push_change(&mut s.samples, t, gone);
             }
         }
+        // Bounded as the engine's state is: once the series of processes
+        // that are gone outnumber the tracks, those outside the `top`
+        // peaks go. A gone process's peak no longer grows, so its rank
+        // only falls: it could never get a track.
+        if self.procs.len() > seen.len() + 2 * self.top + 64 {
+            let keep: std::collections::BTreeSet<u32> = self.chosen().into_iter().collect();
+            self.procs
+                .retain(|pid, _| seen.contains(pid) || keep.contains(pid));
+        }
+    }
+
+    /// How many process series it holds.
+    #[must_use]
+    pub fn series(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// Samples at `t` of processes given as rows (what [`Self::step`]
+    /// takes from the engine at a frame).
+    #[cfg(test)]
+    pub(crate) fn sample_rows(&mut self, t: Nanos, rows: Vec<ProcRow>) {
+        let live = rows.iter().fold(Objects::default(), |mut a, r| {
+            a.anon_vma += r.live.anon_vma;
+            a.avc += r.live.avc;
+            a
+        });
+        let sizes = Sizes {
+            anon_vma: 104,
+            anon_vma_chain: 64,
+        };
+        self.sample(t, live, None, rows.into_iter(), sizes);
     }
 
     /// The instants so far.
@@ -426,5 +457,53 @@ fn push_change(samples: &mut Vec<(Nanos, Sample)>, t: Nanos, s: Sample) {
         Some(last) if last.0 == t => last.1 = s,
         Some(last) if last.1 == s => {}
         _ => samples.push((t, s)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(pid: u32, anon_vma: u64) -> ProcRow {
+        ProcRow {
+            pid,
+            comm: format!("p{pid}"),
+            live: Objects {
+                anon_vma,
+                avc: anon_vma,
+            },
+            ..ProcRow::default()
+        }
+    }
+
+    /// A day of short-lived processes: the series held stay bounded by
+    /// the live processes and the tracks, and the trace still gives its
+    /// tracks to the largest peaks of the whole run.
+    #[test]
+    fn series_of_gone_processes_are_bounded_and_the_largest_peaks_kept() {
+        let top = 5;
+        let mut b = Builder::new(top);
+        let mut most = 0;
+        // Two long-lived processes; 20,000 short-lived ones, three at a
+        // time; pids 1000 and 7777 have the run's largest peaks.
+        for i in 0..20_000u32 {
+            let pid = 1000 + i;
+            let peak = match pid {
+                1000 => 10_000,
+                7777 => 9_000,
+                _ => u64::from(i % 97) + 1,
+            };
+            let rows = vec![row(1, 500), row(2, 600), row(pid, peak), row(pid + 1, 1)];
+            b.sample_rows(u64::from(i) * 1000, rows);
+            most = most.max(b.series());
+        }
+        assert!(most <= 4 + 2 * top + 64 + 1, "held {most} series");
+        let chosen = b.chosen();
+        assert!(
+            chosen.contains(&1000) && chosen.contains(&7777),
+            "{chosen:?}"
+        );
+        assert!(chosen.contains(&1) && chosen.contains(&2), "{chosen:?}");
+        assert_eq!(chosen.len(), top);
     }
 }
