@@ -117,8 +117,10 @@ enum Cmd {
     /// Build (release) and soak `rmapwatch serve` as root: fork/mmap churn
     /// (stress-ng) next to a process holding --vmas VMAs, scraped the whole
     /// time; fails on an RSS growth trend, a scrape of 100 ms or more, or
-    /// end counts unlike a fresh walk's (see BENCHMARKS.md). Installs the
-    /// eBPF toolchain and stress-ng.
+    /// end counts unlike a fresh walk's (see BENCHMARKS.md). With `--adb`,
+    /// through the adb device stand-in (this host as the phone): the
+    /// agent's RSS and the link's lag watched too. Installs the eBPF
+    /// toolchain, stress-ng and adb.
     Soak {
         /// Minutes of churn.
         #[arg(long, default_value = "10")]
@@ -126,6 +128,9 @@ enum Cmd {
         /// VMAs of state (half of them with an anon_vma).
         #[arg(long, default_value = "1000000")]
         vmas: usize,
+        /// Through `rmapwatch --adb` and the device stand-in.
+        #[arg(long)]
+        adb: bool,
     },
     /// Build (release) and run the benchmarks as root; each prints its
     /// baseline from the same run and the ratio (see BENCHMARKS.md).
@@ -229,17 +234,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             setup::prepare(Profile::BtfFixtures, &root, false)?;
             btf_fixtures(&root)
         }
-        Cmd::Soak { minutes, vmas } => {
+        Cmd::Soak { minutes, vmas, adb } => {
             setup::prepare(Profile::Soak, &root, false)?;
             build_release("rmapwatch, the workload and the soak")?;
+            if adb {
+                // The agent the host pushes to the stand-in.
+                build_static(&root, &vm::ARCHES[0])?;
+            }
             let bin = root.join("target/release/rmw-bench");
-            let args = [
+            let mut args = vec![
                 "soak".to_owned(),
                 "--minutes".to_owned(),
                 minutes.to_string(),
                 "--vmas".to_owned(),
                 vmas.to_string(),
             ];
+            if adb {
+                args.push("--adb".to_owned());
+            }
             step(&format!("running {} {}", bin.display(), args.join(" ")));
             sh(&mut as_root(&bin, &args))
         }

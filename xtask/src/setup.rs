@@ -150,7 +150,7 @@ impl Profile {
             Self::Bench => {
                 "the eBPF toolchain, bpftrace (the storms baseline), adb (the adb benchmark)"
             }
-            Self::Soak => "the eBPF toolchain, stress-ng (the churn)",
+            Self::Soak => "the eBPF toolchain, stress-ng (the churn), adb (soak --adb)",
             Self::VmTest => {
                 "the eBPF toolchain, the aarch64 cross gcc, QEMU with zstd, the arm64 dpkg \
                  architecture (the arm64 guests' packages), adb (the arm64 guests over adb)"
@@ -182,7 +182,7 @@ impl Profile {
             Self::Run | Self::Build | Self::Fixtures => toolchain(),
             Self::RunAdb | Self::BuildAarch64 => [toolchain(), apt(CROSS_PACKAGES)].concat(),
             Self::Bench => [toolchain(), apt(&["bpftrace", "adb"])].concat(),
-            Self::Soak => [toolchain(), apt(&["stress-ng"])].concat(),
+            Self::Soak => [toolchain(), apt(&["stress-ng", "adb"])].concat(),
             Self::VmTest => [
                 toolchain(),
                 apt(CROSS_PACKAGES),

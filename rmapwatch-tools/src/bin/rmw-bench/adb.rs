@@ -26,7 +26,7 @@ fn hz() -> f64 {
 
 /// The agent on the "device": the process whose command line has
 /// `--cleanup` (what an `--adb` host passes it).
-fn agent_pid() -> Option<u32> {
+pub fn agent_pid() -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.find_map(|e| {
         let e = e.ok()?;
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
@@ -111,34 +111,9 @@ pub fn run(secs: usize, forks: usize) -> anyhow::Result<()> {
     let base_pct = (cpu_ticks(base.id())? - c0) as f64 / hz() / t0.elapsed().as_secs_f64() * 100.0;
     stop(base)?;
 
-    let home = std::env::temp_dir().join("rmw-bench-adb-home");
-    std::fs::create_dir_all(&home)?;
-    let env = [
-        ("ANDROID_ADB_SERVER_PORT", "15981".to_owned()),
-        ("HOME", home.display().to_string()),
-    ];
-    let adb = |args: &[&str]| -> anyhow::Result<String> {
-        let o = Command::new("adb")
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .output()
-            .context("running adb (apt install adb)")?;
-        Ok(String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    };
-    let mut dev = Command::new(&adbd)
-        .args(["--listen", "127.0.0.1:0", "--uid", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let out = lines_of(dev.stdout.take().context("stdout")?);
-    let serial = out
-        .recv_timeout(Duration::from_secs(20))
-        .ok()
-        .and_then(|l| l.rsplit(' ').next().map(str::to_owned))
-        .context("rmw-adbd did not say where it listens")?;
+    let dev = StandIn::start(&adbd)?;
+    let (env, serial) = (dev.env.clone(), dev.serial.clone());
     let result = (|| -> anyhow::Result<()> {
-        adb(&["connect", &serial])?;
         let mut host = spawn_report(&bin, &["--adb", &serial], &env)?;
         let host_err = lines_of(host.stderr.take().context("stderr")?);
         let host_out = lines_of(host.stdout.take().context("stdout")?);
@@ -206,24 +181,93 @@ pub fn run(secs: usize, forks: usize) -> anyhow::Result<()> {
         );
         Ok(())
     })();
-    let _ = adb(&["kill-server"]);
-    // SAFETY: plain kill(2) on our child.
-    unsafe { libc::kill(i32::try_from(dev.id())?, libc::SIGTERM) };
-    let _ = dev.wait();
-    let _ = std::fs::remove_dir_all(&home);
-    let left: Vec<PathBuf> = std::fs::read_dir("/data/local/tmp")
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with("rmapwatch-"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    if !left.is_empty() {
-        bail!("left on the device side: {left:?}");
-    }
+    dev.stop()?;
     result
+}
+
+/// The device stand-in (`rmw-adbd`, root) connected to an adb server of
+/// its own (its own port and home): a "phone" whose commands run here.
+pub struct StandIn {
+    dev: Child,
+    home: PathBuf,
+    /// The environment an adb client (and `rmapwatch --adb`) needs.
+    pub env: Vec<(&'static str, String)>,
+    /// The device's serial (its address).
+    pub serial: String,
+}
+
+impl StandIn {
+    /// Starts `adbd` (the stand-in's binary) and connects the server.
+    ///
+    /// # Errors
+    /// The stand-in or adb fail.
+    pub fn start(adbd: &Path) -> anyhow::Result<Self> {
+        let home = std::env::temp_dir().join("rmw-bench-adb-home");
+        std::fs::create_dir_all(&home)?;
+        let env = vec![
+            ("ANDROID_ADB_SERVER_PORT", "15981".to_owned()),
+            ("HOME", home.display().to_string()),
+        ];
+        let mut dev = Command::new(adbd)
+            .args(["--listen", "127.0.0.1:0", "--uid", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let out = lines_of(dev.stdout.take().context("stdout")?);
+        let serial = out
+            .recv_timeout(Duration::from_secs(20))
+            .ok()
+            .and_then(|l| l.rsplit(' ').next().map(str::to_owned))
+            .context("rmw-adbd did not say where it listens")?;
+        let s = Self {
+            dev,
+            home,
+            env,
+            serial,
+        };
+        s.adb(&["connect", &s.serial])?;
+        Ok(s)
+    }
+
+    /// `adb ARGS` against this server; its stdout.
+    ///
+    /// # Errors
+    /// adb cannot be run.
+    pub fn adb(&self, args: &[&str]) -> anyhow::Result<String> {
+        let o = Command::new("adb")
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .output()
+            .context("running adb (apt install adb)")?;
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    }
+
+    /// Stops the server and the stand-in; fails if a pushed file is left
+    /// on the "device".
+    ///
+    /// # Errors
+    /// Something of rmapwatch's was left in `/data/local/tmp`.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.adb(&["kill-server"]);
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(i32::try_from(self.dev.id())?, libc::SIGTERM) };
+        let _ = self.dev.wait();
+        let _ = std::fs::remove_dir_all(&self.home);
+        let left: Vec<PathBuf> = std::fs::read_dir("/data/local/tmp")
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with("rmapwatch-"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !left.is_empty() {
+            bail!("left on the device side: {left:?}");
+        }
+        Ok(())
+    }
 }

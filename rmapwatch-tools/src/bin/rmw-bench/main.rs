@@ -471,6 +471,7 @@ fn main() -> ExitCode {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(10.0),
                 vmas: arg_num(&args, "--vmas", 1_000_000),
+                adb: args.iter().any(|a| a == "--adb"),
             })?,
             "record" => record::record(
                 arg_num(&args, "--rounds", 5),

@@ -20,6 +20,10 @@ pub struct Opts {
     /// VMAs the holder maps (half of them with an anon_vma: each region
     /// sits between guard pages).
     pub vmas: usize,
+    /// Through the adb stand-in (`rmw-adbd`, this host as the "phone"):
+    /// `rmapwatch --adb SERIAL serve`, the agent's RSS and the link's lag
+    /// watched too.
+    pub adb: bool,
 }
 
 struct Killed(Child);
@@ -172,7 +176,24 @@ pub fn run(o: &Opts) -> anyhow::Result<()> {
     }
     let holder = Killed(holder);
     println!("holder ready in {:.1} s", t0.elapsed().as_secs_f64());
-    let mut serve = Command::new(&bin)
+    let stand_in = if o.adb {
+        let adbd = bin.with_file_name("rmw-adbd");
+        let s = crate::adb::StandIn::start(&adbd)?;
+        println!(
+            "through adb: the stand-in {} (this host as the phone), its own adb server",
+            s.serial
+        );
+        Some(s)
+    } else {
+        None
+    };
+    let mut serve = Command::new(&bin);
+    if let Some(s) = &stand_in {
+        serve
+            .args(["--adb", &s.serial])
+            .envs(s.env.iter().map(|(k, v)| (*k, v.as_str())));
+    }
+    let mut serve = serve
         .args(["serve", "--listen", "127.0.0.1:0", "--interval", "1"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -204,6 +225,14 @@ pub fn run(o: &Opts) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The agent on the "phone" (adb): its RSS too.
+    let agent = if o.adb {
+        Some(crate::adb::agent_pid().context("no agent process found")?)
+    } else {
+        None
+    };
+    let mut agent_rss: Vec<(f64, f64)> = Vec::new();
+    let mut lag_ms: Vec<f64> = Vec::new();
     let secs = (o.minutes * 60.0).round() as u64;
     let stress = Command::new("stress-ng")
         .args([
@@ -231,6 +260,12 @@ pub fn run(o: &Opts) -> anyhow::Result<()> {
         let t = start.elapsed().as_secs_f64();
         if let Some(kib) = rss_kib(pid) {
             rss.push((t, kib as f64 / 1024.0));
+        }
+        if let Some(kib) = agent.and_then(rss_kib) {
+            agent_rss.push((t, kib as f64 / 1024.0));
+        }
+        if let Some(l) = sample(&text, "rmapwatch_link_lag_seconds") {
+            lag_ms.push(l * 1000.0);
         }
         if t >= next_print {
             println!(
@@ -306,6 +341,45 @@ pub fn run(o: &Opts) -> anyhow::Result<()> {
     // A trend is growth that would add a tenth of the memory in an hour.
     if growth_mib_per_h > (mean * 0.1).max(2.0) {
         failed.push(format!("RSS grows {growth_mib_per_h:+.2} MiB/h"));
+    }
+    if let Some(s) = stand_in {
+        let second = &agent_rss[agent_rss.len() / 2..];
+        let growth = slope(second) * 3600.0;
+        let mean = second.iter().map(|p| p.1).sum::<f64>() / second.len().max(1) as f64;
+        lag_ms.sort_by(f64::total_cmp);
+        let lag = |q: f64| {
+            lag_ms
+                .get(((lag_ms.len().max(1) - 1) as f64 * q) as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "agent RSS: {:.1} MiB at start, {:.1} MiB at the end, mean {mean:.1} MiB over the \
+             second half, trend {growth:+.2} MiB/h",
+            agent_rss.first().map_or(0.0, |r| r.1),
+            agent_rss.last().map_or(0.0, |r| r.1)
+        );
+        println!(
+            "link lag over {} scrapes: median {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            lag_ms.len(),
+            lag(0.5),
+            lag(0.99),
+            lag(1.0)
+        );
+        if growth > (mean * 0.1).max(2.0) {
+            failed.push(format!("the agent's RSS grows {growth:+.2} MiB/h"));
+        }
+        // Bounded: the link keeps up (a tick late by more than the
+        // refresh interval would mean a backlog).
+        if lag_ms.is_empty() || lag(1.0) >= 1000.0 {
+            failed.push(format!(
+                "the link's lag reached {:.0} ms (limit 1000)",
+                lag(1.0)
+            ));
+        }
+        if let Err(e) = s.stop() {
+            failed.push(format!("{e:#}"));
+        }
     }
     if p(1.0) >= 100.0 {
         failed.push(format!("a scrape took {:.1} ms (limit 100)", p(1.0)));
