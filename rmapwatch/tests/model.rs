@@ -505,6 +505,13 @@ fn a_process_whose_main_thread_exited_keeps_its_objects_and_is_not_exited() {
     std::thread::sleep(Duration::from_millis(500));
     let r = r.stop();
     let p = process(&r, w.parent);
+    eprintln!(
+        "pid {}: exited {}, live {:?}, a fresh walk {:?}",
+        p.pid,
+        p.exited,
+        objects(&p.live),
+        p.snapshot.as_ref().map(objects)
+    );
     assert!(!p.exited, "its main thread exited, not the process: {p:?}");
     assert!(objects(&p.live).0 >= K, "{:?}", p.live);
     assert_eq!(

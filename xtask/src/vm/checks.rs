@@ -480,7 +480,7 @@ pub fn zombie(log: &str, kernel: &str) -> Cell {
                 .find_map(|w| w.strip_prefix(&format!("{k}=")))
                 .unwrap_or("?")
         };
-        if word("rc") != "0" || word("inspect") != "0" {
+        if word("rc") != "0" {
             return Err(format!("{meta}; stderr: {errs:?}"));
         }
         if word("leader") != "Z" {
@@ -490,8 +490,8 @@ pub fn zombie(log: &str, kernel: &str) -> Cell {
         let (&parent, children) = pids.split_first().ok_or("no workload pid")?;
         let report: Report = log
             .lines()
-            .filter_map(|l| l.strip_prefix("RMW-ZOMBIE-JSON "))
-            .last()
+            .rev()
+            .find_map(|l| l.strip_prefix("RMW-ZOMBIE-JSON "))
             .ok_or("no report")
             .and_then(|l| serde_json::from_str(l).map_err(|_| "a report that does not parse"))?;
         let p = find(&report, parent).ok_or(format!("process {parent} missing from the report"))?;
@@ -499,7 +499,11 @@ pub fn zombie(log: &str, kernel: &str) -> Cell {
             (b.anon_vma.objects, b.anon_vma_chain.objects)
         };
         if p.exited {
-            return Err(format!("its main thread exited, not the process: {p:?}"));
+            return Err(format!(
+                "its main thread exited, not the process: exited, live {:?}, a fresh walk {:?}",
+                objs(&p.live),
+                p.snapshot.as_ref().map(objs)
+            ));
         }
         let walked = p.snapshot.as_ref().map(objs);
         if walked != Some(objs(&p.live)) || objs(&p.live).0 < K {
@@ -517,6 +521,9 @@ pub fn zombie(log: &str, kernel: &str) -> Cell {
         let drift = report.model.as_ref().ok_or("no walk")?.drift;
         if (drift.anon_vma, drift.anon_vma_chain) != (0, 0) {
             return Err(format!("drift {drift:?}"));
+        }
+        if word("inspect") != "0" {
+            return Err(format!("inspect {parent}: {meta}; stderr: {errs:?}"));
         }
         let inspection: rmapwatch_engine::inspect::Inspection = log
             .lines()
