@@ -7,7 +7,7 @@
 
 /// Version of this ABI (the records below): recorded in streams, so that a
 /// recording says which programs measured it. Bumped on any change.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Kernel objects that rmapwatch counts.
 pub mod object {
@@ -192,6 +192,14 @@ pub struct Config {
     pub task_tgid_off: u32,
     /// `offsetof(struct task_struct, comm)`.
     pub task_comm_off: u32,
+    /// `offsetof(struct task_struct, signal)`.
+    pub task_signal_off: u32,
+    /// `offsetof(struct signal_struct, live)`: the threads of the group
+    /// not yet exiting. An exit is streamed once it is 0 (the whole
+    /// process), not at the leader's: a main thread that exits alone leaves
+    /// the process running. [`ABSENT`] (BTF without `signal_struct`): the
+    /// leader's exit is streamed.
+    pub signal_live_off: u32,
     /// Offsets the snapshot iterator reads.
     pub snap: SnapshotLayout,
     /// How the slab tracepoints' and hooks' arguments are laid out on this
@@ -308,6 +316,13 @@ pub struct SnapshotLayout {
     /// walked with the parent (else whichever of the two the iterator met
     /// first, by pid, took the parent's objects).
     pub task_real_parent: u32,
+    /// `signal_struct.thread_head` (the group's threads, 3.14+), or
+    /// [`ABSENT`]: the `iter/task` walk visits leaders only, and a leader
+    /// that exited alone (a zombie without an mm) is walked on the mm of
+    /// the first of its threads that has one.
+    pub signal_thread_head: u32,
+    /// `task_struct.thread_node` (a thread's node in that list).
+    pub task_thread_node: u32,
 }
 
 /// Marks an absent member in [`SnapshotLayout`].
@@ -326,6 +341,10 @@ pub mod snap {
     /// verifier explores every iteration of every loop within a million
     /// instructions. User space runs passes until every process is done.
     pub const VMAS_PER_PASS: u32 = 4;
+    /// Threads of a group the `iter/task` walk looks through for one with
+    /// an mm when the leader has none (exited alone): exited threads leave
+    /// the list at once, so the first live one is near its head.
+    pub const MAX_THREADS: u32 = 16;
 }
 
 /// One VMA, written by the `iter/task_vma` program after its AVC records.
@@ -433,13 +452,13 @@ mod tests {
                 + 4
                 + 4
                 + 8 * 3
-                + 4 * 3
+                + 4 * 5
                 + size_of::<SnapshotLayout>()
                 + size_of::<ArgLayout>()
                 + 8
         );
         assert_eq!(size_of::<RmapKey>(), 4 + 4 + 8);
-        assert_eq!(size_of::<SnapshotLayout>(), 18 * 4);
+        assert_eq!(size_of::<SnapshotLayout>(), 20 * 4);
         assert_eq!(size_of::<ArgLayout>(), 13 * 4);
         assert_eq!(size_of::<SnapVma>(), 4 * 2 + 8 * 11 + 4 * 4 + COMM_LEN);
         assert_eq!(size_of::<SnapAvc>(), 4 * 2 + 8 * 3);

@@ -68,6 +68,8 @@ static CONFIG: Config = Config {
     task_pid_off: 0,
     task_tgid_off: 0,
     task_comm_off: 0,
+    task_signal_off: 0,
+    signal_live_off: 0,
     snap: rmapwatch_common::SnapshotLayout {
         vma_start: 0,
         vma_end: 0,
@@ -87,6 +89,8 @@ static CONFIG: Config = Config {
         mm_mmap: 0,
         vma_next: 0,
         task_real_parent: 0,
+        signal_thread_head: 0,
+        task_thread_node: 0,
     },
     args: rmapwatch_common::ArgLayout {
         alloc_arg2: 0,
@@ -510,7 +514,8 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-/// `sched_process_exit(struct task_struct *p, ...)`: only leaders are streamed.
+/// `sched_process_exit(struct task_struct *p, ...)`: only the exit of a
+/// whole process is streamed, by whichever of its threads exits last.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     let _ = try_exit(&ctx);
@@ -520,7 +525,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
 fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let task: u64 = ctx.arg(0);
     let (tid, tgid) = task_ids(task)?;
-    if tid != tgid {
+    if !group_dead(task, tid == tgid) {
         return Ok(());
     }
     emit(&Event {
@@ -531,6 +536,27 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         ..Event::default()
     });
     Ok(())
+}
+
+/// Whether the exiting `task` ends its process. `do_exit` decrements
+/// `signal->live` before this tracepoint
+/// (`do_exit`, <https://elixir.bootlin.com/linux/v5.10/source/kernel/exit.c>),
+/// so it is 0 once every thread exits: a leader that exits alone
+/// (`pthread_exit` from `main`) leaves it above 0 and its process running,
+/// with all its objects. Threads exiting at the same moment may each see 0:
+/// a second exit of the same process is harmless. Without the offset (or
+/// when the read fails), the leader's exit counts, as before.
+#[inline(always)]
+fn group_dead(task: u64, leader: bool) -> bool {
+    let cfg = config();
+    if cfg.signal_live_off == ABSENT {
+        return leader;
+    }
+    let signal = read_or_zero(task + u64::from(cfg.task_signal_off));
+    if signal == 0 {
+        return leader;
+    }
+    read_kernel::<i32>(signal + u64::from(cfg.signal_live_off)).map_or(leader, |live| live == 0)
 }
 
 /// Attached to `syscalls:sys_enter_{clone,clone3,fork,vfork}`.
@@ -724,10 +750,51 @@ fn parent_tgid(task: u64) -> u32 {
 /// VMAs are walked with the parent, whose they are.
 #[inline(always)]
 fn borrows_parents_mm(task: u64) -> bool {
+    let mm = read_or_zero(task + u64::from(config().snap.task_mm));
+    on_parents_mm(task, mm)
+}
+
+/// Whether `mm` (`task`'s group's) is also `task`'s parent's.
+#[inline(always)]
+fn on_parents_mm(task: u64, mm: u64) -> bool {
     let l = &config().snap;
-    let mm = read_or_zero(task + u64::from(l.task_mm));
     let parent = read_or_zero(task + u64::from(l.task_real_parent));
     mm != 0 && parent != 0 && read_or_zero(parent + u64::from(l.task_mm)) == mm
+}
+
+/// The mm of `leader`'s process when the leader has none: a leader that
+/// exited alone (`pthread_exit` from `main`) is a zombie with `mm` NULL
+/// while its other threads still run on the process's mm. The first
+/// thread of `signal->thread_head` that has one (bounded; exited threads
+/// leave the list when they are released), else 0 (a kernel thread, or a
+/// process whose every thread is exiting). The iterator program runs under
+/// `rcu_read_lock`, as the list's readers must.
+#[inline(always)]
+fn live_thread_mm(leader: u64) -> u64 {
+    let cfg = config();
+    let l = &cfg.snap;
+    if l.signal_thread_head == ABSENT {
+        return 0;
+    }
+    let signal = read_or_zero(leader + u64::from(cfg.task_signal_off));
+    if signal == 0 {
+        return 0;
+    }
+    let head = signal + u64::from(l.signal_thread_head);
+    let mut node = read_or_zero(head);
+    let mut n = 0;
+    while n < snap::MAX_THREADS {
+        if node == head || node == 0 {
+            break;
+        }
+        let mm = read_or_zero(node - u64::from(l.task_thread_node) + u64::from(l.task_mm));
+        if mm != 0 {
+            return mm;
+        }
+        node = read_or_zero(node);
+        n += 1;
+    }
+    0
 }
 
 /// Next VMA to walk per process (`iter/task`, before 5.12): absent at the
@@ -764,8 +831,13 @@ fn try_task_mmap(ctx: *mut core::ffi::c_void) -> Result<(), i64> {
     if pid != tgid {
         return Ok(());
     }
-    let mm = read_or_zero(task + u64::from(l.task_mm));
-    if mm == 0 || borrows_parents_mm(task) {
+    // This walk visits leaders only: a leader that exited alone is walked
+    // on its live threads' mm (else the process would look empty).
+    let mut mm = read_or_zero(task + u64::from(l.task_mm));
+    if mm == 0 {
+        mm = live_thread_mm(task);
+    }
+    if mm == 0 || on_parents_mm(task, mm) {
         return Ok(());
     }
     // SAFETY: plain lookup, copied out.

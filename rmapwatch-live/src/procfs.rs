@@ -15,12 +15,32 @@ pub fn pid_status(pid: u32) -> PidStatus {
             .find_map(|l| l.strip_prefix(k))
             .map(|v| v.trim().to_owned())
     };
-    let kthread = field("Kthread:").map_or_else(|| field("VmSize:").is_none(), |v| v == "1");
+    // Before 6.0 there is no `Kthread:` line: the task's flags tell
+    // (`PF_KTHREAD`). Not the absence of `VmSize:`, which a user process
+    // whose main thread exited alone shares with kernel threads (its
+    // leader, the pid, is a zombie without an mm).
+    let kthread = match field("Kthread:") {
+        Some(v) => v == "1",
+        None => std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| stat_flags(&s))
+            .map_or_else(|| field("VmSize:").is_none(), |f| f & PF_KTHREAD != 0),
+    };
     if kthread {
         PidStatus::KernelThread(field("Name:").unwrap_or_default())
     } else {
         PidStatus::User
     }
+}
+
+/// `PF_KTHREAD` (`include/linux/sched.h`): the task is a kernel thread.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// The flags field of a `/proc/<pid>/stat` line (the 9th; the comm before
+/// it may hold spaces and parentheses, so fields count from its last `)`).
+fn stat_flags(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(6)?.parse().ok()
 }
 
 /// File paths of a process's mappings, by start address.
@@ -117,6 +137,19 @@ pub fn slab_counts(shrink: bool) -> rmapwatch_engine::input::SlabCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_flags_count_from_the_last_parenthesis_of_the_comm() {
+        // A zombie leader (5.10) and a kernel thread; a comm with ") 1 2".
+        let zombie = "1853 (rmw-workload) Z 1 1853 1 0 -1 4227140 140 0 0 0 0 0";
+        assert_eq!(stat_flags(zombie), Some(4_227_140));
+        assert_eq!(stat_flags(zombie).unwrap() & PF_KTHREAD, 0);
+        let kthread = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0";
+        assert_ne!(stat_flags(kthread).unwrap() & PF_KTHREAD, 0);
+        let odd = "77 (a) 1 2 (b) S 1 77 77 0 -1 4194560 0";
+        assert_eq!(stat_flags(odd), Some(4_194_560));
+        assert_eq!(stat_flags("77 (cut"), None);
+    }
 
     #[test]
     fn map_paths_keep_spaces_and_odd_bytes() {

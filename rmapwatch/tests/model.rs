@@ -474,3 +474,56 @@ fn processes_older_than_the_run_carry_their_parent() {
     }
     w.finish();
 }
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn a_process_whose_main_thread_exited_keeps_its_objects_and_is_not_exited() {
+    require_root();
+    ensure_tracefs();
+    // Attached first, so that the main thread's exit is among the events.
+    let r = Rmapwatch::start(&[]);
+    // The main thread exits alone (pthread_exit from main): the leader is
+    // a zombie without an mm, the process lives on in its other thread.
+    // Seen before the fix: the leader's exit marked the process exited
+    // (here); on kernels before 5.12, whose walk visits leaders only, the
+    // walk also found none of its VMAs (the QEMU matrix's 5.10 checks it).
+    let w = Workload::start(&[
+        "--regions",
+        &K.to_string(),
+        "--children",
+        "2",
+        "--noise",
+        "0",
+        "--zombie-leader",
+    ]);
+    let p = states(&vmas_in(&inspect(w.parent), w.regions));
+    assert_eq!(p.get(&key("R", 1, 1)), Some(&K), "{p:?}");
+    for &c in &w.children {
+        let s = states(&vmas_in(&inspect(c), w.regions));
+        assert_eq!(s.get(&key("P", 2, 1)), Some(&K), "child {c}: {s:?}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let r = r.stop();
+    let p = process(&r, w.parent);
+    eprintln!(
+        "pid {}: exited {}, live {:?}, a fresh walk {:?}",
+        p.pid,
+        p.exited,
+        objects(&p.live),
+        p.snapshot.as_ref().map(objects)
+    );
+    assert!(!p.exited, "its main thread exited, not the process: {p:?}");
+    assert!(objects(&p.live).0 >= K, "{:?}", p.live);
+    assert_eq!(
+        Some(objects(&p.live)),
+        p.snapshot.as_ref().map(objects),
+        "events vs a fresh walk"
+    );
+    for &c in &w.children {
+        let p = process(&r, c);
+        assert_eq!(Some(objects(&p.live)), p.snapshot.as_ref().map(objects));
+    }
+    let m = r.model.as_ref().unwrap();
+    assert_eq!((m.drift.anon_vma, m.drift.anon_vma_chain), (0, 0));
+    w.finish();
+}

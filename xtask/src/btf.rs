@@ -355,6 +355,7 @@ pub const KEEP: &[&str] = &[
     "anon_vma_chain",
     "kmem_cache",
     "task_struct",
+    "signal_struct",
     "vm_area_struct",
     "mm_struct",
     "rw_semaphore",

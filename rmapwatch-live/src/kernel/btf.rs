@@ -227,6 +227,10 @@ pub struct Layout {
     pub task_tgid: u32,
     /// `offsetof(struct task_struct, comm)`.
     pub task_comm: u32,
+    /// `offsetof(struct task_struct, signal)`.
+    pub task_signal: u32,
+    /// `offsetof(struct signal_struct, live)`, or `ABSENT`.
+    pub signal_live: u32,
     /// What the snapshot iterator reads.
     pub snap: rmapwatch_common::SnapshotLayout,
     /// `offsetof(struct anon_vma, rwsem.wait_list)` (inlining detector), or
@@ -247,6 +251,10 @@ impl Layout {
             task_pid: btf.member_offset("task_struct", "pid")?,
             task_tgid: btf.member_offset("task_struct", "tgid")?,
             task_comm: btf.member_offset("task_struct", "comm")?,
+            task_signal: btf.member_offset("task_struct", "signal")?,
+            signal_live: btf
+                .member_offset("signal_struct", "live")
+                .unwrap_or(rmapwatch_common::ABSENT),
             snap: rmapwatch_common::SnapshotLayout {
                 vma_start: btf.member_offset("vm_area_struct", "vm_start")?,
                 vma_end: btf.member_offset("vm_area_struct", "vm_end")?,
@@ -272,6 +280,11 @@ impl Layout {
                     .member_offset("vm_area_struct", "vm_next")
                     .unwrap_or(rmapwatch_common::ABSENT),
                 task_real_parent: btf.member_offset("task_struct", "real_parent")?,
+                // The fixtures' cut-down BTF has no signal_struct members.
+                signal_thread_head: btf
+                    .member_offset("signal_struct", "thread_head")
+                    .unwrap_or(rmapwatch_common::ABSENT),
+                task_thread_node: btf.member_offset("task_struct", "thread_node")?,
             },
             // 7.x's rwsem has a first_waiter pointer instead of a list.
             anon_vma_wait_list: match (

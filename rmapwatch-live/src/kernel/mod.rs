@@ -425,6 +425,8 @@ pub fn program_config(kallsyms: &Kallsyms, layout: &Layout) -> Result<Config, En
         task_pid_off: layout.task_pid,
         task_tgid_off: layout.task_tgid,
         task_comm_off: layout.task_comm,
+        task_signal_off: layout.task_signal,
+        signal_live_off: layout.signal_live,
         snap: layout.snap,
         anon_vma_ctor: kallsyms
             .addr("anon_vma_ctor")

@@ -24,6 +24,12 @@
 //! `CLONE_VM` child (as `posix_spawn`'s before its exec) with a lower pid
 //! than the parent's (root: chosen through `/proc/sys/kernel/ns_last_pid`),
 //! which waits with the others; `ready` then ends with `vm <pid>`.
+//! `--zombie-leader`: once the children are ready, a second thread takes
+//! over and the main thread exits alone (the `exit` system call, as
+//! `pthread_exit` from `main`): the process lives on in that thread with
+//! all its VMAs, its leader a zombie without an mm. Once the leader is a
+//! zombie, that thread says `ready`, holds, releases and reaps the children
+//! (now its own), and exits the process.
 use std::{
     io::{BufRead as _, Write as _},
     process::ExitCode,
@@ -41,11 +47,12 @@ struct Opts {
     name: Option<std::ffi::OsString>,
     file: Option<std::path::PathBuf>,
     vm_child: bool,
+    zombie_leader: bool,
 }
 
 const USAGE: &str = "usage: rmw-workload [--regions K] [--pages P] [--children F] [--noise N] \
                      [--hold] [--split] [--wipe|--dontfork] [--storm N] [--name NAME] \
-                     [--file PATH] [--vm-child]";
+                     [--file PATH] [--vm-child] [--zombie-leader]";
 
 fn parse() -> Result<Opts, String> {
     let mut o = Opts {
@@ -60,6 +67,7 @@ fn parse() -> Result<Opts, String> {
         name: None,
         file: None,
         vm_child: false,
+        zombie_leader: false,
     };
     let mut args = std::env::args_os().skip(1);
     while let Some(a) = args.next() {
@@ -91,6 +99,7 @@ fn parse() -> Result<Opts, String> {
             "--wipe" => o.advice = Some(libc::MADV_WIPEONFORK),
             "--dontfork" => o.advice = Some(libc::MADV_DONTFORK),
             "--vm-child" => o.vm_child = true,
+            "--zombie-leader" => o.zombie_leader = true,
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -431,26 +440,83 @@ fn run(o: &Opts) -> Result<(), String> {
     }
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };
-    let pids: Vec<String> = children.iter().map(ToString::to_string).collect();
-    let mut out = std::io::stdout().lock();
-    let vm_said = vm.map_or_else(String::new, |p| format!(" vm {p}"));
-    let _ = writeln!(out, "ready {me} {}{vm_said}", pids.join(" "));
-    let _ = out.flush();
-    drop(out);
-    if o.hold {
-        let mut line = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut line);
+    let hold = Hold {
+        me,
+        children,
+        vm,
+        release: release[1],
+        hold: o.hold,
+    };
+    if !o.zombie_leader {
+        return hold.run();
     }
-    // SAFETY: closing the release pipe lets every child's read return.
-    unsafe { libc::close(release[1]) };
-    for pid in children.into_iter().chain(vm) {
-        let mut status = 0;
-        // SAFETY: reaping our own child.
-        unsafe { libc::waitpid(pid, &raw mut status, 0) };
+    std::thread::spawn(move || {
+        let code = match hold.wait_zombie_leader().and_then(|()| hold.run()) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("rmw-workload: {e}");
+                2
+            }
+        };
+        std::process::exit(code);
+    });
+    // SAFETY: the raw exit system call ends this thread only (not the
+    // process, as exit_group would); nothing of ours is held by it, and no
+    // Rust frame is unwound (pthread_exit would force-unwind them).
+    unsafe { libc::syscall(libc::SYS_exit, 0) };
+    unreachable!("the exit system call returned")
+}
+
+/// The end of a run: `ready`, the hold, the children released and reaped,
+/// `done`.
+struct Hold {
+    me: libc::pid_t,
+    children: Vec<libc::pid_t>,
+    vm: Option<libc::pid_t>,
+    release: libc::c_int,
+    hold: bool,
+}
+
+impl Hold {
+    /// `--zombie-leader`: waits (at most 10 s) until the main thread has
+    /// exited, which leaves the leader a zombie (`Z` in its task's stat).
+    fn wait_zombie_leader(&self) -> Result<(), String> {
+        let stat = format!("/proc/{0}/task/{0}/stat", self.me);
+        for _ in 0..1000 {
+            let s = std::fs::read_to_string(&stat).map_err(|e| format!("{stat}: {e}"))?;
+            // "pid (comm) S ...": the state follows the last ')'.
+            let state = s.rsplit_once(')').map(|(_, r)| r.trim_start());
+            if state.is_some_and(|r| r.starts_with('Z')) {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Err("the main thread did not exit".into())
     }
-    // The reader may be gone (a benchmark that only needed "ready").
-    let _ = writeln!(std::io::stdout(), "done");
-    Ok(())
+
+    fn run(self) -> Result<(), String> {
+        let pids: Vec<String> = self.children.iter().map(ToString::to_string).collect();
+        let mut out = std::io::stdout().lock();
+        let vm_said = self.vm.map_or_else(String::new, |p| format!(" vm {p}"));
+        let _ = writeln!(out, "ready {} {}{vm_said}", self.me, pids.join(" "));
+        let _ = out.flush();
+        drop(out);
+        if self.hold {
+            let mut line = String::new();
+            let _ = std::io::stdin().lock().read_line(&mut line);
+        }
+        // SAFETY: closing the release pipe lets every child's read return.
+        unsafe { libc::close(self.release) };
+        for pid in self.children.into_iter().chain(self.vm) {
+            let mut status = 0;
+            // SAFETY: reaping our own child (the process's, once the main
+            // thread that forked it has exited).
+            unsafe { libc::waitpid(pid, &raw mut status, 0) };
+        }
+        // The reader may be gone (a benchmark that only needed "ready").
+        let _ = writeln!(std::io::stdout(), "done");
+        Ok(())
+    }
 }
 
 fn main() -> ExitCode {

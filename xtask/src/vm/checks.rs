@@ -458,6 +458,118 @@ pub fn refusals(log: &str, kernel: &str) -> Cell {
     }
 }
 
+/// A process whose main thread exited (`rmw-workload --zombie-leader`, its
+/// leader a zombie without an mm, another thread holding its VMAs), with
+/// rmapwatch attached before the leader's exit: it is not exited, a fresh
+/// walk finds it with what the events say it owns (on kernels before 5.12
+/// the walk visits thread-group leaders only), and `inspect` finds its
+/// regions: K anon_vmas, each a root with F children.
+pub fn zombie(log: &str, kernel: &str) -> Cell {
+    let mut detail = String::new();
+    let result = (|| -> Result<(), String> {
+        let meta = log
+            .lines()
+            .find_map(|l| l.strip_prefix("RMW-ZOMBIE "))
+            .ok_or("no zombie-leader run in the guest")?;
+        let errs: Vec<&str> = log
+            .lines()
+            .filter_map(|l| l.strip_prefix("RMW-ZOMBIE-ERR "))
+            .collect();
+        let word = |k: &str| {
+            meta.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                .unwrap_or("?")
+        };
+        if word("rc") != "0" {
+            return Err(format!("{meta}; stderr: {errs:?}"));
+        }
+        if word("leader") != "Z" {
+            return Err(format!("the leader was not a zombie: {meta}"));
+        }
+        let pids = workload_pids(meta)?;
+        let (&parent, children) = pids.split_first().ok_or("no workload pid")?;
+        let report: Report = log
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("RMW-ZOMBIE-JSON "))
+            .ok_or("no report")
+            .and_then(|l| serde_json::from_str(l).map_err(|_| "a report that does not parse"))?;
+        let p = find(&report, parent).ok_or(format!("process {parent} missing from the report"))?;
+        let objs = |b: &rmapwatch_engine::report::LiveBlock| {
+            (b.anon_vma.objects, b.anon_vma_chain.objects)
+        };
+        if p.exited {
+            return Err(format!(
+                "its main thread exited, not the process: exited, live {:?}, a fresh walk {:?}",
+                objs(&p.live),
+                p.snapshot.as_ref().map(objs)
+            ));
+        }
+        let walked = p.snapshot.as_ref().map(objs);
+        if walked != Some(objs(&p.live)) || objs(&p.live).0 < K {
+            return Err(format!(
+                "live {:?} vs a fresh walk {walked:?} (at least {K} anon_vmas)",
+                objs(&p.live)
+            ));
+        }
+        for &c in children {
+            let q = find(&report, c).ok_or(format!("child {c} missing from the report"))?;
+            if q.snapshot.as_ref().map(objs) != Some(objs(&q.live)) {
+                return Err(format!("child {c}: {q:?}"));
+            }
+        }
+        let drift = report.model.as_ref().ok_or("no walk")?.drift;
+        if (drift.anon_vma, drift.anon_vma_chain) != (0, 0) {
+            return Err(format!("drift {drift:?}"));
+        }
+        if word("inspect") != "0" {
+            return Err(format!("inspect {parent}: {meta}; stderr: {errs:?}"));
+        }
+        let inspection: rmapwatch_engine::inspect::Inspection = log
+            .lines()
+            .find_map(|l| l.strip_prefix("RMW-ZOMBIE-INSPECT "))
+            .ok_or("no inspection")
+            .and_then(|l| {
+                serde_json::from_str(l).map_err(|_| "an inspection that does not parse")
+            })?;
+        let words: Vec<&str> = meta.split_whitespace().collect();
+        let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+        let range = words
+            .iter()
+            .position(|w| *w == "regions")
+            .and_then(|i| Some((hex(words.get(i + 1)?)?, hex(words.get(i + 2)?)?)))
+            .ok_or(format!("no regions line: {meta}"))?;
+        let roots = inspection
+            .vmas
+            .iter()
+            .filter(|v| {
+                hex(&v.start).is_some_and(|a| a >= range.0)
+                    && hex(&v.end).is_some_and(|b| b <= range.1)
+            })
+            .filter(|v| v.lazy_state == "R" && v.avc == 1)
+            .count() as u64;
+        if roots != K {
+            return Err(format!(
+                "inspect {parent}: {roots} region VMAs rooting an anon_vma, not {K} ({} VMAs)",
+                inspection.vmas.len()
+            ));
+        }
+        let _ = write!(
+            detail,
+            "main thread exited, leader a zombie: not exited; live anon_vma {}, AVC {} = a fresh \
+             walk; inspect: {K} regions rooting their anon_vma (R, {F} children); drift 0",
+            p.live.anon_vma.objects, p.live.anon_vma_chain.objects
+        );
+        Ok(())
+    })();
+    Cell {
+        kernel: kernel.to_owned(),
+        mode: "zombie leader".to_owned(),
+        result,
+        detail,
+    }
+}
+
 /// Decodes standard base64 (as busybox writes it: lines of 76).
 fn base64(text: &str) -> Result<Vec<u8>, String> {
     let val = |c: u8| -> Result<u32, String> {

@@ -127,6 +127,32 @@ for mode in $MODES; do
   sed 's/^/RMW-JSON /' /tmp/r.json
 done
 if grep -q 'rmw\.record=0' /proc/cmdline; then host_phase; refusals; echo RMW-END; poweroff -f; fi
+# A process whose main thread exited (rmw-workload --zombie-leader): its
+# leader is a zombie without an mm, its other thread holds every VMA.
+# rmapwatch attaches first (the leader's exit is among its events), inspect
+# reads the process while it holds; the host checks both (checks::zombie).
+rm -f /tmp/z.json /tmp/z.err /tmp/zw.out /tmp/hold3 /tmp/zi.json /tmp/zi.err
+rmapwatch report --json > /tmp/z.json 2>/tmp/z.err &
+Z=$!
+i=0
+while ! grep -q -e attached -e error /tmp/z.err 2>/dev/null; do sleep 0.2; i=$((i+1)); [ $i -gt 600 ] && break; done
+mkfifo /tmp/hold3
+rmw-workload --regions "$RMW_K" --children "$RMW_F" --noise 0 --zombie-leader --hold < /tmp/hold3 > /tmp/zw.out &
+W=$!
+exec 5>/tmp/hold3
+i=0
+while ! grep -q ready /tmp/zw.out 2>/dev/null; do sleep 0.1; i=$((i+1)); [ $i -gt 600 ] && break; done
+ZP=$(sed -n 's/^ready \([0-9]*\).*/\1/p' /tmp/zw.out)
+LEADER=$(cut -d' ' -f3 "/proc/$ZP/task/$ZP/stat" 2>/dev/null)
+rmapwatch inspect "$ZP" --json > /tmp/zi.json 2>/tmp/zi.err; IRC=$?
+sleep 1.5
+kill -INT "$Z"; wait "$Z"; RC=$?
+exec 5>&-
+wait "$W"
+echo "RMW-ZOMBIE rc=$RC inspect=$IRC leader=$LEADER $(grep -e regions -e ready /tmp/zw.out | tr '\n' ' ')"
+cat /tmp/z.err /tmp/zi.err | sed 's/^/RMW-ZOMBIE-ERR /'
+sed 's/^/RMW-ZOMBIE-JSON /' /tmp/z.json
+echo "RMW-ZOMBIE-INSPECT $(tr -d '\n' < /tmp/zi.json)"
 # A recording made here, for the host to replay (another architecture on
 # arm64), and the host's fixtures replayed here.
 rm -f /tmp/rec.rmw /tmp/hold2
