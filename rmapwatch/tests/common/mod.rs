@@ -210,7 +210,17 @@ impl Rmapwatch {
     }
 
     /// SIGINT, then every report (interim ones, then the final one).
-    pub fn stop_all(mut self) -> Vec<Report> {
+    pub fn stop_all(self) -> Vec<Report> {
+        self.stop_all_with_stderr().0
+    }
+
+    /// SIGINT, then the final report and every line of stderr (the log).
+    pub fn stop_with_stderr(self) -> (Report, Vec<String>) {
+        let (mut all, errs) = self.stop_all_with_stderr();
+        (all.pop().unwrap(), errs)
+    }
+
+    fn stop_all_with_stderr(mut self) -> (Vec<Report>, Vec<String>) {
         send(&self.child, libc::SIGINT);
         let status = self.child.wait().unwrap();
         let lines = self.stdout.rest();
@@ -221,7 +231,7 @@ impl Rmapwatch {
             .last()
             .unwrap_or_else(|| panic!("no report; stderr {errs:#?}"));
         assert!(last.done);
-        all
+        (all, errs)
     }
 }
 
@@ -660,8 +670,10 @@ pub fn straddle(start: impl FnOnce() -> Rmapwatch, reference: bool) -> usize {
                     "--noise",
                     "0",
                 ]));
-                if held.len() > 100 {
-                    held.pop_front().map(Workload::finish);
+                if held.len() > 100
+                    && let Some(w) = held.pop_front()
+                {
+                    w.finish();
                 }
             }
             (started, held)
