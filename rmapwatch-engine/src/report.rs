@@ -395,12 +395,12 @@ pub struct Report {
     pub inlined: Option<InlinedReport>,
     /// Fork-family syscalls that found the fork window's map full: the
     /// AVCs `anon_vma_clone` allocated in those forks were charged to the
-    /// parent (null when the counters could not be read).
+    /// parent (null when the counters could not be read, or in a recording
+    /// made before they were counted).
     #[serde(default)]
     pub fork_window_full: Option<u64>,
     /// `iter/task` walks (before 5.12) of a process that ended early, its
-    /// VMA list changed under them (null when the counters could not be
-    /// read).
+    /// VMA list changed under them (null as `fork_window_full`).
     #[serde(default)]
     pub walks_torn: Option<u64>,
     /// Why no walk of the VMAs could be taken, if none could (then the
@@ -740,8 +740,8 @@ impl Report {
                 anon_vma_allocs: c.inlined_anon_vma,
                 sites: c.inlined_sites.clone(),
             }),
-            fork_window_full: ctx.counters.map(|c| c.fork_window_full),
-            walks_torn: ctx.counters.map(|c| c.walks_torn),
+            fork_window_full: ctx.counters.and_then(|c| c.fork_window_full),
+            walks_torn: ctx.counters.and_then(|c| c.walks_torn),
         }
     }
 

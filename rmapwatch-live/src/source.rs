@@ -289,8 +289,8 @@ impl Live {
             rmap_ptes_pages: s.get(stat::RMAP_PTES_PAGES as usize).copied().unwrap_or(0),
             rmap_vmas_full: s.get(stat::RMAP_VMAS_FULL as usize).copied().unwrap_or(0),
             inlined_anon_vma: s.get(stat::INLINED_ANON_VMA as usize).copied().unwrap_or(0),
-            fork_window_full: s.get(stat::FORK_WINDOW_FULL as usize).copied().unwrap_or(0),
-            walks_torn: s.get(stat::WALK_TORN as usize).copied().unwrap_or(0),
+            fork_window_full: s.get(stat::FORK_WINDOW_FULL as usize).copied(),
+            walks_torn: s.get(stat::WALK_TORN as usize).copied(),
             inlined_sites: if s.get(stat::INLINED_ANON_VMA as usize).copied().unwrap_or(0) > 0 {
                 self.inlined_sites()
             } else {
