@@ -319,7 +319,7 @@ fn a_full_fork_window_map_is_said_by_the_kernel_sparingly_and_counted() {
     let mut c = Command::new(RMAPWATCH);
     c.args(["report", "--json"])
         .env("RMAPWATCH_FORK_WINDOW_ENTRIES", "1");
-    let rw = Rmapwatch::spawn(c, "attached", Duration::from_secs(60));
+    let rw = Rmapwatch::spawn(c, "attached; counting", Duration::from_secs(60));
     let storms: Vec<_> = (0..2)
         .map(|_| {
             Command::new(&*WORKLOAD)

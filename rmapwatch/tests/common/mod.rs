@@ -182,7 +182,10 @@ impl Rmapwatch {
         c.args(["report", "--json"])
             .args(args)
             .env("RMAPWATCH_LOG", "debug");
-        Self::spawn(c, "attached", Duration::from_secs(60))
+        // Not just "attached": "attached; capabilities kept" comes before
+        // the source has started, and a SIGINT then cancels the start
+        // (no report).
+        Self::spawn(c, "attached; counting", Duration::from_secs(60))
     }
 
     /// `c`, a `report --json` of some source, once its stderr said
