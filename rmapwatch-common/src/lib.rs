@@ -84,8 +84,26 @@ pub mod stat {
     /// list changed under the walk, which holds no lock): that process's
     /// walk ended there.
     pub const WALK_TORN: u32 = INLINED_ANON_VMA + 1;
+    /// Fork-family syscall entries that found the fork window's map
+    /// (`FORKING`) full: that fork's `anon_vma_clone` AVCs go to the parent.
+    pub const FORK_WINDOW_FULL: u32 = WALK_TORN + 1;
     /// Length of the array.
-    pub const COUNT: u32 = WALK_TORN + 1;
+    pub const COUNT: u32 = FORK_WINDOW_FULL + 1;
+}
+
+/// Kernel-side log records (aya-log) of rare conditions: how often each
+/// CPU says one (every occurrence is counted in `STATS` anyway).
+pub mod rare {
+    /// A CPU logs its occurrences number 1, 16, 256, ... of a condition
+    /// (`n` is a power of 16): a storm costs a handful of lines.
+    #[must_use]
+    pub const fn worth_a_line(n: u64) -> bool {
+        n != 0 && n & (n - 1) == 0 && n & 0x1111_1111_1111_1111 != 0
+    }
+
+    /// Lines per condition, all CPUs together (a shared budget; a race
+    /// between CPUs may overshoot it by one line per CPU).
+    pub const LINES_PER_CONDITION: u64 = 32;
 }
 
 /// Kinds of [`Event`].
@@ -129,6 +147,11 @@ pub const RING_BYTES: u32 = 8 << 20;
 
 /// Entries of the `RMAP_VMAS` map.
 pub const RMAP_VMAS_ENTRIES: u32 = 16384;
+
+/// Entries of the fork window's map (`FORKING`: threads inside a fork
+/// syscall), unless the loader is told otherwise
+/// (`RMAPWATCH_FORK_WINDOW_ENTRIES`, for tests).
+pub const FORK_WINDOW_ENTRIES: u32 = 16384;
 
 /// Length of a task's `comm`.
 pub const COMM_LEN: usize = 16;
@@ -442,6 +465,17 @@ mod user {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rare_condition_is_worth_a_line_at_powers_of_16() {
+        let mut lines = (0..70_000).filter(|&n| super::rare::worth_a_line(n));
+        for want in [1, 16, 256, 4096, 65536] {
+            assert_eq!(lines.next(), Some(want));
+        }
+        assert_eq!(lines.next(), None);
+        assert!(super::rare::worth_a_line(1 << 60));
+        assert!(!super::rare::worth_a_line(1 << 63));
+    }
 
     #[test]
     fn abi_sizes_have_no_hidden_padding() {

@@ -11,6 +11,10 @@
 //!
 //! No struct layout is compiled in: every offset comes from the running
 //! kernel's BTF through the `CONFIG` global.
+//!
+//! Rare conditions (a map full, a torn walk, an anon_vma from an unknown
+//! call site) are counted in `STATS` and said through aya-log, sparingly
+//! (see [`rare`]): user space turns the lines into notices.
 #![cfg_attr(target_arch = "bpf", no_std)]
 // `atomic_xadd`: the build sets RUSTC_BOOTSTRAP for -Z build-std anyway.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
@@ -29,6 +33,14 @@ use rmapwatch_common::{
     snap, stat,
 };
 
+/// A kernel-side log line about a rare condition (aya-log; its 0.2 macros
+/// take a context but do not use it, and not every caller has one).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        aya_log_ebpf::warn!(&(), $($arg)*)
+    };
+}
+
 /// Ring buffer to user space. The loader may resize it (`--ring-buffer-kb`).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(rmapwatch_common::RING_BYTES, 0);
@@ -37,9 +49,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(rmapwatch_common::RING_BYTES, 0
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
-/// Threads currently inside a fork-family syscall (tid -> 1).
+/// Threads currently inside a fork-family syscall (tid -> 1). The loader
+/// may resize it (`RMAPWATCH_FORK_WINDOW_ENTRIES`, for tests).
 #[map]
-static FORKING: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+static FORKING: HashMap<u32, u8> =
+    HashMap::with_max_entries(rmapwatch_common::FORK_WINDOW_ENTRIES, 0);
 
 /// New anonymous folios per (process, VMA start), from the
 /// `folio_add_new_anon_rmap` hook: exact per-VMA page counts without
@@ -130,6 +144,47 @@ fn bump(index: u32, by: u64) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *counter += by };
     }
+}
+
+/// Log lines said per `STATS` index, all CPUs together: the budget of
+/// [`rmapwatch_common::rare::LINES_PER_CONDITION`] each.
+#[unsafe(no_mangle)]
+static mut LOGGED: [u64; stat::COUNT as usize] = [0; stat::COUNT as usize];
+
+/// Counts one occurrence of a rare condition (`STATS[index]`, per CPU) and
+/// returns this CPU's count when it is worth a log line: the CPU's 1st,
+/// 16th, 256th, ... occurrence, while the condition's budget lasts. A
+/// storm of the same condition thus costs a few lines, never one per event.
+#[inline(always)]
+fn rare(index: u32) -> Option<u64> {
+    let counter = STATS.get_ptr_mut(index)?;
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    let n = unsafe {
+        *counter += 1;
+        *counter
+    };
+    (rmapwatch_common::rare::worth_a_line(n) && budget(index)).then_some(n)
+}
+
+/// Takes one line of the condition's budget; `false` once it is spent.
+/// (No fetch-and-add before 5.12: the check and the add are two steps, so
+/// CPUs racing may overshoot the budget by one line each.)
+#[inline(always)]
+fn budget(index: u32) -> bool {
+    if index >= stat::COUNT {
+        return false;
+    }
+    let logged = &raw mut LOGGED;
+    // SAFETY: in bounds (checked above); a global of this program, read
+    // volatile as other CPUs add to it.
+    let slot = unsafe { logged.cast::<u64>().add(index as usize) };
+    // SAFETY: as above.
+    if unsafe { core::ptr::read_volatile(slot) } >= rmapwatch_common::rare::LINES_PER_CONDITION {
+        return false;
+    }
+    // SAFETY: as above; an aligned u64.
+    unsafe { atomic_add(slot, 1) };
+    true
 }
 
 /// `BPF_RB_NO_WAKEUP`, `BPF_RB_FORCE_WAKEUP`, `BPF_RB_AVAIL_DATA`.
@@ -414,14 +469,27 @@ fn inlined(call_site: u64, ptr: u64, arg2: &impl Fn() -> Arg2) {
         return;
     }
     bump(stat::INLINED_ANON_VMA, 1);
-    // SAFETY: plain lookup.
     if let Some(n) = INLINED_SITES.get_ptr_mut(call_site) {
         // SAFETY: a live map value.
         unsafe { atomic_add(n, 1) };
-    } else {
-        let _ = INLINED_SITES.insert(call_site, 1, 0);
+    } else if INLINED_SITES.insert(call_site, 1, BPF_NOEXIST).is_ok() {
+        // A new site: said once (at most 64 sites fit).
+        if budget(stat::INLINED_ANON_VMA) {
+            say!(
+                "anon_vma allocated at call site {:x}, outside every rmap function (one \
+                 inlined elsewhere?): its anon_vmas are missing from the counts",
+                call_site
+            );
+        }
+    } else if let Some(n) = INLINED_SITES.get_ptr_mut(call_site) {
+        // Another CPU inserted it meanwhile.
+        // SAFETY: a live map value.
+        unsafe { atomic_add(n, 1) };
     }
 }
+
+/// `BPF_NOEXIST`: insert only a key that is absent.
+const BPF_NOEXIST: u64 = 1;
 
 /// anon_vma or AVC, from the cache of an object allocated or freed at an
 /// rmap call site.
@@ -563,7 +631,16 @@ fn group_dead(task: u64, leader: bool) -> bool {
 #[tracepoint]
 pub fn fork_enter(_ctx: TracePointContext) -> i32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = FORKING.insert(tid, 1, 0);
+    if FORKING.insert(tid, 1, 0).is_err()
+        && let Some(n) = rare(stat::FORK_WINDOW_FULL)
+    {
+        say!(
+            "fork window map full: the AVCs anon_vma_clone allocates in this fork of thread {} \
+             are charged to its parent (occurrence {} on this CPU)",
+            tid,
+            n
+        );
+    }
     0
 }
 
@@ -630,8 +707,16 @@ fn count_new_folio(vma: u64) {
         return;
     }
     // BPF_NOEXIST: if another CPU inserted it meanwhile, add to that one.
-    if RMAP_VMAS.insert(key, 1, 1).is_err() && !add_one(&key) {
-        bump(stat::RMAP_VMAS_FULL, 1);
+    if RMAP_VMAS.insert(key, 1, BPF_NOEXIST).is_err()
+        && !add_one(&key)
+        && let Some(n) = rare(stat::RMAP_VMAS_FULL)
+    {
+        say!(
+            "per-VMA folio map full: new anonymous folios of process {} are counted, not per \
+             VMA (occurrence {} on this CPU)",
+            key.tgid,
+            n
+        );
     }
 }
 
@@ -858,7 +943,14 @@ fn try_task_mmap(ctx: *mut core::ffi::c_void) -> Result<(), i64> {
             break;
         }
         if read_or_zero(vma + u64::from(l.vma_mm)) != mm {
-            bump(stat::WALK_TORN, 1);
+            if let Some(n) = rare(stat::WALK_TORN) {
+                say!(
+                    "torn walk: process {}'s VMA list changed under the walk (a VMA of another \
+                     mm): its walk ends there (occurrence {} on this CPU)",
+                    tgid,
+                    n
+                );
+            }
             vma = 0;
             break;
         }

@@ -70,6 +70,16 @@ pub struct KernelCounters {
     /// The inlining detector's call sites (`function+0xoffset`) and counts.
     #[serde(default)]
     pub inlined_sites: BTreeMap<String, u64>,
+    /// Fork-family syscalls that found the fork window's map full: the
+    /// AVCs `anon_vma_clone` allocated in those forks went to the parent
+    /// (`None` in recordings made before it was counted).
+    #[serde(default)]
+    pub fork_window_full: Option<u64>,
+    /// `iter/task` walks (before 5.12) of a process that ended early
+    /// because its VMA list changed under them (`None` in recordings made
+    /// before it was counted).
+    #[serde(default)]
+    pub walks_torn: Option<u64>,
 }
 
 impl KernelCounters {

@@ -393,6 +393,16 @@ pub struct Report {
     /// every rmap function (null when the counters could not be read).
     #[serde(default)]
     pub inlined: Option<InlinedReport>,
+    /// Fork-family syscalls that found the fork window's map full: the
+    /// AVCs `anon_vma_clone` allocated in those forks were charged to the
+    /// parent (null when the counters could not be read, or in a recording
+    /// made before they were counted).
+    #[serde(default)]
+    pub fork_window_full: Option<u64>,
+    /// `iter/task` walks (before 5.12) of a process that ended early, its
+    /// VMA list changed under them (null as `fork_window_full`).
+    #[serde(default)]
+    pub walks_torn: Option<u64>,
     /// Why no walk of the VMAs could be taken, if none could (then the
     /// live counts come from events alone and no lazy figure is given).
     #[serde(default)]
@@ -730,6 +740,8 @@ impl Report {
                 anon_vma_allocs: c.inlined_anon_vma,
                 sites: c.inlined_sites.clone(),
             }),
+            fork_window_full: ctx.counters.and_then(|c| c.fork_window_full),
+            walks_torn: ctx.counters.and_then(|c| c.walks_torn),
         }
     }
 
@@ -807,6 +819,20 @@ impl Report {
         }
         if let Some(w) = self.inlined.as_ref().and_then(InlinedReport::warning) {
             let _ = writeln!(s, "WARNING: {w}");
+        }
+        if let Some(n) = self.fork_window_full.filter(|&n| n > 0) {
+            let _ = writeln!(
+                s,
+                "WARNING: the fork window's map was full {n} times: the AVCs anon_vma_clone \
+                 allocated in those forks were charged to the parents"
+            );
+        }
+        if let Some(n) = self.walks_torn.filter(|&n| n > 0) {
+            let _ = writeln!(
+                s,
+                "{n} process walks torn (a VMA list changed under the iter/task walk, which \
+                 ended there): the snapshot missed the rest of those processes' VMAs"
+            );
         }
         if let Some(e) = &self.snapshot_error {
             let _ = writeln!(

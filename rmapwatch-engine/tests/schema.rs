@@ -220,6 +220,9 @@ fn script(sc: &Scenario) -> Vec<Input> {
                 // call site outside the rmap functions.
                 inlined_anon_vma: 2,
                 inlined_sites: [("do_anonymous_page+0x1a0".to_owned(), 2)].into(),
+                // Rare conditions the programs count (and log).
+                fork_window_full: Some(3),
+                walks_torn: Some(1),
             }),
             programs: Some(programs),
             undecodable: 0,

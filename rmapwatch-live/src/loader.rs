@@ -2,7 +2,12 @@
 //! program, choosing fentry, kprobe or the tracepoint path per hook.
 //!
 //! This and `daemon` are the only modules that know about aya.
-use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path};
+use std::{
+    collections::BTreeMap,
+    os::fd::AsFd as _,
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
@@ -76,6 +81,58 @@ pub struct Probes {
     /// Keeps the kernel's run-time statistics on while we run
     /// (`BPF_ENABLE_STATS`, 5.8+; dropped = off again unless others hold it).
     stats_fd: Option<std::os::fd::OwnedFd>,
+    /// The programs' log (aya-log) of rare conditions, and where its
+    /// records wait; `None` when it could not be set up (said once).
+    kernel_log: Option<(aya_log::EbpfLogger<KernelLog>, KernelLog)>,
+}
+
+/// Lines of the programs' log not yet taken, at most [`KernelLog::MAX`]:
+/// the programs already say each condition sparingly (`rmapwatch_common::rare`).
+#[derive(Clone, Default)]
+struct KernelLog(Arc<Mutex<Vec<String>>>);
+
+impl KernelLog {
+    const MAX: usize = 256;
+
+    fn take(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|mut q| std::mem::take(&mut *q))
+            .unwrap_or_default()
+    }
+}
+
+impl log::Log for KernelLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if let Ok(mut q) = self.0.lock()
+            && q.len() < Self::MAX
+        {
+            q.push(record.args().to_string());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// The programs' log level when their log is off (`AYA_LOG_LEVEL`: no
+/// level enabled, so the verifier never sees the logging code).
+static LOG_OFF: u8 = 0;
+
+/// Entries of the fork window's map: `RMAPWATCH_FORK_WINDOW_ENTRIES`
+/// (tests make it tiny to fill it), else the default.
+fn fork_window_entries() -> anyhow::Result<u32> {
+    match std::env::var("RMAPWATCH_FORK_WINDOW_ENTRIES") {
+        Err(_) => Ok(rmapwatch_common::FORK_WINDOW_ENTRIES),
+        Ok(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| anyhow!("RMAPWATCH_FORK_WINDOW_ENTRIES={v:?}: give a number from 1")),
+    }
 }
 
 /// What to attach.
@@ -125,7 +182,39 @@ impl Probes {
         if let Some(bytes) = ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
-        let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+        loader.map_max_entries("FORKING", fork_window_entries()?);
+        let mut warnings = Vec::new();
+        let (mut ebpf, log_refused) = match loader.load(OBJECT) {
+            Ok(ebpf) => (ebpf, None),
+            // The programs' log needs a ring buffer of its own: without
+            // it, no log (the verifier then drops the logging code).
+            Err(aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }))
+                if name == "AYA_LOGS" =>
+            {
+                loader.override_global("AYA_LOG_LEVEL", &LOG_OFF, true);
+                loader.map_max_entries("AYA_LOGS", 4096);
+                let ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+                (ebpf, Some(format!("creating its ring buffer: {io_error}")))
+            }
+            Err(e) => return Err(e).context("loading the eBPF object"),
+        };
+        let kernel_log = match log_refused {
+            Some(why) => Err(why),
+            None => {
+                let queue = KernelLog::default();
+                aya_log::EbpfLogger::init_with_logger(&mut ebpf, queue.clone())
+                    .map(|logger| (logger, queue))
+                    .map_err(|e| short(&e))
+            }
+        };
+        let kernel_log = kernel_log
+            .map_err(|why| {
+                warnings.push(format!(
+                    "the programs' log is unavailable ({why}): rare conditions (a map full, a \
+                     torn walk) are counted in the report, not described"
+                ));
+            })
+            .ok();
         let (walker, snapshot_error) = match load_iterator(&mut ebpf, facts) {
             Ok(w) => (w, None),
             Err(e) => ("", Some(short(&e))),
@@ -135,7 +224,7 @@ impl Probes {
                 ebpf,
                 hooks: Vec::new(),
                 fork_window: false,
-                warnings: Vec::new(),
+                warnings,
                 notes: Vec::new(),
                 snapshot_error,
                 walker,
@@ -143,10 +232,10 @@ impl Probes {
                 walk_cursors: Vec::new(),
                 walk_passes: 0,
                 stats_fd: None,
+                kernel_log,
             });
         }
 
-        let mut warnings = Vec::new();
         let stats_fd = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
             Ok(fd) => Some(fd),
             Err(e) => {
@@ -234,7 +323,18 @@ impl Probes {
             walk_cursors: Vec::new(),
             walk_passes: 0,
             stats_fd,
+            kernel_log,
         })
+    }
+
+    /// What the programs logged since the last call (rare conditions,
+    /// each line already rate-limited in the kernel).
+    pub fn kernel_log(&mut self) -> Vec<String> {
+        let Some((logger, queue)) = &mut self.kernel_log else {
+            return Vec::new();
+        };
+        logger.flush();
+        queue.take()
     }
 
     /// Whether the kernel keeps the programs' run-time statistics for us.

@@ -270,7 +270,17 @@ impl Live {
             .collect()
     }
 
-    fn counters(&self, out: &mut dyn Sink, ring: &RingStats) -> bool {
+    /// The programs' log lines (as notices, before the counters that count
+    /// their conditions), then the counters.
+    fn counters(&mut self, out: &mut dyn Sink, ring: &RingStats) -> bool {
+        for line in self.probes.kernel_log() {
+            if !out.put(Input::Notice(Notice {
+                warning: true,
+                text: format!("kernel: {line}"),
+            })) {
+                return false;
+            }
+        }
         let kernel = self.probes.stats().ok().map(|s| KernelCounters {
             dropped: s.get(stat::DROPPED as usize).copied().unwrap_or(0),
             hook_calls: (0..rmapwatch_common::hook::COUNT as u32)
@@ -279,6 +289,8 @@ impl Live {
             rmap_ptes_pages: s.get(stat::RMAP_PTES_PAGES as usize).copied().unwrap_or(0),
             rmap_vmas_full: s.get(stat::RMAP_VMAS_FULL as usize).copied().unwrap_or(0),
             inlined_anon_vma: s.get(stat::INLINED_ANON_VMA as usize).copied().unwrap_or(0),
+            fork_window_full: s.get(stat::FORK_WINDOW_FULL as usize).copied(),
+            walks_torn: s.get(stat::WALK_TORN as usize).copied(),
             inlined_sites: if s.get(stat::INLINED_ANON_VMA as usize).copied().unwrap_or(0) > 0 {
                 self.inlined_sites()
             } else {

@@ -439,6 +439,24 @@ fn encode_report(enc: &mut DescriptorEncoder<'_>, r: &Report, top: usize) -> std
             &[(Vec::new(), i.anon_vma_allocs)],
         )?;
     }
+    if let Some(n) = r.fork_window_full {
+        counter(
+            enc,
+            "rmapwatch_fork_window_full",
+            "Fork-family syscalls that found the fork window's map full: their anon_vma_clone \
+             AVCs were charged to the parent.",
+            &[(Vec::new(), n)],
+        )?;
+    }
+    if let Some(n) = r.walks_torn {
+        counter(
+            enc,
+            "rmapwatch_walks_torn",
+            "iter/task walks (before 5.12) of a process that ended early: its VMA list changed \
+             under them.",
+            &[(Vec::new(), n)],
+        )?;
+    }
     if let Some(l) = &r.link {
         counter(
             enc,

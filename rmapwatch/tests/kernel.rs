@@ -311,6 +311,54 @@ fn counts_match(extra: &[&str]) {
 
 #[test]
 #[ignore = "needs root: run by cargo xtask test"]
+fn a_full_fork_window_map_is_said_by_the_kernel_sparingly_and_counted() {
+    require_root();
+    ensure_tracefs();
+    // A fork window of one entry: two processes forking at once (each
+    // fork of 100 regions holds its entry through dup_mmap) find it full.
+    let mut c = Command::new(RMAPWATCH);
+    c.args(["report", "--json"])
+        .env("RMAPWATCH_FORK_WINDOW_ENTRIES", "1");
+    let rw = Rmapwatch::spawn(c, "attached; counting", Duration::from_secs(60));
+    let storms: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(&*WORKLOAD)
+                .args(["--regions", "100", "--storm", "400"])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut s in storms {
+        assert!(s.wait().unwrap().success());
+    }
+    let (report, log) = rw.stop_with_stderr();
+    let full = report
+        .fork_window_full
+        .expect("the programs' counters were read");
+    assert!(
+        full > 0,
+        "two fork storms never found a one-entry fork window full"
+    );
+    let lines: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("warning: kernel: fork window map full"))
+        .collect();
+    assert!(!lines.is_empty(), "{full} times full, never said: {log:#?}");
+    // Sparingly: each CPU says its 1st, 16th, 256th, ... occurrence, so
+    // at most (1 + log16(full)) lines per CPU, never one per occurrence.
+    // SAFETY: sysconf has no preconditions.
+    let cpus = u64::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }).unwrap();
+    let per_cpu = 1 + u64::from(full.ilog(16));
+    assert!(
+        lines.len() as u64 <= (cpus * per_cpu).min(full),
+        "{} lines for {full} occurrences on {cpus} CPUs: {lines:#?}",
+        lines.len()
+    );
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
 fn probe_modes_are_probed_reported_and_consistent() {
     require_root();
     let rw = Rmapwatch::start(&[]);

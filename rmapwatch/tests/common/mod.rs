@@ -182,7 +182,10 @@ impl Rmapwatch {
         c.args(["report", "--json"])
             .args(args)
             .env("RMAPWATCH_LOG", "debug");
-        Self::spawn(c, "attached", Duration::from_secs(60))
+        // Not just "attached": "attached; capabilities kept" comes before
+        // the source has started, and a SIGINT then cancels the start
+        // (no report).
+        Self::spawn(c, "attached; counting", Duration::from_secs(60))
     }
 
     /// `c`, a `report --json` of some source, once its stderr said
@@ -210,7 +213,17 @@ impl Rmapwatch {
     }
 
     /// SIGINT, then every report (interim ones, then the final one).
-    pub fn stop_all(mut self) -> Vec<Report> {
+    pub fn stop_all(self) -> Vec<Report> {
+        self.stop_all_with_stderr().0
+    }
+
+    /// SIGINT, then the final report and every line of stderr (the log).
+    pub fn stop_with_stderr(self) -> (Report, Vec<String>) {
+        let (mut all, errs) = self.stop_all_with_stderr();
+        (all.pop().unwrap(), errs)
+    }
+
+    fn stop_all_with_stderr(mut self) -> (Vec<Report>, Vec<String>) {
         send(&self.child, libc::SIGINT);
         let status = self.child.wait().unwrap();
         let lines = self.stdout.rest();
@@ -221,7 +234,7 @@ impl Rmapwatch {
             .last()
             .unwrap_or_else(|| panic!("no report; stderr {errs:#?}"));
         assert!(last.done);
-        all
+        (all, errs)
     }
 }
 
