@@ -660,8 +660,10 @@ pub fn straddle(start: impl FnOnce() -> Rmapwatch, reference: bool) -> usize {
                     "--noise",
                     "0",
                 ]));
-                if held.len() > 100 {
-                    held.pop_front().map(Workload::finish);
+                if held.len() > 100
+                    && let Some(w) = held.pop_front()
+                {
+                    w.finish();
                 }
             }
             (started, held)
