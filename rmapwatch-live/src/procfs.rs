@@ -1,60 +1,23 @@
-//! What the live source reads from `/proc` and `/sys` besides the programs.
+//! What the live source reads from `/proc` and `/sys` besides the programs
+//! (the parsing is `rmapwatch_parse::procfs`).
 use std::collections::HashMap;
 
 use rmapwatch_engine::inspect::PidStatus;
+use rmapwatch_parse::procfs as parse;
 
 /// Reads `/proc/<pid>/status`.
 #[must_use]
 pub fn pid_status(pid: u32) -> PidStatus {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return PidStatus::Absent;
-    };
-    let field = |k: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(k))
-            .map(|v| v.trim().to_owned())
-    };
-    let kthread = field("Kthread:").map_or_else(|| field("VmSize:").is_none(), |v| v == "1");
-    if kthread {
-        PidStatus::KernelThread(field("Name:").unwrap_or_default())
-    } else {
-        PidStatus::User
-    }
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_or(PidStatus::Absent, |s| parse::pid_status(&s))
 }
 
 /// File paths of a process's mappings, by start address.
 #[must_use]
 pub fn map_paths(pid: u32) -> HashMap<u64, String> {
-    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-        return HashMap::new();
-    };
-    maps.split('\n')
-        .filter_map(maps_line)
-        .map(|(start, path)| (start, path.to_owned()))
-        .collect()
-}
-
-/// One line of `/proc/PID/maps`: its start address and its path (`None`
-/// without one). The path is everything after the fifth field and the
-/// padding: it may hold spaces and any byte but a newline (which the
-/// kernel writes as `\012`), so it is never split on whitespace.
-#[must_use]
-pub fn maps_line(l: &str) -> Option<(u64, &str)> {
-    let mut rest = l;
-    let mut fields = [""; 5];
-    for f in &mut fields {
-        rest = rest.trim_start_matches(' ');
-        let end = rest.find(' ')?;
-        *f = &rest[..end];
-        rest = &rest[end..];
-    }
-    let path = rest.trim_start_matches(' ');
-    if path.is_empty() {
-        return None;
-    }
-    let start = u64::from_str_radix(fields[0].split('-').next()?, 16).ok()?;
-    Some((start, path))
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map(|m| parse::map_paths(&m))
+        .unwrap_or_default()
 }
 
 /// The first argument of a process's command line (`/proc/<pid>/cmdline`
@@ -62,15 +25,7 @@ pub fn maps_line(l: &str) -> Option<(u64, &str)> {
 #[must_use]
 pub fn argv0(pid: u32) -> Option<String> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    cmdline_argv0(&raw)
-}
-
-/// The first argument of a `/proc/<pid>/cmdline` (NUL-separated; empty
-/// for a kernel thread or a zombie).
-#[must_use]
-pub fn cmdline_argv0(raw: &[u8]) -> Option<String> {
-    let first = raw.split(|&b| b == 0).next()?;
-    (!first.is_empty()).then(|| String::from_utf8_lossy(first).into_owned())
+    parse::cmdline_argv0(&raw)
 }
 
 /// A process's name, from `/proc/<pid>/comm`.
@@ -78,7 +33,7 @@ pub fn cmdline_argv0(raw: &[u8]) -> Option<String> {
 pub fn comm(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
-        .map(|c| c.trim_end().to_owned())
+        .map(|c| parse::comm(&c))
 }
 
 /// Whether a process (thread group) still exists.
@@ -88,12 +43,7 @@ pub fn exists(pid: u32) -> bool {
 }
 
 fn slab_objects(cache: &str) -> Option<u64> {
-    std::fs::read_to_string(format!("/sys/kernel/slab/{cache}/objects"))
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    parse::slab_objects(&std::fs::read_to_string(format!("/sys/kernel/slab/{cache}/objects")).ok()?)
 }
 
 /// What the user is told the first time the anon_vma cache is shrunk.
@@ -111,40 +61,5 @@ pub fn slab_counts(shrink: bool) -> rmapwatch_engine::input::SlabCounts {
         anon_vma: slab_objects("anon_vma"),
         anon_vma_chain: slab_objects("anon_vma_chain"),
         shrunk,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn map_paths_keep_spaces_and_odd_bytes() {
-        let l = "7f9ff4bff000-7f9ff4c00000 rw-p 00000000 00:1f 1234                       \
-                 /tmp/My Files/f\x1b[2J\x07\r\\012x (deleted)";
-        assert_eq!(
-            maps_line(l),
-            Some((
-                0x7f9f_f4bf_f000,
-                "/tmp/My Files/f\x1b[2J\x07\r\\012x (deleted)"
-            ))
-        );
-        assert_eq!(
-            maps_line(
-                "7ffe4b0b0000-7ffe4b0d1000 rw-p 00000000 00:00 0                          [stack]"
-            ),
-            Some((0x7ffe_4b0b_0000, "[stack]"))
-        );
-        // Anonymous: no path.
-        assert_eq!(
-            maps_line("55e8bac80000-55e8baca1000 rw-p 00000000 00:00 0 "),
-            None
-        );
-        assert_eq!(
-            maps_line("55e8bac80000-55e8baca1000 rw-p 00000000 00:00 0"),
-            None
-        );
-        assert_eq!(maps_line(""), None);
-        assert_eq!(maps_line("zz-1 r 0 0 0 x"), None);
     }
 }

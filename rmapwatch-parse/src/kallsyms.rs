@@ -80,46 +80,6 @@ impl Kallsyms {
         })
     }
 
-    /// Reads and parses the running kernel's `/proc/kallsyms`.
-    ///
-    /// # Errors
-    /// See [`KallsymsError`].
-    pub fn read() -> Result<Self, KallsymsError> {
-        Self::read_noting(&mut |_| {})
-    }
-
-    /// As [`Self::read`]; where `kptr_restrict` (2) hides the addresses
-    /// even from root, lowers it to 1 while reading and restores it on
-    /// every path, and says so through `note`.
-    ///
-    /// # Errors
-    /// See [`KallsymsError`]; [`KallsymsError::Hidden`] when it stays hidden.
-    pub fn read_noting(note: &mut dyn FnMut(String)) -> Result<Self, KallsymsError> {
-        const KPTR: &str = "/proc/sys/kernel/kptr_restrict";
-        let text = std::fs::read_to_string("/proc/kallsyms")?;
-        let restrict = std::fs::read_to_string(KPTR).unwrap_or_else(|_| "?".into());
-        match Self::parse(&text, &restrict) {
-            Err(KallsymsError::Hidden(was)) if was == "2" => {
-                if std::fs::write(KPTR, "1").is_err() {
-                    return Err(KallsymsError::Hidden(was));
-                }
-                let again = std::fs::read_to_string("/proc/kallsyms");
-                let restored = std::fs::write(KPTR, &was).is_ok();
-                note(format!(
-                    "kptr_restrict was 2 (addresses hidden from root): lowered to 1 while \
-                     reading /proc/kallsyms, {}",
-                    if restored {
-                        "then set back to 2"
-                    } else {
-                        "and setting it back to 2 FAILED"
-                    }
-                ));
-                Self::parse(&again?, "2")
-            }
-            r => r,
-        }
-    }
-
     /// Address of a text symbol.
     #[must_use]
     pub fn addr(&self, name: &str) -> Option<u64> {
@@ -185,7 +145,9 @@ impl Kallsyms {
                     .iter()
                     .map(|n| n.addr)
                     .find(|&a| a > s.addr)
-                    .unwrap_or(s.addr + 1);
+                    // The last symbol: one byte (none at the very top
+                    // of the address space, where nothing is called from).
+                    .unwrap_or(s.addr.saturating_add(1));
                 (s.addr, end)
             })
             .collect()
@@ -309,5 +271,14 @@ ffff000008100800 T next_fn
             "unlink_anon_vmas.part.3+0x10"
         );
         assert_eq!(k.symbolize(0x10), "0x10");
+    }
+
+    #[test]
+    fn a_symbol_at_the_top_of_the_address_space_does_not_overflow() {
+        // Found with the fuzz target (fuzz/fuzz_targets/kallsyms.rs): the
+        // last symbol's range ended at its address + 1.
+        let k = Kallsyms::parse("ffffffffffffffff T anon_vma_fork\n", "0").unwrap();
+        assert_eq!(k.ranges("anon_vma_fork"), [(u64::MAX, u64::MAX)]);
+        assert_eq!(k.symbolize(u64::MAX), "anon_vma_fork+0x0");
     }
 }
