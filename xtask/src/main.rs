@@ -650,8 +650,8 @@ const FUZZ_TARGETS: [(&str, &str, u32); 6] = [
 /// Each fuzz target briefly (`fuzz/`, [`FUZZ_TARGETS`]), from its kept
 /// corpus (`fuzz/corpus/<target>.tar.zst`, minimized after a 10-minute
 /// run) unpacked into a scratch directory: the kept one changes only by
-/// hand. The parsers' targets are built with debug assertions (`-a`): an
-/// overflow on input is a crash.
+/// hand. `cargo fuzz` builds with debug assertions (its default without
+/// `-O`): an overflow on input is a crash.
 fn fuzz_briefly() -> anyhow::Result<()> {
     for (target, what, secs) in FUZZ_TARGETS {
         let scratch = std::env::temp_dir().join(format!("rmapwatch-fuzz-corpus-{target}"));
@@ -665,17 +665,15 @@ fn fuzz_briefly() -> anyhow::Result<()> {
         step(&format!(
             "fuzzing {what} for {secs} s (cargo +nightly fuzz run {target})"
         ));
-        let mut c = Command::new("cargo");
-        c.args(["+nightly", "fuzz", "run"]);
-        if target != "stream" {
-            c.arg("--debug-assertions");
-        }
-        sh(c.arg(target).arg(&scratch).args([
-            "--",
-            &format!("-max_total_time={secs}"),
-            "-rss_limit_mb=2048",
-            "-max_len=65536",
-        ]))?;
+        sh(Command::new("cargo")
+            .args(["+nightly", "fuzz", "run", target])
+            .arg(&scratch)
+            .args([
+                "--",
+                &format!("-max_total_time={secs}"),
+                "-rss_limit_mb=2048",
+                "-max_len=65536",
+            ]))?;
     }
     Ok(())
 }
