@@ -253,7 +253,7 @@ impl Live {
         let sites = self.probes.inlined_sites().unwrap_or_default();
         let mut names = self.site_names.borrow_mut();
         if sites.iter().any(|(a, _)| !names.contains_key(a))
-            && let Ok(k) = crate::kernel::Kallsyms::read()
+            && let Ok(k) = crate::kernel::kallsyms::read()
         {
             for (a, _) in &sites {
                 names.insert(*a, k.symbolize(*a));

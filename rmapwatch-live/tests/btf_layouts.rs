@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 
 use rmapwatch_common::{ABSENT, arg2};
-use rmapwatch_live::kernel::{KernelBtf, Layout, args};
+use rmapwatch_live::kernel::{KernelBtf, Layout, args, open_btf};
 
 fn fixture(name: &str) -> KernelBtf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/btf/{name}.btf"));
-    KernelBtf::open(&p).unwrap_or_else(|e| panic!("{name}: {e}"))
+    open_btf(&p).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 /// What each kernel must read as.

@@ -66,7 +66,7 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Run every check and test: fmt, clippy, shellcheck, the crate
-    /// boundaries and import cycles, unit and binary tests, the fuzzer, the
+    /// boundaries and import cycles, unit and binary tests, the fuzzers, the
     /// privileged kernel tests (as root, one at a time), and the kernel
     /// matrix under QEMU (vm-test). Installs everything the tests need
     /// (`cargo xtask setup test --dry-run` lists it).
@@ -639,26 +639,55 @@ fn boundaries(root: &Path) -> anyhow::Result<()> {
     sh(&mut c)
 }
 
-/// A minute of the stream decoder's fuzzer (`fuzz/`), from the kept
-/// corpus (`fuzz/corpus/stream.tar.zst`, minimized after the long run)
-/// unpacked into a scratch directory: the kept one changes only by hand.
+/// The fuzz targets of `fuzz/` that `cargo xtask test` runs briefly, with
+/// what each feeds, and for how many seconds: the stream decoder a minute,
+/// the parsers of what devices and the kernel say 25 s each.
+const FUZZ_TARGETS: [(&str, &str, u32); 6] = [
+    ("stream", "the stream decoder and the engine", 60),
+    (
+        "device",
+        "a device's adb replies (devices -l, probe/getprop, agent stderr)",
+        25,
+    ),
+    ("kallsyms", "the /proc/kallsyms parser and its lookups", 25),
+    ("btf", "BTF layouts and prototypes", 25),
+    ("tracefs_format", "tracefs format files", 25),
+    (
+        "procfs",
+        "/proc status, maps, cmdline, comm and slab objects",
+        25,
+    ),
+];
+
+/// Each fuzz target briefly (`fuzz/`, [`FUZZ_TARGETS`]), from its kept
+/// corpus (`fuzz/corpus/<target>.tar.zst`, minimized after a 10-minute
+/// run) unpacked into a scratch directory: the kept one changes only by
+/// hand. `cargo fuzz` builds with debug assertions (its default without
+/// `-O`): an overflow on input is a crash.
 fn fuzz_briefly() -> anyhow::Result<()> {
-    let scratch = std::env::temp_dir().join("rmapwatch-fuzz-corpus");
-    let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::create_dir_all(&scratch)?;
-    sh(Command::new("tar")
-        .args(["--zstd", "-xf", "fuzz/corpus/stream.tar.zst", "-C"])
-        .arg(&scratch))?;
-    step("fuzzing the stream decoder for 60 s (cargo +nightly fuzz run stream)");
-    sh(Command::new("cargo")
-        .args(["+nightly", "fuzz", "run", "stream"])
-        .arg(&scratch)
-        .args([
-            "--",
-            "-max_total_time=60",
-            "-rss_limit_mb=2048",
-            "-max_len=65536",
-        ]))
+    for (target, what, secs) in FUZZ_TARGETS {
+        let scratch = std::env::temp_dir().join(format!("rmapwatch-fuzz-corpus-{target}"));
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir_all(&scratch)?;
+        sh(Command::new("tar")
+            .args(["--zstd", "-xf"])
+            .arg(format!("fuzz/corpus/{target}.tar.zst"))
+            .arg("-C")
+            .arg(&scratch))?;
+        step(&format!(
+            "fuzzing {what} for {secs} s (cargo +nightly fuzz run {target})"
+        ));
+        sh(Command::new("cargo")
+            .args(["+nightly", "fuzz", "run", target])
+            .arg(&scratch)
+            .args([
+                "--",
+                &format!("-max_total_time={secs}"),
+                "-rss_limit_mb=2048",
+                "-max_len=65536",
+            ]))?;
+    }
+    Ok(())
 }
 
 /// Static binaries for the VM (any Linux, and Android, without shared

@@ -1,8 +1,8 @@
 //! Facts about the running kernel: privileges, BTF layouts, symbol ranges.
 //! Everything here is read at start-up, before any program is loaded.
-pub mod args;
-pub mod btf;
 pub mod kallsyms;
+
+pub use rmapwatch_parse::{args, btf};
 
 use std::path::Path;
 
@@ -143,6 +143,19 @@ pub struct KernelFacts {
     pub sizes: Sizes,
 }
 
+/// Opens a BTF file (usually `/sys/kernel/btf/vmlinux`).
+///
+/// # Errors
+/// [`btf::BtfError::Open`] when the file is missing or not BTF.
+pub fn open_btf(path: &Path) -> Result<KernelBtf, btf::BtfError> {
+    let origin = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| btf::BtfError::Open {
+        path: origin.clone(),
+        cause: e.to_string(),
+    })?;
+    KernelBtf::from_bytes(&bytes, &origin)
+}
+
 impl KernelFacts {
     /// Reads BTF and kallsyms (after [`check_privileges`]).
     ///
@@ -152,9 +165,9 @@ impl KernelFacts {
         let mut notes = Vec::new();
         check_lockdown()?;
         raise_memlock(&mut notes)?;
-        let btf = KernelBtf::open(btf_path)?;
+        let btf = open_btf(btf_path)?;
         let layout = Layout::read(&btf)?;
-        let kallsyms = Kallsyms::read_noting(&mut |n| notes.push(n))?;
+        let kallsyms = kallsyms::read_noting(&mut |n| notes.push(n))?;
         let mut config = program_config(&kallsyms, &layout)?;
         let slab_size = |cache: &str, fallback: u32| {
             std::fs::read_to_string(format!("/sys/kernel/slab/{cache}/slab_size"))

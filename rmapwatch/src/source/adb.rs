@@ -19,6 +19,7 @@ use std::{
 
 use anyhow::Context as _;
 use rmapwatch_engine::text::printable_lines;
+use rmapwatch_parse::device::{Device, Listed, PROBE, parse_devices, parse_probe};
 
 use super::{remote, running::Source};
 use crate::{link::Link, log};
@@ -256,50 +257,6 @@ fn run(mut cmd: Command, limit: Duration, what: &str) -> anyhow::Result<Output> 
     })
 }
 
-/// One line of `adb devices -l`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Listed {
-    /// The serial.
-    pub serial: String,
-    /// `device`, `unauthorized`, `offline`, `no permissions`, ...
-    pub state: String,
-}
-
-/// Parses `adb devices -l`.
-#[must_use]
-pub fn parse_devices(text: &str) -> Vec<Listed> {
-    const STATES: [&str; 12] = [
-        "device",
-        "unauthorized",
-        "offline",
-        "recovery",
-        "sideload",
-        "bootloader",
-        "rescue",
-        "no permissions",
-        "authorizing",
-        "connecting",
-        "host",
-        "unknown",
-    ];
-    text.lines()
-        .skip_while(|l| !l.starts_with("List of devices"))
-        .skip(1)
-        .filter_map(|l| {
-            let (serial, rest) = l.split_once(char::is_whitespace)?;
-            let rest = rest.trim_start();
-            let state = STATES.iter().find(|s| rest.starts_with(**s)).map_or_else(
-                || rest.split_whitespace().next().unwrap_or("").to_owned(),
-                |s| (*s).to_owned(),
-            );
-            (!serial.is_empty()).then(|| Listed {
-                serial: serial.to_owned(),
-                state,
-            })
-        })
-        .collect()
-}
-
 /// The remedy for a device state other than `device`.
 #[must_use]
 pub fn remedy(state: &str) -> &'static str {
@@ -370,66 +327,6 @@ pub fn pick(
             remedy: remedy(&dev.state),
         })
     }
-}
-
-/// The device, as the probe saw it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Device {
-    /// `uname -m`.
-    pub arch: String,
-    /// `uname -r`.
-    pub release: String,
-    /// `ro.build.type`: user, userdebug, eng.
-    pub build_type: String,
-    /// `ro.debuggable`.
-    pub debuggable: bool,
-    /// `ro.build.version.sdk`.
-    pub sdk: String,
-    /// `ro.product.model`.
-    pub model: String,
-    /// `id -u` of adb's shell.
-    pub uid: String,
-    /// `su`'s path, if there is one.
-    pub su: Option<String>,
-    /// Whether `/sys/kernel/btf/vmlinux` is readable.
-    pub btf: bool,
-    /// `getenforce`.
-    pub selinux: String,
-}
-
-/// The probe: one shell call, `key=value` lines.
-pub const PROBE: &str = "echo arch=$(uname -m); echo release=$(uname -r); \
-echo type=$(getprop ro.build.type); echo debuggable=$(getprop ro.debuggable); \
-echo sdk=$(getprop ro.build.version.sdk); echo model=$(getprop ro.product.model); \
-echo uid=$(id -u); echo su=$(command -v su); \
-if [ -r /sys/kernel/btf/vmlinux ]; then echo btf=1; else echo btf=0; fi; \
-echo selinux=$(getenforce 2>/dev/null); echo end=1";
-
-/// Parses the probe's output.
-///
-/// # Errors
-/// The output is not the probe's (the shell did not run it).
-pub fn parse_probe(text: &str) -> Result<Device, String> {
-    let kv: BTreeMap<&str, &str> = text
-        .lines()
-        .filter_map(|l| l.trim_end_matches('\r').split_once('='))
-        .collect();
-    if kv.get("end") != Some(&"1") || kv.get("arch").is_none_or(|a| a.is_empty()) {
-        return Err(format!("unexpected output: {:?}", text.trim()));
-    }
-    let get = |k: &str| kv.get(k).map_or_else(String::new, |v| v.trim().to_owned());
-    Ok(Device {
-        arch: get("arch"),
-        release: get("release"),
-        build_type: get("type"),
-        debuggable: get("debuggable") == "1",
-        sdk: get("sdk"),
-        model: get("model"),
-        uid: get("uid"),
-        su: Some(get("su")).filter(|s| !s.is_empty()),
-        btf: get("btf") == "1",
-        selinux: get("selinux"),
-    })
 }
 
 /// How root is had on the device.
@@ -1078,19 +975,6 @@ mod tests {
             pick(&parse_devices("List of devices attached\n\n"), None, None),
             Err(AdbError::NoDevice)
         ));
-    }
-
-    #[test]
-    fn probe_output() {
-        let d = parse_probe(
-            "arch=aarch64\nrelease=6.1.75-android14\ntype=userdebug\ndebuggable=1\nsdk=34\n\
-             model=Pixel 8\nuid=2000\nsu=\nbtf=1\nselinux=Enforcing\nend=1\n",
-        )
-        .unwrap();
-        assert_eq!(d.arch, "aarch64");
-        assert_eq!(d.model, "Pixel 8");
-        assert!(d.debuggable && d.btf && d.su.is_none());
-        assert!(parse_probe("/system/bin/sh: syntax error").is_err());
     }
 
     #[test]

@@ -11,8 +11,8 @@ use anyhow::Context as _;
 use rmapwatch_engine::{
     input::Input,
     stream::{Kind, Reader, StreamError, Writer},
-    text::printable,
 };
+use rmapwatch_parse::device::agent_note;
 
 use super::running::Source;
 use crate::{error::BadInput, link::Link, log, version};
@@ -86,8 +86,7 @@ pub fn agent(
                 use std::io::BufRead as _;
                 for line in BufReader::new(err).lines() {
                     let Ok(line) = line else { break };
-                    let line = line.strip_prefix("rmapwatch: ").unwrap_or(&line);
-                    log::info(&format!("{prefix}{}", printable(line)));
+                    log::info(&format!("{prefix}{}", agent_note(&line)));
                 }
             });
     }

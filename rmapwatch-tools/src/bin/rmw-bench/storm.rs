@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use rmapwatch_common::site;
-use rmapwatch_live::kernel::kallsyms::Kallsyms;
+use rmapwatch_live::kernel::kallsyms;
 
 use crate::stats::{line, stats};
 
@@ -91,7 +91,7 @@ fn wait_for(rx: &mpsc::Receiver<String>, what: &str) -> anyhow::Result<()> {
 
 /// The bpftrace peer: kmem_cache_alloc/free counted by call site, for the
 /// call sites rmapwatch classifies (the rmap functions' text ranges).
-fn peer_script(k: &Kallsyms) -> String {
+fn peer_script(k: &kallsyms::Kallsyms) -> String {
     let conds: Vec<String> = site::NAMES
         .iter()
         .flat_map(|name| k.ranges(name))
@@ -409,7 +409,7 @@ fn empty_floor(bin: &Path, forks: usize) -> anyhow::Result<()> {
 /// Not root, tracers missing, or a storm fails.
 pub fn run(o: &Opts) -> anyhow::Result<()> {
     let bin = rmapwatch_bin()?;
-    let k = Kallsyms::read().context("reading kallsyms (run as root)")?;
+    let k = kallsyms::read().context("reading kallsyms (run as root)")?;
     let peer = peer_script(&k);
     // Statistics on for every program while we measure (the tracers run
     // with it in every traced run alike; rmapwatch turns it on itself).

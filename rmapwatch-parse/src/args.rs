@@ -12,7 +12,7 @@
 //! would count silently wrong numbers.
 use rmapwatch_common::{ABSENT, arg2};
 
-use super::btf::{BtfError, Param};
+use crate::btf::{BtfError, Param};
 
 /// Which layout a slab tracepoint's prototype has (its third argument).
 ///
@@ -87,13 +87,12 @@ pub fn format_fields(text: &str) -> Vec<(String, u32, u32)> {
                     .and_then(|v| v.trim().parse().ok())
             };
             // "unsigned long call_site", "__data_loc char[] name", "char comm[16]"
-            let name = decl
-                .split_whitespace()
-                .last()?
-                .split('[')
-                .next()?
-                .to_owned();
-            Some((name, num("offset:")?, num("size:")?))
+            let name = decl.split_whitespace().last()?.split('[').next()?;
+            // "char [16]": no name to look a field up by.
+            if name.is_empty() {
+                return None;
+            }
+            Some((name.to_owned(), num("offset:")?, num("size:")?))
         })
         .collect()
 }
@@ -287,6 +286,19 @@ format:
 \tfield:const void * ptr;\toffset:16;\tsize:8;\tsigned:0;
 \tfield:__data_loc char[] name;\toffset:24;\tsize:4;\tsigned:0;
 ";
+
+    #[test]
+    fn a_format_field_without_a_name_is_left_out() {
+        // Found by the fuzzer (fuzz/fuzz_targets/tracefs_format.rs): the
+        // name was "", which no lookup can mean.
+        assert_eq!(
+            format_fields(
+                "\tfield:char [16];\toffset:8;\tsize:16;\tsigned:0;\n\
+                 \tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n"
+            ),
+            [("parent_pid".to_owned(), 24, 4)]
+        );
+    }
 
     #[test]
     fn perf_offsets_come_from_the_formats() {

@@ -2,8 +2,6 @@
 //!
 //! aya emits no CO-RE relocations for Rust programs, so every offset the
 //! programs use is looked up here at start-up and handed to them as a global.
-use std::path::Path;
-
 use btf_rs::{Btf, BtfType, Type};
 
 /// What can go wrong while reading layouts from BTF.
@@ -53,15 +51,16 @@ pub struct KernelBtf {
 }
 
 impl KernelBtf {
-    /// Opens a BTF file (usually `/sys/kernel/btf/vmlinux`).
+    /// Reads a kernel's BTF (the bytes of `/sys/kernel/btf/vmlinux`, or of
+    /// a file extracted from a boot image); `origin` names it in errors.
     ///
     /// # Errors
-    /// [`BtfError::Open`] when the file is missing or not BTF.
-    pub fn open(path: &Path) -> Result<Self, BtfError> {
-        Btf::from_file(path)
+    /// [`BtfError::Open`] when the bytes are not BTF.
+    pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self, BtfError> {
+        Btf::from_bytes(bytes)
             .map(|btf| Self { btf })
             .map_err(|e| BtfError::Open {
-                path: path.display().to_string(),
+                path: origin.to_owned(),
                 cause: std::error::Error::source(&e)
                     .map_or_else(|| e.to_string(), ToString::to_string),
             })
