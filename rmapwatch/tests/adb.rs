@@ -456,6 +456,19 @@ fn root_is_had_by_adb_root_or_su_or_refused() {
     clean.check();
 }
 
+/// The host's exit status, once it noticed the link or the agent gone
+/// (at most 30 s).
+fn host_noticed(rw: &mut Rmapwatch) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = rw.child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "the host did not notice");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A report over adb whose link `cut` drops: one line, non-zero, and
 /// nothing left on the device (the agent saw its stdin close, or SIGHUP
 /// from the stand-in as from adbd, and detached, removing its binary).
@@ -463,14 +476,7 @@ fn drop_link(cut: impl FnOnce(&Server, &Device)) {
     let (clean, server, dev) = rooted_device();
     let mut rw = adb_report(&server, &dev.serial, &[]);
     cut(&server, &dev);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = rw.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the host did not notice");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = host_noticed(&mut rw);
     let errs = rw.stderr.rest();
     assert!(!status.success());
     let last = errs.last().cloned().unwrap_or_default();
@@ -526,14 +532,7 @@ fn a_kill_9_of_the_agent_leaves_nothing_and_the_host_restores_kptr_restrict() {
     std::fs::write(kptr, lowered).unwrap();
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pids[0], libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = rw.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the host did not notice");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = host_noticed(&mut rw);
     let errs = rw.stderr.rest();
     assert!(!status.success(), "{errs:#?}");
     assert!(
