@@ -100,6 +100,14 @@ impl KernelBtf {
             .ok_or_else(|| BtfError::NoMember(strukt.to_owned(), member.to_owned()))
     }
 
+    /// [`Self::member_offset`] of a member some kernels lack, or
+    /// [`rmapwatch_common::ABSENT`] (which the programs check).
+    #[must_use]
+    pub fn member_offset_or_absent(&self, strukt: &str, member: &str) -> u32 {
+        self.member_offset(strukt, member)
+            .unwrap_or(rmapwatch_common::ABSENT)
+    }
+
     fn find_member_bits(&self, s: &btf_rs::Struct, member: &str, base: u32) -> Option<u32> {
         for m in &s.members {
             let name = self.btf.resolve_name(m).unwrap_or_default();
@@ -251,9 +259,7 @@ impl Layout {
             task_tgid: btf.member_offset("task_struct", "tgid")?,
             task_comm: btf.member_offset("task_struct", "comm")?,
             task_signal: btf.member_offset("task_struct", "signal")?,
-            signal_live: btf
-                .member_offset("signal_struct", "live")
-                .unwrap_or(rmapwatch_common::ABSENT),
+            signal_live: btf.member_offset_or_absent("signal_struct", "live"),
             snap: rmapwatch_common::SnapshotLayout {
                 vma_start: btf.member_offset("vm_area_struct", "vm_start")?,
                 vma_end: btf.member_offset("vm_area_struct", "vm_end")?,
@@ -268,21 +274,13 @@ impl Layout {
                 av_parent: btf.member_offset("anon_vma", "parent")?,
                 av_refcount: btf.member_offset("anon_vma", "refcount")?,
                 av_num_children: btf.member_offset("anon_vma", "num_children")?,
-                av_num_active_vmas: btf
-                    .member_offset("anon_vma", "num_active_vmas")
-                    .unwrap_or(rmapwatch_common::ABSENT),
+                av_num_active_vmas: btf.member_offset_or_absent("anon_vma", "num_active_vmas"),
                 task_mm: btf.member_offset("task_struct", "mm")?,
-                mm_mmap: btf
-                    .member_offset("mm_struct", "mmap")
-                    .unwrap_or(rmapwatch_common::ABSENT),
-                vma_next: btf
-                    .member_offset("vm_area_struct", "vm_next")
-                    .unwrap_or(rmapwatch_common::ABSENT),
+                mm_mmap: btf.member_offset_or_absent("mm_struct", "mmap"),
+                vma_next: btf.member_offset_or_absent("vm_area_struct", "vm_next"),
                 task_real_parent: btf.member_offset("task_struct", "real_parent")?,
                 // The fixtures' cut-down BTF has no signal_struct members.
-                signal_thread_head: btf
-                    .member_offset("signal_struct", "thread_head")
-                    .unwrap_or(rmapwatch_common::ABSENT),
+                signal_thread_head: btf.member_offset_or_absent("signal_struct", "thread_head"),
                 task_thread_node: btf.member_offset("task_struct", "thread_node")?,
             },
             // 7.x's rwsem has a first_waiter pointer instead of a list.
