@@ -598,12 +598,23 @@ pub fn trim_heap() {
 /// glibc raises after each such free.
 const MMAP_THRESHOLD: i32 = 256 * 1024;
 
-/// Pins the allocator's behaviour for big tables (see [`MMAP_THRESHOLD`]).
+/// One heap for every thread. The source's thread builds batches and walk
+/// records that the engine's thread frees: with an arena per thread, glibc
+/// keeps each arena's freed chunks, so the process's RSS rose and fell by
+/// megabytes with the churn while its heap stayed flat (a heap profile of
+/// `serve` through adb: 2.6-2.8 MB live the whole soak, RSS 12-19 MiB).
+/// The threads allocate a few times per batch, not per event: one arena
+/// costs no contention worth measuring.
+const ARENA_MAX: i32 = 1;
+
+/// Pins the allocator's behaviour for big tables (see [`MMAP_THRESHOLD`])
+/// and its arenas (see [`ARENA_MAX`]).
 pub fn tune_allocator() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes a malloc parameter.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        libc::mallopt(libc::M_ARENA_MAX, ARENA_MAX);
     }
 }
 
