@@ -54,8 +54,28 @@ impl Bpftrace {
 
     /// (map, pid, site, cache) -> count.
     fn stop(mut self) -> BTreeMap<(String, u32, String, String), u64> {
-        send(&self.child, libc::SIGINT);
-        self.child.wait().unwrap();
+        // bpftrace 0.17 can miss a SIGINT that lands just before it sleeps
+        // in epoll_wait, and then waits forever (seen once in a CI run: 28
+        // minutes, ended by a second SIGINT). Say it again until it exits.
+        let start = std::time::Instant::now();
+        loop {
+            send(&self.child, libc::SIGINT);
+            let waited = std::time::Instant::now();
+            while waited.elapsed() < Duration::from_secs(5) {
+                if self.child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if self.child.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "bpftrace did not exit on SIGINT in 120 s"
+            );
+            eprintln!("bpftrace still runs 5 s after SIGINT: sending it again");
+        }
         let mut counts = BTreeMap::new();
         for line in self.stdout.rest() {
             // @alloc[anon_vma_fork, anon_vma]: 2238
