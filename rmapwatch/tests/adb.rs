@@ -459,14 +459,7 @@ fn root_is_had_by_adb_root_or_su_or_refused() {
 /// The host's exit status, once it noticed the link or the agent gone
 /// (at most 30 s).
 fn host_noticed(rw: &mut Rmapwatch) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(s) = rw.child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "the host did not notice");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    exited_within(&mut rw.child, Duration::from_secs(30)).expect("the host did not notice")
 }
 
 /// A report over adb whose link `cut` drops: one line, non-zero, and

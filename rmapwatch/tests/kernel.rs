@@ -60,14 +60,7 @@ impl Bpftrace {
         let start = std::time::Instant::now();
         loop {
             send(&self.child, libc::SIGINT);
-            let waited = std::time::Instant::now();
-            while waited.elapsed() < Duration::from_secs(5) {
-                if self.child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if self.child.try_wait().unwrap().is_some() {
+            if exited_within(&mut self.child, Duration::from_secs(5)).is_some() {
                 break;
             }
             assert!(

@@ -258,16 +258,8 @@ fn the_agent_detaches_on_sigterm_sighup_and_a_closed_stdout() {
         requests,
     } = Agent::start();
     drop(inputs); // the reading thread ends at its next input, closing the pipe
-    let status = {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "the agent did not notice");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let status =
+        exited_within(&mut child, Duration::from_secs(20)).expect("the agent did not notice");
     drop(requests);
     assert!(status.success(), "{status:?}");
     let left = wait_gone(Duration::from_secs(5));

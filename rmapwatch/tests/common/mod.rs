@@ -67,6 +67,21 @@ pub fn settled_slab_objects(cache: &str) -> i64 {
     last
 }
 
+/// Waits for `child` to exit, at most `limit`: its status, or `None` if
+/// it still runs (left running).
+pub fn exited_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn send(child: &Child, sig: libc::c_int) {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as libc::pid_t, sig) };
@@ -244,12 +259,10 @@ impl Drop for Rmapwatch {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             send(&self.child, libc::SIGINT);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
+            if exited_within(&mut self.child, Duration::from_secs(10)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
             }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }
