@@ -92,6 +92,17 @@ fn slope(pts: &[(f64, f64)]) -> f64 {
     if den == 0.0 { 0.0 } else { num / den }
 }
 
+/// `min-max` of samples.
+fn band(pts: &[(f64, f64)]) -> String {
+    let lo = pts.iter().map(|p| p.1).fold(f64::NAN, f64::min);
+    format!("{lo:.1}-{:.1}", high(pts))
+}
+
+/// The highest of samples.
+fn high(pts: &[(f64, f64)]) -> f64 {
+    pts.iter().map(|p| p.1).fold(f64::NAN, f64::max)
+}
+
 /// Whether RSS samples `(s, MiB)` are flat: the second half stays in the
 /// band the first half set. Its high-water mark may exceed the first
 /// half's by a tenth (at least 1 MiB), no more.
@@ -103,20 +114,12 @@ fn slope(pts: &[(f64, f64)]) -> f64 {
 /// minutes the slope of such samples is the swings' timing (it read
 /// -20..+30 MiB/h on runs of one build), where growth pushes the
 /// high-water mark up run after run.
-/// `min-max` of samples.
-fn band(pts: &[(f64, f64)]) -> String {
-    let lo = pts.iter().map(|p| p.1).fold(f64::NAN, f64::min);
-    let hi = pts.iter().map(|p| p.1).fold(f64::NAN, f64::max);
-    format!("{lo:.1}-{hi:.1}")
-}
-
 fn flat(pts: &[(f64, f64)]) -> Result<(), String> {
-    let half = pts.len() / 2;
-    let high = |s: &[(f64, f64)]| s.iter().map(|p| p.1).fold(f64::NAN, f64::max);
-    let (first, second) = (high(&pts[..half]), high(&pts[half..]));
     if pts.len() < 4 {
         return Err(format!("has {} samples, too few to tell", pts.len()));
     }
+    let half = pts.len() / 2;
+    let (first, second) = (high(&pts[..half]), high(&pts[half..]));
     let allowed = first + (first * 0.1).max(1.0);
     if second > allowed {
         return Err(format!(
