@@ -7,7 +7,7 @@
 
 /// Version of this ABI (the records below): recorded in streams, so that a
 /// recording says which programs measured it. Bumped on any change.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Kernel objects that rmapwatch counts.
 pub mod object {
@@ -308,6 +308,8 @@ pub struct SnapshotLayout {
     pub vma_flags: u32,
     /// `vm_area_struct.vm_file`.
     pub vma_file: u32,
+    /// `vm_area_struct.vm_pgoff`.
+    pub vma_pgoff: u32,
     /// `vm_area_struct.anon_vma`.
     pub vma_anon_vma: u32,
     /// `vm_area_struct.anon_vma_chain` (list head).
@@ -346,6 +348,9 @@ pub struct SnapshotLayout {
     pub signal_thread_head: u32,
     /// `task_struct.thread_node` (a thread's node in that list).
     pub task_thread_node: u32,
+    /// Zero: keeps the layout a multiple of eight bytes (no hidden padding
+    /// in [`Config`]).
+    pub reserved: u32,
 }
 
 /// Marks an absent member in [`SnapshotLayout`].
@@ -400,6 +405,8 @@ pub struct SnapVma {
     pub av_num_children: u64,
     /// `anon_vma->num_active_vmas`.
     pub av_num_active_vmas: u64,
+    /// `vm_pgoff`.
+    pub pgoff: u64,
     /// `anon_vma->refcount`.
     pub av_refcount: u32,
     /// AVC records written before this one (at most [`snap::MAX_CHAIN`]).
@@ -492,9 +499,9 @@ mod tests {
                 + 8
         );
         assert_eq!(size_of::<RmapKey>(), 4 + 4 + 8);
-        assert_eq!(size_of::<SnapshotLayout>(), 20 * 4);
+        assert_eq!(size_of::<SnapshotLayout>(), 22 * 4);
         assert_eq!(size_of::<ArgLayout>(), 13 * 4);
-        assert_eq!(size_of::<SnapVma>(), 4 * 2 + 8 * 11 + 4 * 4 + COMM_LEN);
+        assert_eq!(size_of::<SnapVma>(), 4 * 2 + 8 * 12 + 4 * 4 + COMM_LEN);
         assert_eq!(size_of::<SnapAvc>(), 4 * 2 + 8 * 3);
     }
 

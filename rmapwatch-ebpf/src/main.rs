@@ -90,6 +90,7 @@ static CONFIG: Config = Config {
         vma_mm: 0,
         vma_flags: 0,
         vma_file: 0,
+        vma_pgoff: 0,
         vma_anon_vma: 0,
         vma_chain: 0,
         avc_same_vma: 0,
@@ -105,6 +106,7 @@ static CONFIG: Config = Config {
         task_real_parent: 0,
         signal_thread_head: 0,
         task_thread_node: 0,
+        reserved: 0,
     },
     args: rmapwatch_common::ArgLayout {
         alloc_arg2: 0,
@@ -988,6 +990,7 @@ fn walk_vma(
         flags: field(vma, l.vma_flags),
         file: field(vma, l.vma_file),
         anon_vma: field(vma, l.vma_anon_vma),
+        pgoff: field(vma, l.vma_pgoff),
         ppid,
         comm,
         ..SnapVma::default()

@@ -40,6 +40,23 @@ pub struct Vma {
     /// The process's parent (tgid) as the walk saw it; 0 unknown (a
     /// recording carries it once per process, in `Input::WalkVmas`).
     pub ppid: u32,
+    /// `vm_pgoff` (`None`: the walk did not carry it, as in recordings
+    /// before stream 1.2).
+    pub pgoff: Option<u64>,
+    /// Its anonymous pages as `/proc/PID/pagemap` showed them just after
+    /// the walk (`None`: not read: no anon_vma, out of the time budget,
+    /// unreadable, or a recording before stream 1.2).
+    pub anon_pages: Option<AnonPages>,
+}
+
+/// A VMA's present anonymous pages, from pagemap (bit 63 present, bit 61
+/// clear: not a file or shared-anon page; bit 56 "exclusively mapped").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AnonPages {
+    /// Present anonymous pages.
+    pub present: u64,
+    /// Of those, pages another mapping maps too (bit 56 clear).
+    pub shared: u64,
 }
 
 impl Vma {
@@ -292,6 +309,8 @@ impl Decoder {
                 chain,
                 chain_truncated: r.chain_truncated != 0,
                 ppid: r.ppid,
+                pgoff: Some(r.pgoff),
+                anon_pages: None,
             };
             f(&self.cur, &r.comm);
         } else {
@@ -401,6 +420,7 @@ pub fn encode(v: &Vma, comm: &[u8; COMM_LEN], out: &mut Vec<u8>) {
         chain_len: u32::try_from(v.chain.len()).unwrap_or(u32::MAX),
         chain_truncated: u32::from(v.chain_truncated),
         ppid: v.ppid,
+        pgoff: v.pgoff.unwrap_or(0),
         comm: *comm,
         ..SnapVma::default()
     }));

@@ -31,8 +31,10 @@ pub const MAGIC: &[u8; 8] = b"RMAPWTCH";
 pub const BLOCK_MAGIC: &[u8; 4] = b"RMWB";
 /// The format this module writes (major, minor). Readers refuse another
 /// major version; a newer minor version only adds message kinds, which
-/// older readers skip.
-pub const VERSION: (u16, u16) = (1, 1);
+/// older readers skip, and facts at the end of a VMA's facts, which older
+/// readers skip too. 1.1: parents in walks; 1.2: each VMA's `vm_pgoff` and
+/// pagemap's anonymous pages.
+pub const VERSION: (u16, u16) = (1, 2);
 /// The format's name, in the header.
 pub const FORMAT: &str = "rmapwatch.stream/1";
 /// Largest header.
@@ -322,8 +324,9 @@ impl Encoder {
                 put_varint(&mut self.raw, vmas.len() as u64);
                 for v in vmas {
                     self.vma(v);
-                    // A VMA's further facts (none yet): their length.
-                    put_varint(&mut self.raw, 0);
+                    let mut facts = Vec::new();
+                    put_vma_facts(&mut facts, v);
+                    put_bytes(&mut self.raw, &facts);
                 }
                 let body = std::mem::replace(&mut self.raw, outer);
                 put_bytes(&mut self.raw, &body);
@@ -691,7 +694,58 @@ fn decode_vma(c: &mut Cursor<'_>, d: &mut Deltas) -> Result<Vma, String> {
         chain,
         chain_truncated: bits & 2 != 0,
         ppid: 0,
+        pgoff: None,
+        anon_pages: None,
     })
+}
+
+mod fact {
+    /// `vm_pgoff` follows, as a zigzag delta from `vm_start >> 12`.
+    pub const PGOFF: u8 = 1;
+    /// pagemap's anonymous pages follow: present, shared.
+    pub const ANON_PAGES: u8 = 2;
+}
+
+/// A VMA's facts of 1.2: a byte of which follow, then each. Facts a later
+/// minor version adds come after these.
+fn put_vma_facts(out: &mut Vec<u8>, v: &Vma) {
+    let bits = v.pgoff.map_or(0, |_| fact::PGOFF) | v.anon_pages.map_or(0, |_| fact::ANON_PAGES);
+    if bits == 0 {
+        return;
+    }
+    out.push(bits);
+    if let Some(p) = v.pgoff {
+        put_varint(out, zigzag(p.wrapping_sub(v.start >> 12).cast_signed()));
+    }
+    if let Some(a) = v.anon_pages {
+        put_varint(out, a.present);
+        put_varint(out, a.shared);
+    }
+}
+
+/// Reads the facts [`put_vma_facts`] wrote (an empty body: none); what
+/// follows them is a newer minor version's and is left.
+fn read_vma_facts(body: &[u8], v: &mut Vma) -> Result<(), String> {
+    let mut c = Cursor { b: body, at: 0 };
+    if c.left() == 0 {
+        return Ok(());
+    }
+    let bits = c.u8()?;
+    if bits & fact::PGOFF != 0 {
+        let d = unzigzag(c.varint()?).cast_unsigned();
+        v.pgoff = Some((v.start >> 12).wrapping_add(d));
+    }
+    if bits & fact::ANON_PAGES != 0 {
+        let present = c.varint()?;
+        let shared = c.varint()?;
+        if shared > present {
+            return Err(format!(
+                "a VMA with {shared} shared of {present} anonymous pages"
+            ));
+        }
+        v.anon_pages = Some(crate::snapshot::AnonPages { present, shared });
+    }
+    Ok(())
 }
 
 /// The body of a `WALK_VMAS` (1.0) or `WALK_VMAS_EXT` (1.1) message.
@@ -714,11 +768,11 @@ fn decode_walk_vmas(c: &mut Cursor<'_>, d: &mut Deltas, ext: bool) -> Result<Inp
     let n = c.count(13)?;
     let mut vmas = Vec::with_capacity(n.min(PREALLOC));
     for _ in 0..n {
-        vmas.push(decode_vma(c, d)?);
+        let mut v = decode_vma(c, d)?;
         if ext {
-            // Facts of a newer minor version: skipped.
-            c.bytes()?;
+            read_vma_facts(c.bytes()?, &mut v)?;
         }
+        vmas.push(v);
     }
     Ok(Input::WalkVmas {
         comms,

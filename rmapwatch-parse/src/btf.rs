@@ -266,6 +266,7 @@ impl Layout {
                 vma_mm: btf.member_offset("vm_area_struct", "vm_mm")?,
                 vma_flags: btf.member_offset("vm_area_struct", "vm_flags")?,
                 vma_file: btf.member_offset("vm_area_struct", "vm_file")?,
+                vma_pgoff: btf.member_offset("vm_area_struct", "vm_pgoff")?,
                 vma_anon_vma: btf.member_offset("vm_area_struct", "anon_vma")?,
                 vma_chain: btf.member_offset("vm_area_struct", "anon_vma_chain")?,
                 avc_same_vma: btf.member_offset("anon_vma_chain", "same_vma")?,
@@ -282,6 +283,7 @@ impl Layout {
                 // The fixtures' cut-down BTF has no signal_struct members.
                 signal_thread_head: btf.member_offset_or_absent("signal_struct", "thread_head"),
                 task_thread_node: btf.member_offset("task_struct", "thread_node")?,
+                reserved: 0,
             },
             // 7.x's rwsem has a first_waiter pointer instead of a list.
             anon_vma_wait_list: match (

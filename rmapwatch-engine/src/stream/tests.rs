@@ -38,6 +38,15 @@ fn vma(tgid: u32, i: u64) -> Vma {
             .collect(),
         chain_truncated: i == 7,
         ppid: 0,
+        pgoff: (i % 4 != 1).then_some(if i.is_multiple_of(3) {
+            i * 7
+        } else {
+            0x7f00_0000 + i
+        }),
+        anon_pages: (i % 4 == 2).then_some(crate::snapshot::AnonPages {
+            present: i * 3,
+            shared: i,
+        }),
     }
 }
 
