@@ -104,4 +104,45 @@ pub struct Facts {
     /// How the slab events are taken.
     #[serde(default)]
     pub slab: SlabEvents,
+    /// Slot sizes the designs' byte figures use (stream 1.2; empty in
+    /// older recordings).
+    #[serde(default)]
+    pub slots: Slots,
+}
+
+/// A slab cache's sizes as `/sys/kernel/slab/<cache>/` shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheSlot {
+    /// `object_size`: the object as the cache was created for it.
+    pub object_size: u32,
+    /// `slab_size`: the slot each object takes (alignment, metadata).
+    pub slab_size: u32,
+    /// `align`.
+    pub align: u32,
+}
+
+/// The slots the designs' objects would take on the measured kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slots {
+    /// `sizeof(struct vm_area_struct)` from BTF (0: unread).
+    #[serde(default)]
+    pub vm_area_struct_size: u32,
+    /// The `vm_area_struct` cache.
+    #[serde(default)]
+    pub vm_area_struct: Option<CacheSlot>,
+    /// The `maple_node` cache's `slab_size`.
+    #[serde(default)]
+    pub maple_node: Option<u32>,
+    /// Generic kmalloc bucket sizes present (`kmalloc-<N>`), ascending.
+    #[serde(default)]
+    pub kmalloc: Vec<u32>,
+}
+
+impl Slots {
+    /// The kmalloc bucket an object of `size` bytes lands in: the smallest
+    /// bucket at least that large (`None`: buckets unknown, or none fits).
+    #[must_use]
+    pub fn kmalloc_bucket(&self, size: u32) -> Option<u32> {
+        self.kmalloc.iter().copied().filter(|&b| b >= size).min()
+    }
 }
