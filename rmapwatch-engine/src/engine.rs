@@ -10,6 +10,7 @@ use rmapwatch_common::hook;
 pub use crate::account::Retention;
 use crate::{
     account::{Accounting, Comparison, RmapVmas, StateSize, WalkKind},
+    design::{Designs, Options as DesignOptions, Outcome, Walked as DesignWalk},
     facts::Facts,
     hash::FastMap,
     hooks::HookMode,
@@ -129,6 +130,8 @@ pub enum Step {
 #[derive(Debug)]
 struct Walk {
     estimate: Estimate,
+    /// Every design's outcome at this walk.
+    designs: Vec<Outcome>,
     procs: BTreeMap<u32, ProcInfo>,
     counts: WalkCounts,
     ended: Nanos,
@@ -177,6 +180,7 @@ fn reservation(anon_vma_objects: u64, avc_cache_objects: u64) -> (usize, usize) 
 #[derive(Debug)]
 pub struct Engine {
     opts: Options,
+    designs: Designs,
     order: Order,
     facts: Option<Facts>,
     acct: Accounting,
@@ -225,6 +229,10 @@ impl Engine {
     #[must_use]
     pub fn new(opts: Options) -> Self {
         Self {
+            designs: Designs::new(DesignOptions {
+                lazy: opts.model,
+                ..DesignOptions::default()
+            }),
             opts,
             order: Order::default(),
             facts: None,
@@ -346,6 +354,7 @@ impl Engine {
             Input::Events { events, .. } => {
                 for e in &events {
                     self.acct.apply(e);
+                    self.designs.event(e);
                 }
                 // Lives ended by a reused pid.
                 self.folded_away();
@@ -513,6 +522,8 @@ impl Engine {
             .as_ref()
             .filter(|(pid, _)| Some(*pid) == self.detail_pid)
             .map(|(pid, vmas)| Family::new(*pid, vmas));
+        self.designs
+            .begin(self.facts.as_ref().unwrap_or(&Facts::default()));
         self.walking = Some(Walking {
             began: t,
             detail_pid: self.detail_pid,
@@ -537,6 +548,7 @@ impl Engine {
         w.comms.extend(comms);
         let acct = &mut self.acct;
         for v in vmas {
+            self.designs.vma(v);
             let comms = &w.comms;
             w.digest.vma(
                 v,
@@ -559,9 +571,32 @@ impl Engine {
             self.last_walk = Some((w.began, t.saturating_sub(w.began)));
         } else {
             let acct = &mut self.acct;
-            let walked = w
-                .digest
-                .finish(counts, |ptr, tgid, kind| acct.walk_object(ptr, tgid, kind));
+            let designs = &mut self.designs;
+            let default_facts = Facts::default();
+            let facts = self.facts.as_ref().unwrap_or(&default_facts);
+            let seeding = !self.seeded;
+            let parents: BTreeMap<u32, u32> = w.parents.iter().copied().collect();
+            let (walked, outcomes) = w.digest.finish_with(
+                counts,
+                |ptr, tgid, kind| acct.walk_object(ptr, tgid, kind),
+                |walked, owner| {
+                    let procs = walked
+                        .procs
+                        .iter()
+                        .map(|(&p, i)| (p, i.comm.clone()))
+                        .collect();
+                    designs.end(&DesignWalk {
+                        estimate: &walked.estimate,
+                        procs: &procs,
+                        parents: &parents,
+                        owner,
+                        facts,
+                        vmas: walked.counts.vmas,
+                        vmas_by_process: &walked.vmas_by_process(),
+                        seeding,
+                    })
+                },
+            );
             let comparison = self.acct.end_walk().unwrap_or_default();
             if comparison.reconciled {
                 if self.seeded {
@@ -625,6 +660,7 @@ impl Engine {
                 .filter(|s| s.shrunk)
                 .and_then(|s| s.anon_vma);
             self.walk = Some(Walk {
+                designs: outcomes,
                 estimate: walked.estimate,
                 procs: walked.procs,
                 counts: walked.counts,
@@ -714,6 +750,7 @@ impl Engine {
             },
             slab_anon_vma: w.slab_anon_vma,
             comparison: &w.comparison,
+            designs: &w.designs,
         });
         Report::build(
             &self.acct,

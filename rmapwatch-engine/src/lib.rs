@@ -11,6 +11,7 @@
 //! `view`, `perfetto` (what sinks show); `stream` (the recording and link format).
 pub mod account;
 pub mod addrmap;
+pub mod design;
 pub mod engine;
 pub mod event;
 pub mod facts;

@@ -271,9 +271,27 @@ impl Estimator {
         }
     }
 
+    /// Who holds `anon_vma` so far: the owner's tgid, and whether a VMA of
+    /// it holds it as its own (else it was only seen in chains).
+    #[must_use]
+    pub fn owner(&self, anon_vma: u64) -> Option<(u32, bool)> {
+        self.avs.get(anon_vma).map(|x| {
+            (
+                u32::try_from(x >> av::TGID_SHIFT).unwrap_or(u32::MAX),
+                x & av::OWN != 0,
+            )
+        })
+    }
+
     /// The estimate; `av_owner(anon_vma, tgid)` is called for each anon_vma.
     #[must_use]
-    pub fn finish(mut self, mut av_owner: impl FnMut(u64, u32)) -> Estimate {
+    pub fn finish(mut self, av_owner: impl FnMut(u64, u32)) -> Estimate {
+        self.take_estimate(av_owner)
+    }
+
+    /// The estimate, keeping the anon_vmas' owners for [`Self::owner`]
+    /// (the estimator is spent: adding more VMAs starts a new estimate).
+    pub fn take_estimate(&mut self, mut av_owner: impl FnMut(u64, u32)) -> Estimate {
         let est = &mut self.est;
         for (a, x) in self.avs.iter() {
             let tgid = u32::try_from(x >> av::TGID_SHIFT).unwrap_or(u32::MAX);
@@ -303,7 +321,14 @@ impl Estimator {
             anon_vma: est.system.lazy.anon_vma,
             avc: self.lazy_avc_other,
         };
-        self.est
+        let options = est.options;
+        std::mem::replace(
+            est,
+            Estimate {
+                options,
+                ..Estimate::default()
+            },
+        )
     }
 }
 

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     account::{Accounting, Comparison, Flow, ObjectTotals, RmapVmas},
+    design::{self, Outcome, Share},
     facts::{Facts, KernelId, Sizes},
     hooks::{HookMode, HookStatus},
     input::{KernelCounters, ProgramStats},
@@ -122,6 +123,8 @@ pub struct ModelView<'a> {
     pub slab_anon_vma: Option<u64>,
     /// The events' live objects against the walk.
     pub comparison: &'a Comparison,
+    /// Every design's outcome at the walk.
+    pub designs: &'a [Outcome],
 }
 
 /// Statistics of a snapshot.
@@ -315,6 +318,10 @@ pub struct ProcessReport {
     /// New anonymous folios it mapped since attach (null without the
     /// `folio_add_new_anon_rmap` hook).
     pub rmap: Option<ProcessRmap>,
+    /// What each design would hold for it at the latest walk (empty
+    /// without a walk; all zero for a process the walk did not see).
+    #[serde(default)]
+    pub designs: Vec<Share>,
 }
 
 /// A process's new anonymous folios, counted in the kernel per VMA.
@@ -380,6 +387,10 @@ pub struct Report {
     pub lazy: Option<LazyBlock>,
     /// The model's options, blind spots, drift and snapshot.
     pub model: Option<ModelBlock>,
+    /// Every design at the latest walk: today, lazy, cow_context, ideal
+    /// (empty without a walk).
+    #[serde(default)]
+    pub designs: Vec<Outcome>,
     /// Processes with anon_vma/AVC traffic or objects, biggest first.
     pub processes: Vec<ProcessReport>,
     /// Exited processes folded away past their retention, summed: with
@@ -669,6 +680,11 @@ impl Report {
                     live: LiveBlock::of(p.live, f.sizes),
                     lazy,
                     snapshot: p.walked.map(|a| LiveBlock::of(a, f.sizes)),
+                    designs: ctx
+                        .model
+                        .as_ref()
+                        .map(|m| design::shares(m.designs, p.pid))
+                        .unwrap_or_default(),
                     rmap: rmap_by_process.as_ref().map(|by| {
                         let vmas = by.get(&p.pid);
                         ProcessRmap {
@@ -730,6 +746,11 @@ impl Report {
             live: LiveBlock::of(live, f.sizes),
             lazy,
             model,
+            designs: ctx
+                .model
+                .as_ref()
+                .map(|m| m.designs.to_vec())
+                .unwrap_or_default(),
             processes,
             exited,
             slab: f.slab.clone(),
@@ -789,6 +810,72 @@ impl Report {
         };
         row(&mut s, "total", sum_a, sum_l);
         Some(s)
+    }
+
+    /// Every design beside today's: objects by type, KB, change in bytes;
+    /// `explain`: each design's rules, options and blind spots below.
+    #[must_use]
+    pub fn designs_table(&self, explain: bool) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:<12} | {:>10} | {:>8} | objects",
+            "Design", "KB", "Change"
+        );
+        for d in &self.designs {
+            let objects: Vec<String> = d
+                .system
+                .objects
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "{:<12} | {:>10.1} | {:>8} | {}",
+                d.name,
+                d.system.bytes as f64 / 1024.0,
+                d.change_vs_today
+                    .map_or_else(|| "-".to_owned(), |c| format!("{:+.1}%", c * 100.0)),
+                objects.join(", ")
+            );
+        }
+        if explain {
+            for d in self.designs.iter().filter(|d| d.name != "today") {
+                let _ = writeln!(s, "{}:", d.name);
+                for r in &d.rules {
+                    let _ = writeln!(s, "  - {r}");
+                }
+                if !d.options.is_empty() {
+                    let o: Vec<String> = d
+                        .options
+                        .iter()
+                        .map(|o| format!("{}={}", o.name, o.value))
+                        .collect();
+                    let _ = writeln!(s, "  rests on: {}", o.join(", "));
+                }
+                if let Some(p) = d.pinned.as_ref().filter(|p| !p.is_empty()) {
+                    let named: Vec<String> = p
+                        .iter()
+                        .take(5)
+                        .map(|x| {
+                            let who = if x.pid == 0 {
+                                "(exited before start)".to_owned()
+                            } else {
+                                format!("{} {}", x.pid, x.comm)
+                            };
+                            format!("{who} kept by {} live", x.pinners)
+                        })
+                        .collect();
+                    let _ = writeln!(s, "  pinned: {}", named.join("; "));
+                }
+                let _ = writeln!(
+                    s,
+                    "  blind spots: {} (report --json: designs[].blind_spots)",
+                    d.blind_spots.len()
+                );
+            }
+        }
+        s
     }
 
     /// Human-readable rendering; `top` limits the process list.
@@ -867,6 +954,9 @@ impl Report {
         let _ = writeln!(s);
         if let Some(table) = self.seed_table() {
             let _ = writeln!(s, "{table}");
+        }
+        if !self.designs.is_empty() {
+            let _ = writeln!(s, "{}", self.designs_table(true));
         }
         if let Some(m) = &self.model {
             let _ = writeln!(

@@ -98,16 +98,30 @@ impl Digest {
     }
 
     /// The result.
-    pub fn finish(self, counts: WalkCounts, mut owners: impl FnMut(u64, u32, u32)) -> Walked {
+    pub fn finish(self, counts: WalkCounts, owners: impl FnMut(u64, u32, u32)) -> Walked {
+        self.finish_with(counts, owners, |_, _| ()).0
+    }
+
+    /// The result, and what `then` makes of it while the anon_vmas'
+    /// owners can still be asked (the designs' lineage evidence).
+    pub fn finish_with<R>(
+        mut self,
+        counts: WalkCounts,
+        mut owners: impl FnMut(u64, u32, u32),
+        then: impl FnOnce(&Walked, &dyn Fn(u64) -> Option<(u32, bool)>) -> R,
+    ) -> (Walked, R) {
         let estimate = self
             .model
-            .finish(|av, tgid| owners(av, tgid, object::ANON_VMA));
-        Walked {
+            .take_estimate(|av, tgid| owners(av, tgid, object::ANON_VMA));
+        let walked = Walked {
             estimate,
             procs: self.procs,
             detail: self.detail,
             counts,
-        }
+        };
+        let model = &self.model;
+        let r = then(&walked, &|av| model.owner(av));
+        (walked, r)
     }
 }
 

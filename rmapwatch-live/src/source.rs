@@ -139,6 +139,7 @@ impl Live {
             clock,
             source: "live".into(),
             slab: kernel.slab.clone(),
+            slots: rmapwatch_engine::facts::Slots::default(),
         };
         Ok(Self {
             probes,
