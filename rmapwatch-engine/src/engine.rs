@@ -3,7 +3,10 @@
 //! decides when walks are needed and asks the source through [`Request`]s;
 //! its decisions depend only on the inputs (their timestamps included), so
 //! a recording replays to the same results.
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use rmapwatch_common::hook;
 
@@ -131,7 +134,7 @@ pub enum Step {
 struct Walk {
     estimate: Estimate,
     /// Every design's outcome at this walk.
-    designs: Vec<Outcome>,
+    designs: Arc<Vec<Outcome>>,
     procs: BTreeMap<u32, ProcInfo>,
     counts: WalkCounts,
     ended: Nanos,
@@ -660,7 +663,7 @@ impl Engine {
                 .filter(|s| s.shrunk)
                 .and_then(|s| s.anon_vma);
             self.walk = Some(Walk {
-                designs: outcomes,
+                designs: Arc::new(outcomes),
                 estimate: walked.estimate,
                 procs: walked.procs,
                 counts: walked.counts,
@@ -786,6 +789,13 @@ impl Engine {
         self.walk.as_ref().map(|w| w.estimate.system.lazy)
     }
 
+    /// Every design's outcome at the latest walk (today, lazy,
+    /// cow_context, ideal; `None` before the first walk).
+    #[must_use]
+    pub fn designs(&self) -> Option<&[Outcome]> {
+        self.walk.as_ref().map(|w| w.designs.as_slice())
+    }
+
     /// The latest walk, for the per-process projection.
     fn walk_of(&self) -> Option<WalkOf<'_>> {
         self.walk.as_ref().map(|w| WalkOf {
@@ -825,6 +835,7 @@ impl Engine {
                 walk_ms: w.walk_ms,
                 walks: self.walks,
                 drift: w.comparison.drift,
+                designs: Arc::clone(&w.designs),
             }),
             processes,
             exited: self.acct.folded,

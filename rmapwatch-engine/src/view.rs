@@ -12,7 +12,7 @@ use crate::{
 
 /// The latest walk, system-wide: actual and lazy on the same basis (the
 /// walk), with the events' live counts beside it.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct WalkView {
     /// What the kernel held at the walk.
     pub actual: Objects,
@@ -29,6 +29,9 @@ pub struct WalkView {
     /// Events' live minus the walk's, over the objects that did not change
     /// during it (anon_vma, AVC).
     pub drift: [i64; 2],
+    /// Every design's outcome at the walk (per process:
+    /// [`crate::design::shares`]).
+    pub designs: std::sync::Arc<Vec<crate::design::Outcome>>,
 }
 
 /// One refresh of the live view.

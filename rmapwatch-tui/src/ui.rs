@@ -485,7 +485,7 @@ impl App {
 /// Actual and lazy on one basis, the latest walk (what the model saw);
 /// the events' live counts beside it.
 fn render_seed_table(f: &Frame, area: Rect, buf: &mut Buffer) {
-    let Some(w) = f.walk else {
+    let Some(w) = &f.walk else {
         let msg = f.facts.snapshot_error.as_ref().map_or_else(
             || "waiting for the first walk...".to_owned(),
             |e| format!("no walk: live and lazy figures unavailable ({e})"),
