@@ -128,30 +128,15 @@ fn check(rc: libc::c_int, what: &str) -> Result<(), String> {
 /// merge with a neighbouring anonymous VMA that already has an anon_vma, and
 /// the regions would then share it (seen in testing: 200 regions, one
 /// anon_vma, AVCs from splits instead of first faults).
-fn map_regions(o: &Opts) -> Result<Vec<*mut u8>, String> {
+fn map_regions(count: usize, pages: usize) -> Result<Vec<*mut u8>, String> {
     let ps = page_size();
-    let len = o.pages * ps;
-    let total = (2 * o.regions + 1) * len;
-    if o.regions == 0 {
+    let len = pages * ps;
+    if count == 0 {
         return Ok(Vec::new());
     }
-    // SAFETY: anonymous private mapping, no file.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            total,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if base == libc::MAP_FAILED {
-        return Err(format!("mmap: {}", std::io::Error::last_os_error()));
-    }
-    let base = base.cast::<u8>();
-    let mut regions = Vec::with_capacity(o.regions);
-    for i in 0..o.regions {
+    let base = reserve((2 * count + 1) * len)?;
+    let mut regions = Vec::with_capacity(count);
+    for i in 0..count {
         // SAFETY: within the reservation made above.
         let region = unsafe { base.add((2 * i + 1) * len) };
         // SAFETY: our own reservation.
@@ -165,6 +150,26 @@ fn map_regions(o: &Opts) -> Result<Vec<*mut u8>, String> {
         regions.push(region);
     }
     Ok(regions)
+}
+
+/// `len` bytes of PROT_NONE anonymous memory, to carve VMAs out of between
+/// guards.
+fn reserve(len: usize) -> Result<*mut u8, String> {
+    // SAFETY: anonymous private mapping, no file.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+    }
+    Ok(base.cast())
 }
 
 fn touch(regions: &[*mut u8], pages: usize, value: u8) {
@@ -222,7 +227,7 @@ fn noise(n: usize) -> Result<(), String> {
 fn storm(o: &Opts) -> Result<(), String> {
     // SAFETY: PR_SET_NAME with a NUL-terminated name.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"rmw-storm".as_ptr()) };
-    let regions = map_regions(o)?;
+    let regions = map_regions(o.regions, o.pages)?;
     touch(&regions, o.pages, 1);
     let t = std::time::Instant::now();
     for _ in 0..o.storm {
@@ -359,7 +364,7 @@ fn run(o: &Opts) -> Result<(), String> {
     if let Some(path) = &o.file {
         map_file(path)?;
     }
-    let regions = map_regions(o)?;
+    let regions = map_regions(o.regions, o.pages)?;
     if let (Some(first), Some(last)) = (regions.first(), regions.last()) {
         // Where the regions are, for tests that look at exactly them.
         let end = *last as usize + o.pages * page_size();
