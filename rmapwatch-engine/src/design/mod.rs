@@ -316,3 +316,6 @@ pub fn kmalloc_slot(facts: &Facts, size: u32) -> u64 {
             .unwrap_or_else(|| size.next_power_of_two()),
     )
 }
+
+#[cfg(test)]
+mod tests;
