@@ -599,6 +599,7 @@ pub mod sim {
                     av_parent: av.parent,
                     av_num_children: av.num_children,
                     chain: v.chain.clone(),
+                    pgoff: Some(v.start >> 12),
                     ..Vma::default()
                 });
                 s.procs.entry(v.tgid).or_default().vmas.push(idx);

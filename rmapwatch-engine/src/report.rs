@@ -749,7 +749,7 @@ impl Report {
             designs: ctx
                 .model
                 .as_ref()
-                .map(|m| m.designs.to_vec())
+                .map(|m| m.designs.iter().map(Outcome::summary).collect())
                 .unwrap_or_default(),
             processes,
             exited,

@@ -122,6 +122,25 @@ pub struct Outcome {
     pub processes: BTreeMap<u32, Holding>,
 }
 
+impl Outcome {
+    /// The outcome without its per-process numbers (what the report's
+    /// `designs` block holds; processes carry theirs).
+    #[must_use]
+    pub fn summary(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            system: self.system.clone(),
+            change_vs_today: self.change_vs_today,
+            rules: self.rules.clone(),
+            blind_spots: self.blind_spots.clone(),
+            options: self.options.clone(),
+            pinned: self.pinned.clone(),
+            coverage: self.coverage,
+            processes: BTreeMap::new(),
+        }
+    }
+}
+
 /// One design's numbers for one process or VMA, as `processes[].designs`
 /// and `inspect` list them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -252,9 +271,16 @@ impl Designs {
     /// today's (the first design).
     pub fn end(&mut self, w: &Walked<'_>) -> Vec<Outcome> {
         let mut out: Vec<Outcome> = self.list.iter_mut().map(|d| d.end(w)).collect();
-        let today = out.first().cloned().unwrap_or_default();
+        let today = out.first().map_or(0, |o| o.system.bytes);
         for o in &mut out {
-            o.change_vs_today = change(today.system.bytes, o.system.bytes);
+            // A design that could read none of what it needs has no figure
+            // to compare.
+            let blind = o.coverage.is_some_and(|c| c.read == 0 && c.needed > 0);
+            o.change_vs_today = if blind {
+                None
+            } else {
+                change(today, o.system.bytes)
+            };
         }
         out
     }
