@@ -640,6 +640,7 @@ impl Engine {
                     let empty = HashMap::new();
                     let paths = self.paths.get(&pid).unwrap_or(&empty);
                     let sizes = self.facts.as_ref().map(|f| f.sizes).unwrap_or_default();
+                    let facts = self.facts.clone().unwrap_or_default();
                     self.detail = Some(inspect::inspect(
                         &walked.detail,
                         comm(pid),
@@ -648,6 +649,11 @@ impl Engine {
                         pid,
                         paths,
                         sizes,
+                        Some(inspect::DesignView {
+                            designs: &self.designs,
+                            outcomes: &outcomes,
+                            facts: &facts,
+                        }),
                     ));
                     self.detail_vmas = Some((pid, walked.detail.clone()));
                     if !had_family {

@@ -8,7 +8,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    facts::Sizes,
+    design::{self, Designs, Outcome, Share},
+    facts::{Facts, Sizes},
     model::{self, Estimate, Options, Pair},
     report::{LazyBlock, LiveBlock},
     snapshot::{Snapshot, Vma},
@@ -189,6 +190,31 @@ pub struct VmaReport {
     pub rule: model::Rule,
     /// AVCs under lazy.
     pub lazy_avc: u64,
+    /// Its verdict under each design (empty when inspected without them).
+    #[serde(default)]
+    pub designs: Vec<VmaDesign>,
+}
+
+/// A VMA under one design.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmaDesign {
+    /// Objects, bytes and change against today's for this VMA.
+    #[serde(flatten)]
+    pub share: Share,
+    /// Why, in a few words.
+    pub verdict: String,
+}
+
+/// The designs an inspection shows: the set (for each VMA's verdict),
+/// the walk's outcomes (for the process's share), the machine.
+#[derive(Clone, Copy)]
+pub struct DesignView<'a> {
+    /// The designs, as of the walk.
+    pub designs: &'a Designs,
+    /// Their outcomes at the walk.
+    pub outcomes: &'a [Outcome],
+    /// The measured machine (slots, page size).
+    pub facts: &'a Facts,
 }
 
 /// A process sharing anon_vma trees with the inspected one.
@@ -223,6 +249,10 @@ pub struct Inspection {
     pub options: Options,
     /// What the model cannot see.
     pub blind_spots: Vec<String>,
+    /// What each design would hold for it (its rules and blind spots are
+    /// the report's `designs`).
+    #[serde(default)]
+    pub designs: Vec<Share>,
 }
 
 fn perms(flags: u64) -> String {
@@ -303,11 +333,21 @@ pub fn inspect(
     pid: u32,
     paths: &HashMap<u64, String>,
     sizes: Sizes,
+    designs: Option<DesignView<'_>>,
 ) -> Inspection {
     let vmas = mine
         .iter()
         .map(|v| {
             let verdict = model::verdict(v, est.options);
+            let per_design = designs
+                .map(|d| {
+                    d.designs
+                        .verdicts(v, d.facts)
+                        .into_iter()
+                        .map(|(share, verdict)| VmaDesign { share, verdict })
+                        .collect()
+                })
+                .unwrap_or_default();
             VmaReport {
                 start: format!("{:#x}", v.start),
                 end: format!("{:#x}", v.end),
@@ -321,6 +361,7 @@ pub fn inspect(
                 lazy_state: verdict.state.as_str().to_owned(),
                 rule: verdict.rule,
                 lazy_avc: verdict.lazy_avc,
+                designs: per_design,
             }
         })
         .collect();
@@ -335,6 +376,9 @@ pub fn inspect(
         family,
         options: est.options,
         blind_spots: model::BLIND_SPOTS.iter().map(|&s| s.to_owned()).collect(),
+        designs: designs
+            .map(|d| design::shares(d.outcomes, pid))
+            .unwrap_or_default(),
     }
 }
 
@@ -346,6 +390,7 @@ pub fn of_snapshot(
     pid: u32,
     paths: &HashMap<u64, String>,
     sizes: Sizes,
+    designs: Option<DesignView<'_>>,
 ) -> Inspection {
     let proc_ = snap.procs.get(&pid);
     let mine: Vec<Vma> = proc_
@@ -360,7 +405,7 @@ pub fn of_snapshot(
             .unwrap_or_default()
     };
     let family = family.finish(comm_of);
-    inspect(&mine, comm_of(pid), family, est, pid, paths, sizes)
+    inspect(&mine, comm_of(pid), family, est, pid, paths, sizes, designs)
 }
 
 impl Inspection {
@@ -404,11 +449,36 @@ impl Inspection {
             self.lazy.anon_vma_chain.bytes,
             self.lazy.anon_vma_chain.change_pct,
         );
+        if !self.designs.is_empty() {
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "{:<12} | {:>10} | {:>8} | objects",
+                "Design", "KB", "Change"
+            );
+            for d in &self.designs {
+                let objects: Vec<String> = d
+                    .holding
+                    .objects
+                    .iter()
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "{:<12} | {:>10.1} | {:>8} | {}",
+                    d.name,
+                    d.holding.bytes as f64 / 1024.0,
+                    d.change_vs_today
+                        .map_or_else(|| "-".to_owned(), |c| format!("{:+.1}%", c * 100.0)),
+                    objects.join(", ")
+                );
+            }
+        }
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "{:<14} {:<14} {:<4} {:>5} {:>6}  {:<5} {:<13} file",
-            "start", "end", "perm", "AVCs", "lazy", "state", "rule"
+            "{:<14} {:<14} {:<4} {:>5} {:>6}  {:<5} {:<13} {:<6} {:<6} file",
+            "start", "end", "perm", "AVCs", "lazy", "state", "rule", "cow", "ideal"
         );
         let mut hidden = 0;
         for v in &self.vmas {
@@ -416,9 +486,20 @@ impl Inspection {
                 hidden += 1;
                 continue;
             }
+            let short = |name: &str| {
+                v.designs
+                    .iter()
+                    .find(|d| d.share.name == name)
+                    .map_or("-", |d| match name {
+                        "cow_context" if d.share.holding.count("remap_entry") > 0 => "remap",
+                        "ideal" if d.verdict.starts_with("unknown") => "?",
+                        "ideal" if d.share.holding.count("rmap_vma") > 0 => "rmap",
+                        _ => "-",
+                    })
+            };
             let _ = writeln!(
                 s,
-                "{:<14} {:<14} {:<4} {:>5} {:>6}  {:<5} {:<13} {}",
+                "{:<14} {:<14} {:<4} {:>5} {:>6}  {:<5} {:<13} {:<6} {:<6} {}",
                 v.start.trim_start_matches("0x"),
                 v.end.trim_start_matches("0x"),
                 v.perms,
@@ -426,6 +507,8 @@ impl Inspection {
                 v.lazy_avc,
                 v.lazy_state,
                 format!("{:?}", v.rule),
+                short("cow_context"),
+                short("ideal"),
                 Printable(v.file.as_deref().unwrap_or(""))
             );
         }
@@ -595,7 +678,7 @@ mod tests {
             anon_vma: 104,
             anon_vma_chain: 64,
         };
-        let i = of_snapshot(&snap, &est, 2, &HashMap::new(), sizes);
+        let i = of_snapshot(&snap, &est, 2, &HashMap::new(), sizes, None);
         assert_eq!(i.family.len(), 1);
         assert_eq!(i.family[0].pid, 1);
         assert_eq!(i.family[0].shared_anon_vmas, 3);

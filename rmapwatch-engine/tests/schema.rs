@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use rmapwatch_common::{hook, object, site};
 use rmapwatch_engine::{
+    design,
     engine::{self, Engine},
     event::{Comm, Event},
     facts::{Facts, KernelId, Sizes},
@@ -280,7 +281,18 @@ fn inspect_json_is_pinned() {
     let sc = scenario();
     let est = model::estimate(&sc.after, Options::default());
     let paths: HashMap<u64, String> = HashMap::new();
-    let i = inspect::of_snapshot(&sc.after, &est, 102, &paths, SIZES);
+    let facts = Facts {
+        page_size: 4096,
+        sizes: SIZES,
+        ..Facts::default()
+    };
+    let (designs, outcomes) = design::of_snapshot(&sc.after, &facts, design::Options::default());
+    let view = inspect::DesignView {
+        designs: &designs,
+        outcomes: &outcomes,
+        facts: &facts,
+    };
+    let i = inspect::of_snapshot(&sc.after, &est, 102, &paths, SIZES, Some(view));
     let json = serde_json::to_string_pretty(&i).unwrap();
     insta::assert_snapshot!("inspect", json);
     insta::assert_snapshot!("inspect_text", i.to_text(true));

@@ -382,7 +382,11 @@ impl App {
         self.last = Some(now);
         // One point per walk, at the time the walk ended: actual and lazy
         // on the same basis.
-        let walks = self.frame.as_ref().and_then(|f| f.walk.as_ref()).map(|w| w.walks);
+        let walks = self
+            .frame
+            .as_ref()
+            .and_then(|f| f.walk.as_ref())
+            .map(|w| w.walks);
         if let Some(w) = &frame.walk
             && walks != Some(w.walks)
         {

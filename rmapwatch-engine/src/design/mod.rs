@@ -123,6 +123,13 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// A design that could read none of what it needs: it has no figure
+    /// to compare.
+    #[must_use]
+    pub fn blind(&self) -> bool {
+        self.coverage.is_some_and(|c| c.read == 0 && c.needed > 0)
+    }
+
     /// The outcome without its per-process numbers (what the report's
     /// `designs` block holds; processes carry theirs).
     #[must_use]
@@ -273,10 +280,7 @@ impl Designs {
         let mut out: Vec<Outcome> = self.list.iter_mut().map(|d| d.end(w)).collect();
         let today = out.first().map_or(0, |o| o.system.bytes);
         for o in &mut out {
-            // A design that could read none of what it needs has no figure
-            // to compare.
-            let blind = o.coverage.is_some_and(|c| c.read == 0 && c.needed > 0);
-            o.change_vs_today = if blind {
+            o.change_vs_today = if o.blind() {
                 None
             } else {
                 change(today, o.system.bytes)
@@ -307,6 +311,46 @@ impl Designs {
     }
 }
 
+/// Every design over one walk held in memory, as the first (seeding)
+/// walk: what `inspect` shows of a single walk.
+#[must_use]
+pub fn of_snapshot(
+    snap: &crate::snapshot::Snapshot,
+    facts: &Facts,
+    opts: Options,
+) -> (Designs, Vec<Outcome>) {
+    let mut d = Designs::new(opts);
+    d.begin(facts);
+    let mut est = crate::model::Estimator::new(opts.lazy);
+    let mut by_process: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut parents: BTreeMap<u32, u32> = BTreeMap::new();
+    for v in &snap.vmas {
+        d.vma(v);
+        est.add(v, |_, _| {});
+        *by_process.entry(v.tgid).or_default() += 1;
+        if v.ppid != 0 {
+            parents.insert(v.tgid, v.ppid);
+        }
+    }
+    let estimate = est.take_estimate(|_, _| {});
+    let procs: BTreeMap<u32, String> = snap
+        .procs
+        .iter()
+        .map(|(&p, x)| (p, x.comm.clone()))
+        .collect();
+    let out = d.end(&Walked {
+        estimate: &estimate,
+        procs: &procs,
+        parents: &parents,
+        owner: &|a| est.owner(a),
+        facts,
+        vmas: snap.vmas.len() as u64,
+        vmas_by_process: &by_process,
+        seeding: true,
+    });
+    (d, out)
+}
+
 /// Each design's share of one process.
 #[must_use]
 pub fn shares(outcomes: &[Outcome], pid: u32) -> Vec<Share> {
@@ -323,7 +367,11 @@ pub fn shares(outcomes: &[Outcome], pid: u32) -> Vec<Share> {
             });
             Share {
                 name: o.name.clone(),
-                change_vs_today: change(today, holding.bytes),
+                change_vs_today: if o.blind() {
+                    None
+                } else {
+                    change(today, holding.bytes)
+                },
                 holding,
             }
         })

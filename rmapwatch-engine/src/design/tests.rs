@@ -71,10 +71,8 @@ impl Bench {
             *by_process.entry(v.tgid).or_default() += 1;
         }
         let estimate = est.take_estimate(|_, _| {});
-        let names: BTreeMap<u32, String> = procs
-            .iter()
-            .map(|&(p, _)| (p, format!("p{p}")))
-            .collect();
+        let names: BTreeMap<u32, String> =
+            procs.iter().map(|&(p, _)| (p, format!("p{p}"))).collect();
         let parents: BTreeMap<u32, u32> = procs.iter().copied().collect();
         let out = self.d.end(&Walked {
             estimate: &estimate,
@@ -269,7 +267,11 @@ fn the_main_stack_is_a_remap_entry_of_its_own_kind() {
     let o = b.walk(&[stack], &[(1, 0)]);
     let c = &o["cow_context"];
     assert_eq!(c.system.count("remap_entry"), 1);
-    assert!(c.rules.iter().any(|r| r.contains("1 main stacks")), "{:?}", c.rules);
+    assert!(
+        c.rules.iter().any(|r| r.contains("1 main stacks")),
+        "{:?}",
+        c.rules
+    );
 }
 
 #[test]
@@ -318,9 +320,17 @@ fn the_pocs_fork_readd_turns_a_parents_entries_into_arrays() {
     };
     let o = b.walk(&[v, child], &[(1, 0), (2, 1)]);
     let c = &o["cow_context"];
-    assert_eq!(c.processes[&1].count("offset_array"), 1, "the parent forked");
+    assert_eq!(
+        c.processes[&1].count("offset_array"),
+        1,
+        "the parent forked"
+    );
     assert_eq!(c.processes[&2].count("offset_array"), 0);
-    assert_eq!(c.processes[&2].count("remap_entry"), 1, "the child's own copy");
+    assert_eq!(
+        c.processes[&2].count("remap_entry"),
+        1,
+        "the child's own copy"
+    );
 }
 
 #[test]
@@ -375,7 +385,12 @@ fn lazy_keeps_an_upgrade_after_the_children_exit() {
             "sticky={sticky}"
         );
         // Its free forgets it: the address may come back as a new one.
-        b.events(&[Event::free(object::ANON_VMA, site::PUT, 1, after.vmas[0].anon_vma)]);
+        b.events(&[Event::free(
+            object::ANON_VMA,
+            site::PUT,
+            1,
+            after.vmas[0].anon_vma,
+        )]);
         let o = b.walk(&after.vmas, &[(1, 0)]);
         assert_eq!(o["lazy"].processes[&1].count("anon_vma"), 0);
     }
@@ -453,7 +468,10 @@ fn seeding_infers_a_dead_zygote_from_its_orphaned_anon_vma_tree() {
         },
         ..Options::default()
     });
-    assert_eq!(contexts(&off.walk(&snap.vmas, &[(2, 9), (3, 9), (4, 9)])).0, 3);
+    assert_eq!(
+        contexts(&off.walk(&snap.vmas, &[(2, 9), (3, 9), (4, 9)])).0,
+        3
+    );
 }
 
 #[test]

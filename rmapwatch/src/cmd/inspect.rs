@@ -2,7 +2,7 @@
 //! system, from the last walk of a recording, or on a phone.
 use std::io::Write as _;
 
-use rmapwatch_engine::{inspect, model};
+use rmapwatch_engine::{design, inspect, model};
 
 use crate::source::{InspectQuery, Inspected, Spec};
 
@@ -16,13 +16,26 @@ pub fn inspect(spec: &Spec, model: model::Options, q: &InspectQuery<'_>) -> anyh
         snap,
         pid,
         paths,
-        sizes,
+        facts,
     } = spec.inspect(q)?
     else {
         return Ok(());
     };
     let est = model::estimate(&snap, model);
-    let i = inspect::of_snapshot(&snap, &est, pid, &paths, sizes);
+    let (designs, outcomes) = design::of_snapshot(
+        &snap,
+        &facts,
+        design::Options {
+            lazy: model,
+            ..design::Options::default()
+        },
+    );
+    let view = inspect::DesignView {
+        designs: &designs,
+        outcomes: &outcomes,
+        facts: &facts,
+    };
+    let i = inspect::of_snapshot(&snap, &est, pid, &paths, facts.sizes, Some(view));
     let mut out = std::io::stdout().lock();
     if q.json {
         serde_json::to_writer(&mut out, &i)?;

@@ -4,7 +4,7 @@
 use std::{path::Path, time::Duration};
 
 use rmapwatch_engine::{
-    facts::Sizes,
+    facts::Facts,
     hooks::{ProbeMode, SlabPath},
     snapshot::Snapshot,
 };
@@ -70,7 +70,7 @@ mod imp {
 
     /// One walk of every process's VMAs, into memory (`inspect`), and the
     /// kernel's object sizes.
-    pub fn snapshot(btf: &Path) -> anyhow::Result<(Snapshot, Sizes)> {
+    pub fn snapshot(btf: &Path) -> anyhow::Result<(Snapshot, Facts)> {
         let k = kernel(btf, SlabPath::Raw)?;
         let mut probes = Probes::load(&k, ProbeMode::Tracepoint, None, Attach::SnapshotOnly)?;
         let mut s = Snapshot::default();
@@ -84,7 +84,13 @@ mod imp {
             },
             |v, comm| s.push(v, comm),
         )?;
-        Ok((s, k.sizes))
+        let facts = Facts {
+            // SAFETY: sysconf has no preconditions.
+            page_size: u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096),
+            sizes: k.sizes,
+            ..Facts::default()
+        };
+        Ok((s, facts))
     }
 
     /// What the system says of a pid (for `inspect`'s errors).
@@ -119,7 +125,7 @@ mod imp {
         Err(NoLiveSource.into())
     }
 
-    pub fn snapshot(_: &Path) -> anyhow::Result<(Snapshot, Sizes)> {
+    pub fn snapshot(_: &Path) -> anyhow::Result<(Snapshot, Facts)> {
         Err(NoLiveSource.into())
     }
 

@@ -5,7 +5,7 @@
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use rmapwatch_engine::{
-    facts::Sizes,
+    facts::Facts,
     inspect::{self, PidStatus, Target, TargetError},
     snapshot::Snapshot,
 };
@@ -61,8 +61,8 @@ pub enum Inspected {
         pid: u32,
         /// Its mappings' paths by start address.
         paths: HashMap<u64, String>,
-        /// The objects' sizes on the measured kernel.
-        sizes: Sizes,
+        /// The measured machine (objects' sizes, slots, page size).
+        facts: Facts,
     },
     /// The device inspected it and its output was passed through.
     Printed,
@@ -135,7 +135,7 @@ impl Spec {
             ))
             .into()),
             Self::Recording { path, .. } => {
-                let (snap, mut paths, sizes) = recording::last_walk(path)?;
+                let (snap, mut paths, facts) = recording::last_walk(path)?;
                 // In a recording, a pid that is not in its last walk was
                 // not there (or was a kernel thread): there is no /proc.
                 let pid = inspect::resolve(
@@ -150,7 +150,7 @@ impl Spec {
                     snap,
                     pid,
                     paths,
-                    sizes,
+                    facts,
                 })
             }
             Self::Live(a) => {
@@ -169,14 +169,14 @@ impl Spec {
                         PidStatus::User => {}
                     }
                 }
-                let (snap, sizes) = live::snapshot(&a.btf)?;
+                let (snap, facts) = live::snapshot(&a.btf)?;
                 let after = status(&target);
                 let pid = inspect::resolve(&target, &snap, &before, &after, &live::argv0)?;
                 Ok(Inspected::Here {
                     paths: live::map_paths(pid),
                     snap,
                     pid,
-                    sizes,
+                    facts,
                 })
             }
         }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use rmapwatch_engine::{
-    facts::Sizes,
+    facts::Facts,
     input::{Input, Nanos, Request},
     snapshot::Snapshot,
     stream::{Kind, Reader, StreamError},
@@ -167,19 +167,14 @@ pub type Paths = HashMap<u32, HashMap<u64, String>>;
 ///
 /// # Errors
 /// The file is not a recording ([`BadInput`]), or holds no complete walk.
-pub fn last_walk(path: &Path) -> anyhow::Result<(Snapshot, Paths, Sizes)> {
+pub fn last_walk(path: &Path) -> anyhow::Result<(Snapshot, Paths, Facts)> {
     let bad = |source| BadInput {
         path: path.display().to_string(),
         source,
     };
     let f = open_input(path)?;
     let mut r = Reader::open(BufReader::new(f), Kind::Inputs).map_err(bad)?;
-    let sizes = r
-        .header()
-        .facts
-        .as_ref()
-        .map(|f| f.sizes)
-        .unwrap_or_default();
+    let facts = r.header().facts.clone().unwrap_or_default();
     let mut last: Option<(Snapshot, Paths)> = None;
     let mut cur: Option<(Snapshot, Paths)> = None;
     let mut comms: HashMap<u32, String> = HashMap::new();
@@ -232,5 +227,5 @@ pub fn last_walk(path: &Path) -> anyhow::Result<(Snapshot, Paths, Sizes)> {
     let (snap, paths) = last.ok_or_else(|| {
         anyhow::anyhow!("{}: the recording holds no complete walk", path.display())
     })?;
-    Ok((snap, paths, sizes))
+    Ok((snap, paths, facts))
 }
