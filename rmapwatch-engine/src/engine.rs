@@ -645,15 +645,17 @@ impl Engine {
                         &walked.detail,
                         comm(pid),
                         family,
-                        &walked.estimate,
                         pid,
-                        paths,
-                        sizes,
-                        Some(inspect::DesignView {
-                            designs: &self.designs,
-                            outcomes: &outcomes,
-                            facts: &facts,
-                        }),
+                        &inspect::Seen {
+                            est: &walked.estimate,
+                            paths,
+                            sizes,
+                            designs: Some(inspect::DesignView {
+                                designs: &self.designs,
+                                outcomes: &outcomes,
+                                facts: &facts,
+                            }),
+                        },
                     ));
                     self.detail_vmas = Some((pid, walked.detail.clone()));
                     if !had_family {

@@ -322,19 +322,35 @@ impl Family {
     }
 }
 
+/// What an inspection is made against: the walk's estimate, the mapping
+/// paths, the machine's sizes, and the designs when they were run.
+#[derive(Clone, Copy)]
+pub struct Seen<'a> {
+    /// The snapshot model's estimate.
+    pub est: &'a Estimate,
+    /// A VMA's start address -> its file path (from /proc/PID/maps).
+    pub paths: &'a HashMap<u64, String>,
+    /// The objects' sizes.
+    pub sizes: Sizes,
+    /// The designs.
+    pub designs: Option<DesignView<'a>>,
+}
+
 /// Builds the inspection of `pid` from its VMAs and its family.
-/// `paths` maps a VMA's start address to its file path (from /proc/PID/maps).
 #[must_use]
 pub fn inspect(
     mine: &[Vma],
     comm: String,
     family: Vec<FamilyMember>,
-    est: &Estimate,
     pid: u32,
-    paths: &HashMap<u64, String>,
-    sizes: Sizes,
-    designs: Option<DesignView<'_>>,
+    seen: &Seen<'_>,
 ) -> Inspection {
+    let Seen {
+        est,
+        paths,
+        sizes,
+        designs,
+    } = *seen;
     let vmas = mine
         .iter()
         .map(|v| {
@@ -384,14 +400,7 @@ pub fn inspect(
 
 /// [`inspect`] from a snapshot held in memory (`pid` must be in it).
 #[must_use]
-pub fn of_snapshot(
-    snap: &Snapshot,
-    est: &Estimate,
-    pid: u32,
-    paths: &HashMap<u64, String>,
-    sizes: Sizes,
-    designs: Option<DesignView<'_>>,
-) -> Inspection {
+pub fn of_snapshot(snap: &Snapshot, pid: u32, seen: &Seen<'_>) -> Inspection {
     let proc_ = snap.procs.get(&pid);
     let mine: Vec<Vma> = proc_
         .map(|p| p.vmas.iter().map(|&i| snap.vmas[i].clone()).collect())
@@ -405,7 +414,7 @@ pub fn of_snapshot(
             .unwrap_or_default()
     };
     let family = family.finish(comm_of);
-    inspect(&mine, comm_of(pid), family, est, pid, paths, sizes, designs)
+    inspect(&mine, comm_of(pid), family, pid, seen)
 }
 
 impl Inspection {
@@ -678,7 +687,17 @@ mod tests {
             anon_vma: 104,
             anon_vma_chain: 64,
         };
-        let i = of_snapshot(&snap, &est, 2, &HashMap::new(), sizes, None);
+        let paths = HashMap::new();
+        let i = of_snapshot(
+            &snap,
+            2,
+            &Seen {
+                est: &est,
+                paths: &paths,
+                sizes,
+                designs: None,
+            },
+        );
         assert_eq!(i.family.len(), 1);
         assert_eq!(i.family[0].pid, 1);
         assert_eq!(i.family[0].shared_anon_vmas, 3);

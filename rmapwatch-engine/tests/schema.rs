@@ -292,7 +292,16 @@ fn inspect_json_is_pinned() {
         outcomes: &outcomes,
         facts: &facts,
     };
-    let i = inspect::of_snapshot(&sc.after, &est, 102, &paths, SIZES, Some(view));
+    let i = inspect::of_snapshot(
+        &sc.after,
+        102,
+        &inspect::Seen {
+            est: &est,
+            paths: &paths,
+            sizes: SIZES,
+            designs: Some(view),
+        },
+    );
     let json = serde_json::to_string_pretty(&i).unwrap();
     insta::assert_snapshot!("inspect", json);
     insta::assert_snapshot!("inspect_text", i.to_text(true));

@@ -35,7 +35,16 @@ pub fn inspect(spec: &Spec, model: model::Options, q: &InspectQuery<'_>) -> anyh
         outcomes: &outcomes,
         facts: &facts,
     };
-    let i = inspect::of_snapshot(&snap, &est, pid, &paths, facts.sizes, Some(view));
+    let i = inspect::of_snapshot(
+        &snap,
+        pid,
+        &inspect::Seen {
+            est: &est,
+            paths: &paths,
+            sizes: facts.sizes,
+            designs: Some(view),
+        },
+    );
     let mut out = std::io::stdout().lock();
     if q.json {
         serde_json::to_writer(&mut out, &i)?;

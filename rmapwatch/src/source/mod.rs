@@ -62,7 +62,7 @@ pub enum Inspected {
         /// Its mappings' paths by start address.
         paths: HashMap<u64, String>,
         /// The measured machine (objects' sizes, slots, page size).
-        facts: Facts,
+        facts: Box<Facts>,
     },
     /// The device inspected it and its output was passed through.
     Printed,
@@ -150,7 +150,7 @@ impl Spec {
                     snap,
                     pid,
                     paths,
-                    facts,
+                    facts: Box::new(facts),
                 })
             }
             Self::Live(a) => {
@@ -176,7 +176,7 @@ impl Spec {
                     paths: live::map_paths(pid),
                     snap,
                     pid,
-                    facts,
+                    facts: Box::new(facts),
                 })
             }
         }
