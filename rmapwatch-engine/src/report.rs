@@ -620,6 +620,45 @@ fn object_report(t: &ObjectTotals, size: u32) -> ObjectReport {
 /// Object names in JSON, indexed by `rmapwatch_common::object`.
 pub const OBJECT_NAMES: [&str; object::COUNT] = ["anon_vma", "anon_vma_chain"];
 
+/// Fields added to `rmapwatch.report/1` since its first recordings, at
+/// any depth (`designs`: the report's and each process's).
+pub const ADDED_FIELDS: [&str; 1] = ["designs"];
+
+/// Whether `newer` (this rmapwatch's report, JSON) says what `older` (one
+/// an earlier rmapwatch printed for the same input) said: every field of
+/// `older` equal, at any depth; `newer` may only add [`ADDED_FIELDS`].
+///
+/// # Errors
+/// Where they differ: the path and both values.
+pub fn same_as_older(newer: &serde_json::Value, older: &serde_json::Value) -> Result<(), String> {
+    use serde_json::Value;
+    fn walk(n: &Value, o: &Value, at: &str) -> Result<(), String> {
+        match (n, o) {
+            (Value::Object(n), Value::Object(o)) => {
+                for (k, ov) in o {
+                    let nv = n.get(k).ok_or_else(|| format!("{at}.{k}: missing"))?;
+                    walk(nv, ov, &format!("{at}.{k}"))?;
+                }
+                match n
+                    .keys()
+                    .find(|k| !o.contains_key(*k) && !ADDED_FIELDS.contains(&k.as_str()))
+                {
+                    Some(k) => Err(format!("{at}.{k}: not in the older report")),
+                    None => Ok(()),
+                }
+            }
+            (Value::Array(n), Value::Array(o)) if n.len() == o.len() => n
+                .iter()
+                .zip(o)
+                .enumerate()
+                .try_for_each(|(i, (n, o))| walk(n, o, &format!("{at}[{i}]"))),
+            _ if n == o => Ok(()),
+            _ => Err(format!("{at}: {n} here, {o} then")),
+        }
+    }
+    walk(newer, older, "")
+}
+
 impl Report {
     /// Builds a report.
     #[must_use]

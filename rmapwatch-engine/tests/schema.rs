@@ -361,3 +361,26 @@ fn a_report_without_the_later_blocks_still_reads() {
     );
     assert_eq!(back.processes, r.processes);
 }
+
+#[test]
+fn a_newer_report_says_what_an_older_one_said_and_only_adds_named_fields() {
+    use rmapwatch_engine::report::same_as_older;
+    use serde_json::json;
+    let old = json!({"a": 1, "p": [{"pid": 2, "x": [1, 2]}]});
+    let ok = json!({"a": 1, "designs": [], "p": [{"pid": 2, "x": [1, 2], "designs": []}]});
+    assert_eq!(same_as_older(&ok, &old), Ok(()));
+    let changed = json!({"a": 1, "p": [{"pid": 2, "x": [1, 3]}]});
+    assert_eq!(
+        same_as_older(&changed, &old),
+        Err(".p[0].x[1]: 3 here, 2 then".into())
+    );
+    let extra = json!({"a": 1, "b": 0, "p": [{"pid": 2, "x": [1, 2]}]});
+    assert_eq!(
+        same_as_older(&extra, &old),
+        Err(".b: not in the older report".into())
+    );
+    let missing = json!({"p": [{"pid": 2, "x": [1, 2]}]});
+    assert_eq!(same_as_older(&missing, &old), Err(".a: missing".into()));
+    let shorter = json!({"a": 1, "p": []});
+    assert!(same_as_older(&shorter, &old).is_err());
+}
