@@ -143,6 +143,7 @@ impl Live {
             clock,
             source: "live".into(),
             slab: kernel.slab.clone(),
+            slots: kernel.slots.clone(),
         };
         Ok(Self {
             probes,

@@ -171,6 +171,42 @@ pub fn add_anon_pages(a: AnonPages, b: AnonPages) -> AnonPages {
     }
 }
 
+/// The object size of a generic kmalloc cache from its name: `kmalloc-96`,
+/// `kmalloc-1k`, `kmalloc-2M`. Only the plain ones: not `kmalloc-cg-*`,
+/// `kmalloc-rcl-*`, `dma-kmalloc-*`, `kmalloc-rnd-*` (the same sizes for
+/// other allocations), nor a name with anything after the size.
+#[must_use]
+pub fn kmalloc_size(name: &str) -> Option<u32> {
+    let n = name.strip_prefix("kmalloc-")?;
+    let (digits, unit) = match n.strip_suffix('k') {
+        Some(d) => (d, 1 << 10),
+        None => n.strip_suffix('M').map_or((n, 1), |d| (d, 1 << 20)),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits
+        .parse::<u32>()
+        .ok()
+        .filter(|&n| n > 0)?
+        .checked_mul(unit)
+}
+
+/// The cache names of `/proc/slabinfo` (the first word of each line but
+/// the header's `slabinfo - version` and `# name` lines).
+pub fn slabinfo_names(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .filter(|l| !l.starts_with("slabinfo -") && !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().next())
+}
+
+/// A number file of `/sys/kernel/slab/<cache>/` (`object_size`,
+/// `slab_size`, `align`: `"192\n"`).
+#[must_use]
+pub fn slab_number(text: &str) -> Option<u32> {
+    text.trim().parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -283,5 +319,42 @@ mod tests {
         assert_eq!(parts, anon_pages(&entries));
         // A cut entry at the end is not an entry.
         assert_eq!(pagemap_entries(&bytes[..12]).count(), 1);
+    }
+
+    #[test]
+    fn kmalloc_sizes_are_the_plain_generic_caches_only() {
+        assert_eq!(kmalloc_size("kmalloc-8"), Some(8));
+        assert_eq!(kmalloc_size("kmalloc-96"), Some(96));
+        assert_eq!(kmalloc_size("kmalloc-1k"), Some(1024));
+        assert_eq!(kmalloc_size("kmalloc-8k"), Some(8192));
+        assert_eq!(kmalloc_size("kmalloc-2M"), Some(2 << 20));
+        for other in [
+            "kmalloc-cg-128",
+            "kmalloc-rcl-64",
+            "dma-kmalloc-32",
+            "kmalloc-rnd-01-64",
+            "kmalloc-",
+            "kmalloc-0",
+            "kmalloc-k",
+            "kmalloc-+8",
+            "kmalloc-8x",
+            "kmalloc-9999999k",
+            "vm_area_struct",
+        ] {
+            assert_eq!(kmalloc_size(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn slabinfo_names_skip_the_header() {
+        let text = "slabinfo - version: 2.1\n\
+                    # name            <active_objs> <num_objs> <objsize> : tunables\n\
+                    kmalloc-cg-8k         24     24   8192    4    8 : tunables    0    0    0\n\
+                    kmalloc-8k            92     96   8192    4    8 : tunables    0    0    0\n\
+                    kmalloc-96          1012   1134     96   42    1 : tunables    0    0    0\n";
+        let sizes: Vec<u32> = slabinfo_names(text).filter_map(kmalloc_size).collect();
+        assert_eq!(sizes, [8192, 96]);
+        assert_eq!(slab_number("192\n"), Some(192));
+        assert_eq!(slab_number("x"), None);
     }
 }
