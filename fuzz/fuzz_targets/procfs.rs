@@ -1,15 +1,19 @@
 //! Fuzzes the readers of `/proc` and `/sys` text: `status` (kernel thread
 //! or not, and its name), `maps` lines (start and path), `cmdline`'s first
-//! argument, `comm`, and `/sys/kernel/slab/<cache>/objects`. Checked:
-//! results are those of the input (a path prints back to a maps line that
-//! reads the same; argv0 is the bytes before the first NUL; a kernel
-//! thread's name is one trimmed line of it).
+//! argument, `comm`, `/sys/kernel/slab/<cache>/objects` and its other
+//! numbers, `/proc/slabinfo`'s kmalloc caches, and the bytes of
+//! `/proc/<pid>/pagemap`. Checked: results are those of the input (a path
+//! prints back to a maps line that reads the same; argv0 is the bytes
+//! before the first NUL; a kernel thread's name is one trimmed line of it;
+//! a kmalloc size is the name's number; shared pages are present pages,
+//! present pages entries).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use rmapwatch_engine::inspect::PidStatus;
 use rmapwatch_parse::procfs::{
-    cmdline_argv0, comm, map_paths, maps_line, pid_status, slab_objects,
+    anon_pages, cmdline_argv0, comm, kmalloc_size, map_paths, maps_line, pagemap_entries,
+    pid_status, slab_number, slab_objects, slabinfo_names,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -60,4 +64,21 @@ fuzz_target!(|data: &[u8]| {
             if n == 0 { String::new() } else { n.to_string() }
         );
     }
+
+    for name in slabinfo_names(&text) {
+        assert!(!name.is_empty() && !name.contains(char::is_whitespace));
+        if let Some(n) = kmalloc_size(name) {
+            let digits = name["kmalloc-".len()..].trim_end_matches(['k', 'M']);
+            let unit = n / digits.parse::<u32>().unwrap();
+            assert!([1, 1 << 10, 1 << 20].contains(&unit), "{name}: {n}");
+        }
+    }
+    if let Some(n) = slab_number(&text) {
+        assert_eq!(text.trim().trim_start_matches('+').parse::<u32>(), Ok(n));
+    }
+
+    let entries: Vec<u64> = pagemap_entries(data).collect();
+    assert_eq!(entries.len(), data.len() / 8);
+    let pages = anon_pages(&entries);
+    assert!(pages.shared <= pages.present && pages.present <= entries.len() as u64);
 });

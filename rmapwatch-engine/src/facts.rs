@@ -45,6 +45,52 @@ impl Sizes {
     }
 }
 
+/// The slots objects take in this kernel's allocators: what the objects a
+/// design would hold instead of today's cost in bytes (`None` where the
+/// kernel did not say; all unknown in recordings made before they were
+/// read).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Slots {
+    /// `struct vm_area_struct` and its slab cache.
+    pub vm_area_struct: VmaSlot,
+    /// `/sys/kernel/slab/maple_node/slab_size`: a maple tree node's slot
+    /// (`None`: no such cache, as before 6.1).
+    pub maple_node: Option<u32>,
+    /// The generic kmalloc buckets (`kmalloc-<N>` caches), in bytes,
+    /// ascending.
+    pub kmalloc: Vec<u32>,
+}
+
+/// `struct vm_area_struct`: its size and its slab cache's slots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VmaSlot {
+    /// `sizeof(struct vm_area_struct)` from BTF.
+    pub struct_size: Option<u32>,
+    /// `/sys/kernel/slab/vm_area_struct/object_size`.
+    pub object_size: Option<u32>,
+    /// `/sys/kernel/slab/vm_area_struct/slab_size`: the bytes each object
+    /// takes in its slab (object, metadata, alignment).
+    pub slab_size: Option<u32>,
+    /// `/sys/kernel/slab/vm_area_struct/align`.
+    pub align: Option<u32>,
+}
+
+impl Slots {
+    /// The kmalloc bucket an allocation of `size` bytes takes: the
+    /// smallest bucket of at least `size` (`None` for 0 bytes, a size
+    /// larger than every bucket, which kmalloc takes from the page
+    /// allocator, or no buckets known).
+    #[must_use]
+    pub fn kmalloc_bucket(&self, size: u32) -> Option<u32> {
+        if size == 0 {
+            return None;
+        }
+        self.kmalloc.iter().copied().filter(|&b| b >= size).min()
+    }
+}
+
 /// Where a stream's clock stands against the measured machine's clocks, at
 /// `t = 0`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,45 +150,50 @@ pub struct Facts {
     /// How the slab events are taken.
     #[serde(default)]
     pub slab: SlabEvents,
-    /// Slot sizes the designs' byte figures use (stream 1.2; empty in
-    /// older recordings).
+    /// The slots of the objects the designs would hold (vm_area_struct,
+    /// maple tree nodes, kmalloc buckets).
     #[serde(default)]
     pub slots: Slots,
 }
 
-/// A slab cache's sizes as `/sys/kernel/slab/<cache>/` shows them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CacheSlot {
-    /// `object_size`: the object as the cache was created for it.
-    pub object_size: u32,
-    /// `slab_size`: the slot each object takes (alignment, metadata).
-    pub slab_size: u32,
-    /// `align`.
-    pub align: u32,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The slots the designs' objects would take on the measured kernel.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Slots {
-    /// `sizeof(struct vm_area_struct)` from BTF (0: unread).
-    #[serde(default)]
-    pub vm_area_struct_size: u32,
-    /// The `vm_area_struct` cache.
-    #[serde(default)]
-    pub vm_area_struct: Option<CacheSlot>,
-    /// The `maple_node` cache's `slab_size`.
-    #[serde(default)]
-    pub maple_node: Option<u32>,
-    /// Generic kmalloc bucket sizes present (`kmalloc-<N>`), ascending.
-    #[serde(default)]
-    pub kmalloc: Vec<u32>,
-}
+    #[test]
+    fn a_kmalloc_bucket_is_the_smallest_that_holds_the_size() {
+        // As /sys/kernel/slab lists them (not sorted).
+        let s = Slots {
+            kmalloc: vec![
+                128, 16, 192, 1024, 2048, 32, 4096, 512, 64, 8, 8192, 96, 256,
+            ],
+            ..Slots::default()
+        };
+        assert_eq!(s.kmalloc_bucket(1), Some(8));
+        assert_eq!(s.kmalloc_bucket(8), Some(8));
+        assert_eq!(s.kmalloc_bucket(9), Some(16));
+        assert_eq!(s.kmalloc_bucket(65), Some(96));
+        assert_eq!(s.kmalloc_bucket(97), Some(128));
+        assert_eq!(s.kmalloc_bucket(120), Some(128));
+        assert_eq!(s.kmalloc_bucket(129), Some(192));
+        assert_eq!(s.kmalloc_bucket(8192), Some(8192));
+        assert_eq!(s.kmalloc_bucket(8193), None, "from the page allocator");
+        assert_eq!(s.kmalloc_bucket(0), None);
+        assert_eq!(Slots::default().kmalloc_bucket(64), None);
+    }
 
-impl Slots {
-    /// The kmalloc bucket an object of `size` bytes lands in: the smallest
-    /// bucket at least that large (`None`: buckets unknown, or none fits).
-    #[must_use]
-    pub fn kmalloc_bucket(&self, size: u32) -> Option<u32> {
-        self.kmalloc.iter().copied().filter(|&b| b >= size).min()
+    #[test]
+    fn facts_of_recordings_before_slots_read_as_unknown() {
+        let f: Facts = serde_json::from_str(
+            r#"{"tool":"rmapwatch 0.1.0","kernel":{"release":"6.1","arch":"x86_64"},
+                "page_size":4096,"endian":"little","anon_vma_size":96,"avc_size":64,
+                "sizes":{"anon_vma":104,"anon_vma_chain":64},"probe_mode":"auto","hooks":[],
+                "fork_window":true,"snapshot_error":null,"ring_bytes":8388608,
+                "bpf_stats":true,"clock":{"unix_ns":1,"monotonic_ns":2,"boottime_ns":3},
+                "source":"live"}"#,
+        )
+        .unwrap();
+        assert_eq!(f.slots, Slots::default());
+        assert_eq!(f.slots.vm_area_struct.slab_size, None);
     }
 }

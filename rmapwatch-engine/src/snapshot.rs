@@ -59,6 +59,19 @@ pub struct AnonPages {
     pub shared: u64,
 }
 
+/// How a live walk reads `/proc/PID/pagemap` for the anonymous pages of
+/// each VMA with an anon_vma (`--pagemap-budget`, `--no-pagemap`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PagemapRead {
+    /// Not at all: every `anon_pages` is `None`.
+    Off,
+    /// Every such VMA, however long it takes.
+    Whole,
+    /// Until this much time of a walk went to it; the VMAs after stay
+    /// `None` (counted as skipped).
+    Within(std::time::Duration),
+}
+
 impl Vma {
     /// Whether the VMA's own anon_vma is a root.
     #[must_use]
@@ -138,6 +151,24 @@ pub struct WalkCounts {
     pub short_chains: u64,
     /// Chains longer than the walk's bound.
     pub truncated_chains: u64,
+    /// VMAs with an anon_vma whose anonymous pages were read from
+    /// `/proc/PID/pagemap` (0 in recordings made before it was read).
+    #[serde(default)]
+    pub pagemap_vmas: u64,
+    /// VMAs with an anon_vma left unread because the walk's pagemap time
+    /// budget was spent (their `anon_pages` is `None`).
+    #[serde(default)]
+    pub pagemap_skipped: u64,
+    /// VMAs with an anon_vma whose pagemap could not be read (the process
+    /// went away, or access was refused; their `anon_pages` is `None`).
+    #[serde(default)]
+    pub pagemap_failed: u64,
+    /// pagemap entries (pages) read.
+    #[serde(default)]
+    pub pagemap_pages: u64,
+    /// Nanoseconds spent reading pagemap.
+    #[serde(default)]
+    pub pagemap_ns: u64,
 }
 
 /// Bytes read from the iterator at a time.
@@ -612,5 +643,20 @@ pub(crate) mod tests {
             |_, _| {},
         );
         assert!(matches!(r, Err(SnapshotError::Orphan(0))), "{r:?}");
+    }
+
+    #[test]
+    fn walk_counts_of_recordings_before_pagemap_read_as_zero() {
+        let old = r#"{"vmas":11,"duplicate_vmas":2,"short_chains":1,"truncated_chains":0}"#;
+        let c: WalkCounts = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            c,
+            WalkCounts {
+                vmas: 11,
+                duplicate_vmas: 2,
+                short_chains: 1,
+                ..WalkCounts::default()
+            }
+        );
     }
 }

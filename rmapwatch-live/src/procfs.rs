@@ -2,7 +2,10 @@
 //! (the parsing is `rmapwatch_parse::procfs`).
 use std::collections::HashMap;
 
-use rmapwatch_engine::inspect::PidStatus;
+use rmapwatch_engine::{
+    facts::{Slots, VmaSlot},
+    inspect::PidStatus,
+};
 use rmapwatch_parse::procfs as parse;
 
 /// Reads `/proc/<pid>/status`.
@@ -64,5 +67,49 @@ pub fn slab_counts(shrink: bool) -> rmapwatch_engine::input::SlabCounts {
         anon_vma: slab_objects("anon_vma"),
         anon_vma_chain: slab_objects("anon_vma_chain"),
         shrunk,
+    }
+}
+
+fn slab_number(cache: &str, file: &str) -> Option<u32> {
+    parse::slab_number(&std::fs::read_to_string(format!("/sys/kernel/slab/{cache}/{file}")).ok()?)
+}
+
+/// The generic kmalloc buckets (sizes of the `kmalloc-<N>` caches), from
+/// `/sys/kernel/slab`, else `/proc/slabinfo`; ascending.
+#[must_use]
+pub fn kmalloc_buckets() -> Vec<u32> {
+    let mut sizes: Vec<u32> = match std::fs::read_dir("/sys/kernel/slab") {
+        Ok(dir) => dir
+            .filter_map(Result::ok)
+            .filter_map(|e| parse::kmalloc_size(e.file_name().to_str()?))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    if sizes.is_empty()
+        && let Ok(text) = std::fs::read_to_string("/proc/slabinfo")
+    {
+        sizes = parse::slabinfo_names(&text)
+            .filter_map(parse::kmalloc_size)
+            .collect();
+    }
+    sizes.sort_unstable();
+    sizes.dedup();
+    sizes
+}
+
+/// The slots of the objects the designs would hold: `vm_area_struct`'s
+/// (its size from BTF, `vma_size`; its cache's from sysfs), a maple
+/// node's, the kmalloc buckets.
+#[must_use]
+pub fn slots(vma_size: Option<u32>) -> Slots {
+    Slots {
+        vm_area_struct: VmaSlot {
+            struct_size: vma_size,
+            object_size: slab_number("vm_area_struct", "object_size"),
+            slab_size: slab_number("vm_area_struct", "slab_size"),
+            align: slab_number("vm_area_struct", "align"),
+        },
+        maple_node: slab_number("maple_node", "slab_size"),
+        kmalloc: kmalloc_buckets(),
     }
 }

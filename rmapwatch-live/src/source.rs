@@ -18,14 +18,14 @@ use rmapwatch_engine::{
     facts::{ClockRef, Endian, Facts},
     hooks::{HookMode, ProbeMode},
     input::{Counters, Input, KernelCounters, Nanos, Notice, Paths, Request, RmapUpdate, SlabRead},
-    snapshot::{Decoder, SnapshotError, Vma, WalkCounts, for_each_chunk},
+    snapshot::{Decoder, PagemapRead, SnapshotError, Vma, WalkCounts, for_each_chunk},
 };
 use tokio::{io::unix::AsyncFd, sync::mpsc::UnboundedReceiver};
 
 use crate::{
     kernel::KernelFacts,
     loader::{Attach, Probes},
-    procfs,
+    pagemap, procfs,
 };
 
 /// How often the ring buffer is drained without a wakeup: the programs
@@ -45,6 +45,9 @@ pub struct LiveOptions {
     pub ring_bytes: Option<u32>,
     /// The refresh tick (counters, then [`Input::Tick`]).
     pub tick: Duration,
+    /// Whether and how long each walk reads its VMAs' anonymous pages
+    /// from pagemap.
+    pub pagemap: PagemapRead,
 }
 
 /// Where the inputs go: returns `false` once nobody listens (the source
@@ -80,6 +83,7 @@ pub struct Live {
     notices: Vec<Notice>,
     started: Instant,
     tick: Duration,
+    pagemap: PagemapRead,
     detail: Option<u32>,
     rmap: bool,
     said_shrink: bool,
@@ -139,7 +143,7 @@ impl Live {
             clock,
             source: "live".into(),
             slab: kernel.slab.clone(),
-            slots: rmapwatch_engine::facts::Slots::default(),
+            slots: kernel.slots.clone(),
         };
         Ok(Self {
             probes,
@@ -147,6 +151,7 @@ impl Live {
             notices,
             started,
             tick: opts.tick,
+            pagemap: opts.pagemap,
             detail: None,
             rmap,
             said_shrink: false,
@@ -398,6 +403,7 @@ impl Live {
         let (counts, error) = match self.probes.snapshot_reader() {
             Ok(reader) => {
                 let t = self.started;
+                let mut pagemap = pagemap::Reader::new(self.pagemap);
                 let mut pump = WalkPump {
                     out: &mut *out,
                     ring,
@@ -406,6 +412,7 @@ impl Live {
                     comms: Vec::new(),
                     parents: Vec::new(),
                     named: BTreeSet::new(),
+                    pagemap: &mut pagemap,
                     t: move || u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX),
                     alive: true,
                 };
@@ -491,6 +498,8 @@ struct WalkPump<'a, R: RingSource, T: Fn() -> Nanos> {
     comms: Vec<(u32, String)>,
     parents: Vec<(u32, u32)>,
     named: BTreeSet<u32>,
+    /// Fills each VMA's anonymous pages as it is decoded.
+    pagemap: &'a mut pagemap::Reader,
     t: T,
     alive: bool,
 }
@@ -535,7 +544,9 @@ impl<R: RingSource, T: Fn() -> Nanos> WalkPump<'_, R, T> {
             }
         }
         self.flush();
-        decoder.finish()
+        let mut counts = decoder.finish()?;
+        self.pagemap.add_to(&mut counts);
+        Ok(counts)
     }
 
     fn pass(
@@ -544,6 +555,7 @@ impl<R: RingSource, T: Fn() -> Nanos> WalkPump<'_, R, T> {
         decoder: &mut Decoder,
     ) -> Result<(), SnapshotError> {
         for_each_chunk(reader, |bytes| {
+            let decoded = self.vmas.len();
             let (vmas, comms, parents, named) = (
                 &mut self.vmas,
                 &mut self.comms,
@@ -559,6 +571,10 @@ impl<R: RingSource, T: Fn() -> Nanos> WalkPump<'_, R, T> {
                 }
                 vmas.push(v.clone());
             })?;
+            // Their pages, while their processes still map what the walk
+            // saw (before the batch goes, and before the events drained
+            // below, which come after these VMAs).
+            self.pagemap.fill(&mut self.vmas[decoded..]);
             if self.vmas.len() >= BATCH {
                 self.flush();
             }
@@ -716,6 +732,7 @@ mod tests {
             comms: Vec::new(),
             parents: Vec::new(),
             named: BTreeSet::new(),
+            pagemap: &mut pagemap::Reader::new(PagemapRead::Off),
             t: || 0,
             alive: true,
         };

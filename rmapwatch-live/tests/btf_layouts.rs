@@ -112,6 +112,15 @@ fn every_kernel_of_the_matrix_reads_as_its_layout() {
                 l.anon_vma_size, l.avc_size,
                 "{name}: sizes tell the kinds apart"
             );
+            // vm_area_struct: 152 to 200 bytes on the matrix's kernels.
+            let vma = l
+                .vma_size
+                .unwrap_or_else(|| panic!("{name}: no vm_area_struct size"));
+            assert!(
+                (128..=512).contains(&vma),
+                "{name}: vm_area_struct {vma} bytes"
+            );
+            eprintln!("{name}: sizeof(struct vm_area_struct) = {vma}");
             assert_eq!(
                 l.snap.mm_mmap != ABSENT && l.snap.vma_next != ABSENT,
                 w.mmap_list,

@@ -226,6 +226,8 @@ pub struct Layout {
     pub anon_vma_size: u32,
     /// `sizeof(struct anon_vma_chain)`.
     pub avc_size: u32,
+    /// `sizeof(struct vm_area_struct)` (for byte figures only).
+    pub vma_size: Option<u32>,
     /// `offsetof(struct kmem_cache, ctor)`.
     pub kmem_cache_ctor: u32,
     /// `offsetof(struct task_struct, pid)`.
@@ -254,6 +256,7 @@ impl Layout {
         Ok(Self {
             anon_vma_size: btf.struct_size("anon_vma")?,
             avc_size: btf.struct_size("anon_vma_chain")?,
+            vma_size: btf.struct_size("vm_area_struct").ok(),
             kmem_cache_ctor: btf.member_offset("kmem_cache", "ctor")?,
             task_pid: btf.member_offset("task_struct", "pid")?,
             task_tgid: btf.member_offset("task_struct", "tgid")?,

@@ -4,7 +4,7 @@
 //! printable where they reach a terminal.
 use std::collections::HashMap;
 
-use rmapwatch_engine::inspect::PidStatus;
+use rmapwatch_engine::{inspect::PidStatus, snapshot::AnonPages};
 
 /// What `/proc/<pid>/status` says of a process that exists: a kernel
 /// thread (`Kthread: 1`, or before 6.0, which has no such field, no
@@ -106,6 +106,107 @@ pub fn slab_objects(text: &str) -> Option<u64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
+/// Bits of a `/proc/PID/pagemap` entry: one native-endian `u64` per page
+/// ([pagemap.rst](https://www.kernel.org/doc/html/v6.18/admin-guide/mm/pagemap.html)).
+pub mod pagemap {
+    /// Bit 63: the page is present in RAM.
+    pub const PRESENT: u64 = 1 << 63;
+    /// Bit 62: the page is swapped out (then not present).
+    pub const SWAPPED: u64 = 1 << 62;
+    /// Bit 61: a file page or a shared anonymous (shmem) page.
+    pub const FILE_OR_SHARED_ANON: u64 = 1 << 61;
+    /// Bit 56: the page is mapped exactly once ("exclusively mapped", 4.2+).
+    pub const EXCLUSIVE: u64 = 1 << 56;
+}
+
+/// Counts a VMA's pagemap entries (a part of its range; add the parts up
+/// with [`add_anon_pages`]): a present (bit 63) page that is not a file or
+/// shared-anonymous page (bit 61 clear) is a present anonymous page; of
+/// those, one that is not exclusively mapped (bit 56 clear) is shared:
+/// another mapping (a forked process's copy of the VMA) maps it too.
+///
+/// Not counted:
+/// - swapped-out pages (bit 62, bit 63 clear): not present, so neither
+///   present nor shared, though another process may hold the same swap
+///   entry; a VMA whose shared pages are all swapped out reads as sharing
+///   nothing;
+/// - pages being migrated (a swap-type entry: bit 62 too) and pages never
+///   touched (an empty entry).
+///
+/// Counted although no rmap object is needed for it: the shared zero page
+/// (what a read fault of untouched private memory maps) is present, not a
+/// file page and never exclusive, so it counts as present and shared.
+/// pagemap tells it apart only by its frame number, which only
+/// `CAP_SYS_ADMIN` sees (rmapwatch drops it after attaching).
+///
+/// Bit 56 follows the page's mapcount; a kernel built with
+/// `CONFIG_NO_PAGE_MAPCOUNT` (6.15+) decides per folio instead, so a page
+/// of a large folio that another process maps in part may read shared.
+#[must_use]
+pub fn anon_pages(entries: &[u64]) -> AnonPages {
+    let mut n = AnonPages::default();
+    for &e in entries {
+        if e & pagemap::PRESENT != 0 && e & pagemap::FILE_OR_SHARED_ANON == 0 {
+            n.present += 1;
+            n.shared += u64::from(e & pagemap::EXCLUSIVE == 0);
+        }
+    }
+    n
+}
+
+/// The entries of pagemap bytes (native-endian `u64`s; a cut entry at the
+/// end is left out).
+pub fn pagemap_entries(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
+}
+
+/// `a + b`, part by part (the counts of consecutive parts of one VMA).
+#[must_use]
+pub fn add_anon_pages(a: AnonPages, b: AnonPages) -> AnonPages {
+    AnonPages {
+        present: a.present.saturating_add(b.present),
+        shared: a.shared.saturating_add(b.shared),
+    }
+}
+
+/// The object size of a generic kmalloc cache from its name: `kmalloc-96`,
+/// `kmalloc-1k`, `kmalloc-2M`. Only the plain ones: not `kmalloc-cg-*`,
+/// `kmalloc-rcl-*`, `dma-kmalloc-*`, `kmalloc-rnd-*` (the same sizes for
+/// other allocations), nor a name with anything after the size.
+#[must_use]
+pub fn kmalloc_size(name: &str) -> Option<u32> {
+    let n = name.strip_prefix("kmalloc-")?;
+    let (digits, unit) = match n.strip_suffix('k') {
+        Some(d) => (d, 1 << 10),
+        None => n.strip_suffix('M').map_or((n, 1), |d| (d, 1 << 20)),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits
+        .parse::<u32>()
+        .ok()
+        .filter(|&n| n > 0)?
+        .checked_mul(unit)
+}
+
+/// The cache names of `/proc/slabinfo` (the first word of each line but
+/// the header's `slabinfo - version` and `# name` lines).
+pub fn slabinfo_names(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .filter(|l| !l.starts_with("slabinfo -") && !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().next())
+}
+
+/// A number file of `/sys/kernel/slab/<cache>/` (`object_size`,
+/// `slab_size`, `align`: `"192\n"`).
+#[must_use]
+pub fn slab_number(text: &str) -> Option<u32> {
+    text.trim().parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -184,5 +285,76 @@ mod tests {
         assert_eq!(slab_objects("1234 N0=1234\n"), Some(1234));
         assert_eq!(slab_objects("\n"), None);
         assert_eq!(slab_objects("-1"), None);
+    }
+
+    #[test]
+    fn pagemap_counts_present_anonymous_pages_and_those_mapped_elsewhere_too() {
+        use pagemap::{EXCLUSIVE, FILE_OR_SHARED_ANON, PRESENT, SWAPPED};
+        let pfn = 0x4_dc8d4;
+        let entries = [
+            PRESENT | EXCLUSIVE | pfn,                 // written by this process only
+            PRESENT | pfn,                             // shared with a forked process
+            PRESENT,                                   // the same, frame number hidden
+            PRESENT | FILE_OR_SHARED_ANON | EXCLUSIVE, // a file page
+            PRESENT | FILE_OR_SHARED_ANON,             // shmem, mapped twice
+            SWAPPED | 0x1234_5000,                     // swapped out: not present
+            SWAPPED | EXCLUSIVE,                       // swapped out, exclusive
+            0,                                         // never touched
+        ];
+        assert_eq!(
+            anon_pages(&entries),
+            AnonPages {
+                present: 3,
+                shared: 2
+            }
+        );
+        assert_eq!(anon_pages(&[]), AnonPages::default());
+        // As pagemap gives them: bytes, added part by part.
+        let bytes: Vec<u8> = entries.iter().flat_map(|e| e.to_ne_bytes()).collect();
+        let (a, b) = bytes.split_at(24);
+        let parts = add_anon_pages(
+            anon_pages(&pagemap_entries(a).collect::<Vec<_>>()),
+            anon_pages(&pagemap_entries(b).collect::<Vec<_>>()),
+        );
+        assert_eq!(parts, anon_pages(&entries));
+        // A cut entry at the end is not an entry.
+        assert_eq!(pagemap_entries(&bytes[..12]).count(), 1);
+    }
+
+    #[test]
+    fn kmalloc_sizes_are_the_plain_generic_caches_only() {
+        assert_eq!(kmalloc_size("kmalloc-8"), Some(8));
+        assert_eq!(kmalloc_size("kmalloc-96"), Some(96));
+        assert_eq!(kmalloc_size("kmalloc-1k"), Some(1024));
+        assert_eq!(kmalloc_size("kmalloc-8k"), Some(8192));
+        assert_eq!(kmalloc_size("kmalloc-2M"), Some(2 << 20));
+        for other in [
+            "kmalloc-cg-128",
+            "kmalloc-rcl-64",
+            "dma-kmalloc-32",
+            "kmalloc-rnd-01-64",
+            "kmalloc-",
+            "kmalloc-0",
+            "kmalloc-k",
+            "kmalloc-+8",
+            "kmalloc-8x",
+            "kmalloc-9999999k",
+            "vm_area_struct",
+        ] {
+            assert_eq!(kmalloc_size(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn slabinfo_names_skip_the_header() {
+        let text = "slabinfo - version: 2.1\n\
+                    # name            <active_objs> <num_objs> <objsize> : tunables\n\
+                    kmalloc-cg-8k         24     24   8192    4    8 : tunables    0    0    0\n\
+                    kmalloc-8k            92     96   8192    4    8 : tunables    0    0    0\n\
+                    kmalloc-96          1012   1134     96   42    1 : tunables    0    0    0\n";
+        let sizes: Vec<u32> = slabinfo_names(text).filter_map(kmalloc_size).collect();
+        assert_eq!(sizes, [8192, 96]);
+        assert_eq!(slab_number("192\n"), Some(192));
+        assert_eq!(slab_number("x"), None);
     }
 }

@@ -45,11 +45,19 @@ fn device_replies_kept_by_the_fuzzer_parse() {
 
 #[test]
 fn procfs_texts_kept_by_the_fuzzer_parse() {
-    use rmapwatch_parse::procfs::{cmdline_argv0, comm, map_paths, pid_status, slab_objects};
+    use rmapwatch_parse::procfs::{
+        anon_pages, cmdline_argv0, comm, kmalloc_size, map_paths, pagemap_entries, pid_status,
+        slab_number, slab_objects, slabinfo_names,
+    };
     for b in inputs("procfs") {
         let _ = cmdline_argv0(&b);
         let t = String::from_utf8_lossy(&b);
         let _ = (pid_status(&t), map_paths(&t), comm(&t), slab_objects(&t));
+        let _ = (
+            slab_number(&t),
+            slabinfo_names(&t).filter_map(kmalloc_size).count(),
+        );
+        let _ = anon_pages(&pagemap_entries(&b).collect::<Vec<_>>());
     }
 }
 

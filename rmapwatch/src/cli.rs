@@ -3,7 +3,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
-use rmapwatch_engine::hooks::ProbeMode;
+use rmapwatch_engine::{hooks::ProbeMode, snapshot::PagemapRead};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -103,6 +103,18 @@ pub struct GlobalArgs {
     /// Ring buffer size in KiB (power of two, at least the page size).
     #[arg(long, value_name = "KIB", global = true, value_parser = parse_ring_kb)]
     pub ring_buffer_kb: Option<u32>,
+    /// How long each walk may spend reading /proc/PID/pagemap: for every
+    /// VMA with an anon_vma, its present anonymous pages and how many of
+    /// them another process maps too (which VMAs need reverse mapping at
+    /// all). MS milliseconds per walk, the VMAs after that left unread
+    /// (counted as skipped in the walk's counts); `none` reads them all,
+    /// however long it takes. Default: 200 for the live view, serve and
+    /// agent (a walk every refresh), none for report, record and inspect.
+    #[arg(long, value_name = "MS|none", global = true, value_parser = parse_pagemap_budget)]
+    pub pagemap_budget: Option<PagemapRead>,
+    /// Read no pagemap at all (walks carry no anonymous page counts).
+    #[arg(long, global = true, conflicts_with = "pagemap_budget")]
+    pub no_pagemap: bool,
     /// Lazy model: assume fork children created as tree-parents keep no AVC
     /// links (the series does not say; by default they keep their chain).
     /// The report shows the other value alongside either way; a replay
@@ -342,6 +354,24 @@ fn parse_factor(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// `--pagemap-budget`'s default for the live view, serve and agent.
+pub const PAGEMAP_BUDGET: Duration = Duration::from_millis(200);
+
+fn parse_pagemap_budget(s: &str) -> Result<PagemapRead, String> {
+    if s == "none" {
+        return Ok(PagemapRead::Whole);
+    }
+    match s.parse::<u64>() {
+        Ok(ms) if (1..=3_600_000).contains(&ms) => {
+            Ok(PagemapRead::Within(Duration::from_millis(ms)))
+        }
+        _ => Err(format!(
+            "'{s}': expected whole milliseconds from 1 to 3600000, or none (no budget); \
+             --no-pagemap reads no pagemap"
+        )),
+    }
+}
+
 fn parse_ring_kb(s: &str) -> Result<u32, String> {
     let v: u32 = s
         .parse()
@@ -402,6 +432,23 @@ mod tests {
         }
         // Every subcommand clap has, whatever is added later.
         assert_eq!(words.len(), Cli::command().get_subcommands().count() + 2);
+    }
+
+    #[test]
+    fn the_pagemap_budget_is_milliseconds_or_none() {
+        assert_eq!(parse_pagemap_budget("none"), Ok(PagemapRead::Whole));
+        assert_eq!(
+            parse_pagemap_budget("200"),
+            Ok(PagemapRead::Within(Duration::from_millis(200)))
+        );
+        for bad in ["0", "-5", "1.5", "200ms", "", "None", "3600001"] {
+            assert!(parse_pagemap_budget(bad).is_err(), "{bad}");
+        }
+        let cli = Cli::try_parse_from(["rmapwatch", "report", "--no-pagemap"]).unwrap();
+        assert!(cli.global.no_pagemap);
+        assert!(
+            Cli::try_parse_from(["rmapwatch", "--no-pagemap", "--pagemap-budget", "5"]).is_err()
+        );
     }
 
     #[test]

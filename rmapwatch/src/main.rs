@@ -24,7 +24,7 @@ mod version;
 
 use cli::{Cli, Command, SlabPathArg};
 use error::UsageError;
-use rmapwatch_engine::{hooks::SlabPath, model};
+use rmapwatch_engine::{hooks::SlabPath, model, snapshot::PagemapRead};
 use source::{InspectQuery, Pace, Spec, adb::AdbArgs, live::LiveArgs};
 
 fn main() -> ExitCode {
@@ -60,8 +60,18 @@ impl Drop for Cleanup {
 }
 
 /// How the live kernel is attached, from the flags (here, or by an agent
-/// on a device).
-fn live_args(g: &cli::GlobalArgs) -> LiveArgs {
+/// on a device), for `command`.
+fn live_args(g: &cli::GlobalArgs, command: Option<&Command>) -> LiveArgs {
+    // Commands that walk every refresh get a pagemap budget; those that
+    // walk for a result read it whole.
+    let pagemap_default = match command {
+        Some(
+            Command::Report(_) | Command::Record(_) | Command::Inspect(_) | Command::Export(_),
+        ) => PagemapRead::Whole,
+        None | Some(Command::Replay(_) | Command::Serve(_) | Command::Agent(_)) => {
+            PagemapRead::Within(cli::PAGEMAP_BUDGET)
+        }
+    };
     LiveArgs {
         btf: g
             .btf
@@ -75,6 +85,11 @@ fn live_args(g: &cli::GlobalArgs) -> LiveArgs {
         },
         ring_bytes: g.ring_buffer_kb.map(|kb| kb * 1024),
         cleanup: !g.cleanup.is_empty(),
+        pagemap: if g.no_pagemap {
+            PagemapRead::Off
+        } else {
+            g.pagemap_budget.unwrap_or(pagemap_default)
+        },
     }
 }
 
@@ -111,7 +126,7 @@ fn source_spec(cli: &Cli) -> anyhow::Result<Spec> {
             "{why}: not with a recording, nor for an agent"
         )));
     }
-    let live = live_args(g);
+    let live = live_args(g, cli.command.as_ref());
     Ok(match (recording, &g.adb, &g.remote) {
         (Some((path, pace)), _, _) => Spec::Recording { path, pace },
         (None, Some(serial), _) => Spec::Adb {
@@ -135,6 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     rmapwatch_live::caps::refuse_setuid()?;
     let _cleanup = Cleanup(cli.global.cleanup.clone());
     let spec = source_spec(&cli)?;
+    let live = live_args(&cli.global, cli.command.as_ref());
     let g = cli.global;
     let model = model::Options {
         tree_parent_keeps_chain: !g.tree_parent_drops_chain,
@@ -182,7 +198,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 all: a.all,
             },
         ),
-        Some(Command::Agent(a)) => cmd::agent::agent(&live_args(&g), a.interval),
+        Some(Command::Agent(a)) => cmd::agent::agent(&live, a.interval),
         Some(Command::Serve(a)) => cmd::serve::serve(
             &spec,
             model,

@@ -52,27 +52,28 @@ impl Lazy {
 #[must_use]
 pub fn vma_growth(facts: &Facts) -> (Option<u64>, String) {
     let s = &facts.slots;
-    match s.vm_area_struct {
-        Some(c) if c.object_size > 0 && c.slab_size >= c.object_size => {
-            let align = u64::from(c.align.max(8));
+    let c = s.vm_area_struct;
+    match (c.object_size, c.slab_size) {
+        (Some(object_size), Some(slab_size)) if object_size > 0 && slab_size >= object_size => {
+            let align = u64::from(c.align.unwrap_or(8).max(8));
             let round = |n: u64| n.div_ceil(align) * align;
-            let obj = u64::from(c.object_size);
+            let obj = u64::from(object_size);
             // The slot past the object (red zone, free pointer, metadata)
             // stays as it is.
-            let over = u64::from(c.slab_size).saturating_sub(round(obj));
+            let over = u64::from(slab_size).saturating_sub(round(obj));
             let grown = round(obj + 4) + over;
-            let g = grown.saturating_sub(u64::from(c.slab_size));
+            let g = grown.saturating_sub(u64::from(slab_size));
             let why = if g == 0 {
                 format!(
                     "vm_area_struct: object {obj} B, slot {} B (align {align}): 4 more bytes fit \
                      in the slot, so the series costs no memory here",
-                    c.slab_size
+                    slab_size
                 )
             } else {
                 format!(
                     "vm_area_struct: object {obj} B, slot {} B (align {align}): 4 more bytes cross \
                      an alignment step, every VMA's slot grows by {g} B",
-                    c.slab_size
+                    slab_size
                 )
             };
             (Some(g), why)

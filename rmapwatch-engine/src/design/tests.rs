@@ -7,7 +7,7 @@ use rmapwatch_common::{object, site};
 use super::*;
 use crate::{
     event::{Comm, Event},
-    facts::{CacheSlot, Facts, Slots},
+    facts::{Facts, Slots, VmaSlot},
     model::{self, Estimator, sim::Sim},
     snapshot::{AnonPages, Vma},
 };
@@ -20,12 +20,12 @@ fn facts() -> Facts {
             anon_vma_chain: 64,
         },
         slots: Slots {
-            vm_area_struct_size: 176,
-            vm_area_struct: Some(CacheSlot {
-                object_size: 176,
-                slab_size: 192,
-                align: 64,
-            }),
+            vm_area_struct: VmaSlot {
+                struct_size: Some(176),
+                object_size: Some(176),
+                slab_size: Some(192),
+                align: Some(64),
+            },
             maple_node: Some(256),
             kmalloc: vec![8, 16, 32, 64, 96, 128, 192, 256, 512, 1024],
         },
@@ -402,11 +402,12 @@ fn lazy_counts_the_vm_area_struct_growth_only_past_an_alignment_step() {
     let vmas: Vec<Vma> = (0..10).map(|i| anon(1, 0x1000_0000 * (i + 1), 0)).collect();
     let o = b.walk(&vmas, &[(1, 0)]);
     assert_eq!(o["lazy"].system.bytes, 0, "176 + 4 fits a 192 B slot");
-    b.facts.slots.vm_area_struct = Some(CacheSlot {
-        object_size: 192,
-        slab_size: 192,
-        align: 64,
-    });
+    b.facts.slots.vm_area_struct = VmaSlot {
+        struct_size: Some(192),
+        object_size: Some(192),
+        slab_size: Some(192),
+        align: Some(64),
+    };
     let o = b.walk(&vmas, &[(1, 0)]);
     assert_eq!(o["lazy"].system.bytes, 10 * 64, "196 B takes a 256 B slot");
     assert!(o["lazy"].rules.iter().any(|r| r.contains("cross")));

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use rmapwatch_common::{ABSENT, Config, MAX_SITE_RANGES, arg2, site, slab_path};
 use rmapwatch_engine::{
-    facts::{KernelId, Sizes},
+    facts::{KernelId, Sizes, Slots},
     hooks::{HOOKS, SlabEvents, SlabPath},
 };
 
@@ -141,6 +141,8 @@ pub struct KernelFacts {
     pub config: Config,
     /// Per-object sizes for KB figures.
     pub sizes: Sizes,
+    /// The slots of the objects the designs would hold.
+    pub slots: Slots,
 }
 
 /// Opens a BTF file (usually `/sys/kernel/btf/vmlinux`).
@@ -197,6 +199,7 @@ impl KernelFacts {
         config.args.anon_vma_slab_size = sizes.anon_vma;
         Ok(Self {
             sizes,
+            slots: crate::procfs::slots(layout.vma_size),
             id,
             btf_path: btf_path.to_owned(),
             layout,

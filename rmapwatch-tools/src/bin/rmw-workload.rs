@@ -7,7 +7,9 @@
 //! 2. makes noise in the slab cache that AVCs share (`fs_struct` through
 //!    `unshare(CLONE_FS)`, epoll watches through `epoll_ctl`), which must not
 //!    be counted as AVCs;
-//! 3. forks F children that write to every region (copy-on-write) and wait;
+//! 3. forks F children that write to every region (copy-on-write) and wait
+//!    (`--cow-pages C`: to the first C pages of each only, the others staying
+//!    shared with the parent);
 //! 4. prints `regions <start> <end>` and `ready <parent> <child>...`, waits
 //!    for a line on stdin if `--hold`, releases the children and reaps them.
 //!
@@ -113,6 +115,7 @@ use std::{
 struct Opts {
     regions: usize,
     pages: usize,
+    cow_pages: Option<usize>,
     children: usize,
     noise: usize,
     hold: bool,
@@ -143,15 +146,16 @@ struct ExecChild {
     release: libc::c_int,
 }
 
-const USAGE: &str = "usage: rmw-workload [--regions K] [--pages P] [--children F] [--noise N] \
-                     [--hold] [--split] [--wipe|--dontfork] [--storm N] [--name NAME] \
-                     [--file PATH] [--vm-child] [--zombie-leader] \
+const USAGE: &str = "usage: rmw-workload [--regions K] [--pages P] [--cow-pages C] [--children F] \
+                     [--noise N] [--hold] [--split] [--wipe|--dontfork] [--storm N] \
+                     [--name NAME] [--file PATH] [--vm-child] [--zombie-leader] \
                      | --zygote [--apps N] [--libs L] [--heap H] [--zygote-exit] [--hold]";
 
 fn parse() -> Result<Opts, String> {
     let mut o = Opts {
         regions: 100,
         pages: 1,
+        cow_pages: None,
         children: 4,
         noise: 100,
         hold: false,
@@ -195,6 +199,7 @@ fn parse() -> Result<Opts, String> {
         match a.as_str() {
             "--regions" => o.regions = num("--regions")?,
             "--pages" => o.pages = num("--pages")?.max(1),
+            "--cow-pages" => o.cow_pages = Some(num("--cow-pages")?),
             "--children" => o.children = num("--children")?,
             "--noise" => o.noise = num("--noise")?,
             "--hold" => o.hold = true,
@@ -553,7 +558,8 @@ fn run(o: &Opts) -> Result<(), String> {
         if pid == 0 {
             // With MADV_DONTFORK the child has no regions to touch.
             if o.advice != Some(libc::MADV_DONTFORK) {
-                touch(&regions, if o.split { 1 } else { o.pages }, 2);
+                let pages = if o.split { 1 } else { o.pages };
+                touch(&regions, o.cow_pages.map_or(pages, |c| c.min(pages)), 2);
             }
             let mut b = [0u8; 1];
             // SAFETY: plain syscalls on our pipes; then _exit.

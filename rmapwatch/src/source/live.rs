@@ -6,7 +6,7 @@ use std::{path::Path, time::Duration};
 use rmapwatch_engine::{
     facts::Facts,
     hooks::{ProbeMode, SlabPath},
-    snapshot::Snapshot,
+    snapshot::{PagemapRead, Snapshot},
 };
 
 use super::running::Source;
@@ -25,6 +25,9 @@ pub struct LiveArgs {
     /// Keep `CAP_DAC_OVERRIDE` after attaching: an agent that removes its
     /// pushed binary at the end (`--cleanup`).
     pub cleanup: bool,
+    /// Whether and how long each walk reads pagemap (the command's default
+    /// already chosen).
+    pub pagemap: PagemapRead,
 }
 
 #[cfg(target_os = "linux")]
@@ -53,6 +56,7 @@ mod imp {
                 probe_mode: a.probe_mode,
                 ring_bytes: a.ring_bytes,
                 tick,
+                pagemap: a.pagemap,
             },
         )?;
         let facts = live.facts().clone();
@@ -68,12 +72,14 @@ mod imp {
         })
     }
 
-    /// One walk of every process's VMAs, into memory (`inspect`), and the
+    /// One walk of every process's VMAs, into memory (`inspect`), each
+    /// VMA's anonymous pages read from pagemap as `pagemap` says, and the
     /// kernel's object sizes.
-    pub fn snapshot(btf: &Path) -> anyhow::Result<(Snapshot, Facts)> {
+    pub fn snapshot(btf: &Path, pagemap: PagemapRead) -> anyhow::Result<(Snapshot, Facts)> {
         let k = kernel(btf, SlabPath::Raw)?;
         let mut probes = Probes::load(&k, ProbeMode::Tracepoint, None, Attach::SnapshotOnly)?;
         let mut s = Snapshot::default();
+        let mut pages = rmapwatch_live::pagemap::Reader::new(pagemap);
         let first = probes.snapshot_reader()?;
         s.counts = rmapwatch_engine::snapshot::decode_passes(
             first,
@@ -82,12 +88,18 @@ mod imp {
                     .snapshot_next_pass()
                     .map_err(|e| rmapwatch_engine::snapshot::SnapshotError::Io(format!("{e:#}")))
             },
-            |v, comm| s.push(v, comm),
+            |v, comm| {
+                let mut v = v.clone();
+                pages.fill(std::slice::from_mut(&mut v));
+                s.push(&v, comm);
+            },
         )?;
+        pages.add_to(&mut s.counts);
         let facts = Facts {
             // SAFETY: sysconf has no preconditions.
             page_size: u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096),
             sizes: k.sizes,
+            slots: k.slots.clone(),
             ..Facts::default()
         };
         Ok((s, facts))
@@ -125,7 +137,7 @@ mod imp {
         Err(NoLiveSource.into())
     }
 
-    pub fn snapshot(_: &Path) -> anyhow::Result<(Snapshot, Facts)> {
+    pub fn snapshot(_: &Path, _: PagemapRead) -> anyhow::Result<(Snapshot, Facts)> {
         Err(NoLiveSource.into())
     }
 
@@ -172,6 +184,14 @@ impl LiveArgs {
         if let Some(b) = self.ring_bytes {
             v.extend(["--ring-buffer-kb".to_owned(), (b / 1024).to_string()]);
         }
+        // Always said: the device's own default is an agent's.
+        v.extend(match self.pagemap {
+            PagemapRead::Off => vec!["--no-pagemap".to_owned()],
+            PagemapRead::Whole => vec!["--pagemap-budget".to_owned(), "none".to_owned()],
+            PagemapRead::Within(d) => {
+                vec!["--pagemap-budget".to_owned(), d.as_millis().to_string()]
+            }
+        });
         v
     }
 }

@@ -169,7 +169,7 @@ impl Spec {
                         PidStatus::User => {}
                     }
                 }
-                let (snap, facts) = live::snapshot(&a.btf)?;
+                let (snap, facts) = live::snapshot(&a.btf, a.pagemap)?;
                 let after = status(&target);
                 let pid = inspect::resolve(&target, &snap, &before, &after, &live::argv0)?;
                 Ok(Inspected::Here {
