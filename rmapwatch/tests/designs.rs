@@ -28,7 +28,8 @@ struct Proc {
 
 /// The tree, once its zygote said `ready` and exited.
 struct Tree {
-    child: std::process::Child,
+    /// The zygote's stdin: the apps hold on it (`wait` would close it).
+    hold: Option<std::process::ChildStdin>,
     zygote: u32,
     procs: Vec<Proc>,
     libs: u64,
@@ -48,6 +49,7 @@ impl Tree {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
+        let hold = child.stdin.take();
         let mut out = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_to_string(&mut out)
@@ -55,7 +57,7 @@ impl Tree {
         // The zygote exits after `ready`: its stdout ends there.
         assert!(child.wait().unwrap().success(), "{out}");
         let mut t = Self {
-            child,
+            hold,
             zygote: 0,
             procs: Vec::new(),
             libs: 0,
@@ -103,7 +105,7 @@ impl Tree {
     /// Releases the apps (they hold on the zygote's stdin) and reaps them:
     /// this test is their subreaper.
     fn finish(mut self) {
-        drop(self.child.stdin.take());
+        drop(self.hold.take());
         let deadline = Instant::now() + Duration::from_secs(30);
         for p in self.live().filter(|p| p.role != "helper") {
             loop {

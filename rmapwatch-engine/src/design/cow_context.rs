@@ -199,8 +199,12 @@ impl Lineage {
         }
     }
 
-    fn exit(&mut self, pid: u32) {
+    /// `comm`: its name at exit (a dead context is named by it).
+    fn exit(&mut self, pid: u32, comm: String) {
         if let Some(o) = self.by_pid.remove(&pid) {
+            if let Some(c) = self.ctxs.get_mut(&o) {
+                c.comm = comm;
+            }
             self.release(o);
         }
     }
@@ -421,7 +425,7 @@ impl Design for CowContext {
                 ..
             } if tgid != child_tgid => self.lineage.fork(*tgid, *child_tgid, comm.text()),
             Event::Exec { tgid, comm, .. } => self.lineage.exec(*tgid, comm.text()),
-            Event::Exit { tgid, .. } => self.lineage.exit(*tgid),
+            Event::Exit { tgid, comm, .. } => self.lineage.exit(*tgid, comm.text()),
             _ => {}
         }
     }
