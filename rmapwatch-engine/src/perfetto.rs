@@ -9,10 +9,18 @@
 //!
 //! Tracks: counters of live and lazy objects per object type, system-wide
 //! and per process (under a process track named by a `ProcessDescriptor`);
-//! instants on a "rmapwatch" track for walks, re-seeds and dropped events.
-//! A system counter has a sample at every frame; a process's counters have
-//! one where a value changed (a counter holds its value until the next
-//! sample), 0 when the process left the report. Timestamps are the
+//! a counter of bytes per design (today, lazy, cow_context, ideal),
+//! system-wide, as of the latest walk; instants on a "rmapwatch" track for
+//! walks, re-seeds and dropped events. A system counter has a sample at
+//! every frame (a design's and lazy's from the first walk on); a process's
+//! counters have one where a value changed (a counter holds its value
+//! until the next sample), 0 when the process left the report.
+//!
+//! Track uuids are fixed, so traces of different runs line up: 1 the
+//! "rmapwatch" track; 16 + k the system object counters (k: anon_vma live,
+//! lazy, anon_vma_chain live, lazy); 32 + i the design counters (i: the
+//! design's place in [`DESIGNS`]); `1 << 32 | pid` a process;
+//! `1 << 40 | pid << 2 | k` its object counters. Timestamps are the
 //! recording's own: its clock is `CLOCK_MONOTONIC` since the source
 //! started, so packets are on `BUILTIN_CLOCK_MONOTONIC` at the source's
 //! `ClockRef` plus `t`, with a `ClockSnapshot` of the source's clocks at
@@ -21,6 +29,7 @@
 use std::collections::BTreeMap;
 
 use crate::{
+    design::Outcome,
     engine::{Engine, Step},
     facts::{ClockRef, Sizes},
     input::Nanos,
@@ -72,6 +81,7 @@ mod f {
     pub const UNIT: u32 = 3;
     pub const Y_AXIS_SHARE_KEY: u32 = 7;
     pub const UNIT_COUNT: u64 = 2;
+    pub const UNIT_SIZE_BYTES: u64 = 3;
 
     // TrackEvent.
     pub const TYPE: u32 = 9;
@@ -89,6 +99,28 @@ const SEQUENCE: u64 = 1;
 const ROOT_UUID: u64 = 1;
 /// System counters: `SYSTEM_UUID + k`.
 const SYSTEM_UUID: u64 = 16;
+/// Design counters: `DESIGN_UUID + i`, `i` the design's place in
+/// [`DESIGNS`].
+const DESIGN_UUID: u64 = 32;
+
+/// The designs with a counter, in the order of their uuids: a design is
+/// only ever appended here, so each keeps its uuid (a test checks that
+/// every design of the engine has one).
+pub const DESIGNS: [&str; 4] = ["today", "lazy", "cow_context", "ideal"];
+
+/// One sample of the designs' bytes (`None`: before the first walk, or a
+/// design the walk did not yield).
+type DesignSample = [Option<u64>; DESIGNS.len()];
+
+fn design_sample(outcomes: Option<&[Outcome]>) -> DesignSample {
+    let mut s = [None; DESIGNS.len()];
+    for o in outcomes.unwrap_or_default() {
+        if let Some(i) = DESIGNS.iter().position(|&n| n == o.name) {
+            s[i] = Some(o.system.bytes);
+        }
+    }
+    s
+}
 /// Process tracks: `PROCESS_UUID | pid`; their counters:
 /// `PROCESS_COUNTER_UUID | pid << 2 | k`.
 const PROCESS_UUID: u64 = 1 << 32;
@@ -121,6 +153,7 @@ pub struct Builder {
     top: usize,
     clock: Option<ClockRef>,
     system: Vec<(Nanos, Sample)>,
+    designs: Vec<(Nanos, DesignSample)>,
     procs: BTreeMap<u32, Series>,
     instants: Vec<(Nanos, String)>,
     walks: u64,
@@ -146,6 +179,7 @@ impl Builder {
             top,
             clock: None,
             system: Vec::new(),
+            designs: Vec::new(),
             procs: BTreeMap::new(),
             instants: Vec::new(),
             walks: 0,
@@ -187,6 +221,11 @@ impl Builder {
         if matches!(step, Step::Frame | Step::End) {
             let sizes = engine.facts().map(|f| f.sizes).unwrap_or_default();
             self.sample(t, engine.live(), engine.lazy(), engine.rows(), sizes);
+            let designs = design_sample(engine.designs());
+            match self.designs.last_mut() {
+                Some(last) if last.0 == t => last.1 = designs,
+                _ => self.designs.push((t, designs)),
+            }
         }
     }
 
@@ -370,6 +409,23 @@ impl Builder {
         for k in 0..COUNTERS.len() {
             packets.push(counter(SYSTEM_UUID + k as u64, None, k, "system"));
         }
+        for (i, name) in DESIGNS.iter().enumerate() {
+            let mut cd = Msg::new();
+            cd.uint(f::UNIT, f::UNIT_SIZE_BYTES)
+                .string(f::Y_AXIS_SHARE_KEY, "system design bytes");
+            let mut d = Msg::new();
+            d.uint(f::UUID, DESIGN_UUID + i as u64)
+                .string(f::NAME, &format!("design {name} bytes (system)"))
+                .string(
+                    f::DESCRIPTION,
+                    &format!(
+                        "bytes the {name} design would hold system-wide, as of the latest walk \
+                         (rmapwatch report: the designs table; report --json: designs[])"
+                    ),
+                )
+                .message(f::COUNTER, &cd);
+            packets.push(track(&d));
+        }
         let chosen = self.chosen();
         for &pid in &chosen {
             let comm = self.procs.get(&pid).map_or("?", |s| s.comm.as_str());
@@ -402,6 +458,13 @@ impl Builder {
             for (k, v) in s.iter().enumerate() {
                 if let Some(v) = v {
                     events.push((*t, counter_event(SYSTEM_UUID + k as u64, *v)));
+                }
+            }
+        }
+        for (t, s) in &self.designs {
+            for (i, v) in s.iter().enumerate() {
+                if let Some(v) = v {
+                    events.push((*t, counter_event(DESIGN_UUID + i as u64, *v)));
                 }
             }
         }
@@ -473,6 +536,217 @@ mod tests {
                 avc: anon_vma,
             },
             ..ProcRow::default()
+        }
+    }
+
+    /// A protobuf value, as the wire has it.
+    #[derive(Debug)]
+    enum V<'a> {
+        Int(u64),
+        Bytes(&'a [u8]),
+    }
+
+    fn varint(b: &mut &[u8]) -> u64 {
+        let mut v = 0;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = b.split_first().expect("a varint");
+            *b = rest;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        v
+    }
+
+    /// A message's fields, in order: a reader of its own, so that the
+    /// test does not read the trace with the writer's code.
+    fn fields(mut b: &[u8]) -> Vec<(u32, V<'_>)> {
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            let key = varint(&mut b);
+            let field = u32::try_from(key >> 3).unwrap();
+            let v = match key & 7 {
+                0 => V::Int(varint(&mut b)),
+                1 => {
+                    let (x, rest) = b.split_at(8);
+                    b = rest;
+                    V::Int(u64::from_le_bytes(x.try_into().unwrap()))
+                }
+                2 => {
+                    let n = usize::try_from(varint(&mut b)).unwrap();
+                    let (x, rest) = b.split_at(n);
+                    b = rest;
+                    V::Bytes(x)
+                }
+                5 => {
+                    let (x, rest) = b.split_at(4);
+                    b = rest;
+                    V::Int(u64::from(u32::from_le_bytes(x.try_into().unwrap())))
+                }
+                w => panic!("wire type {w}"),
+            };
+            out.push((field, v));
+        }
+        out
+    }
+
+    fn int(fs: &[(u32, V<'_>)], n: u32) -> Option<u64> {
+        fs.iter().find_map(|(f, v)| match v {
+            V::Int(x) if *f == n => Some(*x),
+            _ => None,
+        })
+    }
+
+    fn bytes<'a>(fs: &[(u32, V<'a>)], n: u32) -> Option<&'a [u8]> {
+        fs.iter().find_map(|(f, v)| match v {
+            V::Bytes(x) if *f == n => Some(*x),
+            _ => None,
+        })
+    }
+
+    /// An engine (walking only when told, as a replay) fed a parent with
+    /// 20 regions and 3 children: a tick, then `walks` walks each followed
+    /// by a tick (a frame each), every step given to `b`.
+    fn run(b: &mut Builder, walks: u64) -> Engine {
+        use crate::{
+            engine,
+            facts::{Facts, KernelId},
+            input::{Counters, Input, KernelCounters},
+            model::sim::Sim,
+            snapshot::WalkCounts,
+        };
+        let mut sim = Sim::default();
+        for i in 0..20 {
+            let v = sim.map(100, i * 0x10000);
+            sim.fault(v);
+        }
+        for c in 0..3 {
+            sim.fork(100, 101 + c);
+        }
+        let snap = sim.snapshot();
+        let comms: Vec<(u32, String)> = snap.procs.keys().map(|&p| (p, format!("p{p}"))).collect();
+        let mut e = Engine::new(engine::Options {
+            walk_on_tick: false,
+            source_answers: false,
+            ..engine::Options::default()
+        });
+        let mut apply = |e: &mut Engine, i: Input| {
+            let step = e.apply(i).unwrap();
+            b.step(e, step);
+        };
+        apply(
+            &mut e,
+            Input::Facts(Box::new(Facts {
+                kernel: KernelId {
+                    release: "6.18.0-test".into(),
+                    arch: "x86_64".into(),
+                },
+                sizes: Sizes {
+                    anon_vma: 104,
+                    anon_vma_chain: 64,
+                },
+                ..Facts::default()
+            })),
+        );
+        apply(
+            &mut e,
+            Input::Counters {
+                t: 0,
+                counters: Counters {
+                    kernel: Some(KernelCounters::default()),
+                    ..Counters::default()
+                },
+            },
+        );
+        let s = 1_000_000_000;
+        apply(&mut e, Input::Tick { t: s / 2 });
+        for t in 1..=walks {
+            apply(&mut e, Input::WalkBegin { t: t * s });
+            apply(
+                &mut e,
+                Input::WalkVmas {
+                    comms: comms.clone(),
+                    parents: Vec::new(),
+                    vmas: snap.vmas.clone(),
+                },
+            );
+            apply(
+                &mut e,
+                Input::WalkEnd {
+                    t: t * s + 1_000,
+                    counts: WalkCounts {
+                        vmas: snap.vmas.len() as u64,
+                        ..WalkCounts::default()
+                    },
+                    error: None,
+                },
+            );
+            apply(&mut e, Input::Tick { t: t * s + 2_000 });
+        }
+        e
+    }
+
+    #[test]
+    fn every_design_has_a_system_bytes_track_sampled_at_each_frame() {
+        let mut b = Builder::new(5);
+        let e = run(&mut b, 3);
+        let outcomes = e.designs().expect("walked");
+        let trace = b.encode();
+        // name -> (uuid, unit); uuid -> counter values.
+        let mut tracks = BTreeMap::new();
+        let mut values: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for (field, packet) in fields(&trace) {
+            assert_eq!(field, f::TRACE_PACKET);
+            let V::Bytes(packet) = packet else {
+                panic!("a packet is a message")
+            };
+            let p = fields(packet);
+            if let Some(d) = bytes(&p, f::TRACK_DESCRIPTOR) {
+                let d = fields(d);
+                let name = String::from_utf8(bytes(&d, f::NAME).unwrap_or_default().to_vec());
+                let unit = bytes(&d, f::COUNTER).and_then(|c| int(&fields(c), f::UNIT));
+                tracks.insert(name.unwrap(), (int(&d, f::UUID).unwrap(), unit));
+            }
+            if let Some(ev) = bytes(&p, f::TRACK_EVENT) {
+                let ev = fields(ev);
+                if int(&ev, f::TYPE) == Some(f::TYPE_COUNTER) {
+                    values
+                        .entry(int(&ev, f::TRACK_UUID).unwrap())
+                        .or_default()
+                        .push(int(&ev, f::COUNTER_VALUE).unwrap());
+                }
+            }
+        }
+        assert_eq!(outcomes.len(), DESIGNS.len());
+        for o in outcomes {
+            let name = format!("design {} bytes (system)", o.name);
+            let Some(&(uuid, unit)) = tracks.get(&name) else {
+                panic!("no track {name}: {:?}", tracks.keys())
+            };
+            let i = DESIGNS.iter().position(|&n| n == o.name).unwrap();
+            assert_eq!(uuid, DESIGN_UUID + i as u64, "{name}: a stable uuid");
+            assert_eq!(unit, Some(f::UNIT_SIZE_BYTES), "{name}");
+            // A sample per frame but the one before the first walk, each
+            // the design's bytes at the walk (the same walk every time).
+            assert_eq!(values[&SYSTEM_UUID].len(), 4, "a frame per tick");
+            assert_eq!(values.get(&uuid), Some(&vec![o.system.bytes; 3]), "{name}");
+        }
+        let bytes_of = |n: &str| outcomes.iter().find(|o| o.name == n).unwrap().system.bytes;
+        assert!(
+            bytes_of("cow_context") < bytes_of("lazy") && bytes_of("lazy") < bytes_of("today"),
+            "the designs are told apart"
+        );
+        // The object counters keep their uuids.
+        assert_eq!(tracks["anon_vma live (system)"].0, SYSTEM_UUID);
+        assert_eq!(tracks["rmapwatch"].0, ROOT_UUID);
+    }
+
+    #[test]
+    fn every_design_of_the_engine_has_a_uuid() {
+        let d = crate::design::Designs::new(crate::design::Options::default());
+        for name in d.names() {
+            assert!(DESIGNS.contains(&name), "{name} has no counter uuid");
         }
     }
 

@@ -5,8 +5,8 @@ use std::{collections::VecDeque, time::Duration};
 use ratatui::crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use rmapwatch_common::site;
 
-use rmapwatch_engine::rows::ProcRow;
 pub use rmapwatch_engine::view::Frame;
+use rmapwatch_engine::{design::Outcome, rows::ProcRow};
 
 /// What the collector can tell the UI.
 #[derive(Debug)]
@@ -44,9 +44,9 @@ pub enum Column {
     Avc,
     /// Live KB.
     Kb,
-    /// Lazy KB.
-    LazyKb,
-    /// KB lazy would save.
+    /// KB the selected design would hold (at the walk).
+    DesignKb,
+    /// KB the selected design would save against today (at the walk).
     Saving,
 }
 
@@ -59,22 +59,22 @@ impl Column {
         Self::AnonVma,
         Self::Avc,
         Self::Kb,
-        Self::LazyKb,
+        Self::DesignKb,
         Self::Saving,
     ];
 
-    /// Header text.
+    /// Header text, with `design` the selected design.
     #[must_use]
-    pub const fn title(self) -> &'static str {
+    pub fn title(self, design: &str) -> String {
         match self {
-            Self::Pid => "PID",
-            Self::Comm => "COMM",
-            Self::Vmas => "VMAs",
-            Self::AnonVma => "anon_vma",
-            Self::Avc => "AVC",
-            Self::Kb => "KB",
-            Self::LazyKb => "lazy KB",
-            Self::Saving => "saving KB",
+            Self::Pid => "PID".into(),
+            Self::Comm => "COMM".into(),
+            Self::Vmas => "VMAs".into(),
+            Self::AnonVma => "anon_vma".into(),
+            Self::Avc => "AVC".into(),
+            Self::Kb => "KB".into(),
+            Self::DesignKb => format!("{} KB", short_name(design)),
+            Self::Saving => "saving KB".into(),
         }
     }
 
@@ -106,6 +106,8 @@ pub enum Action {
     SortPrev,
     /// Reverse the sort.
     SortReverse,
+    /// Next design in the process table, the chart and the header.
+    DesignNext,
     /// Freeze the display.
     TogglePause,
     /// Help overlay.
@@ -155,6 +157,51 @@ impl Counters {
 /// Points kept for the history chart.
 pub const HISTORY: usize = 300;
 
+/// The design shown until the user picks another: ANON_VMA_LAZY, the
+/// patch rmapwatch was first written to measure.
+pub const FIRST_DESIGN: &str = "lazy";
+
+/// The designs the selector cycles through before a walk names them.
+const DEFAULT_DESIGNS: [&str; 3] = ["lazy", "cow_context", "ideal"];
+
+/// A design's name cut for a column header of 9 characters
+/// (`cow_context`: `cow`).
+#[must_use]
+pub fn short_name(design: &str) -> &str {
+    design.split('_').next().unwrap_or(design)
+}
+
+/// One walk in the history chart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Point {
+    /// Seconds since attach at the end of the walk.
+    pub t: f64,
+    /// KB the kernel held (today).
+    pub actual_kb: f64,
+    /// KB each other design would hold, by name.
+    pub designs: Vec<(String, f64)>,
+}
+
+impl Point {
+    /// KB `design` would hold at this walk.
+    #[must_use]
+    pub fn kb(&self, design: &str) -> Option<f64> {
+        self.designs
+            .iter()
+            .find(|(n, _)| n == design)
+            .map(|&(_, kb)| kb)
+    }
+}
+
+/// A process under the selected design, at the walk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DesignCell {
+    /// Bytes the design would hold for it.
+    pub bytes: u64,
+    /// Today's bytes minus the design's (what it would save).
+    pub saving: i128,
+}
+
 /// The whole UI state.
 #[derive(Debug)]
 pub struct App {
@@ -163,9 +210,11 @@ pub struct App {
     /// Rates between the last two frames.
     pub rates: Rates,
     last: Option<Counters>,
-    /// (seconds since attach, actual KB, lazy KB), both at the walk: one
-    /// point per walk.
-    pub history: VecDeque<(f64, f64, f64)>,
+    /// Actual KB and every design's, at the walk: one point per walk.
+    pub history: VecDeque<Point>,
+    /// The design the process table's design columns and the chart show
+    /// (`lazy`, `cow_context`, `ideal`).
+    pub design: String,
     /// Current screen.
     pub view: View,
     /// Help overlay shown.
@@ -206,6 +255,7 @@ impl App {
             rates: Rates::default(),
             last: None,
             history: VecDeque::with_capacity(HISTORY),
+            design: FIRST_DESIGN.to_owned(),
             view: View::Main,
             help: false,
             sort: Column::Saving,
@@ -230,6 +280,47 @@ impl App {
             View::Detail(pid) => Some(pid),
             View::Main => None,
         }
+    }
+
+    /// Every design's outcome at the latest walk (empty before it).
+    #[must_use]
+    pub fn outcomes(&self) -> &[Outcome] {
+        self.frame
+            .as_ref()
+            .and_then(|f| f.walk.as_ref())
+            .map_or(&[], |w| w.designs.as_slice())
+    }
+
+    /// The designs the selector cycles through: the walk's, but today.
+    #[must_use]
+    pub fn design_names(&self) -> Vec<&str> {
+        let names: Vec<&str> = self
+            .outcomes()
+            .iter()
+            .map(|o| o.name.as_str())
+            .filter(|&n| n != "today")
+            .collect();
+        if names.is_empty() {
+            DEFAULT_DESIGNS.to_vec()
+        } else {
+            names
+        }
+    }
+
+    /// The selected design's bytes and saving for `pid` at the latest walk
+    /// (0 for a process the walk did not see; `None` without a walk or
+    /// when the walk has no such design).
+    #[must_use]
+    pub fn design_cell(&self, pid: u32) -> Option<DesignCell> {
+        let outcomes = self.outcomes();
+        let bytes = |o: &Outcome| o.processes.get(&pid).map_or(0, |h| h.bytes);
+        let today = outcomes.iter().find(|o| o.name == "today")?;
+        let design = outcomes.iter().find(|o| o.name == self.design)?;
+        let (today, bytes) = (bytes(today), bytes(design));
+        Some(DesignCell {
+            bytes,
+            saving: i128::from(today) - i128::from(bytes),
+        })
     }
 
     /// Processes shown: filtered, then sorted.
@@ -258,8 +349,8 @@ impl App {
                 Column::AnonVma => i128::from(p.live.anon_vma),
                 Column::Avc => i128::from(p.live.avc),
                 Column::Kb => i128::from(p.live_bytes(sizes)),
-                Column::LazyKb => i128::from(p.lazy_bytes(sizes).unwrap_or(0)),
-                Column::Saving => p.saving_bytes(sizes),
+                Column::DesignKb => self.design_cell(p.pid).map_or(0, |c| i128::from(c.bytes)),
+                Column::Saving => self.design_cell(p.pid).map_or(0, |c| c.saving),
             }
         };
         rows.sort_by(|a, b| {
@@ -331,6 +422,16 @@ impl App {
                 self.descending = self.sort != Column::Comm;
             }
             Action::SortReverse => self.descending = !self.descending,
+            Action::DesignNext => {
+                let names = self.design_names();
+                let next = names
+                    .iter()
+                    .position(|&n| n == self.design)
+                    .map_or(0, |i| (i + 1) % names.len());
+                if let Some(n) = names.get(next) {
+                    self.design = (*n).to_owned();
+                }
+            }
             Action::TogglePause => self.paused = !self.paused,
             Action::ToggleHelp => self.help = !self.help,
             Action::FilterStart => {
@@ -380,8 +481,8 @@ impl App {
             }
         }
         self.last = Some(now);
-        // One point per walk, at the time the walk ended: actual and lazy
-        // on the same basis.
+        // One point per walk, at the time the walk ended: actual and every
+        // design on the same basis (the walk).
         let walks = self
             .frame
             .as_ref()
@@ -395,8 +496,16 @@ impl App {
             if self.history.len() == HISTORY {
                 self.history.pop_front();
             }
-            self.history
-                .push_back((frame.uptime_s - w.age_s, kb(w.actual), kb(w.lazy)));
+            self.history.push_back(Point {
+                t: frame.uptime_s - w.age_s,
+                actual_kb: kb(w.actual),
+                designs: w
+                    .designs
+                    .iter()
+                    .filter(|o| o.name != "today")
+                    .map(|o| (o.name.clone(), o.system.bytes as f64 / 1024.0))
+                    .collect(),
+            });
         }
         self.frame = Some(frame);
     }
@@ -442,6 +551,7 @@ pub fn action_for(event: &Event, app: &App) -> Option<Action> {
         KeyCode::Char('s' | '>') => Action::SortNext,
         KeyCode::Char('<') => Action::SortPrev,
         KeyCode::Char('r') => Action::SortReverse,
+        KeyCode::Char('d') => Action::DesignNext,
         KeyCode::Char('p' | ' ') => Action::TogglePause,
         KeyCode::Char('?' | 'h') => Action::ToggleHelp,
         KeyCode::Char('/') => Action::FilterStart,

@@ -377,3 +377,109 @@ fn folded_exits_are_counted_in_the_process_table_title() {
     let screen = format!("{}", draw(&app, 160, 48).backend());
     assert!(screen.contains("; 1234 exited, folded) "), "{screen}");
 }
+
+/// The screen's line `y`.
+fn line(t: &Terminal<TestBackend>, y: u16) -> String {
+    let w = t.backend().buffer().area.width;
+    (0..w)
+        .map(|x| t.backend().buffer()[(x, y)].symbol())
+        .collect()
+}
+
+#[test]
+fn d_cycles_the_design_of_the_table_chart_and_header() {
+    let mut app = app_with_frames();
+    assert_eq!(
+        format!("{:?}", action_for(&key(KeyCode::Char('d')), &app)),
+        "Some(DesignNext)"
+    );
+    assert_eq!(app.design, "lazy");
+    app.update(Action::DesignNext);
+    assert_eq!(app.design, "cow_context");
+    insta::assert_snapshot!("main_cow_context_80x24", draw(&app, 80, 24).backend());
+
+    // Every row shows the design's bytes for its process and what it
+    // saves against today, as `design::shares` computes them.
+    let outcomes = app
+        .frame
+        .as_ref()
+        .unwrap()
+        .walk
+        .as_ref()
+        .unwrap()
+        .designs
+        .clone();
+    let t = draw(&app, 160, 48);
+    let screen = format!("{}", t.backend());
+    assert!(line(&t, 0).contains("design cow_context"), "{screen}");
+    assert!(screen.contains("━ cow_context"), "the chart: {screen}");
+    assert!(
+        screen.contains("▶ cow_context"),
+        "the designs panel: {screen}"
+    );
+    let header = (0..48)
+        .map(|y| line(&t, y))
+        .position(|l| l.contains("PID"))
+        .unwrap();
+    assert!(line(&t, header as u16).contains("cow KB"), "{screen}");
+    let rows = app.rows();
+    assert_eq!(rows.len(), 5);
+    let mut savings = Vec::new();
+    for (i, p) in rows.iter().enumerate() {
+        let shares = rmapwatch_engine::design::shares(&outcomes, p.pid);
+        let share = |n: &str| shares.iter().find(|s| s.name == n).unwrap().holding.bytes;
+        let (today, cow) = (share("today"), share("cow_context"));
+        let saving = i128::from(today) - i128::from(cow);
+        savings.push(saving);
+        let cells: Vec<String> = line(&t, header as u16 + 1 + i as u16)
+            .trim_matches('│')
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(cells[0], p.pid.to_string(), "{screen}");
+        assert_eq!(cells[6], format!("{:.1}", cow as f64 / 1024.0), "{screen}");
+        assert_eq!(
+            cells[7],
+            format!("{:.1}", saving as f64 / 1024.0),
+            "{screen}"
+        );
+    }
+    assert!(
+        savings.windows(2).all(|w| w[0] >= w[1]),
+        "sorted by the design's saving: {savings:?}"
+    );
+    assert_ne!(
+        savings,
+        vec![savings[0]; savings.len()],
+        "the processes differ under this design"
+    );
+
+    app.update(Action::DesignNext);
+    assert_eq!(app.design, "ideal");
+    assert!(format!("{}", draw(&app, 80, 24).backend()).contains("ideal KB"));
+    app.update(Action::DesignNext);
+    assert_eq!(app.design, "lazy", "the selector cycles");
+}
+
+#[test]
+fn the_chart_plots_the_selected_designs_history() {
+    let mut app = app_with_frames();
+    assert_eq!(app.history.len(), 5);
+    let last = app.history.back().unwrap();
+    let outcomes = app
+        .frame
+        .as_ref()
+        .unwrap()
+        .walk
+        .as_ref()
+        .unwrap()
+        .designs
+        .clone();
+    for o in outcomes.iter().filter(|o| o.name != "today") {
+        assert_eq!(last.kb(&o.name), Some(o.system.bytes as f64 / 1024.0));
+    }
+    assert_eq!(last.kb("today"), None, "today is the actual line");
+    app.update(Action::DesignNext);
+    let screen = format!("{}", draw(&app, 160, 48).backend());
+    assert!(screen.contains("━ actual ━ cow_context"), "{screen}");
+}

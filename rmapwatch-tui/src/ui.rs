@@ -11,7 +11,7 @@ use ratatui::{
 };
 use rmapwatch_common::site;
 
-use rmapwatch_engine::{hooks::HookMode, model::change_pct, view::Frame};
+use rmapwatch_engine::{design::Outcome, hooks::HookMode, model::change_pct, view::Frame};
 
 use super::state::{App, Column, View};
 
@@ -82,6 +82,7 @@ impl App {
         if self.paused {
             l1.push("  PAUSED".bold().yellow());
         }
+        l1.push(format!("  design {}", self.design).green());
         if let Some(source) = &self.source {
             l1.push(format!("  {source}").yellow());
         }
@@ -178,7 +179,9 @@ impl App {
                 "/".bold(),
                 " filter ".into(),
                 "s".bold(),
-                format!(" sort:{} ", self.sort.title()).into(),
+                format!(" sort:{} ", self.sort.title(&self.design)).into(),
+                "d".bold(),
+                " design ".into(),
                 "Enter".bold(),
                 " detail ".into(),
                 "p".bold(),
@@ -200,8 +203,14 @@ impl App {
 
     fn render_main(&self, area: Rect, buf: &mut Buffer) {
         let Some(f) = &self.frame else { return };
-        let [summary, rates, table] = Layout::vertical([
+        // The designs below the seed table: a title line and one line per
+        // design but today (nothing before the first walk).
+        let designs = f.walk.as_ref().map_or(0, |w| {
+            w.designs.iter().filter(|o| o.name != "today").count() + 1
+        });
+        let [summary, designs, rates, table] = Layout::vertical([
             Constraint::Length(6),
+            Constraint::Length(u16::try_from(designs).unwrap_or(u16::MAX)),
             Constraint::Length(3),
             Constraint::Min(3),
         ])
@@ -214,18 +223,30 @@ impl App {
         } else {
             render_seed_table(f, summary, buf);
         }
+        render_designs(self.outcomes(), &self.design, designs, buf);
         self.render_rates(rates, buf);
         self.render_processes(table, buf);
     }
 
+    /// Actual and the selected design at each walk.
     fn render_chart(&self, area: Rect, buf: &mut Buffer) {
-        let actual: Vec<(f64, f64)> = self.history.iter().map(|&(t, a, _)| (t, a)).collect();
-        let lazy: Vec<(f64, f64)> = self.history.iter().map(|&(t, _, l)| (t, l)).collect();
+        let actual: Vec<(f64, f64)> = self.history.iter().map(|p| (p.t, p.actual_kb)).collect();
+        let design: Vec<(f64, f64)> = self
+            .history
+            .iter()
+            .filter_map(|p| Some((p.t, p.kb(&self.design)?)))
+            .collect();
         let (t0, t1) = match (self.history.front(), self.history.back()) {
-            (Some(a), Some(b)) => (a.0, b.0.max(a.0 + 1.0)),
+            (Some(a), Some(b)) => (a.t, b.t.max(a.t + 1.0)),
             _ => (0.0, 1.0),
         };
-        let ymax = self.history.iter().map(|&(_, a, _)| a).fold(1.0, f64::max) * 1.1;
+        // A design may hold more than today (LAZY's vm_area_struct growth).
+        let ymax = actual
+            .iter()
+            .chain(&design)
+            .map(|&(_, kb)| kb)
+            .fold(1.0, f64::max)
+            * 1.1;
         let chart = Chart::new(vec![
             Dataset::default()
                 .name("actual")
@@ -234,11 +255,11 @@ impl App {
                 .style(Style::new().fg(Color::Red))
                 .data(&actual),
             Dataset::default()
-                .name("lazy")
+                .name(self.design.clone())
                 .marker(Marker::Braille)
                 .graph_type(GraphType::Line)
                 .style(Style::new().fg(Color::Green))
-                .data(&lazy),
+                .data(&design),
         ])
         // The legend and the units in the title: the chart is four rows
         // high, too few for ratatui's legend box and axis titles.
@@ -249,7 +270,7 @@ impl App {
                     " KB at each walk: ".into(),
                     "━ actual".red(),
                     " ".into(),
-                    "━ lazy".green(),
+                    format!("━ {}", self.design).green(),
                     " (x: uptime) ".into(),
                 ])),
         )
@@ -316,7 +337,7 @@ impl App {
             0
         };
         let header = Row::new(Column::ALL.iter().map(|c| {
-            let mut t = c.title().to_owned();
+            let mut t = c.title(&self.design);
             if *c == self.sort {
                 t.push(if self.descending { '▼' } else { '▲' });
             }
@@ -329,7 +350,9 @@ impl App {
             .skip(offset)
             .take(inner_h)
             .map(|(i, p)| {
-                let saving = p.saving_bytes(sizes);
+                // The selected design's numbers, for the rows shown only.
+                let design = self.design_cell(p.pid);
+                let saving = design.map_or(0, |d| d.saving);
                 let cells = vec![
                     Cell::from(p.pid.to_string()),
                     Cell::from(p.comm.clone()),
@@ -337,7 +360,7 @@ impl App {
                     Cell::from(p.live.anon_vma.to_string()),
                     Cell::from(p.live.avc.to_string()),
                     Cell::from(kb(p.live_bytes(sizes))),
-                    Cell::from(p.lazy_bytes(sizes).map_or_else(|| "-".into(), kb)),
+                    Cell::from(design.map_or_else(|| "-".into(), |d| kb(d.bytes))),
                     Cell::from(format!("{:.1}", saving as f64 / 1024.0)).style(if saving > 0 {
                         Style::new().fg(Color::Green)
                     } else {
@@ -482,6 +505,57 @@ impl App {
     }
 }
 
+/// Every design but today at the latest walk, one line each: KB, change in
+/// bytes against today, objects by type; the selected one marked.
+fn render_designs(outcomes: &[Outcome], selected: &str, area: Rect, buf: &mut Buffer) {
+    if area.height == 0 {
+        return;
+    }
+    let today = outcomes
+        .iter()
+        .find(|o| o.name == "today")
+        .map_or(0, |o| o.system.bytes);
+    let rows = outcomes.iter().filter(|o| o.name != "today").map(|o| {
+        // The types it holds (all of them, at 0, when it holds none): the
+        // line fits 80 columns; `report` lists every type.
+        let held = o.system.objects.values().any(|&n| n > 0);
+        let objects: Vec<String> = o
+            .system
+            .objects
+            .iter()
+            .filter(|&(_, &n)| n > 0 || !held)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let mark = if o.name == selected { "▶ " } else { "  " };
+        let row = Row::new(vec![
+            Cell::from(format!("{mark}{}", o.name)),
+            Cell::from(format!("{} KB", kb(o.system.bytes))),
+            Cell::from(pct(o.change_vs_today.map(|c| c * 100.0)))
+                .style(Style::new().fg(Color::Green)),
+            Cell::from(objects.join(", ")),
+        ]);
+        if o.name == selected {
+            row.style(Style::new().add_modifier(Modifier::BOLD))
+        } else {
+            row
+        }
+    });
+    Table::new(
+        rows,
+        [
+            Constraint::Length(13),
+            Constraint::Length(10),
+            Constraint::Length(8),
+            Constraint::Min(10),
+        ],
+    )
+    .block(Block::default().borders(Borders::TOP).title(format!(
+        " designs at the walk: KB, change vs today's {} KB, objects (d selects) ",
+        kb(today)
+    )))
+    .render(area, buf);
+}
+
 /// Actual and lazy on one basis, the latest walk (what the model saw);
 /// the events' live counts beside it.
 fn render_seed_table(f: &Frame, area: Rect, buf: &mut Buffer) {
@@ -565,10 +639,13 @@ fn render_help(area: Rect, buf: &mut Buffer) {
         "Esc          back            /          filter by pid or name",
         "s or >       next sort col   <          previous sort column",
         "r            reverse sort    p / space  pause the display",
-        "?            this help       q, Ctrl-C  quit",
+        "d            next design     ?          this help",
+        "q, Ctrl-C    quit",
         "",
         "Lazy = what ANON_VMA_LAZY would hold (docs/lazy-model.md).",
-        "Actual, lazy, change, saving: at the latest walk;",
+        "d picks the design of the process table's design KB and",
+        "saving columns and of the chart: lazy, cow_context, ideal.",
+        "Actual, lazy, designs, change, saving: at the latest walk;",
         "live now and the table's anon_vma/AVC/KB: events, now.",
     ];
     let w = 64.min(area.width);

@@ -14,7 +14,10 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::{Registry, Unit},
 };
-use rmapwatch_engine::report::{LazyBlock, LiveBlock, ProcessReport, Report};
+use rmapwatch_engine::{
+    design::Holding,
+    report::{LazyBlock, LiveBlock, ProcessReport, Report},
+};
 
 /// The exporter's state at a scrape, besides the report.
 #[derive(Clone, Debug, Default)]
@@ -129,6 +132,34 @@ fn live_and_lazy(
             l.anon_vma_chain.bytes,
         );
     }
+}
+
+/// What the designs' families say of every design, and of every type it
+/// holds.
+const DESIGNS_HELP: &str = "today (the anon_vma and AVC objects the kernel holds, as the walk saw \
+     them), lazy (ANON_VMA_LAZY), cow_context (the COW context redesign), ideal (a lower bound: \
+     one rmap object per VMA mapping an anonymous page another mapping maps too); each design's \
+     own types (anon_vma, anon_vma_chain; cow_context, remap_entry, offset_array, maple_node; \
+     rmap_vma). As of the latest walk; report --json's designs[] gives each one's rules, options \
+     and blind spots.";
+
+/// Adds `h`'s objects by type and its bytes under `labels` plus
+/// `design` and `type`.
+fn design_series(
+    labels: &Labels,
+    design: &str,
+    h: &Holding,
+    objects: &mut Vec<(Labels, f64)>,
+    bytes: &mut Vec<(Labels, f64)>,
+) {
+    let mut l = labels.clone();
+    l.push(("design", design.to_owned()));
+    for (t, n) in &h.objects {
+        let mut lt = l.clone();
+        lt.push(("type", t.clone()));
+        objects.push((lt, *n as f64));
+    }
+    bytes.push((l, h.bytes as f64));
 }
 
 /// A process's footprint: the bytes of the objects it owns now.
@@ -388,6 +419,27 @@ fn encode_report(enc: &mut DescriptorEncoder<'_>, r: &Report, top: usize) -> std
             &saved,
         )?;
     }
+    // Every design at the latest walk.
+    let mut objects: Vec<(Labels, f64)> = Vec::new();
+    let mut bytes: Vec<(Labels, f64)> = Vec::new();
+    for d in &r.designs {
+        design_series(&Vec::new(), &d.name, &d.system, &mut objects, &mut bytes);
+    }
+    gauge(
+        enc,
+        "rmapwatch_design_objects",
+        &format!("Objects each design would hold system-wide, by design and type: {DESIGNS_HELP}"),
+        None,
+        &objects,
+    )?;
+    gauge(
+        enc,
+        "rmapwatch_design",
+        "Bytes each design would hold system-wide: its objects in this kernel's slab and kmalloc \
+         slots, plus what it adds elsewhere (LAZY's vm_area_struct growth).",
+        Some(Unit::Bytes),
+        &bytes,
+    )?;
     if let Some(c) = &r.cost {
         counter(
             enc,
@@ -490,6 +542,20 @@ fn encode_report(enc: &mut DescriptorEncoder<'_>, r: &Report, top: usize) -> std
         };
         live_and_lazy(&p.live, p.lazy.as_ref(), &mut add);
     }
+    let mut design_objects: Vec<(Labels, f64)> = Vec::new();
+    let mut design_bytes: Vec<(Labels, f64)> = Vec::new();
+    for p in &top {
+        let l = vec![("pid", p.pid.to_string()), ("comm", p.comm.clone())];
+        for d in &p.designs {
+            design_series(
+                &l,
+                &d.name,
+                &d.holding,
+                &mut design_objects,
+                &mut design_bytes,
+            );
+        }
+    }
     gauge(
         enc,
         "rmapwatch_process_objects",
@@ -504,6 +570,23 @@ fn encode_report(enc: &mut DescriptorEncoder<'_>, r: &Report, top: usize) -> std
         "Bytes of those objects.",
         Some(Unit::Bytes),
         &bytes,
+    )?;
+    gauge(
+        enc,
+        "rmapwatch_process_design_objects",
+        &format!(
+            "Objects each design would hold for a process (0 for one the walk did not see), for \
+             the top processes by footprint only (--top): {DESIGNS_HELP}"
+        ),
+        None,
+        &design_objects,
+    )?;
+    gauge(
+        enc,
+        "rmapwatch_process_design",
+        "Bytes each design would hold for a process, for the top processes by footprint only.",
+        Some(Unit::Bytes),
+        &design_bytes,
     )?;
     gauge(
         enc,
@@ -772,6 +855,174 @@ mod tests {
             assert!(text.contains("basis=\"snapshot\""), "{text}");
             assert_eq!(f == Format::OpenMetrics, text.ends_with("# EOF\n"), "{f:?}");
         }
+    }
+
+    /// The report with designs: system-wide and for its first process,
+    /// numbers chosen to be told apart.
+    fn report_with_designs() -> Report {
+        use rmapwatch_engine::design::{self, Outcome};
+        let mut r = report();
+        let holding = |objects: &[(&str, u64)], bytes: u64| Holding {
+            objects: objects.iter().map(|&(k, n)| (k.to_owned(), n)).collect(),
+            bytes,
+        };
+        let outcome = |name: &str, system: Holding, pid: u32, process: Holding| Outcome {
+            name: name.to_owned(),
+            system,
+            processes: [(pid, process)].into_iter().collect(),
+            ..Outcome::default()
+        };
+        let pid = r.processes[0].pid;
+        r.designs = vec![
+            outcome(
+                "today",
+                holding(&[("anon_vma", 10), ("anon_vma_chain", 14)], 1936),
+                pid,
+                holding(&[("anon_vma", 3), ("anon_vma_chain", 5)], 632),
+            ),
+            outcome(
+                "lazy",
+                holding(&[("anon_vma", 4), ("anon_vma_chain", 8)], 928),
+                pid,
+                holding(&[("anon_vma", 1), ("anon_vma_chain", 2)], 232),
+            ),
+            outcome(
+                "cow_context",
+                holding(
+                    &[
+                        ("cow_context", 3),
+                        ("maple_node", 1),
+                        ("offset_array", 2),
+                        ("remap_entry", 7),
+                    ],
+                    1171,
+                ),
+                pid,
+                holding(
+                    &[
+                        ("cow_context", 1),
+                        ("maple_node", 0),
+                        ("offset_array", 0),
+                        ("remap_entry", 2),
+                    ],
+                    177,
+                ),
+            ),
+            outcome(
+                "ideal",
+                holding(&[("rmap_vma", 6)], 384),
+                pid,
+                Holding::default(),
+            ),
+        ];
+        r.processes[0].designs = design::shares(&r.designs, pid);
+        r
+    }
+
+    /// The value of the series `name{labels}` in `text` (labels as
+    /// written, in order).
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn both_formats_carry_every_design_system_wide_and_per_process() {
+        let r = Arc::new(report_with_designs());
+        let p = &r.processes[0];
+        let (pid, comm) = (p.pid, p.comm.clone());
+        for f in [Format::OpenMetrics, Format::Prometheus] {
+            let text = encode(
+                Some(r.clone()),
+                Exporter {
+                    up: true,
+                    top: 20,
+                    ..Exporter::default()
+                },
+                f,
+            )
+            .unwrap();
+            let v = |s: &str| value(&text, s);
+            assert_eq!(
+                v(r#"rmapwatch_design_objects{design="cow_context",type="remap_entry"}"#),
+                Some(7.0),
+                "{f:?}:\n{text}"
+            );
+            assert_eq!(
+                v(r#"rmapwatch_design_objects{design="today",type="anon_vma_chain"}"#),
+                Some(14.0),
+                "{f:?}"
+            );
+            assert_eq!(
+                v(r#"rmapwatch_design_objects{design="ideal",type="rmap_vma"}"#),
+                Some(6.0),
+                "{f:?}"
+            );
+            for (d, b) in [
+                ("today", 1936.0),
+                ("lazy", 928.0),
+                ("cow_context", 1171.0),
+                ("ideal", 384.0),
+            ] {
+                assert_eq!(
+                    v(&format!(r#"rmapwatch_design_bytes{{design="{d}"}}"#)),
+                    Some(b),
+                    "{f:?}: {d}\n{text}"
+                );
+            }
+            let proc = |name: &str, rest: &str| {
+                v(&format!(
+                    r#"{name}{{pid="{pid}",comm="{comm}",design={rest}}}"#
+                ))
+            };
+            assert_eq!(
+                proc("rmapwatch_process_design_bytes", r#""cow_context""#),
+                Some(177.0),
+                "{f:?}:\n{text}"
+            );
+            assert_eq!(
+                proc("rmapwatch_process_design_bytes", r#""today""#),
+                Some(632.0),
+                "{f:?}"
+            );
+            assert_eq!(
+                proc(
+                    "rmapwatch_process_design_objects",
+                    r#""lazy",type="anon_vma_chain""#
+                ),
+                Some(2.0),
+                "{f:?}"
+            );
+            // A design that holds nothing for the process: its types at 0.
+            assert_eq!(
+                proc("rmapwatch_process_design_bytes", r#""ideal""#),
+                Some(0.0),
+                "{f:?}"
+            );
+            assert!(
+                text.contains("# HELP rmapwatch_design_objects Objects each design would hold"),
+                "{f:?}:\n{text}"
+            );
+            assert!(
+                text.contains("# HELP rmapwatch_design_bytes Bytes each design would hold"),
+                "{f:?}:\n{text}"
+            );
+        }
+        // Before a walk: no design series.
+        let mut none = report_with_designs();
+        none.designs.clear();
+        for p in &mut none.processes {
+            p.designs.clear();
+        }
+        let text = encode(
+            Some(Arc::new(none)),
+            Exporter::default(),
+            Format::Prometheus,
+        )
+        .unwrap();
+        assert!(!text.contains("rmapwatch_design_bytes{"), "{text}");
+        assert!(!text.contains("rmapwatch_process_design_bytes{"), "{text}");
     }
 
     #[test]

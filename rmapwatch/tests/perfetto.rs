@@ -143,7 +143,9 @@ fn parse(d: &Value) -> Decoded {
         } else {
             let key = (t["parent"].as_u64(), t["name"].as_str().unwrap().to_owned());
             assert!(by_name.insert(key, uuid).is_none(), "one track per name");
-            if t["name"] != "rmapwatch" {
+            if t["name"].as_str().unwrap().starts_with("design ") {
+                assert_eq!(t["counter_unit"], 3, "UNIT_SIZE_BYTES: {t}");
+            } else if t["name"] != "rmapwatch" {
                 assert_eq!(t["counter_unit"], 2, "UNIT_COUNT: {t}");
             }
         }
@@ -223,6 +225,30 @@ fn check(f: &Path, trace: &Path, top: usize) -> (usize, usize) {
             );
         }
     }
+
+    // A bytes counter per design, system-wide: the report's designs at
+    // every frame, none before the first walk; uuids 32 + its place.
+    for (i, name) in ["today", "lazy", "cow_context", "ideal"].iter().enumerate() {
+        let uuid = d.by_name[&(None, format!("design {name} bytes (system)"))];
+        assert_eq!(uuid, 32 + i as u64, "{what}: {name}'s uuid");
+        for r in &reports {
+            let want = r
+                .designs
+                .iter()
+                .find(|o| o.name == *name)
+                .map(|o| i64::try_from(o.system.bytes).unwrap());
+            assert_eq!(
+                value_at(d.counters.get(&uuid), d.base + r.t_ns),
+                want,
+                "{what}: design {name} at t_ns {}",
+                r.t_ns
+            );
+        }
+    }
+    assert!(
+        last.designs.len() == 4 && last.designs.iter().any(|o| o.system.bytes > 0),
+        "{what}: the designs of the last report"
+    );
 
     // The processes: the `top` largest peak live footprints (bytes).
     let mut peak: BTreeMap<u32, u64> = BTreeMap::new();
