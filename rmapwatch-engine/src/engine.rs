@@ -596,6 +596,7 @@ impl Engine {
                         facts,
                         vmas: walked.counts.vmas,
                         vmas_by_process: &walked.vmas_by_process(),
+                        counts: walked.counts,
                         seeding,
                     })
                 },

@@ -154,6 +154,11 @@ pub struct Facts {
     /// maple tree nodes, kmalloc buckets).
     #[serde(default)]
     pub slots: Slots,
+    /// How walks read pagemap for the ideal: `off`, `whole`, or a budget
+    /// per walk such as `200 ms` (empty: not said, as in older
+    /// recordings).
+    #[serde(default)]
+    pub pagemap: String,
 }
 
 #[cfg(test)]

@@ -907,6 +907,14 @@ impl Report {
                         .collect();
                     let _ = writeln!(s, "  pinned: {}", named.join("; "));
                 }
+                if let Some(c) = d.coverage {
+                    let _ = writeln!(
+                        s,
+                        "  pagemap: {} of {} faulted VMAs read in {:.1} ms ({} past the time \
+                         budget, {} unreadable)",
+                        c.read, c.needed, c.ms, c.skipped, c.failed
+                    );
+                }
                 let _ = writeln!(
                     s,
                     "  blind spots: {} (report --json: designs[].blind_spots)",

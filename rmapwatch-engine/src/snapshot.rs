@@ -72,6 +72,16 @@ pub enum PagemapRead {
     Within(std::time::Duration),
 }
 
+impl std::fmt::Display for PagemapRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Off => f.write_str("off"),
+            Self::Whole => f.write_str("whole"),
+            Self::Within(d) => write!(f, "{} ms", d.as_millis()),
+        }
+    }
+}
+
 impl Vma {
     /// Whether the VMA's own anon_vma is a root.
     #[must_use]

@@ -144,6 +144,7 @@ impl Live {
             source: "live".into(),
             slab: kernel.slab.clone(),
             slots: kernel.slots.clone(),
+            pagemap: opts.pagemap.to_string(),
         };
         Ok(Self {
             probes,

@@ -10,6 +10,7 @@ use ratatui::{
     },
 };
 use rmapwatch_common::site;
+use std::fmt::Write as _;
 
 use rmapwatch_engine::{design::Outcome, hooks::HookMode, model::change_pct, view::Frame};
 
@@ -223,7 +224,13 @@ impl App {
         } else {
             render_seed_table(f, summary, buf);
         }
-        render_designs(self.outcomes(), &self.design, designs, buf);
+        render_designs(
+            self.outcomes(),
+            &self.design,
+            &f.facts.pagemap,
+            designs,
+            buf,
+        );
         self.render_rates(rates, buf);
         self.render_processes(table, buf);
     }
@@ -507,7 +514,13 @@ impl App {
 
 /// Every design but today at the latest walk, one line each: KB, change in
 /// bytes against today, objects by type; the selected one marked.
-fn render_designs(outcomes: &[Outcome], selected: &str, area: Rect, buf: &mut Buffer) {
+fn render_designs(
+    outcomes: &[Outcome],
+    selected: &str,
+    pagemap: &str,
+    area: Rect,
+    buf: &mut Buffer,
+) {
     if area.height == 0 {
         return;
     }
@@ -526,13 +539,29 @@ fn render_designs(outcomes: &[Outcome], selected: &str, area: Rect, buf: &mut Bu
             .filter(|&(_, &n)| n > 0 || !held)
             .map(|(k, n)| format!("{k} {n}"))
             .collect();
+        let mut objects = objects.join(", ");
+        // The ideal's reading, within the walk's pagemap budget.
+        if let Some(c) = o.coverage {
+            let _ = write!(
+                objects,
+                " · pagemap {}/{} VMAs {:.0} ms{}",
+                c.read,
+                c.needed,
+                c.ms,
+                if pagemap.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (budget {pagemap})")
+                }
+            );
+        }
         let mark = if o.name == selected { "▶ " } else { "  " };
         let row = Row::new(vec![
             Cell::from(format!("{mark}{}", o.name)),
             Cell::from(format!("{} KB", kb(o.system.bytes))),
             Cell::from(pct(o.change_vs_today.map(|c| c * 100.0)))
                 .style(Style::new().fg(Color::Green)),
-            Cell::from(objects.join(", ")),
+            Cell::from(objects),
         ]);
         if o.name == selected {
             row.style(Style::new().add_modifier(Modifier::BOLD))

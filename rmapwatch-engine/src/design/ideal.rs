@@ -74,7 +74,10 @@ impl Design for Ideal {
             })
             .collect();
         system.objects.entry("rmap_vma".into()).or_default();
-        let c = self.coverage;
+        let mut c = self.coverage;
+        c.skipped = w.counts.pagemap_skipped;
+        c.failed = w.counts.pagemap_failed;
+        c.ms = (w.counts.pagemap_ns as f64 / 1e4).round() / 100.0;
         let mut blind_spots = vec![
             "swapped-out and migrating pages are not present in pagemap: a VMA sharing \
              only such pages is not counted"
@@ -85,12 +88,26 @@ impl Design for Ideal {
         ];
         if c.read < c.needed {
             blind_spots.push(format!(
-                "{} of {} faulted VMAs were not read (time budget, process gone, or a \
-                 recording without pagemap facts): they count as needing nothing",
+                "{} of {} faulted VMAs were not read ({} past the time budget ({}), {} \
+                 unreadable, the rest without pagemap facts: not read, or a recording \
+                 before stream 1.2): they count as needing nothing",
                 c.needed - c.read,
-                c.needed
+                c.needed,
+                c.skipped,
+                if w.facts.pagemap.is_empty() {
+                    "unknown"
+                } else {
+                    &w.facts.pagemap
+                },
+                c.failed
             ));
         }
+        blind_spots.push(
+            "the shared zero page (an anonymous page only read, never written) is \
+             present and not exclusive: a VMA holding only such pages counts as \
+             sharing (its frame number would tell it, which needs CAP_SYS_ADMIN)"
+                .to_owned(),
+        );
         Outcome {
             name: self.name().into(),
             system,

@@ -86,12 +86,21 @@ pub struct Pinned {
 pub const PINNERS_SHOWN: usize = 16;
 
 /// How much of the walk a design could see (the ideal's pagemap reads).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Coverage {
     /// VMAs the design needs a fact of.
     pub needed: u64,
     /// Of those, VMAs whose fact was read.
     pub read: u64,
+    /// VMAs left unread because the walk's time budget was spent.
+    #[serde(default)]
+    pub skipped: u64,
+    /// VMAs whose facts could not be read (the process gone, refused).
+    #[serde(default)]
+    pub failed: u64,
+    /// Milliseconds the reading took.
+    #[serde(default)]
+    pub ms: f64,
 }
 
 /// One design's result for a walk.
@@ -184,6 +193,8 @@ pub struct Walked<'a> {
     pub vmas: u64,
     /// VMAs walked per process.
     pub vmas_by_process: &'a BTreeMap<u32, u64>,
+    /// What the walk counted besides (pagemap's reads).
+    pub counts: crate::snapshot::WalkCounts,
     /// The first walk (the seeding one).
     pub seeding: bool,
 }
@@ -346,6 +357,7 @@ pub fn of_snapshot(
         facts,
         vmas: snap.vmas.len() as u64,
         vmas_by_process: &by_process,
+        counts: snap.counts,
         seeding: true,
     });
     (d, out)

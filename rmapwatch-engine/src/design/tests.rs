@@ -82,6 +82,7 @@ impl Bench {
             facts: &self.facts,
             vmas: vmas.len() as u64,
             vmas_by_process: &by_process,
+            counts: crate::snapshot::WalkCounts::default(),
             seeding: self.walks == 0,
         });
         self.walks += 1;
@@ -434,7 +435,8 @@ fn the_ideal_counts_vmas_sharing_an_anonymous_page() {
     let i = &o["ideal"];
     assert_eq!(i.system.count("rmap_vma"), 1);
     assert_eq!(i.system.bytes, 64, "the AVC slot by default");
-    assert_eq!(i.coverage, Some(Coverage { needed: 3, read: 2 }));
+    let c = i.coverage.unwrap();
+    assert_eq!((c.needed, c.read), (3, 2));
     assert!(i.blind_spots.iter().any(|s| s.contains("1 of 3")));
 }
 

@@ -100,6 +100,7 @@ mod imp {
             page_size: u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096),
             sizes: k.sizes,
             slots: k.slots.clone(),
+            pagemap: pagemap.to_string(),
             ..Facts::default()
         };
         Ok((s, facts))
