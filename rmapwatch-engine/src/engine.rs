@@ -32,6 +32,8 @@ use crate::{
 pub struct Options {
     /// The lazy model's options.
     pub model: ModelOptions,
+    /// The designs' options (their `lazy` is `model`).
+    pub designs: DesignOptions,
     /// Walk at every tick (the live view, `report --interval`); otherwise
     /// only to seed, re-seed, and at the end.
     pub walk_on_tick: bool,
@@ -57,9 +59,10 @@ impl Options {
     /// tick (a frame after it), at most [`WALK_BUDGET`] of the time
     /// walking.
     #[must_use]
-    pub fn dashboard(model: ModelOptions) -> Self {
+    pub fn dashboard(designs: DesignOptions) -> Self {
         Self {
-            model,
+            model: designs.lazy,
+            designs,
             walk_on_tick: true,
             walk_budget: Some(WALK_BUDGET),
             source_answers: true,
@@ -70,9 +73,10 @@ impl Options {
     /// A headless report of a live source: walks to seed, re-seed and
     /// end, and at every tick when `interim` reports are printed.
     #[must_use]
-    pub fn headless(model: ModelOptions, interim: bool) -> Self {
+    pub fn headless(designs: DesignOptions, interim: bool) -> Self {
         Self {
-            model,
+            model: designs.lazy,
+            designs,
             walk_on_tick: interim,
             walk_budget: None,
             source_answers: true,
@@ -83,9 +87,10 @@ impl Options {
     /// A recording's replay: its walks are the ones recorded; `view`: as
     /// the dashboard shows it (a tick's frame after the walk it had).
     #[must_use]
-    pub fn replay(model: ModelOptions, view: bool) -> Self {
+    pub fn replay(designs: DesignOptions, view: bool) -> Self {
         Self {
-            model,
+            model: designs.lazy,
+            designs,
             walk_on_tick: view,
             walk_budget: None,
             source_answers: false,
@@ -98,6 +103,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             model: ModelOptions::default(),
+            designs: DesignOptions::default(),
             walk_on_tick: true,
             walk_budget: None,
             source_answers: true,
@@ -234,7 +240,7 @@ impl Engine {
         Self {
             designs: Designs::new(DesignOptions {
                 lazy: opts.model,
-                ..DesignOptions::default()
+                ..opts.designs
             }),
             opts,
             order: Order::default(),

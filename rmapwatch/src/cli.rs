@@ -121,6 +121,15 @@ pub struct GlobalArgs {
     /// re-runs the model on the recorded walks.
     #[arg(long, global = true)]
     pub tree_parent_drops_chain: bool,
+    /// Set one of the designs' named options, NAME=VALUE (repeat for more):
+    /// the rules their sources do not settle, each with an inferred
+    /// default that every report lists beside the numbers resting on it.
+    /// Names: lazy_sticky_upgrades, cow_context_bytes,
+    /// maple_entries_per_node, fork_readd_arrays, infer_dead_at_seed,
+    /// ideal_object_bytes (docs/designs.md). A replay re-runs the designs
+    /// with them.
+    #[arg(long, value_name = "NAME=VALUE", global = true)]
+    pub design_option: Vec<String>,
     /// Live view: refresh interval in seconds (each refresh re-walks the VMAs).
     #[arg(short = 'd', long, value_name = "SECS", default_value = "1", value_parser = parse_secs, allow_negative_numbers = true, global = true)]
     pub delay: Duration,

@@ -24,7 +24,7 @@ mod version;
 
 use cli::{Cli, Command, SlabPathArg};
 use error::UsageError;
-use rmapwatch_engine::{hooks::SlabPath, model, snapshot::PagemapRead};
+use rmapwatch_engine::{design, hooks::SlabPath, model, snapshot::PagemapRead};
 use source::{InspectQuery, Pace, Spec, adb::AdbArgs, live::LiveArgs};
 
 fn main() -> ExitCode {
@@ -152,9 +152,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let spec = source_spec(&cli)?;
     let live = live_args(&cli.global, cli.command.as_ref());
     let g = cli.global;
-    let model = model::Options {
-        tree_parent_keeps_chain: !g.tree_parent_drops_chain,
+    let mut model = design::Options {
+        lazy: model::Options {
+            tree_parent_keeps_chain: !g.tree_parent_drops_chain,
+        },
+        ..design::Options::default()
     };
+    for o in &g.design_option {
+        model.set(o).map_err(UsageError)?;
+    }
     match cli.command {
         None | Some(Command::Replay(_)) => cmd::view::view(&spec, model, g.delay, &g.log_file),
         Some(Command::Report(a)) => cmd::report::report(

@@ -59,6 +59,14 @@ fn bad_values_are_usage_errors() {
             &["--probe-mode", "uprobe", "report"][..],
             "invalid value 'uprobe'",
         ),
+        (
+            &["--design-option", "maple_entries_per_node=0", "report"][..],
+            "maple_entries_per_node: \"0\" is not a number from 1 to 16",
+        ),
+        (
+            &["--design-option", "colour=blue", "report"][..],
+            "no such design option (names: lazy_sticky_upgrades,",
+        ),
     ] {
         let out = Command::new(RMAPWATCH).args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -251,3 +251,33 @@ fn record_refuses_to_overwrite_and_replay_needs_a_terminal() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("needs a terminal"), "{err}");
 }
+
+#[test]
+fn design_options_re_run_the_designs_on_the_recorded_walks() {
+    let f = &fixtures()[0];
+    let cow = |extra: &[&str]| {
+        let mut args = extra.to_vec();
+        args.extend(["report", "--from", path(f), "--json"]);
+        let out = rmapwatch(&args);
+        assert!(out.status.success(), "{out:?}");
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        r["designs"][2].clone()
+    };
+    let default = cow(&[]);
+    let big = cow(&["--design-option", "cow_context_bytes=200"]);
+    let contexts = default["objects"]["cow_context"].as_u64().unwrap();
+    assert!(contexts > 0, "{default}");
+    assert_eq!(big["objects"], default["objects"], "the same objects");
+    // A recording without kmalloc buckets: the next power of two, 128 B
+    // for 96 and 256 B for 200.
+    let bytes = |d: &serde_json::Value| d["bytes"].as_u64().unwrap();
+    assert_eq!(bytes(&big) - bytes(&default), contexts * (256 - 128));
+    assert!(
+        big["options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["name"] == "cow_context_bytes" && o["value"] == "200"),
+        "the report says which value the numbers rest on"
+    );
+}

@@ -239,6 +239,80 @@ impl Default for Options {
     }
 }
 
+/// The names [`Options::set`] takes, with what each sets.
+pub const OPTION_NAMES: [(&str, &str); 6] = [
+    (
+        "lazy_sticky_upgrades",
+        "true|false: an anon_vma a walk saw shared stays shared under LAZY",
+    ),
+    (
+        "cow_context_bytes",
+        "bytes: sizeof(struct cow_context) (96 in the PoC on 64-bit)",
+    ),
+    (
+        "maple_entries_per_node",
+        "1..=16: remap entries per 256 B maple node",
+    ),
+    (
+        "fork_readd_arrays",
+        "true|false: the PoC's fork turns a parent's one-offset entries into arrays",
+    ),
+    (
+        "infer_dead_at_seed",
+        "true|false: infer ancestors dead before the start from orphaned anon_vma trees",
+    ),
+    (
+        "ideal_object_bytes",
+        "bytes: the ideal's object (default: the AVC slot)",
+    ),
+];
+
+impl Options {
+    /// Sets one option from `NAME=VALUE` (`--design-option`).
+    ///
+    /// # Errors
+    /// An unknown name or a value out of its range, in one line.
+    pub fn set(&mut self, spec: &str) -> Result<(), String> {
+        let names = || {
+            OPTION_NAMES
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (name, value) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("{spec:?}: expected NAME=VALUE (names: {})", names()))?;
+        let flag = || match value {
+            "true" | "on" | "1" => Ok(true),
+            "false" | "off" | "0" => Ok(false),
+            _ => Err(format!("{name}: {value:?} is not true or false")),
+        };
+        let bytes = |lo: u32, hi: u32| {
+            value
+                .parse::<u32>()
+                .ok()
+                .filter(|v| (lo..=hi).contains(v))
+                .ok_or_else(|| format!("{name}: {value:?} is not a number from {lo} to {hi}"))
+        };
+        match name {
+            "lazy_sticky_upgrades" => self.lazy_sticky = flag()?,
+            "cow_context_bytes" => self.cow.context_bytes = bytes(1, 1 << 20)?,
+            "maple_entries_per_node" => self.cow.entries_per_node = bytes(1, 16)?,
+            "fork_readd_arrays" => self.cow.fork_readd_arrays = flag()?,
+            "infer_dead_at_seed" => self.cow.infer_dead_at_seed = flag()?,
+            "ideal_object_bytes" => self.ideal_object_bytes = Some(bytes(1, 1 << 20)?),
+            _ => {
+                return Err(format!(
+                    "{name:?}: no such design option (names: {})",
+                    names()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Every design, fed together.
 #[derive(Debug)]
 pub struct Designs {

@@ -509,3 +509,42 @@ fn every_design_names_its_rules_and_blind_spots_and_today_is_the_basis() {
     assert_eq!(o["lazy"].change_vs_today, Some(-1.0));
     assert_eq!(o["today"].system.bytes, 104 + 64);
 }
+
+#[test]
+fn design_options_are_set_by_name_and_bad_ones_say_why() {
+    let mut o = Options::default();
+    o.set("maple_entries_per_node=16").unwrap();
+    o.set("fork_readd_arrays=false").unwrap();
+    o.set("ideal_object_bytes=32").unwrap();
+    assert_eq!(o.cow.entries_per_node, 16);
+    assert!(!o.cow.fork_readd_arrays);
+    assert_eq!(o.ideal_object_bytes, Some(32));
+    for (bad, says) in [
+        ("maple_entries_per_node=0", "from 1 to 16"),
+        ("maple_entries_per_node=17", "from 1 to 16"),
+        ("fork_readd_arrays=maybe", "not true or false"),
+        ("no_such=1", "no such design option"),
+        ("cow_context_bytes", "expected NAME=VALUE"),
+    ] {
+        let e = o.set(bad).unwrap_err();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+    // Every name listed is one `set` takes.
+    for (name, _) in OPTION_NAMES {
+        let v = if name.ends_with("bytes") || name.ends_with("node") {
+            "8"
+        } else {
+            "true"
+        };
+        o.set(&format!("{name}={v}")).unwrap();
+    }
+    // And what is set shows in the outcome's options.
+    let mut b = Bench::with(o);
+    let out = b.walk(&[], &[(1, 0)]);
+    let cow = &out["cow_context"];
+    assert!(
+        cow.options
+            .iter()
+            .any(|x| x.name == "maple_entries_per_node" && x.value == "8")
+    );
+}

@@ -11,7 +11,7 @@ use crate::source::{InspectQuery, Inspected, Spec};
 /// # Errors
 /// The target cannot be inspected, loading fails, or the recording is
 /// unusable.
-pub fn inspect(spec: &Spec, model: model::Options, q: &InspectQuery<'_>) -> anyhow::Result<()> {
+pub fn inspect(spec: &Spec, model: design::Options, q: &InspectQuery<'_>) -> anyhow::Result<()> {
     let Inspected::Here {
         snap,
         pid,
@@ -21,15 +21,8 @@ pub fn inspect(spec: &Spec, model: model::Options, q: &InspectQuery<'_>) -> anyh
     else {
         return Ok(());
     };
-    let est = model::estimate(&snap, model);
-    let (designs, outcomes) = design::of_snapshot(
-        &snap,
-        &facts,
-        design::Options {
-            lazy: model,
-            ..design::Options::default()
-        },
-    );
+    let est = model::estimate(&snap, model.lazy);
+    let (designs, outcomes) = design::of_snapshot(&snap, &facts, model);
     let view = inspect::DesignView {
         designs: &designs,
         outcomes: &outcomes,

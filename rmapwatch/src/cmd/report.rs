@@ -4,7 +4,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use rmapwatch_engine::{engine, model};
+use rmapwatch_engine::{design, engine};
 
 use crate::{
     error::UsageError,
@@ -43,7 +43,7 @@ fn counting(duration: Option<Duration>) -> String {
 ///
 /// # Errors
 /// Loading, attaching, the source or the output fails.
-pub fn report(spec: &Spec, model: model::Options, o: &Opts) -> anyhow::Result<()> {
+pub fn report(spec: &Spec, model: design::Options, o: &Opts) -> anyhow::Result<()> {
     let replay = !spec.answers();
     let mut sink = ReportSink {
         json: o.json,
@@ -106,7 +106,7 @@ pub struct RecordOpts {
 /// # Errors
 /// The file exists (without `force`), loading or attaching fails, or
 /// writing fails.
-pub fn record(spec: &Spec, model: model::Options, r: &RecordOpts) -> anyhow::Result<()> {
+pub fn record(spec: &Spec, model: design::Options, r: &RecordOpts) -> anyhow::Result<()> {
     let path = r.path.as_path();
     if r.perfetto.as_deref() == Some(path) {
         anyhow::bail!(UsageError(
@@ -194,7 +194,7 @@ pub struct ExportOpts {
 /// The trace exists (without `force`) or cannot be written; the recording
 /// is not one (then no trace is left), or is damaged or truncated (then
 /// the trace holds what came before the damage).
-pub fn export(spec: &Spec, model: model::Options, o: &ExportOpts) -> anyhow::Result<()> {
+pub fn export(spec: &Spec, model: design::Options, o: &ExportOpts) -> anyhow::Result<()> {
     let Spec::Recording { path: from, .. } = spec else {
         anyhow::bail!(UsageError("export reads a recording: --from FILE".into()));
     };

@@ -14,7 +14,7 @@ use std::{
 use anyhow::Context as _;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, header};
-use rmapwatch_engine::{engine, model, report::Report};
+use rmapwatch_engine::{design, engine, report::Report};
 
 use crate::{
     error::UsageError,
@@ -215,7 +215,7 @@ fn spawn_server(listener: TcpListener, shared: Shared) -> anyhow::Result<()> {
 /// # Errors
 /// The address cannot be bound, or the source cannot be started the
 /// first time (later losses are served as stale and retried).
-pub fn serve(spec: &Spec, model: model::Options, o: &Opts) -> anyhow::Result<()> {
+pub fn serve(spec: &Spec, model: design::Options, o: &Opts) -> anyhow::Result<()> {
     let listener = bind(o.listen)?;
     let addr = listener.local_addr().unwrap_or(o.listen);
     if !addr.ip().is_loopback() {

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use rmapwatch_engine::{engine, model, text::printable};
+use rmapwatch_engine::{design, engine, text::printable};
 use rmapwatch_tui as tui;
 
 use crate::{
@@ -30,7 +30,7 @@ use crate::{
 /// recording, or the terminal fails.
 pub fn view(
     spec: &Spec,
-    model: model::Options,
+    model: design::Options,
     delay: Duration,
     log_path: &str,
 ) -> anyhow::Result<()> {
