@@ -460,28 +460,11 @@ impl Inspection {
         );
         if !self.designs.is_empty() {
             let _ = writeln!(s);
-            let _ = writeln!(
-                s,
-                "{:<12} | {:>10} | {:>8} | objects",
-                "Design", "KB", "Change"
-            );
-            for d in &self.designs {
-                let objects: Vec<String> = d
-                    .holding
-                    .objects
+            s.push_str(&design::table(
+                self.designs
                     .iter()
-                    .map(|(k, n)| format!("{k} {n}"))
-                    .collect();
-                let _ = writeln!(
-                    s,
-                    "{:<12} | {:>10.1} | {:>8} | {}",
-                    d.name,
-                    d.holding.bytes as f64 / 1024.0,
-                    d.change_vs_today
-                        .map_or_else(|| "-".to_owned(), |c| format!("{:+.1}%", c * 100.0)),
-                    objects.join(", ")
-                );
-            }
+                    .map(|d| (d.name.as_str(), &d.holding, d.change_vs_today)),
+            ));
         }
         let _ = writeln!(s);
         let _ = writeln!(

@@ -855,29 +855,11 @@ impl Report {
     /// `explain`: each design's rules, options and blind spots below.
     #[must_use]
     pub fn designs_table(&self, explain: bool) -> String {
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "{:<12} | {:>10} | {:>8} | objects",
-            "Design", "KB", "Change"
-        );
-        for d in &self.designs {
-            let objects: Vec<String> = d
-                .system
-                .objects
+        let mut s = design::table(
+            self.designs
                 .iter()
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
-            let _ = writeln!(
-                s,
-                "{:<12} | {:>10.1} | {:>8} | {}",
-                d.name,
-                d.system.bytes as f64 / 1024.0,
-                d.change_vs_today
-                    .map_or_else(|| "-".to_owned(), |c| format!("{:+.1}%", c * 100.0)),
-                objects.join(", ")
-            );
-        }
+                .map(|d| (d.name.as_str(), &d.system, d.change_vs_today)),
+        );
         if explain {
             for d in self.designs.iter().filter(|d| d.name != "today") {
                 let _ = writeln!(s, "{}:", d.name);

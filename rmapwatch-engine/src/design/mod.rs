@@ -437,6 +437,30 @@ pub fn of_snapshot(
     (d, out)
 }
 
+/// The text table of designs (`report`, `inspect`): Design | KB | Change |
+/// objects, a row per `(name, holding, change_vs_today)`.
+#[must_use]
+pub fn table<'a>(rows: impl IntoIterator<Item = (&'a str, &'a Holding, Option<f64>)>) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<12} | {:>10} | {:>8} | objects",
+        "Design", "KB", "Change"
+    );
+    for (name, h, change) in rows {
+        let objects: Vec<String> = h.objects.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let _ = writeln!(
+            s,
+            "{name:<12} | {:>10.1} | {:>8} | {}",
+            h.bytes as f64 / 1024.0,
+            change.map_or_else(|| "-".to_owned(), |c| format!("{:+.1}%", c * 100.0)),
+            objects.join(", ")
+        );
+    }
+    s
+}
+
 /// Each design's share of one process.
 #[must_use]
 pub fn shares(outcomes: &[Outcome], pid: u32) -> Vec<Share> {
