@@ -136,8 +136,9 @@ enum Cmd {
     /// baseline from the same run and the ratio (see BENCHMARKS.md).
     /// Installs the eBPF toolchain, bpftrace and adb.
     Bench {
-        /// One of render, pipeline, ingest, footprint, snapshot, replay,
-        /// record, idle, storms, adb (the --adb link), all (but adb).
+        /// One of render, pipeline, ingest, footprint, snapshot, designs,
+        /// pagemap, designs-render, replay, record, idle, storms, adb (the
+        /// --adb link), all (but adb).
         #[arg(default_value = "all")]
         which: String,
     },

@@ -14,6 +14,7 @@ use std::{
 };
 
 mod adb;
+mod designs;
 mod record;
 mod soak;
 mod stats;
@@ -457,6 +458,16 @@ fn main() -> ExitCode {
             "ingest" => bench_ingest(400),
             "footprint" => bench_footprint(),
             "snapshot" => bench_snapshot(5, 10_000, 9)?,
+            "designs" => designs::walk_cost(
+                arg_num(&args, "--vmas", 100_000) as u64,
+                arg_num(&args, "--rounds", 9),
+            ),
+            "pagemap" => designs::pagemap_cost(
+                arg_num(&args, "--gib", 1) as u64,
+                arg_num(&args, "--vmas", 1024) as u64,
+                arg_num(&args, "--rounds", 9),
+            )?,
+            "designs-render" => designs::render_cost(10_000, 50, arg_num(&args, "--rounds", 9)),
             "idle" => storm::idle(20)?,
             "adb" => adb::run(
                 arg_num(&args, "--secs", 20),
@@ -488,6 +499,9 @@ fn main() -> ExitCode {
                 bench_ingest(400);
                 bench_snapshot(5, 10_000, 9)?;
                 bench_footprint();
+                designs::walk_cost(100_000, 9);
+                designs::pagemap_cost(1, 1024, 9)?;
+                designs::render_cost(10_000, 50, 9);
                 record::replay(5_000_000, 5)?;
                 record::record(5, 2000)?;
                 storm::idle(20)?;
@@ -499,7 +513,7 @@ fn main() -> ExitCode {
             }
             other => anyhow::bail!(
                 "unknown benchmark {other}: \
-                 render|pipeline|ingest|footprint|snapshot|replay|record|idle|adb|storms|all"
+                 render|pipeline|ingest|footprint|snapshot|designs|pagemap|designs-render|replay|record|idle|adb|storms|all"
             ),
         }
         Ok(())
