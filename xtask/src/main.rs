@@ -22,6 +22,7 @@ mod btf;
 mod cmd;
 mod cpio;
 mod cycles;
+mod designs;
 mod fixtures;
 mod setup;
 mod vm;
@@ -142,6 +143,13 @@ enum Cmd {
         #[arg(default_value = "all")]
         which: String,
     },
+    /// Replay every recording at hand (the matrix guests', kept by vm-test
+    /// next to their serial logs, and this host's fixture) with the host's
+    /// rmapwatch and write docs/designs-table.md (between its markers):
+    /// per recording, today against LAZY, the COW context and the ideal as
+    /// the ANON_VMA_LAZY cover letter's two tables (system-wide; the
+    /// zygote tree's processes). Builds the static x86_64 rmapwatch.
+    DesignsTable,
     /// Print the import cycles among the modules of every workspace crate
     /// (`crate::`, `super::`, `self::` and child-module paths), or that
     /// there is none; exits 0 either way (`cargo xtask test` fails on them).
@@ -193,6 +201,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Test { no_lint } => test(&root, no_lint),
+        Cmd::DesignsTable => designs_table(&root),
         Cmd::VmTest {
             report,
             fixtures,
@@ -386,6 +395,31 @@ fn test(root: &Path, no_lint: bool) -> anyhow::Result<()> {
          fentry / kprobe / tracepoint, and a GKI-like boot per arch",
     );
     vm_test(root, false, false, &[], None)
+}
+
+/// Where `designs-table` writes its tables, between [`DESIGNS_MARKERS`].
+const DESIGNS_DOC: &str = "docs/designs-table.md";
+/// The markers around the generated block of [`DESIGNS_DOC`].
+const DESIGNS_MARKERS: (&str, &str) =
+    ("<!-- designs-table:start -->", "<!-- designs-table:end -->");
+
+/// Writes the designs' tables into [`DESIGNS_DOC`] (created with its
+/// markers when missing).
+fn designs_table(root: &Path) -> anyhow::Result<()> {
+    let host = build_static(root, &vm::ARCHES[0])?.join("rmapwatch");
+    let block = designs::generate(root, &host)?;
+    let doc = root.join(DESIGNS_DOC);
+    let text = std::fs::read_to_string(&doc).unwrap_or_else(|_| {
+        format!(
+            "# The designs on recorded machines\n\n{}\n{}\n",
+            DESIGNS_MARKERS.0, DESIGNS_MARKERS.1
+        )
+    });
+    let new = between_markers(&text, DESIGNS_MARKERS, &block)
+        .with_context(|| format!("{DESIGNS_DOC} has no designs-table markers"))?;
+    std::fs::write(&doc, new)?;
+    step(&format!("{DESIGNS_DOC} rewritten"));
+    Ok(())
 }
 
 /// Where `vm-test --report` writes the matrix, between [`MATRIX_MARKERS`].

@@ -642,7 +642,13 @@ pub fn recording(log: &str, kernel: &str, initrd: &Path, host_bin: &Path) -> Cel
             .collect::<Vec<_>>()
             .join(" ")
             .replace(" ready", "\nready");
-        std::fs::write(file("meta"), format!("{ready}\n")).map_err(|e| e.to_string())?;
+        // The zygote tree's lines, as the guest printed them (RMW-ZYG ...).
+        let zyg: String = log
+            .lines()
+            .filter(|l| l.starts_with("RMW-ZYG "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(file("meta"), format!("{ready}\n{zyg}")).map_err(|e| e.to_string())?;
         let out = Command::new(host_bin)
             .args(["report", "--from"])
             .arg(&rmw)
@@ -670,6 +676,7 @@ pub fn recording(log: &str, kernel: &str, initrd: &Path, host_bin: &Path) -> Cel
             r.events,
             r.model.as_ref().map_or(0, |m| m.snapshot.stats.taken)
         );
+        let _ = write!(detail, "; {}", zygote_designs(log, &r)?);
         // The fixtures, replayed in the guest.
         let mut replayed = Vec::new();
         for line in log.lines().filter_map(|l| l.strip_prefix("RMW-REPLAY ")) {
@@ -704,6 +711,104 @@ pub fn recording(log: &str, kernel: &str, initrd: &Path, host_bin: &Path) -> Cel
         result,
         detail,
     }
+}
+
+/// The designs block of the recording's last report, against the zygote
+/// tree (`rmw-workload --zygote`, its lines `RMW-ZYG ...`) recorded beside
+/// the workload: the four designs; under the COW context every process of
+/// the tree forked without exec (apps, helpers) has a context of its own
+/// and at least a remap entry per preloaded library (a private file
+/// mapping whose page 0 was written in the zygote); the ideal read every
+/// VMA it needs (`record` reads pagemap without a budget).
+fn zygote_designs(log: &str, r: &Report) -> Result<String, String> {
+    let names: Vec<&str> = r.designs.iter().map(|d| d.name.as_str()).collect();
+    if names != ["today", "lazy", "cow_context", "ideal"] {
+        return Err(format!("the report's designs: {names:?}"));
+    }
+    let zyg: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("RMW-ZYG "))
+        .collect();
+    let summary = zyg
+        .iter()
+        .find_map(|l| l.strip_prefix("zygote "))
+        .ok_or("no zygote tree in the guest's recording")?;
+    let field = |name: &str| -> Result<u64, String> {
+        let w: Vec<&str> = summary.split_whitespace().collect();
+        w.iter()
+            .position(|x| *x == name)
+            .and_then(|i| w.get(i + 1)?.parse().ok())
+            .ok_or(format!("no {name} in the zygote's line: {summary}"))
+    };
+    let libs = field("files")?;
+    // proc <pid> <ppid> <role> <exec> <name>
+    let forked: Vec<(u64, &str)> = zyg
+        .iter()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.first() == Some(&"proc") && w.len() >= 6 && w[4] == "0" && w[3] != "zygote")
+                .then(|| Some((w[1].parse().ok()?, w[5])))
+                .flatten()
+        })
+        .collect();
+    if forked.is_empty() {
+        return Err(format!(
+            "no app forked without exec in the zygote tree: {zyg:?}"
+        ));
+    }
+    let cow = |pid: u64| -> Result<(u64, u64), String> {
+        let p = find(r, pid).ok_or(format!("zygote tree process {pid} missing from the report"))?;
+        let s = p
+            .designs
+            .iter()
+            .find(|s| s.name == "cow_context")
+            .ok_or(format!("no cow_context design for {pid}"))?;
+        Ok((
+            s.holding.count("cow_context"),
+            s.holding.count("remap_entry"),
+        ))
+    };
+    let mut least = u64::MAX;
+    for &(pid, name) in &forked {
+        let (ctx, remap) = cow(pid)?;
+        if ctx != 1 || remap < libs {
+            return Err(format!(
+                "cow_context for {name} ({pid}): {ctx} contexts, {remap} remap entries; \
+                 want 1 and at least {libs} (one per library)"
+            ));
+        }
+        least = least.min(remap);
+    }
+    let ideal = r
+        .designs
+        .iter()
+        .find(|d| d.name == "ideal")
+        .and_then(|d| d.coverage)
+        .ok_or("the ideal has no coverage")?;
+    if ideal.read != ideal.needed {
+        return Err(format!(
+            "the ideal read {} of the {} VMAs it needs (record has no pagemap budget)",
+            ideal.read, ideal.needed
+        ));
+    }
+    let pct = |n: &str| {
+        r.designs
+            .iter()
+            .find(|d| d.name == n)
+            .and_then(|d| d.change_vs_today)
+            .map_or_else(|| "-".to_owned(), |c| format!("{:+.0}%", c * 100.0))
+    };
+    Ok(format!(
+        "designs today, lazy {}, cow_context {}, ideal {} (bytes vs today); zygote tree: {} \
+         processes forked without exec, each 1 COW context and >= {libs} remap entries \
+         (min {least}); ideal read {}/{} VMAs",
+        pct("lazy"),
+        pct("cow_context"),
+        pct("ideal"),
+        forked.len(),
+        ideal.read,
+        ideal.needed
+    ))
 }
 
 /// The name (without extension) of a guest's recording next to its

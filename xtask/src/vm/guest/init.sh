@@ -167,11 +167,25 @@ rmw-workload $RMW_WORKLOAD --hold < /tmp/hold2 > /tmp/w2.out &
 W=$!
 exec 4>/tmp/hold2
 while ! grep -q ready /tmp/w2.out 2>/dev/null; do sleep 0.1; done
+# Beside it, an Android-like tree (rmw-workload --zygote): the designs'
+# numbers for it are known by construction (checks::recording). Its lines
+# (proc, libs, heap, own, moved, zygote, ready) go to the host as RMW-ZYG.
+rm -f /tmp/hold4 /tmp/zg.out
+mkfifo /tmp/hold4
+rmw-workload --zygote --hold < /tmp/hold4 > /tmp/zg.out 2>/tmp/zg.err &
+G=$!
+exec 6>/tmp/hold4
+i=0
+while ! grep -q '^ready' /tmp/zg.out 2>/dev/null; do sleep 0.1; i=$((i+1)); [ $i -gt 600 ] && break; done
 sleep 1.5
 kill -INT "$R"; wait "$R"; RC=$?
 exec 4>&-
+exec 6>&-
 wait "$W"
+wait "$G"
 echo "RMW-REC rc=$RC $(grep -e regions -e ready /tmp/w2.out | tr '\n' ' ')"
+sed 's/^/RMW-ZYG /' /tmp/zg.out
+sed 's/^/RMW-ZYG-ERR /' /tmp/zg.err
 sed 's/^/RMW-REC-ERR /' /tmp/rec.err
 sed 's/^/RMW-REC-JSON /' /tmp/rec.json
 echo RMW-REC-B64-START
