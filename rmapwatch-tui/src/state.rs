@@ -353,16 +353,22 @@ impl App {
                 Column::Saving => self.design_cell(p.pid).map_or(0, |c| c.saving),
             }
         };
-        rows.sort_by(|a, b| {
-            let o = if self.sort == Column::Comm {
-                a.comm.cmp(&b.comm)
-            } else {
-                key(a).cmp(&key(b))
-            };
+        if self.sort == Column::Comm {
+            rows.sort_by(|a, b| {
+                let o = a.comm.cmp(&b.comm);
+                let o = if self.descending { o.reverse() } else { o };
+                o.then(a.pid.cmp(&b.pid))
+            });
+            return rows;
+        }
+        // Each row's key once (a design's is two map lookups), then sorted.
+        let mut keyed: Vec<(i128, &ProcRow)> = rows.into_iter().map(|p| (key(p), p)).collect();
+        keyed.sort_unstable_by(|(ka, a), (kb, b)| {
+            let o = ka.cmp(kb);
             let o = if self.descending { o.reverse() } else { o };
             o.then(a.pid.cmp(&b.pid))
         });
-        rows
+        keyed.into_iter().map(|(_, p)| p).collect()
     }
 
     /// Applies an action.

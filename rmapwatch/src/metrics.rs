@@ -156,7 +156,7 @@ fn design_series(
     l.push(("design", design.to_owned()));
     for (t, n) in &h.objects {
         let mut lt = l.clone();
-        lt.push(("type", t.clone()));
+        lt.push(("type", t.to_string()));
         objects.push((lt, *n as f64));
     }
     bytes.push((l, h.bytes as f64));
@@ -863,7 +863,10 @@ mod tests {
         use rmapwatch_engine::design::{self, Outcome};
         let mut r = report();
         let holding = |objects: &[(&str, u64)], bytes: u64| Holding {
-            objects: objects.iter().map(|&(k, n)| (k.to_owned(), n)).collect(),
+            objects: objects
+                .iter()
+                .map(|&(k, n)| (k.to_owned().into(), n))
+                .collect(),
             bytes,
         };
         let outcome = |name: &str, system: Holding, pid: u32, process: Holding| Outcome {

@@ -121,8 +121,8 @@ fn scope_table(h: &BTreeMap<&str, Holding>, slot: Option<(u64, u64)>, blind: &[&
     let mut kinds: Vec<String> = vec!["anon_vma".into(), "anon_vma_chain".into()];
     for d in DESIGNS {
         for k in h.get(d).map(|x| x.objects.keys()).into_iter().flatten() {
-            if !kinds.contains(k) {
-                kinds.push(k.clone());
+            if !kinds.iter().any(|x| x == k) {
+                kinds.push(k.to_string());
             }
         }
     }
@@ -168,7 +168,7 @@ fn scope_table(h: &BTreeMap<&str, Holding>, slot: Option<(u64, u64)>, blind: &[&
         row(
             &mut t,
             k,
-            &move |x: &Holding| x.objects.get(&k2).copied(),
+            &move |x: &Holding| x.objects.get(k2.as_str()).copied(),
             false,
         );
     }

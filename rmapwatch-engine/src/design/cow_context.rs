@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::{
     Design, Holding, ModelOption, Outcome, PINNERS_SHOWN, Pinned, VM_SHARED, Walked, kmalloc_slot,
 };
-use crate::{event::Event, facts::Facts, snapshot::Vma};
+use crate::{event::Event, facts::Facts, hash::FastMap, snapshot::Vma};
 
 /// `VM_MAYSHARE`.
 const VM_MAYSHARE: u64 = 0x80;
@@ -302,7 +302,9 @@ impl Groups {
 pub struct CowContext {
     opts: Options,
     lineage: Lineage,
-    procs: HashMap<u32, ProcWalk>,
+    procs: FastMap<u32, ProcWalk>,
+    /// The process whose VMAs are coming.
+    cur: Option<(u32, ProcWalk)>,
     no_pgoff: u64,
     shift: u32,
 }
@@ -314,9 +316,17 @@ impl CowContext {
         Self {
             opts,
             lineage: Lineage::default(),
-            procs: HashMap::new(),
+            procs: FastMap::default(),
+            cur: None,
             no_pgoff: 0,
             shift: 12,
+        }
+    }
+
+    /// Files the process being collected.
+    fn flush(&mut self) {
+        if let Some((t, p)) = self.cur.take() {
+            self.procs.insert(t, p);
         }
     }
 
@@ -434,11 +444,21 @@ impl Design for CowContext {
         self.shift = page_shift(facts);
         self.lineage.walk += 1;
         self.procs.clear();
+        self.cur = None;
         self.no_pgoff = 0;
     }
 
     fn vma(&mut self, v: &Vma) {
-        let p = self.procs.entry(v.tgid).or_default();
+        // A walk gives a process's VMAs one after the other: collect them
+        // apart and file them when the next process comes (no lookup per
+        // VMA).
+        if self.cur.as_ref().is_none_or(|(t, _)| *t != v.tgid) {
+            self.flush();
+            self.cur = Some((v.tgid, self.procs.remove(&v.tgid).unwrap_or_default()));
+        }
+        let Some((_, p)) = self.cur.as_mut() else {
+            return;
+        };
         if v.ppid != 0 {
             p.ppid = v.ppid;
         }
@@ -472,6 +492,7 @@ impl Design for CowContext {
     }
 
     fn end(&mut self, w: &Walked<'_>) -> Outcome {
+        self.flush();
         let inferred = self.reconcile(w);
         let ctx_slot = kmalloc_slot(w.facts, self.opts.context_bytes);
         let node_slot = u64::from(w.facts.slots.maple_node.unwrap_or(256));

@@ -12,6 +12,8 @@ use crate::{facts::Facts, snapshot::Vma};
 pub struct Ideal {
     bytes: Option<u32>,
     procs: BTreeMap<u32, u64>,
+    /// The process whose shared VMAs are being counted.
+    cur: Option<(u32, u64)>,
     coverage: Coverage,
     pages: (u64, u64),
 }
@@ -23,8 +25,15 @@ impl Ideal {
         Self {
             bytes,
             procs: BTreeMap::new(),
+            cur: None,
             coverage: Coverage::default(),
             pages: (0, 0),
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some((t, n)) = self.cur.take() {
+            *self.procs.entry(t).or_default() += n;
         }
     }
 
@@ -40,6 +49,7 @@ impl Design for Ideal {
 
     fn begin(&mut self, _facts: &Facts) {
         self.procs.clear();
+        self.cur = None;
         self.coverage = Coverage::default();
         self.pages = (0, 0);
     }
@@ -55,12 +65,20 @@ impl Design for Ideal {
             self.pages.0 += a.present;
             self.pages.1 += a.shared;
             if a.shared > 0 {
-                *self.procs.entry(v.tgid).or_default() += 1;
+                // A process's VMAs come together: one lookup per process.
+                match self.cur {
+                    Some((t, ref mut n)) if t == v.tgid => *n += 1,
+                    _ => {
+                        self.flush();
+                        self.cur = Some((v.tgid, 1));
+                    }
+                }
             }
         }
     }
 
     fn end(&mut self, w: &Walked<'_>) -> Outcome {
+        self.flush();
         let slot = self.slot(w.facts);
         let mut system = Holding::default();
         let processes = w

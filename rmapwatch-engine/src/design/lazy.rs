@@ -11,7 +11,7 @@ use super::{Design, Holding, ModelOption, Outcome, Walked, today};
 use crate::{
     event::Event,
     facts::Facts,
-    hash::FastSet,
+    hash::{FastMap, FastSet},
     model::{self, LazyState, Objects},
     snapshot::Vma,
 };
@@ -21,12 +21,13 @@ use crate::{
 pub struct Lazy {
     opts: model::Options,
     sticky_on: bool,
-    /// anon_vmas a walk saw with children, while they live.
-    sticky: FastSet<u64>,
+    /// anon_vmas a walk saw with children, while they live: the walk that
+    /// last saw a VMA hold each.
+    sticky: FastMap<u64, u64>,
+    /// Walks begun.
+    walk: u64,
     /// This walk: anon_vmas counted again by stickiness, objects added.
     counted: FastSet<u64>,
-    /// This walk: sticky anon_vmas still held by a VMA.
-    seen: FastSet<u64>,
     extra: BTreeMap<u32, Objects>,
     sticky_vmas: u64,
 }
@@ -38,9 +39,9 @@ impl Lazy {
         Self {
             opts,
             sticky_on: sticky,
-            sticky: FastSet::default(),
+            sticky: FastMap::default(),
+            walk: 0,
             counted: FastSet::default(),
-            seen: FastSet::default(),
             extra: BTreeMap::new(),
             sticky_vmas: 0,
         }
@@ -101,8 +102,8 @@ impl Design for Lazy {
     }
 
     fn begin(&mut self, _facts: &Facts) {
+        self.walk += 1;
         self.counted.clear();
-        self.seen.clear();
         self.extra.clear();
         self.sticky_vmas = 0;
     }
@@ -112,14 +113,13 @@ impl Design for Lazy {
             return;
         }
         if v.has_children() {
-            self.sticky.insert(v.anon_vma);
-            self.seen.insert(v.anon_vma);
+            self.sticky.insert(v.anon_vma, self.walk);
             return;
         }
-        if !self.sticky.contains(&v.anon_vma) {
-            return;
+        match self.sticky.get_mut(&v.anon_vma) {
+            Some(seen) => *seen = self.walk,
+            None => return,
         }
-        self.seen.insert(v.anon_vma);
         // Shared once, childless now: the snapshot says L or P, the series
         // keeps it R (its own anon_vma, every chain link).
         let verdict = model::verdict(v, self.opts);
@@ -137,8 +137,8 @@ impl Design for Lazy {
     fn end(&mut self, w: &Walked<'_>) -> Outcome {
         // An anon_vma no VMA holds any more (its free lost with events, or
         // held only in chains) is forgotten: its address may come back.
-        let seen = std::mem::take(&mut self.seen);
-        self.sticky.retain(|a| seen.contains(a));
+        let walk = self.walk;
+        self.sticky.retain(|_, seen| *seen == walk);
         let (growth, growth_why) = vma_growth(w.facts);
         let growth = growth.unwrap_or(0);
         let mut system = Holding::default();
@@ -234,7 +234,7 @@ impl Design for Lazy {
         let sticky = self.sticky_on
             && v.anon_vma != 0
             && verdict.state != LazyState::R
-            && self.sticky.contains(&v.anon_vma);
+            && self.sticky.contains_key(&v.anon_vma);
         let (o, state) = if sticky {
             (
                 Objects {

@@ -7,7 +7,7 @@
 //! Adding a design is one file and one line in [`Designs::new`].
 //!
 //! Sources and the rules each design follows: `docs/designs.md`.
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -26,8 +26,9 @@ pub const VM_GROWSDOWN: u64 = 0x100;
 /// Objects by type and what they take in this kernel's slots.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holding {
-    /// Objects by type (`anon_vma`, `cow_context`, ...).
-    pub objects: BTreeMap<String, u64>,
+    /// Objects by type (`anon_vma`, `cow_context`, ...): the designs' own
+    /// names are borrowed, not allocated per process.
+    pub objects: BTreeMap<Cow<'static, str>, u64>,
     /// Bytes: each object's slot on this kernel, plus what the design
     /// adds elsewhere (LAZY's `vm_area_struct` growth).
     pub bytes: u64,
@@ -36,8 +37,8 @@ pub struct Holding {
 impl Holding {
     /// Adds `n` objects of `kind` taking `slot` bytes each (a kind with
     /// none is listed at 0).
-    pub fn add(&mut self, kind: &str, n: u64, slot: u64) {
-        *self.objects.entry(kind.to_owned()).or_default() += n;
+    pub fn add(&mut self, kind: &'static str, n: u64, slot: u64) {
+        *self.objects.entry(Cow::Borrowed(kind)).or_default() += n;
         self.bytes += n * slot;
     }
 

@@ -167,6 +167,7 @@ fn one_walk(vmas: &[Vma], with_designs: Option<&mut Designs>) -> usize {
                         facts: &facts,
                         vmas: vmas.len() as u64,
                         vmas_by_process: &walked.vmas_by_process(),
+                        counts: walked.counts,
                         seeding: false,
                     })
                 });
@@ -183,20 +184,34 @@ fn one_walk(vmas: &[Vma], with_designs: Option<&mut Designs>) -> usize {
 pub fn walk_cost(total: u64, rounds: usize) {
     let vmas = fork_families(total);
     let mut designs = Designs::new(DesignOptions::default());
+    // LAZY's sticky upgrades (one lookup per shared anon_vma per walk)
+    // apart: the same designs without them.
+    let mut unsticky = Designs::new(DesignOptions {
+        lazy_sticky: false,
+        ..DesignOptions::default()
+    });
     // A first walk of each, discarded (the designs keep state across
     // walks, as in the engine: every measured walk is a refresh).
     one_walk(&vmas, None);
     one_walk(&vmas, Some(&mut designs));
-    let (mut base, mut with) = (Vec::new(), Vec::new());
+    one_walk(&vmas, Some(&mut unsticky));
+    let (mut base, mut with, mut without_sticky) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..rounds {
-        for first in [r % 2 == 0, r % 2 != 0] {
+        for k in 0..3 {
             let t = Instant::now();
-            if first {
-                std::hint::black_box(one_walk(&vmas, None));
-                base.push(t.elapsed().as_secs_f64() * 1e3);
-            } else {
-                std::hint::black_box(one_walk(&vmas, Some(&mut designs)));
-                with.push(t.elapsed().as_secs_f64() * 1e3);
+            match (r + k) % 3 {
+                0 => {
+                    std::hint::black_box(one_walk(&vmas, None));
+                    base.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                1 => {
+                    std::hint::black_box(one_walk(&vmas, Some(&mut designs)));
+                    with.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                _ => {
+                    std::hint::black_box(one_walk(&vmas, Some(&mut unsticky)));
+                    without_sticky.push(t.elapsed().as_secs_f64() * 1e3);
+                }
             }
         }
     }
@@ -206,10 +221,16 @@ pub fn walk_cost(total: u64, rounds: usize) {
         "designs: {} VMAs in {procs} processes (fork families of 6), {anon} with an anon_vma",
         vmas.len()
     );
-    let (b, w) = (stats(base), stats(with));
+    let (b, w, u) = (stats(base), stats(with), stats(without_sticky));
     line("designs: walk + model (baseline)", "ms", b);
     line("designs: walk + model + 4 designs", "ms", w);
+    line("designs: the same, LAZY not sticky", "ms", u);
     ratio("designs: with designs vs without", w.0, b.0);
+    ratio(
+        "designs: with designs, LAZY not sticky, vs without",
+        u.0,
+        b.0,
+    );
 }
 
 /// Writes `buf` whole to `fd` (the child's side: no allocation).
