@@ -22,7 +22,7 @@
 //!   option `fork_readd_arrays`). Entries go at munmap and exit.
 use std::collections::{BTreeMap, HashMap};
 
-use super::{
+use super::base::{
     Design, Holding, ModelOption, Outcome, PINNERS_SHOWN, Pinned, VM_SHARED, Walked, kmalloc_slot,
 };
 use crate::{event::Event, facts::Facts, hash::FastMap, snapshot::Vma};
@@ -79,7 +79,7 @@ pub fn remap(v: &Vma, page_shift: u32) -> Option<Remap> {
         return None;
     }
     if !v.file {
-        Some(if v.flags & super::VM_GROWSDOWN != 0 {
+        Some(if v.flags & super::base::VM_GROWSDOWN != 0 {
             Remap::Stack
         } else {
             Remap::MovedAnon

@@ -4,7 +4,7 @@
 //! after the walk. How far each real design is from what is needed at all.
 use std::collections::BTreeMap;
 
-use super::{Coverage, Design, Holding, ModelOption, Outcome, Walked};
+use super::base::{Coverage, Design, Holding, ModelOption, Outcome, Walked};
 use crate::{facts::Facts, snapshot::Vma};
 
 /// The ideal.

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 
 use rmapwatch_common::object;
 
-use super::{Design, Holding, ModelOption, Outcome, Walked, today};
+use super::{
+    base::{Design, Holding, ModelOption, Outcome, Walked},
+    today,
+};
 use crate::{
     event::Event,
     facts::Facts,

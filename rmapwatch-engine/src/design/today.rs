@@ -1,6 +1,6 @@
 //! Today: the anon_vma and AVC objects the kernel holds, as the walk saw
 //! them (each anon_vma charged to the first VMA holding it as its own).
-use super::{Design, Holding, Outcome, Walked};
+use super::base::{Design, Holding, Outcome, Walked};
 use crate::{facts::Facts, model::Objects, snapshot::Vma};
 
 /// The eager kernel.

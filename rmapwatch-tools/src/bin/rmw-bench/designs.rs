@@ -20,9 +20,8 @@ use rmapwatch_live::pagemap::Reader;
 use rmapwatch_tui::state::{Action, App, Update};
 
 use crate::{
-    seeded,
     stats::{line, ratio, stats},
-    synth::{facts, synthetic},
+    synth::{facts, seeded, synthetic},
 };
 
 /// `VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE`.

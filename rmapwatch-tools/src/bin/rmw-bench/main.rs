@@ -29,8 +29,7 @@ use rmapwatch_engine::{
     hooks::ProbeMode,
     input::Input,
     model::Options,
-    snapshot::{self, Snapshot},
-    walk,
+    snapshot, walk,
 };
 use rmapwatch_live::{
     kernel::{self, KernelFacts},
@@ -38,25 +37,10 @@ use rmapwatch_live::{
 };
 use rmapwatch_tui::state::{Action, App, Update};
 use stats::{line, ratio, stats};
-use synth::{Synth, facts, fork_storm_events, synthetic, walk_inputs};
+use synth::{Synth, facts, fork_storm_events, seeded, synthetic};
 
 fn rss_kib() -> u64 {
     vm_kib("VmRSS:")
-}
-
-/// An engine seeded by one walk of `snap`, at `t` seconds, then a tick.
-fn seeded(snap: &Snapshot, t: u64) -> Engine {
-    let mut e = Engine::new(engine::Options::default());
-    let s = 1_000_000_000;
-    e.apply(Input::Facts(Box::new(facts()))).expect("facts");
-    for i in walk_inputs(snap.vmas.iter().cloned(), t * s) {
-        e.apply(i).expect("walk");
-    }
-    e.apply(Input::Tick {
-        t: t * s + 2_000_000,
-    })
-    .expect("tick");
-    e
 }
 
 /// Render time with 10k processes against an empty dashboard.

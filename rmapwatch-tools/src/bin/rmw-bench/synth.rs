@@ -4,6 +4,7 @@
 //! storm's events.
 use rmapwatch_common::{object, site};
 use rmapwatch_engine::{
+    engine,
     event::Event,
     facts::{Facts, Sizes},
     hooks::HookStatus,
@@ -215,4 +216,19 @@ pub fn fork_storm_events(n: usize) -> Vec<Event> {
     }
     out.truncate(n);
     out
+}
+
+/// An engine seeded by one walk of `snap`, at `t` seconds, then a tick.
+pub fn seeded(snap: &Snapshot, t: u64) -> engine::Engine {
+    let mut e = engine::Engine::new(engine::Options::default());
+    let s = 1_000_000_000;
+    e.apply(Input::Facts(Box::new(facts()))).expect("facts");
+    for i in walk_inputs(snap.vmas.iter().cloned(), t * s) {
+        e.apply(i).expect("walk");
+    }
+    e.apply(Input::Tick {
+        t: t * s + 2_000_000,
+    })
+    .expect("tick");
+    e
 }
