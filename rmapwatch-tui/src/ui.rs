@@ -83,7 +83,6 @@ impl App {
         if self.paused {
             l1.push("  PAUSED".bold().yellow());
         }
-        l1.push(format!("  design {}", self.design).green());
         if let Some(source) = &self.source {
             l1.push(format!("  {source}").yellow());
         }
@@ -108,6 +107,9 @@ impl App {
                 l1.push(format!(" {} recursion misses", c.recursion_misses).red());
             }
         }
+        // Last: a narrow screen may cut it; the designs' panel marks the
+        // selected design too (a remote's link, before it, must be seen).
+        l1.push(format!("  design {}", self.design).green());
         let dropped = match f.dropped {
             Some(0) => Span::raw("dropped 0"),
             Some(n) => Span::styled(
