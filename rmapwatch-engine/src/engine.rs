@@ -13,7 +13,7 @@ use rmapwatch_common::hook;
 pub use crate::account::Retention;
 use crate::{
     account::{Accounting, Comparison, RmapVmas, StateSize, WalkKind},
-    design::{Designs, Options as DesignOptions, Outcome, Walked as DesignWalk},
+    design::{Designs, Options as DesignOptions, Outcome},
     facts::Facts,
     hash::FastMap,
     hooks::HookMode,
@@ -588,24 +588,7 @@ impl Engine {
             let (walked, outcomes) = w.digest.finish_with(
                 counts,
                 |ptr, tgid, kind| acct.walk_object(ptr, tgid, kind),
-                |walked, owner| {
-                    let procs = walked
-                        .procs
-                        .iter()
-                        .map(|(&p, i)| (p, i.comm.clone()))
-                        .collect();
-                    designs.end(&DesignWalk {
-                        estimate: &walked.estimate,
-                        procs: &procs,
-                        parents: &parents,
-                        owner,
-                        facts,
-                        vmas: walked.counts.vmas,
-                        vmas_by_process: &walked.vmas_by_process(),
-                        counts: walked.counts,
-                        seeding,
-                    })
-                },
+                |walked, owner| designs.end_walk(walked, owner, facts, &parents, seeding),
             );
             let comparison = self.acct.end_walk().unwrap_or_default();
             if comparison.reconciled {

@@ -181,6 +181,34 @@ impl Designs {
         out
     }
 
+    /// The end of a digested walk (`walk::Digest::finish_with`): every
+    /// design's outcome, from the walk's estimate, processes and counts.
+    pub fn end_walk(
+        &mut self,
+        walked: &crate::walk::Walked,
+        owner: &dyn Fn(u64) -> Option<(u32, bool)>,
+        facts: &Facts,
+        parents: &BTreeMap<u32, u32>,
+        seeding: bool,
+    ) -> Vec<Outcome> {
+        let procs = walked
+            .procs
+            .iter()
+            .map(|(&p, i)| (p, i.comm.clone()))
+            .collect();
+        self.end(&Walked {
+            estimate: &walked.estimate,
+            procs: &procs,
+            parents,
+            owner,
+            facts,
+            vmas: walked.counts.vmas,
+            vmas_by_process: &walked.vmas_by_process(),
+            counts: walked.counts,
+            seeding,
+        })
+    }
+
     /// One VMA under every design (`inspect`).
     #[must_use]
     pub fn verdicts(&self, v: &Vma, facts: &Facts) -> Vec<(Share, String)> {

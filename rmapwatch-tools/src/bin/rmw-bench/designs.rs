@@ -11,7 +11,7 @@ use std::{
 
 use ratatui::{Terminal, backend::TestBackend};
 use rmapwatch_engine::{
-    design::{Designs, Options as DesignOptions, Walked as DesignWalk},
+    design::{Designs, Options as DesignOptions},
     model::Options,
     snapshot::{AnonPages, PagemapRead, Vma, WalkCounts},
     walk::Digest,
@@ -151,25 +151,14 @@ fn one_walk(vmas: &[Vma], with_designs: Option<&mut Designs>) -> usize {
                 }
             }
             let parents: BTreeMap<u32, u32> = parents.into_iter().collect();
-            let (w, out) =
-                digest.finish_with(WalkCounts::default(), &mut count, |walked, owner| {
-                    let procs = walked
-                        .procs
-                        .iter()
-                        .map(|(&p, i)| (p, i.comm.clone()))
-                        .collect();
-                    designs.end(&DesignWalk {
-                        estimate: &walked.estimate,
-                        procs: &procs,
-                        parents: &parents,
-                        owner,
-                        facts: &facts,
-                        vmas: vmas.len() as u64,
-                        vmas_by_process: &walked.vmas_by_process(),
-                        counts: walked.counts,
-                        seeding: false,
-                    })
-                });
+            // The walk's VMAs as the source counts them (LAZY's growth rule).
+            let counts = WalkCounts {
+                vmas: vmas.len() as u64,
+                ..WalkCounts::default()
+            };
+            let (w, out) = digest.finish_with(counts, &mut count, |walked, owner| {
+                designs.end_walk(walked, owner, &facts, &parents, false)
+            });
             w.procs.len() + out.len()
         }
     };
