@@ -108,17 +108,41 @@ impl KernelBtf {
             .unwrap_or(rmapwatch_common::ABSENT)
     }
 
+    /// Anonymous structs and unions nest a few levels deep in real kernels
+    /// (`struct page` has 4) and hold a few hundred members in all; a deeper
+    /// chain or a larger search is a cycle or a blow-up in a damaged BTF.
+    const MAX_ANONYMOUS_DEPTH: u32 = 16;
+    const MAX_MEMBERS_SEARCHED: u32 = 100_000;
+
     fn find_member_bits(&self, s: &btf_rs::Struct, member: &str, base: u32) -> Option<u32> {
+        let mut budget = Self::MAX_MEMBERS_SEARCHED;
+        self.find_member_bits_within(s, member, base, 0, &mut budget)
+    }
+
+    fn find_member_bits_within(
+        &self,
+        s: &btf_rs::Struct,
+        member: &str,
+        base: u32,
+        depth: u32,
+        budget: &mut u32,
+    ) -> Option<u32> {
+        if depth > Self::MAX_ANONYMOUS_DEPTH {
+            return None;
+        }
         for m in &s.members {
+            *budget = budget.checked_sub(1)?;
             let name = self.btf.resolve_name(m).unwrap_or_default();
+            let bits = base.checked_add(m.bit_offset())?;
             if name == member {
-                return Some(base + m.bit_offset());
+                return Some(bits);
             }
             if name.is_empty()
                 && let Some(inner) = self.aggregate_of(m)
-                && let Some(bits) = self.find_member_bits(&inner, member, base + m.bit_offset())
+                && let Some(found) =
+                    self.find_member_bits_within(&inner, member, bits, depth + 1, budget)
             {
-                return Some(bits);
+                return Some(found);
             }
         }
         None
