@@ -1,6 +1,6 @@
 //! A snapshot of every process's VMAs, anon_vmas and AVC chains, decoded
 //! from the `iter/task_vma` records. Pure data: no aya, no I/O.
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use rmapwatch_common::{COMM_LEN, SnapAvc, SnapVma, snap};
 
@@ -208,14 +208,22 @@ pub fn decode_passes(
 /// and nothing of the stream is kept beyond a partial record, so memory
 /// does not grow with the number of VMAs. Threads and CLONE_VM siblings
 /// are deduplicated by mm and charged to the first tgid seen with it.
+///
+/// An mm is not always walked whole in one visit: `iter/task_vma` lets go
+/// of the task between two reads and looks its tid up again, and a leader
+/// that exited alone meanwhile (no mm) is skipped: the iterator goes on to
+/// the next tids, and the process's surviving thread walks the mm again
+/// from its first VMA. So a visit of an mm walked already hands on the
+/// VMAs above the highest one handed on (the iterator gives a task's VMAs
+/// in address order), not nothing.
 #[derive(Debug, Default)]
 pub struct Decoder {
     counts: WalkCounts,
     // The iterator walks one task's VMAs one after the other: decide once
-    // per visit (a change of tgid or mm) whether the mm was walked already
-    // (a thread with its own files table, or a CLONE_VM sibling).
-    walked: HashSet<u64>,
-    visit: Option<(u32, u64, bool)>, // (tgid, mm, keep)
+    // per visit (a change of tgid or mm) whether it is the mm's first.
+    // mm -> the highest `vm_end` handed on (0 for none yet).
+    walked: HashMap<u64, u64>,
+    visit: Option<(u32, u64, bool)>, // (tgid, mm, the mm's first visit)
     owner_of: HashMap<u64, u32>,
     // The VMA being assembled: its AVC records come first.
     cur: Vma,
@@ -322,15 +330,35 @@ impl Decoder {
         if (self.cur.chain.len() as u64) < u64::from(r.chain_len) {
             self.counts.short_chains += 1;
         }
-        let keep = match self.visit {
-            Some((tgid, mm, keep)) if tgid == r.tgid && mm == r.mm => keep,
+        let first = match self.visit {
+            Some((tgid, mm, first)) if tgid == r.tgid && mm == r.mm => first,
             _ => {
-                let keep = r.mm != 0 && self.walked.insert(r.mm);
-                self.visit = Some((r.tgid, r.mm, keep));
-                keep
+                let first = r.mm != 0 && !self.walked.contains_key(&r.mm);
+                self.visit = Some((r.tgid, r.mm, first));
+                first
             }
         };
+        let mark = self.walked.get(&r.mm).copied();
+        let keep = r.mm != 0
+            && if first {
+                // Every VMA of the mm's first visit, but one below what it
+                // handed on: the iterator walking the mm again from its
+                // first VMA with no other task's visit in between (the
+                // leader gone between two reads, its thread next).
+                !(r.start < r.end && mark.is_some_and(|m| r.start < m))
+            } else {
+                // A thread with its own files table walks it all again:
+                // the thread of a leader gone between two reads walks on
+                // past what the leader's visit gave. Another process on the
+                // same mm address (a CLONE_VM sibling, or a new process
+                // whose mm reuses a dead one's address during the walk)
+                // is not walked on: its VMAs are not the first owner's.
+                self.owner_of.get(&r.mm) == Some(&r.tgid)
+                    && mark.is_some_and(|m| r.start >= m && r.end > m)
+            };
         if keep {
+            let m = self.walked.entry(r.mm).or_insert(0);
+            *m = (*m).max(r.end);
             self.counts.vmas += 1;
             self.counts.truncated_chains += u64::from(r.chain_truncated != 0);
             let chain = std::mem::take(&mut self.cur.chain);
@@ -499,7 +527,7 @@ impl Snapshot {
     #[cfg(test)]
     #[must_use]
     pub fn actual_objects(&self) -> (u64, u64) {
-        let mut avs: HashSet<u64> = HashSet::new();
+        let mut avs: std::collections::HashSet<u64> = std::collections::HashSet::new();
         let mut avcs = 0u64;
         for v in &self.vmas {
             if v.anon_vma != 0 {
@@ -592,6 +620,93 @@ pub(crate) mod tests {
         assert_eq!(s.counts.short_chains, 1);
         assert_eq!(s.procs.len(), 1);
         assert_eq!(s.actual_objects(), (2, 2));
+    }
+
+    /// A VMA record at `start` (one page), as the kernel writes it.
+    fn vma_at(tgid: u32, mm: u64, start: u64, av: u64, chain: u32) -> Vec<u8> {
+        bytes_of(&SnapVma {
+            kind: snap::VMA,
+            tgid,
+            mm,
+            vma: 0xffff_0000_0000 + start,
+            start,
+            end: start + 0x1000,
+            anon_vma: av,
+            av_root: av,
+            av_num_children: 1,
+            chain_len: chain,
+            ..SnapVma::default()
+        })
+    }
+
+    #[test]
+    fn a_leader_that_exits_between_reads_is_walked_on_through_its_thread() {
+        // `iter/task_vma` drops the task between two reads of the
+        // iterator and finds it again by tid. A leader that exited alone
+        // in between (`pthread_exit` from main) has no mm any more: the
+        // iterator goes on to the next tids (its children), then to the
+        // surviving thread (its files no longer the leader's), which walks
+        // the same mm again from its first VMA. Seen before the fix: that
+        // visit was dropped as a thread's duplicate, and the VMAs above
+        // the cut were missing from the walk.
+        let mm = 0x1000;
+        // Process 10's VMAs from the first, each with its anon_vma's AVC.
+        let visit = |b: &mut Vec<u8>, starts: &[u64]| {
+            for (i, &start) in starts.iter().enumerate() {
+                let av = 0x100 + i as u64;
+                b.extend(avc(10, 0xffff_0000_0000 + start, 0x500 + i as u64, av));
+                b.extend(vma_at(10, mm, start, av, 1));
+            }
+        };
+        let mut b = Vec::new();
+        visit(&mut b, &[0x10_000, 0x20_000]);
+        // (the cut) a child's visit
+        b.extend(avc(11, 0xffff_0000_0000 + 0x10_000, 0x900, 0x400));
+        b.extend(vma_at(11, 0x2000, 0x10_000, 0x400, 1));
+        // the thread, on the leader's mm, from the first VMA
+        visit(&mut b, &[0x10_000, 0x20_000, 0x30_000, 0x40_000]);
+        let s = Snapshot::parse(&b).unwrap();
+        let seen: Vec<(u32, u64)> = s.vmas.iter().map(|v| (v.tgid, v.start)).collect();
+        assert_eq!(
+            seen,
+            [
+                (10, 0x10_000),
+                (10, 0x20_000),
+                (11, 0x10_000),
+                (10, 0x30_000),
+                (10, 0x40_000)
+            ]
+        );
+        assert_eq!(s.counts.duplicate_vmas, 2);
+        assert_eq!(s.actual_objects(), (5, 5));
+        // Without a child in between: the same visit as far as the records
+        // tell, walked again from its first VMA; each VMA still once.
+        let mut b = Vec::new();
+        for start in [0x10_000u64, 0x20_000, 0x10_000, 0x20_000, 0x30_000] {
+            b.extend(vma_at(10, mm, start, 0, 0));
+        }
+        let s = Snapshot::parse(&b).unwrap();
+        let seen: Vec<u64> = s.vmas.iter().map(|v| v.start).collect();
+        assert_eq!(seen, [0x10_000, 0x20_000, 0x30_000]);
+        assert_eq!(s.counts.duplicate_vmas, 2);
+    }
+
+    #[test]
+    fn another_process_on_a_walked_mm_address_is_not_walked_on() {
+        // Process 10 is walked and exits; process 30 gets an mm at the
+        // same address during the walk (or is a CLONE_VM sibling of 10):
+        // none of its VMAs is 10's, not even those above 10's last.
+        let mm = 0x1000;
+        let mut b = Vec::new();
+        b.extend(vma_at(10, mm, 0x10_000, 0, 0));
+        b.extend(vma_at(20, 0x2000, 0x10_000, 0, 0));
+        for start in [0x10_000u64, 0x50_000] {
+            b.extend(vma_at(30, mm, start, 0, 0));
+        }
+        let s = Snapshot::parse(&b).unwrap();
+        let seen: Vec<(u32, u64)> = s.vmas.iter().map(|v| (v.tgid, v.start)).collect();
+        assert_eq!(seen, [(10, 0x10_000), (20, 0x10_000)]);
+        assert_eq!(s.counts.duplicate_vmas, 2);
     }
 
     #[test]
