@@ -7,7 +7,7 @@
 
 /// Version of this ABI (the records below): recorded in streams, so that a
 /// recording says which programs measured it. Bumped on any change.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 7;
 
 /// Kernel objects that rmapwatch counts.
 pub mod object {
@@ -87,8 +87,20 @@ pub mod stat {
     /// Fork-family syscall entries that found the fork window's map
     /// (`FORKING`) full: that fork's `anon_vma_clone` AVCs go to the parent.
     pub const FORK_WINDOW_FULL: u32 = WALK_TORN + 1;
+    /// anon_vmas not tracked for lock contention because `LOCKS` was full:
+    /// waits on their rwsem are not seen.
+    pub const LOCKS_FULL: u32 = FORK_WINDOW_FULL + 1;
+    /// anon_vma rwsem waits not measured because `WAITING` (threads
+    /// waiting now) was full.
+    pub const LOCK_WAITING_FULL: u32 = LOCKS_FULL + 1;
+    /// anon_vma rwsem waits dropped because the lock's anon_vma was freed
+    /// (and perhaps its address reused) between the wait's begin and end.
+    pub const LOCK_REUSED: u32 = LOCK_WAITING_FULL + 1;
+    /// Function-hook entry/exit pairs whose entry was not seen (attached
+    /// mid-call, or `TIMING` full): not timed.
+    pub const TIMING_UNPAIRED: u32 = LOCK_REUSED + 1;
     /// Length of the array.
-    pub const COUNT: u32 = FORK_WINDOW_FULL + 1;
+    pub const COUNT: u32 = TIMING_UNPAIRED + 1;
 }
 
 /// Kernel-side log records (aya-log) of rare conditions: how often each
@@ -118,6 +130,70 @@ pub mod kind {
     pub const EXEC: u32 = 4;
     /// A thread-group leader exited (`sched_process_exit`).
     pub const EXIT: u32 = 5;
+    /// A wait on a tracked anon_vma's rwsem ended (`lock:contention_end`,
+    /// or the rwsem slow path's return): `ptr` the anon_vma whose rwsem
+    /// it is, `flags` the [`super::lock`] flags, `tid`/`tgid` the waiter,
+    /// [`super::Event::times`] (wait ns, begin ktime ns).
+    pub const LOCK_WAIT: u32 = 6;
+    /// A fork-family syscall returned in the parent (tracepoint mode):
+    /// `child_tid` its return value (the child's id; threads included),
+    /// [`super::Event::times`] (syscall ns, entry ktime ns).
+    pub const FORK_TIME: u32 = 7;
+    /// `dup_mmap` returned (function hooks): [`super::Event::times`]
+    /// (ns in `dup_mmap`, ns of it in `anon_vma_fork`/`anon_vma_clone`),
+    /// `child_tid` the calls to those two inside it; `tid`/`tgid` the
+    /// forking thread (its `sched_process_fork` follows).
+    pub const FORK_WORK: u32 = 8;
+    /// `rmap_walk_anon` (or `rmap_walk_anon_lock`) was entered (function
+    /// hooks): `ptr` the folio's anon_vma, [`super::Event::times`]
+    /// (the walk's `rmap_one` function address, 0).
+    pub const RMAP_WALK: u32 = 9;
+}
+
+/// Lock contention: the `flags` of `lock:contention_begin` (LCB_F_*), and
+/// the maps' sizes.
+pub mod lock {
+    /// A spinning waiter.
+    pub const SPIN: u32 = 1 << 0;
+    /// A reader (`down_read`).
+    pub const READ: u32 = 1 << 1;
+    /// A writer (`down_write`).
+    pub const WRITE: u32 = 1 << 2;
+    /// A real-time (rtmutex-based) lock.
+    pub const RT: u32 = 1 << 3;
+    /// A per-CPU rwsem.
+    pub const PERCPU: u32 = 1 << 4;
+    /// A mutex.
+    pub const MUTEX: u32 = 1 << 5;
+
+    /// Whether a `contention_begin` with these flags can be an anon_vma
+    /// rwsem's (a reader or a writer, not a spinlock, a mutex or a per-CPU
+    /// rwsem): only those cost a hash lookup. An RT kernel's rwsem is an
+    /// rtmutex (`RT`): it is looked up.
+    #[inline(always)]
+    #[must_use]
+    pub const fn maybe_rwsem(flags: u32) -> bool {
+        flags & (READ | WRITE) != 0 && flags & (SPIN | PERCPU | MUTEX) == 0
+    }
+    /// Entries of `LOCKS` (tracked anon_vma rwsems): one per live anon_vma.
+    pub const TRACKED: u32 = 1 << 17;
+    /// Entries of `WAITING` (threads waiting on a tracked rwsem now).
+    pub const WAITING: u32 = 8192;
+    /// The generation user space gives the anon_vmas it seeds from a walk
+    /// (the kernel gives an allocation its ktime, never this small).
+    pub const SEEDED: u64 = 1;
+    /// A wait's flag: the rwsem's owner at the begin was inside a fork
+    /// (between the fork system call's entry and the child's creation, the
+    /// path that runs `dup_mmap`, `anon_vma_fork`).
+    pub const HOLDER_FORKING: u32 = 1 << 16;
+    /// A wait's flag: the rwsem was reader-owned at the begin; its owner
+    /// field names the last reader only.
+    pub const HOLDER_READERS: u32 = 1 << 17;
+    /// Low bits of `rw_semaphore.owner` that are flags, not the task
+    /// pointer (`RWSEM_READER_OWNED`, `RWSEM_NONSPINNABLE`; 5.x had a third).
+    pub const OWNER_FLAGS: u64 = 7;
+    /// `RWSEM_READER_OWNED`.
+    pub const OWNER_READER: u64 = 1;
 }
 
 /// Bits of [`Event::flags`].
@@ -183,6 +259,32 @@ pub struct Event {
     pub comm: [u8; COMM_LEN],
 }
 
+impl Event {
+    /// The two 64-bit values of a timing record ([`kind::LOCK_WAIT`],
+    /// [`kind::FORK_TIME`], [`kind::FORK_WORK`], [`kind::RMAP_WALK`]),
+    /// carried in `comm` (little-endian), which those kinds do not use.
+    #[must_use]
+    pub fn times(&self) -> (u64, u64) {
+        let c = &self.comm;
+        (
+            u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
+            u64::from_le_bytes([c[8], c[9], c[10], c[11], c[12], c[13], c[14], c[15]]),
+        )
+    }
+
+    /// Sets [`Event::times`].
+    #[inline(always)]
+    pub fn set_times(&mut self, a: u64, b: u64) {
+        let (a, b) = (a.to_le_bytes(), b.to_le_bytes());
+        let mut i = 0;
+        while i < 8 {
+            self.comm[i] = a[i];
+            self.comm[8 + i] = b[i];
+            i += 1;
+        }
+    }
+}
+
 /// Most text ranges of call sites the probes look at.
 pub const MAX_SITE_RANGES: usize = 16;
 
@@ -231,6 +333,30 @@ pub struct Config {
     /// Wake user space once this many bytes wait in the ring buffer (an
     /// eighth of it); below that the programs submit without a wakeup.
     pub wake_bytes: u64,
+    /// What the time programs read.
+    pub time: TimeLayout,
+}
+
+/// Offsets and switches of the time programs (lock contention, fork work,
+/// rmap walks), from the running kernel's BTF and tracefs formats.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimeLayout {
+    /// `offsetof(struct anon_vma, rwsem)`, or [`ABSENT`] (BTF without it:
+    /// no lock tracking).
+    pub anon_vma_rwsem: u32,
+    /// `offsetof(struct folio, mapping)` (`struct page` before folios), or
+    /// [`ABSENT`].
+    pub folio_mapping: u32,
+    /// `offsetof(struct rmap_walk_control, rmap_one)`, or [`ABSENT`].
+    pub rwc_rmap_one: u32,
+    /// Offset of `ret` in the `syscalls:sys_exit_*` records.
+    pub syscall_ret: u32,
+    /// `offsetof(struct rw_semaphore, owner)`, or [`ABSENT`] (PREEMPT_RT's
+    /// rwsems have none): the holder of a contended anon_vma rwsem.
+    pub rwsem_owner: u32,
+    /// Zero.
+    pub _pad: u32,
 }
 
 /// What the third argument of a slab tracepoint is ([`ArgLayout`]).
@@ -457,6 +583,133 @@ impl Config {
     }
 }
 
+/// Value of the `WAITING` map: a thread waiting on a tracked rwsem.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LockWait {
+    /// The rwsem's address.
+    pub lock: u64,
+    /// The tracked anon_vma's generation (`LOCKS`'s value) at the begin.
+    pub generation: u64,
+    /// ktime at the begin.
+    pub start: u64,
+    /// [`lock`] flags, with [`lock::HOLDER_FORKING`] and
+    /// [`lock::HOLDER_READERS`].
+    pub flags: u32,
+    /// The thread id of the rwsem's owner at the begin (a reader-owned
+    /// one's last reader), 0 unknown.
+    pub holder: u32,
+}
+
+/// What a `contention_end` on `lock` means for a thread's recorded wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitEnd {
+    /// Another lock's end (a spinlock taken inside the rwsem's slow path):
+    /// the wait goes on.
+    Other,
+    /// The wait ended on the object it began on: measured.
+    Measured,
+    /// The lock's anon_vma was freed since the begin (its address perhaps
+    /// reused by a new anon_vma, of another generation): not measured, counted.
+    Reused,
+}
+
+impl LockWait {
+    /// The end of a wait on `lock`, whose tracked generation is now
+    /// `current` (`None`: no longer tracked, freed).
+    #[inline(always)]
+    #[must_use]
+    pub fn ends(&self, lock: u64, current: Option<u64>) -> WaitEnd {
+        if self.lock != lock {
+            WaitEnd::Other
+        } else if current == Some(self.generation) {
+            WaitEnd::Measured
+        } else {
+            WaitEnd::Reused
+        }
+    }
+}
+
+/// Entries of the `TIMING` map (threads inside `dup_mmap` now). A
+/// `dup_mmap` whose entry found it full is not timed: its exit counts in
+/// [`stat::TIMING_UNPAIRED`].
+pub const TIMING_ENTRIES: u32 = 16384;
+
+/// Value of the `TIMING` map: a thread inside `dup_mmap` (function hooks).
+/// `anon_vma_fork` calls `anon_vma_clone`: only the outermost of the two
+/// is timed, every call is counted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForkTiming {
+    /// ktime at `dup_mmap`'s entry.
+    pub start: u64,
+    /// ktime at the entry of the outermost anon_vma function running now.
+    pub anon_start: u64,
+    /// Time in the anon_vma functions so far (outermost calls), ns.
+    pub anon_ns: u64,
+    /// Calls of `anon_vma_fork` and `anon_vma_clone` so far (nested ones too).
+    pub calls: u32,
+    /// anon_vma functions running now (1 inside `anon_vma_fork` or a
+    /// lone `anon_vma_clone`, 2 inside the clone that `anon_vma_fork` calls).
+    pub depth: u32,
+}
+
+impl ForkTiming {
+    /// `dup_mmap` entered at `now`.
+    #[must_use]
+    pub const fn new(now: u64) -> Self {
+        Self {
+            start: now,
+            anon_start: 0,
+            anon_ns: 0,
+            calls: 0,
+            depth: 0,
+        }
+    }
+
+    /// An anon_vma function entered at `now`.
+    #[inline(always)]
+    pub fn enter(&mut self, now: u64) {
+        if self.depth == 0 {
+            self.anon_start = now;
+        }
+        self.depth = self.depth.saturating_add(1);
+        self.calls = self.calls.saturating_add(1);
+    }
+
+    /// An anon_vma function returned at `now`; `false` when no entry of
+    /// one was seen (attached mid-call): not timed, counted.
+    #[inline(always)]
+    pub fn exit(&mut self, now: u64) -> bool {
+        if self.depth == 0 {
+            return false;
+        }
+        self.depth -= 1;
+        if self.depth == 0 {
+            self.anon_ns += now.saturating_sub(self.anon_start);
+        }
+        true
+    }
+
+    /// `dup_mmap` returned at `now`: (ns in it, ns of it in the anon_vma
+    /// functions, their calls). An anon_vma function still running (its
+    /// return missed) counts up to `now`.
+    #[inline(always)]
+    #[must_use]
+    pub fn done(&self, now: u64) -> (u64, u64, u32) {
+        let open = if self.depth > 0 {
+            now.saturating_sub(self.anon_start)
+        } else {
+            0
+        };
+        (
+            now.saturating_sub(self.start),
+            self.anon_ns + open,
+            self.calls,
+        )
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: both are repr(C), Copy, made of integers with no padding.
@@ -467,6 +720,10 @@ mod user {
     unsafe impl aya::Pod for super::RmapKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SnapshotLayout {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LockWait {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ForkTiming {}
 }
 
 #[cfg(test)]
@@ -497,12 +754,84 @@ mod tests {
                 + size_of::<SnapshotLayout>()
                 + size_of::<ArgLayout>()
                 + 8
+                + size_of::<TimeLayout>()
         );
+        assert_eq!(size_of::<TimeLayout>(), 6 * 4);
         assert_eq!(size_of::<RmapKey>(), 4 + 4 + 8);
         assert_eq!(size_of::<SnapshotLayout>(), 22 * 4);
         assert_eq!(size_of::<ArgLayout>(), 13 * 4);
         assert_eq!(size_of::<SnapVma>(), 4 * 2 + 8 * 12 + 4 * 4 + COMM_LEN);
         assert_eq!(size_of::<SnapAvc>(), 4 * 2 + 8 * 3);
+    }
+
+    #[test]
+    fn timing_values_round_trip_through_comm() {
+        let mut e = Event {
+            kind: kind::LOCK_WAIT,
+            ..Event::default()
+        };
+        e.set_times(0x0102_0304_0506_0708, u64::MAX - 5);
+        assert_eq!(e.times(), (0x0102_0304_0506_0708, u64::MAX - 5));
+        assert_eq!(size_of::<LockWait>(), 8 * 3 + 4 * 2);
+    }
+
+    #[test]
+    fn only_reader_or_writer_waits_of_a_rwsem_are_looked_up() {
+        assert!(lock::maybe_rwsem(lock::WRITE));
+        assert!(lock::maybe_rwsem(lock::READ));
+        assert!(
+            lock::maybe_rwsem(lock::READ | lock::RT),
+            "PREEMPT_RT's rwsem"
+        );
+        assert!(!lock::maybe_rwsem(lock::SPIN), "a spinlock");
+        assert!(
+            !lock::maybe_rwsem(lock::SPIN | lock::READ),
+            "a queued rwlock"
+        );
+        assert!(
+            !lock::maybe_rwsem(lock::PERCPU | lock::READ),
+            "a per-CPU rwsem"
+        );
+        assert!(!lock::maybe_rwsem(lock::MUTEX), "a mutex");
+        assert!(!lock::maybe_rwsem(0));
+    }
+
+    #[test]
+    fn a_wait_is_measured_only_on_the_object_it_began_on() {
+        let w = LockWait {
+            lock: 0x1008,
+            generation: 77,
+            start: 5,
+            flags: lock::WRITE,
+            holder: 0,
+        };
+        assert_eq!(w.ends(0x2000, Some(77)), WaitEnd::Other, "a nested lock");
+        assert_eq!(w.ends(0x1008, Some(77)), WaitEnd::Measured);
+        // Freed since the begin, and the address reused by a new anon_vma.
+        assert_eq!(w.ends(0x1008, Some(78)), WaitEnd::Reused);
+        assert_eq!(w.ends(0x1008, None), WaitEnd::Reused, "freed");
+    }
+
+    #[test]
+    fn fork_timing_counts_every_call_and_times_only_the_outermost() {
+        let mut t = ForkTiming::new(100);
+        // anon_vma_clone for a VMA (lone), then anon_vma_fork, which
+        // calls anon_vma_clone.
+        t.enter(110);
+        assert!(t.exit(120));
+        t.enter(130);
+        t.enter(135);
+        assert!(t.exit(140));
+        assert_eq!(t.depth, 1);
+        assert!(t.exit(150));
+        assert_eq!(t.done(200), (100, 10 + 20, 3));
+        // An exit without its entry: refused, nothing changes.
+        assert!(!t.exit(160));
+        assert_eq!(t.done(200), (100, 30, 3));
+        // A return missed: the open call counts up to dup_mmap's exit.
+        t.enter(190);
+        assert_eq!(t.done(200), (100, 40, 4));
+        assert_eq!(size_of::<ForkTiming>(), 8 * 3 + 4 * 2);
     }
 
     #[test]

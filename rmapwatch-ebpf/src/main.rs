@@ -8,6 +8,15 @@
 //!   that allocations made by the parent inside fork are handed to the child.
 //! - Function hooks (fentry or kprobe, chosen by the loader): per-CPU call
 //!   counters only; the per-page rmap hooks are far too hot to stream.
+//! - `lock:contention_{begin,end}`: waits on the rwsem of a tracked anon_vma
+//!   (`LOCKS`, kept by the slab programs and seeded by user space), one
+//!   record per wait; any other lock costs one hash lookup.
+//! - The fork window's exit: the fork syscall's time, one record per fork.
+//! - Fork work (fentry/fexit or kprobe/kretprobe on `dup_mmap`,
+//!   `anon_vma_fork`, `anon_vma_clone`): one record per `dup_mmap`.
+//! - rmap walks (fentry or kprobe on `rmap_walk_anon`): one record per walk.
+//! - Kernels without lock tracepoints (5.10, 5.15): kprobes on the rwsem
+//!   slow paths stand in for `lock:contention_{begin,end}`.
 //!
 //! No struct layout is compiled in: every offset comes from the running
 //! kernel's BTF through the `CONFIG` global.
@@ -23,14 +32,17 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
-    macros::{fentry, kprobe, map, raw_tracepoint, tracepoint},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::{FEntryContext, ProbeContext, RawTracePointContext, TracePointContext},
+    programs::{
+        FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
+        TracePointContext,
+    },
 };
 use rmapwatch_common::{
-    ABSENT, COMM_LEN, Config, Event, RmapKey, SnapAvc, SnapVma, arg2, flags, hook, kind, site,
-    snap, stat,
+    ABSENT, COMM_LEN, Config, Event, ForkTiming, LockWait, RmapKey, SnapAvc, SnapVma, WaitEnd,
+    arg2, flags, hook, kind, lock, site, snap, stat,
 };
 
 /// A kernel-side log line about a rare condition (aya-log; its 0.2 macros
@@ -49,10 +61,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(rmapwatch_common::RING_BYTES, 0
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
-/// Threads currently inside a fork-family syscall (tid -> 1). The loader
-/// may resize it (`RMAPWATCH_FORK_WINDOW_ENTRIES`, for tests).
+/// Threads currently inside a fork-family syscall (tid -> ktime at entry).
+/// The loader may resize it (`RMAPWATCH_FORK_WINDOW_ENTRIES`, for tests).
 #[map]
-static FORKING: HashMap<u32, u8> =
+static FORKING: HashMap<u32, u64> =
     HashMap::with_max_entries(rmapwatch_common::FORK_WINDOW_ENTRIES, 0);
 
 /// New anonymous folios per (process, VMA start), from the
@@ -62,6 +74,24 @@ static FORKING: HashMap<u32, u8> =
 #[map]
 static RMAP_VMAS: HashMap<RmapKey, u64> =
     HashMap::with_max_entries(rmapwatch_common::RMAP_VMAS_ENTRIES, 0);
+
+/// The rwsems of live anon_vmas (address of `anon_vma->rwsem` -> the
+/// anon_vma's generation: its allocation's ktime, or
+/// [`lock::SEEDED`] for those user space seeds from a walk). Kept by the
+/// slab programs; `lock:contention_begin` looks every lock up here.
+#[map]
+static LOCKS: HashMap<u64, u64> = HashMap::with_max_entries(lock::TRACKED, 0);
+
+/// Threads waiting on a tracked rwsem now (tid -> the wait).
+#[map]
+static WAITING: HashMap<u32, LockWait> = HashMap::with_max_entries(lock::WAITING, 0);
+
+/// Threads inside `dup_mmap` now (tid -> its timing so far), kept by the
+/// fork-work hooks (entry and exit of `dup_mmap`, `anon_vma_fork`,
+/// `anon_vma_clone`).
+#[map]
+static TIMING: HashMap<u32, ForkTiming> =
+    HashMap::with_max_entries(rmapwatch_common::TIMING_ENTRIES, 0);
 
 /// Call sites of anon_vma allocations outside every known range (the
 /// inlining detector), with counts.
@@ -124,6 +154,14 @@ static CONFIG: Config = Config {
         perf_free_name: 0,
     },
     wake_bytes: 1 << 20,
+    time: rmapwatch_common::TimeLayout {
+        anon_vma_rwsem: ABSENT,
+        folio_mapping: ABSENT,
+        rwc_rmap_one: ABSENT,
+        syscall_ret: 16,
+        rwsem_owner: ABSENT,
+        _pad: 0,
+    },
 };
 
 /// The anon_vma and AVC caches (`struct kmem_cache *`), learnt from the
@@ -395,7 +433,8 @@ fn slab(
     if event_kind == kind::ALLOC
         && (site_id == site::FORK
             // SAFETY: plain lookup; the value is not used.
-            || (site_id == site::CLONE && unsafe { FORKING.get(tid) }.is_some()))
+            || (site_id == site::CLONE
+                && unsafe { FORKING.get(tid) }.is_some_and(|v| v & FORK_CLOSED == 0)))
     {
         event_flags |= flags::IN_FORK;
     }
@@ -409,7 +448,220 @@ fn slab(
         ptr,
         ..Event::default()
     });
+    if object == rmapwatch_common::object::ANON_VMA {
+        track_lock(event_kind, ptr);
+    }
     Ok(())
+}
+
+/// Keeps `LOCKS`: an anon_vma's rwsem is tracked from its allocation to
+/// its free (a new generation each time, so a wait that began on the
+/// previous object at this address is told apart).
+#[inline(always)]
+fn track_lock(event_kind: u32, ptr: u64) {
+    let off = config().time.anon_vma_rwsem;
+    if off == ABSENT {
+        return;
+    }
+    let key = ptr + u64::from(off);
+    if event_kind == kind::ALLOC {
+        // SAFETY: a helper call without memory arguments.
+        let generation = unsafe { bpf_ktime_get_ns() }.max(lock::SEEDED + 1);
+        if LOCKS.insert(key, generation, 0).is_err()
+            && let Some(n) = rare(stat::LOCKS_FULL)
+        {
+            say!(
+                "lock map full: waits on the rwsem of anon_vma {:x} are not seen \
+                 (occurrence {} on this CPU)",
+                ptr,
+                n
+            );
+        }
+    } else {
+        let _ = LOCKS.remove(key);
+    }
+}
+
+/// An empty raw tracepoint program: the floor `rmw-bench` measures the
+/// others against, on the same tracepoints in the same run (never attached
+/// by rmapwatch).
+#[raw_tracepoint]
+pub fn empty(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+/// `lock:contention_begin(lock, flags)`: a waiter enters a lock's slow
+/// path. Only a tracked anon_vma rwsem goes further than the lookup.
+#[raw_tracepoint(tracepoint = "contention_begin")]
+pub fn contention_begin(ctx: RawTracePointContext) -> i32 {
+    // Spinlocks and mutexes (most contention) end here, without a lookup.
+    let flags = ctx.arg::<u64>(1) as u32;
+    if !lock::maybe_rwsem(flags) {
+        return 0;
+    }
+    let lock: u64 = ctx.arg(0);
+    // SAFETY: plain lookup; the value is copied at once.
+    if let Some(generation) = unsafe { LOCKS.get(lock) } {
+        let generation = *generation;
+        lock_begin(lock, generation, flags);
+    }
+    0
+}
+
+/// `lock:contention_end(lock, ret)`: the waiter got the lock (or gave up).
+#[raw_tracepoint(tracepoint = "contention_end")]
+pub fn contention_end(ctx: RawTracePointContext) -> i32 {
+    // No wait open anywhere (almost always: one hot line), or none on a
+    // thread of this slot: no lookup.
+    // SAFETY: a global of this program, read volatile as CPUs update it.
+    if unsafe { core::ptr::read_volatile(&raw const WAITS_OPEN) } == 0 {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if open_waits(pid_tgid as u32) == 0 {
+        return 0;
+    }
+    lock_end(ctx.arg(0), pid_tgid);
+    0
+}
+
+/// Waits begun and not ended, all threads: `contention_end` returns after
+/// one load while it is 0.
+#[unsafe(no_mangle)]
+static mut WAITS_OPEN: u64 = 0;
+
+/// Slots of [`OPEN_WAITS`].
+const OPEN_SLOTS: usize = 4096;
+
+/// Waits begun and not ended, by thread (`tid % OPEN_SLOTS`): a counting
+/// filter in front of `WAITING`, so that `contention_end` of every other
+/// lock returns after one load. Threads sharing a slot only cost each
+/// other a lookup; a thread whose end was missed keeps its slot above 0,
+/// which costs that slot's ends their lookup.
+#[unsafe(no_mangle)]
+static mut OPEN_WAITS: [u32; OPEN_SLOTS] = [0; OPEN_SLOTS];
+
+#[inline(always)]
+fn open_slot(tid: u32) -> *mut u32 {
+    let waits = &raw mut OPEN_WAITS;
+    // SAFETY: the index is below OPEN_SLOTS.
+    unsafe { waits.cast::<u32>().add(tid as usize % OPEN_SLOTS) }
+}
+
+#[inline(always)]
+fn open_waits(tid: u32) -> u32 {
+    // SAFETY: in bounds (open_slot); read volatile as CPUs update it.
+    unsafe { core::ptr::read_volatile(open_slot(tid)) }
+}
+
+/// One wait more (`delta` 1) or less (`u32::MAX`) on `tid`'s slot and in
+/// all.
+#[inline(always)]
+fn open_wait(tid: u32, delta: u32) {
+    // SAFETY: in bounds and aligned (open_slot); a global of this program.
+    unsafe {
+        atomic_add32(open_slot(tid), delta);
+        atomic_add(&raw mut WAITS_OPEN, if delta == 1 { 1 } else { u64::MAX });
+    }
+}
+
+#[inline(always)]
+fn lock_begin(lock: u64, generation: u64, flags: u32) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let (holder, holder_flags) = lock_holder(lock);
+    let wait = LockWait {
+        lock,
+        generation,
+        // SAFETY: a helper call without memory arguments.
+        start: unsafe { bpf_ktime_get_ns() },
+        flags: flags | holder_flags,
+        holder,
+    };
+    // SAFETY: plain lookup; only its presence is used.
+    let fresh = unsafe { WAITING.get(tid) }.is_none();
+    if WAITING.insert(tid, wait, 0).is_ok() {
+        if fresh {
+            open_wait(tid, 1);
+        }
+    } else if let Some(n) = rare(stat::LOCK_WAITING_FULL) {
+        say!(
+            "lock wait map full: a wait of thread {} on an anon_vma rwsem is not measured \
+             (occurrence {} on this CPU)",
+            tid,
+            n
+        );
+    }
+}
+
+/// The owner of the rwsem at `lock` now (its thread id, 0 unknown), and
+/// [`lock::HOLDER_READERS`] / [`lock::HOLDER_FORKING`]: reader-owned (the
+/// owner is the last reader), the owner inside a fork.
+#[inline(always)]
+fn lock_holder(lock: u64) -> (u32, u32) {
+    let cfg = config();
+    let off = cfg.time.rwsem_owner;
+    if off == ABSENT {
+        return (0, 0);
+    }
+    let Ok(owner) = read_kernel::<u64>(lock + u64::from(off)) else {
+        return (0, 0);
+    };
+    let task = owner & !lock::OWNER_FLAGS;
+    let mut flags = if owner & lock::OWNER_READER != 0 {
+        lock::HOLDER_READERS
+    } else {
+        0
+    };
+    if task == 0 {
+        return (0, flags);
+    }
+    let Ok(holder) = read_kernel::<u32>(task + u64::from(cfg.task_pid_off)) else {
+        return (0, flags);
+    };
+    // SAFETY: plain lookup; only the value's bit is read.
+    if unsafe { FORKING.get(holder) }.is_some_and(|v| v & FORK_CLOSED == 0) {
+        flags |= lock::HOLDER_FORKING;
+    }
+    (holder, flags)
+}
+
+/// A wait ends: the thread's own wait on this lock (a spinlock taken
+/// inside the rwsem's slow path begins and ends waits of its own, on
+/// other addresses), on the same anon_vma as at its begin.
+#[inline(always)]
+fn lock_end(lock: u64, pid_tgid: u64) {
+    let tid = pid_tgid as u32;
+    // SAFETY: plain lookup; the value is copied at once.
+    let Some(wait) = (unsafe { WAITING.get(tid) }) else {
+        return;
+    };
+    let wait = *wait;
+    // SAFETY: plain lookup; the value is copied at once.
+    let current = unsafe { LOCKS.get(lock) }.copied();
+    let end = wait.ends(lock, current);
+    if end == WaitEnd::Other {
+        return;
+    }
+    if WAITING.remove(tid).is_ok() {
+        open_wait(tid, u32::MAX);
+    }
+    if end == WaitEnd::Reused {
+        bump(stat::LOCK_REUSED, 1);
+        return;
+    }
+    // SAFETY: a helper call without memory arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut e = Event {
+        kind: kind::LOCK_WAIT,
+        flags: wait.flags,
+        tid,
+        tgid: (pid_tgid >> 32) as u32,
+        ptr: lock - u64::from(config().time.anon_vma_rwsem),
+        child_tid: wait.holder,
+        ..Event::default()
+    };
+    e.set_times(now.saturating_sub(wait.start), wait.start);
+    emit(&e);
 }
 
 #[inline(always)]
@@ -550,8 +802,12 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
     // Every allocation of the fork happened in copy_process, before this:
     // the fork window closes here too, so that a missed sys_exit (7.x's
     // syscall tracepoints run preemptible, and their program can be
-    // skipped: seen twice on 7.3) leaves no thread marked as forking.
-    let _ = FORKING.remove(tid);
+    // skipped: seen twice on 7.3) leaves no thread marked as forking. The
+    // entry stays, closed, for the syscall's exit to time the fork.
+    // SAFETY: plain lookup; the value is this program's to update.
+    if let Some(start) = unsafe { FORKING.get(tid) }.copied() {
+        let _ = FORKING.insert(tid, start | FORK_CLOSED, 0);
+    }
     emit(&Event {
         kind: kind::FORK,
         tid,
@@ -595,6 +851,12 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
 fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let task: u64 = ctx.arg(0);
     let (tid, tgid) = task_ids(task)?;
+    // A thread that dies with a wait or a dup_mmap whose end was missed (a
+    // dropped kretprobe, a recursion miss) leaves no entry behind.
+    if open_waits(tid) != 0 && WAITING.remove(tid).is_ok() {
+        open_wait(tid, u32::MAX);
+    }
+    let _ = TIMING.remove(tid);
     if !group_dead(task, tid == tgid) {
         return Ok(());
     }
@@ -629,11 +891,17 @@ fn group_dead(task: u64, leader: bool) -> bool {
     read_kernel::<i32>(signal + u64::from(cfg.signal_live_off)).map_or(leader, |live| live == 0)
 }
 
+/// A fork window's value once `sched_process_fork` closed it (the entry
+/// time stays in the other bits for the syscall's exit).
+const FORK_CLOSED: u64 = 1 << 63;
+
 /// Attached to `syscalls:sys_enter_{clone,clone3,fork,vfork}`.
 #[tracepoint]
 pub fn fork_enter(_ctx: TracePointContext) -> i32 {
     let tid = bpf_get_current_pid_tgid() as u32;
-    if FORKING.insert(tid, 1, 0).is_err()
+    // SAFETY: a helper call without memory arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if FORKING.insert(tid, now, 0).is_err()
         && let Some(n) = rare(stat::FORK_WINDOW_FULL)
     {
         say!(
@@ -647,11 +915,34 @@ pub fn fork_enter(_ctx: TracePointContext) -> i32 {
 }
 
 /// Attached to `syscalls:sys_exit_{clone,clone3,fork,vfork}` (the parent's
-/// side; a failed fork never reaches `sched_process_fork`).
+/// side; a failed fork never reaches `sched_process_fork`): closes the
+/// window and streams the syscall's time for a fork that made a task.
 #[tracepoint]
-pub fn fork_exit(_ctx: TracePointContext) -> i32 {
-    let tid = bpf_get_current_pid_tgid() as u32;
+pub fn fork_exit(ctx: TracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    // SAFETY: plain lookup; the value is copied at once.
+    let Some(start) = (unsafe { FORKING.get(tid) }).copied() else {
+        return 0;
+    };
     let _ = FORKING.remove(tid);
+    // SAFETY: the offset is this kernel's format's, read by the loader.
+    let ret = unsafe { ctx.read_at::<i64>(config().time.syscall_ret as usize) }.unwrap_or(0);
+    if ret <= 0 {
+        return 0;
+    }
+    // SAFETY: a helper call without memory arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut e = Event {
+        kind: kind::FORK_TIME,
+        tid,
+        tgid: (pid_tgid >> 32) as u32,
+        child_tid: ret as u32,
+        ..Event::default()
+    };
+    let start = start & !FORK_CLOSED;
+    e.set_times(now.saturating_sub(start), start);
+    emit(&e);
     0
 }
 
@@ -672,6 +963,211 @@ macro_rules! function_hook {
         }
     };
 }
+
+/// `dup_mmap` entered (the forking thread, inside `copy_process`).
+#[inline(always)]
+fn dup_mmap_enter() {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: a helper call without memory arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Full: this dup_mmap is not timed; its exit counts it unpaired.
+    let _ = TIMING.insert(tid, ForkTiming::new(now), 0);
+}
+
+/// `dup_mmap` returned: one [`kind::FORK_WORK`] record, or an unpaired
+/// exit counted (attached mid-call, or `TIMING` was full at its entry).
+#[inline(always)]
+fn dup_mmap_exit() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    // SAFETY: plain lookup; the value is copied at once.
+    let Some(t) = (unsafe { TIMING.get(tid) }).copied() else {
+        bump(stat::TIMING_UNPAIRED, 1);
+        return;
+    };
+    let _ = TIMING.remove(tid);
+    // SAFETY: a helper call without memory arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (ns, anon_ns, calls) = t.done(now);
+    let mut e = Event {
+        kind: kind::FORK_WORK,
+        tid,
+        tgid: (pid_tgid >> 32) as u32,
+        child_tid: calls,
+        ..Event::default()
+    };
+    e.set_times(ns, anon_ns);
+    emit(&e);
+}
+
+/// `anon_vma_fork` or `anon_vma_clone` entered: timed only inside a
+/// `dup_mmap` of this thread (anon_vma_clone also serves splits and mremap).
+#[inline(always)]
+fn anon_enter() {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(t) = TIMING.get_ptr_mut(tid) {
+        // SAFETY: a helper call without memory arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: a live map value of this thread's (no other writer).
+        unsafe { (*t).enter(now) };
+    }
+}
+
+/// `anon_vma_fork` or `anon_vma_clone` returned.
+#[inline(always)]
+fn anon_exit() {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(t) = TIMING.get_ptr_mut(tid) {
+        // SAFETY: a helper call without memory arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: a live map value of this thread's (no other writer).
+        if !unsafe { (*t).exit(now) } {
+            bump(stat::TIMING_UNPAIRED, 1);
+        }
+    }
+}
+
+#[fentry]
+pub fn fentry_dup_mmap(_ctx: FEntryContext) -> i32 {
+    dup_mmap_enter();
+    0
+}
+
+#[fexit]
+pub fn fexit_dup_mmap(_ctx: FExitContext) -> i32 {
+    dup_mmap_exit();
+    0
+}
+
+#[kprobe]
+pub fn kprobe_dup_mmap(_ctx: ProbeContext) -> i32 {
+    dup_mmap_enter();
+    0
+}
+
+#[kretprobe]
+pub fn kretprobe_dup_mmap(_ctx: RetProbeContext) -> i32 {
+    dup_mmap_exit();
+    0
+}
+
+/// fentry programs are loaded for one function each: one pair per
+/// anon_vma function. A kprobe program attaches to both.
+#[fentry]
+pub fn fentry_time_fork(_ctx: FEntryContext) -> i32 {
+    anon_enter();
+    0
+}
+
+#[fexit]
+pub fn fexit_time_fork(_ctx: FExitContext) -> i32 {
+    anon_exit();
+    0
+}
+
+#[fentry]
+pub fn fentry_time_clone(_ctx: FEntryContext) -> i32 {
+    anon_enter();
+    0
+}
+
+#[fexit]
+pub fn fexit_time_clone(_ctx: FExitContext) -> i32 {
+    anon_exit();
+    0
+}
+
+#[kprobe]
+pub fn kprobe_time_anon(_ctx: ProbeContext) -> i32 {
+    anon_enter();
+    0
+}
+
+#[kretprobe]
+pub fn kretprobe_time_anon(_ctx: RetProbeContext) -> i32 {
+    anon_exit();
+    0
+}
+
+/// `rmap_walk_anon(folio, rwc, locked)` (`struct page *` before folios;
+/// the same positions since 3.x): the folio's anon_vma (`mapping` without
+/// its `PAGE_MAPPING_ANON` bits) and the walk's `rmap_one`, both at the
+/// offsets BTF gave.
+#[inline(always)]
+fn rmap_walk(folio: u64, rwc: u64) {
+    let t = &config().time;
+    if t.folio_mapping == ABSENT || t.rwc_rmap_one == ABSENT {
+        return;
+    }
+    let mapping = read_or_zero(folio + u64::from(t.folio_mapping));
+    let rmap_one = read_or_zero(rwc + u64::from(t.rwc_rmap_one));
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let mut e = Event {
+        kind: kind::RMAP_WALK,
+        tid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        ptr: mapping & !3,
+        ..Event::default()
+    };
+    e.set_times(rmap_one, 0);
+    emit(&e);
+}
+
+#[fentry]
+pub fn fentry_rmap_walk(ctx: FEntryContext) -> i32 {
+    rmap_walk(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+#[kprobe]
+pub fn kprobe_rmap_walk(ctx: ProbeContext) -> i32 {
+    rmap_walk(ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0));
+    0
+}
+
+/// `rwsem_down_{read,write}_slowpath(sem, ...)` entered (kernels without
+/// `lock:contention_begin`, before 5.19): a wait on a tracked anon_vma
+/// rwsem begins.
+#[inline(always)]
+fn rwsem_slowpath(sem: u64, flags: u32) {
+    // SAFETY: plain lookup; the value is copied at once.
+    if let Some(generation) = unsafe { LOCKS.get(sem) } {
+        lock_begin(sem, *generation, flags);
+    }
+}
+
+#[kprobe]
+pub fn kprobe_rwsem_read(ctx: ProbeContext) -> i32 {
+    rwsem_slowpath(ctx.arg(0).unwrap_or(0), lock::READ);
+    0
+}
+
+#[kprobe]
+pub fn kprobe_rwsem_write(ctx: ProbeContext) -> i32 {
+    rwsem_slowpath(ctx.arg(0).unwrap_or(0), lock::WRITE);
+    0
+}
+
+/// Either slow path returned its rwsem, or an error pointer (killed while
+/// waiting): the thread's recorded wait on that rwsem ends. Another
+/// rwsem's return leaves it (a return of the tracked one's slow path the
+/// kernel dropped, with too many threads asleep in it, would otherwise end
+/// a stale wait on an unrelated lock).
+#[kretprobe]
+pub fn kretprobe_rwsem(ctx: RetProbeContext) -> i32 {
+    let ret: u64 = ctx.ret();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: plain lookup; the value is copied at once.
+    if let Some(lock) = unsafe { WAITING.get(pid_tgid as u32) }.map(|w| w.lock)
+        && (ret == lock || ret >= MAX_ERRNO_POINTER)
+    {
+        lock_end(lock, pid_tgid);
+    }
+    0
+}
+
+/// `IS_ERR_VALUE`: the highest 4095 addresses are error numbers.
+const MAX_ERRNO_POINTER: u64 = 4095u64.wrapping_neg();
 
 function_hook!(fentry_prepare, kprobe_prepare, hook::PREPARE);
 function_hook!(fentry_fork, kprobe_fork, hook::FORK);
@@ -745,6 +1241,26 @@ unsafe fn atomic_add(dst: *mut u64, v: u64) {
             dst, v,
         );
     }
+}
+
+/// As [`atomic_add`], 32 bits (`BPF_XADD` of a word).
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+unsafe fn atomic_add32(dst: *mut u32, v: u32) {
+    // SAFETY: the caller passes a valid, aligned pointer.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            dst, v,
+        );
+    }
+}
+
+#[cfg(not(target_arch = "bpf"))]
+#[inline(always)]
+unsafe fn atomic_add32(dst: *mut u32, v: u32) {
+    // SAFETY: the caller passes a valid, aligned pointer.
+    unsafe { core::sync::atomic::AtomicU32::from_ptr(dst) }
+        .fetch_add(v, core::sync::atomic::Ordering::Relaxed);
 }
 
 #[cfg(not(target_arch = "bpf"))]

@@ -13,12 +13,12 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, Iter, KProbe, RawTracePoint, TracePoint},
+    programs::{FEntry, Iter, KProbe, Program, RawTracePoint, TracePoint},
 };
 use rmapwatch_common::{RmapKey, stat};
 
 use rmapwatch_engine::{
-    hooks::{HOOKS, HookMode, HookSpec, HookStatus, ProbeMode},
+    hooks::{HOOKS, HookMode, HookSpec, HookStatus, ProbeMode, TimeHooks},
     input::ProgramStats,
 };
 
@@ -63,6 +63,13 @@ pub struct Probes {
     pub hooks: Vec<HookStatus>,
     /// Whether the fork window (syscall tracepoints) is attached.
     pub fork_window: bool,
+    /// How lock waits, fork work and rmap walks are timed.
+    pub time: TimeHooks,
+    /// Roots of anon_vma trees seeded into `LOCKS` (walks see them; the
+    /// programs track those allocated after start-up themselves).
+    seeded_locks: std::collections::HashSet<u64>,
+    /// `offsetof(struct anon_vma, rwsem)`.
+    rwsem_off: u32,
     /// Warnings for the user (fallbacks taken).
     pub warnings: Vec<String>,
     /// What the user is told besides (side effects on the system).
@@ -224,6 +231,9 @@ impl Probes {
                 ebpf,
                 hooks: Vec::new(),
                 fork_window: false,
+                time: TimeHooks::default(),
+                seeded_locks: std::collections::HashSet::new(),
+                rwsem_off: facts.config.time.anon_vma_rwsem,
                 warnings,
                 notes: Vec::new(),
                 snapshot_error,
@@ -311,10 +321,31 @@ impl Probes {
                 }
             ));
         }
+        let mut time = TimeHooks {
+            rmap_one: facts.rmap_one.clone(),
+            ..TimeHooks::default()
+        };
+        (time.lock_mode, time.lock) = attach_locks(&mut ebpf, facts, mode);
+        let btf_ref = btf.as_ref();
+        (time.fork_mode, time.fork) = if fork_window {
+            attach_fork_work(&mut ebpf, facts, mode, btf_ref)
+        } else {
+            (
+                "unavailable".to_owned(),
+                "unavailable: the fork syscall tracepoints are not attached".to_owned(),
+            )
+        };
+        (time.rmap_mode, time.rmap) = attach_rmap_walk(&mut ebpf, facts, mode, btf_ref);
+        if !time.lock_on() {
+            warnings.push(time.lines()[0].clone());
+        }
         Ok(Self {
             ebpf,
             hooks,
             fork_window,
+            time,
+            seeded_locks: std::collections::HashSet::new(),
+            rwsem_off: facts.config.time.anon_vma_rwsem,
             warnings,
             notes,
             snapshot_error,
@@ -531,6 +562,38 @@ impl Probes {
             .collect()
     }
 
+    /// Tracks the rwsems of these root anon_vmas (seen by a walk) for lock
+    /// waits, unless tracked already; returns how many were added. An
+    /// anon_vma allocated after start-up is tracked by the programs
+    /// themselves (a newer generation, never overwritten here).
+    ///
+    /// # Errors
+    /// The map is missing.
+    pub fn seed_locks(&mut self, roots: impl IntoIterator<Item = u64>) -> anyhow::Result<u64> {
+        let off = u64::from(self.rwsem_off);
+        if !self.time.lock_on() {
+            return Ok(0);
+        }
+        let map = self
+            .ebpf
+            .map_mut("LOCKS")
+            .ok_or_else(|| anyhow!("LOCKS map missing"))?;
+        let mut h: HashMap<&mut MapData, u64, u64> = HashMap::try_from(map)?;
+        let mut added = 0;
+        for root in roots {
+            if root == 0 || !self.seeded_locks.insert(root) {
+                continue;
+            }
+            // BPF_NOEXIST: the programs' own entry (a newer object) stays.
+            if h.insert(root + off, rmapwatch_common::lock::SEEDED, 1)
+                .is_ok()
+            {
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+
     /// The per-CPU counters, summed over CPUs.
     ///
     /// # Errors
@@ -641,6 +704,415 @@ fn attach_perf_slab(ebpf: &mut Ebpf, tp: &str) -> anyhow::Result<()> {
     prog.attach("kmem", tp)
         .with_context(|| format!("attaching tracepoint kmem:{tp}"))?;
     Ok(())
+}
+
+/// The empty program attached to raw tracepoints: the floor a benchmark
+/// measures rmapwatch's programs against (detached when dropped).
+pub struct Floor {
+    _ebpf: Ebpf,
+}
+
+/// The name the floor's program has in `bpf_stats`.
+pub const FLOOR_PROGRAM: &str = "empty";
+
+/// Loads the object's empty program alone and attaches it to each raw
+/// tracepoint of `tracepoints`.
+///
+/// # Errors
+/// Loading or attaching fails (not root, no such tracepoint).
+pub fn attach_floor(tracepoints: &[&str]) -> anyhow::Result<Floor> {
+    let mut ebpf = EbpfLoader::new()
+        .load(OBJECT)
+        .context("loading the eBPF object")?;
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(FLOOR_PROGRAM)
+        .ok_or_else(|| anyhow!("program {FLOOR_PROGRAM} missing from the eBPF object"))?
+        .try_into()?;
+    prog.load()?;
+    for tp in tracepoints {
+        prog.attach(tp)
+            .with_context(|| format!("attaching the empty program to {tp}"))?;
+    }
+    Ok(Floor { _ebpf: ebpf })
+}
+
+/// Set (to anything) to act as if the kernel had no lock tracepoints (tests
+/// of the fallback line).
+pub const NO_LOCK_TRACEPOINTS: &str = "RMAPWATCH_NO_LOCK_TRACEPOINTS";
+
+/// How lock waits can be measured on a kernel: `Err(why not)`, else the
+/// mode (`tracepoint` or `kprobe`) and the line that says how (before
+/// attaching). `kprobes`: whether the rwsem slow paths can be kprobed
+/// here (`Err`: why not), asked only without the tracepoints.
+///
+/// # Errors
+/// The one line the user reads when waits are not measured.
+pub fn lock_plan(
+    rwsem_off: u32,
+    tracepoints: bool,
+    kprobes: Result<(), String>,
+) -> Result<(&'static str, String), String> {
+    if rwsem_off == rmapwatch_common::ABSENT {
+        return Err(
+            "this kernel's BTF has no anon_vma.rwsem, so no lock can be matched to an anon_vma"
+                .into(),
+        );
+    }
+    if tracepoints {
+        return Ok((
+            "tracepoint",
+            format!(
+                "tracepoint lock:contention_begin/end, matched to the rwsem of every tracked \
+                 anon_vma (rwsem at +{rwsem_off} from BTF); optimistic spins that win are not seen"
+            ),
+        ));
+    }
+    match kprobes {
+        Ok(()) => Ok((
+            "kprobe",
+            format!(
+                "kprobe rwsem_down_{{read,write}}_slowpath (entry and return; no \
+                 lock:contention_begin/end tracepoints before 5.19), matched to the rwsem of \
+                 every tracked anon_vma (rwsem at +{rwsem_off} from BTF); optimistic spins that \
+                 win are not seen"
+            ),
+        )),
+        Err(why) => Err(format!(
+            "this kernel has no lock:contention_begin/end tracepoints (they came in 5.19), so \
+             anon_vma rwsem waits are not measured (kprobes on the rwsem slow paths: {why})"
+        )),
+    }
+}
+
+/// The rwsem slow paths, kprobed where the lock tracepoints are missing.
+const RWSEM_SLOWPATHS: [(&str, &str); 2] = [
+    ("rwsem_down_read_slowpath", "kprobe_rwsem_read"),
+    ("rwsem_down_write_slowpath", "kprobe_rwsem_write"),
+];
+
+/// Whether kprobes can be used for the rwsem slow paths here.
+fn rwsem_kprobes(facts: &KernelFacts, mode: ProbeMode) -> Result<(), String> {
+    if !matches!(mode, ProbeMode::Auto | ProbeMode::Kprobe) {
+        return Err(format!(
+            "not in --probe-mode {}",
+            if mode == ProbeMode::Fentry {
+                "fentry (they are kprobed only)"
+            } else {
+                "tracepoint"
+            }
+        ));
+    }
+    if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        return Err("kernel has no kprobe support (CONFIG_KPROBES)".into());
+    }
+    for (f, _) in RWSEM_SLOWPATHS {
+        if !facts.time_symbols.contains_key(f) {
+            return Err(format!("{f} not in this kernel's kallsyms"));
+        }
+    }
+    Ok(())
+}
+
+/// `lock:contention_begin/end` (or, without them, kprobes on the rwsem
+/// slow paths) for waits on tracked anon_vma rwsems: the mode and the line
+/// that says it.
+fn attach_locks(ebpf: &mut Ebpf, facts: &KernelFacts, mode: ProbeMode) -> (String, String) {
+    let off = |why: String| ("unavailable".to_owned(), format!("unavailable: {why}"));
+    let have = Path::new("/sys/kernel/tracing/events/lock/contention_begin").exists()
+        && std::env::var_os(NO_LOCK_TRACEPOINTS).is_none();
+    let kprobes = if have {
+        Ok(())
+    } else {
+        rwsem_kprobes(facts, mode)
+    };
+    let (how, line) = match lock_plan(facts.config.time.anon_vma_rwsem, have, kprobes) {
+        Ok(plan) => plan,
+        Err(why) => return off(why),
+    };
+    if how == "tracepoint" {
+        for tp in ["contention_end", "contention_begin"] {
+            if let Err(e) = attach_raw(ebpf, tp, tp) {
+                return off(format!("attaching lock:{tp}: {}", short(&e)));
+            }
+        }
+        return ("tracepoint".to_owned(), line);
+    }
+    // The returns first: a wait seen beginning is seen ending.
+    let mut plan: Vec<(&str, &str)> = RWSEM_SLOWPATHS
+        .iter()
+        .map(|&(f, _)| ("kretprobe_rwsem", f))
+        .collect();
+    plan.extend(RWSEM_SLOWPATHS.iter().map(|&(f, p)| (p, f)));
+    match attach_kprobes(ebpf, facts, &plan) {
+        Ok(()) => ("kprobe".to_owned(), line),
+        Err(e) => off(format!(
+            "this kernel has no lock:contention_begin/end tracepoints (they came in 5.19), \
+             and kprobing the rwsem slow paths failed: {}",
+            short(&e)
+        )),
+    }
+}
+
+/// Loads (once) and attaches kprobe programs, `(program, function)` in
+/// order, at each function's kprobe entry symbol; on a failure, unloads
+/// every program of the plan (no half-attached pairs) and says which.
+fn attach_kprobes(
+    ebpf: &mut Ebpf,
+    facts: &KernelFacts,
+    plan: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let result = (|| -> anyhow::Result<()> {
+        if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+            return Err(anyhow!("kernel has no kprobe support (CONFIG_KPROBES)"));
+        }
+        for &(prog_name, function) in plan {
+            let symbol = facts
+                .time_symbols
+                .get(function)
+                .ok_or_else(|| anyhow!("{function} not in this kernel's kallsyms"))?;
+            let prog: &mut KProbe = ebpf
+                .program_mut(prog_name)
+                .ok_or_else(|| anyhow!("program {prog_name} missing"))?
+                .try_into()?;
+            if prog.fd().is_err() {
+                prog.load()
+                    .map_err(|e| anyhow!("{prog_name}: {}", describe_load_error(&e)))?;
+            }
+            prog.attach(symbol, 0)
+                .map_err(|e| anyhow!("{prog_name} on {symbol}: {}", short(&e)))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        unload(ebpf, plan.iter().map(|&(p, _)| p));
+    }
+    result
+}
+
+/// Loads and attaches fentry/fexit programs, `(program, function)` in
+/// order; on a failure, unloads every program of the plan.
+fn attach_trampolines(
+    ebpf: &mut Ebpf,
+    btf: Option<&anyhow::Result<Btf>>,
+    plan: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let btf = match btf {
+        Some(Ok(btf)) => btf,
+        Some(Err(e)) => return Err(anyhow!("{e:#}")),
+        None => return Err(anyhow!("not requested")),
+    };
+    let result = (|| -> anyhow::Result<()> {
+        for &(prog_name, function) in plan {
+            let prog = ebpf
+                .program_mut(prog_name)
+                .ok_or_else(|| anyhow!("program {prog_name} missing"))?;
+            let attached = match prog {
+                Program::FEntry(p) => p
+                    .load(function, btf)
+                    .map_err(|e| describe_load_error(&e))
+                    .and_then(|()| p.attach().map(drop).map_err(|e| attach_error(e.into()))),
+                Program::FExit(p) => p
+                    .load(function, btf)
+                    .map_err(|e| describe_load_error(&e))
+                    .and_then(|()| p.attach().map(drop).map_err(|e| attach_error(e.into()))),
+                _ => Err("not an fentry/fexit program".to_owned()),
+            };
+            attached.map_err(|e| anyhow!("{prog_name} on {function}: {e}"))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        unload(ebpf, plan.iter().map(|&(p, _)| p));
+    }
+    result
+}
+
+/// An fentry/fexit attach error, with its errno.
+fn attach_error(e: anyhow::Error) -> String {
+    // With its source chain: aya's Display omits the errno.
+    let s = format!("{e:#}");
+    if s.contains("os error 524") {
+        // ENOTSUPP: e.g. arm64 before BPF trampolines were supported there.
+        "attach refused: ENOTSUPP (524), no BPF trampoline on this kernel".to_owned()
+    } else {
+        s
+    }
+}
+
+/// Detaches and unloads these programs (those loaded).
+fn unload<'a>(ebpf: &mut Ebpf, names: impl Iterator<Item = &'a str>) {
+    for name in names {
+        let _ = match ebpf.program_mut(name) {
+            Some(Program::FEntry(p)) => p.unload(),
+            Some(Program::FExit(p)) => p.unload(),
+            Some(Program::KProbe(p)) => p.unload(),
+            _ => Ok(()),
+        };
+    }
+}
+
+/// The fork-work hooks: fentry/fexit (else kprobe/kretprobe) on
+/// `dup_mmap`, `anon_vma_fork`, `anon_vma_clone`, beside the fork
+/// syscall tracepoints (attached already): the mode and the line.
+fn attach_fork_work(
+    ebpf: &mut Ebpf,
+    facts: &KernelFacts,
+    mode: ProbeMode,
+    btf: Option<&anyhow::Result<Btf>>,
+) -> (String, String) {
+    let syscalls = "syscall tracepoints: each fork syscall's time and the objects it allocated";
+    let without = |why: &str| {
+        (
+            "tracepoint".to_owned(),
+            format!(
+                "{syscalls} (time in dup_mmap and anon_vma_fork/anon_vma_clone needs function \
+                 hooks: {why})"
+            ),
+        )
+    };
+    if mode == ProbeMode::Tracepoint {
+        return without("not in --probe-mode tracepoint");
+    }
+    let Some((enter, exit, how)) = dup_mmap_bracket(&facts.time_symbols) else {
+        return without(
+            "dup_mmap not in this kernel's kallsyms, nor the uprobe_start_dup_mmap / \
+             uprobe_end_dup_mmap it calls first and last (CONFIG_UPROBES)",
+        );
+    };
+    let missing: Vec<&str> = ["anon_vma_fork", "anon_vma_clone"]
+        .into_iter()
+        .filter(|f| !facts.time_symbols.contains_key(*f))
+        .collect();
+    if !missing.is_empty() {
+        return without(&format!(
+            "{} not in this kernel's kallsyms (inlined?)",
+            missing.join(", ")
+        ));
+    }
+    let what = |hooks: &str| {
+        format!(
+            "{hooks} dup_mmap{how}, anon_vma_fork, anon_vma_clone (entry and exit): time in \
+             dup_mmap per fork and, of it, in the outermost anon_vma function; {syscalls}"
+        )
+    };
+    let mut fallbacks = Vec::new();
+    if matches!(mode, ProbeMode::Auto | ProbeMode::Fentry) {
+        // The exits first: a call seen entering is seen returning.
+        let plan = [
+            ("fexit_dup_mmap", exit),
+            ("fexit_time_fork", "anon_vma_fork"),
+            ("fexit_time_clone", "anon_vma_clone"),
+            ("fentry_time_fork", "anon_vma_fork"),
+            ("fentry_time_clone", "anon_vma_clone"),
+            ("fentry_dup_mmap", enter),
+        ];
+        match attach_trampolines(ebpf, btf, &plan) {
+            Ok(()) => return ("fentry".to_owned(), what("fentry/fexit")),
+            Err(e) => fallbacks.push(format!("fentry: {}", short(&e))),
+        }
+    }
+    if matches!(mode, ProbeMode::Auto | ProbeMode::Kprobe) {
+        let plan = [
+            ("kretprobe_dup_mmap", exit),
+            ("kretprobe_time_anon", "anon_vma_fork"),
+            ("kretprobe_time_anon", "anon_vma_clone"),
+            ("kprobe_time_anon", "anon_vma_fork"),
+            ("kprobe_time_anon", "anon_vma_clone"),
+            ("kprobe_dup_mmap", enter),
+        ];
+        match attach_kprobes(ebpf, facts, &plan) {
+            Ok(()) => return ("kprobe".to_owned(), what("kprobe/kretprobe")),
+            Err(e) => fallbacks.push(format!("kprobe: {}", short(&e))),
+        }
+    }
+    without(&fallbacks.join("; "))
+}
+
+/// Where `dup_mmap` is hooked: its entry and exit, or (inlined into
+/// `copy_process`, as on Debian's 5.10 and 6.12) the entry of
+/// `uprobe_start_dup_mmap` and the exit of `uprobe_end_dup_mmap`, its first
+/// and last calls, which nothing else calls (`kernel/fork.c`, 5.10 .. 6.12;
+/// `mm/mmap.c` after): the functions, and what the line says of them.
+#[must_use]
+pub fn dup_mmap_bracket(
+    symbols: &BTreeMap<String, String>,
+) -> Option<(&'static str, &'static str, &'static str)> {
+    if symbols.contains_key("dup_mmap") {
+        return Some(("dup_mmap", "dup_mmap", ""));
+    }
+    (symbols.contains_key("uprobe_start_dup_mmap") && symbols.contains_key("uprobe_end_dup_mmap"))
+        .then_some((
+            "uprobe_start_dup_mmap",
+            "uprobe_end_dup_mmap",
+            " (inlined here: from the entry of uprobe_start_dup_mmap to the exit of \
+             uprobe_end_dup_mmap, its first and last calls)",
+        ))
+}
+
+/// The rmap walk hook: fentry (else kprobe) on `rmap_walk_anon`: the mode
+/// and the line.
+fn attach_rmap_walk(
+    ebpf: &mut Ebpf,
+    facts: &KernelFacts,
+    mode: ProbeMode,
+    btf: Option<&anyhow::Result<Btf>>,
+) -> (String, String) {
+    let off = |why: &str| {
+        (
+            "unavailable".to_owned(),
+            format!("unavailable: rmap walks need a function hook on rmap_walk_anon ({why})"),
+        )
+    };
+    if mode == ProbeMode::Tracepoint {
+        return off("not in --probe-mode tracepoint");
+    }
+    let t = &facts.config.time;
+    if t.folio_mapping == rmapwatch_common::ABSENT || t.rwc_rmap_one == rmapwatch_common::ABSENT {
+        return off("BTF has no folio.mapping or rmap_walk_control.rmap_one");
+    }
+    let Some(entry) = facts.time_symbols.get("rmap_walk_anon") else {
+        return off("rmap_walk_anon not in this kernel's kallsyms (inlined into rmap_walk?)");
+    };
+    let in_btf = match &facts.rmap_walk_args {
+        Ok(in_btf) => *in_btf,
+        Err(why) => return off(why),
+    };
+    let what = |how: &str| {
+        format!(
+            "{how} rmap_walk_anon{}: each walk's anon_vma (folio->mapping at +{}) and its \
+             rmap_one (rwc->rmap_one at +{}), from BTF",
+            if in_btf {
+                ""
+            } else {
+                " (its prototype is not in BTF: (page, rwc, locked) assumed, as since 3.x)"
+            },
+            t.folio_mapping,
+            t.rwc_rmap_one
+        )
+    };
+    let mut fallbacks = Vec::new();
+    if !in_btf {
+        fallbacks.push("fentry: BTF has no rmap_walk_anon".to_owned());
+    } else if matches!(mode, ProbeMode::Auto | ProbeMode::Fentry) {
+        match attach_trampolines(ebpf, btf, &[("fentry_rmap_walk", "rmap_walk_anon")]) {
+            Ok(()) => return ("fentry".to_owned(), what("fentry")),
+            Err(e) => fallbacks.push(format!("fentry: {}", short(&e))),
+        }
+    }
+    if matches!(mode, ProbeMode::Auto | ProbeMode::Kprobe) {
+        if entry == "rmap_walk_anon" {
+            match attach_kprobes(ebpf, facts, &[("kprobe_rmap_walk", "rmap_walk_anon")]) {
+                Ok(()) => return ("kprobe".to_owned(), what("kprobe")),
+                Err(e) => fallbacks.push(format!("kprobe: {}", short(&e))),
+            }
+        } else {
+            // A compiler-renamed copy may take other arguments.
+            fallbacks.push(format!(
+                "kprobe: only {entry} in kallsyms (arguments may differ)"
+            ));
+        }
+    }
+    off(&fallbacks.join("; "))
 }
 
 fn attach_fork_window(ebpf: &mut Ebpf, notes: &mut Vec<String>) -> anyhow::Result<()> {
@@ -818,5 +1290,56 @@ impl<R: std::io::Read, W: std::io::Write> std::io::Read for Tee<R, W> {
         let n = self.0.read(buf)?;
         self.1.write_all(&buf[..n])?;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dup_mmap_is_bracketed_by_its_uprobe_calls_where_inlined() {
+        let syms = |names: &[&str]| -> BTreeMap<String, String> {
+            names
+                .iter()
+                .map(|n| ((*n).to_owned(), (*n).to_owned()))
+                .collect()
+        };
+        let all = syms(&["dup_mmap", "uprobe_start_dup_mmap", "uprobe_end_dup_mmap"]);
+        assert_eq!(dup_mmap_bracket(&all), Some(("dup_mmap", "dup_mmap", "")));
+        // Debian's 5.10 and 6.12: dup_mmap inlined into copy_process.
+        let (enter, exit, line) =
+            dup_mmap_bracket(&syms(&["uprobe_start_dup_mmap", "uprobe_end_dup_mmap"])).unwrap();
+        assert_eq!(
+            (enter, exit),
+            ("uprobe_start_dup_mmap", "uprobe_end_dup_mmap")
+        );
+        assert!(line.contains("inlined"), "{line}");
+        assert_eq!(dup_mmap_bracket(&syms(&["uprobe_start_dup_mmap"])), None);
+        assert_eq!(dup_mmap_bracket(&syms(&[])), None);
+    }
+
+    #[test]
+    fn lock_waits_say_why_they_are_not_measured() {
+        let no_field = lock_plan(rmapwatch_common::ABSENT, true, Ok(())).unwrap_err();
+        assert!(no_field.contains("BTF has no anon_vma.rwsem"), "{no_field}");
+        let old = lock_plan(8, false, Err("kernel has no kprobe support".into())).unwrap_err();
+        assert!(
+            old.contains("no lock:contention_begin/end tracepoints (they came in 5.19)")
+                && old.contains("kprobes on the rwsem slow paths: kernel has no kprobe support"),
+            "{old}"
+        );
+        let (how, ok) = lock_plan(8, true, Err("unused".into())).unwrap();
+        assert_eq!(how, "tracepoint");
+        assert!(ok.contains("rwsem at +8 from BTF"), "{ok}");
+        // 5.10, 5.15: the slow paths kprobed instead.
+
+        let (how, line) = lock_plan(8, false, Ok(())).unwrap();
+        assert_eq!(how, "kprobe");
+        assert!(
+            line.starts_with("kprobe rwsem_down_{read,write}_slowpath")
+                && line.contains("rwsem at +8 from BTF"),
+            "{line}"
+        );
     }
 }

@@ -145,6 +145,7 @@ impl Live {
             slab: kernel.slab.clone(),
             slots: kernel.slots.clone(),
             pagemap: opts.pagemap.to_string(),
+            time: probes.time.clone(),
         };
         Ok(Self {
             probes,
@@ -298,6 +299,13 @@ impl Live {
             inlined_anon_vma: s.get(stat::INLINED_ANON_VMA as usize).copied().unwrap_or(0),
             fork_window_full: s.get(stat::FORK_WINDOW_FULL as usize).copied(),
             walks_torn: s.get(stat::WALK_TORN as usize).copied(),
+            lock_waits_lost: Some(
+                [stat::LOCKS_FULL, stat::LOCK_WAITING_FULL, stat::LOCK_REUSED]
+                    .iter()
+                    .map(|&i| s.get(i as usize).copied().unwrap_or(0))
+                    .sum(),
+            ),
+            timing_unpaired: s.get(stat::TIMING_UNPAIRED as usize).copied(),
             inlined_sites: if s.get(stat::INLINED_ANON_VMA as usize).copied().unwrap_or(0) > 0 {
                 self.inlined_sites()
             } else {
@@ -413,6 +421,7 @@ impl Live {
                     comms: Vec::new(),
                     parents: Vec::new(),
                     named: BTreeSet::new(),
+                    roots: Vec::new(),
                     pagemap: &mut pagemap,
                     t: move || u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX),
                     alive: true,
@@ -422,6 +431,15 @@ impl Live {
                 pids.clone_from(&pump.named);
                 if !pump.alive {
                     return false;
+                }
+                let mut roots = std::mem::take(&mut pump.roots);
+                roots.sort_unstable();
+                roots.dedup();
+                if let Err(e) = self.probes.seed_locks(roots) {
+                    out.put(Input::Notice(Notice {
+                        warning: true,
+                        text: format!("lock waits: seeding the walk's anon_vmas failed: {e:#}"),
+                    }));
                 }
                 match r {
                     Ok(c) => (c, None),
@@ -499,6 +517,9 @@ struct WalkPump<'a, R: RingSource, T: Fn() -> Nanos> {
     comms: Vec<(u32, String)>,
     parents: Vec<(u32, u32)>,
     named: BTreeSet<u32>,
+    /// Root anon_vmas of the VMAs decoded (their rwsems are tracked for
+    /// lock waits).
+    roots: Vec<u64>,
     /// Fills each VMA's anonymous pages as it is decoded.
     pagemap: &'a mut pagemap::Reader,
     t: T,
@@ -557,13 +578,17 @@ impl<R: RingSource, T: Fn() -> Nanos> WalkPump<'_, R, T> {
     ) -> Result<(), SnapshotError> {
         for_each_chunk(reader, |bytes| {
             let decoded = self.vmas.len();
-            let (vmas, comms, parents, named) = (
+            let (vmas, comms, parents, named, roots) = (
                 &mut self.vmas,
                 &mut self.comms,
                 &mut self.parents,
                 &mut self.named,
+                &mut self.roots,
             );
             decoder.feed(bytes, |v, comm| {
+                if v.av_root != 0 {
+                    roots.push(v.av_root);
+                }
                 if named.insert(v.tgid) {
                     comms.push((v.tgid, rmapwatch_engine::event::Comm(*comm).text()));
                     if v.ppid != 0 {
@@ -576,6 +601,7 @@ impl<R: RingSource, T: Fn() -> Nanos> WalkPump<'_, R, T> {
             // saw (before the batch goes, and before the events drained
             // below, which come after these VMAs).
             self.pagemap.fill(&mut self.vmas[decoded..]);
+            pause_walk_for_test(&self.vmas[decoded..]);
             if self.vmas.len() >= BATCH {
                 self.flush();
             }
@@ -597,6 +623,34 @@ impl<R: RingSource, T: Fn() -> Nanos> WalkPump<'_, R, T> {
                 Err(SnapshotError::Io("the consumer went away".into()))
             }
         })
+    }
+}
+
+/// Set to a pid: the first walk's read that hands on VMAs of that process
+/// is followed by a pause of [`WALK_PAUSE`] and the line `rmapwatch: test:
+/// walk paused in pid PID` on stderr, so that a test can change the
+/// process between two reads of the iterator (a leader exiting alone).
+pub const WALK_PAUSE_PID: &str = "RMAPWATCH_TEST_WALK_PAUSE_PID";
+
+/// How long a walk pauses for [`WALK_PAUSE_PID`].
+pub const WALK_PAUSE: Duration = Duration::from_secs(2);
+
+/// [`WALK_PAUSE_PID`]'s pause, once per run.
+fn pause_walk_for_test(decoded: &[Vma]) {
+    static PID: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let Some(pid) = *PID.get_or_init(|| {
+        std::env::var(WALK_PAUSE_PID)
+            .ok()
+            .and_then(|v| v.parse().ok())
+    }) else {
+        return;
+    };
+    if decoded.iter().any(|v| v.tgid == pid)
+        && !DONE.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        eprintln!("rmapwatch: test: walk paused in pid {pid}");
+        std::thread::sleep(WALK_PAUSE);
     }
 }
 
@@ -733,6 +787,7 @@ mod tests {
             comms: Vec::new(),
             parents: Vec::new(),
             named: BTreeSet::new(),
+            roots: Vec::new(),
             pagemap: &mut pagemap::Reader::new(PagemapRead::Off),
             t: || 0,
             alive: true,

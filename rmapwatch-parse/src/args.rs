@@ -40,6 +40,27 @@ pub fn slab_arg2(tracepoint: &str, params: &[Param]) -> Result<u32, BtfError> {
     Ok(layout)
 }
 
+/// Whether `rmap_walk_anon`'s prototype is `(folio|page *, rwc *, ...)`, the
+/// positions its hook reads: `Err` says the prototype found.
+///
+/// # Errors
+/// Another shape (the hook is then not attached).
+pub fn rmap_walk_args(params: &[Param]) -> Result<(), String> {
+    let types: Vec<&str> = params.iter().map(|p| p.ty.as_str()).collect();
+    match types.as_slice() {
+        [first, rwc, ..]
+            if matches!(*first, "struct folio *" | "struct page *")
+                && *rwc == "struct rmap_walk_control *" =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "rmap_walk_anon({}): the hook reads (folio or page, rwc)",
+            types.join(", ")
+        )),
+    }
+}
+
 /// Position of the parameter called `name`.
 #[must_use]
 pub fn position(params: &[Param], name: &str) -> Option<u32> {
@@ -129,6 +150,18 @@ pub fn perf_offsets(alloc: &str, free: &str) -> Result<[u32; 5], String> {
     ])
 }
 
+/// Offset of `ret` (a `long`) in a `syscalls:sys_exit_*` tracefs format.
+///
+/// # Errors
+/// No such field of 8 bytes.
+pub fn syscall_ret_offset(format: &str) -> Result<u32, String> {
+    match format_fields(format).iter().find(|f| f.0 == "ret") {
+        Some(&(_, off, 8)) => Ok(off),
+        Some(&(_, _, sz)) => Err(format!("ret is {sz} bytes, not 8")),
+        None => Err("no field ret".into()),
+    }
+}
+
 /// Whether raw tracepoint programs may be preempted on this kernel, so that
 /// their recursion guard drops events: 7.0 runs tracepoint callbacks under
 /// SRCU-fast and BPF's raw tracepoint runner then only disables migration
@@ -160,6 +193,30 @@ mod tests {
                 ty: (*t).to_owned(),
             })
             .collect()
+    }
+
+    #[test]
+    fn rmap_walk_anon_takes_a_folio_or_a_page_then_rwc() {
+        let rwc = "struct rmap_walk_control *";
+        // 5.10 .. 5.17: a page; 5.18+: a folio (and `bool locked` after).
+        assert!(rmap_walk_args(&params(&["struct page *", rwc, "bool"])).is_ok());
+        assert!(rmap_walk_args(&params(&["struct folio *", rwc, "bool"])).is_ok());
+        let e = rmap_walk_args(&params(&[rwc, "struct folio *"])).unwrap_err();
+        assert!(
+            e.contains("rmap_walk_anon(struct rmap_walk_control *, struct folio *)"),
+            "{e}"
+        );
+        assert!(rmap_walk_args(&[]).is_err());
+    }
+
+    #[test]
+    fn the_syscall_exit_return_value_is_found_or_refused() {
+        let f = "format:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+                 \tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\
+                 \tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;\n";
+        assert_eq!(syscall_ret_offset(f), Ok(16));
+        assert!(syscall_ret_offset(&f.replace("size:8", "size:4")).is_err());
+        assert!(syscall_ret_offset("format:\n").is_err());
     }
 
     #[test]

@@ -269,6 +269,16 @@ pub struct Layout {
     /// `offsetof(struct anon_vma, rwsem.wait_list)` (inlining detector), or
     /// `ABSENT` (7.x).
     pub anon_vma_wait_list: u32,
+    /// `offsetof(struct anon_vma, rwsem)` (the lock `lock:contention_*`
+    /// names), or `ABSENT`.
+    pub anon_vma_rwsem: u32,
+    /// `offsetof(struct folio, mapping)` (`struct page`'s before folios),
+    /// or `ABSENT`.
+    pub folio_mapping: u32,
+    /// `offsetof(struct rmap_walk_control, rmap_one)`, or `ABSENT`.
+    pub rwc_rmap_one: u32,
+    /// `offsetof(struct rw_semaphore, owner)`, or `ABSENT`.
+    pub rwsem_owner: u32,
 }
 
 impl Layout {
@@ -320,6 +330,13 @@ impl Layout {
                 (Ok(a), Ok(b)) => a + b,
                 _ => rmapwatch_common::ABSENT,
             },
+            anon_vma_rwsem: btf.member_offset_or_absent("anon_vma", "rwsem"),
+            folio_mapping: match btf.member_offset_or_absent("folio", "mapping") {
+                rmapwatch_common::ABSENT => btf.member_offset_or_absent("page", "mapping"),
+                off => off,
+            },
+            rwc_rmap_one: btf.member_offset_or_absent("rmap_walk_control", "rmap_one"),
+            rwsem_owner: btf.member_offset_or_absent("rw_semaphore", "owner"),
         })
     }
 }

@@ -143,7 +143,33 @@ pub struct KernelFacts {
     pub sizes: Sizes,
     /// The slots of the objects the designs would hold.
     pub slots: Slots,
+    /// Addresses of the `rmap_one` functions this kernel has (an rmap
+    /// walk's caller).
+    pub rmap_one: std::collections::BTreeMap<String, u64>,
+    /// The time hooks' functions ([`TIME_FUNCTIONS`]) this kernel has, each
+    /// with its kprobe entry symbol (as `hook_symbols`).
+    pub time_symbols: std::collections::BTreeMap<String, String>,
+    /// Whether `rmap_walk_anon`'s prototype has the positions its hook
+    /// reads: `Ok(true)` checked in BTF, `Ok(false)` BTF has no such
+    /// function (arm64 5.10: kallsyms has it; the positions, the same
+    /// since 3.x, are assumed), `Err` another shape.
+    pub rmap_walk_args: Result<bool, String>,
 }
+
+/// The time hooks' kernel functions: fork work (`dup_mmap`, else the
+/// first and last calls it makes, where it is inlined: Debian's 5.10 and
+/// 6.12 have no `dup_mmap` symbol), rmap walks, and the rwsem slow paths
+/// (kernels without lock tracepoints).
+pub const TIME_FUNCTIONS: [&str; 8] = [
+    "dup_mmap",
+    "uprobe_start_dup_mmap",
+    "uprobe_end_dup_mmap",
+    "anon_vma_fork",
+    "anon_vma_clone",
+    "rmap_walk_anon",
+    "rwsem_down_read_slowpath",
+    "rwsem_down_write_slowpath",
+];
 
 /// Opens a BTF file (usually `/sys/kernel/btf/vmlinux`).
 ///
@@ -186,6 +212,17 @@ impl KernelFacts {
             .flat_map(|h| std::iter::once(h.name).chain(h.aliases.iter().copied()))
             .filter_map(|s| Some((s.to_owned(), kallsyms.entry(s)?)))
             .collect();
+        let time_symbols = TIME_FUNCTIONS
+            .iter()
+            .filter_map(|s| Some(((*s).to_owned(), kallsyms.entry(s)?)))
+            .collect();
+        let rmap_walk_args = btf
+            .function_params("rmap_walk_anon")
+            .map_or(Ok(false), |p| args::rmap_walk_args(&p).map(|()| true));
+        let rmap_one = rmapwatch_engine::time::RMAP_ONE
+            .iter()
+            .filter_map(|n| Some(((*n).to_owned(), kallsyms.addr(n)?)))
+            .collect();
         let id = current_id();
         let (alloc_node, slab_events) = arg_layout(
             &btf,
@@ -197,6 +234,14 @@ impl KernelFacts {
             &mut config,
         )?;
         config.args.anon_vma_slab_size = sizes.anon_vma;
+        config.time = rmapwatch_common::TimeLayout {
+            anon_vma_rwsem: layout.anon_vma_rwsem,
+            folio_mapping: layout.folio_mapping,
+            rwc_rmap_one: layout.rwc_rmap_one,
+            syscall_ret: syscall_ret_offset(),
+            rwsem_owner: layout.rwsem_owner,
+            _pad: 0,
+        };
         Ok(Self {
             sizes,
             slots: crate::procfs::slots(layout.vma_size),
@@ -208,8 +253,20 @@ impl KernelFacts {
             slab: slab_events,
             notes,
             config,
+            rmap_one,
+            time_symbols,
+            rmap_walk_args,
         })
     }
+}
+
+/// Offset of `ret` in `syscalls:sys_exit_clone` (16 on every kernel seen;
+/// the format is read where tracefs is mounted).
+fn syscall_ret_offset() -> u32 {
+    std::fs::read_to_string(format!("{TRACEFS}/events/syscalls/sys_exit_clone/format"))
+        .ok()
+        .and_then(|f| args::syscall_ret_offset(&f).ok())
+        .unwrap_or(16)
 }
 
 /// Fills `config.args` from the tracepoint and hook prototypes, and picks
