@@ -384,7 +384,21 @@ impl Accounting {
                     self.exits.push_back((*tgid, self.now));
                 }
             }
+            // Time, not objects: the engine's time book.
+            Event::LockWait(_)
+            | Event::ForkTime { .. }
+            | Event::ForkWork { .. }
+            | Event::RmapWalk { .. } => {}
         }
+    }
+
+    /// Who owns the live object at `ptr`, and its kind
+    /// (`rmapwatch_common::object`).
+    #[must_use]
+    pub fn owner(&self, ptr: u64) -> Option<(u32, u32)> {
+        self.owners
+            .get(ptr)
+            .map(|v| owner_of(v & !(bits::SEEN | bits::PROVISIONAL)))
     }
 
     /// The source's time now (event batches and ticks): exits are

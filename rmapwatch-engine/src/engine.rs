@@ -190,6 +190,7 @@ fn reservation(anon_vma_objects: u64, avc_cache_objects: u64) -> (usize, usize) 
 pub struct Engine {
     opts: Options,
     designs: Designs,
+    time: crate::time::TimeBook,
     order: Order,
     facts: Option<Facts>,
     acct: Accounting,
@@ -242,6 +243,7 @@ impl Engine {
                 lazy: opts.model,
                 ..opts.designs
             }),
+            time: crate::time::TimeBook::new(opts.model),
             opts,
             order: Order::default(),
             facts: None,
@@ -364,6 +366,8 @@ impl Engine {
                 for e in &events {
                     self.acct.apply(e);
                     self.designs.event(e);
+                    let acct = &self.acct;
+                    self.time.event(e, &|p| acct.owner(p));
                 }
                 // Lives ended by a reused pid.
                 self.folded_away();
@@ -433,6 +437,7 @@ impl Engine {
             Input::End { reason, .. } => {
                 if self.acct.in_walk() {
                     self.acct.abort_walk();
+                    self.time.abort_walk();
                     self.walking = None;
                 }
                 self.ended = Some(reason);
@@ -533,6 +538,7 @@ impl Engine {
             .map(|(pid, vmas)| Family::new(*pid, vmas));
         self.designs
             .begin(self.facts.as_ref().unwrap_or(&Facts::default()));
+        self.time.begin_walk();
         self.walking = Some(Walking {
             began: t,
             detail_pid: self.detail_pid,
@@ -558,6 +564,7 @@ impl Engine {
         let acct = &mut self.acct;
         for v in vmas {
             self.designs.vma(v);
+            self.time.vma(v);
             let comms = &w.comms;
             w.digest.vma(
                 v,
@@ -577,6 +584,7 @@ impl Engine {
         let frame = std::mem::take(&mut self.frame_after_walk);
         if error.is_some() {
             self.acct.abort_walk();
+            self.time.abort_walk();
             self.last_walk = Some((w.began, t.saturating_sub(w.began)));
         } else {
             let acct = &mut self.acct;
@@ -589,6 +597,18 @@ impl Engine {
                 counts,
                 |ptr, tgid, kind| acct.walk_object(ptr, tgid, kind),
                 |walked, owner| designs.end_walk(walked, owner, facts, &parents, seeding),
+            );
+            self.time.end_walk(
+                outcomes
+                    .iter()
+                    .find(|o| o.name == "cow_context")
+                    .map(|o| {
+                        o.processes
+                            .iter()
+                            .map(|(&pid, h)| (pid, h.count("remap_entry")))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             );
             let comparison = self.acct.end_walk().unwrap_or_default();
             if comparison.reconciled {
@@ -753,7 +773,7 @@ impl Engine {
             comparison: &w.comparison,
             designs: &w.designs,
         });
-        Report::build(
+        let mut r = Report::build(
             &self.acct,
             &Context {
                 facts,
@@ -766,6 +786,40 @@ impl Engine {
                 programs: self.counters.programs.as_ref(),
                 resync: self.resync,
             },
+        );
+        r.time = Some(self.time_report());
+        r
+    }
+
+    /// The time block (lock waits, fork work, rmap walks) now.
+    #[must_use]
+    pub fn time_report(&self) -> crate::time::TimeReport {
+        let default_facts = Facts::default();
+        let facts = self.facts.as_ref().unwrap_or(&default_facts);
+        let t = &facts.time;
+        let sources = crate::time::Sources {
+            lock: (t.lock_on(), t.lock.clone()),
+            fork: t.fork.clone(),
+            rmap: t.rmap.clone(),
+        };
+        let lost = self
+            .counters
+            .kernel
+            .as_ref()
+            .and_then(|k| k.lock_waits_lost)
+            .unwrap_or(0);
+        let names: HashMap<u64, &str> = t.rmap_one.iter().map(|(n, &a)| (a, n.as_str())).collect();
+        self.time.report(
+            &sources,
+            lost,
+            &|pid| {
+                self.acct
+                    .processes
+                    .get(&pid)
+                    .map(|p| p.comm.clone())
+                    .unwrap_or_default()
+            },
+            &|a| names.get(&a).map(|n| (*n).to_owned()),
         )
     }
 
@@ -846,6 +900,8 @@ impl Engine {
                 .warning()
             }),
             link: None,
+            // O(roots + processes waiting): cheap beside the rows.
+            time: Some(self.time_report()),
         }
     }
 }

@@ -105,6 +105,70 @@ pub enum Event {
         /// Its name.
         comm: Comm,
     },
+    /// A wait on a tracked anon_vma's rwsem ended.
+    LockWait(LockWait),
+    /// A fork-family syscall returned in the parent (the fork's time as
+    /// the syscall tracepoints see it).
+    ForkTime {
+        /// The forking thread.
+        tid: u32,
+        /// Its process.
+        tgid: u32,
+        /// The new task's id (a thread's, for a thread).
+        child: u32,
+        /// The syscall's time.
+        ns: u64,
+    },
+    /// `dup_mmap` returned (function hooks).
+    ForkWork {
+        /// The forking thread.
+        tid: u32,
+        /// Its process.
+        tgid: u32,
+        /// Time in `dup_mmap`.
+        dup_mmap_ns: u64,
+        /// Of that, time in `anon_vma_fork` and `anon_vma_clone`.
+        anon_ns: u64,
+        /// Calls of those two.
+        anon_calls: u32,
+    },
+    /// An rmap walk of an anonymous folio began (function hooks).
+    RmapWalk {
+        /// The walking thread.
+        tid: u32,
+        /// Its process.
+        tgid: u32,
+        /// The folio's anon_vma.
+        anon_vma: u64,
+        /// The walk's `rmap_one` (tells the caller: reclaim, migration, ...).
+        rmap_one: u64,
+    },
+}
+
+/// A wait on a tracked anon_vma's rwsem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockWait {
+    /// The waiting thread.
+    pub tid: u32,
+    /// Its process.
+    pub tgid: u32,
+    /// The anon_vma whose rwsem it waited on (rmap code locks a root's).
+    pub anon_vma: u64,
+    /// `rmapwatch_common::lock` flags (READ, WRITE, HOLDER_*).
+    pub flags: u32,
+    /// How long it waited.
+    pub wait_ns: u64,
+    /// The rwsem's owner at the begin (thread id; a reader-owned one's
+    /// last reader), 0 unknown (recordings before ABI 7 too).
+    pub holder: u32,
+}
+
+impl LockWait {
+    /// A writer's wait (else a reader's).
+    #[must_use]
+    pub const fn write(&self) -> bool {
+        self.flags & rmapwatch_common::lock::WRITE != 0
+    }
 }
 
 impl Event {
@@ -195,8 +259,88 @@ impl Event {
                 comm: comm.0,
                 ..Abi::default()
             },
+            Self::LockWait(w) => timed(
+                Abi {
+                    kind: kind::LOCK_WAIT,
+                    flags: w.flags,
+                    tid: w.tid,
+                    tgid: w.tgid,
+                    ptr: w.anon_vma,
+                    child_tid: w.holder,
+                    ..Abi::default()
+                },
+                w.wait_ns,
+                0,
+            ),
+            Self::ForkTime {
+                tid,
+                tgid,
+                child,
+                ns,
+            } => timed(
+                Abi {
+                    kind: kind::FORK_TIME,
+                    tid,
+                    tgid,
+                    child_tid: child,
+                    ..Abi::default()
+                },
+                ns,
+                0,
+            ),
+            Self::ForkWork {
+                tid,
+                tgid,
+                dup_mmap_ns,
+                anon_ns,
+                anon_calls,
+            } => timed(
+                Abi {
+                    kind: kind::FORK_WORK,
+                    tid,
+                    tgid,
+                    child_tid: anon_calls,
+                    ..Abi::default()
+                },
+                dup_mmap_ns,
+                anon_ns,
+            ),
+            Self::RmapWalk {
+                tid,
+                tgid,
+                anon_vma,
+                rmap_one,
+            } => timed(
+                Abi {
+                    kind: kind::RMAP_WALK,
+                    tid,
+                    tgid,
+                    ptr: anon_vma,
+                    ..Abi::default()
+                },
+                rmap_one,
+                0,
+            ),
         }
     }
+
+    /// A timing record (lock waits, fork times, rmap walks): these travel
+    /// in their own stream messages, which older readers skip.
+    #[must_use]
+    pub const fn is_timing(&self) -> bool {
+        matches!(
+            self,
+            Self::LockWait(_)
+                | Self::ForkTime { .. }
+                | Self::ForkWork { .. }
+                | Self::RmapWalk { .. }
+        )
+    }
+}
+
+fn timed(mut abi: rmapwatch_common::Event, a: u64, b: u64) -> rmapwatch_common::Event {
+    abi.set_times(a, b);
+    abi
 }
 
 /// A record that is not an event.
@@ -248,6 +392,33 @@ pub fn from_abi(e: &rmapwatch_common::Event) -> Result<Event, DecodeError> {
             tid: e.tid,
             tgid: e.tgid,
             comm: Comm(e.comm),
+        },
+        kind::LOCK_WAIT => Event::LockWait(LockWait {
+            tid: e.tid,
+            tgid: e.tgid,
+            anon_vma: e.ptr,
+            flags: e.flags,
+            wait_ns: e.times().0,
+            holder: e.child_tid,
+        }),
+        kind::FORK_TIME => Event::ForkTime {
+            tid: e.tid,
+            tgid: e.tgid,
+            child: e.child_tid,
+            ns: e.times().0,
+        },
+        kind::FORK_WORK => Event::ForkWork {
+            tid: e.tid,
+            tgid: e.tgid,
+            dup_mmap_ns: e.times().0,
+            anon_ns: e.times().1,
+            anon_calls: e.child_tid,
+        },
+        kind::RMAP_WALK => Event::RmapWalk {
+            tid: e.tid,
+            tgid: e.tgid,
+            anon_vma: e.ptr,
+            rmap_one: e.times().0,
         },
         k => return Err(DecodeError::Invalid(k, e.object, e.site)),
     })
@@ -322,6 +493,33 @@ mod tests {
                 tid: 5,
                 tgid: 5,
                 comm: Comm::new("x"),
+            },
+            Event::LockWait(LockWait {
+                tid: 6,
+                tgid: 5,
+                anon_vma: 0xffff_8880_0000_1000,
+                flags: rmapwatch_common::lock::WRITE | rmapwatch_common::lock::HOLDER_FORKING,
+                wait_ns: 12_345,
+                holder: 9,
+            }),
+            Event::ForkTime {
+                tid: 7,
+                tgid: 7,
+                child: 8,
+                ns: 99_000,
+            },
+            Event::ForkWork {
+                tid: 7,
+                tgid: 7,
+                dup_mmap_ns: 50_000,
+                anon_ns: 20_000,
+                anon_calls: 33,
+            },
+            Event::RmapWalk {
+                tid: 9,
+                tgid: 9,
+                anon_vma: 0xffff_8880_0000_2000,
+                rmap_one: 0xffff_ffff_8100_0000,
             },
         ] {
             assert_eq!(decode(&encode(&e)), Ok(e));

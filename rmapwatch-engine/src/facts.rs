@@ -159,6 +159,10 @@ pub struct Facts {
     /// recordings).
     #[serde(default)]
     pub pagemap: String,
+    /// How lock waits, fork work and rmap walks are timed (default in
+    /// recordings made before they were).
+    #[serde(default)]
+    pub time: crate::hooks::TimeHooks,
 }
 
 #[cfg(test)]

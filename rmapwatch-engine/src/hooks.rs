@@ -95,6 +95,53 @@ impl SlabEvents {
     }
 }
 
+/// How the time sources were attached: lock waits, fork work, rmap walks
+/// (facts, report, UI).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TimeHooks {
+    /// anon_vma rwsem waits: `tracepoint`, `kprobe` or `unavailable`.
+    pub lock_mode: String,
+    /// In one line: what is attached, or why nothing is.
+    pub lock: String,
+    /// Fork work: `fentry`, `kprobe` (dup_mmap and the anon_vma functions,
+    /// entry and exit) or `tracepoint` (the fork syscalls).
+    pub fork_mode: String,
+    /// In one line.
+    pub fork: String,
+    /// rmap walks: `fentry`, `kprobe` or `unavailable`.
+    pub rmap_mode: String,
+    /// In one line.
+    pub rmap: String,
+    /// Addresses of the `rmap_one` functions this kernel has (they name an
+    /// rmap walk's caller).
+    pub rmap_one: std::collections::BTreeMap<String, u64>,
+}
+
+impl TimeHooks {
+    /// Whether lock waits are measured.
+    #[must_use]
+    pub fn lock_on(&self) -> bool {
+        matches!(self.lock_mode.as_str(), "tracepoint" | "kprobe" | "fentry")
+    }
+
+    /// The three lines (UI, text report).
+    #[must_use]
+    pub fn lines(&self) -> [String; 3] {
+        let or = |s: &str| {
+            if s.is_empty() {
+                "not recorded (an older recording)".to_owned()
+            } else {
+                s.to_owned()
+            }
+        };
+        [
+            format!("anon_vma lock waits: {}", or(&self.lock)),
+            format!("fork work: {}", or(&self.fork)),
+            format!("rmap walks: {}", or(&self.rmap)),
+        ]
+    }
+}
+
 /// A function hook.
 #[derive(Clone, Copy, Debug)]
 pub struct HookSpec {

@@ -80,6 +80,14 @@ pub struct KernelCounters {
     /// before it was counted).
     #[serde(default)]
     pub walks_torn: Option<u64>,
+    /// anon_vma rwsem waits lost in the kernel (the anon_vma freed between
+    /// begin and end, or a lock map full; `None` in recordings made before
+    /// they were counted).
+    #[serde(default)]
+    pub lock_waits_lost: Option<u64>,
+    /// Function-hook exits whose entry was not seen (not timed).
+    #[serde(default)]
+    pub timing_unpaired: Option<u64>,
 }
 
 impl KernelCounters {

@@ -7,6 +7,7 @@
 //! `event` (typed kernel events), `snapshot` (walk records to VMAs) ->
 //! `account` (actual objects by ownership), `model` (the ANON_VMA_LAZY
 //! shadow model), `walk` (one pass: model, owners, per-process counts) ->
+//! `time` (lock waits, fork work, rmap walks) ->
 //! `engine` (the state machine fed by inputs) -> `report`, `inspect`,
 //! `view`, `perfetto` (what sinks show); `stream` (the recording and link format).
 pub mod account;
@@ -26,5 +27,6 @@ pub mod rows;
 pub mod snapshot;
 pub mod stream;
 pub mod text;
+pub mod time;
 pub mod view;
 pub mod walk;

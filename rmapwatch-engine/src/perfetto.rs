@@ -11,7 +11,14 @@
 //! and per process (under a process track named by a `ProcessDescriptor`);
 //! a counter of bytes per design (today, lazy, cow_context, ideal),
 //! system-wide, as of the latest walk; instants on a "rmapwatch" track for
-//! walks, re-seeds and dropped events. A system counter has a sample at
+//! walks, re-seeds and dropped events; counters of the cumulative anon_vma
+//! lock wait time (in ns, Perfetto's time unit: shown as ms, µs; when waits
+//! are measured) and of the process forks
+//! timed; a slice for each anon_vma lock wait of 1 ms or more on a track
+//! per waiting thread (`<comm> <tid>`), fed the inputs ([`Builder::input`]):
+//! a wait has no time of its own, so its slice ends at its batch's time
+//! (the drain), after the same thread's earlier waits of that batch,
+//! and starts no earlier than its previous slice's end. A system counter has a sample at
 //! every frame (a design's and lazy's from the first walk on); a process's
 //! counters have one where a value changed (a counter holds its value
 //! until the next sample), 0 when the process left the report.
@@ -19,8 +26,9 @@
 //! Track uuids are fixed, so traces of different runs line up: 1 the
 //! "rmapwatch" track; 16 + k the system object counters (k: anon_vma live,
 //! lazy, anon_vma_chain live, lazy); 32 + i the design counters (i: the
-//! design's place in [`DESIGNS`]); `1 << 32 | pid` a process;
-//! `1 << 40 | pid << 2 | k` its object counters. Timestamps are the
+//! design's place in [`DESIGNS`]); 48 the lock wait counter, 49 the fork
+//! counter; `1 << 32 | pid` a process; `1 << 40 | pid << 2 | k` its object
+//! counters; `1 << 48 | tid` a waiting thread. Timestamps are the
 //! recording's own: its clock is `CLOCK_MONOTONIC` since the source
 //! started, so packets are on `BUILTIN_CLOCK_MONOTONIC` at the source's
 //! `ClockRef` plus `t`, with a `ClockSnapshot` of the source's clocks at
@@ -31,8 +39,9 @@ use std::collections::BTreeMap;
 use crate::{
     design::Outcome,
     engine::{Engine, Step},
+    event::{Event, LockWait},
     facts::{ClockRef, Sizes},
-    input::Nanos,
+    input::{Input, Nanos},
     model::Objects,
     rows::ProcRow,
 };
@@ -80,6 +89,7 @@ mod f {
     // CounterDescriptor.
     pub const UNIT: u32 = 3;
     pub const Y_AXIS_SHARE_KEY: u32 = 7;
+    pub const UNIT_TIME_NS: u64 = 1;
     pub const UNIT_COUNT: u64 = 2;
     pub const UNIT_SIZE_BYTES: u64 = 3;
 
@@ -89,6 +99,8 @@ mod f {
     pub const CATEGORIES: u32 = 22;
     pub const EVENT_NAME: u32 = 23;
     pub const COUNTER_VALUE: u32 = 30;
+    pub const TYPE_SLICE_BEGIN: u64 = 1;
+    pub const TYPE_SLICE_END: u64 = 2;
     pub const TYPE_INSTANT: u64 = 3;
     pub const TYPE_COUNTER: u64 = 4;
 }
@@ -102,6 +114,27 @@ const SYSTEM_UUID: u64 = 16;
 /// Design counters: `DESIGN_UUID + i`, `i` the design's place in
 /// [`DESIGNS`].
 const DESIGN_UUID: u64 = 32;
+
+/// The cumulative anon_vma lock wait time (ns).
+const LOCK_WAIT_UUID: u64 = 48;
+/// The process forks timed (cumulative).
+const FORKS_UUID: u64 = 49;
+/// A waiting thread's track: `THREAD_UUID | tid`.
+const THREAD_UUID: u64 = 1 << 48;
+
+/// Waits this long or longer get a slice.
+pub const SLICE_MIN_NS: u64 = 1_000_000;
+/// Slices kept at most (the later ones are counted, not kept).
+pub const MAX_SLICES: usize = 1 << 18;
+
+/// One lock wait's slice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Slice {
+    begin: Nanos,
+    end: Nanos,
+    tid: u32,
+    write: bool,
+}
 
 /// The designs with a counter, in the order of their uuids: a design is
 /// only ever appended here, so each keeps its uuid (a test checks that
@@ -159,6 +192,16 @@ pub struct Builder {
     walks: u64,
     resyncs: u64,
     dropped: u64,
+    /// Cumulative lock wait ns (`None`: waits not measured) and forks.
+    time: Vec<(Nanos, Option<u64>, u64)>,
+    /// Waits of 1 ms or more of the inputs not yet laid out (their batch's
+    /// time), until the step after them names their threads.
+    waits: Vec<(Nanos, LockWait)>,
+    slices: Vec<Slice>,
+    /// Slices past [`MAX_SLICES`].
+    slices_dropped: u64,
+    /// tid -> its track's name and its latest slice's end.
+    threads: BTreeMap<u32, (String, Nanos)>,
 }
 
 fn sample_of(live: Objects, lazy: Option<Objects>) -> Sample {
@@ -185,6 +228,67 @@ impl Builder {
             walks: 0,
             resyncs: 0,
             dropped: 0,
+            time: Vec::new(),
+            waits: Vec::new(),
+            slices: Vec::new(),
+            slices_dropped: 0,
+            threads: BTreeMap::new(),
+        }
+    }
+
+    /// Takes an input before the engine applies it: its lock waits of
+    /// [`SLICE_MIN_NS`] or more, for slices.
+    pub fn input(&mut self, input: &Input) {
+        if let Input::Events { t, events } = input {
+            for e in events {
+                if let Event::LockWait(w) = e
+                    && w.wait_ns >= SLICE_MIN_NS
+                {
+                    self.waits.push((*t, *w));
+                }
+            }
+        }
+    }
+
+    /// Lays out the waits taken since the last step: per thread, one
+    /// after the other, the last ending at its batch's time.
+    fn lay_out_waits(&mut self, engine: &Engine) {
+        let waits = std::mem::take(&mut self.waits);
+        // (batch time, tid) -> the waits' total, to start the first.
+        let mut total: BTreeMap<(Nanos, u32), u64> = BTreeMap::new();
+        for (t, w) in &waits {
+            *total.entry((*t, w.tid)).or_default() += w.wait_ns;
+        }
+        let mut cursor: BTreeMap<(Nanos, u32), Nanos> = BTreeMap::new();
+        for (t, w) in waits {
+            let comm = engine
+                .accounting()
+                .processes
+                .get(&w.tgid)
+                .map_or("?", |p| p.comm.as_str());
+            let thread = self
+                .threads
+                .entry(w.tid)
+                .or_insert_with(|| (String::new(), 0));
+            if thread.0.is_empty() || comm != "?" {
+                thread.0 = format!("{comm} {}", w.tid);
+            }
+            let begin = *cursor
+                .entry((t, w.tid))
+                .or_insert_with(|| t.saturating_sub(total[&(t, w.tid)]).max(thread.1));
+            let end = begin.saturating_add(w.wait_ns).min(t).max(begin);
+            cursor.insert((t, w.tid), end);
+            thread.1 = end;
+            if self.slices.len() < MAX_SLICES {
+                self.slices.push(Slice {
+                    begin,
+                    end,
+                    tid: w.tid,
+                    write: w.write(),
+                });
+            } else {
+                self.slices_dropped += 1;
+            }
         }
     }
 
@@ -218,7 +322,17 @@ impl Builder {
             ));
             self.dropped = dropped;
         }
+        if !self.waits.is_empty() {
+            self.lay_out_waits(engine);
+        }
         if matches!(step, Step::Frame | Step::End) {
+            let time = engine.time_report();
+            let lock = &time.anon_vma_lock;
+            let sample = (t, lock.available.then_some(lock.wait_ns), time.fork.forks);
+            match self.time.last_mut() {
+                Some(last) if last.0 == t => *last = sample,
+                _ => self.time.push(sample),
+            }
             let sizes = engine.facts().map(|f| f.sizes).unwrap_or_default();
             self.sample(t, engine.live(), engine.lazy(), engine.rows(), sizes);
             let designs = design_sample(engine.designs());
@@ -426,6 +540,41 @@ impl Builder {
                 .message(f::COUNTER, &cd);
             packets.push(track(&d));
         }
+        for (uuid, name, unit, description) in [
+            (
+                LOCK_WAIT_UUID,
+                "anon_vma lock wait time (system, cumulative)",
+                f::UNIT_TIME_NS,
+                "time threads waited on the rwsems of tracked anon_vmas since the start \
+                 (rmapwatch report: Time; report --json: time.anon_vma_lock)",
+            ),
+            (
+                FORKS_UUID,
+                "forks (system, cumulative)",
+                f::UNIT_COUNT,
+                "process forks timed since the start (report --json: time.fork)",
+            ),
+        ] {
+            let mut cd = Msg::new();
+            cd.uint(f::UNIT, unit);
+            let mut d = Msg::new();
+            d.uint(f::UUID, uuid)
+                .string(f::NAME, name)
+                .string(f::DESCRIPTION, description)
+                .message(f::COUNTER, &cd);
+            packets.push(track(&d));
+        }
+        for (tid, (name, _)) in &self.threads {
+            let mut d = Msg::new();
+            d.uint(f::UUID, THREAD_UUID | u64::from(*tid))
+                .string(f::NAME, name)
+                .string(
+                    f::DESCRIPTION,
+                    "this thread's anon_vma lock waits of 1 ms or more, each ending at the \
+                     time its batch of events was drained (a wait carries no time of its own)",
+                );
+            packets.push(track(&d));
+        }
         let chosen = self.chosen();
         for &pid in &chosen {
             let comm = self.procs.get(&pid).map_or("?", |s| s.comm.as_str());
@@ -484,6 +633,36 @@ impl Builder {
                 last = *s;
             }
         }
+        for &(t, ns, forks) in &self.time {
+            if let Some(ns) = ns {
+                events.push((t, counter_event(LOCK_WAIT_UUID, ns)));
+            }
+            events.push((t, counter_event(FORKS_UUID, forks)));
+        }
+        // A thread's slices in order, each end before the next begin.
+        for s in &self.slices {
+            let uuid = THREAD_UUID | u64::from(s.tid);
+            let mut b = Msg::new();
+            b.uint(f::TYPE, f::TYPE_SLICE_BEGIN)
+                .uint(f::TRACK_UUID, uuid)
+                .string(f::CATEGORIES, "rmapwatch")
+                .string(
+                    f::EVENT_NAME,
+                    if s.write {
+                        "anon_vma write wait"
+                    } else {
+                        "anon_vma read wait"
+                    },
+                );
+            events.push((s.begin, b));
+            let mut e = Msg::new();
+            e.uint(f::TYPE, f::TYPE_SLICE_END).uint(f::TRACK_UUID, uuid);
+            events.push((s.end, e));
+        }
+        if self.slices_dropped > 0 {
+            let t = self.slices.last().map_or(0, |s| s.end);
+            self.note_dropped_slices(&mut events, t);
+        }
         for (t, name) in &self.instants {
             let mut e = Msg::new();
             e.uint(f::TYPE, f::TYPE_INSTANT)
@@ -506,6 +685,22 @@ impl Builder {
             trace.message(f::TRACE_PACKET, p);
         }
         trace.as_bytes().to_vec()
+    }
+
+    /// An instant saying how many slices were not kept.
+    fn note_dropped_slices(&self, events: &mut Vec<(Nanos, Msg)>, t: Nanos) {
+        let mut e = Msg::new();
+        e.uint(f::TYPE, f::TYPE_INSTANT)
+            .uint(f::TRACK_UUID, ROOT_UUID)
+            .string(f::CATEGORIES, "rmapwatch")
+            .string(
+                f::EVENT_NAME,
+                &format!(
+                    "{} anon_vma lock wait slices not kept (more than {MAX_SLICES})",
+                    self.slices_dropped
+                ),
+            );
+        events.push((t, e));
     }
 }
 
@@ -607,8 +802,9 @@ mod tests {
 
     /// An engine (walking only when told, as a replay) fed a parent with
     /// 20 regions and 3 children: a tick, then `walks` walks each followed
-    /// by a tick (a frame each), every step given to `b`.
-    fn run(b: &mut Builder, walks: u64) -> Engine {
+    /// by a tick (a frame each), every input and step given to `b`; and
+    /// an anon_vma the walks saw.
+    fn run(b: &mut Builder, walks: u64) -> (Engine, u64) {
         use crate::{
             engine,
             facts::{Facts, KernelId},
@@ -632,6 +828,7 @@ mod tests {
             ..engine::Options::default()
         });
         let mut apply = |e: &mut Engine, i: Input| {
+            b.input(&i);
             let step = e.apply(i).unwrap();
             b.step(e, step);
         };
@@ -645,6 +842,10 @@ mod tests {
                 sizes: Sizes {
                     anon_vma: 104,
                     anon_vma_chain: 64,
+                },
+                time: crate::hooks::TimeHooks {
+                    lock_mode: "tracepoint".into(),
+                    ..crate::hooks::TimeHooks::default()
                 },
                 ..Facts::default()
             })),
@@ -684,13 +885,14 @@ mod tests {
             );
             apply(&mut e, Input::Tick { t: t * s + 2_000 });
         }
-        e
+        let av = snap.vmas.iter().map(|v| v.anon_vma).find(|&a| a != 0);
+        (e, av.expect("a VMA with an anon_vma"))
     }
 
     #[test]
     fn every_design_has_a_system_bytes_track_sampled_at_each_frame() {
         let mut b = Builder::new(5);
-        let e = run(&mut b, 3);
+        let (e, _) = run(&mut b, 3);
         let outcomes = e.designs().expect("walked");
         let trace = b.encode();
         // name -> (uuid, unit); uuid -> counter values.
@@ -740,6 +942,167 @@ mod tests {
         // The object counters keep their uuids.
         assert_eq!(tracks["anon_vma live (system)"].0, SYSTEM_UUID);
         assert_eq!(tracks["rmapwatch"].0, ROOT_UUID);
+    }
+
+    /// A packet's track event: (timestamp, its fields).
+    fn track_events(trace: &[u8]) -> Vec<(u64, Vec<(u32, V<'_>)>)> {
+        fields(trace)
+            .into_iter()
+            .filter_map(|(_, p)| {
+                let V::Bytes(p) = p else { return None };
+                let p = fields(p);
+                let ev = bytes(&p, f::TRACK_EVENT)?;
+                Some((int(&p, f::TIMESTAMP)?, fields(ev)))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lock_wait_time_and_forks_are_counters_and_long_waits_slices_on_their_thread() {
+        use crate::event::LockWait;
+        use rmapwatch_common::lock;
+        let mut b = Builder::new(5);
+        let (mut e, av) = run(&mut b, 1);
+        let wait = |tid: u32, anon_vma: u64, write: bool, ns: u64| {
+            Event::LockWait(LockWait {
+                tid,
+                tgid: tid,
+                anon_vma,
+                flags: if write { lock::WRITE } else { lock::READ },
+                wait_ns: ns,
+                holder: 0,
+            })
+        };
+        let mut apply = |e: &mut Engine, i: Input| {
+            b.input(&i);
+            let step = e.apply(i).unwrap();
+            b.step(e, step);
+        };
+        let ms = 1_000_000;
+        let t1 = 2_000_005_000;
+        apply(
+            &mut e,
+            Input::Events {
+                t: t1,
+                events: vec![
+                    wait(101, av, true, 2 * ms),
+                    wait(101, av, false, 3 * ms),
+                    // Too short for a slice; counted.
+                    wait(100, av, false, ms / 2),
+                    // Not a tracked anon_vma: a slice, not counted.
+                    wait(102, 0xdead_0000, true, 4 * ms),
+                    Event::fork(100, 300, "kid"),
+                    Event::ForkTime {
+                        tid: 100,
+                        tgid: 100,
+                        child: 300,
+                        ns: 50_000,
+                    },
+                ],
+            },
+        );
+        // Waited 2 ms but drained 1 ms after the last slice ended: it
+        // starts there.
+        let t2 = t1 + ms;
+        apply(
+            &mut e,
+            Input::Events {
+                t: t2,
+                events: vec![wait(101, av, true, 2 * ms)],
+            },
+        );
+        apply(&mut e, Input::Tick { t: 3_000_000_000 });
+        let t3 = 3_000_000_000 + 10 * ms;
+        apply(
+            &mut e,
+            Input::Events {
+                t: t3,
+                events: vec![wait(101, av, false, 2 * ms)],
+            },
+        );
+        apply(&mut e, Input::Tick { t: 4_000_000_000 });
+        assert_eq!(e.time_report().anon_vma_lock.wait_ns, 9_500_000);
+        let trace = b.encode();
+        let mut tracks = BTreeMap::new();
+        let mut units = BTreeMap::new();
+        for (_, p) in fields(&trace) {
+            let V::Bytes(p) = p else { continue };
+            if let Some(d) = bytes(&fields(p), f::TRACK_DESCRIPTOR) {
+                let d = fields(d);
+                // (Process tracks are named by their descriptor.)
+                if let Some(name) = bytes(&d, f::NAME) {
+                    let name = String::from_utf8(name.to_vec()).unwrap();
+                    tracks.insert(name.clone(), int(&d, f::UUID).unwrap());
+                    let unit = bytes(&d, f::COUNTER).map(|c| int(&fields(c), f::UNIT));
+                    units.insert(name, unit);
+                }
+            }
+        }
+        assert_eq!(
+            tracks["anon_vma lock wait time (system, cumulative)"],
+            LOCK_WAIT_UUID
+        );
+        assert_eq!(tracks["forks (system, cumulative)"], FORKS_UUID);
+        assert_eq!(
+            units["anon_vma lock wait time (system, cumulative)"],
+            Some(Some(f::UNIT_TIME_NS))
+        );
+        assert_eq!(
+            units["forks (system, cumulative)"],
+            Some(Some(f::UNIT_COUNT))
+        );
+        assert_eq!(units["p101 101"], None, "a thread's track is no counter");
+        let events = track_events(&trace);
+        let on = |uuid: u64| -> Vec<(u64, &Vec<(u32, V<'_>)>)> {
+            events
+                .iter()
+                .filter(|(_, ev)| int(ev, f::TRACK_UUID) == Some(uuid))
+                .map(|(t, ev)| (*t, ev))
+                .collect()
+        };
+        // One sample per frame: the first tick, the walk's, then ours.
+        let wait_ns: Vec<u64> = on(LOCK_WAIT_UUID)
+            .iter()
+            .map(|(_, ev)| int(ev, f::COUNTER_VALUE).unwrap())
+            .collect();
+        assert_eq!(wait_ns, [0, 0, 7_500_000, 9_500_000]);
+        let forks: Vec<u64> = on(FORKS_UUID)
+            .iter()
+            .map(|(_, ev)| int(ev, f::COUNTER_VALUE).unwrap())
+            .collect();
+        assert_eq!(forks, [0, 0, 1, 1]);
+        // Slices: begin and end, named by kind, on "<comm> <tid>".
+        let slices = |uuid: u64| -> Vec<(u64, u64, Option<String>)> {
+            on(uuid)
+                .iter()
+                .map(|(t, ev)| {
+                    let name =
+                        bytes(ev, f::EVENT_NAME).map(|n| String::from_utf8(n.to_vec()).unwrap());
+                    (*t, int(ev, f::TYPE).unwrap(), name)
+                })
+                .collect()
+        };
+        let begin = |t: u64, n: &str| (t, f::TYPE_SLICE_BEGIN, Some(n.to_owned()));
+        let end = |t: u64| (t, f::TYPE_SLICE_END, None);
+        let (r, w) = ("anon_vma read wait", "anon_vma write wait");
+        assert_eq!(
+            slices(tracks["p101 101"]),
+            [
+                begin(t1 - 5 * ms, w),
+                end(t1 - 3 * ms),
+                begin(t1 - 3 * ms, r),
+                end(t1),
+                begin(t1, w),
+                end(t2),
+                begin(t3 - 2 * ms, r),
+                end(t3),
+            ]
+        );
+        assert_eq!(tracks["p101 101"], THREAD_UUID | 101);
+        assert_eq!(slices(tracks["p102 102"]), [begin(t1 - 4 * ms, w), end(t1)]);
+        assert!(!tracks.contains_key("p100 100"), "{tracks:?}");
+        // Time order holds across the trace.
+        assert!(events.windows(2).all(|x| x[0].0 <= x[1].0));
     }
 
     #[test]

@@ -391,6 +391,11 @@ pub struct Report {
     /// (empty without a walk).
     #[serde(default)]
     pub designs: Vec<Outcome>,
+    /// What anon_vma costs in time: rwsem waits, fork work, rmap walks,
+    /// and what each design would not have spent (null in recordings' reports
+    /// made before it was measured).
+    #[serde(default)]
+    pub time: Option<crate::time::TimeReport>,
     /// Processes with anon_vma/AVC traffic or objects, biggest first.
     pub processes: Vec<ProcessReport>,
     /// Exited processes folded away past their retention, summed: with
@@ -414,6 +419,11 @@ pub struct Report {
     /// VMA list changed under them (null as `fork_window_full`).
     #[serde(default)]
     pub walks_torn: Option<u64>,
+    /// Function-hook exits whose entry was not seen (attached mid-call,
+    /// or the timing map full): those calls are not timed (null as
+    /// `fork_window_full`).
+    #[serde(default)]
+    pub timing_unpaired: Option<u64>,
     /// Why no walk of the VMAs could be taken, if none could (then the
     /// live counts come from events alone and no lazy figure is given).
     #[serde(default)]
@@ -426,6 +436,232 @@ pub struct Report {
     /// for the kernel here and for recordings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<LinkReport>,
+}
+
+/// Rows of the text report's time tables (roots, waiting processes).
+pub const TIME_ROWS: usize = 5;
+
+/// Family pids shown per root in the text report's time table.
+const FAMILY_PIDS: usize = 5;
+
+/// A duration for people: `1.25 ms` from 1 ms up, else `12.3 µs`.
+#[must_use]
+pub fn duration(ns: u64) -> String {
+    if ns >= 1_000_000 {
+        format!("{:.2} ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.1} µs", ns as f64 / 1e3)
+    }
+}
+
+/// A root's family, at most [`FAMILY_PIDS`] pids, then how many more.
+#[must_use]
+pub fn family_text(r: &crate::time::RootWaits) -> String {
+    if r.family_size == 0 {
+        return "(not seen at a walk)".to_owned();
+    }
+    let pids: Vec<String> = r
+        .family
+        .iter()
+        .take(FAMILY_PIDS)
+        .map(u32::to_string)
+        .collect();
+    let shown = pids.len();
+    let mut s = pids.join(" ");
+    if r.family_size > shown {
+        let _ = write!(s, " (+{} more)", r.family_size - shown);
+    }
+    s
+}
+
+/// The text report's time section: how each source is attached, anon_vma
+/// lock waits (by root and by waiting process, what each design would not
+/// have waited), fork cost per design.
+#[must_use]
+pub fn time_text(t: &crate::time::TimeReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "Time");
+    let hooks = crate::hooks::TimeHooks {
+        lock: t.anon_vma_lock.source.clone(),
+        fork: t.fork.source.clone(),
+        rmap: t.rmap_walks.source.clone(),
+        ..crate::hooks::TimeHooks::default()
+    };
+    for l in hooks.lines() {
+        let _ = writeln!(s, "  {}", Printable(&l));
+    }
+    let l = &t.anon_vma_lock;
+    if l.available {
+        let mean = l.wait_ns.checked_div(l.waits).unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "anon_vma lock waits: {} (read {}, write {}), {} in all, mean {}; {} on untracked \
+             addresses, {} lost",
+            l.waits,
+            l.read_waits,
+            l.write_waits,
+            duration(l.wait_ns),
+            duration(mean),
+            l.unknown,
+            l.lost
+        );
+        if !l.by_root.is_empty() {
+            let _ = writeln!(
+                s,
+                "  {:<20} {:>8} {:>10} {:>7}  family (pids)",
+                "root anon_vma", "waits", "wait", "writes"
+            );
+            for r in l.by_root.iter().take(TIME_ROWS) {
+                let _ = writeln!(
+                    s,
+                    "  {:<20} {:>8} {:>10} {:>7}  {}",
+                    Printable(&r.root),
+                    r.waits,
+                    duration(r.wait_ns),
+                    r.write_waits,
+                    family_text(r)
+                );
+            }
+            if l.by_root.len() > TIME_ROWS {
+                let _ = writeln!(
+                    s,
+                    "  ... {} more roots (report --json: time.anon_vma_lock.by_root)",
+                    l.by_root.len() - TIME_ROWS
+                );
+            }
+        }
+        if !l.by_process.is_empty() {
+            let _ = writeln!(
+                s,
+                "  {:>8} {:<16} {:>8} {:>10}",
+                "pid", "waiting comm", "waits", "wait"
+            );
+            for p in l.by_process.iter().take(TIME_ROWS) {
+                let _ = writeln!(
+                    s,
+                    "  {:>8} {:<16} {:>8} {:>10}",
+                    p.pid,
+                    Printable(&p.comm),
+                    p.waits,
+                    duration(p.wait_ns)
+                );
+            }
+            if l.by_process.len() > TIME_ROWS {
+                let _ = writeln!(
+                    s,
+                    "  ... {} more processes (report --json: time.anon_vma_lock.by_process)",
+                    l.by_process.len() - TIME_ROWS
+                );
+            }
+        }
+        if l.by_holder.iter().any(|h| h.waits > 0) {
+            let _ = writeln!(s, "  the lock's holder at the begin:");
+            for h in l.by_holder.iter().filter(|h| h.waits > 0) {
+                let _ = writeln!(
+                    s,
+                    "    {:<58} {:>8} {:>10}",
+                    h.path,
+                    h.waits,
+                    duration(h.wait_ns)
+                );
+            }
+        }
+        for a in &l.avoided {
+            let _ = writeln!(
+                s,
+                "  {} would not have waited: {} waits, {}{}",
+                a.design,
+                a.waits,
+                duration(a.wait_ns),
+                if a.design == "cow_context" {
+                    " (its per-context spinlock cost is not modelled)"
+                } else {
+                    ""
+                }
+            );
+        }
+    } else {
+        let _ = writeln!(s, "anon_vma lock waits: not measured");
+    }
+    let f = &t.fork;
+    if f.forks == 0 {
+        let _ = writeln!(s, "fork: no process forks timed");
+    } else {
+        let _ = writeln!(
+            s,
+            "fork: {} forks, mean syscall {}, {} objects per fork (anon_vma {}, AVC {} in all)",
+            f.forks,
+            duration(f.syscall_ns / f.forks),
+            f.objects_per_fork
+                .map_or_else(|| "-".to_owned(), |o| format!("{o:.1}")),
+            f.objects.anon_vma,
+            f.objects.anon_vma_chain
+        );
+        if let (Some(d), Some(a), Some(n)) = (f.dup_mmap_ns, f.anon_vma_ns, f.anon_vma_calls) {
+            let _ = writeln!(
+                s,
+                "  dup_mmap {} in all, of which anon_vma_fork/anon_vma_clone {} over {n} calls",
+                duration(d),
+                duration(a)
+            );
+        }
+        for d in &f.designs {
+            let o = d.objects_not_allocated;
+            let mut line = format!(
+                "  {}: would not allocate anon_vma {}, AVC {}",
+                d.design, o.anon_vma, o.anon_vma_chain
+            );
+            if !d.added.is_empty() {
+                let added: Vec<String> = d.added.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                let _ = write!(line, "; adds {}", added.join(", "));
+            }
+            let _ = writeln!(s, "{line}");
+        }
+    }
+    rmap_walks_text(&mut s, &t.rmap_walks);
+    s
+}
+
+/// The time section's rmap walks: per caller, what it is for, and the
+/// AVCs each design's walk would visit.
+fn rmap_walks_text(s: &mut String, r: &crate::time::RmapReport) {
+    if r.by_caller.is_empty() {
+        // The source line above says why when they are not measured.
+        if r.source.starts_with("fentry") || r.source.starts_with("kprobe") {
+            let _ = writeln!(s, "rmap walks: none seen");
+        }
+        return;
+    }
+    let walks: u64 = r.by_caller.iter().map(|c| c.walks).sum();
+    let _ = writeln!(
+        s,
+        "rmap walks: {walks} of anonymous folios (AVCs: on the walked anon_vmas at their last \
+         walk, an upper bound)"
+    );
+    let _ = writeln!(
+        s,
+        "  {:<20} {:>8} {:>8} {:>10} {:>11}  purpose",
+        "caller", "walks", "AVCs", "LAZY AVCs", "COW visits"
+    );
+    for c in r.by_caller.iter().take(TIME_ROWS) {
+        let _ = writeln!(
+            s,
+            "  {:<20} {:>8} {:>8} {:>10} {:>11}  {}",
+            Printable(&c.caller),
+            c.walks,
+            c.avcs,
+            c.lazy_avcs,
+            c.cow_context_visits,
+            Printable(&c.purpose)
+        );
+    }
+    if r.by_caller.len() > TIME_ROWS {
+        let _ = writeln!(
+            s,
+            "  ... {} more callers (report --json: time.rmap_walks.by_caller)",
+            r.by_caller.len() - TIME_ROWS
+        );
+    }
 }
 
 /// Exited processes folded into one aggregate.
@@ -622,7 +858,7 @@ pub const OBJECT_NAMES: [&str; object::COUNT] = ["anon_vma", "anon_vma_chain"];
 
 /// Fields added to `rmapwatch.report/1` since its first recordings, at
 /// any depth (`designs`: the report's and each process's).
-pub const ADDED_FIELDS: [&str; 1] = ["designs"];
+pub const ADDED_FIELDS: [&str; 4] = ["by_holder", "designs", "time", "timing_unpaired"];
 
 /// Whether `newer` (this rmapwatch's report, JSON) says what `older` (one
 /// an earlier rmapwatch printed for the same input) said: every field of
@@ -790,6 +1026,7 @@ impl Report {
                 .as_ref()
                 .map(|m| m.designs.iter().map(Outcome::summary).collect())
                 .unwrap_or_default(),
+            time: None,
             processes,
             exited,
             slab: f.slab.clone(),
@@ -802,6 +1039,7 @@ impl Report {
             }),
             fork_window_full: ctx.counters.and_then(|c| c.fork_window_full),
             walks_torn: ctx.counters.and_then(|c| c.walks_torn),
+            timing_unpaired: ctx.counters.and_then(|c| c.timing_unpaired),
         }
     }
 
@@ -986,6 +1224,9 @@ impl Report {
         }
         if !self.designs.is_empty() {
             let _ = writeln!(s, "{}", self.designs_table(true));
+        }
+        if let Some(t) = &self.time {
+            let _ = writeln!(s, "{}", time_text(t));
         }
         if let Some(m) = &self.model {
             let _ = writeln!(

@@ -33,8 +33,9 @@ pub const BLOCK_MAGIC: &[u8; 4] = b"RMWB";
 /// major version; a newer minor version only adds message kinds, which
 /// older readers skip, and facts at the end of a VMA's facts, which older
 /// readers skip too. 1.1: parents in walks; 1.2: each VMA's `vm_pgoff` and
-/// pagemap's anonymous pages.
-pub const VERSION: (u16, u16) = (1, 2);
+/// pagemap's anonymous pages; 1.3: timing events (lock waits, fork times,
+/// rmap walks) in messages of their own.
+pub const VERSION: (u16, u16) = (1, 3);
 /// The format's name, in the header.
 pub const FORMAT: &str = "rmapwatch.stream/1";
 /// Largest header.
@@ -157,6 +158,8 @@ mod tag {
     /// 1.1: a walk's VMAs with each new process's parent, and room after
     /// each VMA for more of its facts (`WALK_VMAS` stays readable).
     pub const WALK_VMAS_EXT: u8 = 64;
+    /// 1.3: timing events, in order with the `EVENTS` around them.
+    pub const TIMES: u8 = 65;
 }
 
 /// Delta state, restarted at every block.
@@ -256,7 +259,68 @@ impl Encoder {
                 put_varint(out, zigzag(i64::from(*tid) - i64::from(*tgid)));
                 put_bytes(out, comm.bytes());
             }
+            // In `TIMES` messages (see `input`).
+            Event::LockWait(_)
+            | Event::ForkTime { .. }
+            | Event::ForkWork { .. }
+            | Event::RmapWalk { .. } => {}
         }
+    }
+
+    /// A run of timing events: `TIMES`, its length, then the time, the
+    /// count and each (a kind byte, the ids, then its numbers).
+    fn times(&mut self, t: Nanos, run: &[Event]) {
+        let mut body = Vec::with_capacity(8 + run.len() * 12);
+        put_varint(&mut body, t);
+        put_varint(&mut body, run.len() as u64);
+        for e in run {
+            let (kind, tid, tgid, nums): (u8, u32, u32, [u64; 4]) = match *e {
+                Event::LockWait(w) => (
+                    6,
+                    w.tid,
+                    w.tgid,
+                    [
+                        w.anon_vma,
+                        u64::from(w.flags),
+                        w.wait_ns,
+                        u64::from(w.holder),
+                    ],
+                ),
+                Event::ForkTime {
+                    tid,
+                    tgid,
+                    child,
+                    ns,
+                } => (7, tid, tgid, [u64::from(child), ns, 0, 0]),
+                Event::ForkWork {
+                    tid,
+                    tgid,
+                    dup_mmap_ns,
+                    anon_ns,
+                    anon_calls,
+                } => (
+                    8,
+                    tid,
+                    tgid,
+                    [dup_mmap_ns, anon_ns, u64::from(anon_calls), 0],
+                ),
+                Event::RmapWalk {
+                    tid,
+                    tgid,
+                    anon_vma,
+                    rmap_one,
+                } => (9, tid, tgid, [anon_vma, rmap_one, 0, 0]),
+                _ => continue,
+            };
+            body.push(kind);
+            put_varint(&mut body, u64::from(tgid));
+            put_varint(&mut body, zigzag(i64::from(tid) - i64::from(tgid)));
+            for n in nums {
+                put_varint(&mut body, n);
+            }
+        }
+        self.raw.push(tag::TIMES);
+        put_bytes(&mut self.raw, &body);
     }
 
     fn vma(&mut self, v: &Vma) {
@@ -291,11 +355,29 @@ impl Encoder {
         match input {
             Input::Facts(_) => {} // in the header
             Input::Events { t, events } => {
-                self.raw.push(tag::EVENTS);
-                put_varint(&mut self.raw, *t);
-                put_varint(&mut self.raw, events.len() as u64);
-                for e in events {
-                    self.event(e);
+                // Runs of timing events go in messages older readers skip.
+                let mut rest: &[Event] = events;
+                loop {
+                    let timing = rest.first().is_some_and(Event::is_timing);
+                    let n = rest
+                        .iter()
+                        .position(|e| e.is_timing() != timing)
+                        .unwrap_or(rest.len());
+                    let (run, after) = rest.split_at(n);
+                    if timing {
+                        self.times(*t, run);
+                    } else {
+                        self.raw.push(tag::EVENTS);
+                        put_varint(&mut self.raw, *t);
+                        put_varint(&mut self.raw, run.len() as u64);
+                        for e in run {
+                            self.event(e);
+                        }
+                    }
+                    rest = after;
+                    if rest.is_empty() {
+                        break;
+                    }
                 }
             }
             Input::WalkBegin { t } => {
@@ -658,6 +740,54 @@ fn decode_event(c: &mut Cursor<'_>, d: &mut Deltas) -> Result<Event, String> {
     })
 }
 
+fn decode_times(c: &mut Cursor<'_>) -> Result<Input, String> {
+    let t = c.varint()?;
+    let n = c.count(7)?;
+    let mut events = Vec::with_capacity(n.min(PREALLOC));
+    for _ in 0..n {
+        let kind = c.u8()?;
+        let tgid = c.u32()?;
+        let tid = c.rel32(tgid)?;
+        let mut nums = [0u64; 4];
+        for v in &mut nums {
+            *v = c.varint()?;
+        }
+        let u32_of = |v: u64| u32::try_from(v).map_err(|_| "a 32-bit field out of range");
+        events.push(match kind {
+            6 => Event::LockWait(crate::event::LockWait {
+                tid,
+                tgid,
+                anon_vma: nums[0],
+                flags: u32_of(nums[1])?,
+                wait_ns: nums[2],
+                // 0 (unknown) in streams before ABI 7.
+                holder: u32_of(nums[3])?,
+            }),
+            7 => Event::ForkTime {
+                tid,
+                tgid,
+                child: u32_of(nums[0])?,
+                ns: nums[1],
+            },
+            8 => Event::ForkWork {
+                tid,
+                tgid,
+                dup_mmap_ns: nums[0],
+                anon_ns: nums[1],
+                anon_calls: u32_of(nums[2])?,
+            },
+            9 => Event::RmapWalk {
+                tid,
+                tgid,
+                anon_vma: nums[0],
+                rmap_one: nums[1],
+            },
+            k => return Err(format!("a timing event of unknown kind {k}")),
+        });
+    }
+    Ok(Input::Events { t, events })
+}
+
 fn decode_vma(c: &mut Cursor<'_>, d: &mut Deltas) -> Result<Vma, String> {
     let tgid = c.delta32(&mut d.vma_tgid)?;
     let mm = c.delta(&mut d.mm)?;
@@ -846,6 +976,13 @@ fn decode_message(c: &mut Cursor<'_>, d: &mut Deltas) -> Result<Message, String>
             }
         }
         tag::REQUEST => return Ok(Message::Request(c.json()?)),
+        tag::TIMES => {
+            let mut body = Cursor {
+                b: c.bytes()?,
+                at: 0,
+            };
+            decode_times(&mut body)?
+        }
         t if t >= tag::FIRST_SKIPPABLE => {
             c.bytes()?;
             return Ok(Message::Skipped);

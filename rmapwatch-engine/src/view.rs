@@ -68,4 +68,7 @@ pub struct Frame {
     pub inlined_warning: Option<String>,
     /// The link to a remote agent (set by the host, not the engine).
     pub link: Option<crate::report::LinkReport>,
+    /// What anon_vma costs in time (lock waits, fork work, rmap walks) and
+    /// what each design would not have spent: the report's `time` block.
+    pub time: Option<crate::time::TimeReport>,
 }

@@ -224,6 +224,8 @@ fn script(sc: &Scenario) -> Vec<Input> {
                 // Rare conditions the programs count (and log).
                 fork_window_full: Some(3),
                 walks_torn: Some(1),
+                lock_waits_lost: Some(0),
+                timing_unpaired: Some(0),
             }),
             programs: Some(programs),
             undecodable: 0,
