@@ -108,6 +108,8 @@ pub enum Action {
     SortReverse,
     /// Next design in the process table, the chart and the header.
     DesignNext,
+    /// The time panel (anon_vma lock waits, fork cost per design).
+    ToggleTime,
     /// Freeze the display.
     TogglePause,
     /// Help overlay.
@@ -219,6 +221,9 @@ pub struct App {
     pub view: View,
     /// Help overlay shown.
     pub help: bool,
+    /// The time panel shown (`w`): anon_vma lock waits per root family,
+    /// fork cost per design.
+    pub time: bool,
     /// Sort column.
     pub sort: Column,
     /// Sort descending.
@@ -258,6 +263,7 @@ impl App {
             design: FIRST_DESIGN.to_owned(),
             view: View::Main,
             help: false,
+            time: false,
             sort: Column::Saving,
             descending: true,
             filter: String::new(),
@@ -438,6 +444,7 @@ impl App {
                     self.design = (*n).to_owned();
                 }
             }
+            Action::ToggleTime => self.time = !self.time,
             Action::TogglePause => self.paused = !self.paused,
             Action::ToggleHelp => self.help = !self.help,
             Action::FilterStart => {
@@ -558,6 +565,7 @@ pub fn action_for(event: &Event, app: &App) -> Option<Action> {
         KeyCode::Char('<') => Action::SortPrev,
         KeyCode::Char('r') => Action::SortReverse,
         KeyCode::Char('d') => Action::DesignNext,
+        KeyCode::Char('w') => Action::ToggleTime,
         KeyCode::Char('p' | ' ') => Action::TogglePause,
         KeyCode::Char('?' | 'h') => Action::ToggleHelp,
         KeyCode::Char('/') => Action::FilterStart,

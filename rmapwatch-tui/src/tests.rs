@@ -483,3 +483,111 @@ fn the_chart_plots_the_selected_designs_history() {
     let screen = format!("{}", draw(&app, 160, 48).backend());
     assert!(screen.contains("━ actual ━ cow_context"), "{screen}");
 }
+
+/// `frame(5)` with lock waits on 10 roots, timed forks and rmap walks.
+fn time_frame() -> Frame {
+    use rmapwatch_engine::time::{CallerWalks, ForkObjects, RootWaits};
+    let mut f = frame(5, None);
+    f.facts.time.lock_mode = "tracepoint".into();
+    f.facts.time.fork_mode = "tracepoint".into();
+    f.facts.time.rmap_mode = "kprobe".into();
+    let t = f.time.as_mut().unwrap();
+    t.rmap_walks.source = "kprobe rmap_walk_anon".into();
+    t.rmap_walks.by_caller = vec![
+        CallerWalks {
+            caller: "try_to_unmap_one".into(),
+            purpose: "reclaim (unmap)".into(),
+            walks: 200,
+            avcs: 600,
+            lazy_avcs: 200,
+            cow_context_visits: 400,
+        },
+        CallerWalks {
+            caller: "folio_referenced_one".into(),
+            purpose: "reclaim (aging)".into(),
+            walks: 10,
+            avcs: 30,
+            lazy_avcs: 10,
+            cow_context_visits: 20,
+        },
+    ];
+    let l = &mut t.anon_vma_lock;
+    l.source = "tracepoint lock:contention_begin/end".into();
+    l.available = true;
+    l.waits = 40;
+    l.read_waits = 30;
+    l.write_waits = 10;
+    l.wait_ns = 12_000_000;
+    l.by_root = (0..10)
+        .map(|i| RootWaits {
+            root: format!("{:#x}", 0xffff_8880_0001_0000_u64 + i * 0x100),
+            family: (100..104).collect(),
+            family_size: if i == 0 { 40 } else { 4 },
+            waits: 10 - i,
+            wait_ns: (10 - i) * 300_000,
+            write_waits: 1,
+            lazy_has_it: i != 2,
+        })
+        .collect();
+    l.avoided[0].waits = 8;
+    l.avoided[0].wait_ns = 2_400_000;
+    l.avoided[1].waits = 40;
+    l.avoided[1].wait_ns = 12_000_000;
+    let k = &mut t.fork;
+    k.forks = 3;
+    k.syscall_ns = 450_000;
+    k.objects = ForkObjects {
+        anon_vma: 60,
+        anon_vma_chain: 120,
+    };
+    k.objects_per_fork = Some(60.0);
+    k.designs[0].objects_not_allocated = ForkObjects {
+        anon_vma: 60,
+        anon_vma_chain: 60,
+    };
+    k.designs[1].objects_not_allocated = k.objects;
+    k.designs[1].added = [
+        ("cow_context".to_owned(), 3),
+        ("remap_entries_copied".to_owned(), 6),
+    ]
+    .into();
+    f
+}
+
+#[test]
+fn w_shows_the_time_panel_in_the_rates_place() {
+    let mut app = app_with_frames();
+    app.update(Action::Update(Update::Frame(Box::new(time_frame()))));
+    let screen = format!("{}", draw(&app, 160, 48).backend());
+    assert!(!screen.contains("time: anon_vma lock waits"), "{screen}");
+    assert!(screen.contains("rates by call path"));
+    let a = action_for(&key(KeyCode::Char('w')), &app).unwrap();
+    assert_eq!(format!("{a:?}"), "ToggleTime");
+    app.update(a);
+    assert!(app.time);
+    let screen = format!("{}", draw(&app, 160, 48).backend());
+    for want in [
+        "seen by lock tracepoint · fork tracepoint · rmap kprobe",
+        "rmap walks 210 · try_to_unmap_one 200 (AVCs 600, lazy 200, cow 400) · \
+         folio_referenced_one 10",
+        "waits 40 (read 30, write 10) 12.00 ms mean 300.0 µs · lazy avoids 8 (2.40 ms)",
+        "cow_context avoids 40 (12.00 ms; spinlocks not modelled)",
+        "forks 3 mean 150.0 µs 60.0 objects/fork · lazy: -60 anon_vma -60 AVC",
+        "cow_context: -60 anon_vma -120 AVC +3 cow_context +6 remap_entries_copied",
+        "0xffff888000010000 10      3.00 ms    1      waits  100 101 102 103 (+36 more)",
+        "0xffff888000010200 8       2.40 ms    1      avoids",
+        "0xffff888000010700",
+    ] {
+        assert!(screen.contains(want), "{want:?} not in\n{screen}");
+    }
+    assert!(!screen.contains("0xffff888000010800"), "8 roots at most");
+    assert!(!screen.contains("rates by call path"));
+    insta::assert_snapshot!("time_160x48", draw(&app, 160, 48).backend());
+    insta::assert_snapshot!("time_80x24", draw(&app, 80, 24).backend());
+    // Every size down to the smallest draws (the panel shrinks first).
+    for (w, h) in [(60, 16), (61, 17), (80, 20), (100, 30), (200, 60)] {
+        let _ = draw(&app, w, h);
+    }
+    app.update(Action::ToggleTime);
+    assert!(format!("{}", draw(&app, 160, 48).backend()).contains("rates by call path"));
+}

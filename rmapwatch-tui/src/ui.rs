@@ -12,7 +12,13 @@ use ratatui::{
 use rmapwatch_common::site;
 use std::fmt::Write as _;
 
-use rmapwatch_engine::{design::Outcome, hooks::HookMode, model::change_pct, view::Frame};
+use rmapwatch_engine::{
+    design::Outcome,
+    hooks::HookMode,
+    model::change_pct,
+    report::{duration, family_text},
+    view::Frame,
+};
 
 use super::state::{App, Column, View};
 
@@ -185,6 +191,8 @@ impl App {
                 format!(" sort:{} ", self.sort.title(&self.design)).into(),
                 "d".bold(),
                 " design ".into(),
+                "w".bold(),
+                " time ".into(),
                 "Enter".bold(),
                 " detail ".into(),
                 "p".bold(),
@@ -211,10 +219,21 @@ impl App {
         let designs = f.walk.as_ref().map_or(0, |w| {
             w.designs.iter().filter(|o| o.name != "today").count() + 1
         });
-        let [summary, designs, rates, table] = Layout::vertical([
+        let designs = u16::try_from(designs).unwrap_or(u16::MAX);
+        // The time panel (w) in the rates' place, as high as its rows want
+        // and the process table leaves (its borders, header and one row:
+        // the selection stays in sight).
+        let (time, rates) = if self.time {
+            let room = area.height.saturating_sub(6 + designs + 4);
+            (time_height(f).min(room), 0)
+        } else {
+            (0, 3)
+        };
+        let [summary, designs, time, rates, table] = Layout::vertical([
             Constraint::Length(6),
-            Constraint::Length(u16::try_from(designs).unwrap_or(u16::MAX)),
-            Constraint::Length(3),
+            Constraint::Length(designs),
+            Constraint::Length(time),
+            Constraint::Length(rates),
             Constraint::Min(3),
         ])
         .areas(area);
@@ -233,7 +252,11 @@ impl App {
             designs,
             buf,
         );
-        self.render_rates(rates, buf);
+        if self.time {
+            render_time(f, time, buf);
+        } else {
+            self.render_rates(rates, buf);
+        }
         self.render_processes(table, buf);
     }
 
@@ -587,6 +610,192 @@ fn render_designs(
     .render(area, buf);
 }
 
+/// The time panel's rmap walks: in all, then the callers walking most,
+/// with the AVCs today's walks visit and LAZY's and COW context's.
+fn rmap_line(r: &rmapwatch_engine::time::RmapReport) -> Line<'static> {
+    if r.by_caller.is_empty() {
+        let why = if r.source.starts_with("fentry") || r.source.starts_with("kprobe") {
+            "none seen".to_owned()
+        } else {
+            format!("not measured ({})", r.source)
+        };
+        return Line::from(vec!["rmap walks ".bold(), why.dim()]);
+    }
+    let walks: u64 = r.by_caller.iter().map(|c| c.walks).sum();
+    let mut v: Vec<Span> = vec!["rmap walks ".bold(), walks.to_string().into()];
+    for c in r.by_caller.iter().take(3) {
+        v.push(
+            format!(
+                " · {} {} (AVCs {}, lazy {}, cow {})",
+                c.caller, c.walks, c.avcs, c.lazy_avcs, c.cow_context_visits
+            )
+            .into(),
+        );
+    }
+    Line::from(v)
+}
+
+/// Rows of the time panel's root table at most.
+const TIME_ROOTS: usize = 8;
+
+/// Lines the time panel wants: its title, four lines, the roots' header
+/// and rows.
+fn time_height(f: &Frame) -> u16 {
+    let roots = f
+        .time
+        .as_ref()
+        .filter(|t| t.anon_vma_lock.available)
+        .map_or(0, |t| t.anon_vma_lock.by_root.len().min(TIME_ROOTS));
+    5 + if roots > 0 { 1 + roots as u16 } else { 0 }
+}
+
+/// The time panel: how each source is seen, anon_vma lock waits and what
+/// each design would not have waited, fork cost per design, then the roots
+/// waited on most with their families.
+fn render_time(f: &Frame, area: Rect, buf: &mut Buffer) {
+    if area.height == 0 {
+        return;
+    }
+    let block = Block::default()
+        .borders(Borders::TOP)
+        .title(" time: anon_vma lock waits, fork cost per design (w hides) ");
+    let inner = block.inner(area);
+    block.render(area, buf);
+    let Some(t) = &f.time else {
+        Paragraph::new("no time figures (an older recording)").render(inner, buf);
+        return;
+    };
+    let mode = |m: &str| if m.is_empty() { "-" } else { m }.to_owned();
+    let h = &f.facts.time;
+    let mut lines = vec![Line::from(vec![
+        "seen by ".dim(),
+        format!(
+            "lock {} · fork {} · rmap {}",
+            mode(&h.lock_mode),
+            mode(&h.fork_mode),
+            mode(&h.rmap_mode)
+        )
+        .into(),
+    ])];
+    let l = &t.anon_vma_lock;
+    if l.available {
+        let mut v: Vec<Span> = vec![
+            "waits ".bold(),
+            format!(
+                "{} (read {}, write {}) {} mean {}",
+                l.waits,
+                l.read_waits,
+                l.write_waits,
+                duration(l.wait_ns),
+                duration(l.wait_ns.checked_div(l.waits).unwrap_or(0))
+            )
+            .into(),
+        ];
+        let held: Vec<String> = ["fork", "reader", "writer", "?"]
+            .iter()
+            .zip(&l.by_holder)
+            .filter(|(_, h)| h.waits > 0)
+            .map(|(name, h)| format!("{name} {}", h.waits))
+            .collect();
+        if !held.is_empty() {
+            v.push(format!(" · held by {}", held.join(", ")).into());
+        }
+        for a in &l.avoided {
+            v.push(
+                format!(
+                    " · {} avoids {} ({}{})",
+                    a.design,
+                    a.waits,
+                    duration(a.wait_ns),
+                    if a.design == "cow_context" {
+                        "; spinlocks not modelled"
+                    } else {
+                        ""
+                    }
+                )
+                .green(),
+            );
+        }
+        lines.push(Line::from(v));
+    } else {
+        lines.push(Line::from(vec![
+            "waits ".bold(),
+            format!("not measured ({})", t.anon_vma_lock.source).dim(),
+        ]));
+    }
+    let k = &t.fork;
+    if k.forks == 0 {
+        lines.push(Line::from(vec!["forks ".bold(), "none timed".dim()]));
+    } else {
+        let mut v: Vec<Span> = vec![
+            "forks ".bold(),
+            format!(
+                "{} mean {} {} objects/fork",
+                k.forks,
+                duration(k.syscall_ns / k.forks),
+                k.objects_per_fork
+                    .map_or_else(|| "-".to_owned(), |o| format!("{o:.1}"))
+            )
+            .into(),
+        ];
+        for d in &k.designs {
+            let o = d.objects_not_allocated;
+            let mut x = format!(
+                " · {}: -{} anon_vma -{} AVC",
+                d.design, o.anon_vma, o.anon_vma_chain
+            );
+            for (name, n) in &d.added {
+                let _ = write!(x, " +{n} {name}");
+            }
+            v.push(x.green());
+        }
+        lines.push(Line::from(v));
+    }
+    lines.push(rmap_line(&t.rmap_walks));
+    let [top, roots] = Layout::vertical([Constraint::Length(4), Constraint::Min(0)]).areas(inner);
+    Paragraph::new(lines).render(top, buf);
+    if roots.height < 2 || !l.available {
+        return;
+    }
+    let body = l
+        .by_root
+        .iter()
+        .take(TIME_ROOTS.min(usize::from(roots.height - 1)))
+        .map(|r| {
+            Row::new(vec![
+                Cell::from(r.root.clone()),
+                Cell::from(r.waits.to_string()),
+                Cell::from(duration(r.wait_ns)),
+                Cell::from(r.write_waits.to_string()),
+                Cell::from(if r.lazy_has_it { "waits" } else { "avoids" }),
+                Cell::from(family_text(r)),
+            ])
+        });
+    Table::new(
+        body,
+        [
+            Constraint::Length(18),
+            Constraint::Length(7),
+            Constraint::Length(10),
+            Constraint::Length(6),
+            Constraint::Length(6),
+            Constraint::Min(10),
+        ],
+    )
+    .header(
+        Row::new([
+            "root anon_vma",
+            "waits",
+            "wait",
+            "writes",
+            "lazy",
+            "family (pids)",
+        ])
+        .bold(),
+    )
+    .render(roots, buf);
+}
+
 /// Actual and lazy on one basis, the latest walk (what the model saw);
 /// the events' live counts beside it.
 fn render_seed_table(f: &Frame, area: Rect, buf: &mut Buffer) {
@@ -671,6 +880,7 @@ fn render_help(area: Rect, buf: &mut Buffer) {
         "s or >       next sort col   <          previous sort column",
         "r            reverse sort    p / space  pause the display",
         "d            next design     ?          this help",
+        "w            time: anon_vma lock waits, fork cost per design",
         "q, Ctrl-C    quit",
         "",
         "Lazy = what ANON_VMA_LAZY would hold (docs/lazy-model.md).",

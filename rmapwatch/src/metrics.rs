@@ -10,13 +10,14 @@ use std::{fmt::Write as _, sync::Arc};
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric as _},
+    encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::{Registry, Unit},
 };
 use rmapwatch_engine::{
     design::Holding,
     report::{LazyBlock, LiveBlock, ProcessReport, Report},
+    time::{Histogram, TimeReport},
 };
 
 /// The exporter's state at a scrape, besides the report.
@@ -160,6 +161,135 @@ fn design_series(
         objects.push((lt, *n as f64));
     }
     bytes.push((l, h.bytes as f64));
+}
+
+/// One unlabelled histogram of seconds from a log2 histogram of ns: the
+/// buckets' `le` (in seconds) as [`Histogram::cumulative`] gives them, then
+/// `+Inf`; `sum_ns` and `count` as counted.
+fn histogram(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    h: &Histogram,
+    sum_ns: u64,
+    count: u64,
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+    // The encoders cumulate the counts they are given: hand them each
+    // bucket's own, and the values past the last bucket under +Inf.
+    let mut below = 0;
+    let mut buckets: Vec<(f64, u64)> = h
+        .cumulative()
+        .into_iter()
+        .map(|(le_ns, n)| {
+            let own = n - below;
+            below = n;
+            (le_ns as f64 / 1e9, own)
+        })
+        .collect();
+    buckets.push((f64::INFINITY, count.saturating_sub(below)));
+    m.encode_family(&Labels::new())?
+        .encode_histogram::<NoLabelSet>(sum_ns as f64 / 1e9, count, &buckets, None)
+}
+
+/// What anon_vma costs in time: lock waits (when they are measured), what
+/// each design would not have waited, forks and their objects.
+fn encode_time(enc: &mut DescriptorEncoder<'_>, t: &TimeReport) -> std::fmt::Result {
+    let l = &t.anon_vma_lock;
+    if l.available {
+        counter(
+            enc,
+            "rmapwatch_anon_vma_lock_waits",
+            "Waits on the rwsems of anon_vmas rmapwatch tracks (lock:contention_begin/end \
+             matched to the root's lock), by kind: read (down_read: rmap walks), write \
+             (down_write: fork, unlink, merge, split, mremap).",
+            &[
+                (vec![("kind", "read".to_owned())], l.read_waits),
+                (vec![("kind", "write".to_owned())], l.write_waits),
+            ],
+        )?;
+        if !l.by_holder.is_empty() {
+            let by: Vec<_> = l
+                .by_holder
+                .iter()
+                .map(|h| {
+                    let path = h.path.split([' ', ',']).next().unwrap_or("unknown");
+                    (vec![("holder", path.to_owned())], h.waits)
+                })
+                .collect();
+            counter(
+                enc,
+                "rmapwatch_anon_vma_lock_waits_by_holder",
+                "The same waits by what the rwsem's owner was doing at the begin: fork (inside a \
+                 fork system call), reader (reader-owned: rmap walks), writer (not forking: \
+                 unlink, merge, split, mremap, exec), unknown.",
+                &by,
+            )?;
+        }
+        histogram(
+            enc,
+            "rmapwatch_anon_vma_lock_wait",
+            "How long each of those waits took (log2 buckets).",
+            &l.histogram,
+            l.wait_ns,
+            l.waits,
+        )?;
+        let avoided: Vec<(Labels, u64)> = l
+            .avoided
+            .iter()
+            .map(|a| (vec![("design", a.design.clone())], a.waits))
+            .collect();
+        counter(
+            enc,
+            "rmapwatch_anon_vma_lock_avoided_waits",
+            "Of those waits, the ones each design would not have had: lazy (every VMA of the \
+             root's family lazy at the last walk: no anon_vma to lock), cow_context (no \
+             anon_vma rwsem at all; its per-context spinlocks are not modelled).",
+            &avoided,
+        )?;
+        let avoided_s: Vec<(Labels, f64)> = l
+            .avoided
+            .iter()
+            .map(|a| (vec![("design", a.design.clone())], a.wait_ns as f64 / 1e9))
+            .collect();
+        family(
+            enc,
+            "rmapwatch_anon_vma_lock_avoided_wait",
+            "The time of the waits each design would not have had.",
+            Some(Unit::Seconds),
+            MetricType::Counter,
+            &avoided_s,
+            |m, v| ConstCounter::new(v).encode(m),
+        )?;
+    }
+    let f = &t.fork;
+    counter(
+        enc,
+        "rmapwatch_forks",
+        "Process forks timed (fork-family syscalls that made a process; threads are not \
+         counted).",
+        &[(Vec::new(), f.forks)],
+    )?;
+    histogram(
+        enc,
+        "rmapwatch_fork",
+        "How long those fork syscalls took, entry to return in the parent (log2 buckets).",
+        &f.syscall_histogram,
+        f.syscall_ns,
+        f.forks,
+    )?;
+    counter(
+        enc,
+        "rmapwatch_fork_objects",
+        "Objects those forks allocated, by type.",
+        &[
+            (vec![("type", TYPES[0].to_owned())], f.objects.anon_vma),
+            (
+                vec![("type", TYPES[1].to_owned())],
+                f.objects.anon_vma_chain,
+            ),
+        ],
+    )
 }
 
 /// A process's footprint: the bytes of the objects it owns now.
@@ -440,6 +570,9 @@ fn encode_report(enc: &mut DescriptorEncoder<'_>, r: &Report, top: usize) -> std
         Some(Unit::Bytes),
         &bytes,
     )?;
+    if let Some(t) = &r.time {
+        encode_time(enc, t)?;
+    }
     if let Some(c) = &r.cost {
         counter(
             enc,
@@ -1026,6 +1159,169 @@ mod tests {
         .unwrap();
         assert!(!text.contains("rmapwatch_design_bytes{"), "{text}");
         assert!(!text.contains("rmapwatch_process_design_bytes{"), "{text}");
+    }
+
+    /// The report with lock waits (1.5 µs, 3 x 1 ms, 5 ms) and two forks.
+    fn report_with_time() -> Report {
+        let mut r = report();
+        let mut t = r.time.clone().unwrap_or_default();
+        let l = &mut t.anon_vma_lock;
+        l.available = true;
+        for ns in [1_500, 1_000_000, 1_000_000, 1_000_000, 5_000_000] {
+            l.histogram.add(ns);
+            l.waits += 1;
+            l.wait_ns += ns;
+        }
+        l.read_waits = 3;
+        l.write_waits = 2;
+        l.by_holder = rmapwatch_engine::time::HOLDER_PATHS
+            .iter()
+            .zip([2, 1, 1, 1])
+            .map(|(p, waits)| rmapwatch_engine::time::HolderWaits {
+                path: (*p).to_owned(),
+                waits,
+                wait_ns: 0,
+            })
+            .collect();
+        l.avoided = vec![
+            rmapwatch_engine::time::Avoided {
+                design: "lazy".into(),
+                waits: 1,
+                wait_ns: 1_000_000,
+                rule: String::new(),
+            },
+            rmapwatch_engine::time::Avoided {
+                design: "cow_context".into(),
+                waits: 5,
+                wait_ns: l.wait_ns,
+                rule: String::new(),
+            },
+        ];
+        let f = &mut t.fork;
+        f.forks = 2;
+        f.syscall_ns = 300_000;
+        f.syscall_histogram.add(100_000);
+        f.syscall_histogram.add(200_000);
+        f.objects.anon_vma = 4;
+        f.objects.anon_vma_chain = 6;
+        r.time = Some(t);
+        r
+    }
+
+    /// A histogram's `_bucket` series in `text`: (le, cumulative count).
+    fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
+        let prefix = format!("{name}_bucket{{le=\"");
+        text.lines()
+            .filter_map(|l| {
+                let (le, v) = l.strip_prefix(&prefix)?.split_once("\"} ")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn both_formats_carry_lock_waits_and_forks_with_their_histograms() {
+        let r = Arc::new(report_with_time());
+        for f in [Format::OpenMetrics, Format::Prometheus] {
+            let text = encode(Some(r.clone()), Exporter::default(), f).unwrap();
+            let v = |s: &str| value(&text, s);
+            assert_eq!(
+                v(r#"rmapwatch_anon_vma_lock_waits_total{kind="read"}"#),
+                Some(3.0),
+                "{f:?}:\n{text}"
+            );
+            assert_eq!(
+                v(r#"rmapwatch_anon_vma_lock_waits_total{kind="write"}"#),
+                Some(2.0),
+                "{f:?}"
+            );
+            for (holder, n) in [
+                ("fork", 2.0),
+                ("reader", 1.0),
+                ("writer", 1.0),
+                ("unknown", 1.0),
+            ] {
+                assert_eq!(
+                    v(&format!(
+                        r#"rmapwatch_anon_vma_lock_waits_by_holder_total{{holder="{holder}"}}"#
+                    )),
+                    Some(n),
+                    "{f:?}:\n{text}"
+                );
+            }
+            assert_eq!(
+                v(r#"rmapwatch_anon_vma_lock_avoided_waits_total{design="lazy"}"#),
+                Some(1.0),
+                "{f:?}"
+            );
+            assert_eq!(
+                v(r#"rmapwatch_anon_vma_lock_avoided_waits_total{design="cow_context"}"#),
+                Some(5.0),
+                "{f:?}"
+            );
+            assert_eq!(
+                v(r#"rmapwatch_anon_vma_lock_avoided_wait_seconds_total{design="lazy"}"#),
+                Some(0.001),
+                "{f:?}"
+            );
+            assert_eq!(v("rmapwatch_forks_total"), Some(2.0), "{f:?}");
+            assert_eq!(
+                v(r#"rmapwatch_fork_objects_total{type="anon_vma_chain"}"#),
+                Some(6.0),
+                "{f:?}"
+            );
+            assert!(
+                text.contains("# TYPE rmapwatch_anon_vma_lock_wait_seconds histogram"),
+                "{f:?}:\n{text}"
+            );
+            assert!(
+                text.contains("# TYPE rmapwatch_fork_seconds histogram"),
+                "{f:?}"
+            );
+            // Lock waits: le in seconds at each log2 bucket's upper bound
+            // up to the last one with a wait, cumulative, then +Inf.
+            let b = buckets(&text, "rmapwatch_anon_vma_lock_wait_seconds");
+            assert_eq!(b.len(), 24, "{f:?}: {b:?}");
+            assert!((b[0].0 - 2e-9).abs() < 1e-15, "{b:?}");
+            assert_eq!(b[10], (2048e-9, 1.0), "1.5 µs below 2.048 µs");
+            assert_eq!(b[18].1, 1.0, "1 ms is not below 524 µs");
+            assert_eq!(b[19], (1_048_576e-9, 4.0), "{b:?}");
+            assert_eq!(b[22], (8_388_608e-9, 5.0), "{b:?}");
+            assert_eq!(b[23], (f64::INFINITY, 5.0), "{b:?}");
+            assert!(b.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
+            assert_eq!(
+                v("rmapwatch_anon_vma_lock_wait_seconds_count"),
+                Some(5.0),
+                "{f:?}"
+            );
+            assert_eq!(
+                v("rmapwatch_anon_vma_lock_wait_seconds_sum"),
+                Some(0.0080015),
+                "{f:?}"
+            );
+            let b = buckets(&text, "rmapwatch_fork_seconds");
+            assert_eq!(b.last(), Some(&(f64::INFINITY, 2.0)), "{f:?}: {b:?}");
+            assert_eq!(b.iter().filter(|x| x.0.is_infinite()).count(), 1);
+            assert_eq!(v("rmapwatch_fork_seconds_sum"), Some(0.0003), "{f:?}");
+            assert_eq!(v("rmapwatch_fork_seconds_count"), Some(2.0), "{f:?}");
+            assert_eq!(f == Format::OpenMetrics, text.ends_with("# EOF\n"), "{f:?}");
+        }
+        // Lock waits not measured: no lock series; forks still.
+        let mut off = report_with_time();
+        off.time.as_mut().unwrap().anon_vma_lock.available = false;
+        let text = encode(
+            Some(Arc::new(off)),
+            Exporter::default(),
+            Format::OpenMetrics,
+        )
+        .unwrap();
+        assert!(!text.contains("rmapwatch_anon_vma_lock"), "{text}");
+        assert!(text.contains("rmapwatch_forks_total 2"), "{text}");
     }
 
     #[test]

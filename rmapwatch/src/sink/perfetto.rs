@@ -46,6 +46,12 @@ impl PerfettoSink {
 }
 
 impl Sink for PerfettoSink {
+    fn input(&mut self, input: &rmapwatch_engine::input::Input) -> anyhow::Result<()> {
+        // Lock waits long enough for a slice.
+        self.builder.input(input);
+        Ok(())
+    }
+
     fn step(&mut self, view: &View<'_>, step: Step) -> anyhow::Result<bool> {
         self.builder.step(view.engine, step);
         Ok(true)
