@@ -23,12 +23,9 @@ const SITES: [&str; 5] = [
 ];
 
 /// bpftrace counting kmem_cache_alloc/free by (call site, cache name).
-struct Bpftrace {
-    child: std::process::Child,
-    stdout: Lines,
-}
+struct SiteCounts(common::Bpftrace);
 
-impl Bpftrace {
+impl SiteCounts {
     fn start() -> Self {
         // Keyed by the current pid: summed over the workload's pids this is
         // exact even though rmapwatch hands fork-time objects to the child.
@@ -36,41 +33,13 @@ impl Bpftrace {
                       { @alloc[pid, ksym(args->call_site), str(args->name)] = count(); } \
                       tracepoint:kmem:kmem_cache_free \
                       { @free[pid, ksym(args->call_site), str(args->name)] = count(); }";
-        ensure_tracefs();
-        let mut child = Command::new("bpftrace")
-            .args(["-e", script])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("bpftrace is installed by cargo xtask setup");
-        // Its stderr is shown if it exits before attaching.
-        let stderr = Lines::new(child.stderr.take().unwrap());
-        let mut stdout = Lines::with_other(child.stdout.take().unwrap(), stderr);
-        stdout.wait_for("Attaching", Duration::from_secs(60));
-        // bpftrace prints "Attaching" just before it attaches.
-        std::thread::sleep(Duration::from_millis(500));
-        Self { child, stdout }
+        Self(common::Bpftrace::start(script))
     }
 
     /// (map, pid, site, cache) -> count.
-    fn stop(mut self) -> BTreeMap<(String, u32, String, String), u64> {
-        // bpftrace 0.17 can miss a SIGINT that lands just before it sleeps
-        // in epoll_wait, and then waits forever (seen once in a CI run: 28
-        // minutes, ended by a second SIGINT). Say it again until it exits.
-        let start = std::time::Instant::now();
-        loop {
-            send(&self.child, libc::SIGINT);
-            if exited_within(&mut self.child, Duration::from_secs(5)).is_some() {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "bpftrace did not exit on SIGINT in 120 s"
-            );
-            eprintln!("bpftrace still runs 5 s after SIGINT: sending it again");
-        }
+    fn stop(self) -> BTreeMap<(String, u32, String, String), u64> {
         let mut counts = BTreeMap::new();
-        for line in self.stdout.rest() {
+        for line in self.0.stop() {
             // @alloc[anon_vma_fork, anon_vma]: 2238
             let Some((key, n)) = line.split_once("]: ") else {
                 continue;
@@ -136,7 +105,7 @@ fn counts_match(extra: &[&str]) {
     const K: u64 = 300;
     const F: u64 = 8;
     const NOISE: u64 = 400;
-    let bt = Bpftrace::start();
+    let bt = SiteCounts::start();
     let mut args = vec!["--interval", "0.2"];
     args.extend_from_slice(extra);
     let mut rw = Rmapwatch::start(&args);

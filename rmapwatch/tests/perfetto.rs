@@ -145,6 +145,11 @@ fn parse(d: &Value) -> Decoded {
             assert!(by_name.insert(key, uuid).is_none(), "one track per name");
             if t["name"].as_str().unwrap().starts_with("design ") {
                 assert_eq!(t["counter_unit"], 3, "UNIT_SIZE_BYTES: {t}");
+            } else if t["name"] == "anon_vma lock wait time (system, cumulative)" {
+                assert_eq!(t["counter_unit"], 1, "UNIT_TIME_NS: {t}");
+            } else if uuid >= 1 << 48 {
+                // A waiting thread's track: slices, no counter.
+                assert_eq!(t.get("counter_unit"), None, "{t}");
             } else if t["name"] != "rmapwatch" {
                 assert_eq!(t["counter_unit"], 2, "UNIT_COUNT: {t}");
             }
@@ -249,6 +254,33 @@ fn check(f: &Path, trace: &Path, top: usize) -> (usize, usize) {
         last.designs.len() == 4 && last.designs.iter().any(|o| o.system.bytes > 0),
         "{what}: the designs of the last report"
     );
+
+    // Lock wait time (when measured) and forks: the report's time block
+    // at every frame.
+    let waited = d.by_name[&(None, "anon_vma lock wait time (system, cumulative)".into())];
+    let forks = d.by_name[&(None, "forks (system, cumulative)".into())];
+    assert_eq!((waited, forks), (48, 49), "{what}: their uuids");
+    for r in &reports {
+        let ts = d.base + r.t_ns;
+        let t = r
+            .time
+            .as_ref()
+            .expect("a replay's report has its time block");
+        let i = |v: u64| Some(i64::try_from(v).unwrap());
+        assert_eq!(
+            value_at(d.counters.get(&forks), ts),
+            i(t.fork.forks),
+            "{what}: forks at t_ns {}",
+            r.t_ns
+        );
+        let waits = t.anon_vma_lock.available.then_some(t.anon_vma_lock.wait_ns);
+        assert_eq!(
+            value_at(d.counters.get(&waited), ts),
+            waits.and_then(i),
+            "{what}: lock wait time at t_ns {}",
+            r.t_ns
+        );
+    }
 
     // The processes: the `top` largest peak live footprints (bytes).
     let mut peak: BTreeMap<u32, u64> = BTreeMap::new();

@@ -15,6 +15,14 @@
 //!
 //! `--storm N` instead times N fork + exit of a process holding the regions
 //! (named `rmw-storm`, so that tests tell it from the workload).
+//! `--siblings S --storm N`: the process (`rmw-contend`) maps and writes
+//! the regions, forks S siblings (`rmw-sibling`) that each run N fork +
+//! exit at once, concurrently: every sibling's fork clones the shared
+//! parent's anon_vmas under their root's rwsem, so the siblings contend on
+//! it. With `--private` the parent maps nothing: each sibling maps and
+//! writes regions of its own, so no anon_vma is shared. It prints
+//! `siblings <pid>...` once they run, then `contend <S> siblings <N> forks
+//! <seconds> s`.
 //!
 //! Optional: `--split` mprotects half of each region after the fault (a VMA
 //! split), `--wipe` sets MADV_WIPEONFORK and `--dontfork` MADV_DONTFORK on
@@ -31,7 +39,10 @@
 //! `pthread_exit` from `main`): the process lives on in that thread with
 //! all its VMAs, its leader a zombie without an mm. Once the leader is a
 //! zombie, that thread says `ready`, holds, releases and reaps the children
-//! (now its own), and exits the process.
+//! (now its own), and exits the process. `--zombie-leader-on-line`: the
+//! same, but the leader says `ready` (as without `--zombie-leader`) and
+//! exits when a line arrives on stdin; its thread then says `zombie`, holds
+//! (a second line, with `--hold`), releases and reaps the children.
 //!
 //! `--zygote` instead builds an Android-like tree whose numbers are known by
 //! construction (the other options are ignored, but `--hold`). The process,
@@ -122,10 +133,14 @@ struct Opts {
     split: bool,
     advice: Option<libc::c_int>,
     storm: usize,
+    siblings: usize,
+    private: bool,
     name: Option<std::ffi::OsString>,
     file: Option<std::path::PathBuf>,
     vm_child: bool,
     zombie_leader: bool,
+    /// `--zombie-leader-on-line`: the leader exits when a line arrives.
+    leader_on_line: bool,
     zygote: Option<Zygote>,
     exec_child: Option<ExecChild>,
 }
@@ -147,8 +162,9 @@ struct ExecChild {
 }
 
 const USAGE: &str = "usage: rmw-workload [--regions K] [--pages P] [--cow-pages C] [--children F] \
-                     [--noise N] [--hold] [--split] [--wipe|--dontfork] [--storm N] \
-                     [--name NAME] [--file PATH] [--vm-child] [--zombie-leader] \
+                     [--noise N] [--hold] [--split] [--wipe|--dontfork] [--storm N \
+                     [--siblings S [--private]]] \
+                     [--name NAME] [--file PATH] [--vm-child] [--zombie-leader[-on-line]] \
                      | --zygote [--apps N] [--libs L] [--heap H] [--zygote-exit] [--hold]";
 
 fn parse() -> Result<Opts, String> {
@@ -162,10 +178,13 @@ fn parse() -> Result<Opts, String> {
         split: false,
         advice: None,
         storm: 0,
+        siblings: 0,
+        private: false,
         name: None,
         file: None,
         vm_child: false,
         zombie_leader: false,
+        leader_on_line: false,
         zygote: None,
         exec_child: None,
     };
@@ -204,11 +223,17 @@ fn parse() -> Result<Opts, String> {
             "--noise" => o.noise = num("--noise")?,
             "--hold" => o.hold = true,
             "--storm" => o.storm = num("--storm")?,
+            "--siblings" => o.siblings = num("--siblings")?,
+            "--private" => o.private = true,
             "--split" => o.split = true,
             "--wipe" => o.advice = Some(libc::MADV_WIPEONFORK),
             "--dontfork" => o.advice = Some(libc::MADV_DONTFORK),
             "--vm-child" => o.vm_child = true,
             "--zombie-leader" => o.zombie_leader = true,
+            "--zombie-leader-on-line" => {
+                o.zombie_leader = true;
+                o.leader_on_line = true;
+            }
             "--zygote" => zygote = true,
             "--apps" => (z.apps, zygote_only) = (num("--apps")?, Some("--apps")),
             "--libs" => (z.libs, zygote_only) = (num("--libs")?, Some("--libs")),
@@ -356,15 +381,9 @@ fn noise(n: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// `--storm N`: as `rmw-storm`, N times fork + `_exit` + wait with the
-/// regions touched; prints `storm <N> forks <seconds> s`.
-fn storm(o: &Opts) -> Result<(), String> {
-    // SAFETY: PR_SET_NAME with a NUL-terminated name.
-    unsafe { libc::prctl(libc::PR_SET_NAME, c"rmw-storm".as_ptr()) };
-    let regions = map_regions(o.regions, o.pages)?;
-    touch(&regions, o.pages, 1);
-    let t = std::time::Instant::now();
-    for _ in 0..o.storm {
+/// N times fork + `_exit` + wait.
+fn fork_loop(n: usize) -> Result<(), String> {
+    for _ in 0..n {
         // SAFETY: the child only calls _exit.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
@@ -376,6 +395,91 @@ fn storm(o: &Opts) -> Result<(), String> {
         // SAFETY: our child.
         unsafe { libc::waitpid(pid, &raw mut st, 0) };
     }
+    Ok(())
+}
+
+/// `--siblings S --storm N`: S siblings forking N times each, at once,
+/// from the parent's regions (or, `--private`, from their own).
+fn contend(o: &Opts) -> Result<(), String> {
+    // SAFETY: PR_SET_NAME with a NUL-terminated name.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"rmw-contend".as_ptr()) };
+    if !o.private {
+        let regions = map_regions(o.regions, o.pages)?;
+        touch(&regions, o.pages, 1);
+    }
+    // The siblings start together: each waits for the pipe to close.
+    let mut go = [0; 2];
+    // SAFETY: a two-int array.
+    check(unsafe { libc::pipe(go.as_mut_ptr()) }, "pipe")?;
+    let mut pids = Vec::new();
+    for _ in 0..o.siblings {
+        // SAFETY: the child runs its loop and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: PR_SET_NAME with a NUL-terminated name; our pipe.
+            unsafe {
+                libc::prctl(libc::PR_SET_NAME, c"rmw-sibling".as_ptr());
+                libc::close(go[1]);
+            }
+            let r = (|| {
+                if o.private {
+                    let regions = map_regions(o.regions, o.pages)?;
+                    touch(&regions, o.pages, 2);
+                }
+                let mut b = [0u8; 1];
+                // SAFETY: reads into a one-byte buffer.
+                unsafe { libc::read(go[0], b.as_mut_ptr().cast(), 1) };
+                fork_loop(o.storm)
+            })();
+            // SAFETY: async-signal-safe.
+            unsafe { libc::_exit(i32::from(r.is_err())) };
+        }
+        check(pid, "fork")?;
+        pids.push(pid);
+    }
+    let list: Vec<String> = pids.iter().map(ToString::to_string).collect();
+    let _ = writeln!(std::io::stdout(), "siblings {}", list.join(" "));
+    let _ = std::io::stdout().flush();
+    let t = std::time::Instant::now();
+    // SAFETY: our pipe's ends.
+    unsafe {
+        libc::close(go[0]);
+        libc::close(go[1]);
+    }
+    let mut failed = 0;
+    for pid in pids {
+        let mut st = 0;
+        // SAFETY: our child.
+        unsafe { libc::waitpid(pid, &raw mut st, 0) };
+        if !(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0) {
+            failed += 1;
+        }
+    }
+    let _ = writeln!(
+        std::io::stdout(),
+        "contend {} siblings {} forks {:.3} s",
+        o.siblings,
+        o.storm,
+        t.elapsed().as_secs_f64()
+    );
+    if failed > 0 {
+        return Err(format!("{failed} siblings failed"));
+    }
+    Ok(())
+}
+
+/// `--storm N`: as `rmw-storm`, N times fork + `_exit` + wait with the
+/// regions touched; prints `storm <N> forks <seconds> s`.
+fn storm(o: &Opts) -> Result<(), String> {
+    if o.siblings > 0 {
+        return contend(o);
+    }
+    // SAFETY: PR_SET_NAME with a NUL-terminated name.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"rmw-storm".as_ptr()) };
+    let regions = map_regions(o.regions, o.pages)?;
+    touch(&regions, o.pages, 1);
+    let t = std::time::Instant::now();
+    fork_loop(o.storm)?;
     let _ = writeln!(
         std::io::stdout(),
         "storm {} forks {:.3} s",
@@ -596,8 +700,20 @@ fn run(o: &Opts) -> Result<(), String> {
     if !o.zombie_leader {
         return hold.run();
     }
+    let on_line = o.leader_on_line;
+    if on_line {
+        hold.say_ready();
+    }
     std::thread::spawn(move || {
-        let code = match hold.wait_zombie_leader().and_then(|()| hold.run()) {
+        let waited = hold.wait_zombie_leader(if on_line { 60_000 } else { 1000 });
+        let code = match waited.and_then(|()| {
+            if on_line {
+                let _ = writeln!(std::io::stdout(), "zombie");
+                hold.release_and_reap()
+            } else {
+                hold.run()
+            }
+        }) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("rmw-workload: {e}");
@@ -606,6 +722,10 @@ fn run(o: &Opts) -> Result<(), String> {
         };
         std::process::exit(code);
     });
+    if on_line {
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+    }
     // SAFETY: the raw exit system call ends this thread only (not the
     // process, as exit_group would); nothing of ours is held by it, and no
     // Rust frame is unwound (pthread_exit would force-unwind them).
@@ -624,11 +744,12 @@ struct Hold {
 }
 
 impl Hold {
-    /// `--zombie-leader`: waits (at most 10 s) until the main thread has
-    /// exited, which leaves the leader a zombie (`Z` in its task's stat).
-    fn wait_zombie_leader(&self) -> Result<(), String> {
+    /// `--zombie-leader`: waits (at most `tries` x 10 ms) until the main
+    /// thread has exited, which leaves the leader a zombie (`Z` in its
+    /// task's stat).
+    fn wait_zombie_leader(&self, tries: u32) -> Result<(), String> {
         let stat = format!("/proc/{0}/task/{0}/stat", self.me);
-        for _ in 0..1000 {
+        for _ in 0..tries {
             let s = std::fs::read_to_string(&stat).map_err(|e| format!("{stat}: {e}"))?;
             // "pid (comm) S ...": the state follows the last ')'.
             let state = s.rsplit_once(')').map(|(_, r)| r.trim_start());
@@ -640,13 +761,22 @@ impl Hold {
         Err("the main thread did not exit".into())
     }
 
-    fn run(self) -> Result<(), String> {
+    fn say_ready(&self) {
         let pids: Vec<String> = self.children.iter().map(ToString::to_string).collect();
         let mut out = std::io::stdout().lock();
         let vm_said = self.vm.map_or_else(String::new, |p| format!(" vm {p}"));
         let _ = writeln!(out, "ready {} {}{vm_said}", self.me, pids.join(" "));
         let _ = out.flush();
-        drop(out);
+    }
+
+    fn run(self) -> Result<(), String> {
+        self.say_ready();
+        self.release_and_reap()
+    }
+
+    /// The hold (`--hold`: a line on stdin), then the children released
+    /// and reaped, `done`.
+    fn release_and_reap(self) -> Result<(), String> {
         if self.hold {
             let mut line = String::new();
             let _ = std::io::stdin().lock().read_line(&mut line);

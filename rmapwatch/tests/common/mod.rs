@@ -184,6 +184,52 @@ impl Lines {
     }
 }
 
+/// A running bpftrace script (the independent count), attached.
+pub struct Bpftrace {
+    child: Child,
+    stdout: Lines,
+}
+
+impl Bpftrace {
+    /// Starts `script` and returns once it attached (its stderr is shown if
+    /// it exits before).
+    pub fn start(script: &str) -> Self {
+        ensure_tracefs();
+        let mut child = Command::new("bpftrace")
+            .args(["-e", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("bpftrace is installed by cargo xtask setup");
+        let stderr = Lines::new(child.stderr.take().unwrap());
+        let mut stdout = Lines::with_other(child.stdout.take().unwrap(), stderr);
+        stdout.wait_for("Attaching", Duration::from_secs(60));
+        // bpftrace prints "Attaching" just before it attaches.
+        std::thread::sleep(Duration::from_millis(500));
+        Self { child, stdout }
+    }
+
+    /// SIGINT until it exits, then every line it printed (its maps).
+    pub fn stop(mut self) -> Vec<String> {
+        // bpftrace 0.17 can miss a SIGINT that lands just before it sleeps
+        // in epoll_wait, and then waits forever (seen once in a CI run: 28
+        // minutes, ended by a second SIGINT). Say it again until it exits.
+        let start = std::time::Instant::now();
+        loop {
+            send(&self.child, libc::SIGINT);
+            if exited_within(&mut self.child, Duration::from_secs(5)).is_some() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "bpftrace did not exit on SIGINT in 120 s"
+            );
+            eprintln!("bpftrace still runs 5 s after SIGINT: sending it again");
+        }
+        self.stdout.rest()
+    }
+}
+
 /// A running `rmapwatch report --json`, attached.
 pub struct Rmapwatch {
     pub child: Child,
@@ -331,6 +377,26 @@ impl Workload {
             vm_child: vm.trim().parse().ok(),
             regions,
             stdout,
+        }
+    }
+
+    /// Writes `line` to its stdin, then reads its stdout up to a line that
+    /// starts with `answer`.
+    pub fn tell(&mut self, line: &str, answer: &str) {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+        let mut got = String::new();
+        loop {
+            got.clear();
+            assert!(
+                self.stdout.read_line(&mut got).unwrap() > 0,
+                "workload ended before {answer:?}"
+            );
+            if got.starts_with(answer) {
+                return;
+            }
         }
     }
 

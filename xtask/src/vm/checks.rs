@@ -888,3 +888,251 @@ fn section<'a>(log: &'a str, mode: &str, prefix: &str) -> Vec<&'a str> {
         .filter_map(|l| l.strip_prefix(prefix))
         .collect()
 }
+
+/// Forks and rmap walks rmapwatch may count beyond the guest's own count
+/// (the kprobe events' window lies inside rmapwatch's): the forks of the
+/// shell's wait loop between rmapwatch's "attached" and the triggers (at
+/// most one `sleep` and one `grep`), and kernel work (kcompactd) in those
+/// two gaps. The only commands in the window are the storm and the
+/// compaction.
+pub const TIME_SLACK: u64 = 4;
+
+/// One cell per probe mode of a boot: fork work and rmap walks against
+/// the guest's tracefs kprobe counts (its `RMW-TIME` lines).
+#[must_use]
+pub fn time(log: &str, kernel: &str, modes: &[&str], label: &str) -> Vec<Cell> {
+    modes
+        .iter()
+        .filter_map(|&mode| {
+            let meta = log
+                .lines()
+                .find_map(|l| l.split(&format!("RMW-TIME {mode} ")).nth(1))?;
+            let errs = section(log, mode, "RMW-TIME-ERR ");
+            let json: Vec<Report> = section(log, mode, "RMW-TIME-JSON ")
+                .into_iter()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            let (result, detail) = time_check(mode, meta, &errs, json.last());
+            Some(Cell {
+                kernel: kernel.to_owned(),
+                mode: format!("{mode}{label} time"),
+                result,
+                detail,
+            })
+        })
+        .collect()
+}
+
+/// Checks one mode's time report against the guest's counts: `dm` and
+/// `rw`, the hits of tracefs kprobe events on `dup_mmap` (or, inlined,
+/// `uprobe_start_dup_mmap`, which only it calls) and `rmap_walk_anon` (-1:
+/// no such event), in a window inside rmapwatch's; `lost`, the trace
+/// buffer's overruns.
+fn time_check(
+    mode: &str,
+    meta: &str,
+    errs: &[&str],
+    last: Option<&Report>,
+) -> (Result<(), String>, String) {
+    let mut detail = String::new();
+    if let Some(why) = meta.strip_prefix("skipped") {
+        return (Ok(()), format!("not checked{why}"));
+    }
+    let field = |k: &str| -> Option<&str> {
+        meta.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+    };
+    let num = |k: &str| field(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(-1);
+    let r = (|| -> Result<(), String> {
+        if num("rc") != 0 {
+            let refused =
+                format!("--probe-mode {mode} was forced but this kernel accepts no such hook");
+            if errs.iter().any(|e| e.contains(&refused)) {
+                let _ = write!(detail, "kernel cannot: {mode}");
+                return Ok(());
+            }
+            return Err(format!(
+                "rmapwatch exited {}: {}",
+                num("rc"),
+                errs.join(" | ")
+            ));
+        }
+        let last = last.ok_or("no final report")?;
+        let time = last.time.as_ref().ok_or("no time block")?;
+        let fork = &time.fork;
+        let walks: u64 = time.rmap_walks.by_caller.iter().map(|c| c.walks).sum();
+        let (dm, rw) = (num("dm"), num("rw"));
+        if num("lost") != 0 {
+            return Err(format!(
+                "the guest's trace buffer lost {} events",
+                num("lost")
+            ));
+        }
+        let hooked = mode != "tracepoint";
+        let _ = write!(
+            detail,
+            "forks {} (syscall path); dup_mmap: rmapwatch {:?}, tracefs kprobe on {} {dm}",
+            fork.forks,
+            fork.dup_mmaps,
+            field("dmsym").unwrap_or("?")
+        );
+        if fork.forks < STORM {
+            return Err(format!("{} forks timed < the storm's {STORM}", fork.forks));
+        }
+        if dm < STORM.cast_signed() {
+            return Err(format!(
+                "the guest's dup_mmap event ({}) counted {dm} < the storm's {STORM}",
+                field("dmsym").unwrap_or("?")
+            ));
+        }
+        if !hooked {
+            if fork.dup_mmaps.is_some() || !time.rmap_walks.by_caller.is_empty() {
+                return Err(format!(
+                    "function-hook numbers in --probe-mode tracepoint: {fork:?}"
+                ));
+            }
+            let _ = write!(
+                detail,
+                "; rmap walks unavailable: {}",
+                time.rmap_walks.source
+            );
+            return Ok(());
+        }
+        // auto: fentry where the kernel takes it, else kprobe.
+        let want: &[&str] = match mode {
+            "fentry" => &["fentry/fexit dup_mmap"],
+            "kprobe" => &["kprobe/kretprobe dup_mmap"],
+            _ => &["fentry/fexit dup_mmap", "kprobe/kretprobe dup_mmap"],
+        };
+        if !want.iter().any(|w| fork.source.starts_with(w)) {
+            return Err(format!(
+                "fork work is not {}...: {}",
+                want.join("... or "),
+                fork.source
+            ));
+        }
+        let n = fork
+            .dup_mmaps
+            .ok_or("no dup_mmap count with function hooks")?;
+        // A run of a dup_mmap program the kernel skipped (its recursion
+        // guard: on 7.x a program can be preempted inside and the next
+        // fork's run on that CPU is dropped) loses that dup_mmap; the
+        // kernel counts those misses and the report shows them.
+        let missed: u64 = last
+            .cost
+            .as_ref()
+            .map(|c| {
+                c.programs
+                    .iter()
+                    .filter(|(name, _)| name.ends_with("dup_mmap"))
+                    .map(|(_, p)| p.recursion_misses)
+                    .sum()
+            })
+            .unwrap_or(0);
+        let extra = n.cast_signed() - dm;
+        if !(-missed.cast_signed()..=TIME_SLACK.cast_signed()).contains(&extra) {
+            return Err(format!(
+                "dup_mmap: rmapwatch {n} vs the guest's kprobe event {dm}: not within \
+                 [-{missed} (recursion misses of its dup_mmap programs), {TIME_SLACK}] more"
+            ));
+        }
+        if missed > 0 {
+            let _ = write!(detail, " ({missed} runs missed by recursion, counted)");
+        }
+        if n > fork.forks {
+            return Err(format!("{n} dup_mmaps timed > {} forks", fork.forks));
+        }
+        let (d, a) = (fork.dup_mmap_ns.unwrap_or(0), fork.anon_vma_ns.unwrap_or(0));
+        let calls = fork.anon_vma_calls.unwrap_or(0);
+        // Each storm fork copies the K written regions: anon_vma_fork per
+        // region (and the anon_vma_clone it calls).
+        if d == 0 || a == 0 || a > d || calls < STORM * K {
+            return Err(format!(
+                "dup_mmap {d} ns, of it anon_vma {a} ns, {calls} anon_vma calls (want > 0, \
+                 anon <= dup_mmap, calls >= {})",
+                STORM * K
+            ));
+        }
+        let _ = write!(
+            detail,
+            " (within [0, {TIME_SLACK}]); {:.1} us per dup_mmap, {:.0}% in anon_vma_fork/clone \
+             ({calls} calls); unpaired exits {:?}; recursion misses (all programs) {:?}",
+            d as f64 / n as f64 / 1000.0,
+            a as f64 * 100.0 / d as f64,
+            last.timing_unpaired,
+            last.cost.as_ref().map(|c| c.recursion_misses)
+        );
+        let _ = write!(
+            detail,
+            "; rmap walks: rmapwatch {walks}, tracefs kprobe on rmap_walk_anon {rw}"
+        );
+        if rw < 0 {
+            if time.rmap_walks.source.starts_with("unavailable") {
+                let _ = write!(detail, " ({})", time.rmap_walks.source);
+                return Ok(());
+            }
+            return Err("no rmap_walk_anon event in the guest".into());
+        }
+        let extra = walks.cast_signed() - rw;
+        let slack = TIME_SLACK + walks / 100;
+        if !(0..=slack.cast_signed()).contains(&extra) {
+            return Err(format!(
+                "rmap walks: rmapwatch {walks} vs the guest's kprobe event {rw}: not within \
+                 [0, {slack}] more ({})",
+                time.rmap_walks.source
+            ));
+        }
+        let callers: Vec<String> = time
+            .rmap_walks
+            .by_caller
+            .iter()
+            .map(|c| format!("{} {}", c.caller, c.walks))
+            .collect();
+        let _ = write!(
+            detail,
+            " (within [0, {slack}]: {TIME_SLACK} + 1%, kcompactd may walk in the gaps){}",
+            if callers.is_empty() {
+                " (compaction walked nothing)".to_owned()
+            } else {
+                format!(": {}", callers.join(", "))
+            }
+        );
+        if last.dropped_events != Some(0) {
+            return Err(format!("dropped events: {:?}", last.dropped_events));
+        }
+        // Kernels without lock tracepoints (5.10, 5.15): the rwsem slow
+        // paths are kprobed (auto and kprobe modes).
+        let lock = &time.anon_vma_lock;
+        if mode == "kprobe"
+            && !lock.source.starts_with("tracepoint")
+            && !lock
+                .source
+                .starts_with("kprobe rwsem_down_{read,write}_slowpath")
+        {
+            return Err(format!("lock waits without tracepoints: {}", lock.source));
+        }
+        let _ = write!(
+            detail,
+            "; lock waits {} ({} ns): {}",
+            lock.waits, lock.wait_ns, lock.source
+        );
+        // Every wait rmapwatch measures began in an rwsem slow path: the
+        // guest's count of those (all rwsems) bounds them.
+        let (sr, sw) = (num("sr"), num("sw"));
+        if sr >= 0 && sw >= 0 {
+            let slow = (sr + sw).cast_unsigned();
+            let _ = write!(
+                detail,
+                "; rwsem slow paths in the guest (every rwsem) {sr} read + {sw} write"
+            );
+            if lock.waits > slow + TIME_SLACK {
+                return Err(format!(
+                    "{} anon_vma rwsem waits > the guest's {slow} rwsem slow paths + {TIME_SLACK}",
+                    lock.waits
+                ));
+            }
+        }
+        Ok(())
+    })();
+    (r, detail)
+}

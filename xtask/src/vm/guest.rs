@@ -13,8 +13,9 @@ use super::{Arch, kernels};
 use crate::cmd::sh;
 
 /// Symbols of the kallsyms fixtures: the call sites, the hooks and their
-/// older names, the anon_vma cache's ctor, and PREEMPT_RCU's marker.
-pub const KSYMS: [&str; 13] = [
+/// older names, the anon_vma cache's ctor, PREEMPT_RCU's marker, and the
+/// time hooks' functions (and an rmap walk caller).
+pub const KSYMS: [&str; 19] = [
     "__anon_vma_prepare",
     "anon_vma_clone",
     "anon_vma_fork",
@@ -28,6 +29,12 @@ pub const KSYMS: [&str; 13] = [
     "page_add_anon_rmap",
     "folio_add_anon_rmap_pmd",
     "__rcu_read_lock",
+    "dup_mmap",
+    "rmap_walk_anon",
+    "rwsem_down_read_slowpath",
+    "rwsem_down_write_slowpath",
+    "rmap_walk",
+    "try_to_migrate_one",
 ];
 
 /// The probe modes a full boot runs, in order (`rmw.modes=` on the kernel

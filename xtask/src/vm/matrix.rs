@@ -371,6 +371,7 @@ fn run_kernel(
         );
     }
     let mut cells = checks::modes(&log, &kernel, boot.modes, boot.label)?;
+    cells.extend(checks::time(&log, &kernel, boot.modes, boot.label));
     if boot.record {
         cells.push(checks::recording(&log, &kernel, initrd, host_bin));
         cells.push(checks::zombie(&log, &kernel));

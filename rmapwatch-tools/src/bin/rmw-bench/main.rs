@@ -15,6 +15,7 @@ use std::{
 
 mod adb;
 mod designs;
+mod locks;
 mod record;
 mod soak;
 mod stats;
@@ -453,6 +454,11 @@ fn main() -> ExitCode {
             )?,
             "designs-render" => designs::render_cost(10_000, 50, arg_num(&args, "--rounds", 9)),
             "idle" => storm::idle(20)?,
+            "locks" => locks::run(
+                arg_num(&args, "--rounds", 5),
+                arg_num(&args, "--forks", 200),
+                arg_num(&args, "--regions", 128),
+            )?,
             "adb" => adb::run(
                 arg_num(&args, "--secs", 20),
                 arg_num(&args, "--forks", 2000),
@@ -489,6 +495,7 @@ fn main() -> ExitCode {
                 record::replay(5_000_000, 5)?;
                 record::record(5, 2000)?;
                 storm::idle(20)?;
+                locks::run(5, 200, 128)?;
                 storm::run(&storm::Opts {
                     rounds: 9,
                     forks: 5000,
@@ -497,7 +504,7 @@ fn main() -> ExitCode {
             }
             other => anyhow::bail!(
                 "unknown benchmark {other}: \
-                 render|pipeline|ingest|footprint|snapshot|designs|pagemap|designs-render|replay|record|idle|adb|storms|all"
+                 render|pipeline|ingest|footprint|snapshot|designs|pagemap|designs-render|replay|record|idle|locks|adb|storms|all"
             ),
         }
         Ok(())

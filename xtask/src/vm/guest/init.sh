@@ -92,6 +92,79 @@ host_phase() {
   for p in $PHASE_PIDS; do kill "$p" 2>/dev/null; done
   [ -e /tmp/adbd.err ] && tail -5 /tmp/adbd.err | sed 's/^/RMW-NET adbd: /'
 }
+# Fork work and rmap walks against an independent count (checks::time):
+# tracefs kprobe events on dup_mmap (where it is inlined, as on Debian's
+# 5.10 and 6.12: uprobe_start_dup_mmap, which only dup_mmap calls, first)
+# and rmap_walk_anon, counted in the trace buffer (5.10 has no hist
+# triggers) over a window inside rmapwatch's (enabled once it said it
+# attached, disabled before it is stopped; only shell builtins between
+# those and rmapwatch's own start and stop), around a fork storm and a
+# compaction while a forked family holds its written pages (compaction
+# migrates them: rmap walks over their anon_vmas).
+time_check() {
+  T=/sys/kernel/tracing
+  if [ ! -e /sys/bus/event_source/devices/kprobe ]; then echo "RMW-TIME $1 skipped: no kprobes"; return 0; fi
+  DM=$(awk '$3 ~ /^dup_mmap([.].*)?$/ {print $3; exit}' /proc/kallsyms)
+  [ -n "$DM" ] || DM=$(awk '$3 == "uprobe_start_dup_mmap" {print $3; exit}' /proc/kallsyms)
+  RW=$(awk '$3 ~ /^rmap_walk_anon([.].*)?$/ {print $3; exit}' /proc/kallsyms)
+  EV=
+  [ -n "$DM" ] && echo "p:rmwcheck/dm $DM" >> $T/kprobe_events && EV="$EV dm"
+  [ -n "$RW" ] && echo "p:rmwcheck/rw $RW" >> $T/kprobe_events && EV="$EV rw"
+  # Every rwsem's slow path (anon_vma's and all others): an upper bound of
+  # the anon_vma rwsem waits.
+  grep -q ' rwsem_down_read_slowpath$' /proc/kallsyms && echo "p:rmwcheck/sr rwsem_down_read_slowpath" >> $T/kprobe_events && EV="$EV sr"
+  grep -q ' rwsem_down_write_slowpath$' /proc/kallsyms && echo "p:rmwcheck/sw rwsem_down_write_slowpath" >> $T/kprobe_events && EV="$EV sw"
+  echo 16384 > $T/buffer_size_kb
+  echo > $T/trace
+  rm -f /tmp/t.json /tmp/t.err /tmp/tw.out /tmp/ts.out /tmp/tc.out /tmp/hold5
+  mkfifo /tmp/hold5
+  rmw-workload --regions "$RMW_K" --children "$RMW_F" --noise 0 --hold < /tmp/hold5 > /tmp/tw.out &
+  TW=$!
+  exec 7>/tmp/hold5
+  i=0
+  while ! grep -q ready /tmp/tw.out 2>/dev/null; do sleep 0.1; i=$((i+1)); [ $i -gt 600 ] && break; done
+  # rmapwatch's stderr through a fifo, read by the shell's builtin read:
+  # no fork of the shell between rmapwatch's "attached" and the events'
+  # enabling (a polling loop's grep and sleep would be counted by
+  # rmapwatch only; seen: 5 more on arm64 TCG). Drained after it stops.
+  rm -f /tmp/t.fifo; mkfifo /tmp/t.fifo
+  rmapwatch --probe-mode "$1" report --json > /tmp/t.json 2>/tmp/t.fifo &
+  TP=$!
+  exec 8</tmp/t.fifo
+  : > /tmp/t.err
+  while IFS= read -r line <&8; do
+    echo "$line" >> /tmp/t.err
+    case "$line" in *attached*|*error*) break ;; esac
+  done
+  for e in $EV; do echo 1 > "$T/events/rmwcheck/$e/enable"; done
+  rmw-workload --regions "$RMW_K" --noise 0 --storm "$RMW_STORM" > /tmp/ts.out
+  # Siblings forking at once from a shared parent's anon_vmas: waits on
+  # their root's rwsem.
+  rmw-workload --regions "$RMW_K" --noise 0 --siblings 4 --storm 25 > /tmp/tc.out
+  echo 1 > /proc/sys/vm/compact_memory
+  for e in $EV; do echo 0 > "$T/events/rmwcheck/$e/enable"; done
+  kill -INT "$TP"; wait "$TP"; RC=$?
+  cat <&8 >> /tmp/t.err
+  exec 8<&-
+  exec 7>&-
+  wait "$TW"
+  DMH=-1; RWH=-1; SRH=-1; SWH=-1
+  # Every count before any event is removed: removing one empties the
+  # trace buffer.
+  for e in $EV; do
+    H=$(grep -c " $e: " $T/trace)
+    [ "$e" = dm ] && DMH=$H
+    [ "$e" = rw ] && RWH=$H
+    [ "$e" = sr ] && SRH=$H
+    [ "$e" = sw ] && SWH=$H
+  done
+  LOST=$(cat $T/per_cpu/cpu*/stats | awk '/^overrun:/ {s+=$2} END {print s+0}')
+  echo > $T/trace
+  for e in $EV; do echo "-:rmwcheck/$e" >> $T/kprobe_events; done
+  echo "RMW-TIME $1 rc=$RC dm=$DMH rw=$RWH sr=$SRH sw=$SWH lost=$LOST dmsym=${DM:-none} rwsym=${RW:-none} $(tr '\n' ' ' < /tmp/ts.out) $(grep contend /tmp/tc.out)"
+  sed 's/^/RMW-TIME-ERR /' /tmp/t.err
+  sed 's/^/RMW-TIME-JSON /' /tmp/t.json
+}
 # rmw.modes=a,b on the command line picks the modes; rmw.record=0 skips
 # the recording.
 MODES=$(sed -n 's/.*rmw\.modes=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')
@@ -125,6 +198,7 @@ for mode in $MODES; do
   echo "RMW-MODE $mode rc=$RC s0=$S0 s1=$S1 c0=$C0 c1=$C1 ops=$(cat /sys/kernel/slab/anon_vma/objs_per_slab) a0=$A0 a1=$A1 ac0=$AC0 ac1=$AC1 aops=$(cat /sys/kernel/slab/anon_vma_chain/objs_per_slab) sheaf=$(cat /sys/kernel/slab/anon_vma/sheaf_capacity 2>/dev/null || echo 0) asheaf=$(cat /sys/kernel/slab/anon_vma_chain/sheaf_capacity 2>/dev/null || echo 0) cpus=$(grep -c ^processor /proc/cpuinfo) left=$LEFT $(grep -e regions -e ready /tmp/w.out | tr '\n' ' ')"
   sed 's/^/RMW-ERR /' /tmp/r.err
   sed 's/^/RMW-JSON /' /tmp/r.json
+  time_check "$mode"
 done
 if grep -q 'rmw\.record=0' /proc/cmdline; then host_phase; refusals; echo RMW-END; poweroff -f; fi
 # A process whose main thread exited (rmw-workload --zombie-leader): its
