@@ -903,22 +903,29 @@ pub const TIME_SLACK: u64 = 4;
 pub fn time(log: &str, kernel: &str, modes: &[&str], label: &str) -> Vec<Cell> {
     modes
         .iter()
-        .filter_map(|&mode| {
-            let meta = log
+        .map(|&mode| {
+            let cell = |result, detail| Cell {
+                kernel: kernel.to_owned(),
+                mode: format!("{mode}{label} time"),
+                result,
+                detail,
+            };
+            let Some(meta) = log
                 .lines()
-                .find_map(|l| l.split(&format!("RMW-TIME {mode} ")).nth(1))?;
+                .find_map(|l| l.split(&format!("RMW-TIME {mode} ")).nth(1))
+            else {
+                return cell(
+                    Err("the guest printed no RMW-TIME line for this mode".to_owned()),
+                    String::new(),
+                );
+            };
             let errs = section(log, mode, "RMW-TIME-ERR ");
             let json: Vec<Report> = section(log, mode, "RMW-TIME-JSON ")
                 .into_iter()
                 .filter_map(|l| serde_json::from_str(l).ok())
                 .collect();
             let (result, detail) = time_check(mode, meta, &errs, json.last());
-            Some(Cell {
-                kernel: kernel.to_owned(),
-                mode: format!("{mode}{label} time"),
-                result,
-                detail,
-            })
+            cell(result, detail)
         })
         .collect()
 }
