@@ -916,7 +916,7 @@ pub fn fork_enter(_ctx: TracePointContext) -> i32 {
 
 /// Attached to `syscalls:sys_exit_{clone,clone3,fork,vfork}` (the parent's
 /// side; a failed fork never reaches `sched_process_fork`): closes the
-/// window and streams the syscall's time for a fork that made a task.
+/// window and streams the syscall's time, child 0 for a failed fork.
 #[tracepoint]
 pub fn fork_exit(ctx: TracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -928,7 +928,7 @@ pub fn fork_exit(ctx: TracePointContext) -> i32 {
     let _ = FORKING.remove(tid);
     // SAFETY: the offset is this kernel's format's, read by the loader.
     let ret = unsafe { ctx.read_at::<i64>(config().time.syscall_ret as usize) }.unwrap_or(0);
-    if ret <= 0 {
+    if ret == 0 {
         return 0;
     }
     // SAFETY: a helper call without memory arguments.
@@ -937,7 +937,9 @@ pub fn fork_exit(ctx: TracePointContext) -> i32 {
         kind: kind::FORK_TIME,
         tid,
         tgid: (pid_tgid >> 32) as u32,
-        child_tid: ret as u32,
+        // A failed fork (rare: pids.max, memory) says so with child 0: what
+        // its dup_mmap allocated and took is not a fork's.
+        child_tid: if ret > 0 { ret as u32 } else { 0 },
         ..Event::default()
     };
     let start = start & !FORK_CLOSED;

@@ -114,7 +114,8 @@ pub enum Event {
         tid: u32,
         /// Its process.
         tgid: u32,
-        /// The new task's id (a thread's, for a thread).
+        /// The new task's id (a thread's, for a thread); 0: the fork
+        /// failed (what its `dup_mmap` did is no fork's).
         child: u32,
         /// The syscall's time.
         ns: u64,

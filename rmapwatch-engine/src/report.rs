@@ -618,6 +618,13 @@ pub fn time_text(t: &crate::time::TimeReport) -> String {
             let _ = writeln!(s, "{line}");
         }
     }
+    if f.failed > 0 {
+        let _ = writeln!(
+            s,
+            "  {} fork syscalls failed (their dup_mmap's objects are in no fork's count)",
+            f.failed
+        );
+    }
     rmap_walks_text(&mut s, &t.rmap_walks);
     s
 }

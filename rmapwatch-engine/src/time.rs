@@ -247,6 +247,10 @@ pub struct ForkReport {
     pub source: String,
     /// Process forks timed (threads are not counted).
     pub forks: u64,
+    /// Fork syscalls that failed (pids.max, memory): what their
+    /// `dup_mmap` allocated is in no fork's objects.
+    #[serde(default)]
+    pub failed: u64,
     /// The fork syscalls' time, ns (entry to return in the parent).
     pub syscall_ns: u64,
     /// Their histogram.
@@ -394,6 +398,7 @@ pub struct TimeBook {
     cow_contexts: u64,
     cow_remaps: u64,
     pending: FastMap<u32, Pending>,
+    failed_forks: u64,
     forked: FastMap<u32, Forked>,
     walks: BTreeMap<u64, (u64, u64, u64, u64)>,
     last: Walked,
@@ -460,6 +465,13 @@ impl TimeBook {
                 );
             }
             Event::ForkTime { tid, child, ns, .. } => {
+                if child == 0 {
+                    // A failed fork: what its dup_mmap allocated and
+                    // timed must not join the thread's next fork.
+                    self.pending.remove(&tid);
+                    self.failed_forks += 1;
+                    return;
+                }
                 let Some(f) = self.forked.remove(&tid) else {
                     return;
                 };
@@ -671,6 +683,7 @@ impl TimeBook {
         let fork = ForkReport {
             source: sources.fork.clone(),
             forks: self.forks,
+            failed: self.failed_forks,
             syscall_ns: self.fork_ns,
             syscall_histogram: self.fork_hist.clone(),
             dup_mmap_ns: self.dup_mmap.map(|d| d.0),

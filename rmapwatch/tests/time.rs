@@ -335,3 +335,113 @@ fn without_lock_tracepoints_waits_are_said_unmeasured_and_nothing_else_is_lost()
     let p = process(&r, parent);
     assert!(p.anon_vma.allocs >= 20, "{p:?}");
 }
+
+/// A process that holds 64 written anonymous regions (each its own
+/// anon_vma), joins the cgroup at
+/// argv[1], sets its `pids.max` to 1 and forks three times (each fails in
+/// `cgroup_can_fork`, after `dup_mmap` copied its VMAs), then lifts the
+/// limit and forks once more; prints how many failed.
+const FAILING_FORKS: &str = r#"
+import os, mmap, sys
+cg = sys.argv[1]
+maps = []
+for i in range(64):
+    m = mmap.mmap(-1, 8192, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    m[0] = 1
+    # A read-only guard after each: no two regions merge or share.
+    g = mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=mmap.PROT_READ)
+    maps += [m, g]
+open(cg + "/cgroup.procs", "w").write(str(os.getpid()))
+open(cg + "/pids.max", "w").write("1")
+failed = 0
+for _ in range(3):
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+    except BlockingIOError:
+        failed += 1
+open(cg + "/pids.max", "w").write("max")
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+print("failed", failed)
+"#;
+
+/// A fresh cgroup with the pids controller (v1's hierarchy, or v2's with
+/// `+pids` in the root's subtree control), removed on drop.
+struct PidsCgroup(std::path::PathBuf);
+
+impl PidsCgroup {
+    fn new() -> Self {
+        let name = format!("rmapwatch-test-{}", std::process::id());
+        let v1 = std::path::Path::new("/sys/fs/cgroup/pids");
+        let dir = if v1.join("cgroup.procs").exists() {
+            v1.join(name)
+        } else {
+            let root = std::path::Path::new("/sys/fs/cgroup");
+            let controllers =
+                std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+            assert!(
+                controllers.split_whitespace().any(|c| c == "pids"),
+                "no pids cgroup controller (v1 /sys/fs/cgroup/pids or v2's root): a failed fork \
+                 cannot be made"
+            );
+            std::fs::write(root.join("cgroup.subtree_control"), "+pids")
+                .expect("enabling v2's pids controller");
+            root.join(name)
+        };
+        std::fs::create_dir_all(&dir).expect("creating a pids cgroup");
+        Self(dir)
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A fork that fails after `dup_mmap` (here `pids.max`) is counted as
+/// failed, exactly as often as the syscall returned an error, and is no
+/// fork: what it allocated joins no fork's objects.
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
+fn failed_forks_are_counted_and_are_no_forks() {
+    require_root();
+    let cg = PidsCgroup::new();
+    let rw = Rmapwatch::start(&["--ring-buffer-kb", RING_KB]);
+    // Debian's python3, not a version manager's shim (pyenv's is a shell
+    // script that forks some 40 times).
+    let python = ["/usr/bin/python3", "python3"]
+        .into_iter()
+        .find(|p| p.contains('/') && std::path::Path::new(p).exists())
+        .unwrap_or("python3");
+    let out = Command::new(python)
+        .args(["-c", FAILING_FORKS])
+        .arg(&cg.0)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running python3");
+    assert!(out.status.success(), "python3: {:?}", out.status);
+    let said = String::from_utf8_lossy(&out.stdout);
+    let failed: u64 = said
+        .trim()
+        .strip_prefix("failed ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("python3 said {said:?}"));
+    assert_eq!(failed, 3, "the cgroup's pids.max made no fork fail");
+    std::thread::sleep(Duration::from_millis(500));
+    let r = rw.stop();
+    assert_eq!(r.dropped_events, Some(0), "the count needs every event");
+    let fork = &r.time.as_ref().unwrap().fork;
+    assert_eq!(fork.failed, failed, "{fork:?}");
+    // Each failed fork allocated an anon_vma per written region (64, and
+    // python's own) in its dup_mmap; the fork that made a process, as many.
+    // Had the failed ones joined it, that fork alone would hold 4 x 64 or
+    // more; the test's own spawn of python is the only other fork here.
+    assert!(fork.forks >= 2, "{fork:?}");
+    assert!(fork.objects.anon_vma < 4 * 64, "{fork:?}");
+}

@@ -282,6 +282,64 @@ fn function_hook_fork_work_joins_its_fork() {
 }
 
 #[test]
+fn a_failed_fork_leaves_nothing_to_the_threads_next_fork() {
+    let mut b = TimeBook::default();
+    let alloc = |obj| {
+        Event::Alloc(crate::event::Slab {
+            object: obj,
+            site: site::FORK,
+            in_fork: true,
+            tid: 5,
+            tgid: 5,
+            ptr: 0x10,
+        })
+    };
+    let work = |ns| Event::ForkWork {
+        tid: 5,
+        tgid: 5,
+        dup_mmap_ns: ns,
+        anon_ns: 1_000,
+        anon_calls: 2,
+    };
+    let time = |child| Event::ForkTime {
+        tid: 5,
+        tgid: 5,
+        child,
+        ns: 50_000,
+    };
+    // dup_mmap allocated and returned, then the fork failed (pids.max).
+    for e in [
+        alloc(object::ANON_VMA),
+        alloc(object::AVC),
+        alloc(object::AVC),
+    ] {
+        b.event(&e, &known);
+    }
+    b.event(&work(90_000), &known);
+    b.event(&time(0), &known);
+    // The next fork of the same thread.
+    b.event(&alloc(object::AVC), &known);
+    b.event(&work(30_000), &known);
+    b.event(&Event::fork(5, 6, "kid"), &known);
+    b.event(&time(6), &known);
+    let f = report(&b).fork;
+    assert_eq!((f.forks, f.failed), (1, 1));
+    assert_eq!(
+        f.objects,
+        ForkObjects {
+            anon_vma: 0,
+            anon_vma_chain: 1
+        }
+    );
+    assert_eq!(f.dup_mmap_ns, Some(30_000));
+    assert!(
+        crate::report::time_text(&report(&b)).contains("1 fork syscalls failed"),
+        "{}",
+        crate::report::time_text(&report(&b))
+    );
+}
+
+#[test]
 fn rmap_walks_are_named_by_caller_with_what_each_design_visits() {
     let mut b = TimeBook::default();
     b.begin_walk();
