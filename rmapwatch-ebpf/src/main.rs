@@ -82,6 +82,11 @@ static RMAP_VMAS: HashMap<RmapKey, u64> =
 #[map]
 static LOCKS: HashMap<u64, u64> = HashMap::with_max_entries(lock::TRACKED, 0);
 
+/// The cost split's `LOCKS` (its variants' own): one entry unless the
+/// loader sizes it as `LOCKS` for a benchmark (`RMAPWATCH_COST_SPLIT`).
+#[map]
+static SPLIT_LOCKS: HashMap<u64, u64> = HashMap::with_max_entries(1, 0);
+
 /// Threads waiting on a tracked rwsem now (tid -> the wait).
 #[map]
 static WAITING: HashMap<u32, LockWait> = HashMap::with_max_entries(lock::WAITING, 0);
@@ -333,6 +338,12 @@ enum Arg2 {
 /// recursion misses lose no event.
 #[inline(always)]
 fn raw_slab(ctx: &RawTracePointContext, event_kind: u32) -> Result<(), i64> {
+    raw_slab_to::<{ stage::FULL }>(ctx, event_kind)
+}
+
+/// [`raw_slab`] up to `STAGE` ([`stage`]): the cost split's variants.
+#[inline(always)]
+fn raw_slab_to<const STAGE: u32>(ctx: &RawTracePointContext, event_kind: u32) -> Result<(), i64> {
     let a = &config().args;
     let perf = a.slab_path == rmapwatch_common::slab_path::PERF;
     if perf && a.alloc_arg2 != arg2::CACHE {
@@ -344,7 +355,7 @@ fn raw_slab(ctx: &RawTracePointContext, event_kind: u32) -> Result<(), i64> {
         a.free_arg2
     };
     let role = if perf { Role::Detect } else { Role::Both };
-    slab(ctx.arg(0), ctx.arg(1), event_kind, role, || match layout {
+    slab::<STAGE>(ctx.arg(0), ctx.arg(1), event_kind, role, || match layout {
         arg2::CACHE => Arg2::Cache(ctx.arg(2)),
         arg2::SIZES => Arg2::BytesReq(ctx.arg(2), ctx.arg(3)),
         arg2::NAME => Arg2::Name(ctx.arg(2)),
@@ -360,7 +371,7 @@ fn perf_slab(ctx: &TracePointContext, event_kind: u32) -> Result<(), i64> {
     let field = |off: u32| unsafe { ctx.read_at::<u64>(off as usize) }.unwrap_or(0);
     let call_site = field(a.perf_call_site);
     let ptr = field(a.perf_ptr);
-    slab(call_site, ptr, event_kind, Role::Count, || {
+    slab::<{ stage::FULL }>(call_site, ptr, event_kind, Role::Count, || {
         if event_kind == kind::ALLOC {
             Arg2::BytesReq(field(a.perf_bytes_req), field(a.perf_bytes_alloc))
         } else if a.perf_free_name != rmapwatch_common::ABSENT {
@@ -392,7 +403,7 @@ enum Role {
 /// The one entry of every slab program: the call site classified, then the
 /// object streamed, or the allocation checked by the inlining detector.
 #[inline(always)]
-fn slab(
+fn slab<const STAGE: u32>(
     call_site: u64,
     ptr: u64,
     event_kind: u32,
@@ -401,11 +412,14 @@ fn slab(
 ) -> Result<(), i64> {
     let cfg = config();
     let Some(site_id) = cfg.classify(call_site) else {
-        if event_kind == kind::ALLOC && role != Role::Count {
+        if STAGE >= stage::DETECT && event_kind == kind::ALLOC && role != Role::Count {
             inlined(call_site, ptr, &arg2);
         }
         return Ok(());
     };
+    if STAGE < stage::MATCH {
+        return Ok(());
+    }
     if role == Role::Detect {
         if let Arg2::Cache(cache) = arg2() {
             object_of(cache)?;
@@ -426,6 +440,9 @@ fn slab(
     };
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
+    if STAGE < stage::FORK {
+        return Ok(());
+    }
     let mut event_flags = 0;
     // anon_vma_fork runs only inside fork (dup_mmap): its allocations need
     // no lookup. anon_vma_clone also runs for VMA splits and mremap: only
@@ -438,6 +455,17 @@ fn slab(
     {
         event_flags |= flags::IN_FORK;
     }
+    if STAGE < stage::LOCK {
+        return Ok(());
+    }
+    if STAGE < stage::FULL {
+        // The variant keeps a map of its own, as large: the same work,
+        // without touching the locks rmapwatch tracks.
+        if object == rmapwatch_common::object::ANON_VMA {
+            track_lock_in(&SPLIT_LOCKS, event_kind, ptr);
+        }
+        return Ok(());
+    }
     emit(&Event {
         kind: event_kind,
         object,
@@ -449,16 +477,62 @@ fn slab(
         ..Event::default()
     });
     if object == rmapwatch_common::object::ANON_VMA {
-        track_lock(event_kind, ptr);
+        track_lock_in(&LOCKS, event_kind, ptr);
     }
     Ok(())
+}
+
+/// How far a slab program goes: rmapwatch's own go all the way ([`FULL`]);
+/// the cost split's variants (`rmw-bench cost`, never attached by
+/// rmapwatch unless asked) stop earlier, so that `bpf_stats` of all of
+/// them in one run tells what each stage of the path costs.
+mod stage {
+    /// The call site classified against the rmap functions' ranges.
+    pub const SITE: u32 = 0;
+    /// And the inlining detector on the other sites' allocations.
+    pub const DETECT: u32 = 1;
+    /// And, at an rmap site, the object's kind and the current task.
+    pub const MATCH: u32 = 2;
+    /// And the fork window's lookup (`anon_vma_clone`'s allocations).
+    pub const FORK: u32 = 3;
+    /// And the lock map's insert or remove (anon_vmas).
+    pub const LOCK: u32 = 4;
+    /// And the record reserved and submitted: rmapwatch's programs.
+    pub const FULL: u32 = 5;
+}
+
+/// The cost split's variants: one alloc and one free program per stage.
+macro_rules! split_variants {
+    ($($stage:ident => $alloc:ident, $free:ident;)*) => {
+        $(
+            #[raw_tracepoint]
+            pub fn $alloc(ctx: RawTracePointContext) -> i32 {
+                let _ = raw_slab_to::<{ stage::$stage }>(&ctx, kind::ALLOC);
+                0
+            }
+
+            #[raw_tracepoint]
+            pub fn $free(ctx: RawTracePointContext) -> i32 {
+                let _ = raw_slab_to::<{ stage::$stage }>(&ctx, kind::FREE);
+                0
+            }
+        )*
+    };
+}
+
+split_variants! {
+    SITE => split_site_a, split_site_f;
+    DETECT => split_detect_a, split_detect_f;
+    MATCH => split_match_a, split_match_f;
+    FORK => split_fork_a, split_fork_f;
+    LOCK => split_lock_a, split_lock_f;
 }
 
 /// Keeps `LOCKS`: an anon_vma's rwsem is tracked from its allocation to
 /// its free (a new generation each time, so a wait that began on the
 /// previous object at this address is told apart).
 #[inline(always)]
-fn track_lock(event_kind: u32, ptr: u64) {
+fn track_lock_in(locks: &HashMap<u64, u64>, event_kind: u32, ptr: u64) {
     let off = config().time.anon_vma_rwsem;
     if off == ABSENT {
         return;
@@ -467,7 +541,7 @@ fn track_lock(event_kind: u32, ptr: u64) {
     if event_kind == kind::ALLOC {
         // SAFETY: a helper call without memory arguments.
         let generation = unsafe { bpf_ktime_get_ns() }.max(lock::SEEDED + 1);
-        if LOCKS.insert(key, generation, 0).is_err()
+        if locks.insert(key, generation, 0).is_err()
             && let Some(n) = rare(stat::LOCKS_FULL)
         {
             say!(
@@ -478,7 +552,7 @@ fn track_lock(event_kind: u32, ptr: u64) {
             );
         }
     } else {
-        let _ = LOCKS.remove(key);
+        let _ = locks.remove(key);
     }
 }
 

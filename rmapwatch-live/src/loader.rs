@@ -190,6 +190,10 @@ impl Probes {
             loader.map_max_entries("EVENTS", bytes);
         }
         loader.map_max_entries("FORKING", fork_window_entries()?);
+        let split = std::env::var_os(COST_SPLIT).is_some();
+        if split {
+            loader.map_max_entries("SPLIT_LOCKS", rmapwatch_common::lock::TRACKED);
+        }
         let mut warnings = Vec::new();
         let (mut ebpf, log_refused) = match loader.load(OBJECT) {
             Ok(ebpf) => (ebpf, None),
@@ -291,6 +295,31 @@ impl Probes {
             }
         }
 
+        if split {
+            if facts.config.args.slab_path == rmapwatch_common::slab_path::PERF {
+                warnings.push(
+                    "cost split: not on the perf slab path (7.0+ with PREEMPT_RCU): its variants \
+                     are raw tracepoint programs"
+                        .into(),
+                );
+            } else {
+                for (alloc, free) in SPLIT_PROGRAMS {
+                    attach_raw(&mut ebpf, alloc, "kmem_cache_alloc")?;
+                    attach_raw(&mut ebpf, free, "kmem_cache_free")?;
+                }
+                notes.push(format!(
+                    "cost split: {} variant programs on kmem_cache_alloc/free besides ours \
+                     (benchmark; they stream nothing){}",
+                    2 * SPLIT_PROGRAMS.len(),
+                    if facts.alloc_node {
+                        "; kmem_cache_alloc_node is not split"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+
         let btf = match mode {
             ProbeMode::Auto | ProbeMode::Fentry => Some(
                 Btf::parse_file(&facts.btf_path, Endianness::default())
@@ -381,6 +410,10 @@ impl Probes {
         self.stats_fd.as_ref()?;
         let mut out = BTreeMap::new();
         for (name, prog) in self.ebpf.programs() {
+            // The cost split's variants are the benchmark's, not our cost.
+            if SPLIT_PROGRAMS.iter().any(|(a, f)| name == *a || name == *f) {
+                continue;
+            }
             let Ok(fd) = prog.fd() else {
                 continue; // not loaded (the other half of a fentry/kprobe pair)
             };
@@ -735,6 +768,23 @@ pub fn attach_floor(tracepoints: &[&str]) -> anyhow::Result<Floor> {
     }
     Ok(Floor { _ebpf: ebpf })
 }
+
+/// Set (to anything) to also attach the cost split's variants of the slab
+/// programs (`rmw-bench cost`): each stops at one stage of the path
+/// (classified, detector, object and task, fork window, lock map), so
+/// that `bpf_stats` of all of them and of ours in one run tells what each
+/// stage costs. Raw slab path only.
+pub const COST_SPLIT: &str = "RMAPWATCH_COST_SPLIT";
+
+/// The cost split's (alloc, free) programs, stage by stage; ours
+/// (`kmem_cache_alloc`, `kmem_cache_free`) are the last stage.
+pub const SPLIT_PROGRAMS: [(&str, &str); 5] = [
+    ("split_site_a", "split_site_f"),
+    ("split_detect_a", "split_detect_f"),
+    ("split_match_a", "split_match_f"),
+    ("split_fork_a", "split_fork_f"),
+    ("split_lock_a", "split_lock_f"),
+];
 
 /// Set (to anything) to act as if the kernel had no lock tracepoints (tests
 /// of the fallback line).

@@ -138,7 +138,7 @@ enum Cmd {
     /// Installs the eBPF toolchain, bpftrace and adb.
     Bench {
         /// One of render, pipeline, ingest, footprint, snapshot, designs,
-        /// pagemap, designs-render, replay, record, idle, locks, storms, adb (the
+        /// pagemap, designs-render, replay, record, idle, locks, cost, storms, adb (the
         /// --adb link), all (but adb).
         #[arg(default_value = "all")]
         which: String,

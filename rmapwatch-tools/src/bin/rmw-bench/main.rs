@@ -14,6 +14,7 @@ use std::{
 };
 
 mod adb;
+mod cost;
 mod designs;
 mod locks;
 mod record;
@@ -459,6 +460,11 @@ fn main() -> ExitCode {
                 arg_num(&args, "--forks", 200),
                 arg_num(&args, "--regions", 128),
             )?,
+            "cost" => cost::run(
+                arg_num(&args, "--rounds", 5),
+                arg_num(&args, "--forks", 1000),
+                arg_num(&args, "--fault-mib", 512),
+            )?,
             "adb" => adb::run(
                 arg_num(&args, "--secs", 20),
                 arg_num(&args, "--forks", 2000),
@@ -496,6 +502,7 @@ fn main() -> ExitCode {
                 record::record(5, 2000)?;
                 storm::idle(20)?;
                 locks::run(5, 200, 128)?;
+                cost::run(5, 1000, 512)?;
                 storm::run(&storm::Opts {
                     rounds: 9,
                     forks: 5000,
@@ -504,7 +511,7 @@ fn main() -> ExitCode {
             }
             other => anyhow::bail!(
                 "unknown benchmark {other}: \
-                 render|pipeline|ingest|footprint|snapshot|designs|pagemap|designs-render|replay|record|idle|locks|adb|storms|all"
+                 render|pipeline|ingest|footprint|snapshot|designs|pagemap|designs-render|replay|record|idle|locks|cost|adb|storms|all"
             ),
         }
         Ok(())

@@ -91,7 +91,7 @@ fn wait_for(rx: &mpsc::Receiver<String>, what: &str) -> anyhow::Result<()> {
 
 /// The bpftrace peer: kmem_cache_alloc/free counted by call site, for the
 /// call sites rmapwatch classifies (the rmap functions' text ranges).
-fn peer_script(k: &kallsyms::Kallsyms) -> String {
+pub(crate) fn peer_script(k: &kallsyms::Kallsyms) -> String {
     let conds: Vec<String> = site::NAMES
         .iter()
         .flat_map(|name| k.ranges(name))
@@ -230,7 +230,7 @@ pub(crate) fn fork_storm(n: usize) -> anyhow::Result<f64> {
 
 /// Touches `mib` MiB of fresh anonymous memory page by page (4 KiB pages,
 /// or transparent huge pages).
-fn fault_storm(mib: usize, thp: bool) -> anyhow::Result<f64> {
+pub(crate) fn fault_storm(mib: usize, thp: bool) -> anyhow::Result<f64> {
     let len = mib << 20;
     // SAFETY: a fresh private anonymous mapping, unmapped below.
     let base = unsafe {

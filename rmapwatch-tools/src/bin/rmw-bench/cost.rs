@@ -1,0 +1,296 @@
+//! Where the slab programs' nanoseconds go (root): in one run, on the same
+//! two tracepoints (`kmem_cache_alloc`, `kmem_cache_free`), the object's
+//! empty raw tracepoint program (the floor), rmapwatch's programs, the cost
+//! split's variants (rmapwatch started with `RMAPWATCH_COST_SPLIT`: each
+//! stops at one stage of our path) and a bpftrace peer counting the same
+//! call sites, during a fork storm and then a fault storm. Per round and
+//! storm: ns per run of each, from `bpf_stats`; ratios are ours over the
+//! floor's and over the peer's. The floor is attached first on odd rounds
+//! and last on even ones (the first program on a tracepoint pays for what
+//! the tracepoint touches first).
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use rmapwatch_live::{kernel::kallsyms, loader};
+
+use crate::stats::{line, stats};
+
+/// A child stopped with SIGINT (and reaped) when dropped.
+struct Stop(std::process::Child);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SAFETY: kill(2) on our child.
+            unsafe { libc::kill(i32::try_from(self.0.id()).unwrap_or(0), libc::SIGINT) };
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// (runs, run ns) per loaded program id, with its name.
+type Sample = BTreeMap<u32, (String, u64, u64)>;
+
+fn sample() -> Sample {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| {
+            (
+                p.id(),
+                (
+                    p.name_as_str().unwrap_or("").to_owned(),
+                    p.run_count(),
+                    u64::try_from(p.run_time().as_nanos()).unwrap_or(u64::MAX),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Runs and ns between two samples of the programs `pick` selects.
+fn delta(a: &Sample, b: &Sample, pick: impl Fn(u32, &str) -> bool) -> (u64, u64) {
+    b.iter().filter(|(id, (name, _, _))| pick(**id, name)).fold(
+        (0, 0),
+        |(r, n), (id, (_, runs, ns))| {
+            let (r0, n0) = a.get(id).map_or((0, 0), |(_, r, n)| (*r, *n));
+            (r + runs.saturating_sub(r0), n + ns.saturating_sub(n0))
+        },
+    )
+}
+
+fn per_run((runs, ns): (u64, u64)) -> Option<f64> {
+    (runs > 0).then(|| ns as f64 / runs as f64)
+}
+
+/// The kernel keeps 15 bytes of a program's name.
+fn kname(name: &str) -> &str {
+    &name[..name.len().min(15)]
+}
+
+/// What one storm of one round measured: ns per run by row.
+#[derive(Default)]
+struct Storm {
+    rows: BTreeMap<&'static str, Vec<f64>>,
+    ratio_floor: Vec<f64>,
+    ratio_peer: Vec<f64>,
+    /// Runs of our slab programs, all rounds.
+    runs: u64,
+}
+
+/// The rows, in path order: the floor, the variants stage by stage, ours,
+/// the peer.
+const ROWS: [&str; 11] = [
+    "empty raw program (floor)",
+    "1 site classified: alloc",
+    "1 site classified: free",
+    "2 + inlining detector: alloc",
+    "3 + object, task: alloc",
+    "3 + object, task: free",
+    "4 + fork-window lookup: alloc",
+    "5 + lock map: alloc",
+    "5 + lock map: free",
+    "6 rmapwatch (+ reserve/submit): alloc+free",
+    "bpftrace peer (filter + count)",
+];
+
+/// `rounds` rounds of a fork storm (`forks` forks of a 64 MiB, 50-VMA
+/// process) and a fault storm (`fault_mib` MiB, 4 KiB pages).
+///
+/// # Errors
+/// Not root, bpftrace or the binaries missing, a storm fails, or the
+/// kernel is on the perf slab path (the variants are raw programs).
+pub fn run(rounds: usize, forks: usize, fault_mib: usize) -> anyhow::Result<()> {
+    let bin = crate::storm::rmapwatch_bin()?;
+    let k = kallsyms::read().context("reading kallsyms (run as root)")?;
+    let peer = crate::storm::peer_script(&k);
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("BPF_ENABLE_STATS (root, kernel 5.8+)")?;
+    println!(
+        "cost: the slab programs in one run: the empty raw program, rmapwatch, its cost split's \
+         variants and a bpftrace peer on kmem_cache_alloc/free; a fork storm ({forks} forks of a \
+         64 MiB, 50-VMA process) and a fault storm ({fault_mib} MiB of 4 KiB pages); {rounds} \
+         rounds"
+    );
+    let mut storms: [(&str, Storm); 2] = [
+        ("fork storm", Storm::default()),
+        ("fault storm", Storm::default()),
+    ];
+    let (mut dropped, mut misses, mut events) = (0u64, 0u64, 0u64);
+    let mut split_note = String::new();
+    for round in 0..rounds {
+        eprint!("\rrmw-bench: cost: round {}/{rounds} ", round + 1);
+        let floor_first = round % 2 == 1;
+        let tps = ["kmem_cache_alloc", "kmem_cache_free"];
+        let mut floor = floor_first
+            .then(|| loader::attach_floor(&tps))
+            .transpose()?;
+        let before_rw: BTreeSet<u32> = sample().into_keys().collect();
+        let mut rw = Stop(
+            Command::new(&bin)
+                .args(["report", "--json"])
+                .env(loader::COST_SPLIT, "1")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("starting {}", bin.display()))?,
+        );
+        let err = crate::storm::lines_of(rw.0.stderr.take().context("no stderr")?);
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = deadline
+                .checked_duration_since(std::time::Instant::now())
+                .context("rmapwatch never attached")?;
+            let l = err.recv_timeout(left)?;
+            if l.contains("cost split") {
+                l.clone_into(&mut split_note);
+            }
+            if l.contains("not on the perf slab path") {
+                bail!("{l}");
+            }
+            if l.contains("attached; counting") {
+                break;
+            }
+        }
+        let ours: BTreeSet<u32> = sample()
+            .into_keys()
+            .filter(|id| !before_rw.contains(id))
+            .collect();
+        let before_bt: BTreeSet<u32> = sample().into_keys().collect();
+        let mut bt = Stop(
+            Command::new("bpftrace")
+                .args(["-e", &peer])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting bpftrace (cargo xtask setup installs it)")?,
+        );
+        let out = crate::storm::lines_of(bt.0.stdout.take().context("no stdout")?);
+        while !out
+            .recv_timeout(Duration::from_secs(60))
+            .context("bpftrace never attached")?
+            .contains("Attaching")
+        {}
+        std::thread::sleep(Duration::from_millis(500));
+        let peers: BTreeSet<u32> = sample()
+            .into_keys()
+            .filter(|id| !before_bt.contains(id))
+            .collect();
+        if floor.is_none() {
+            floor = Some(loader::attach_floor(&tps)?);
+        }
+        let mut s0 = sample();
+        for (i, (_, storm)) in storms.iter_mut().enumerate() {
+            if i == 0 {
+                crate::storm::fork_storm(forks)?;
+            } else {
+                crate::storm::fault_storm(fault_mib, false)?;
+            }
+            let s1 = sample();
+            let named = |names: &'static [&'static str]| {
+                let ours = &ours;
+                move |id: u32, n: &str| ours.contains(&id) && names.iter().any(|w| kname(w) == n)
+            };
+            let floor_ns = per_run(delta(&s0, &s1, |id, n| {
+                n == loader::FLOOR_PROGRAM && !ours.contains(&id) && !peers.contains(&id)
+            }));
+            let ours_d = delta(&s0, &s1, named(&["kmem_cache_alloc", "kmem_cache_free"]));
+            let ours_ns = per_run(ours_d);
+            let peer_ns = per_run(delta(&s0, &s1, |id, _| peers.contains(&id)));
+            let split = [
+                ("1 site classified: alloc", "split_site_a"),
+                ("1 site classified: free", "split_site_f"),
+                ("2 + inlining detector: alloc", "split_detect_a"),
+                ("3 + object, task: alloc", "split_match_a"),
+                ("3 + object, task: free", "split_match_f"),
+                ("4 + fork-window lookup: alloc", "split_fork_a"),
+                ("5 + lock map: alloc", "split_lock_a"),
+                ("5 + lock map: free", "split_lock_f"),
+            ];
+            let mut put = |row: &'static str, v: Option<f64>| {
+                if let Some(v) = v {
+                    storm.rows.entry(row).or_default().push(v);
+                }
+            };
+            put(ROWS[0], floor_ns);
+            for (row, prog) in split {
+                let d = delta(&s0, &s1, |id, n| ours.contains(&id) && n == kname(prog));
+                put(row, per_run(d));
+            }
+            put(ROWS[9], ours_ns);
+            put(ROWS[10], peer_ns);
+            if let (Some(o), Some(f)) = (ours_ns, floor_ns) {
+                storm.ratio_floor.push(o / f);
+            }
+            if let (Some(o), Some(p)) = (ours_ns, peer_ns) {
+                storm.ratio_peer.push(o / p);
+            }
+            storm.runs += ours_d.0;
+            s0 = s1;
+        }
+        drop(floor);
+        drop(bt);
+        let mut stdout = String::new();
+        let mut rw_out = rw.0.stdout.take().context("no stdout")?;
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(i32::try_from(rw.0.id())?, libc::SIGINT) };
+        std::io::Read::read_to_string(&mut rw_out, &mut stdout)?;
+        drop(rw);
+        let r: rmapwatch_engine::report::Report = serde_json::from_str(
+            stdout
+                .lines()
+                .last()
+                .context("rmapwatch printed no report")?,
+        )?;
+        dropped += r.dropped_events.unwrap_or(0);
+        events += r.events;
+        if let Some(c) = &r.cost {
+            misses += c.recursion_misses;
+        }
+    }
+    eprintln!();
+    if !split_note.is_empty() {
+        println!("cost: {}", split_note.trim_start_matches("rmapwatch: "));
+    }
+    for (name, s) in &storms {
+        for row in ROWS {
+            if let Some(v) = s.rows.get(row) {
+                line(&format!("cost: {name}: {row}"), "ns/run", stats(v.clone()));
+            }
+        }
+        if !s.ratio_floor.is_empty() {
+            line(
+                &format!("cost: {name}: rmapwatch / empty raw program"),
+                "x",
+                stats(s.ratio_floor.clone()),
+            );
+        }
+        if !s.ratio_peer.is_empty() {
+            line(
+                &format!("cost: {name}: rmapwatch / bpftrace peer"),
+                "x",
+                stats(s.ratio_peer.clone()),
+            );
+        }
+        println!(
+            "{:<44} {} runs of our slab programs",
+            format!("cost: {name}"),
+            s.runs
+        );
+    }
+    let runs: u64 = storms.iter().map(|(_, s)| s.runs).sum();
+    println!(
+        "{:<44} {events} events streamed ({:.2} % of the slab programs' runs in the storms), \
+         {dropped} dropped, {misses} recursion misses on our programs, over {rounds} rounds",
+        "cost: rmapwatch",
+        if runs > 0 {
+            events as f64 / runs as f64 * 100.0
+        } else {
+            0.0
+        }
+    );
+    Ok(())
+}
