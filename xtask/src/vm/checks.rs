@@ -1066,7 +1066,7 @@ fn time_check(
         }
         let _ = write!(
             detail,
-            " (within [0, {TIME_SLACK}]); {:.1} us per dup_mmap, {:.0}% in anon_vma_fork/clone \
+            " (within [-{missed}, {TIME_SLACK}]); {:.1} us per dup_mmap, {:.0}% in anon_vma_fork/clone \
              ({calls} calls); unpaired exits {:?}; recursion misses (all programs) {:?}",
             d as f64 / n as f64 / 1000.0,
             a as f64 * 100.0 / d as f64,
@@ -1109,7 +1109,7 @@ fn time_check(
             .collect();
         let _ = write!(
             detail,
-            " (within [0, {slack}]: {TIME_SLACK} + 1%, kcompactd may walk in the gaps){}",
+            " (within [-{walk_missed}, {slack}]: {TIME_SLACK} + 1%, kcompactd may walk in the gaps){}",
             if callers.is_empty() {
                 " (compaction walked nothing)".to_owned()
             } else {
@@ -1180,6 +1180,7 @@ mod tests {
         let (result, detail) = time_check("fentry", META, &[], Some(&r));
         assert_eq!(result, Ok(()), "{detail}");
         assert!(detail.contains("1 runs missed by recursion"), "{detail}");
+        assert!(detail.contains("(within [-1, 4])"), "{detail}");
     }
 
     #[test]
