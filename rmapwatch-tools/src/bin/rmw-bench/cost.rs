@@ -19,19 +19,6 @@ use rmapwatch_live::{kernel::kallsyms, loader};
 
 use crate::stats::{line, stats};
 
-/// A child stopped with SIGINT (and reaped) when dropped.
-struct Stop(std::process::Child);
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            // SAFETY: kill(2) on our child.
-            unsafe { libc::kill(i32::try_from(self.0.id()).unwrap_or(0), libc::SIGINT) };
-            let _ = self.0.wait();
-        }
-    }
-}
-
 /// (runs, run ns) per loaded program id, with its name.
 type Sample = BTreeMap<u32, (String, u64, u64)>;
 
@@ -129,38 +116,21 @@ pub fn run(rounds: usize, forks: usize, fault_mib: usize) -> anyhow::Result<()> 
             .then(|| loader::attach_floor(&tps))
             .transpose()?;
         let before_rw: BTreeSet<u32> = sample().into_keys().collect();
-        let mut rw = Stop(
-            Command::new(&bin)
-                .args(["report", "--json"])
-                .env(loader::COST_SPLIT, "1")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .with_context(|| format!("starting {}", bin.display()))?,
-        );
-        let err = crate::storm::lines_of(rw.0.stderr.take().context("no stderr")?);
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            let left = deadline
-                .checked_duration_since(std::time::Instant::now())
-                .context("rmapwatch never attached")?;
-            let l = err.recv_timeout(left)?;
+        let rw = crate::child::rmapwatch_report(&bin, &[], &[(loader::COST_SPLIT, "1")], |l| {
             if l.contains("cost split") {
                 l.clone_into(&mut split_note);
             }
             if l.contains("not on the perf slab path") {
                 bail!("{l}");
             }
-            if l.contains("attached; counting") {
-                break;
-            }
-        }
+            Ok(())
+        })?;
         let ours: BTreeSet<u32> = sample()
             .into_keys()
             .filter(|id| !before_rw.contains(id))
             .collect();
         let before_bt: BTreeSet<u32> = sample().into_keys().collect();
-        let mut bt = Stop(
+        let mut bt = crate::child::Stop(
             Command::new("bpftrace")
                 .args(["-e", &peer])
                 .stdout(Stdio::piped())
@@ -233,18 +203,7 @@ pub fn run(rounds: usize, forks: usize, fault_mib: usize) -> anyhow::Result<()> 
         }
         drop(floor);
         drop(bt);
-        let mut stdout = String::new();
-        let mut rw_out = rw.0.stdout.take().context("no stdout")?;
-        // SAFETY: kill(2) on our child.
-        unsafe { libc::kill(i32::try_from(rw.0.id())?, libc::SIGINT) };
-        std::io::Read::read_to_string(&mut rw_out, &mut stdout)?;
-        drop(rw);
-        let r: rmapwatch_engine::report::Report = serde_json::from_str(
-            stdout
-                .lines()
-                .last()
-                .context("rmapwatch printed no report")?,
-        )?;
+        let r = crate::child::report_of(rw)?;
         dropped += r.dropped_events.unwrap_or(0);
         events += r.events;
         if let Some(c) = &r.cost {

@@ -21,21 +21,6 @@ use crate::stats::{line, stats};
 /// program alone in both kinds (the dispatch around it is not counted).
 const EMPTY: &str = "tracepoint:lock:contention_begin {} tracepoint:lock:contention_end {}";
 
-/// A child stopped with SIGINT (and reaped) when dropped: an error in a
-/// round leaves no tracer running (it would hold the programs, and any
-/// lock file the bench was started under).
-struct Stop(std::process::Child);
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            // SAFETY: kill(2) on our child.
-            unsafe { libc::kill(i32::try_from(self.0.id()).unwrap_or(0), libc::SIGINT) };
-            let _ = self.0.wait();
-        }
-    }
-}
-
 fn ids() -> BTreeSet<u32> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
@@ -100,26 +85,10 @@ pub fn run(rounds: usize, forks: usize, regions: usize) -> anyhow::Result<()> {
                 "contention_end",
             ])?);
         }
-        let mut rw = Stop(
-            Command::new(&bin)
-                .args(["report", "--json", "--ring-buffer-kb", "131072"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .with_context(|| format!("starting {}", bin.display()))?,
-        );
-        let err = crate::storm::lines_of(rw.0.stderr.take().context("no stderr")?);
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            let left = deadline
-                .checked_duration_since(std::time::Instant::now())
-                .context("rmapwatch never attached")?;
-            if err.recv_timeout(left)?.contains("attached; counting") {
-                break;
-            }
-        }
+        let rw =
+            crate::child::rmapwatch_report(&bin, &["--ring-buffer-kb", "131072"], &[], |_| Ok(()))?;
         let before = ids();
-        let mut bt = Stop(
+        let mut bt = crate::child::Stop(
             Command::new("bpftrace")
                 .args(["-e", EMPTY])
                 .stdout(Stdio::piped())
@@ -164,14 +133,7 @@ pub fn run(rounds: usize, forks: usize, regions: usize) -> anyhow::Result<()> {
         let (bruns, bns) = (begin1.0 - begin0.0, begin1.1 - begin0.1);
         let empty1 = cost(|p| empty_ids.contains(&p.id()));
         drop(bt);
-        let mut stdout = String::new();
-        let mut rw_out = rw.0.stdout.take().context("no stdout")?;
-        // SAFETY: kill(2) on our child.
-        unsafe { libc::kill(i32::try_from(rw.0.id())?, libc::SIGINT) };
-        std::io::Read::read_to_string(&mut rw_out, &mut stdout)?;
-        drop(rw);
-        let r: rmapwatch_engine::report::Report =
-            serde_json::from_str(stdout.lines().last().context("no report")?)?;
+        let r = crate::child::report_of(rw)?;
         dropped += r.dropped_events.unwrap_or(0);
         waits += r.time.as_ref().map_or(0, |t| t.anon_vma_lock.waits);
         let (runs, ns) = (ours1.0 - ours0.0, ours1.1 - ours0.1);

@@ -14,6 +14,7 @@ use std::{
 };
 
 mod adb;
+mod child;
 mod cost;
 mod designs;
 mod locks;

@@ -1,0 +1,79 @@
+//! The tracers a benchmark starts: a child stopped with SIGINT when
+//! dropped, and `rmapwatch report --json` started until it has attached and
+//! stopped for its report.
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+
+/// A child stopped with SIGINT (and reaped) when dropped: an error in a
+/// round leaves no tracer running (it would hold the programs, and any
+/// lock file the bench was started under).
+pub(crate) struct Stop(pub(crate) std::process::Child);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SAFETY: kill(2) on our child.
+            unsafe { libc::kill(i32::try_from(self.0.id()).unwrap_or(0), libc::SIGINT) };
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Starts `bin report --json ARGS` with `env`, and returns once it said it
+/// attached; `on_line` sees each stderr line before that (an error stops).
+///
+/// # Errors
+/// It cannot start, never attaches within 120 s, or `on_line` says so.
+pub(crate) fn rmapwatch_report(
+    bin: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    mut on_line: impl FnMut(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<Stop> {
+    let mut rw = Stop(
+        Command::new(bin)
+            .args(["report", "--json"])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?,
+    );
+    let err = crate::storm::lines_of(rw.0.stderr.take().context("no stderr")?);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .context("rmapwatch never attached")?;
+        let l = err.recv_timeout(left)?;
+        on_line(&l)?;
+        if l.contains("attached; counting") {
+            return Ok(rw);
+        }
+    }
+}
+
+/// Stops a [`rmapwatch_report`] with SIGINT and reads the report it prints.
+///
+/// # Errors
+/// It printed no report, or not one this rmapwatch reads.
+pub(crate) fn report_of(mut rw: Stop) -> anyhow::Result<rmapwatch_engine::report::Report> {
+    let mut stdout = String::new();
+    let mut out = rw.0.stdout.take().context("no stdout")?;
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(i32::try_from(rw.0.id())?, libc::SIGINT) };
+    std::io::Read::read_to_string(&mut out, &mut stdout)?;
+    drop(rw);
+    Ok(serde_json::from_str(
+        stdout
+            .lines()
+            .last()
+            .context("rmapwatch printed no report")?,
+    )?)
+}
