@@ -87,8 +87,8 @@ pub mod stat {
     /// Fork-family syscall entries that found the fork window's map
     /// (`FORKING`) full: that fork's `anon_vma_clone` AVCs go to the parent.
     pub const FORK_WINDOW_FULL: u32 = WALK_TORN + 1;
-    /// anon_vmas not tracked for lock contention because `LOCKS` was full:
-    /// waits on their rwsem are not seen.
+    /// Never counted now: the slab programs kept a lock map (`LOCKS`) until
+    /// its upkeep was found to cost a third of their time; the index stays.
     pub const LOCKS_FULL: u32 = FORK_WINDOW_FULL + 1;
     /// anon_vma rwsem waits not measured because `WAITING` (threads
     /// waiting now) was full.
@@ -175,13 +175,13 @@ pub mod lock {
     pub const fn maybe_rwsem(flags: u32) -> bool {
         flags & (READ | WRITE) != 0 && flags & (SPIN | PERCPU | MUTEX) == 0
     }
-    /// Entries of `LOCKS` (tracked anon_vma rwsems): one per live anon_vma.
-    pub const TRACKED: u32 = 1 << 17;
-    /// Entries of `WAITING` (threads waiting on a tracked rwsem now).
+    /// Entries of `WAITING` (threads waiting on an anon_vma root's rwsem
+    /// now), and of `WAITED` (the rwsems waited on, least recently used
+    /// make room).
     pub const WAITING: u32 = 8192;
-    /// The generation user space gives the anon_vmas it seeds from a walk
-    /// (the kernel gives an allocation its ktime, never this small).
-    pub const SEEDED: u64 = 1;
+    /// A wait's generation when `WAITED` had no entry for its rwsem at the
+    /// begin: its end is counted as reused (lost), never measured.
+    pub const NOT_WAITED: u64 = u64::MAX;
     /// A wait's flag: the rwsem's owner at the begin was inside a fork
     /// (between the fork system call's entry and the child's creation, the
     /// path that runs `dup_mmap`, `anon_vma_fork`).
@@ -583,13 +583,14 @@ impl Config {
     }
 }
 
-/// Value of the `WAITING` map: a thread waiting on a tracked rwsem.
+/// Value of the `WAITING` map: a thread waiting on an anon_vma root's rwsem.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LockWait {
     /// The rwsem's address.
     pub lock: u64,
-    /// The tracked anon_vma's generation (`LOCKS`'s value) at the begin.
+    /// The frees of an anon_vma at this rwsem's address seen so far
+    /// (`WAITED`'s value) at the begin, or [`lock::NOT_WAITED`].
     pub generation: u64,
     /// ktime at the begin.
     pub start: u64,
@@ -615,8 +616,8 @@ pub enum WaitEnd {
 }
 
 impl LockWait {
-    /// The end of a wait on `lock`, whose tracked generation is now
-    /// `current` (`None`: no longer tracked, freed).
+    /// The end of a wait on `lock`, whose count of frees is now `current`
+    /// (`None`: its entry made room for another).
     #[inline(always)]
     #[must_use]
     pub fn ends(&self, lock: u64, current: Option<u64>) -> WaitEnd {

@@ -8,9 +8,11 @@
 //!   that allocations made by the parent inside fork are handed to the child.
 //! - Function hooks (fentry or kprobe, chosen by the loader): per-CPU call
 //!   counters only; the per-page rmap hooks are far too hot to stream.
-//! - `lock:contention_{begin,end}`: waits on the rwsem of a tracked anon_vma
-//!   (`LOCKS`, kept by the slab programs and seeded by user space), one
-//!   record per wait; any other lock costs one hash lookup.
+//! - `lock:contention_{begin,end}`: waits on an rwsem that is an anon_vma
+//!   root's (the word before it, `anon_vma->root`, points at the anon_vma
+//!   itself), one record per wait; user space keeps those on the anon_vmas
+//!   it knows. The slab path keeps no lock map: an anon_vma free looks its
+//!   rwsem up in `WAITED` only while a wait is open.
 //! - The fork window's exit: the fork syscall's time, one record per fork.
 //! - Fork work (fentry/fexit or kprobe/kretprobe on `dup_mmap`,
 //!   `anon_vma_fork`, `anon_vma_clone`): one record per `dup_mmap`.
@@ -34,7 +36,7 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{
         FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
         TracePointContext,
@@ -75,17 +77,13 @@ static FORKING: HashMap<u32, u64> =
 static RMAP_VMAS: HashMap<RmapKey, u64> =
     HashMap::with_max_entries(rmapwatch_common::RMAP_VMAS_ENTRIES, 0);
 
-/// The rwsems of live anon_vmas (address of `anon_vma->rwsem` -> the
-/// anon_vma's generation: its allocation's ktime, or
-/// [`lock::SEEDED`] for those user space seeds from a walk). Kept by the
-/// slab programs; `lock:contention_begin` looks every lock up here.
+/// The anon_vma rwsems waited on (address of `anon_vma->rwsem` -> the
+/// anon_vma frees seen at that address while a wait was open): a wait
+/// that began on one object and ended after its free is told apart
+/// without the slab path tracking every anon_vma. Entered at a wait's
+/// begin only; least recently used entries make room.
 #[map]
-static LOCKS: HashMap<u64, u64> = HashMap::with_max_entries(lock::TRACKED, 0);
-
-/// The cost split's `LOCKS` (its variants' own): one entry unless the
-/// loader sizes it as `LOCKS` for a benchmark (`RMAPWATCH_COST_SPLIT`).
-#[map]
-static SPLIT_LOCKS: HashMap<u64, u64> = HashMap::with_max_entries(1, 0);
+static WAITED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(lock::WAITING, 0);
 
 /// Threads waiting on a tracked rwsem now (tid -> the wait).
 #[map]
@@ -455,15 +453,7 @@ fn slab<const STAGE: u32>(
     {
         event_flags |= flags::IN_FORK;
     }
-    if STAGE < stage::LOCK {
-        return Ok(());
-    }
     if STAGE < stage::FULL {
-        // The variant keeps a map of its own, as large: the same work,
-        // without touching the locks rmapwatch tracks.
-        if object == rmapwatch_common::object::ANON_VMA {
-            track_lock_in(&SPLIT_LOCKS, event_kind, ptr);
-        }
         return Ok(());
     }
     emit(&Event {
@@ -476,8 +466,8 @@ fn slab<const STAGE: u32>(
         ptr,
         ..Event::default()
     });
-    if object == rmapwatch_common::object::ANON_VMA {
-        track_lock_in(&LOCKS, event_kind, ptr);
+    if event_kind == kind::FREE && object == rmapwatch_common::object::ANON_VMA {
+        freed_while_waiting(ptr);
     }
     Ok(())
 }
@@ -495,10 +485,8 @@ mod stage {
     pub const MATCH: u32 = 2;
     /// And the fork window's lookup (`anon_vma_clone`'s allocations).
     pub const FORK: u32 = 3;
-    /// And the lock map's insert or remove (anon_vmas).
-    pub const LOCK: u32 = 4;
     /// And the record reserved and submitted: rmapwatch's programs.
-    pub const FULL: u32 = 5;
+    pub const FULL: u32 = 4;
 }
 
 /// The cost split's variants: one alloc and one free program per stage.
@@ -525,35 +513,41 @@ split_variants! {
     DETECT => split_detect_a, split_detect_f;
     MATCH => split_match_a, split_match_f;
     FORK => split_fork_a, split_fork_f;
-    LOCK => split_lock_a, split_lock_f;
 }
 
-/// Keeps `LOCKS`: an anon_vma's rwsem is tracked from its allocation to
-/// its free (a new generation each time, so a wait that began on the
-/// previous object at this address is told apart).
+/// An anon_vma is freed: a wait open on its rwsem now ends on another
+/// object, whatever is allocated at this address next. One load while no
+/// wait is open (almost always).
 #[inline(always)]
-fn track_lock_in(locks: &HashMap<u64, u64>, event_kind: u32, ptr: u64) {
+fn freed_while_waiting(ptr: u64) {
+    // SAFETY: a global of this program, read volatile as CPUs update it.
+    if unsafe { core::ptr::read_volatile(&raw const WAITS_OPEN) } == 0 {
+        return;
+    }
     let off = config().time.anon_vma_rwsem;
     if off == ABSENT {
         return;
     }
-    let key = ptr + u64::from(off);
-    if event_kind == kind::ALLOC {
-        // SAFETY: a helper call without memory arguments.
-        let generation = unsafe { bpf_ktime_get_ns() }.max(lock::SEEDED + 1);
-        if locks.insert(key, generation, 0).is_err()
-            && let Some(n) = rare(stat::LOCKS_FULL)
-        {
-            say!(
-                "lock map full: waits on the rwsem of anon_vma {:x} are not seen \
-                 (occurrence {} on this CPU)",
-                ptr,
-                n
-            );
-        }
-    } else {
-        let _ = locks.remove(key);
+    if let Some(frees) = WAITED.get_ptr_mut(ptr + u64::from(off)) {
+        // SAFETY: a map value of this program, aligned.
+        unsafe { atomic_add(frees, 1) };
     }
+}
+
+/// Whether the rwsem at `lock` can be an anon_vma's: rmap code locks a
+/// root's, and a root's `root` points at itself. Other rwsems pass only
+/// if the word at the same distance before them points at their own
+/// struct; user space keeps the waits on the anon_vmas it knows and
+/// counts the rest `unknown`.
+#[inline(always)]
+fn anon_vma_root_rwsem(lock: u64) -> bool {
+    let cfg = config();
+    let off = cfg.time.anon_vma_rwsem;
+    if off == ABSENT || lock < u64::from(off) {
+        return false;
+    }
+    let anon_vma = lock - u64::from(off);
+    anon_vma != 0 && read_or_zero(anon_vma + u64::from(cfg.snap.av_root)) == anon_vma
 }
 
 /// An empty raw tracepoint program: the floor `rmw-bench` measures the
@@ -565,7 +559,8 @@ pub fn empty(_ctx: RawTracePointContext) -> i32 {
 }
 
 /// `lock:contention_begin(lock, flags)`: a waiter enters a lock's slow
-/// path. Only a tracked anon_vma rwsem goes further than the lookup.
+/// path. Only an rwsem whose word before it points back (an anon_vma
+/// root's) goes further than one read.
 #[raw_tracepoint(tracepoint = "contention_begin")]
 pub fn contention_begin(ctx: RawTracePointContext) -> i32 {
     // Spinlocks and mutexes (most contention) end here, without a lookup.
@@ -574,10 +569,8 @@ pub fn contention_begin(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let lock: u64 = ctx.arg(0);
-    // SAFETY: plain lookup; the value is copied at once.
-    if let Some(generation) = unsafe { LOCKS.get(lock) } {
-        let generation = *generation;
-        lock_begin(lock, generation, flags);
+    if anon_vma_root_rwsem(lock) {
+        lock_begin(lock, flags);
     }
     0
 }
@@ -640,9 +633,18 @@ fn open_wait(tid: u32, delta: u32) {
 }
 
 #[inline(always)]
-fn lock_begin(lock: u64, generation: u64, flags: u32) {
+fn lock_begin(lock: u64, flags: u32) {
     let tid = bpf_get_current_pid_tgid() as u32;
     let (holder, holder_flags) = lock_holder(lock);
+    // Frees are counted only while a wait is open: this begin holds one
+    // open from before its count is read until its own wait is.
+    // SAFETY: a global of this program, aligned.
+    unsafe { atomic_add(&raw mut WAITS_OPEN, 1) };
+    // The frees at this address so far: an entry of its own unless one is
+    // there (BPF_NOEXIST).
+    let _ = WAITED.insert(lock, 0, 1);
+    // SAFETY: plain lookup; the value is copied at once.
+    let generation = unsafe { WAITED.get(lock) }.map_or(lock::NOT_WAITED, |v| *v);
     let wait = LockWait {
         lock,
         generation,
@@ -665,6 +667,8 @@ fn lock_begin(lock: u64, generation: u64, flags: u32) {
             n
         );
     }
+    // SAFETY: as above.
+    unsafe { atomic_add(&raw mut WAITS_OPEN, u64::MAX) };
 }
 
 /// The owner of the rwsem at `lock` now (its thread id, 0 unknown), and
@@ -711,7 +715,7 @@ fn lock_end(lock: u64, pid_tgid: u64) {
     };
     let wait = *wait;
     // SAFETY: plain lookup; the value is copied at once.
-    let current = unsafe { LOCKS.get(lock) }.copied();
+    let current = unsafe { WAITED.get(lock) }.copied();
     let end = wait.ends(lock, current);
     if end == WaitEnd::Other {
         return;
@@ -1203,12 +1207,11 @@ pub fn kprobe_rmap_walk(ctx: ProbeContext) -> i32 {
 
 /// `rwsem_down_{read,write}_slowpath(sem, ...)` entered (kernels without
 /// `lock:contention_begin`, before 5.19): a wait on a tracked anon_vma
-/// rwsem begins.
+/// rwsem root begins.
 #[inline(always)]
 fn rwsem_slowpath(sem: u64, flags: u32) {
-    // SAFETY: plain lookup; the value is copied at once.
-    if let Some(generation) = unsafe { LOCKS.get(sem) } {
-        lock_begin(sem, *generation, flags);
+    if anon_vma_root_rwsem(sem) {
+        lock_begin(sem, flags);
     }
 }
 

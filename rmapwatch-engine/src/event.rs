@@ -105,7 +105,7 @@ pub enum Event {
         /// Its name.
         comm: Comm,
     },
-    /// A wait on a tracked anon_vma's rwsem ended.
+    /// A wait on an anon_vma root's rwsem ended.
     LockWait(LockWait),
     /// A fork-family syscall returned in the parent (the fork's time as
     /// the syscall tracepoints see it).
@@ -146,7 +146,7 @@ pub enum Event {
     },
 }
 
-/// A wait on a tracked anon_vma's rwsem.
+/// A wait on an anon_vma root's rwsem (as the kernel checked it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LockWait {
     /// The waiting thread.

@@ -81,7 +81,7 @@ pub struct KernelCounters {
     #[serde(default)]
     pub walks_torn: Option<u64>,
     /// anon_vma rwsem waits lost in the kernel (the anon_vma freed between
-    /// begin and end, or a lock map full; `None` in recordings made before
+    /// begin and end, or the wait map full; `None` in recordings made before
     /// they were counted).
     #[serde(default)]
     pub lock_waits_lost: Option<u64>,

@@ -545,7 +545,7 @@ impl Builder {
                 LOCK_WAIT_UUID,
                 "anon_vma lock wait time (system, cumulative)",
                 f::UNIT_TIME_NS,
-                "time threads waited on the rwsems of tracked anon_vmas since the start \
+                "time threads waited on the rwsems of anon_vmas since the start \
                  (rmapwatch report: Time; report --json: time.anon_vma_lock)",
             ),
             (

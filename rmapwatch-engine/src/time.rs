@@ -189,7 +189,7 @@ pub struct LockReport {
     pub source: String,
     /// Whether waits are measured at all.
     pub available: bool,
-    /// Waits on tracked anon_vma rwsems.
+    /// Waits on anon_vma root rwsems.
     pub waits: u64,
     /// Their time, ns.
     pub wait_ns: u64,
@@ -317,8 +317,9 @@ pub struct TimeReport {
 
 /// The rules of [`TimeReport::rules`].
 pub const RULES: [&str; 5] = [
-    "a wait counts when the programs matched its lock exactly to the rwsem of a tracked \
-     anon_vma (rmap code locks the root's) and the engine knows that anon_vma live",
+    "a wait counts when its lock is the rwsem of an anon_vma root (rmap code locks the \
+     root's; the kernel checks that the word before it points back) and the engine knows that \
+     anon_vma live; other locks that pass the kernel's check count as unknown",
     "a root's family is the processes whose VMAs had it as root at the last walk",
     "LAZY would not have waited when every VMA of the root's family was lazy (L) at the last \
      walk: no anon_vma would exist to lock",

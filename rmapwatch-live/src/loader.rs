@@ -65,11 +65,6 @@ pub struct Probes {
     pub fork_window: bool,
     /// How lock waits, fork work and rmap walks are timed.
     pub time: TimeHooks,
-    /// Roots of anon_vma trees seeded into `LOCKS` (walks see them; the
-    /// programs track those allocated after start-up themselves).
-    seeded_locks: std::collections::HashSet<u64>,
-    /// `offsetof(struct anon_vma, rwsem)`.
-    rwsem_off: u32,
     /// Warnings for the user (fallbacks taken).
     pub warnings: Vec<String>,
     /// What the user is told besides (side effects on the system).
@@ -191,9 +186,6 @@ impl Probes {
         }
         loader.map_max_entries("FORKING", fork_window_entries()?);
         let split = std::env::var_os(COST_SPLIT).is_some();
-        if split {
-            loader.map_max_entries("SPLIT_LOCKS", rmapwatch_common::lock::TRACKED);
-        }
         let mut warnings = Vec::new();
         let (mut ebpf, log_refused) = match loader.load(OBJECT) {
             Ok(ebpf) => (ebpf, None),
@@ -236,8 +228,6 @@ impl Probes {
                 hooks: Vec::new(),
                 fork_window: false,
                 time: TimeHooks::default(),
-                seeded_locks: std::collections::HashSet::new(),
-                rwsem_off: facts.config.time.anon_vma_rwsem,
                 warnings,
                 notes: Vec::new(),
                 snapshot_error,
@@ -373,8 +363,6 @@ impl Probes {
             hooks,
             fork_window,
             time,
-            seeded_locks: std::collections::HashSet::new(),
-            rwsem_off: facts.config.time.anon_vma_rwsem,
             warnings,
             notes,
             snapshot_error,
@@ -595,38 +583,6 @@ impl Probes {
             .collect()
     }
 
-    /// Tracks the rwsems of these root anon_vmas (seen by a walk) for lock
-    /// waits, unless tracked already; returns how many were added. An
-    /// anon_vma allocated after start-up is tracked by the programs
-    /// themselves (a newer generation, never overwritten here).
-    ///
-    /// # Errors
-    /// The map is missing.
-    pub fn seed_locks(&mut self, roots: impl IntoIterator<Item = u64>) -> anyhow::Result<u64> {
-        let off = u64::from(self.rwsem_off);
-        if !self.time.lock_on() {
-            return Ok(0);
-        }
-        let map = self
-            .ebpf
-            .map_mut("LOCKS")
-            .ok_or_else(|| anyhow!("LOCKS map missing"))?;
-        let mut h: HashMap<&mut MapData, u64, u64> = HashMap::try_from(map)?;
-        let mut added = 0;
-        for root in roots {
-            if root == 0 || !self.seeded_locks.insert(root) {
-                continue;
-            }
-            // BPF_NOEXIST: the programs' own entry (a newer object) stays.
-            if h.insert(root + off, rmapwatch_common::lock::SEEDED, 1)
-                .is_ok()
-            {
-                added += 1;
-            }
-        }
-        Ok(added)
-    }
-
     /// The per-CPU counters, summed over CPUs.
     ///
     /// # Errors
@@ -771,19 +727,18 @@ pub fn attach_floor(tracepoints: &[&str]) -> anyhow::Result<Floor> {
 
 /// Set (to anything) to also attach the cost split's variants of the slab
 /// programs (`rmw-bench cost`): each stops at one stage of the path
-/// (classified, detector, object and task, fork window, lock map), so
+/// (classified, detector, object and task, fork window), so
 /// that `bpf_stats` of all of them and of ours in one run tells what each
 /// stage costs. Raw slab path only.
 pub const COST_SPLIT: &str = "RMAPWATCH_COST_SPLIT";
 
 /// The cost split's (alloc, free) programs, stage by stage; ours
 /// (`kmem_cache_alloc`, `kmem_cache_free`) are the last stage.
-pub const SPLIT_PROGRAMS: [(&str, &str); 5] = [
+pub const SPLIT_PROGRAMS: [(&str, &str); 4] = [
     ("split_site_a", "split_site_f"),
     ("split_detect_a", "split_detect_f"),
     ("split_match_a", "split_match_f"),
     ("split_fork_a", "split_fork_f"),
-    ("split_lock_a", "split_lock_f"),
 ];
 
 /// Set (to anything) to act as if the kernel had no lock tracepoints (tests
@@ -812,8 +767,9 @@ pub fn lock_plan(
         return Ok((
             "tracepoint",
             format!(
-                "tracepoint lock:contention_begin/end, matched to the rwsem of every tracked \
-                 anon_vma (rwsem at +{rwsem_off} from BTF); optimistic spins that win are not seen"
+                "tracepoint lock:contention_begin/end, kept where the lock is an anon_vma \
+                 root's rwsem (at +{rwsem_off} from BTF) of an anon_vma rmapwatch knows; \
+                 optimistic spins that win are not seen"
             ),
         ));
     }
@@ -822,9 +778,9 @@ pub fn lock_plan(
             "kprobe",
             format!(
                 "kprobe rwsem_down_{{read,write}}_slowpath (entry and return; no \
-                 lock:contention_begin/end tracepoints before 5.19), matched to the rwsem of \
-                 every tracked anon_vma (rwsem at +{rwsem_off} from BTF); optimistic spins that \
-                 win are not seen"
+                 lock:contention_begin/end tracepoints before 5.19), kept where the lock is an \
+                 anon_vma root's rwsem (at +{rwsem_off} from BTF) of an anon_vma rmapwatch knows; \
+                 optimistic spins that win are not seen"
             ),
         )),
         Err(why) => Err(format!(
@@ -1381,14 +1337,14 @@ mod tests {
         );
         let (how, ok) = lock_plan(8, true, Err("unused".into())).unwrap();
         assert_eq!(how, "tracepoint");
-        assert!(ok.contains("rwsem at +8 from BTF"), "{ok}");
+        assert!(ok.contains("rwsem (at +8 from BTF)"), "{ok}");
         // 5.10, 5.15: the slow paths kprobed instead.
 
         let (how, line) = lock_plan(8, false, Ok(())).unwrap();
         assert_eq!(how, "kprobe");
         assert!(
             line.starts_with("kprobe rwsem_down_{read,write}_slowpath")
-                && line.contains("rwsem at +8 from BTF"),
+                && line.contains("rwsem (at +8 from BTF)"),
             "{line}"
         );
     }

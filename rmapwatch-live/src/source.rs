@@ -421,7 +421,6 @@ impl Live {
                     comms: Vec::new(),
                     parents: Vec::new(),
                     named: BTreeSet::new(),
-                    roots: Vec::new(),
                     pagemap: &mut pagemap,
                     t: move || u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX),
                     alive: true,
@@ -431,15 +430,6 @@ impl Live {
                 pids.clone_from(&pump.named);
                 if !pump.alive {
                     return false;
-                }
-                let mut roots = std::mem::take(&mut pump.roots);
-                roots.sort_unstable();
-                roots.dedup();
-                if let Err(e) = self.probes.seed_locks(roots) {
-                    out.put(Input::Notice(Notice {
-                        warning: true,
-                        text: format!("lock waits: seeding the walk's anon_vmas failed: {e:#}"),
-                    }));
                 }
                 match r {
                     Ok(c) => (c, None),
@@ -517,9 +507,6 @@ struct WalkPump<'a, R: RingSource, T: Fn() -> Nanos> {
     comms: Vec<(u32, String)>,
     parents: Vec<(u32, u32)>,
     named: BTreeSet<u32>,
-    /// Root anon_vmas of the VMAs decoded (their rwsems are tracked for
-    /// lock waits).
-    roots: Vec<u64>,
     /// Fills each VMA's anonymous pages as it is decoded.
     pagemap: &'a mut pagemap::Reader,
     t: T,
@@ -578,17 +565,13 @@ impl<R: RingSource, T: Fn() -> Nanos> WalkPump<'_, R, T> {
     ) -> Result<(), SnapshotError> {
         for_each_chunk(reader, |bytes| {
             let decoded = self.vmas.len();
-            let (vmas, comms, parents, named, roots) = (
+            let (vmas, comms, parents, named) = (
                 &mut self.vmas,
                 &mut self.comms,
                 &mut self.parents,
                 &mut self.named,
-                &mut self.roots,
             );
             decoder.feed(bytes, |v, comm| {
-                if v.av_root != 0 {
-                    roots.push(v.av_root);
-                }
                 if named.insert(v.tgid) {
                     comms.push((v.tgid, rmapwatch_engine::event::Comm(*comm).text()));
                     if v.ppid != 0 {
@@ -787,7 +770,6 @@ mod tests {
             comms: Vec::new(),
             parents: Vec::new(),
             named: BTreeSet::new(),
-            roots: Vec::new(),
             pagemap: &mut pagemap::Reader::new(PagemapRead::Off),
             t: || 0,
             alive: true,

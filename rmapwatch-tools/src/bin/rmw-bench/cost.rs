@@ -70,7 +70,7 @@ struct Storm {
 
 /// The rows, in path order: the floor, the variants stage by stage, ours,
 /// the peer.
-const ROWS: [&str; 11] = [
+const ROWS: [&str; 9] = [
     "empty raw program (floor)",
     "1 site classified: alloc",
     "1 site classified: free",
@@ -78,9 +78,7 @@ const ROWS: [&str; 11] = [
     "3 + object, task: alloc",
     "3 + object, task: free",
     "4 + fork-window lookup: alloc",
-    "5 + lock map: alloc",
-    "5 + lock map: free",
-    "6 rmapwatch (+ reserve/submit): alloc+free",
+    "5 rmapwatch (+ reserve/submit): alloc+free",
     "bpftrace peer (filter + count)",
 ];
 
@@ -177,8 +175,6 @@ pub fn run(rounds: usize, forks: usize, fault_mib: usize) -> anyhow::Result<()> 
                 ("3 + object, task: alloc", "split_match_a"),
                 ("3 + object, task: free", "split_match_f"),
                 ("4 + fork-window lookup: alloc", "split_fork_a"),
-                ("5 + lock map: alloc", "split_lock_a"),
-                ("5 + lock map: free", "split_lock_f"),
             ];
             let mut put = |row: &'static str, v: Option<f64>| {
                 if let Some(v) = v {
@@ -190,8 +186,8 @@ pub fn run(rounds: usize, forks: usize, fault_mib: usize) -> anyhow::Result<()> 
                 let d = delta(&s0, &s1, |id, n| ours.contains(&id) && n == kname(prog));
                 put(row, per_run(d));
             }
-            put(ROWS[9], ours_ns);
-            put(ROWS[10], peer_ns);
+            put(ROWS[7], ours_ns);
+            put(ROWS[8], peer_ns);
             if let (Some(o), Some(f)) = (ours_ns, floor_ns) {
                 storm.ratio_floor.push(o / f);
             }
