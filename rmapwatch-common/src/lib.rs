@@ -99,8 +99,15 @@ pub mod stat {
     /// Function-hook entry/exit pairs whose entry was not seen (attached
     /// mid-call, or `TIMING` full): not timed.
     pub const TIMING_UNPAIRED: u32 = LOCK_REUSED + 1;
+    /// Nest watch (`--watch-nesting`): slab events that came while our
+    /// slab program of the same tracepoint was running on that CPU, so the
+    /// kernel skipped ours (a recursion miss) and the watch saw them.
+    pub const NESTED: u32 = TIMING_UNPAIRED + 1;
+    /// Those of [`NESTED`] at an rmap call site: events ours would have
+    /// streamed, streamed by the watch instead.
+    pub const NESTED_OURS: u32 = NESTED + 1;
     /// Length of the array.
-    pub const COUNT: u32 = TIMING_UNPAIRED + 1;
+    pub const COUNT: u32 = NESTED_OURS + 1;
 }
 
 /// Kernel-side log records (aya-log) of rare conditions: how often each
@@ -335,6 +342,24 @@ pub struct Config {
     pub wake_bytes: u64,
     /// What the time programs read.
     pub time: TimeLayout,
+    /// Non-zero: the nest watch is attached (`--watch-nesting`), and our
+    /// slab programs say when they run ([`nest`]).
+    pub nest_watch: u32,
+    /// Zero.
+    pub _pad: u32,
+}
+
+/// The nest watch's slots: which of our slab programs is running on a CPU
+/// now (the `INSIDE` per-CPU array).
+pub mod nest {
+    /// `kmem_cache_alloc`'s program.
+    pub const ALLOC: u32 = 0;
+    /// `kmem_cache_alloc_node`'s (before 6.1).
+    pub const ALLOC_NODE: u32 = 1;
+    /// `kmem_cache_free`'s.
+    pub const FREE: u32 = 2;
+    /// Slots.
+    pub const SLOTS: u32 = 3;
 }
 
 /// Offsets and switches of the time programs (lock contention, fork work,
@@ -756,6 +781,7 @@ mod tests {
                 + size_of::<ArgLayout>()
                 + 8
                 + size_of::<TimeLayout>()
+                + 4 * 2
         );
         assert_eq!(size_of::<TimeLayout>(), 6 * 4);
         assert_eq!(size_of::<RmapKey>(), 4 + 4 + 8);

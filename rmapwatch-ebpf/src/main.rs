@@ -44,7 +44,7 @@ use aya_ebpf::{
 };
 use rmapwatch_common::{
     ABSENT, COMM_LEN, Config, Event, ForkTiming, LockWait, RmapKey, SnapAvc, SnapVma, WaitEnd,
-    arg2, flags, hook, kind, lock, site, snap, stat,
+    arg2, flags, hook, kind, lock, nest, site, snap, stat,
 };
 
 /// A kernel-side log line about a rare condition (aya-log; its 0.2 macros
@@ -62,6 +62,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(rmapwatch_common::RING_BYTES, 0
 /// Per-CPU counters, indexed by `rmapwatch_common::stat`.
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// The nest watch (`--watch-nesting` only): per CPU, 1 while our slab
+/// program of a [`nest`] slot runs.
+#[map]
+static INSIDE: PerCpuArray<u32> = PerCpuArray::with_max_entries(nest::SLOTS, 0);
 
 /// Threads currently inside a fork-family syscall (tid -> ktime at entry).
 /// The loader may resize it (`RMAPWATCH_FORK_WINDOW_ENTRIES`, for tests).
@@ -165,6 +170,8 @@ static CONFIG: Config = Config {
         rwsem_owner: ABSENT,
         _pad: 0,
     },
+    nest_watch: 0,
+    _pad: 0,
 };
 
 /// The anon_vma and AVC caches (`struct kmem_cache *`), learnt from the
@@ -276,7 +283,11 @@ fn read_kernel<T>(addr: u64) -> Result<T, i64> {
 
 #[raw_tracepoint(tracepoint = "kmem_cache_alloc")]
 pub fn kmem_cache_alloc(ctx: RawTracePointContext) -> i32 {
+    let watch = raw_streams() && watched(nest::ALLOC, 1);
     let _ = raw_slab(&ctx, kind::ALLOC);
+    if watch {
+        watched(nest::ALLOC, 0);
+    }
     0
 }
 
@@ -284,13 +295,102 @@ pub fn kmem_cache_alloc(ctx: RawTracePointContext) -> i32 {
 /// `kmem_cache_alloc`).
 #[raw_tracepoint(tracepoint = "kmem_cache_alloc_node")]
 pub fn kmem_cache_alloc_node(ctx: RawTracePointContext) -> i32 {
+    let watch = raw_streams() && watched(nest::ALLOC_NODE, 1);
     let _ = raw_slab(&ctx, kind::ALLOC);
+    if watch {
+        watched(nest::ALLOC_NODE, 0);
+    }
     0
 }
 
 #[raw_tracepoint(tracepoint = "kmem_cache_free")]
 pub fn kmem_cache_free(ctx: RawTracePointContext) -> i32 {
+    let watch = raw_streams() && watched(nest::FREE, 1);
     let _ = raw_slab(&ctx, kind::FREE);
+    if watch {
+        watched(nest::FREE, 0);
+    }
+    0
+}
+
+/// Whether the raw slab programs stream (else the perf ones do, and the
+/// raw one only detects: the nest watch follows the streaming ones).
+#[inline(always)]
+fn raw_streams() -> bool {
+    config().args.slab_path == rmapwatch_common::slab_path::RAW
+}
+
+/// With the nest watch attached, says (`INSIDE`) that our slab program of
+/// `slot` runs on this CPU (`v` 1) or no longer (0); `false` without the
+/// watch (a constant the verifier prunes on).
+#[inline(always)]
+fn watched(slot: u32, v: u32) -> bool {
+    if config().nest_watch == 0 {
+        return false;
+    }
+    if let Some(p) = INSIDE.get_ptr_mut(slot) {
+        // SAFETY: this CPU's slot; a nested run only reads it.
+        unsafe { core::ptr::write_volatile(p, v) };
+    }
+    true
+}
+
+/// The nest watch (`--watch-nesting`; attached after ours, on the same
+/// tracepoints): a run that finds our program of its slot running on this
+/// CPU is one the kernel skipped for ours (a recursion miss: ours was
+/// interrupted, or preempted, inside). It is counted per CPU
+/// ([`stat::NESTED`]) and, at an rmap call site, streamed as ours would
+/// have ([`stat::NESTED_OURS`]). Every other run returns after one load.
+#[inline(always)]
+fn nest_watch(ctx: &RawTracePointContext, slot: u32, event_kind: u32) {
+    let Some(p) = INSIDE.get_ptr(slot) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, written by the program this run interrupted.
+    if unsafe { core::ptr::read_volatile(p) } == 0 {
+        return;
+    }
+    bump(stat::NESTED, 1);
+    let call_site: u64 = ctx.arg(0);
+    if config().classify(call_site).is_none() {
+        return;
+    }
+    bump(stat::NESTED_OURS, 1);
+    let a = &config().args;
+    let layout = if event_kind == kind::ALLOC {
+        a.alloc_arg2
+    } else {
+        a.free_arg2
+    };
+    let _ = slab::<{ stage::FULL }>(
+        call_site,
+        ctx.arg(1),
+        event_kind,
+        Role::Count,
+        || match layout {
+            arg2::CACHE => Arg2::Cache(ctx.arg(2)),
+            arg2::SIZES => Arg2::BytesReq(ctx.arg(2), ctx.arg(3)),
+            arg2::NAME => Arg2::Name(ctx.arg(2)),
+            _ => Arg2::None,
+        },
+    );
+}
+
+#[raw_tracepoint(tracepoint = "kmem_cache_alloc")]
+pub fn nest_alloc(ctx: RawTracePointContext) -> i32 {
+    nest_watch(&ctx, nest::ALLOC, kind::ALLOC);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "kmem_cache_alloc_node")]
+pub fn nest_alloc_node(ctx: RawTracePointContext) -> i32 {
+    nest_watch(&ctx, nest::ALLOC_NODE, kind::ALLOC);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "kmem_cache_free")]
+pub fn nest_free(ctx: RawTracePointContext) -> i32 {
+    nest_watch(&ctx, nest::FREE, kind::FREE);
     0
 }
 
@@ -300,13 +400,21 @@ pub fn kmem_cache_free(ctx: RawTracePointContext) -> i32 {
 /// their recursion guard; perf tracepoint callbacks still disable preemption.
 #[tracepoint]
 pub fn perf_kmem_cache_alloc(ctx: TracePointContext) -> i32 {
+    let watch = watched(nest::ALLOC, 1);
     let _ = perf_slab(&ctx, kind::ALLOC);
+    if watch {
+        watched(nest::ALLOC, 0);
+    }
     0
 }
 
 #[tracepoint]
 pub fn perf_kmem_cache_free(ctx: TracePointContext) -> i32 {
+    let watch = watched(nest::FREE, 1);
     let _ = perf_slab(&ctx, kind::FREE);
+    if watch {
+        watched(nest::FREE, 0);
+    }
     0
 }
 

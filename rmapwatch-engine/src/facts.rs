@@ -163,6 +163,23 @@ pub struct Facts {
     /// recordings made before they were).
     #[serde(default)]
     pub time: crate::hooks::TimeHooks,
+    /// The floor `rmw-bench cost` measured on this machine and kernel (an
+    /// empty raw program on the slab tracepoints), if it was: the live
+    /// cost is shown against it.
+    #[serde(default)]
+    pub floor: Option<Floor>,
+}
+
+/// An empty raw tracepoint program's cost on the slab tracepoints, as
+/// `rmw-bench cost` measured it on this machine and kernel.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Floor {
+    /// ns per run (`bpf_stats`), the fork storm's median.
+    pub ns_per_run: f64,
+    /// When, in seconds since the epoch.
+    pub measured_unix: u64,
+    /// How (`rmw-bench cost, 5 rounds`).
+    pub by: String,
 }
 
 #[cfg(test)]

@@ -73,6 +73,13 @@ pub struct SlabEvents {
     pub layout: String,
     /// Why this path (auto's reason, or "forced").
     pub why: String,
+    /// Raw tracepoints forced on a kernel that runs them preemptible (7.0+
+    /// with `PREEMPT_RCU`): a recursion miss of our slab programs can be an
+    /// anon_vma or AVC event of a preempting task, so the engine treats
+    /// misses the nest watch did not see as lost events (false in
+    /// recordings made before this was recorded).
+    #[serde(default)]
+    pub preemptible: bool,
 }
 
 impl SlabEvents {

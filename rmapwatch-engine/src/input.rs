@@ -88,6 +88,20 @@ pub struct KernelCounters {
     /// Function-hook exits whose entry was not seen (not timed).
     #[serde(default)]
     pub timing_unpaired: Option<u64>,
+    /// The nest watch's counts (`--watch-nesting`), `None` without it.
+    #[serde(default)]
+    pub nested: Option<Box<Nested>>,
+}
+
+/// What the nest watch saw: slab events the kernel skipped for our slab
+/// program of the same tracepoint, running on that CPU (recursion misses).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nested {
+    /// Per CPU (index: CPU number), all call sites.
+    pub per_cpu: Vec<u64>,
+    /// Of them, at an rmap call site: events ours would have streamed,
+    /// streamed by the watch instead.
+    pub ours: u64,
 }
 
 impl KernelCounters {

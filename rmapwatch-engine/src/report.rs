@@ -204,6 +204,96 @@ pub struct CostReport {
     pub recursion_misses: u64,
     /// Per program.
     pub programs: BTreeMap<String, ProgramStats>,
+    /// Mean run time of our slab programs (`SLAB_PROGRAMS`), the ones the
+    /// floor is measured for.
+    #[serde(default)]
+    pub slab_ns_per_run: Option<f64>,
+    /// The floor measured on this machine and kernel (`rmw-bench cost`),
+    /// and `slab_ns_per_run` over it; `None` when none was measured.
+    #[serde(default)]
+    pub floor: Option<FloorRatio>,
+}
+
+/// The live slab cost against the floor `rmw-bench cost` measured here.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FloorRatio {
+    /// The empty raw program's ns per run.
+    pub ns_per_run: f64,
+    /// `slab_ns_per_run / ns_per_run`.
+    pub ratio: Option<f64>,
+    /// When it was measured, seconds since the epoch.
+    pub measured_unix: u64,
+    /// How.
+    pub by: String,
+}
+
+/// Our slab programs, whose recursion misses the nest watch accounts for.
+pub const SLAB_PROGRAMS: [&str; 5] = [
+    "kmem_cache_alloc",
+    "kmem_cache_alloc_node",
+    "kmem_cache_free",
+    "perf_kmem_cache_alloc",
+    "perf_kmem_cache_free",
+];
+
+/// The nest watch's account of our slab programs' recursion misses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NestReport {
+    /// Recursion misses of our slab programs (`bpf_stats`), if read.
+    pub slab_misses: Option<u64>,
+    /// Skipped runs the watch saw (our program of the same tracepoint
+    /// running on that CPU).
+    pub seen: u64,
+    /// Per CPU.
+    pub seen_per_cpu: Vec<u64>,
+    /// Of `seen`, at an rmap call site: streamed by the watch, not lost.
+    pub ours: u64,
+    /// Misses the watch did not see (`slab_misses - seen`): in the few
+    /// instructions before our program says it runs or after, or behind
+    /// another of our programs on the perf path. Where they were is not
+    /// known.
+    pub unseen: Option<u64>,
+}
+
+impl NestReport {
+    /// From the watch's counters and the programs' statistics.
+    #[must_use]
+    pub fn new(
+        n: &crate::input::Nested,
+        programs: Option<&BTreeMap<String, ProgramStats>>,
+    ) -> Self {
+        let seen = n.per_cpu.iter().sum();
+        let slab_misses = programs.map(|p| {
+            SLAB_PROGRAMS
+                .iter()
+                .filter_map(|name| p.get(*name))
+                .map(|s| s.recursion_misses)
+                .sum::<u64>()
+        });
+        Self {
+            slab_misses,
+            seen,
+            seen_per_cpu: n.per_cpu.clone(),
+            ours: n.ours,
+            unseen: slab_misses.map(|m| m.saturating_sub(seen)),
+        }
+    }
+
+    /// The report's line.
+    #[must_use]
+    pub fn line(&self) -> String {
+        format!(
+            "nest watch: {} skipped runs of our slab programs seen (per CPU {:?}), {} at rmap call \
+             sites (streamed by the watch); recursion misses {}, unseen {}",
+            self.seen,
+            self.seen_per_cpu,
+            self.ours,
+            self.slab_misses
+                .map_or_else(|| "-".to_owned(), |m| m.to_string()),
+            self.unseen
+                .map_or_else(|| "-".to_owned(), |m| m.to_string()),
+        )
+    }
 }
 
 /// The snapshot iterator: not a per-event program.
@@ -230,8 +320,55 @@ impl CostReport {
             },
             recursion_misses: programs.values().map(|p| p.recursion_misses).sum(),
             programs: programs.clone(),
+            slab_ns_per_run: round2(slab_ns(programs)),
+            floor: None,
         }
     }
+
+    /// With the floor measured on this machine, if any.
+    #[must_use]
+    pub fn against(mut self, floor: Option<&crate::facts::Floor>) -> Self {
+        self.floor = floor.map(|f| FloorRatio {
+            ns_per_run: f.ns_per_run,
+            ratio: round2(
+                self.slab_ns_per_run
+                    .filter(|_| f.ns_per_run > 0.0)
+                    .map(|s| s / f.ns_per_run),
+            ),
+            measured_unix: f.measured_unix,
+            by: f.by.clone(),
+        });
+        self
+    }
+
+    /// `ns/event`, and the slab programs against the floor when one was
+    /// measured: the report's and the dashboard's words.
+    #[must_use]
+    pub fn floor_words(&self) -> String {
+        match (&self.floor, self.slab_ns_per_run) {
+            (Some(f), Some(s)) => format!(
+                "slab programs {s:.0} ns/run = {} the floor ({:.1} ns, {})",
+                f.ratio
+                    .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x")),
+                f.ns_per_run,
+                f.by
+            ),
+            (None, Some(s)) => format!(
+                "slab programs {s:.0} ns/run (no floor measured on this machine and kernel: \
+                 cargo xtask bench cost)"
+            ),
+            _ => String::new(),
+        }
+    }
+}
+
+/// Weighted ns per run of our slab programs.
+fn slab_ns(programs: &BTreeMap<String, ProgramStats>) -> Option<f64> {
+    let (runs, ns) = SLAB_PROGRAMS
+        .iter()
+        .filter_map(|n| programs.get(*n))
+        .fold((0u64, 0u64), |(r, t), p| (r + p.runs, t + p.run_time_ns));
+    (runs > 0).then(|| ns as f64 / runs as f64)
 }
 
 /// Lost events and recovery: when the ring buffer overflows, the live
@@ -424,6 +561,10 @@ pub struct Report {
     /// `fork_window_full`).
     #[serde(default)]
     pub timing_unpaired: Option<u64>,
+    /// The nest watch (`--watch-nesting`): what our slab programs' recursion
+    /// misses were; `None` without it.
+    #[serde(default)]
+    pub nest_watch: Option<NestReport>,
     /// Why no walk of the VMAs could be taken, if none could (then the
     /// live counts come from events alone and no lazy figure is given).
     #[serde(default)]
@@ -865,7 +1006,16 @@ pub const OBJECT_NAMES: [&str; object::COUNT] = ["anon_vma", "anon_vma_chain"];
 
 /// Fields added to `rmapwatch.report/1` since its first recordings, at
 /// any depth (`designs`: the report's and each process's).
-pub const ADDED_FIELDS: [&str; 4] = ["by_holder", "designs", "time", "timing_unpaired"];
+pub const ADDED_FIELDS: [&str; 8] = [
+    "by_holder",
+    "designs",
+    "floor",
+    "nest_watch",
+    "preemptible",
+    "slab_ns_per_run",
+    "time",
+    "timing_unpaired",
+];
 
 /// Whether `newer` (this rmapwatch's report, JSON) says what `older` (one
 /// an earlier rmapwatch printed for the same input) said: every field of
@@ -1023,7 +1173,9 @@ impl Report {
             events: acct.events,
             done: ctx.done,
             rmap,
-            cost: ctx.programs.map(|p| CostReport::new(p, ctx.duration_s)),
+            cost: ctx
+                .programs
+                .map(|p| CostReport::new(p, ctx.duration_s).against(f.floor.as_ref())),
             objects,
             live: LiveBlock::of(live, f.sizes),
             lazy,
@@ -1047,6 +1199,10 @@ impl Report {
             fork_window_full: ctx.counters.and_then(|c| c.fork_window_full),
             walks_torn: ctx.counters.and_then(|c| c.walks_torn),
             timing_unpaired: ctx.counters.and_then(|c| c.timing_unpaired),
+            nest_watch: ctx
+                .counters
+                .and_then(|c| c.nested.as_ref())
+                .map(|n| NestReport::new(n, ctx.programs)),
         }
     }
 
@@ -1224,6 +1380,22 @@ impl Report {
                 c.cpu_pct,
                 c.recursion_misses
             );
+            let missed: Vec<String> = c
+                .programs
+                .iter()
+                .filter(|(_, p)| p.recursion_misses > 0)
+                .map(|(name, p)| format!("{name} {}", p.recursion_misses))
+                .collect();
+            if !missed.is_empty() {
+                let _ = writeln!(s, "recursion misses by program: {}", missed.join(", "));
+            }
+            let floor = c.floor_words();
+            if !floor.is_empty() {
+                let _ = writeln!(s, "kernel cost: {floor}");
+            }
+        }
+        if let Some(n) = &self.nest_watch {
+            let _ = writeln!(s, "{}", n.line());
         }
         let _ = writeln!(s);
         if let Some(table) = self.seed_table() {

@@ -180,6 +180,7 @@ fn script(sc: &Scenario) -> Vec<Input> {
             path: "raw".into(),
             layout: "cache pointer".into(),
             why: String::new(),
+            preemptible: false,
         },
         ..Facts::default()
     };
@@ -226,6 +227,11 @@ fn script(sc: &Scenario) -> Vec<Input> {
                 walks_torn: Some(1),
                 lock_waits_lost: Some(0),
                 timing_unpaired: Some(0),
+                // The nest watch: 3 skipped runs seen, none at an rmap site.
+                nested: Some(Box::new(rmapwatch_engine::input::Nested {
+                    per_cpu: vec![2, 1],
+                    ours: 0,
+                })),
             }),
             programs: Some(programs),
             undecodable: 0,

@@ -4,6 +4,7 @@
 //! anonymous pages: `pagemap`), and the pump that turns them into the
 //! engine's ordered inputs (`source`).
 pub mod caps;
+pub mod floor;
 pub mod kernel;
 pub mod loader;
 pub mod pagemap;

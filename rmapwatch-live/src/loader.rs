@@ -65,6 +65,8 @@ pub struct Probes {
     pub fork_window: bool,
     /// How lock waits, fork work and rmap walks are timed.
     pub time: TimeHooks,
+    /// Whether the nest watch is attached (`--watch-nesting`).
+    pub nest_watch: bool,
     /// Warnings for the user (fallbacks taken).
     pub warnings: Vec<String>,
     /// What the user is told besides (side effects on the system).
@@ -228,6 +230,7 @@ impl Probes {
                 hooks: Vec::new(),
                 fork_window: false,
                 time: TimeHooks::default(),
+                nest_watch: false,
                 warnings,
                 notes: Vec::new(),
                 snapshot_error,
@@ -283,6 +286,20 @@ impl Probes {
             if tp == "kmem_cache_alloc" && facts.alloc_node {
                 attach_raw(&mut ebpf, "kmem_cache_alloc_node", "kmem_cache_alloc_node")?;
             }
+        }
+        if facts.config.nest_watch != 0 {
+            let perf = facts.config.args.slab_path == rmapwatch_common::slab_path::PERF;
+            attach_raw(&mut ebpf, "nest_alloc", "kmem_cache_alloc")?;
+            if facts.alloc_node && !perf {
+                attach_raw(&mut ebpf, "nest_alloc_node", "kmem_cache_alloc_node")?;
+            }
+            attach_raw(&mut ebpf, "nest_free", "kmem_cache_free")?;
+            notes.push(
+                "nest watch: a second raw program on each slab tracepoint counts, per CPU, the \
+                 runs the kernel skips for ours (recursion misses) and streams those at rmap call \
+                 sites (--watch-nesting; one more program run per slab event)"
+                    .into(),
+            );
         }
 
         if split {
@@ -363,6 +380,7 @@ impl Probes {
             hooks,
             fork_window,
             time,
+            nest_watch: facts.config.nest_watch != 0,
             warnings,
             notes,
             snapshot_error,
@@ -596,6 +614,19 @@ impl Probes {
         (0..stat::COUNT)
             .map(|i| Ok(arr.get(&i, 0)?.iter().sum()))
             .collect()
+    }
+
+    /// One per-CPU counter, per possible CPU (index: CPU number).
+    ///
+    /// # Errors
+    /// The map cannot be read.
+    pub fn stat_per_cpu(&self, index: u32) -> anyhow::Result<Vec<u64>> {
+        let map = self
+            .ebpf
+            .map("STATS")
+            .ok_or_else(|| anyhow!("STATS map missing"))?;
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+        Ok(arr.get(&index, 0)?.iter().copied().collect())
     }
 }
 

@@ -17,7 +17,10 @@ use rmapwatch_engine::{
     event::{Event, decode},
     facts::{ClockRef, Endian, Facts},
     hooks::{HookMode, ProbeMode},
-    input::{Counters, Input, KernelCounters, Nanos, Notice, Paths, Request, RmapUpdate, SlabRead},
+    input::{
+        Counters, Input, KernelCounters, Nanos, Nested, Notice, Paths, Request, RmapUpdate,
+        SlabRead,
+    },
     snapshot::{Decoder, PagemapRead, SnapshotError, Vma, WalkCounts, for_each_chunk},
 };
 use tokio::{io::unix::AsyncFd, sync::mpsc::UnboundedReceiver};
@@ -146,6 +149,7 @@ impl Live {
             slots: kernel.slots.clone(),
             pagemap: opts.pagemap.to_string(),
             time: probes.time.clone(),
+            floor: crate::floor::read(&kernel.id.release),
         };
         Ok(Self {
             probes,
@@ -306,6 +310,12 @@ impl Live {
                     .sum(),
             ),
             timing_unpaired: s.get(stat::TIMING_UNPAIRED as usize).copied(),
+            nested: self.probes.nest_watch.then(|| {
+                Box::new(Nested {
+                    per_cpu: self.probes.stat_per_cpu(stat::NESTED).unwrap_or_default(),
+                    ours: s.get(stat::NESTED_OURS as usize).copied().unwrap_or(0),
+                })
+            }),
             inlined_sites: if s.get(stat::INLINED_ANON_VMA as usize).copied().unwrap_or(0) > 0 {
                 self.inlined_sites()
             } else {

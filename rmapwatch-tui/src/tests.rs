@@ -331,7 +331,15 @@ fn the_header_shows_the_tools_own_cost_and_a_degraded_model() {
             recursion_misses: 0,
         },
     );
-    f.cost = Some(rmapwatch_engine::report::CostReport::new(&programs, 10.0));
+    f.cost = Some(
+        rmapwatch_engine::report::CostReport::new(&programs, 10.0).against(Some(
+            &rmapwatch_engine::facts::Floor {
+                ns_per_run: 25.0,
+                measured_unix: 0,
+                by: "rmw-bench cost".into(),
+            },
+        )),
+    );
     f.dropped = Some(42);
     f.resync.degraded = true;
     let mut app = App::new(Duration::from_secs(1), None);
@@ -346,6 +354,7 @@ fn the_header_shows_the_tools_own_cost_and_a_degraded_model() {
         .collect::<Vec<_>>()
         .join("\n");
     assert!(text.contains("cost 37 ns/ev"), "{text}");
+    assert!(text.contains("slab 1.48x floor"), "{text}");
     assert!(text.contains("dropped 42"), "{text}");
     assert!(text.contains("DEGRADED"), "{text}");
 }

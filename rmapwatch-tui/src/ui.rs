@@ -109,6 +109,11 @@ impl App {
                 .ns_per_event
                 .map_or_else(|| "-".to_owned(), |n| format!("{n:.0}"));
             l1.push(format!("  cost {ns} ns/ev {:.2}% CPU", c.cpu_pct).into());
+            // Our slab programs against the empty program's floor that
+            // rmw-bench measured on this machine, when it did.
+            if let Some(r) = c.floor.as_ref().and_then(|f| f.ratio) {
+                l1.push(format!(" slab {r:.2}x floor").into());
+            }
             if c.recursion_misses > 0 {
                 l1.push(format!(" {} recursion misses", c.recursion_misses).red());
             }

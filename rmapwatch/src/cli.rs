@@ -115,6 +115,13 @@ pub struct GlobalArgs {
     /// Read no pagemap at all (walks carry no anonymous page counts).
     #[arg(long, global = true, conflicts_with = "pagemap_budget")]
     pub no_pagemap: bool,
+    /// Attach the nest watch: a second program on each slab tracepoint that
+    /// sees the runs the kernel skips for rmapwatch's own (recursion misses:
+    /// ours was interrupted, or preempted, inside), counts them per CPU,
+    /// and streams those at rmap call sites so that none is lost. Costs one
+    /// more program run per slab event; the report says what it saw.
+    #[arg(long, global = true)]
+    pub watch_nesting: bool,
     /// Lazy model: assume fork children created as tree-parents keep no AVC
     /// links (the series does not say; by default they keep their chain).
     /// The report shows the other value alongside either way; a replay

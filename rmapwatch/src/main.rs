@@ -84,6 +84,7 @@ fn live_args(g: &cli::GlobalArgs, command: Option<&Command>) -> LiveArgs {
             SlabPathArg::Perf => SlabPath::Perf,
         },
         ring_bytes: g.ring_buffer_kb.map(|kb| kb * 1024),
+        watch_nesting: g.watch_nesting,
         cleanup: !g.cleanup.is_empty(),
         pagemap: if g.no_pagemap {
             PagemapRead::Off

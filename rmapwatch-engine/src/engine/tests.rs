@@ -464,6 +464,73 @@ fn lost_events_degrade_until_the_reseeding_walk_that_is_asked_for_at_once() {
     );
 }
 
+/// Counters whose slab program `kmem_cache_free` missed `misses` runs,
+/// `seen` of them by the nest watch (`None`: no watch).
+fn missed(t: Nanos, misses: u64, seen: Option<u64>) -> Input {
+    let programs = std::iter::once((
+        "kmem_cache_free".to_owned(),
+        crate::input::ProgramStats {
+            runs: 1000,
+            run_time_ns: 50_000,
+            recursion_misses: misses,
+        },
+    ))
+    .collect();
+    Input::Counters {
+        t,
+        counters: Counters {
+            kernel: Some(KernelCounters {
+                nested: seen.map(|n| {
+                    Box::new(crate::input::Nested {
+                        per_cpu: vec![n, 0],
+                        ours: 0,
+                    })
+                }),
+                ..KernelCounters::default()
+            }),
+            programs: Some(programs),
+            ..Counters::default()
+        },
+    }
+}
+
+#[test]
+fn slab_misses_degrade_only_where_raw_tracepoints_are_preemptible_and_the_watch_missed_them() {
+    let run = |preemptible: bool, inputs: &[Input]| {
+        let mut s = Script::new();
+        if let Input::Facts(f) = &mut s.inputs[0] {
+            f.slab.preemptible = preemptible;
+        }
+        s.walk(&Snapshot::default()).dropped(0);
+        let mut e = s.run();
+        let _ = e.take_requests();
+        for i in inputs {
+            e.apply(i.clone()).unwrap();
+        }
+        let walk = e
+            .take_requests()
+            .iter()
+            .any(|r| matches!(r, Request::Walk { .. }));
+        (e.report(false).resync.degraded, walk)
+    };
+    // Interrupt-nested misses (a kernel that keeps raw tracepoints
+    // non-preemptible): never ours, never a degradation.
+    assert_eq!(run(false, &[missed(1_000_000, 40, None)]), (false, false));
+    // Preemptible, no watch: a miss may have been ours.
+    assert_eq!(run(true, &[missed(1_000_000, 3, None)]), (true, true));
+    // Preemptible, every miss seen by the watch (which streamed those at
+    // rmap sites): nothing lost.
+    assert_eq!(run(true, &[missed(1_000_000, 5, Some(5))]), (false, false));
+    // One the watch did not see.
+    assert_eq!(run(true, &[missed(1_000_000, 6, Some(5))]), (true, true));
+    // The same count again is no new loss.
+    let (degraded, _) = run(
+        true,
+        &[missed(1_000_000, 6, Some(5)), missed(2_000_000, 6, Some(5))],
+    );
+    assert!(degraded, "still degraded until the walk");
+}
+
 #[test]
 fn the_facts_ask_for_the_seeding_walk_and_ticks_for_refreshes_within_the_budget() {
     let mut e = Engine::new(Options {

@@ -360,6 +360,7 @@ fn arg_layout(
                 path: "raw".into(),
                 layout: kind_by(alloc, free),
                 why,
+                preemptible,
             },
         ));
     }
@@ -393,6 +394,7 @@ fn arg_layout(
             path: "perf".into(),
             layout: kind_by(arg2::SIZES, free_kind),
             why,
+            preemptible: false,
         },
     ))
 }

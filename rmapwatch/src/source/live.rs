@@ -22,6 +22,8 @@ pub struct LiveArgs {
     pub ring_bytes: Option<u32>,
     /// Where the slab events come from.
     pub slab_path: SlabPath,
+    /// Attach the nest watch (`--watch-nesting`).
+    pub watch_nesting: bool,
     /// Keep `CAP_DAC_OVERRIDE` after attaching: an agent that removes its
     /// pushed binary at the end (`--cleanup`).
     pub cleanup: bool,
@@ -49,7 +51,8 @@ mod imp {
 
     /// Attaches and starts streaming, ticking every `tick`.
     pub fn open(a: &LiveArgs, tick: Duration) -> anyhow::Result<Source> {
-        let k = kernel(&a.btf, a.slab_path)?;
+        let mut k = kernel(&a.btf, a.slab_path)?;
+        k.config.nest_watch = u32::from(a.watch_nesting);
         let live = Live::start(
             &k,
             &LiveOptions {
@@ -184,6 +187,9 @@ impl LiveArgs {
             .into();
         if let Some(b) = self.ring_bytes {
             v.extend(["--ring-buffer-kb".to_owned(), (b / 1024).to_string()]);
+        }
+        if self.watch_nesting {
+            v.push("--watch-nesting".to_owned());
         }
         // Always said: the device's own default is an agent's.
         v.extend(match self.pagemap {

@@ -236,6 +236,26 @@ pub fn run(rounds: usize, forks: usize, fault_mib: usize) -> anyhow::Result<()> 
             s.runs
         );
     }
+    // The fork storm's floor, kept for rmapwatch to show its live cost
+    // against (this machine and kernel only).
+    if let Some(v) = storms[0].1.rows.get(ROWS[0]).filter(|v| !v.is_empty()) {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .context("reading the kernel release")?;
+        let floor = rmapwatch_engine::facts::Floor {
+            ns_per_run: (stats(v.clone()).0 * 100.0).round() / 100.0,
+            measured_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            by: format!("rmw-bench cost, fork storm median of {rounds} rounds"),
+        };
+        let path = rmapwatch_live::floor::write(release.trim(), &floor)?;
+        println!(
+            "{:<44} {:.2} ns/run kept in {} (rmapwatch shows its slab cost against it)",
+            "cost: floor",
+            floor.ns_per_run,
+            path.display()
+        );
+    }
     let runs: u64 = storms.iter().map(|(_, s)| s.runs).sum();
     println!(
         "{:<44} {events} events streamed ({:.2} % of the slab programs' runs in the storms), \
