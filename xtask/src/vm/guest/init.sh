@@ -198,8 +198,10 @@ for mode in $MODES; do
   echo "RMW-MODE $mode rc=$RC s0=$S0 s1=$S1 c0=$C0 c1=$C1 ops=$(cat /sys/kernel/slab/anon_vma/objs_per_slab) a0=$A0 a1=$A1 ac0=$AC0 ac1=$AC1 aops=$(cat /sys/kernel/slab/anon_vma_chain/objs_per_slab) sheaf=$(cat /sys/kernel/slab/anon_vma/sheaf_capacity 2>/dev/null || echo 0) asheaf=$(cat /sys/kernel/slab/anon_vma_chain/sheaf_capacity 2>/dev/null || echo 0) cpus=$(grep -c ^processor /proc/cpuinfo) left=$LEFT $(grep -e regions -e ready /tmp/w.out | tr '\n' ' ')"
   sed 's/^/RMW-ERR /' /tmp/r.err
   sed 's/^/RMW-JSON /' /tmp/r.json
-  # rmw.time=0: this boot runs no time check (the host expects none).
-  grep -q 'rmw\.time=0' /proc/cmdline || time_check "$mode"
+  # rmw.time=0: this boot runs no time check (the host expects none);
+  # rmw.time=MODE: only that mode's.
+  T=$(sed -n 's/.*rmw\.time=\([a-z0-9]*\).*/\1/p' /proc/cmdline)
+  if [ -z "$T" ] || [ "$T" = "$mode" ]; then time_check "$mode"; fi
 done
 if grep -q 'rmw\.record=0' /proc/cmdline; then host_phase; refusals; echo RMW-END; poweroff -f; fi
 # A process whose main thread exited (rmw-workload --zombie-leader): its
