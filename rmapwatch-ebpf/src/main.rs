@@ -561,10 +561,10 @@ fn slab<const STAGE: u32>(
     {
         event_flags |= flags::IN_FORK;
     }
-    if STAGE < stage::FULL {
+    if STAGE < stage::RESERVE {
         return Ok(());
     }
-    emit(&Event {
+    let event = Event {
         kind: event_kind,
         object,
         site: site_id,
@@ -573,7 +573,18 @@ fn slab<const STAGE: u32>(
         tgid: (pid_tgid >> 32) as u32,
         ptr,
         ..Event::default()
-    });
+    };
+    if STAGE < stage::FULL {
+        // The record reserved in the ring and written, then discarded
+        // (user space skips it): what streaming costs but the wakeup
+        // query and the submit's commit.
+        if let Some(mut entry) = EVENTS.reserve::<Event>(0) {
+            entry.write(event);
+            entry.discard(RB_NO_WAKEUP);
+        }
+        return Ok(());
+    }
+    emit(&event);
     if event_kind == kind::FREE && object == rmapwatch_common::object::ANON_VMA {
         freed_while_waiting(ptr);
     }
@@ -593,8 +604,11 @@ mod stage {
     pub const MATCH: u32 = 2;
     /// And the fork window's lookup (`anon_vma_clone`'s allocations).
     pub const FORK: u32 = 3;
-    /// And the record reserved and submitted: rmapwatch's programs.
-    pub const FULL: u32 = 4;
+    /// And the record reserved in the ring and written (then discarded).
+    pub const RESERVE: u32 = 4;
+    /// And the ring's fill queried for a wakeup, the record submitted:
+    /// rmapwatch's programs.
+    pub const FULL: u32 = 5;
 }
 
 /// The cost split's variants: one alloc and one free program per stage.
@@ -621,6 +635,7 @@ split_variants! {
     DETECT => split_detect_a, split_detect_f;
     MATCH => split_match_a, split_match_f;
     FORK => split_fork_a, split_fork_f;
+    RESERVE => split_reserve_a, split_reserve_f;
 }
 
 /// An anon_vma is freed: a wait open on its rwsem now ends on another

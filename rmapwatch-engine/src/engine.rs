@@ -504,20 +504,21 @@ impl Engine {
     /// `nested_slab_runs_are_never_at_rmap_sites`): 0.
     fn suspect_misses(&self, c: &Counters) -> u64 {
         let preemptible = self.facts.as_ref().is_some_and(|f| f.slab.preemptible);
-        let Some(programs) = c.programs.as_ref().filter(|_| preemptible) else {
+        if !preemptible {
             return 0;
-        };
-        let misses: u64 = crate::report::SLAB_PROGRAMS
-            .iter()
-            .filter_map(|n| programs.get(*n))
-            .map(|p| p.recursion_misses)
-            .sum();
-        let seen: u64 = c
-            .kernel
-            .as_ref()
-            .and_then(|k| k.nested.as_ref())
-            .map_or(0, |n| n.per_cpu.iter().sum());
-        misses.saturating_sub(seen)
+        }
+        let nested = c.kernel.as_ref().and_then(|k| k.nested.as_ref());
+        let misses = nested.and_then(|n| n.slab_misses).or_else(|| {
+            c.programs.as_ref().map(|programs| {
+                crate::report::SLAB_PROGRAMS
+                    .iter()
+                    .filter_map(|n| programs.get(*n))
+                    .map(|p| p.recursion_misses)
+                    .sum()
+            })
+        });
+        let seen: u64 = nested.map_or(0, |n| n.per_cpu.iter().sum());
+        misses.unwrap_or(0).saturating_sub(seen)
     }
 
     /// Whether a walk is due now (see [`walk_due`]).

@@ -168,6 +168,23 @@ pub struct Facts {
     /// cost is shown against it.
     #[serde(default)]
     pub floor: Option<Floor>,
+    /// rmapwatch's maps in the kernel and what the kernel charges for each
+    /// (empty in recordings made before they were recorded). Their sizes
+    /// are fixed at load (preallocated), so this bounds the kernel side.
+    #[serde(default)]
+    pub maps: Vec<MapMemory>,
+}
+
+/// One of rmapwatch's kernel maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapMemory {
+    /// Its name in the object (`EVENTS`, `FORKING`, ...).
+    pub name: String,
+    /// Entries (the ring buffer: bytes).
+    pub max_entries: u32,
+    /// The kernel's charge for it (`memlock` in its fdinfo), bytes;
+    /// per-CPU maps count every possible CPU.
+    pub bytes: u64,
 }
 
 /// An empty raw tracepoint program's cost on the slab tracepoints, as

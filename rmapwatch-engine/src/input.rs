@@ -102,6 +102,10 @@ pub struct Nested {
     /// Of them, at an rmap call site: events ours would have streamed,
     /// streamed by the watch instead.
     pub ours: u64,
+    /// Recursion misses of our slab programs, read with the watch's counts
+    /// (with or without `bpf_stats`).
+    #[serde(default)]
+    pub slab_misses: Option<u64>,
 }
 
 impl KernelCounters {

@@ -248,8 +248,9 @@ pub struct NestReport {
     pub seen_per_cpu: Vec<u64>,
     /// Of `seen`, at an rmap call site: streamed by the watch, not lost.
     pub ours: u64,
-    /// Misses the watch did not see (`slab_misses - seen`): in the few
-    /// instructions before our program says it runs or after, or behind
+    /// Misses the watch did not see (`slab_misses - seen`): an interrupt
+    /// that came while the kernel counted ours as running outside its code
+    /// (the clock reads of `bpf_stats`, the RCU unlock after it), or behind
     /// another of our programs on the perf path. Where they were is not
     /// known.
     pub unseen: Option<u64>,
@@ -263,12 +264,14 @@ impl NestReport {
         programs: Option<&BTreeMap<String, ProgramStats>>,
     ) -> Self {
         let seen = n.per_cpu.iter().sum();
-        let slab_misses = programs.map(|p| {
-            SLAB_PROGRAMS
-                .iter()
-                .filter_map(|name| p.get(*name))
-                .map(|s| s.recursion_misses)
-                .sum::<u64>()
+        let slab_misses = n.slab_misses.or_else(|| {
+            programs.map(|p| {
+                SLAB_PROGRAMS
+                    .iter()
+                    .filter_map(|name| p.get(*name))
+                    .map(|s| s.recursion_misses)
+                    .sum::<u64>()
+            })
         });
         Self {
             slab_misses,
@@ -296,6 +299,54 @@ impl NestReport {
     }
 }
 
+/// rmapwatch's memory in the kernel: its maps, fixed at load.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelMemory {
+    /// All maps, bytes.
+    pub bytes: u64,
+    /// Each, largest first.
+    pub maps: Vec<crate::facts::MapMemory>,
+}
+
+impl KernelMemory {
+    /// From the facts' maps; `None` when there are none.
+    #[must_use]
+    pub fn new(maps: &[crate::facts::MapMemory]) -> Option<Self> {
+        if maps.is_empty() {
+            return None;
+        }
+        let mut maps = maps.to_vec();
+        maps.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
+        Some(Self {
+            bytes: maps.iter().map(|m| m.bytes).sum(),
+            maps,
+        })
+    }
+
+    /// The report's line: the total and the four largest.
+    #[must_use]
+    pub fn line(&self) -> String {
+        let kib = |b: u64| b.div_ceil(1024);
+        let top: Vec<String> = self
+            .maps
+            .iter()
+            .take(4)
+            .map(|m| format!("{} {} KiB", m.name, kib(m.bytes)))
+            .collect();
+        format!(
+            "kernel memory: {} KiB in {} maps, fixed at load ({}{})",
+            kib(self.bytes),
+            self.maps.len(),
+            top.join(", "),
+            if self.maps.len() > 4 { ", ..." } else { "" }
+        )
+    }
+}
+
+/// The empty raw program `rmw-bench` and `RMAPWATCH_FLOOR` attach beside
+/// ours: the floor, not rmapwatch's cost.
+pub const FLOOR_PROGRAM: &str = "empty";
+
 /// The snapshot iterator: not a per-event program.
 pub const ITERATOR_PROGRAM: &str = "task_vma";
 
@@ -303,13 +354,26 @@ impl CostReport {
     /// Sums the programs' statistics over `duration_s`.
     #[must_use]
     pub fn new(programs: &BTreeMap<String, ProgramStats>, duration_s: f64) -> Self {
-        let events = programs
-            .iter()
+        let ours = || programs.iter().filter(|(name, _)| *name != FLOOR_PROGRAM);
+        let events = ours()
             .filter(|(name, _)| *name != ITERATOR_PROGRAM)
             .map(|(_, p)| p);
         let (event_runs, event_ns) =
             events.fold((0, 0), |(r, t), p| (r + p.runs, t + p.run_time_ns));
-        let total_ns: u64 = programs.values().map(|p| p.run_time_ns).sum();
+        let total_ns: u64 = ours().map(|(_, p)| p.run_time_ns).sum();
+        let slab_ns_per_run = slab_ns(programs);
+        // The empty program attached beside ours in this run
+        // (`RMAPWATCH_FLOOR`): the floor, measured at the same time.
+        let floor = programs
+            .get(FLOOR_PROGRAM)
+            .filter(|p| p.runs > 0)
+            .map(|p| p.run_time_ns as f64 / p.runs as f64)
+            .map(|ns| FloorRatio {
+                ns_per_run: round2(Some(ns)).unwrap_or(ns),
+                ratio: round2(slab_ns_per_run.map(|s| s / ns)),
+                measured_unix: 0,
+                by: "an empty raw program beside ours, this run".into(),
+            });
         Self {
             event_runs,
             ns_per_event: round2((event_runs > 0).then(|| event_ns as f64 / event_runs as f64)),
@@ -318,16 +382,20 @@ impl CostReport {
             } else {
                 0.0
             },
-            recursion_misses: programs.values().map(|p| p.recursion_misses).sum(),
+            recursion_misses: ours().map(|(_, p)| p.recursion_misses).sum(),
             programs: programs.clone(),
-            slab_ns_per_run: round2(slab_ns(programs)),
-            floor: None,
+            slab_ns_per_run: round2(slab_ns_per_run),
+            floor,
         }
     }
 
-    /// With the floor measured on this machine, if any.
+    /// With the floor measured on this machine, if any (one measured in
+    /// this run stays).
     #[must_use]
     pub fn against(mut self, floor: Option<&crate::facts::Floor>) -> Self {
+        if self.floor.is_some() {
+            return self;
+        }
         self.floor = floor.map(|f| FloorRatio {
             ns_per_run: f.ns_per_run,
             ratio: round2(
@@ -565,6 +633,10 @@ pub struct Report {
     /// misses were; `None` without it.
     #[serde(default)]
     pub nest_watch: Option<NestReport>,
+    /// rmapwatch's maps in the kernel, largest first, and their total;
+    /// `None` when not recorded.
+    #[serde(default)]
+    pub kernel_memory: Option<KernelMemory>,
     /// Why no walk of the VMAs could be taken, if none could (then the
     /// live counts come from events alone and no lazy figure is given).
     #[serde(default)]
@@ -1006,10 +1078,11 @@ pub const OBJECT_NAMES: [&str; object::COUNT] = ["anon_vma", "anon_vma_chain"];
 
 /// Fields added to `rmapwatch.report/1` since its first recordings, at
 /// any depth (`designs`: the report's and each process's).
-pub const ADDED_FIELDS: [&str; 8] = [
+pub const ADDED_FIELDS: [&str; 9] = [
     "by_holder",
     "designs",
     "floor",
+    "kernel_memory",
     "nest_watch",
     "preemptible",
     "slab_ns_per_run",
@@ -1199,6 +1272,7 @@ impl Report {
             fork_window_full: ctx.counters.and_then(|c| c.fork_window_full),
             walks_torn: ctx.counters.and_then(|c| c.walks_torn),
             timing_unpaired: ctx.counters.and_then(|c| c.timing_unpaired),
+            kernel_memory: KernelMemory::new(&f.maps),
             nest_watch: ctx
                 .counters
                 .and_then(|c| c.nested.as_ref())
@@ -1397,6 +1471,9 @@ impl Report {
         if let Some(n) = &self.nest_watch {
             let _ = writeln!(s, "{}", n.line());
         }
+        if let Some(m) = &self.kernel_memory {
+            let _ = writeln!(s, "{}", m.line());
+        }
         let _ = writeln!(s);
         if let Some(table) = self.seed_table() {
             let _ = writeln!(s, "{table}");
@@ -1492,5 +1569,72 @@ impl Report {
         // What a remote agent or a recording said (kernel, hooks, device)
         // reaches the terminal without its control characters.
         printable_lines(&s).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(runs: u64, ns: u64, misses: u64) -> ProgramStats {
+        ProgramStats {
+            runs,
+            run_time_ns: runs * ns,
+            recursion_misses: misses,
+        }
+    }
+
+    #[test]
+    fn the_floor_is_not_our_cost_and_one_measured_in_the_run_wins() {
+        let programs: BTreeMap<String, ProgramStats> = [
+            ("kmem_cache_alloc", stats(100, 120, 0)),
+            ("kmem_cache_free", stats(100, 80, 3)),
+            ("sched_process_fork", stats(10, 300, 0)),
+            (FLOOR_PROGRAM, stats(200, 50, 7)),
+        ]
+        .into_iter()
+        .map(|(n, s)| (n.to_owned(), s))
+        .collect();
+        let c = CostReport::new(&programs, 1.0);
+        assert_eq!(c.event_runs, 210, "the empty program's runs are not ours");
+        assert_eq!(c.recursion_misses, 3);
+        assert_eq!(c.slab_ns_per_run, Some(100.0));
+        let f = c.floor.as_ref().expect("the empty program ran");
+        assert_eq!((f.ns_per_run, f.ratio), (50.0, Some(2.0)));
+        let file = crate::facts::Floor {
+            ns_per_run: 25.0,
+            measured_unix: 1,
+            by: "rmw-bench cost".into(),
+        };
+        assert_eq!(c.clone().against(Some(&file)).floor, c.floor);
+        // Without it, the machine's file; without either, none.
+        let mut ours = programs.clone();
+        ours.remove(FLOOR_PROGRAM);
+        let c = CostReport::new(&ours, 1.0);
+        assert!(c.floor.is_none());
+        assert!(c.floor_words().contains("no floor measured"));
+        let c = c.against(Some(&file));
+        assert_eq!(c.floor.as_ref().and_then(|f| f.ratio), Some(4.0));
+        assert!(c.floor_words().contains("= 4.00x the floor (25.0 ns"));
+    }
+
+    #[test]
+    fn kernel_memory_lists_the_largest_maps_first() {
+        let maps: Vec<crate::facts::MapMemory> = [("STATS", 4096), ("EVENTS", 8 << 20)]
+            .iter()
+            .map(|(n, b)| crate::facts::MapMemory {
+                name: (*n).to_owned(),
+                max_entries: 1,
+                bytes: *b,
+            })
+            .collect();
+        let m = KernelMemory::new(&maps).expect("maps");
+        assert_eq!(m.bytes, (8 << 20) + 4096);
+        assert_eq!(m.maps[0].name, "EVENTS");
+        assert_eq!(
+            m.line(),
+            "kernel memory: 8196 KiB in 2 maps, fixed at load (EVENTS 8192 KiB, STATS 4 KiB)"
+        );
+        assert!(KernelMemory::new(&[]).is_none());
     }
 }

@@ -182,6 +182,17 @@ fn script(sc: &Scenario) -> Vec<Input> {
             why: String::new(),
             preemptible: false,
         },
+        maps: ["EVENTS", "FORKING", "STATS"]
+            .iter()
+            .zip([(8 << 20, 8_425_480), (16384, 394_936), (23, 4_096)])
+            .map(
+                |(name, (max_entries, bytes))| rmapwatch_engine::facts::MapMemory {
+                    name: (*name).to_owned(),
+                    max_entries,
+                    bytes,
+                },
+            )
+            .collect(),
         ..Facts::default()
     };
     let mut inputs = vec![Input::Facts(Box::new(facts))];
@@ -231,6 +242,7 @@ fn script(sc: &Scenario) -> Vec<Input> {
                 nested: Some(Box::new(rmapwatch_engine::input::Nested {
                     per_cpu: vec![2, 1],
                     ours: 0,
+                    slab_misses: Some(3),
                 })),
             }),
             programs: Some(programs),

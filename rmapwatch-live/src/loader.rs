@@ -243,7 +243,15 @@ impl Probes {
             });
         }
 
+        let stats_off = std::env::var_os(BPF_STATS_ENV).is_some_and(|v| v == "0");
         let stats_fd = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            _ if stats_off => {
+                warnings.push(format!(
+                    "bpf_stats left off ({BPF_STATS_ENV}=0): no per-program cost; recursion \
+                     misses are still counted"
+                ));
+                None
+            }
             Ok(fd) => Some(fd),
             Err(e) => {
                 warnings.push(format!(
@@ -302,6 +310,23 @@ impl Probes {
             );
         }
 
+        if std::env::var_os(FLOOR_BESIDE).is_some() {
+            let prog: &mut RawTracePoint = ebpf
+                .program_mut(FLOOR_PROGRAM)
+                .ok_or_else(|| anyhow!("program {FLOOR_PROGRAM} missing from the eBPF object"))?
+                .try_into()?;
+            prog.load()
+                .context("loading the empty program (RMAPWATCH_FLOOR)")?;
+            for tp in ["kmem_cache_alloc", "kmem_cache_free"] {
+                prog.attach(tp)
+                    .with_context(|| format!("attaching the empty program to {tp}"))?;
+            }
+            notes.push(
+                "floor: the empty raw program is attached beside ours on kmem_cache_alloc/free \
+                 (RMAPWATCH_FLOOR); the report shows our slab programs against it, this run"
+                    .into(),
+            );
+        }
         if split {
             if facts.config.args.slab_path == rmapwatch_common::slab_path::PERF {
                 warnings.push(
@@ -407,6 +432,24 @@ impl Probes {
     #[must_use]
     pub fn bpf_stats(&self) -> bool {
         self.stats_fd.is_some()
+    }
+
+    /// Recursion misses of our slab programs (counted by the kernel with or
+    /// without `bpf_stats`).
+    #[must_use]
+    pub fn slab_misses(&self) -> Option<u64> {
+        let mut sum = None;
+        for (name, prog) in self.ebpf.programs() {
+            if !rmapwatch_engine::report::SLAB_PROGRAMS.contains(&name) {
+                continue;
+            }
+            let Ok(fd) = prog.fd() else {
+                continue;
+            };
+            let s = prog_stats(fd.as_fd())?;
+            sum = Some(sum.unwrap_or(0) + s.recursion_misses);
+        }
+        sum
     }
 
     /// Run statistics of every loaded program, by name (None when the
@@ -733,7 +776,19 @@ pub struct Floor {
 }
 
 /// The name the floor's program has in `bpf_stats`.
-pub const FLOOR_PROGRAM: &str = "empty";
+pub const FLOOR_PROGRAM: &str = rmapwatch_engine::report::FLOOR_PROGRAM;
+
+/// Set to `0` to leave `bpf_stats` off (no cost figures): the kernel then
+/// counts a run as the program's only while it runs, not while it reads
+/// the clock around it, which the nest watch cannot see (root test
+/// `nested_slab_runs_are_never_at_rmap_sites`).
+pub const BPF_STATS_ENV: &str = "RMAPWATCH_BPF_STATS";
+
+/// Set (to anything) to attach the empty program beside ours on
+/// `kmem_cache_alloc` and `kmem_cache_free` (after ours): the report then
+/// shows our slab programs against it, measured in the same run (the QEMU
+/// matrix's guests, which have no `rmw-bench`).
+pub const FLOOR_BESIDE: &str = "RMAPWATCH_FLOOR";
 
 /// Loads the object's empty program alone and attaches it to each raw
 /// tracepoint of `tracepoints`.
@@ -758,18 +813,20 @@ pub fn attach_floor(tracepoints: &[&str]) -> anyhow::Result<Floor> {
 
 /// Set (to anything) to also attach the cost split's variants of the slab
 /// programs (`rmw-bench cost`): each stops at one stage of the path
-/// (classified, detector, object and task, fork window), so
+/// (classified, detector, object and task, fork window, record reserved and
+/// discarded), so
 /// that `bpf_stats` of all of them and of ours in one run tells what each
 /// stage costs. Raw slab path only.
 pub const COST_SPLIT: &str = "RMAPWATCH_COST_SPLIT";
 
 /// The cost split's (alloc, free) programs, stage by stage; ours
 /// (`kmem_cache_alloc`, `kmem_cache_free`) are the last stage.
-pub const SPLIT_PROGRAMS: [(&str, &str); 4] = [
+pub const SPLIT_PROGRAMS: [(&str, &str); 5] = [
     ("split_site_a", "split_site_f"),
     ("split_detect_a", "split_detect_f"),
     ("split_match_a", "split_match_f"),
     ("split_fork_a", "split_fork_f"),
+    ("split_reserve_a", "split_reserve_f"),
 ];
 
 /// Set (to anything) to act as if the kernel had no lock tracepoints (tests

@@ -113,3 +113,37 @@ pub fn slots(vma_size: Option<u32>) -> Slots {
         kmalloc: kmalloc_buckets(),
     }
 }
+
+/// rmapwatch's own BPF maps (this process's `anon_inode:bpf-map` files):
+/// each one's name and the kernel's charge for it (`memlock`).
+#[must_use]
+pub fn bpf_maps() -> Vec<rmapwatch_engine::facts::MapMemory> {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    fds.filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:bpf-map")
+        })
+        .filter_map(|e| {
+            let info =
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{}", e.file_name().to_str()?))
+                    .ok()?;
+            let (id, bytes, max_entries) = parse::bpf_map_fdinfo(&info)?;
+            // The same map behind two descriptors counts once.
+            if !seen.insert(id) {
+                return None;
+            }
+            let name = aya::maps::MapInfo::from_id(id)
+                .ok()
+                .and_then(|m| m.name_as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("map {id}"));
+            Some(rmapwatch_engine::facts::MapMemory {
+                name,
+                max_entries,
+                bytes,
+            })
+        })
+        .collect()
+}

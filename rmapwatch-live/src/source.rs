@@ -150,6 +150,7 @@ impl Live {
             pagemap: opts.pagemap.to_string(),
             time: probes.time.clone(),
             floor: crate::floor::read(&kernel.id.release),
+            maps: crate::procfs::bpf_maps(),
         };
         Ok(Self {
             probes,
@@ -314,6 +315,7 @@ impl Live {
                 Box::new(Nested {
                     per_cpu: self.probes.stat_per_cpu(stat::NESTED).unwrap_or_default(),
                     ours: s.get(stat::NESTED_OURS as usize).copied().unwrap_or(0),
+                    slab_misses: self.probes.slab_misses(),
                 })
             }),
             inlined_sites: if s.get(stat::INLINED_ANON_VMA as usize).copied().unwrap_or(0) > 0 {

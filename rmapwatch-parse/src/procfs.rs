@@ -162,6 +162,23 @@ pub fn pagemap_entries(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
         .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
 }
 
+/// A BPF map's `/proc/<pid>/fdinfo/<fd>`: its id, the kernel's memory
+/// charge for it (`memlock`, bytes) and its entries; `None` for another
+/// kind of file.
+#[must_use]
+pub fn bpf_map_fdinfo(text: &str) -> Option<(u32, u64, u32)> {
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    Some((
+        field("map_id")?.parse().ok()?,
+        field("memlock")?.parse().ok()?,
+        field("max_entries")?.parse().ok()?,
+    ))
+}
+
 /// `a + b`, part by part (the counts of consecutive parts of one VMA).
 #[must_use]
 pub fn add_anon_pages(a: AnonPages, b: AnonPages) -> AnonPages {
@@ -209,6 +226,22 @@ pub fn slab_number(text: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_bpf_maps_fdinfo_gives_its_id_memory_and_entries() {
+        let map = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t2071\nmap_type:\t1\n\
+                   key_size:\t4\nvalue_size:\t8\nmax_entries:\t16384\nmap_flags:\t0x0\n\
+                   map_extra:\t0x0\nmemlock:\t394936\nmap_id:\t7442\nfrozen:\t0\n";
+        assert_eq!(super::bpf_map_fdinfo(map), Some((7442, 394_936, 16384)));
+        let prog = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nprog_type:\t17\n\
+                    prog_jited:\t1\nmemlock:\t4096\nprog_id:\t5430\n";
+        assert_eq!(super::bpf_map_fdinfo(prog), None);
+        assert_eq!(super::bpf_map_fdinfo(""), None);
+        assert_eq!(
+            super::bpf_map_fdinfo("map_id:\tx\nmemlock:\t1\nmax_entries:\t1\n"),
+            None
+        );
+    }
+
     #[test]
     fn stat_flags_count_from_the_last_parenthesis_of_the_comm() {
         // A zombie leader (5.10) and a kernel thread; a comm with ") 1 2".

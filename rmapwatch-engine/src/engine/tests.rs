@@ -484,6 +484,7 @@ fn missed(t: Nanos, misses: u64, seen: Option<u64>) -> Input {
                     Box::new(crate::input::Nested {
                         per_cpu: vec![n, 0],
                         ours: 0,
+                        slab_misses: None,
                     })
                 }),
                 ..KernelCounters::default()

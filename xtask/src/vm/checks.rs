@@ -872,8 +872,19 @@ fn storm_detail(log: &str, mode: &str, last: Option<&Report>) -> String {
     let ns = last
         .and_then(|j| j.cost.as_ref()?.ns_per_event)
         .map_or_else(String::new, |n| format!(", {n:.0} ns/event (bpf_stats)"));
+    // Our slab programs against the empty raw program beside them.
+    let ratio = last
+        .and_then(|j| {
+            let c = j.cost.as_ref()?;
+            let f = c.floor.as_ref()?;
+            Some(format!(
+                ", slab programs {:.0} ns/run = {:.2}x the empty program's {:.0}",
+                c.slab_ns_per_run?, f.ratio?, f.ns_per_run
+            ))
+        })
+        .unwrap_or_default();
     format!(
-        "; fork storm ({STORM} forks): untraced {base:.2} s, traced {traced:.2} s ({:+.1}%){ns}",
+        "; fork storm ({STORM} forks): untraced {base:.2} s, traced {traced:.2} s ({:+.1}%){ns}{ratio}",
         (traced / base - 1.0) * 100.0
     )
 }

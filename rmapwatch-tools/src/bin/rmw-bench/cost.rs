@@ -70,7 +70,7 @@ struct Storm {
 
 /// The rows, in path order: the floor, the variants stage by stage, ours,
 /// the peer.
-const ROWS: [&str; 9] = [
+const ROWS: [&str; 11] = [
     "empty raw program (floor)",
     "1 site classified: alloc",
     "1 site classified: free",
@@ -78,7 +78,9 @@ const ROWS: [&str; 9] = [
     "3 + object, task: alloc",
     "3 + object, task: free",
     "4 + fork-window lookup: alloc",
-    "5 rmapwatch (+ reserve/submit): alloc+free",
+    "5 + record reserved, written, discarded: alloc",
+    "5 + record reserved, written, discarded: free",
+    "6 rmapwatch (+ wakeup query, submit): alloc+free",
     "bpftrace peer (filter + count)",
 ];
 
@@ -175,6 +177,14 @@ pub fn run(rounds: usize, forks: usize, fault_mib: usize) -> anyhow::Result<()> 
                 ("3 + object, task: alloc", "split_match_a"),
                 ("3 + object, task: free", "split_match_f"),
                 ("4 + fork-window lookup: alloc", "split_fork_a"),
+                (
+                    "5 + record reserved, written, discarded: alloc",
+                    "split_reserve_a",
+                ),
+                (
+                    "5 + record reserved, written, discarded: free",
+                    "split_reserve_f",
+                ),
             ];
             let mut put = |row: &'static str, v: Option<f64>| {
                 if let Some(v) = v {
@@ -186,8 +196,8 @@ pub fn run(rounds: usize, forks: usize, fault_mib: usize) -> anyhow::Result<()> 
                 let d = delta(&s0, &s1, |id, n| ours.contains(&id) && n == kname(prog));
                 put(row, per_run(d));
             }
-            put(ROWS[7], ours_ns);
-            put(ROWS[8], peer_ns);
+            put(ROWS[9], ours_ns);
+            put(ROWS[10], peer_ns);
             if let (Some(o), Some(f)) = (ours_ns, floor_ns) {
                 storm.ratio_floor.push(o / f);
             }

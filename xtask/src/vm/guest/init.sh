@@ -172,7 +172,8 @@ MODES=$(sed -n 's/.*rmw\.modes=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')
 for mode in $MODES; do
   rm -f /tmp/r.json /tmp/r.err /tmp/w.out /tmp/hold
   echo "RMW-STORM $mode base $(rmw-workload --regions "$RMW_K" --noise 0 --storm "$RMW_STORM")"
-  rmapwatch --probe-mode "$mode" report --json --interval 0.5 > /tmp/r.json 2>/tmp/r.err &
+  # RMAPWATCH_FLOOR: the empty program beside ours, for the cost ratio.
+  RMAPWATCH_FLOOR=1 rmapwatch --probe-mode "$mode" report --json --interval 0.5 > /tmp/r.json 2>/tmp/r.err &
   P=$!
   i=0
   while ! grep -q -e attached -e error /tmp/r.err 2>/dev/null; do sleep 0.2; i=$((i+1)); [ $i -gt 600 ] && break; done
