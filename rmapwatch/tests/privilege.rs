@@ -175,27 +175,39 @@ fn writes_outside(log: &str, own: &str) -> Vec<String> {
         let Some(path) = l.split('"').nth(1) else {
             continue;
         };
-        let changes = if l.contains("openat(") || l.contains("open(") {
+        // The system call's name: "9492  openat(AT_FDCWD, ..." (not a
+        // substring: readlink( holds link().
+        let name = l
+            .split('(')
+            .next()
+            .and_then(|head| head.split_whitespace().last())
+            .unwrap_or("");
+        let changes = if name == "openat" || name == "open" {
             ["O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC"]
                 .iter()
                 .any(|f| l.contains(f))
         } else {
-            [
-                "unlink",
-                "rename",
-                "mkdir",
-                "rmdir",
-                "creat(",
-                "truncate(",
-                "chmod",
-                "chown",
-                "link(",
-                "symlink",
-                "mknod",
-                "utime",
-            ]
-            .iter()
-            .any(|f| l.contains(f))
+            name == "link"
+                || name == "linkat"
+                || [
+                    "unlink",
+                    "rename",
+                    "mkdir",
+                    "rmdir",
+                    "creat",
+                    "truncate",
+                    "chmod",
+                    "fchmod",
+                    "chown",
+                    "fchown",
+                    "lchown",
+                    "symlink",
+                    "mknod",
+                    "utime",
+                    "futimesat",
+                ]
+                .iter()
+                .any(|f| name.starts_with(f))
         };
         // Failed calls changed nothing.
         if changes && !l.contains("= -1 ") && !allowed(path) {
@@ -253,4 +265,18 @@ fn the_agent_writes_nothing_but_its_own_pushed_file() {
         outside.is_empty(),
         "the agent wrote outside its file: {outside:#?}"
     );
+}
+
+#[test]
+fn only_calls_that_change_a_file_count_as_writes() {
+    let log = "9492  readlink(\"/proc/self/fd/3\", \"/tmp/x.lock\", 256) = 26\n\
+               9492  openat(AT_FDCWD, \"/proc/self/fdinfo/7\", O_RDONLY|O_CLOEXEC) = 9\n\
+               9492  openat(AT_FDCWD, \"/etc/x\", O_WRONLY|O_CREAT|O_CLOEXEC, 0666) = 9\n\
+               9492  linkat(AT_FDCWD, \"/a\", AT_FDCWD, \"/b\", 0) = 0\n\
+               9492  unlinkat(AT_FDCWD, \"/tmp/own\", 0) = 0\n\
+               9492  mkdir(\"/var/lib/x\", 0777) = -1 EEXIST (File exists)\n";
+    let out = writes_outside(log, "/tmp/own");
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert!(out[0].contains("/etc/x"));
+    assert!(out[1].contains("linkat"));
 }

@@ -86,6 +86,19 @@ impl Boot {
 /// them on every series and mode. CI's matrix took 64 min of its 60.
 const ARM_TIME_SERIES: &str = "7.x";
 
+/// A full boot: every mode, recorded, timed.
+const FULL: Boot = Boot {
+    modes: &guest::MODES,
+    record: true,
+    cmdline: "",
+    label: "",
+    refusals: false,
+    net: false,
+    host_phase: None,
+    time: true,
+    time_only: None,
+};
+
 /// The mode of arm64's time checks.
 const ARM_TIME_MODE: &str = "fentry";
 
@@ -107,17 +120,7 @@ pub fn matrix(
     let cache = cache_root.join(arch.deb);
     std::fs::create_dir_all(&cache)?;
     let mut cells = Vec::new();
-    let full = Boot {
-        modes: &guest::MODES,
-        record: true,
-        cmdline: "",
-        label: "",
-        refusals: false,
-        net: false,
-        host_phase: None,
-        time: true,
-        time_only: None,
-    };
+    let full = FULL;
     // arm64's 5.10 and 6.12 (the phones' kernels the ADB stand-in runs
     // on) have a NIC and a host phase.
     let arm_net = arch.name == "aarch64";
@@ -500,17 +503,7 @@ mod tests {
 
     #[test]
     fn a_boot_says_which_modes_its_time_checks_run_in() {
-        let b = Boot {
-            modes: &guest::MODES,
-            record: true,
-            cmdline: "",
-            label: "",
-            refusals: false,
-            net: false,
-            host_phase: None,
-            time: true,
-            time_only: None,
-        };
+        let b = FULL;
         assert_eq!(b.time_modes(), guest::MODES.to_vec());
         assert_eq!(b.time_arg(), "");
         let arm = Boot {
