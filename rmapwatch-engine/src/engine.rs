@@ -507,16 +507,8 @@ impl Engine {
         if !preemptible {
             return 0;
         }
-        let nested = c.kernel.as_ref().and_then(|k| k.nested.as_ref());
-        let misses = nested.and_then(|n| n.slab_misses).or_else(|| {
-            c.programs.as_ref().map(|programs| {
-                crate::report::SLAB_PROGRAMS
-                    .iter()
-                    .filter_map(|n| programs.get(*n))
-                    .map(|p| p.recursion_misses)
-                    .sum()
-            })
-        });
+        let nested = c.kernel.as_ref().and_then(|k| k.nested.as_deref());
+        let misses = crate::report::slab_misses(nested, c.programs.as_ref());
         let seen: u64 = nested.map_or(0, |n| n.per_cpu.iter().sum());
         misses.unwrap_or(0).saturating_sub(seen)
     }

@@ -264,15 +264,7 @@ impl NestReport {
         programs: Option<&BTreeMap<String, ProgramStats>>,
     ) -> Self {
         let seen = n.per_cpu.iter().sum();
-        let slab_misses = n.slab_misses.or_else(|| {
-            programs.map(|p| {
-                SLAB_PROGRAMS
-                    .iter()
-                    .filter_map(|name| p.get(*name))
-                    .map(|s| s.recursion_misses)
-                    .sum::<u64>()
-            })
-        });
+        let slab_misses = slab_misses(Some(n), programs);
         Self {
             slab_misses,
             seen,
@@ -428,6 +420,24 @@ impl CostReport {
             _ => String::new(),
         }
     }
+}
+
+/// Recursion misses of our slab programs: as the source read them with the
+/// nest watch's counts, else from the programs' statistics.
+#[must_use]
+pub fn slab_misses(
+    nested: Option<&crate::input::Nested>,
+    programs: Option<&BTreeMap<String, ProgramStats>>,
+) -> Option<u64> {
+    nested.and_then(|n| n.slab_misses).or_else(|| {
+        programs.map(|p| {
+            SLAB_PROGRAMS
+                .iter()
+                .filter_map(|name| p.get(*name))
+                .map(|s| s.recursion_misses)
+                .sum()
+        })
+    })
 }
 
 /// Weighted ns per run of our slab programs.

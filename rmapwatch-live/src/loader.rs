@@ -649,11 +649,7 @@ impl Probes {
     /// # Errors
     /// The map cannot be read.
     pub fn stats(&self) -> anyhow::Result<Vec<u64>> {
-        let map = self
-            .ebpf
-            .map("STATS")
-            .ok_or_else(|| anyhow!("STATS map missing"))?;
-        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+        let arr = self.stats_map()?;
         (0..stat::COUNT)
             .map(|i| Ok(arr.get(&i, 0)?.iter().sum()))
             .collect()
@@ -664,12 +660,16 @@ impl Probes {
     /// # Errors
     /// The map cannot be read.
     pub fn stat_per_cpu(&self, index: u32) -> anyhow::Result<Vec<u64>> {
+        Ok(self.stats_map()?.get(&index, 0)?.iter().copied().collect())
+    }
+
+    /// The per-CPU counters' map (`STATS`).
+    fn stats_map(&self) -> anyhow::Result<PerCpuArray<&MapData, u64>> {
         let map = self
             .ebpf
             .map("STATS")
             .ok_or_else(|| anyhow!("STATS map missing"))?;
-        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
-        Ok(arr.get(&index, 0)?.iter().copied().collect())
+        Ok(PerCpuArray::try_from(map)?)
     }
 }
 
