@@ -7,7 +7,7 @@
 
 /// Version of this ABI (the records below): recorded in streams, so that a
 /// recording says which programs measured it. Bumped on any change.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// Kernel objects that rmapwatch counts.
 pub mod object {
@@ -212,6 +212,31 @@ pub mod flags {
     pub const IN_FORK: u32 = 1;
 }
 
+/// An anon_vma or AVC allocation or free ([`kind::ALLOC`], [`kind::FREE`])
+/// as the slab programs stream it: the fields of [`Event`] those kinds use,
+/// in 24 bytes instead of 56 (a ring record of the full size cost 10-13 ns
+/// more a run, measured). User space tells the two records apart by length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlabEvent {
+    /// The object's address.
+    pub ptr: u64,
+    /// Thread id of the current task.
+    pub tid: u32,
+    /// Process id (tgid) of the current task.
+    pub tgid: u32,
+    /// [`kind::ALLOC`] or [`kind::FREE`].
+    pub kind: u8,
+    /// One of [`object`].
+    pub object: u8,
+    /// One of [`site`].
+    pub site: u8,
+    /// Bits of [`flags`].
+    pub flags: u8,
+    /// Explicit padding (zero).
+    pub pad: u32,
+}
+
 /// Key of the `RMAP_VMAS` map: new anonymous folios per process and VMA
 /// (`vm_start` at the time of the fault).
 #[repr(C)]
@@ -227,6 +252,21 @@ pub struct RmapKey {
 
 /// Bytes of the `EVENTS` ring buffer unless `--ring-buffer-kb` says otherwise.
 pub const RING_BYTES: u32 = 8 << 20;
+
+/// Records in a batch of the cost split's batching variant (a power of two).
+pub const SPLIT_BATCH_RECORDS: usize = 32;
+
+/// One CPU's batch of the cost split's batching variant: what per-CPU
+/// batching would cost, measured (`rmw-bench cost`) and refuted on the
+/// developers' machine (BENCHMARKS.md); never used to stream.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SplitBatch {
+    /// Records in `recs`.
+    pub n: u64,
+    /// The records.
+    pub recs: [SlabEvent; SPLIT_BATCH_RECORDS],
+}
 
 /// Entries of the `RMAP_VMAS` map.
 pub const RMAP_VMAS_ENTRIES: u32 = 16384;
@@ -750,6 +790,8 @@ mod user {
     unsafe impl aya::Pod for super::LockWait {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ForkTiming {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SlabEvent {}
 }
 
 #[cfg(test)]
@@ -770,6 +812,10 @@ mod tests {
     #[test]
     fn abi_sizes_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<Event>(), 8 * 4 + 8 + COMM_LEN);
+        assert_eq!(size_of::<SlabEvent>(), 8 + 4 + 4 + 4 + 4);
+        assert_ne!(size_of::<SlabEvent>(), size_of::<Event>());
+        assert!(flags::IN_FORK <= u32::from(u8::MAX));
+        assert!(kind::FREE <= u32::from(u8::MAX) && site::COUNT <= 256 && object::COUNT <= 256);
         assert_eq!(
             core::mem::size_of::<Config>(),
             MAX_SITE_RANGES * (8 + 8 + 4)

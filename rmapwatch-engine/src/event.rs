@@ -348,7 +348,11 @@ fn timed(mut abi: rmapwatch_common::Event, a: u64, b: u64) -> rmapwatch_common::
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// Wrong length: the object and the daemon disagree on the ABI.
-    #[error("ring buffer record of {0} bytes, expected {size}", size = size_of::<rmapwatch_common::Event>())]
+    #[error(
+        "ring buffer record of {0} bytes, expected {full} (an event) or {slab} (a slab event)",
+        full = size_of::<rmapwatch_common::Event>(),
+        slab = size_of::<rmapwatch_common::SlabEvent>()
+    )]
     Length(usize),
     /// Unknown kind, object or site.
     #[error("ring buffer record with invalid fields (kind {0}, object {1}, site {2})")]
@@ -430,6 +434,17 @@ pub fn from_abi(e: &rmapwatch_common::Event) -> Result<Event, DecodeError> {
 /// # Errors
 /// [`DecodeError`] when the record is not a valid event.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    if bytes.len() == size_of::<rmapwatch_common::SlabEvent>() {
+        // SAFETY: length checked; plain integers, any bit pattern is valid;
+        // read_unaligned copes with the ring's alignment.
+        let s: rmapwatch_common::SlabEvent = unsafe {
+            bytes
+                .as_ptr()
+                .cast::<rmapwatch_common::SlabEvent>()
+                .read_unaligned()
+        };
+        return from_slab_abi(&s);
+    }
     if bytes.len() != size_of::<rmapwatch_common::Event>() {
         return Err(DecodeError::Length(bytes.len()));
     }
@@ -444,18 +459,53 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     from_abi(&e)
 }
 
-/// Encodes an event as the kernel would write it (tests and benchmarks).
+/// Validates a slab program's record (the short form of an allocation or
+/// free).
+///
+/// # Errors
+/// [`DecodeError::Invalid`] for another kind, an unknown object or site.
+pub fn from_slab_abi(s: &rmapwatch_common::SlabEvent) -> Result<Event, DecodeError> {
+    let (k, o, site) = (u32::from(s.kind), u32::from(s.object), u32::from(s.site));
+    if k != kind::ALLOC && k != kind::FREE {
+        return Err(DecodeError::Invalid(k, o, site));
+    }
+    from_abi(&rmapwatch_common::Event {
+        kind: k,
+        object: o,
+        site,
+        flags: u32::from(s.flags),
+        tid: s.tid,
+        tgid: s.tgid,
+        ptr: s.ptr,
+        ..rmapwatch_common::Event::default()
+    })
+}
+
+/// Encodes an event as the kernel would write it (tests and benchmarks):
+/// allocations and frees in the slab programs' short record, the rest in
+/// the full one.
 #[must_use]
 pub fn encode(e: &Event) -> Vec<u8> {
-    let abi = e.to_abi();
-    // SAFETY: the ABI record is repr(C) plain integers with no padding.
-    unsafe {
-        std::slice::from_raw_parts(
-            (&raw const abi).cast::<u8>(),
-            size_of::<rmapwatch_common::Event>(),
-        )
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: ABI records are repr(C) plain integers with no padding.
+        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
     }
-    .to_vec()
+    let abi = e.to_abi();
+    if let Event::Alloc(_) | Event::Free(_) = e {
+        bytes_of(&rmapwatch_common::SlabEvent {
+            ptr: abi.ptr,
+            tid: abi.tid,
+            tgid: abi.tgid,
+            kind: abi.kind as u8,
+            object: abi.object as u8,
+            site: abi.site as u8,
+            flags: abi.flags as u8,
+            pad: 0,
+        })
+    } else {
+        bytes_of(&abi)
+    }
 }
 
 #[cfg(test)]
@@ -525,6 +575,43 @@ mod tests {
         ] {
             assert_eq!(decode(&encode(&e)), Ok(e));
         }
+    }
+
+    #[test]
+    fn slab_events_come_short_and_full_alike() {
+        let e = Event::alloc(
+            object::ANON_VMA,
+            site::PREPARE,
+            11,
+            0xffff_8880_0abc_d000,
+            false,
+        );
+        let short = encode(&e);
+        assert_eq!(short.len(), size_of::<rmapwatch_common::SlabEvent>());
+        let abi = e.to_abi();
+        // SAFETY: repr(C) plain integers.
+        let full = unsafe {
+            std::slice::from_raw_parts(
+                (&raw const abi).cast::<u8>(),
+                size_of::<rmapwatch_common::Event>(),
+            )
+        };
+        assert_eq!(decode(&short), decode(full));
+        assert_eq!(decode(&short), Ok(e));
+        let forked = Event::alloc(object::AVC, site::FORK, 12, 0x80, true);
+        assert_eq!(decode(&encode(&forked)), Ok(forked));
+        // A short record is never a fork, an exit or a lock wait.
+        let mut not_slab = short.clone();
+        not_slab[16] = rmapwatch_common::kind::FORK as u8;
+        assert!(matches!(decode(&not_slab), Err(DecodeError::Invalid(..))));
+        let mut bad_site = short;
+        bad_site[18] = 200;
+        assert!(matches!(
+            decode(&bad_site),
+            Err(DecodeError::Invalid(_, _, 200))
+        ));
+        assert!(DecodeError::Length(3).to_string().contains("56"));
+        assert!(DecodeError::Length(3).to_string().contains("24"));
     }
 
     #[test]

@@ -814,19 +814,23 @@ pub fn attach_floor(tracepoints: &[&str]) -> anyhow::Result<Floor> {
 /// Set (to anything) to also attach the cost split's variants of the slab
 /// programs (`rmw-bench cost`): each stops at one stage of the path
 /// (classified, detector, object and task, fork window, record reserved and
-/// discarded), so
+/// discarded) or takes another road from the fork window (per-CPU batches,
+/// with and without a time per record: the batching lever, measured), so
 /// that `bpf_stats` of all of them and of ours in one run tells what each
 /// stage costs. Raw slab path only.
 pub const COST_SPLIT: &str = "RMAPWATCH_COST_SPLIT";
 
-/// The cost split's (alloc, free) programs, stage by stage; ours
-/// (`kmem_cache_alloc`, `kmem_cache_free`) are the last stage.
-pub const SPLIT_PROGRAMS: [(&str, &str); 5] = [
+/// The cost split's (alloc, free) programs, stage by stage, then the
+/// batching variants; ours (`kmem_cache_alloc`, `kmem_cache_free`) are the
+/// last stage.
+pub const SPLIT_PROGRAMS: [(&str, &str); 7] = [
     ("split_site_a", "split_site_f"),
     ("split_detect_a", "split_detect_f"),
     ("split_match_a", "split_match_f"),
     ("split_fork_a", "split_fork_f"),
     ("split_reserve_a", "split_reserve_f"),
+    ("split_batch_a", "split_batch_f"),
+    ("split_batchn_a", "split_batchn_f"),
 ];
 
 /// Set (to anything) to act as if the kernel had no lock tracepoints (tests

@@ -70,7 +70,7 @@ struct Storm {
 
 /// The rows, in path order: the floor, the variants stage by stage, ours,
 /// the peer.
-const ROWS: [&str; 11] = [
+const ROWS: [&str; 15] = [
     "empty raw program (floor)",
     "1 site classified: alloc",
     "1 site classified: free",
@@ -82,6 +82,10 @@ const ROWS: [&str; 11] = [
     "5 + record reserved, written, discarded: free",
     "6 rmapwatch (+ wakeup query, submit): alloc+free",
     "bpftrace peer (filter + count)",
+    "5' instead: time, in-flight mark, per-CPU batch: alloc",
+    "5' instead: time, in-flight mark, per-CPU batch: free",
+    "5'' instead: per-CPU batch, no time: alloc",
+    "5'' instead: per-CPU batch, no time: free",
 ];
 
 /// `rounds` rounds of a fork storm (`forks` forks of a 64 MiB, 50-VMA
@@ -185,6 +189,10 @@ pub fn run(rounds: usize, forks: usize, fault_mib: usize) -> anyhow::Result<()> 
                     "5 + record reserved, written, discarded: free",
                     "split_reserve_f",
                 ),
+                (ROWS[11], "split_batch_a"),
+                (ROWS[12], "split_batch_f"),
+                (ROWS[13], "split_batchn_a"),
+                (ROWS[14], "split_batchn_f"),
             ];
             let mut put = |row: &'static str, v: Option<f64>| {
                 if let Some(v) = v {
