@@ -43,6 +43,10 @@
 //! same, but the leader says `ready` (as without `--zombie-leader`) and
 //! exits when a line arrives on stdin; its thread then says `zombie`, holds
 //! (a second line, with `--hold`), releases and reaps the children.
+//! `--spread-cpus`: the parent runs on its first allowed CPU and each child
+//! on another (round robin over the rest; checked with `sched_getcpu`, a
+//! child that cannot move is not ready), so that what the parent allocates
+//! for a child at fork, the child frees on another CPU.
 //!
 //! `--zygote` instead builds an Android-like tree whose numbers are known by
 //! construction (the other options are ignored, but `--hold`). The process,
@@ -143,6 +147,10 @@ struct Opts {
     leader_on_line: bool,
     zygote: Option<Zygote>,
     exec_child: Option<ExecChild>,
+    /// `--spread-cpus`: the parent on its first allowed CPU, each child on
+    /// another, so that what the parent allocates for a child at fork is
+    /// freed on another CPU when the child exits.
+    spread_cpus: bool,
 }
 
 /// `--zygote`'s sizes and its `--zygote-exit`.
@@ -165,6 +173,7 @@ const USAGE: &str = "usage: rmw-workload [--regions K] [--pages P] [--cow-pages 
                      [--noise N] [--hold] [--split] [--wipe|--dontfork] [--storm N \
                      [--siblings S [--private]]] \
                      [--name NAME] [--file PATH] [--vm-child] [--zombie-leader[-on-line]] \
+                     [--spread-cpus] \
                      | --zygote [--apps N] [--libs L] [--heap H] [--zygote-exit] [--hold]";
 
 fn parse() -> Result<Opts, String> {
@@ -187,6 +196,7 @@ fn parse() -> Result<Opts, String> {
         leader_on_line: false,
         zygote: None,
         exec_child: None,
+        spread_cpus: false,
     };
     let mut zygote = false;
     let mut z = Zygote {
@@ -229,6 +239,7 @@ fn parse() -> Result<Opts, String> {
             "--wipe" => o.advice = Some(libc::MADV_WIPEONFORK),
             "--dontfork" => o.advice = Some(libc::MADV_DONTFORK),
             "--vm-child" => o.vm_child = true,
+            "--spread-cpus" => o.spread_cpus = true,
             "--zombie-leader" => o.zombie_leader = true,
             "--zombie-leader-on-line" => {
                 o.zombie_leader = true;
@@ -608,6 +619,18 @@ fn run(o: &Opts) -> Result<(), String> {
     if let Some(path) = &o.file {
         map_file(path)?;
     }
+    let cpus = if o.spread_cpus {
+        let cpus = allowed_cpus()?;
+        if cpus.len() < 2 {
+            return Err(format!(
+                "--spread-cpus needs two CPUs, this process may use {cpus:?}"
+            ));
+        }
+        pin(cpus[0])?;
+        cpus
+    } else {
+        Vec::new()
+    };
     let regions = map_regions(o.regions, o.pages)?;
     if let (Some(first), Some(last)) = (regions.first(), regions.last()) {
         // Where the regions are, for tests that look at exactly them.
@@ -655,11 +678,16 @@ fn run(o: &Opts) -> Result<(), String> {
     } else {
         None
     };
-    for _ in 0..o.children {
+    for i in 0..o.children {
         // SAFETY: the child only makes async-signal-safe calls before _exit.
         let pid = unsafe { libc::fork() };
         check(pid, "fork")?;
         if pid == 0 {
+            if !cpus.is_empty() && pin(cpus[1 + i % (cpus.len() - 1)]).is_err() {
+                // Not ready: the parent says a child died.
+                // SAFETY: _exit has no preconditions.
+                unsafe { libc::_exit(3) };
+            }
             // With MADV_DONTFORK the child has no regions to touch.
             if o.advice != Some(libc::MADV_DONTFORK) {
                 let pages = if o.split { 1 } else { o.pages };
@@ -1308,6 +1336,43 @@ fn zygote(z: Zygote, hold: bool) -> Result<(), String> {
     drop(dir);
     let _ = writeln!(std::io::stdout(), "done");
     Ok(())
+}
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Result<Vec<usize>, String> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; the call fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer of the given size.
+    check(
+        unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut set) },
+        "sched_getaffinity",
+    )?;
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: reading a bit of a valid set.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect())
+}
+
+/// Pins this process to `cpu` and checks that it runs there now (the
+/// kernel moves it before the call returns). Async-signal-safe: the
+/// children call it between fork and _exit.
+fn pin(cpu: usize) -> Result<(), String> {
+    // SAFETY: a zeroed cpu_set_t is an empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: cpu < CPU_SETSIZE (it came from a set).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: a valid set of the given size.
+    check(
+        unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) },
+        "sched_setaffinity",
+    )?;
+    // SAFETY: no preconditions.
+    let now = unsafe { libc::sched_getcpu() };
+    if usize::try_from(now).ok() == Some(cpu) {
+        Ok(())
+    } else {
+        Err(format!("pinned to CPU {cpu} but running on {now}"))
+    }
 }
 
 fn main() -> ExitCode {
