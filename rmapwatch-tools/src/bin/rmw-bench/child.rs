@@ -15,12 +15,26 @@ use anyhow::Context as _;
 pub(crate) struct Stop(pub(crate) std::process::Child);
 
 impl Drop for Stop {
+    /// SIGINT, again each second (bpftrace can lose one: taken between its
+    /// check of the flag and its `epoll_wait`, with no event to wake it,
+    /// it waited forever), and SIGKILL after 30 s.
     fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            // SAFETY: kill(2) on our child.
-            unsafe { libc::kill(i32::try_from(self.0.id()).unwrap_or(0), libc::SIGINT) };
-            let _ = self.0.wait();
+        let Ok(pid) = i32::try_from(self.0.id()) else {
+            return;
+        };
+        for tick in 0..300 {
+            match self.0.try_wait() {
+                Ok(None) => {}
+                _ => return,
+            }
+            if tick % 10 == 0 {
+                // SAFETY: kill(2) on our child, not yet reaped.
+                unsafe { libc::kill(pid, libc::SIGINT) };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
