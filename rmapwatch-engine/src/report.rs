@@ -212,6 +212,11 @@ pub struct CostReport {
     /// and `slab_ns_per_run` over it; `None` when none was measured.
     #[serde(default)]
     pub floor: Option<FloorRatio>,
+    /// The cost split's variants (`RMAPWATCH_COST_SPLIT`: copies of our
+    /// slab programs that stop after one stage), ns per run by program;
+    /// not our cost, and absent unless asked for.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub split: BTreeMap<String, f64>,
 }
 
 /// The live slab cost against the floor `rmw-bench cost` measured here.
@@ -342,10 +347,30 @@ pub const FLOOR_PROGRAM: &str = "empty";
 /// The snapshot iterator: not a per-event program.
 pub const ITERATOR_PROGRAM: &str = "task_vma";
 
+/// Names of the cost split's variants (`split_site_a`, ...): the
+/// benchmark's programs, not rmapwatch's cost.
+pub const SPLIT_PREFIX: &str = "split_";
+
 impl CostReport {
     /// Sums the programs' statistics over `duration_s`.
     #[must_use]
     pub fn new(programs: &BTreeMap<String, ProgramStats>, duration_s: f64) -> Self {
+        let split: BTreeMap<String, f64> = programs
+            .iter()
+            .filter(|(name, p)| name.starts_with(SPLIT_PREFIX) && p.runs > 0)
+            .filter_map(|(name, p)| {
+                Some((
+                    name.clone(),
+                    round2(Some(p.run_time_ns as f64 / p.runs as f64))?,
+                ))
+            })
+            .collect();
+        let programs: BTreeMap<String, ProgramStats> = programs
+            .iter()
+            .filter(|(name, _)| !name.starts_with(SPLIT_PREFIX))
+            .map(|(n, p)| (n.clone(), *p))
+            .collect();
+        let programs = &programs;
         let ours = || programs.iter().filter(|(name, _)| *name != FLOOR_PROGRAM);
         let events = ours()
             .filter(|(name, _)| *name != ITERATOR_PROGRAM)
@@ -378,6 +403,7 @@ impl CostReport {
             programs: programs.clone(),
             slab_ns_per_run: round2(slab_ns_per_run),
             floor,
+            split,
         }
     }
 
@@ -399,6 +425,44 @@ impl CostReport {
             by: f.by.clone(),
         });
         self
+    }
+
+    /// The cost split's variants, stage by stage: `cost split (ns/run):
+    /// site 50/49, ...` (alloc/free).
+    #[must_use]
+    pub fn split_words(&self) -> String {
+        let mut stages: Vec<(String, [Option<f64>; 2])> = Vec::new();
+        for (name, ns) in &self.split {
+            let rest = name.trim_start_matches(SPLIT_PREFIX);
+            let (stage, side) = match rest.rsplit_once('_') {
+                Some((stage, "a")) => (stage, 0),
+                Some((stage, "f")) => (stage, 1),
+                _ => (rest, 0),
+            };
+            match stages.iter_mut().find(|(s, _)| s == stage) {
+                Some((_, v)) => v[side] = Some(*ns),
+                None => {
+                    let mut v = [None, None];
+                    v[side] = Some(*ns);
+                    stages.push((stage.to_owned(), v));
+                }
+            }
+        }
+        // In the path's order; a stage this rmapwatch does not know, last.
+        const ORDER: [&str; 7] = [
+            "site", "detect", "match", "fork", "reserve", "batch", "batchn",
+        ];
+        stages
+            .sort_by_key(|(stage, _)| ORDER.iter().position(|o| o == stage).unwrap_or(ORDER.len()));
+        let ns = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |n| format!("{n:.0}"));
+        let words: Vec<String> = stages
+            .iter()
+            .map(|(stage, [a, f])| format!("{stage} {}/{}", ns(*a), ns(*f)))
+            .collect();
+        format!(
+            "cost split, ns/run alloc/free (RMAPWATCH_COST_SPLIT; not our cost): {}",
+            words.join(", ")
+        )
     }
 
     /// `ns/event`, and the slab programs against the floor when one was
@@ -1088,7 +1152,7 @@ pub const OBJECT_NAMES: [&str; object::COUNT] = ["anon_vma", "anon_vma_chain"];
 
 /// Fields added to `rmapwatch.report/1` since its first recordings, at
 /// any depth (`designs`: the report's and each process's).
-pub const ADDED_FIELDS: [&str; 9] = [
+pub const ADDED_FIELDS: [&str; 10] = [
     "by_holder",
     "designs",
     "floor",
@@ -1096,6 +1160,7 @@ pub const ADDED_FIELDS: [&str; 9] = [
     "nest_watch",
     "preemptible",
     "slab_ns_per_run",
+    "split",
     "time",
     "timing_unpaired",
 ];
@@ -1477,6 +1542,9 @@ impl Report {
             if !floor.is_empty() {
                 let _ = writeln!(s, "kernel cost: {floor}");
             }
+            if !c.split.is_empty() {
+                let _ = writeln!(s, "kernel cost: {}", c.split_words());
+            }
         }
         if let Some(n) = &self.nest_watch {
             let _ = writeln!(s, "{}", n.line());
@@ -1626,6 +1694,38 @@ mod tests {
         let c = c.against(Some(&file));
         assert_eq!(c.floor.as_ref().and_then(|f| f.ratio), Some(4.0));
         assert!(c.floor_words().contains("= 4.00x the floor (25.0 ns"));
+    }
+
+    #[test]
+    fn the_cost_split_is_reported_apart_and_not_as_our_cost() {
+        let programs: BTreeMap<String, ProgramStats> = [
+            ("kmem_cache_alloc", stats(100, 120, 0)),
+            ("kmem_cache_free", stats(100, 80, 0)),
+            ("split_site_a", stats(100, 50, 2)),
+            ("split_site_f", stats(100, 51, 0)),
+            ("split_detect_a", stats(100, 55, 0)),
+            ("split_batch_f", stats(0, 0, 0)),
+        ]
+        .into_iter()
+        .map(|(n, s)| (n.to_owned(), s))
+        .collect();
+        let c = CostReport::new(&programs, 1.0);
+        assert_eq!(c.event_runs, 200, "the variants' runs are not ours");
+        assert_eq!(c.recursion_misses, 0);
+        assert_eq!(c.slab_ns_per_run, Some(100.0));
+        assert_eq!(c.programs.len(), 2);
+        assert_eq!(c.split.len(), 3, "a variant that never ran is left out");
+        assert_eq!(
+            c.split_words(),
+            "cost split, ns/run alloc/free (RMAPWATCH_COST_SPLIT; not our cost): \
+             site 50/51, detect 55/-"
+        );
+        let json = serde_json::to_value(&c).unwrap();
+        assert!(json["split"].is_object());
+        let mut ours = programs;
+        ours.retain(|n, _| !n.starts_with(SPLIT_PREFIX));
+        let json = serde_json::to_value(CostReport::new(&ours, 1.0)).unwrap();
+        assert!(json.get("split").is_none(), "absent unless asked for");
     }
 
     #[test]
