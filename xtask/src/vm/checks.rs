@@ -883,8 +883,14 @@ fn storm_detail(log: &str, mode: &str, last: Option<&Report>) -> String {
             ))
         })
         .unwrap_or_default();
+    // The cost split's variants, in the boot that attaches them.
+    let split = last
+        .and_then(|j| j.cost.as_ref())
+        .filter(|c| !c.split.is_empty())
+        .map(|c| format!("; {}", c.split_words()))
+        .unwrap_or_default();
     format!(
-        "; fork storm ({STORM} forks): untraced {base:.2} s, traced {traced:.2} s ({:+.1}%){ns}{ratio}",
+        "; fork storm ({STORM} forks): untraced {base:.2} s, traced {traced:.2} s ({:+.1}%){ns}{ratio}{split}",
         (traced / base - 1.0) * 100.0
     )
 }

@@ -135,6 +135,14 @@ pub fn matrix(
         refusals: true,
         ..full_net
     };
+    // x86_64's 5.10 (GKI's base, the oldest verifier) also runs the cost
+    // split's variants in its tracepoint mode: the stages' ns/run in a
+    // guest, and proof that every variant loads there. One boot only:
+    // under TCG each variant adds a program run to every slab event.
+    let full_split = Boot {
+        cmdline: " rmw.split=tracepoint",
+        ..full_refusals
+    };
     let gki = Boot {
         modes: &["auto"],
         record: false,
@@ -166,7 +174,7 @@ pub fn matrix(
                     match s.label {
                         // arm64's GKI-like boot tries the refusals.
                         "5.10" if arm => &full_net,
-                        "5.10" => &full_refusals,
+                        "5.10" => &full_split,
                         "6.12" => &full_net,
                         _ => &full,
                     },

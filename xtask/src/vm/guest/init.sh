@@ -169,9 +169,12 @@ time_check() {
 # the recording.
 MODES=$(sed -n 's/.*rmw\.modes=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')
 [ -n "$MODES" ] || MODES="$RMW_MODES"
+# rmw.split=MODE: that mode's run also attaches the cost split's variants.
+SPLIT=$(sed -n 's/.*rmw\.split=\([a-z]*\).*/\1/p' /proc/cmdline)
 for mode in $MODES; do
   rm -f /tmp/r.json /tmp/r.err /tmp/w.out /tmp/hold
   echo "RMW-STORM $mode base $(rmw-workload --regions "$RMW_K" --noise 0 --storm "$RMW_STORM")"
+  if [ -n "$SPLIT" ] && [ "$SPLIT" = "$mode" ]; then export RMAPWATCH_COST_SPLIT=1; else unset RMAPWATCH_COST_SPLIT; fi
   # RMAPWATCH_FLOOR: the empty program beside ours, for the cost ratio.
   RMAPWATCH_FLOOR=1 rmapwatch --probe-mode "$mode" report --json --interval 0.5 > /tmp/r.json 2>/tmp/r.err &
   P=$!
