@@ -303,11 +303,7 @@ fn read_kernel<T>(addr: u64) -> Result<T, i64> {
 
 #[raw_tracepoint(tracepoint = "kmem_cache_alloc")]
 pub fn kmem_cache_alloc(ctx: RawTracePointContext) -> i32 {
-    let watch = raw_streams() && watched(nest::ALLOC, 1);
-    let _ = raw_slab(&ctx, kind::ALLOC);
-    if watch {
-        watched(nest::ALLOC, 0);
-    }
+    watching(nest::ALLOC, raw_streams(), || raw_slab(&ctx, kind::ALLOC));
     0
 }
 
@@ -315,21 +311,15 @@ pub fn kmem_cache_alloc(ctx: RawTracePointContext) -> i32 {
 /// `kmem_cache_alloc`).
 #[raw_tracepoint(tracepoint = "kmem_cache_alloc_node")]
 pub fn kmem_cache_alloc_node(ctx: RawTracePointContext) -> i32 {
-    let watch = raw_streams() && watched(nest::ALLOC_NODE, 1);
-    let _ = raw_slab(&ctx, kind::ALLOC);
-    if watch {
-        watched(nest::ALLOC_NODE, 0);
-    }
+    watching(nest::ALLOC_NODE, raw_streams(), || {
+        raw_slab(&ctx, kind::ALLOC)
+    });
     0
 }
 
 #[raw_tracepoint(tracepoint = "kmem_cache_free")]
 pub fn kmem_cache_free(ctx: RawTracePointContext) -> i32 {
-    let watch = raw_streams() && watched(nest::FREE, 1);
-    let _ = raw_slab(&ctx, kind::FREE);
-    if watch {
-        watched(nest::FREE, 0);
-    }
+    watching(nest::FREE, raw_streams(), || raw_slab(&ctx, kind::FREE));
     0
 }
 
@@ -338,6 +328,17 @@ pub fn kmem_cache_free(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn raw_streams() -> bool {
     config().args.slab_path == rmapwatch_common::slab_path::RAW
+}
+
+/// Runs a slab program's `body`, said to the nest watch (when `on` and
+/// the watch is attached) as running on this CPU for `slot`.
+#[inline(always)]
+fn watching(slot: u32, on: bool, body: impl FnOnce() -> Result<(), i64>) {
+    let watch = on && watched(slot, 1);
+    let _ = body();
+    if watch {
+        watched(slot, 0);
+    }
 }
 
 /// With the nest watch attached, says (`INSIDE`) that our slab program of
@@ -376,24 +377,10 @@ fn nest_watch(ctx: &RawTracePointContext, slot: u32, event_kind: u32) {
         return;
     }
     bump(stat::NESTED_OURS, 1);
-    let a = &config().args;
-    let layout = if event_kind == kind::ALLOC {
-        a.alloc_arg2
-    } else {
-        a.free_arg2
-    };
-    let _ = slab::<{ stage::FULL }>(
-        call_site,
-        ctx.arg(1),
-        event_kind,
-        Role::Count,
-        || match layout {
-            arg2::CACHE => Arg2::Cache(ctx.arg(2)),
-            arg2::SIZES => Arg2::BytesReq(ctx.arg(2), ctx.arg(3)),
-            arg2::NAME => Arg2::Name(ctx.arg(2)),
-            _ => Arg2::None,
-        },
-    );
+    let layout = raw_layout(event_kind);
+    let _ = slab::<{ stage::FULL }>(call_site, ctx.arg(1), event_kind, Role::Count, || {
+        raw_arg2(ctx, layout)
+    });
 }
 
 #[raw_tracepoint(tracepoint = "kmem_cache_alloc")]
@@ -420,21 +407,13 @@ pub fn nest_free(ctx: RawTracePointContext) -> i32 {
 /// their recursion guard; perf tracepoint callbacks still disable preemption.
 #[tracepoint]
 pub fn perf_kmem_cache_alloc(ctx: TracePointContext) -> i32 {
-    let watch = watched(nest::ALLOC, 1);
-    let _ = perf_slab(&ctx, kind::ALLOC);
-    if watch {
-        watched(nest::ALLOC, 0);
-    }
+    watching(nest::ALLOC, true, || perf_slab(&ctx, kind::ALLOC));
     0
 }
 
 #[tracepoint]
 pub fn perf_kmem_cache_free(ctx: TracePointContext) -> i32 {
-    let watch = watched(nest::FREE, 1);
-    let _ = perf_slab(&ctx, kind::FREE);
-    if watch {
-        watched(nest::FREE, 0);
-    }
+    watching(nest::FREE, true, || perf_slab(&ctx, kind::FREE));
     0
 }
 
@@ -475,18 +454,34 @@ fn raw_slab_to<const STAGE: u32>(ctx: &RawTracePointContext, event_kind: u32) ->
     if perf && a.alloc_arg2 != arg2::CACHE {
         return Ok(());
     }
-    let layout = if event_kind == kind::ALLOC {
+    let layout = raw_layout(event_kind);
+    let role = if perf { Role::Detect } else { Role::Both };
+    slab::<STAGE>(ctx.arg(0), ctx.arg(1), event_kind, role, || {
+        raw_arg2(ctx, layout)
+    })
+}
+
+/// How this kernel lays out the third argument of a raw slab event
+/// ([`arg2`]).
+#[inline(always)]
+fn raw_layout(event_kind: u32) -> u32 {
+    let a = &config().args;
+    if event_kind == kind::ALLOC {
         a.alloc_arg2
     } else {
         a.free_arg2
-    };
-    let role = if perf { Role::Detect } else { Role::Both };
-    slab::<STAGE>(ctx.arg(0), ctx.arg(1), event_kind, role, || match layout {
+    }
+}
+
+/// The third argument of a raw slab event, read as `layout` says.
+#[inline(always)]
+fn raw_arg2(ctx: &RawTracePointContext, layout: u32) -> Arg2 {
+    match layout {
         arg2::CACHE => Arg2::Cache(ctx.arg(2)),
         arg2::SIZES => Arg2::BytesReq(ctx.arg(2), ctx.arg(3)),
         arg2::NAME => Arg2::Name(ctx.arg(2)),
         _ => Arg2::None,
-    })
+    }
 }
 
 #[inline(always)]
@@ -598,12 +593,17 @@ fn slab<const STAGE: u32>(
         batch_append::<STAGE>(event);
         return Ok(());
     }
-    if STAGE < stage::FULL {
+    if STAGE < stage::FULL || STAGE == stage::QUERY {
         // The record reserved in the ring and written, then discarded
         // (user space skips it): what streaming costs but the wakeup
-        // query and the submit's commit.
+        // query and the submit's commit. QUERY: and the ring's fill asked
+        // for every record (what the slab path did before it asked for
+        // one in 32).
         if let Some(mut entry) = EVENTS.reserve::<SlabEvent>(0) {
             entry.write(event);
+            if STAGE == stage::QUERY && EVENTS.query(RB_AVAIL_DATA) == u64::MAX {
+                bump(stat::DROPPED, 0);
+            }
             entry.discard(RB_NO_WAKEUP);
         }
         return Ok(());
@@ -641,6 +641,8 @@ mod stage {
     pub const BATCH: u32 = 6;
     /// [`BATCH`] without the time: what batching alone saves.
     pub const BATCH_NOTIME: u32 = 7;
+    /// [`RESERVE`] and the ring's fill queried, for every record.
+    pub const QUERY: u32 = 8;
 }
 
 /// The batching lever's measurement ([`stage::BATCH`]): this CPU's batch.
@@ -724,6 +726,7 @@ split_variants! {
     RESERVE => split_reserve_a, split_reserve_f;
     BATCH => split_batch_a, split_batch_f;
     BATCH_NOTIME => split_batchn_a, split_batchn_f;
+    QUERY => split_query_a, split_query_f;
 }
 
 /// An anon_vma is freed: a wait open on its rwsem now ends on another

@@ -70,7 +70,7 @@ struct Storm {
 
 /// The rows, in path order: the floor, the variants stage by stage, ours,
 /// the peer.
-const ROWS: [&str; 15] = [
+const ROWS: [&str; 17] = [
     "empty raw program (floor)",
     "1 site classified: alloc",
     "1 site classified: free",
@@ -86,6 +86,8 @@ const ROWS: [&str; 15] = [
     "5' instead: time, in-flight mark, per-CPU batch: free",
     "5'' instead: per-CPU batch, no time: alloc",
     "5'' instead: per-CPU batch, no time: free",
+    "5q 5 + the fill queried for every record: alloc",
+    "5q 5 + the fill queried for every record: free",
 ];
 
 /// `rounds` rounds of a fork storm (`forks` forks of a 64 MiB, 50-VMA
@@ -193,6 +195,8 @@ pub fn run(rounds: usize, forks: usize, fault_mib: usize) -> anyhow::Result<()> 
                 (ROWS[12], "split_batch_f"),
                 (ROWS[13], "split_batchn_a"),
                 (ROWS[14], "split_batchn_f"),
+                (ROWS[15], "split_query_a"),
+                (ROWS[16], "split_query_f"),
             ];
             let mut put = |row: &'static str, v: Option<f64>| {
                 if let Some(v) = v {
