@@ -420,7 +420,15 @@ fn run_kernel(
     })?;
     // The whole serial log is kept: a kernel oops in a guest is only
     // useful with everything before it.
-    let saved = initrd.with_file_name(format!("serial-{}.log", kernel.replace(' ', "-")));
+    // One file per boot: the GKI-like boot of a kernel that also boots
+    // full names its extra words (it overwrote the full boot's log).
+    let extra: Vec<&str> = boot.cmdline.split_whitespace().collect();
+    let saved = initrd.with_file_name(format!(
+        "serial-{}{}{}.log",
+        kernel.replace(' ', "-"),
+        if extra.is_empty() { "" } else { "-" },
+        extra.join("-")
+    ));
     let _ = std::fs::write(&saved, &log);
     if let Some(ksyms) = log
         .split("RMW-KSYMS-START\n")
