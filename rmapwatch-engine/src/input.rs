@@ -51,6 +51,14 @@ pub struct ProgramStats {
     pub recursion_misses: u64,
 }
 
+impl ProgramStats {
+    /// Mean run time, or `None` before the first run.
+    #[must_use]
+    pub fn ns_per_run(&self) -> Option<f64> {
+        (self.runs > 0).then(|| self.run_time_ns as f64 / self.runs as f64)
+    }
+}
+
 /// The programs' kernel-side counters, summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelCounters {

@@ -358,12 +358,7 @@ impl CostReport {
         let split: BTreeMap<String, f64> = programs
             .iter()
             .filter(|(name, p)| name.starts_with(SPLIT_PREFIX) && p.runs > 0)
-            .filter_map(|(name, p)| {
-                Some((
-                    name.clone(),
-                    round2(Some(p.run_time_ns as f64 / p.runs as f64))?,
-                ))
-            })
+            .filter_map(|(name, p)| Some((name.clone(), round2(p.ns_per_run())?)))
             .collect();
         let programs: BTreeMap<String, ProgramStats> = programs
             .iter()
@@ -383,8 +378,7 @@ impl CostReport {
         // (`RMAPWATCH_FLOOR`): the floor, measured at the same time.
         let floor = programs
             .get(FLOOR_PROGRAM)
-            .filter(|p| p.runs > 0)
-            .map(|p| p.run_time_ns as f64 / p.runs as f64)
+            .and_then(ProgramStats::ns_per_run)
             .map(|ns| FloorRatio {
                 ns_per_run: round2(Some(ns)).unwrap_or(ns),
                 ratio: round2(slab_ns_per_run.map(|s| s / ns)),
@@ -449,8 +443,8 @@ impl CostReport {
             }
         }
         // In the path's order; a stage this rmapwatch does not know, last.
-        const ORDER: [&str; 7] = [
-            "site", "detect", "match", "fork", "reserve", "batch", "batchn",
+        const ORDER: [&str; 8] = [
+            "site", "detect", "match", "fork", "reserve", "query", "batch", "batchn",
         ];
         stages
             .sort_by_key(|(stage, _)| ORDER.iter().position(|o| o == stage).unwrap_or(ORDER.len()));
@@ -1704,6 +1698,7 @@ mod tests {
             ("split_site_a", stats(100, 50, 2)),
             ("split_site_f", stats(100, 51, 0)),
             ("split_detect_a", stats(100, 55, 0)),
+            ("split_query_f", stats(100, 60, 0)),
             ("split_batch_f", stats(0, 0, 0)),
         ]
         .into_iter()
@@ -1714,11 +1709,11 @@ mod tests {
         assert_eq!(c.recursion_misses, 0);
         assert_eq!(c.slab_ns_per_run, Some(100.0));
         assert_eq!(c.programs.len(), 2);
-        assert_eq!(c.split.len(), 3, "a variant that never ran is left out");
+        assert_eq!(c.split.len(), 4, "a variant that never ran is left out");
         assert_eq!(
             c.split_words(),
             "cost split, ns/run alloc/free (RMAPWATCH_COST_SPLIT; not our cost): \
-             site 50/51, detect 55/-"
+             site 50/51, detect 55/-, query -/60"
         );
         let json = serde_json::to_value(&c).unwrap();
         assert!(json["split"].is_object());

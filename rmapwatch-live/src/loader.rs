@@ -342,13 +342,8 @@ impl Probes {
                     for (prog, tp) in [(alloc, "kmem_cache_alloc"), (free, "kmem_cache_free")] {
                         match attach_raw(&mut ebpf, prog, tp) {
                             Ok(()) => attached += 1,
-                            Err(e) => {
-                                // The first line: a verifier log can run long.
-                                let e = format!("{e:#}");
-                                let first: String =
-                                    e.lines().next().unwrap_or("").chars().take(240).collect();
-                                warnings.push(format!("cost split: {prog} not attached: {first}"));
-                            }
+                            Err(e) => warnings
+                                .push(format!("cost split: {prog} not attached: {}", short(&e))),
                         }
                     }
                 }
