@@ -723,6 +723,15 @@ impl Accounting {
         }
     }
 
+    /// A process's name (empty if unknown or folded away).
+    #[must_use]
+    pub fn comm(&self, tgid: u32) -> String {
+        self.processes
+            .get(&tgid)
+            .map(|p| p.comm.clone())
+            .unwrap_or_default()
+    }
+
     /// Names processes a walk found (where not named yet).
     pub fn name_existing(&mut self, comms: impl IntoIterator<Item = (u32, String)>) {
         for (tgid, comm) in comms {

@@ -14,6 +14,7 @@ pub use crate::account::Retention;
 use crate::{
     account::{Accounting, Comparison, RmapVmas, StateSize, WalkKind},
     design::{Designs, Options as DesignOptions, Outcome},
+    event::Event,
     facts::Facts,
     hash::FastMap,
     hooks::HookMode,
@@ -371,6 +372,9 @@ impl Engine {
                     self.designs.event(e);
                     let acct = &self.acct;
                     self.time.event(e, &|p| acct.owner(p));
+                    if let Event::LockWait(w) = e {
+                        self.time.name_waiter(w.tgid, &|p| acct.comm(p));
+                    }
                 }
                 // Lives ended by a reused pid.
                 self.folded_away();
@@ -833,18 +837,10 @@ impl Engine {
             .and_then(|k| k.lock_waits_lost)
             .unwrap_or(0);
         let names: HashMap<u64, &str> = t.rmap_one.iter().map(|(n, &a)| (a, n.as_str())).collect();
-        self.time.report(
-            &sources,
-            lost,
-            &|pid| {
-                self.acct
-                    .processes
-                    .get(&pid)
-                    .map(|p| p.comm.clone())
-                    .unwrap_or_default()
-            },
-            &|a| names.get(&a).map(|n| (*n).to_owned()),
-        )
+        self.time
+            .report(&sources, lost, &|pid| self.acct.comm(pid), &|a| {
+                names.get(&a).map(|n| (*n).to_owned())
+            })
     }
 
     /// The processes with traffic or objects, as every sink sees them

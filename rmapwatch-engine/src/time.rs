@@ -387,6 +387,9 @@ pub struct TimeBook {
     hist: Histogram,
     roots: FastMap<u64, RootBook>,
     procs: FastMap<u32, Waits>,
+    /// The waiters' names as they were when they waited: a waiter that
+    /// exited is folded out of the accounts before the report.
+    names: FastMap<u32, String>,
     holders: [Waits; HOLDER_PATHS.len()],
     unknown: u64,
     lazy_avoided: Waits,
@@ -599,6 +602,19 @@ impl TimeBook {
     /// stay in the totals).
     pub fn forget(&mut self, pid: u32) {
         self.procs.remove(&pid);
+        self.names.remove(&pid);
+    }
+
+    /// Names a waiter (`name` is asked only for a pid with waits and no
+    /// name yet, so once a waiter): called after each wait's event, while
+    /// the waiter is still in the accounts.
+    pub fn name_waiter(&mut self, pid: u32, name: &dyn Fn(u32) -> String) {
+        if self.procs.contains_key(&pid) && !self.names.contains_key(&pid) {
+            let n = name(pid);
+            if !n.is_empty() {
+                self.names.insert(pid, n);
+            }
+        }
     }
 
     /// The report block. `comm`: a process's name; `name_of`: an rmap_one
@@ -637,7 +653,10 @@ impl TimeBook {
             .iter()
             .map(|(&pid, w)| ProcessWaits {
                 pid,
-                comm: comm(pid),
+                comm: Some(comm(pid))
+                    .filter(|c| !c.is_empty())
+                    .or_else(|| self.names.get(&pid).cloned())
+                    .unwrap_or_default(),
                 waits: w.waits,
                 wait_ns: w.wait_ns,
             })

@@ -1224,3 +1224,58 @@ fn the_text_report_shows_lock_waits_by_root_and_process_and_fork_cost_per_design
     assert!(!text.contains('\x1b'));
     assert!(!text.contains("0xffff888000000005"), "{text}");
 }
+
+#[test]
+fn a_waiter_folded_away_before_the_report_keeps_its_name() {
+    // CI (stop 29): a sibling's child waited on a shared root, exited and
+    // was folded out of the accounts; the report listed it nameless.
+    let mut e = Engine::new(Options {
+        source_answers: false,
+        retention: Retention {
+            exited_ns: 0,
+            exited_max: 0,
+        },
+        ..Options::default()
+    });
+    e.apply(Input::Facts(Box::new(churn_facts()))).unwrap();
+    let wait = |tgid: u32| {
+        Event::LockWait(crate::event::LockWait {
+            tid: tgid,
+            tgid,
+            anon_vma: 0x40,
+            flags: rmapwatch_common::lock::WRITE,
+            wait_ns: 1000,
+            holder: 0,
+        })
+    };
+    e.apply(Input::Events {
+        t: 1,
+        events: vec![
+            Event::fork(1, 5, "parent"),
+            Event::alloc(AV, site::PREPARE, 5, 0x40, false),
+            Event::fork(5, 6, "waiter"),
+            wait(6),
+            Event::Exit {
+                tid: 6,
+                tgid: 6,
+                comm: Comm::new("waiter"),
+            },
+            wait(5),
+        ],
+    })
+    .unwrap();
+    e.apply(Input::Tick { t: 2 }).unwrap();
+    assert!(!e.accounting().processes.contains_key(&6), "folded");
+    let mut by_process: Vec<(u32, String)> = e
+        .time_report()
+        .anon_vma_lock
+        .by_process
+        .into_iter()
+        .map(|p| (p.pid, p.comm))
+        .collect();
+    by_process.sort();
+    assert_eq!(
+        by_process,
+        [(5, "parent".to_owned()), (6, "waiter".to_owned())]
+    );
+}
