@@ -174,8 +174,11 @@ fn siblings_forking_from_a_shared_parent_wait_on_its_roots_as_bpftrace_counts() 
     // Contention is a race: a run without a single wait proves nothing,
     // so up to three runs are made until one has waits.
     for attempt in 1..=3 {
-        let bt = Waits::start(off);
+        // rmapwatch first: its programs run first on contention_begin
+        // (a tracepoint runs its probes in the order they were attached),
+        // so it reads the rwsem's owner before bpftrace does (below).
         let rw = Rmapwatch::start(&["--ring-buffer-kb", RING_KB]);
+        let bt = Waits::start(off);
         siblings();
         std::thread::sleep(Duration::from_secs(1));
         let r = rw.stop();
@@ -230,20 +233,22 @@ fn siblings_forking_from_a_shared_parent_wait_on_its_roots_as_bpftrace_counts() 
         );
         assert_eq!(lock.histogram.0.iter().sum::<u64>(), lock.waits);
         // The holder's path, as bpftrace tells it from the same owner
-        // field and its own fork windows. bpftrace's program runs first
-        // on the tracepoint (attached first); rmapwatch reads the owner
-        // a moment later, by when the holder has often released it (seen
-        // in 10 to 30 % of the waits here): rmapwatch's known holders are
-        // at most bpftrace's (+2 for a hand-off to a new owner in
-        // between), and at least a third of them (an owner never read
-        // would leave none).
+        // field and its own fork windows. rmapwatch's program runs first on
+        // the tracepoint (attached first); bpftrace reads the owner a
+        // moment later, by when the holder has often released it. So on
+        // each path bpftrace knows at most the holders rmapwatch knows (+2
+        // for a hand-off to a new owner in between): an owner rmapwatch
+        // never read, or misread, shows as more on bpftrace's side. (The
+        // other order made this a race: in CI, bpftrace knew 143 holders
+        // and rmapwatch, reading after it, 9: the holds were shorter than
+        // bpftrace's program.)
         let held: Vec<u64> = lock.by_holder.iter().map(|h| h.waits).collect();
         eprintln!("holders: rmapwatch {held:?}, bpftrace {bt_held:?}");
         assert_eq!(held.iter().sum::<u64>(), lock.waits, "{:?}", lock.by_holder);
         assert_eq!(bt_held.iter().sum::<u64>(), total, "{bt_held:?}");
         for i in 0..3 {
             assert!(
-                held[i] <= bt_held[i] + 2,
+                bt_held[i] <= held[i] + 2,
                 "{}: rmapwatch {}, bpftrace {}",
                 lock.by_holder[i].path,
                 held[i],
@@ -255,7 +260,7 @@ fn siblings_forking_from_a_shared_parent_wait_on_its_roots_as_bpftrace_counts() 
             bt_held[..3].iter().sum::<u64>(),
         );
         assert!(
-            theirs < 6 || ours * 3 >= theirs,
+            theirs <= 2 || ours > 0,
             "known holders: rmapwatch {ours}, bpftrace {theirs}"
         );
         let cow = lock
