@@ -5,7 +5,10 @@
 //!   `call_site` against the rmap functions' text ranges, streamed.
 //! - `sched_process_{fork,exec,exit}`: lineage and names, streamed.
 //! - `syscalls:sys_{enter,exit}_{clone,clone3,fork,vfork}`: the fork window, so
-//!   that allocations made by the parent inside fork are handed to the child.
+//!   that allocations made by the parent inside fork are handed to the child:
+//!   the entry streams one record (`ForkEnter`), and user space flags the
+//!   thread's `anon_vma_clone` allocations up to its `sched_process_fork`;
+//!   `FORKING` (a hash map) times the fork and tells lock holders inside one.
 //! - Function hooks (fentry or kprobe, chosen by the loader): per-CPU call
 //!   counters only; the per-page rmap hooks are far too hot to stream.
 //! - `lock:contention_{begin,end}`: waits on an rwsem that is an anon_vma
@@ -43,8 +46,8 @@ use aya_ebpf::{
     },
 };
 use rmapwatch_common::{
-    ABSENT, COMM_LEN, Config, Event, ForkTiming, LockWait, RmapKey, SlabEvent, SnapAvc, SnapVma,
-    WaitEnd, arg2, flags, hook, kind, lock, nest, site, snap, stat,
+    ABSENT, COMM_LEN, Config, Event, ForkEnter, ForkTiming, LockWait, RmapKey, SlabEvent, SnapAvc,
+    SnapVma, WaitEnd, arg2, flags, hook, kind, lock, nest, site, snap, stat,
 };
 
 /// A kernel-side log line about a rare condition (aya-log; its 0.2 macros
@@ -565,15 +568,10 @@ fn slab<const STAGE: u32>(
         return Ok(());
     }
     let mut event_flags = 0;
-    // anon_vma_fork runs only inside fork (dup_mmap): its allocations need
-    // no lookup. anon_vma_clone also runs for VMA splits and mremap: only
-    // the fork window tells.
-    if event_kind == kind::ALLOC
-        && (site_id == site::FORK
-            // SAFETY: plain lookup; the value is not used.
-            || (site_id == site::CLONE
-                && unsafe { FORKING.get(tid) }.is_some_and(|v| v & FORK_CLOSED == 0)))
-    {
+    // anon_vma_fork runs only inside fork (dup_mmap). anon_vma_clone also
+    // runs for VMA splits and mremap: user space tells those inside a fork
+    // by the thread's fork window ([`ForkEnter`]), without a lookup here.
+    if event_kind == kind::ALLOC && site_id == site::FORK {
         event_flags |= flags::IN_FORK;
     }
     if STAGE < stage::RESERVE {
@@ -626,7 +624,9 @@ mod stage {
     pub const DETECT: u32 = 1;
     /// And, at an rmap site, the object's kind and the current task.
     pub const MATCH: u32 = 2;
-    /// And the fork window's lookup (`anon_vma_clone`'s allocations).
+    /// And the fork flag (`anon_vma_fork`'s allocations, by site; the
+    /// window's hash lookup for `anon_vma_clone`'s, here until ABI 9, is
+    /// user space's now).
     pub const FORK: u32 = 3;
     /// And the record reserved in the ring and written (then discarded).
     pub const RESERVE: u32 = 4;
@@ -1190,15 +1190,21 @@ const FORK_CLOSED: u64 = 1 << 63;
 /// Attached to `syscalls:sys_enter_{clone,clone3,fork,vfork}`.
 #[tracepoint]
 pub fn fork_enter(_ctx: TracePointContext) -> i32 {
-    let tid = bpf_get_current_pid_tgid() as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    // The window, for user space: the thread's later records come after.
+    emit(&ForkEnter {
+        tid,
+        tgid: (pid_tgid >> 32) as u32,
+    });
     // SAFETY: a helper call without memory arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if FORKING.insert(tid, now, 0).is_err()
         && let Some(n) = rare(stat::FORK_WINDOW_FULL)
     {
         say!(
-            "fork window map full: the AVCs anon_vma_clone allocates in this fork of thread {} \
-             are charged to its parent (occurrence {} on this CPU)",
+            "fork window map full: this fork of thread {} is not timed, and waits on a lock \
+             it holds are not told as held by a fork (occurrence {} on this CPU)",
             tid,
             n
         );

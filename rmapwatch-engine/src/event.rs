@@ -349,9 +349,11 @@ fn timed(mut abi: rmapwatch_common::Event, a: u64, b: u64) -> rmapwatch_common::
 pub enum DecodeError {
     /// Wrong length: the object and the daemon disagree on the ABI.
     #[error(
-        "ring buffer record of {0} bytes, expected {full} (an event) or {slab} (a slab event)",
+        "ring buffer record of {0} bytes, expected {full} (an event), {slab} (a slab event) \
+         or {enter} (a fork's entry)",
         full = size_of::<rmapwatch_common::Event>(),
-        slab = size_of::<rmapwatch_common::SlabEvent>()
+        slab = size_of::<rmapwatch_common::SlabEvent>(),
+        enter = size_of::<rmapwatch_common::ForkEnter>()
     )]
     Length(usize),
     /// Unknown kind, object or site.
@@ -508,6 +510,86 @@ pub fn encode(e: &Event) -> Vec<u8> {
     }
 }
 
+/// Threads inside a fork-family syscall (their fork windows), kept from
+/// the ring's records in the order the kernel reserved them: a thread's own
+/// records come in the order it ran them, whatever CPU it ran on. A window
+/// opens with the syscall's entry ([`rmapwatch_common::ForkEnter`]) and
+/// closes with the thread's `sched_process_fork` (every allocation of a
+/// fork comes before it), the syscall's return (a failed fork) or the
+/// thread's exit. `anon_vma_clone`'s allocations inside a window are the
+/// child's (`in_fork`); elsewhere (VMA splits, mremap) the thread's own.
+#[derive(Debug, Default)]
+pub struct ForkWindows {
+    open: std::collections::HashSet<u32>,
+    /// Windows dropped because too many were open at once.
+    pub overflowed: u64,
+}
+
+/// Open windows kept at most: more means closes were missed (a detach
+/// mid-fork), and the oldest state is dropped rather than grown.
+const WINDOWS_MAX: usize = 1 << 16;
+
+impl ForkWindows {
+    /// Decodes one ring record: a fork's entry opens its thread's window
+    /// (`None`); any other record is decoded and passed through
+    /// [`Self::apply`].
+    ///
+    /// # Errors
+    /// As [`decode`].
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<Option<Event>, DecodeError> {
+        if bytes.len() == size_of::<rmapwatch_common::ForkEnter>() {
+            // SAFETY: length checked; plain integers; read_unaligned copes
+            // with the ring's alignment.
+            let f: rmapwatch_common::ForkEnter = unsafe {
+                bytes
+                    .as_ptr()
+                    .cast::<rmapwatch_common::ForkEnter>()
+                    .read_unaligned()
+            };
+            self.enter(f.tid);
+            return Ok(None);
+        }
+        let mut e = decode(bytes)?;
+        self.apply(&mut e);
+        Ok(Some(e))
+    }
+
+    /// Opens `tid`'s window.
+    pub fn enter(&mut self, tid: u32) {
+        if self.open.len() >= WINDOWS_MAX && !self.open.contains(&tid) {
+            self.overflowed += self.open.len() as u64;
+            self.open.clear();
+        }
+        self.open.insert(tid);
+    }
+
+    /// Flags an `anon_vma_clone` allocation inside its thread's window;
+    /// closes the window at the fork's end.
+    pub fn apply(&mut self, e: &mut Event) {
+        match e {
+            Event::Alloc(s) if s.site == site::CLONE && self.open.contains(&s.tid) => {
+                s.in_fork = true;
+            }
+            Event::Fork { tid, .. } | Event::ForkTime { tid, .. } | Event::Exit { tid, .. } => {
+                self.open.remove(tid);
+            }
+            _ => {}
+        }
+    }
+
+    /// Windows open now.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Whether none is open.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -619,5 +701,80 @@ mod tests {
         assert_eq!(Comm::new("bash").text(), "bash");
         assert_eq!(Comm([b'x'; COMM_LEN]).text(), "x".repeat(COMM_LEN));
         assert_eq!(Comm::new(&"y".repeat(40)).text(), "y".repeat(15));
+    }
+
+    fn enter(tid: u32) -> Vec<u8> {
+        let f = rmapwatch_common::ForkEnter { tid, tgid: tid };
+        // SAFETY: plain integers.
+        unsafe { std::slice::from_raw_parts((&raw const f).cast::<u8>(), size_of_val(&f)).to_vec() }
+    }
+
+    /// The kernel's records of one thread forking while another splits a
+    /// VMA, interleaved as two CPUs reserve them.
+    #[test]
+    fn clone_allocations_inside_a_threads_fork_window_are_the_childs() {
+        let mut w = ForkWindows::default();
+        let clone =
+            |tid: u32, ptr: u64| encode(&Event::alloc(object::AVC, site::CLONE, tid, ptr, false));
+        let mut out = Vec::new();
+        for rec in [
+            clone(10, 0x100), // before: a split
+            enter(10),        // 10 forks
+            clone(10, 0x140), // the child's
+            clone(20, 0x180), // 20 splits meanwhile
+            encode(&Event::alloc(object::AVC, site::PREPARE, 10, 0x1c0, false)),
+            encode(&Event::fork(10, 11, "kid")), // closes 10's
+            clone(10, 0x200),                    // after: a split
+            enter(20),
+            encode(&Event::ForkTime {
+                tid: 20,
+                tgid: 20,
+                child: 0,
+                ns: 5,
+            }), // failed
+            clone(20, 0x240),
+        ] {
+            if let Some(e) = w.decode(&rec).unwrap() {
+                out.push(e);
+            }
+        }
+        let in_fork: Vec<(u64, bool)> = out
+            .iter()
+            .filter_map(|e| match e {
+                Event::Alloc(s) => Some((s.ptr, s.in_fork)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            in_fork,
+            [
+                (0x100, false),
+                (0x140, true),
+                (0x180, false),
+                (0x1c0, false),
+                (0x200, false),
+                (0x240, false),
+            ]
+        );
+        assert!(w.is_empty());
+        assert_eq!(out.len(), 8, "the entries are not events");
+    }
+
+    #[test]
+    fn a_thread_exiting_inside_its_window_closes_it_and_a_flood_is_bounded() {
+        let mut w = ForkWindows::default();
+        w.decode(&enter(5)).unwrap();
+        let mut exit = Event::Exit {
+            tid: 5,
+            tgid: 5,
+            comm: Comm::new("x"),
+        };
+        w.apply(&mut exit);
+        assert!(w.is_empty());
+        for tid in 0..=(WINDOWS_MAX as u32) {
+            w.enter(tid);
+        }
+        assert_eq!(w.len(), 1);
+        assert_eq!(w.overflowed, WINDOWS_MAX as u64);
     }
 }

@@ -78,9 +78,10 @@ pub struct KernelCounters {
     /// The inlining detector's call sites (`function+0xoffset`) and counts.
     #[serde(default)]
     pub inlined_sites: BTreeMap<String, u64>,
-    /// Fork-family syscalls that found the fork window's map full: the
-    /// AVCs `anon_vma_clone` allocated in those forks went to the parent
-    /// (`None` in recordings made before it was counted).
+    /// Fork-family syscalls that found the fork window's timing map full:
+    /// those forks were not timed (before ABI 9, their `anon_vma_clone`
+    /// AVCs also went to the parent; `None` in recordings made before it
+    /// was counted).
     #[serde(default)]
     pub fork_window_full: Option<u64>,
     /// `iter/task` walks (before 5.12) of a process that ended early

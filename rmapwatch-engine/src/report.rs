@@ -682,10 +682,12 @@ pub struct Report {
     /// every rmap function (null when the counters could not be read).
     #[serde(default)]
     pub inlined: Option<InlinedReport>,
-    /// Fork-family syscalls that found the fork window's map full: the
-    /// AVCs `anon_vma_clone` allocated in those forks were charged to the
-    /// parent (null when the counters could not be read, or in a recording
-    /// made before they were counted).
+    /// Fork-family syscalls that found the fork window's timing map full:
+    /// those forks were not timed, nor waits on locks they held told as
+    /// held by a fork (since ABI 9 their AVCs are counted right; before,
+    /// `anon_vma_clone`'s were charged to the parent). Null when the
+    /// counters could not be read, or in a recording made before they were
+    /// counted.
     #[serde(default)]
     pub fork_window_full: Option<u64>,
     /// `iter/task` walks (before 5.12) of a process that ended early, its
@@ -1483,8 +1485,9 @@ impl Report {
         if let Some(n) = self.fork_window_full.filter(|&n| n > 0) {
             let _ = writeln!(
                 s,
-                "WARNING: the fork window's map was full {n} times: the AVCs anon_vma_clone \
-                 allocated in those forks were charged to the parents"
+                "WARNING: the fork window's map was full {n} times: those forks were not \
+                 timed, nor waits on locks they held told as held by a fork (their AVCs are \
+                 counted right: user space keeps the windows)"
             );
         }
         if let Some(n) = self.walks_torn.filter(|&n| n > 0) {

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use rmapwatch_common::stat;
 use rmapwatch_engine::{
-    event::{Event, decode},
+    event::{Event, ForkWindows},
     facts::{ClockRef, Endian, Facts},
     hooks::{HookMode, ProbeMode},
     input::{
@@ -480,13 +480,15 @@ impl Live {
     }
 }
 
-/// What draining the ring saw.
-#[derive(Clone, Copy, Debug, Default)]
+/// What draining the ring saw, and the fork windows it keeps.
+#[derive(Debug, Default)]
 pub struct RingStats {
     /// Records that did not decode (an ABI mismatch).
     pub undecodable: u64,
     /// The most bytes (records and their headers) waiting at one drain.
     pub peak_bytes: u64,
+    /// The threads inside a fork, from the records drained so far.
+    pub windows: ForkWindows,
 }
 
 /// Decodes every record waiting in the ring; counts those that do not
@@ -500,8 +502,9 @@ pub fn drain_ring<T: std::borrow::BorrowMut<MapData>>(
     while let Some(item) = ring.next() {
         // Each record has an 8-byte header and is rounded up to 8 bytes.
         bytes += (item.len() as u64).div_ceil(8) * 8 + 8;
-        match decode(&item) {
-            Ok(e) => events.push(e),
+        match stats.windows.decode(&item) {
+            Ok(Some(e)) => events.push(e),
+            Ok(None) => {}
             Err(_) => stats.undecodable += 1,
         }
     }

@@ -628,8 +628,8 @@ fn encode_report(enc: &mut DescriptorEncoder<'_>, r: &Report, top: usize) -> std
         counter(
             enc,
             "rmapwatch_fork_window_full",
-            "Fork-family syscalls that found the fork window's map full: their anon_vma_clone \
-             AVCs were charged to the parent.",
+            "Fork-family syscalls that found the fork window's timing map full: those forks were \
+             not timed (their AVCs are counted right).",
             &[(Vec::new(), n)],
         )?;
     }

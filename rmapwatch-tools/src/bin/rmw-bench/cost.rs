@@ -77,7 +77,7 @@ const ROWS: [&str; 17] = [
     "2 + inlining detector: alloc",
     "3 + object, task: alloc",
     "3 + object, task: free",
-    "4 + fork-window lookup: alloc",
+    "4 + fork flag (site only since ABI 9): alloc",
     "5 + record reserved, written, discarded: alloc",
     "5 + record reserved, written, discarded: free",
     "6 rmapwatch (+ wakeup query, submit): alloc+free",
@@ -182,7 +182,10 @@ pub fn run(rounds: usize, forks: usize, fault_mib: usize) -> anyhow::Result<()> 
                 ("2 + inlining detector: alloc", "split_detect_a"),
                 ("3 + object, task: alloc", "split_match_a"),
                 ("3 + object, task: free", "split_match_f"),
-                ("4 + fork-window lookup: alloc", "split_fork_a"),
+                (
+                    "4 + fork flag (site only since ABI 9): alloc",
+                    "split_fork_a",
+                ),
                 (
                     "5 + record reserved, written, discarded: alloc",
                     "split_reserve_a",
