@@ -91,12 +91,18 @@ const ROWS: [&str; 17] = [
 ];
 
 /// `rounds` rounds of a fork storm (`forks` forks of a 64 MiB, 50-VMA
-/// process) and a fault storm (`fault_mib` MiB, 4 KiB pages).
+/// process) and a fault storm (`fault_mib` MiB, 4 KiB pages); rmapwatch's
+/// ring buffer `ring_kb` KiB (`None`: its default).
 ///
 /// # Errors
 /// Not root, bpftrace or the binaries missing, a storm fails, or the
 /// kernel is on the perf slab path (the variants are raw programs).
-pub fn run(rounds: usize, forks: usize, fault_mib: usize) -> anyhow::Result<()> {
+pub fn run(
+    rounds: usize,
+    forks: usize,
+    fault_mib: usize,
+    ring_kb: Option<usize>,
+) -> anyhow::Result<()> {
     let bin = crate::storm::rmapwatch_bin()?;
     let k = kallsyms::read().context("reading kallsyms (run as root)")?;
     let peer = crate::storm::peer_script(&k);
@@ -122,15 +128,20 @@ pub fn run(rounds: usize, forks: usize, fault_mib: usize) -> anyhow::Result<()> 
             .then(|| loader::attach_floor(&tps))
             .transpose()?;
         let before_rw: BTreeSet<u32> = sample().into_keys().collect();
-        let rw = crate::child::rmapwatch_report(&bin, &[], &[(loader::COST_SPLIT, "1")], |l| {
-            if l.contains("cost split") {
-                l.clone_into(&mut split_note);
-            }
-            if l.contains("not on the perf slab path") {
-                bail!("{l}");
-            }
-            Ok(())
-        })?;
+        let ring_kb = ring_kb.map(|kb| kb.to_string());
+        let ring_args: Vec<&str> = ring_kb
+            .as_deref()
+            .map_or_else(Vec::new, |kb| vec!["--ring-buffer-kb", kb]);
+        let rw =
+            crate::child::rmapwatch_report(&bin, &ring_args, &[(loader::COST_SPLIT, "1")], |l| {
+                if l.contains("cost split") {
+                    l.clone_into(&mut split_note);
+                }
+                if l.contains("not on the perf slab path") {
+                    bail!("{l}");
+                }
+                Ok(())
+            })?;
         let ours: BTreeSet<u32> = sample()
             .into_keys()
             .filter(|id| !before_rw.contains(id))

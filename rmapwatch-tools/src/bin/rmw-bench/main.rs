@@ -465,6 +465,7 @@ fn main() -> ExitCode {
                 arg_num(&args, "--rounds", 5),
                 arg_num(&args, "--forks", 1000),
                 arg_num(&args, "--fault-mib", 512),
+                Some(arg_num(&args, "--ring-kb", 0)).filter(|&kb| kb > 0),
             )?,
             "adb" => adb::run(
                 arg_num(&args, "--secs", 20),
@@ -503,7 +504,7 @@ fn main() -> ExitCode {
                 record::record(5, 2000)?;
                 storm::idle(20)?;
                 locks::run(5, 200, 128)?;
-                cost::run(5, 1000, 512)?;
+                cost::run(5, 1000, 512, None)?;
                 storm::run(&storm::Opts {
                     rounds: 9,
                     forks: 5000,
