@@ -436,29 +436,20 @@ pub fn from_abi(e: &rmapwatch_common::Event) -> Result<Event, DecodeError> {
 /// # Errors
 /// [`DecodeError`] when the record is not a valid event.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
-    if bytes.len() == size_of::<rmapwatch_common::SlabEvent>() {
-        // SAFETY: length checked; plain integers, any bit pattern is valid;
-        // read_unaligned copes with the ring's alignment.
-        let s: rmapwatch_common::SlabEvent = unsafe {
-            bytes
-                .as_ptr()
-                .cast::<rmapwatch_common::SlabEvent>()
-                .read_unaligned()
-        };
+    if let Some(s) = record::<rmapwatch_common::SlabEvent>(bytes) {
         return from_slab_abi(&s);
     }
-    if bytes.len() != size_of::<rmapwatch_common::Event>() {
-        return Err(DecodeError::Length(bytes.len()));
-    }
-    // SAFETY: length checked; the ABI record is plain integers, any bit
-    // pattern is valid; read_unaligned copes with the ring's alignment.
-    let e: rmapwatch_common::Event = unsafe {
-        bytes
-            .as_ptr()
-            .cast::<rmapwatch_common::Event>()
-            .read_unaligned()
-    };
+    let e = record::<rmapwatch_common::Event>(bytes).ok_or(DecodeError::Length(bytes.len()))?;
     from_abi(&e)
+}
+
+/// A ring record of type `T` (an ABI record: plain integers, any bit
+/// pattern valid), if `bytes` is one by length.
+fn record<T: Copy>(bytes: &[u8]) -> Option<T> {
+    // SAFETY: length checked; `T` is one of the ABI's plain-integer records
+    // (any bit pattern is valid); read_unaligned copes with the ring's
+    // alignment.
+    (bytes.len() == size_of::<T>()).then(|| unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
 }
 
 /// Validates a slab program's record (the short form of an allocation or
@@ -537,15 +528,7 @@ impl ForkWindows {
     /// # Errors
     /// As [`decode`].
     pub fn decode(&mut self, bytes: &[u8]) -> Result<Option<Event>, DecodeError> {
-        if bytes.len() == size_of::<rmapwatch_common::ForkEnter>() {
-            // SAFETY: length checked; plain integers; read_unaligned copes
-            // with the ring's alignment.
-            let f: rmapwatch_common::ForkEnter = unsafe {
-                bytes
-                    .as_ptr()
-                    .cast::<rmapwatch_common::ForkEnter>()
-                    .read_unaligned()
-            };
+        if let Some(f) = record::<rmapwatch_common::ForkEnter>(bytes) {
             self.enter(f.tid);
             return Ok(None);
         }

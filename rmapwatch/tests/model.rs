@@ -180,6 +180,27 @@ fn snapshot_moves_exactly_with_the_slab_counter() {
     assert!(during - before >= 300 * 5);
 }
 
+/// The parent's and children's live objects (from events) equal the
+/// report's final walk's; their rows.
+fn events_equal_a_fresh_walk<'a>(
+    report: &'a Report,
+    parent: u32,
+    children: &[u32],
+) -> Vec<&'a ProcessReport> {
+    std::iter::once(parent)
+        .chain(children.iter().copied())
+        .map(|pid| {
+            let p = process(report, pid);
+            assert_eq!(
+                objects(&p.live),
+                objects(&p.snapshot.expect("walked")),
+                "pid {pid}: events vs fresh snapshot"
+            );
+            p
+        })
+        .collect()
+}
+
 #[test]
 #[ignore = "needs root: run by cargo xtask test"]
 fn event_maintained_state_equals_a_fresh_snapshot() {
@@ -199,13 +220,7 @@ fn event_maintained_state_equals_a_fresh_snapshot() {
     let report = rw.stop(); // final snapshot while the workload holds
     w.finish();
     let drift = report.model.as_ref().expect("a walk").drift;
-    for pid in std::iter::once(parent).chain(children) {
-        let p = process(&report, pid);
-        assert_eq!(
-            objects(&p.live),
-            objects(&p.snapshot.expect("walked")),
-            "pid {pid}: events vs fresh snapshot"
-        );
+    for p in events_equal_a_fresh_walk(&report, parent, &children) {
         assert!(p.live.anon_vma.objects >= 200);
     }
     assert_eq!(drift.anon_vma, 0, "{drift:?}");
@@ -254,14 +269,8 @@ fn forks_that_find_the_fork_window_map_full_still_hand_their_avcs_to_the_childre
         "the workload's 3 forks found the map full {full} times"
     );
     assert_eq!(report.dropped_events, Some(0));
-    for pid in std::iter::once(parent).chain(children) {
-        let p = process(&report, pid);
-        assert_eq!(
-            objects(&p.live),
-            objects(&p.snapshot.expect("walked")),
-            "pid {pid}: events vs fresh snapshot"
-        );
-        assert!(p.live.anon_vma_chain.objects >= 200, "pid {pid}");
+    for p in events_equal_a_fresh_walk(&report, parent, &children) {
+        assert!(p.live.anon_vma_chain.objects >= 200, "pid {}", p.pid);
     }
 }
 
