@@ -211,25 +211,33 @@ pub mod flags {
     /// `sched_process_fork`: it belongs to the child being created. Set by
     /// the kernel for every allocation in `anon_vma_fork` (called only by
     /// fork); user space sets it for those in `anon_vma_clone` inside the
-    /// thread's fork window ([`ForkEnter`]).
+    /// thread's fork window ([`ForkWindow`]).
     pub const IN_FORK: u32 = 1;
 }
 
-/// A fork-family syscall entered (`syscalls:sys_enter_{clone,clone3,fork,
-/// vfork}`): the thread's fork window opens. User space closes it at the
-/// thread's `sched_process_fork` or the syscall's exit, from the same
+/// A thread's fork window opens or closes. It opens at the entry of a
+/// fork-family syscall (`syscalls:sys_enter_{clone,clone3,fork,vfork}`).
+/// User space closes it at the thread's `sched_process_fork` or
+/// [`kind::FORK_TIME`] record, at this record with `open` 0 (the syscall's
+/// exit where `FORKING` had no entry to time it: the map was full), at the
+/// thread's exec, or at its process's exit. It does so from the one
 /// ordered stream: a thread's records are reserved in the ring in the
-/// order it ran them. Its `anon_vma_clone` allocations in between are
-/// the child's. (The slab programs looked the window up in a hash map at
-/// every `anon_vma_clone` allocation before ABI 9: 7 ns a run, measured.)
-/// 8 bytes: user space tells it from the other records by length.
+/// order it ran them. Its `anon_vma_clone` allocations inside the window
+/// are the child's. (The slab programs looked the window up in a hash map
+/// at every `anon_vma_clone` allocation before ABI 9: 7 ns a run,
+/// measured.) 16 bytes: user space tells it from the other records by
+/// length.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ForkEnter {
+pub struct ForkWindow {
     /// The forking thread.
     pub tid: u32,
     /// Its process.
     pub tgid: u32,
+    /// 1: the window opens; 0: it closes.
+    pub open: u32,
+    /// Explicit padding (zero).
+    pub pad: u32,
 }
 
 /// An anon_vma or AVC allocation or free ([`kind::ALLOC`], [`kind::FREE`])
@@ -834,7 +842,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Event>(), 8 * 4 + 8 + COMM_LEN);
         assert_eq!(size_of::<SlabEvent>(), 8 + 4 + 4 + 4 + 4);
         assert_ne!(size_of::<SlabEvent>(), size_of::<Event>());
-        assert_eq!(size_of::<ForkEnter>(), 8);
+        assert_eq!(size_of::<ForkWindow>(), 16);
         assert!(flags::IN_FORK <= u32::from(u8::MAX));
         assert!(kind::FREE <= u32::from(u8::MAX) && site::COUNT <= 256 && object::COUNT <= 256);
         assert_eq!(

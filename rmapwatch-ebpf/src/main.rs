@@ -6,7 +6,7 @@
 //! - `sched_process_{fork,exec,exit}`: lineage and names, streamed.
 //! - `syscalls:sys_{enter,exit}_{clone,clone3,fork,vfork}`: the fork window, so
 //!   that allocations made by the parent inside fork are handed to the child:
-//!   the entry streams one record (`ForkEnter`), and user space flags the
+//!   the entry streams one record (`ForkWindow`), and user space flags the
 //!   thread's `anon_vma_clone` allocations up to its `sched_process_fork`;
 //!   `FORKING` (a hash map) times the fork and tells lock holders inside one.
 //! - Function hooks (fentry or kprobe, chosen by the loader): per-CPU call
@@ -46,7 +46,7 @@ use aya_ebpf::{
     },
 };
 use rmapwatch_common::{
-    ABSENT, COMM_LEN, Config, Event, ForkEnter, ForkTiming, LockWait, RmapKey, SlabEvent, SnapAvc,
+    ABSENT, COMM_LEN, Config, Event, ForkTiming, ForkWindow, LockWait, RmapKey, SlabEvent, SnapAvc,
     SnapVma, WaitEnd, arg2, flags, hook, kind, lock, nest, site, snap, stat,
 };
 
@@ -584,7 +584,7 @@ fn slab<const STAGE: u32>(
     let mut event_flags = 0;
     // anon_vma_fork runs only inside fork (dup_mmap). anon_vma_clone also
     // runs for VMA splits and mremap: user space tells those inside a fork
-    // by the thread's fork window ([`ForkEnter`]), without a lookup here.
+    // by the thread's fork window ([`ForkWindow`]), without a lookup here.
     if event_kind == kind::ALLOC && site_id == site::FORK {
         event_flags |= flags::IN_FORK;
     }
@@ -1207,9 +1207,11 @@ pub fn fork_enter(_ctx: TracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     // The window, for user space: the thread's later records come after.
-    emit(&ForkEnter {
+    emit(&ForkWindow {
         tid,
         tgid: (pid_tgid >> 32) as u32,
+        open: 1,
+        pad: 0,
     });
     // SAFETY: a helper call without memory arguments.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -1233,13 +1235,24 @@ pub fn fork_enter(_ctx: TracePointContext) -> i32 {
 pub fn fork_exit(ctx: TracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
+    // SAFETY: the offset is this kernel's format's, read by the loader.
+    let ret = unsafe { ctx.read_at::<i64>(config().time.syscall_ret as usize) }.unwrap_or(0);
     // SAFETY: plain lookup; the value is copied at once.
     let Some(start) = (unsafe { FORKING.get(tid) }).copied() else {
+        // The parent's side of a fork not timed (the map was full at its
+        // entry): its window still closes, for user space. (A new task's
+        // own return, 0, opened none.)
+        if ret != 0 {
+            emit(&ForkWindow {
+                tid,
+                tgid: (pid_tgid >> 32) as u32,
+                open: 0,
+                pad: 0,
+            });
+        }
         return 0;
     };
     let _ = FORKING.remove(tid);
-    // SAFETY: the offset is this kernel's format's, read by the loader.
-    let ret = unsafe { ctx.read_at::<i64>(config().time.syscall_ret as usize) }.unwrap_or(0);
     if ret == 0 {
         return 0;
     }

@@ -350,10 +350,10 @@ pub enum DecodeError {
     /// Wrong length: the object and the daemon disagree on the ABI.
     #[error(
         "ring buffer record of {0} bytes, expected {full} (an event), {slab} (a slab event) \
-         or {enter} (a fork's entry)",
+         or {enter} (a fork window)",
         full = size_of::<rmapwatch_common::Event>(),
         slab = size_of::<rmapwatch_common::SlabEvent>(),
-        enter = size_of::<rmapwatch_common::ForkEnter>()
+        enter = size_of::<rmapwatch_common::ForkWindow>()
     )]
     Length(usize),
     /// Unknown kind, object or site.
@@ -504,14 +504,17 @@ pub fn encode(e: &Event) -> Vec<u8> {
 /// Threads inside a fork-family syscall (their fork windows), kept from
 /// the ring's records in the order the kernel reserved them: a thread's own
 /// records come in the order it ran them, whatever CPU it ran on. A window
-/// opens with the syscall's entry ([`rmapwatch_common::ForkEnter`]) and
+/// opens with the syscall's entry ([`rmapwatch_common::ForkWindow`]) and
 /// closes with the thread's `sched_process_fork` (every allocation of a
-/// fork comes before it), the syscall's return (a failed fork) or the
-/// thread's exit. `anon_vma_clone`'s allocations inside a window are the
-/// child's (`in_fork`); elsewhere (VMA splits, mremap) the thread's own.
+/// fork comes before it), its fork's time (the syscall's return, timed), a
+/// closing [`rmapwatch_common::ForkWindow`] (the return, not timed), the
+/// thread's exec, or its process's exit (streamed once per process).
+/// `anon_vma_clone`'s allocations inside a window are the child's
+/// (`in_fork`); elsewhere (VMA splits, mremap) the thread's own.
 #[derive(Debug, Default)]
 pub struct ForkWindows {
-    open: std::collections::HashSet<u32>,
+    /// Open windows: thread -> its process.
+    open: std::collections::HashMap<u32, u32>,
     /// Windows dropped because too many were open at once.
     pub overflowed: u64,
 }
@@ -521,15 +524,19 @@ pub struct ForkWindows {
 const WINDOWS_MAX: usize = 1 << 16;
 
 impl ForkWindows {
-    /// Decodes one ring record: a fork's entry opens its thread's window
-    /// (`None`); any other record is decoded and passed through
-    /// [`Self::apply`].
+    /// Decodes one ring record: a fork window's record opens or closes its
+    /// thread's window (`None`); any other record is decoded and passed
+    /// through [`Self::apply`].
     ///
     /// # Errors
     /// As [`decode`].
     pub fn decode(&mut self, bytes: &[u8]) -> Result<Option<Event>, DecodeError> {
-        if let Some(f) = record::<rmapwatch_common::ForkEnter>(bytes) {
-            self.enter(f.tid);
+        if let Some(f) = record::<rmapwatch_common::ForkWindow>(bytes) {
+            if f.open == 0 {
+                self.open.remove(&f.tid);
+            } else {
+                self.enter(f.tid, f.tgid);
+            }
             return Ok(None);
         }
         let mut e = decode(bytes)?;
@@ -537,24 +544,28 @@ impl ForkWindows {
         Ok(Some(e))
     }
 
-    /// Opens `tid`'s window.
-    pub fn enter(&mut self, tid: u32) {
-        if self.open.len() >= WINDOWS_MAX && !self.open.contains(&tid) {
+    /// Opens `tid`'s window (a thread of `tgid`).
+    pub fn enter(&mut self, tid: u32, tgid: u32) {
+        if self.open.len() >= WINDOWS_MAX && !self.open.contains_key(&tid) {
             self.overflowed += self.open.len() as u64;
             self.open.clear();
         }
-        self.open.insert(tid);
+        self.open.insert(tid, tgid);
     }
 
     /// Flags an `anon_vma_clone` allocation inside its thread's window;
-    /// closes the window at the fork's end.
+    /// closes windows at a fork's end, an exec, a process's exit.
     pub fn apply(&mut self, e: &mut Event) {
         match e {
-            Event::Alloc(s) if s.site == site::CLONE && self.open.contains(&s.tid) => {
+            Event::Alloc(s) if s.site == site::CLONE && self.open.contains_key(&s.tid) => {
                 s.in_fork = true;
             }
-            Event::Fork { tid, .. } | Event::ForkTime { tid, .. } | Event::Exit { tid, .. } => {
+            Event::Fork { tid, .. } | Event::ForkTime { tid, .. } | Event::Exec { tid, .. } => {
                 self.open.remove(tid);
+            }
+            Event::Exit { tgid, .. } => {
+                let tgid = *tgid;
+                self.open.retain(|_, g| *g != tgid);
             }
             _ => {}
         }
@@ -686,8 +697,13 @@ mod tests {
         assert_eq!(Comm::new(&"y".repeat(40)).text(), "y".repeat(15));
     }
 
-    fn enter(tid: u32) -> Vec<u8> {
-        let f = rmapwatch_common::ForkEnter { tid, tgid: tid };
+    fn window(tid: u32, tgid: u32, open: u32) -> Vec<u8> {
+        let f = rmapwatch_common::ForkWindow {
+            tid,
+            tgid,
+            open,
+            pad: 0,
+        };
         // SAFETY: plain integers.
         unsafe { std::slice::from_raw_parts((&raw const f).cast::<u8>(), size_of_val(&f)).to_vec() }
     }
@@ -701,14 +717,14 @@ mod tests {
             |tid: u32, ptr: u64| encode(&Event::alloc(object::AVC, site::CLONE, tid, ptr, false));
         let mut out = Vec::new();
         for rec in [
-            clone(10, 0x100), // before: a split
-            enter(10),        // 10 forks
-            clone(10, 0x140), // the child's
-            clone(20, 0x180), // 20 splits meanwhile
+            clone(10, 0x100),  // before: a split
+            window(10, 10, 1), // 10 forks
+            clone(10, 0x140),  // the child's
+            clone(20, 0x180),  // 20 splits meanwhile
             encode(&Event::alloc(object::AVC, site::PREPARE, 10, 0x1c0, false)),
             encode(&Event::fork(10, 11, "kid")), // closes 10's
             clone(10, 0x200),                    // after: a split
-            enter(20),
+            window(20, 20, 1),
             encode(&Event::ForkTime {
                 tid: 20,
                 tgid: 20,
@@ -716,6 +732,16 @@ mod tests {
                 ns: 5,
             }), // failed
             clone(20, 0x240),
+            window(30, 30, 1), // 30 forks, not timed (FORKING full),
+            window(30, 30, 0), // and fails: the close comes alone
+            clone(30, 0x280),
+            window(40, 40, 1), // 40 forks, then execs (a skipped exit)
+            encode(&Event::Exec {
+                tid: 40,
+                tgid: 40,
+                comm: Comm::new("sh"),
+            }),
+            clone(40, 0x2c0),
         ] {
             if let Some(e) = w.decode(&rec).unwrap() {
                 out.push(e);
@@ -737,25 +763,37 @@ mod tests {
                 (0x1c0, false),
                 (0x200, false),
                 (0x240, false),
+                (0x280, false),
+                (0x2c0, false),
             ]
         );
         assert!(w.is_empty());
-        assert_eq!(out.len(), 8, "the entries are not events");
+        assert_eq!(out.len(), 11, "the windows' records are not events");
     }
 
     #[test]
-    fn a_thread_exiting_inside_its_window_closes_it_and_a_flood_is_bounded() {
+    fn a_process_exiting_closes_every_window_of_its_threads_and_a_flood_is_bounded() {
         let mut w = ForkWindows::default();
-        w.decode(&enter(5)).unwrap();
+        // Two threads of 5 inside a fork, one of 6; 5's exit is streamed
+        // once, by whichever thread exits last (here 7).
+        for (tid, tgid) in [(5, 5), (8, 5), (6, 6)] {
+            assert_eq!(w.decode(&window(tid, tgid, 1)).unwrap(), None);
+        }
         let mut exit = Event::Exit {
-            tid: 5,
+            tid: 7,
             tgid: 5,
             comm: Comm::new("x"),
         };
         w.apply(&mut exit);
-        assert!(w.is_empty());
+        assert_eq!(w.len(), 1, "6's stays open");
+        let mut split = Event::alloc(object::AVC, site::CLONE, 8, 0x40, false);
+        w.apply(&mut split);
+        assert_eq!(
+            split,
+            Event::alloc(object::AVC, site::CLONE, 8, 0x40, false)
+        );
         for tid in 0..=(WINDOWS_MAX as u32) {
-            w.enter(tid);
+            w.enter(tid, tid);
         }
         assert_eq!(w.len(), 1);
         assert_eq!(w.overflowed, WINDOWS_MAX as u64);

@@ -1486,8 +1486,9 @@ impl Report {
             let _ = writeln!(
                 s,
                 "WARNING: the fork window's map was full {n} times: those forks were not \
-                 timed, nor waits on locks they held told as held by a fork (their AVCs are \
-                 counted right: user space keeps the windows)"
+                 timed, nor waits on locks they held told as held by a fork (their AVCs still \
+                 went to the children; recordings made before ABI 9 charged them to the \
+                 parents)"
             );
         }
         if let Some(n) = self.walks_torn.filter(|&n| n > 0) {

@@ -234,33 +234,22 @@ fn forks_that_find_the_fork_window_map_full_still_hand_their_avcs_to_the_childre
     require_root();
     ensure_tracefs();
     // The fork window's map of one entry, held by a process inside a
-    // CLONE_VFORK clone for 3 s: the workload's forks meanwhile find it
-    // full. Until ABI 9 the slab programs looked the window up in that map,
-    // and the AVCs anon_vma_clone allocated in such a fork stayed the
-    // parent's; user space keeps the windows now, from the ring's records.
+    // CLONE_VFORK clone until released: the workload's forks meanwhile
+    // find it full. Until ABI 9 the slab programs looked the window up in
+    // that map, and the AVCs anon_vma_clone allocated in such a fork stayed
+    // the parent's; user space keeps the windows now, from the ring.
     let mut c = std::process::Command::new(RMAPWATCH);
     c.args(["report", "--json"])
         .env("RMAPWATCH_LOG", "debug")
         .env("RMAPWATCH_FORK_WINDOW_ENTRIES", "1");
     let rw = Rmapwatch::spawn(c, "attached; counting", Duration::from_secs(60));
-    let mut holder = std::process::Command::new(&*WORKLOAD)
-        .args(["--vfork-hold", "3000"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut said = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
-        &mut said,
-    )
-    .unwrap();
-    assert_eq!(said.trim(), "vfork");
-    std::thread::sleep(Duration::from_millis(300));
+    let mut holder = VforkHold::start();
     let w = Workload::start(&["--regions", "200", "--children", "3", "--noise", "0"]);
     let (parent, children) = (w.parent, w.children.clone());
+    assert!(holder.holds(), "the hold ended before the workload forked");
     let report = rw.stop(); // the final walk, while the workload holds
     w.finish();
-    assert!(holder.wait().unwrap().success());
+    holder.release();
     let full = report
         .fork_window_full
         .expect("the programs' counters were read");

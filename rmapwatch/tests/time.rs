@@ -375,6 +375,50 @@ os.waitpid(pid, 0)
 print("failed", failed)
 "#;
 
+/// Python: FAILING_FORKS's three failed forks (argv[1] the pids cgroup),
+/// then the first 8 regions split in two (`mprotect` of their second page:
+/// `anon_vma_clone` allocates an AVC for each new half), then `ready` and
+/// it waits for a line on stdin.
+const FAILING_FORKS_THEN_SPLITS: &str = r#"
+import ctypes, os, mmap, sys
+cg = sys.argv[1]
+regions = []
+for i in range(64):
+    m = mmap.mmap(-1, 8192, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    m[0] = 1
+    m[4096] = 1
+    g = mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=mmap.PROT_READ)
+    regions += [m, g]
+open(cg + "/cgroup.procs", "w").write(str(os.getpid()))
+open(cg + "/pids.max", "w").write("1")
+failed = 0
+for _ in range(3):
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+    except BlockingIOError:
+        failed += 1
+open(cg + "/pids.max", "w").write("max")
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+for m in regions[0:16:2]:
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    assert libc.mprotect(addr + 4096, 4096, mmap.PROT_READ) == 0
+print("failed", failed, "ready", flush=True)
+sys.stdin.readline()
+"#;
+
+/// Debian's python3, not a version manager's shim (pyenv's is a shell
+/// script that forks some 40 times).
+fn python3() -> &'static str {
+    ["/usr/bin/python3", "python3"]
+        .into_iter()
+        .find(|p| p.contains('/') && std::path::Path::new(p).exists())
+        .unwrap_or("python3")
+}
+
 /// A fresh cgroup with the pids controller (v1's hierarchy, or v2's with
 /// `+pids` in the root's subtree control), removed on drop.
 struct PidsCgroup(std::path::PathBuf);
@@ -414,17 +458,62 @@ impl Drop for PidsCgroup {
 /// fork: what it allocated joins no fork's objects.
 #[test]
 #[ignore = "needs root: run by cargo xtask test"]
+fn a_failed_fork_not_timed_still_closes_its_window() {
+    require_root();
+    // The fork window's map of one entry held elsewhere: python's failing
+    // forks are not timed (no entry), and their sys_exit must still close
+    // their windows, or the VMA splits after them (anon_vma_clone's AVCs)
+    // would pass for a fork's and leave the process's own counts.
+    let cg = PidsCgroup::new();
+    let mut c = Command::new(RMAPWATCH);
+    c.args(["report", "--json", "--ring-buffer-kb", RING_KB])
+        .env("RMAPWATCH_LOG", "debug")
+        .env("RMAPWATCH_FORK_WINDOW_ENTRIES", "1");
+    let rw = Rmapwatch::spawn(c, "attached; counting", Duration::from_secs(60));
+    let mut holder = VforkHold::start();
+    let mut py = Command::new(python3())
+        .args(["-c", FAILING_FORKS_THEN_SPLITS])
+        .arg(&cg.0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("running python3");
+    let mut said = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(py.stdout.as_mut().unwrap()),
+        &mut said,
+    )
+    .unwrap();
+    assert_eq!(said.trim(), "failed 3 ready", "python3 said {said:?}");
+    assert!(holder.holds(), "the hold ended before python forked");
+    let r = rw.stop(); // the final walk, while python holds its regions
+    drop(py.stdin.take());
+    assert!(py.wait().unwrap().success());
+    holder.release();
+    assert_eq!(r.dropped_events, Some(0), "the count needs every event");
+    assert!(
+        r.fork_window_full
+            .expect("the programs' counters were read")
+            >= 3,
+        "python's forks found the map full"
+    );
+    let p = process(&r, py.id());
+    assert_eq!(
+        objects(&p.live),
+        objects(&p.snapshot.expect("walked")),
+        "python: events vs a fresh walk"
+    );
+    assert!(p.live.anon_vma_chain.objects >= 64 + 8, "{:?}", p.live);
+}
+
+#[test]
+#[ignore = "needs root: run by cargo xtask test"]
 fn failed_forks_are_counted_and_are_no_forks() {
     require_root();
     let cg = PidsCgroup::new();
     let rw = Rmapwatch::start(&["--ring-buffer-kb", RING_KB]);
-    // Debian's python3, not a version manager's shim (pyenv's is a shell
-    // script that forks some 40 times).
-    let python = ["/usr/bin/python3", "python3"]
-        .into_iter()
-        .find(|p| p.contains('/') && std::path::Path::new(p).exists())
-        .unwrap_or("python3");
-    let out = Command::new(python)
+    let out = Command::new(python3())
         .args(["-c", FAILING_FORKS])
         .arg(&cg.0)
         .stderr(Stdio::inherit())

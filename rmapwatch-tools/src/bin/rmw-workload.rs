@@ -48,10 +48,10 @@
 //! child that cannot move is not ready), so that what the parent allocates
 //! for a child at fork, the child frees on another CPU.
 //!
-//! `--vfork-hold MS` instead says `vfork` and clones a child with
-//! `CLONE_VFORK` that sleeps MS milliseconds and exits: the parent stays
-//! inside its fork system call (a fork window held open) that long; it then
-//! says `done`.
+//! `--vfork-hold` instead says `vfork` and clones a child with
+//! `CLONE_VFORK` that waits for a line (or the end) on stdin and exits: the
+//! parent stays inside its fork system call (a fork window held open) until
+//! then; it then says `done`.
 //!
 //! `--zygote` instead builds an Android-like tree whose numbers are known by
 //! construction (the other options are ignored, but `--hold`). The process,
@@ -180,7 +180,7 @@ const USAGE: &str = "usage: rmw-workload [--regions K] [--pages P] [--cow-pages 
                      [--name NAME] [--file PATH] [--vm-child] [--zombie-leader[-on-line]] \
                      [--spread-cpus] \
                      | --zygote [--apps N] [--libs L] [--heap H] [--zygote-exit] [--hold] \
-                     | --vfork-hold MS";
+                     | --vfork-hold";
 
 fn parse() -> Result<Opts, String> {
     let mut o = Opts {
@@ -1381,31 +1381,27 @@ fn pin(cpu: usize) -> Result<(), String> {
     }
 }
 
-/// `--vfork-hold MS` ([module docs](self)): `clone(CLONE_VFORK)`, the child
-/// on a stack of its own in a copy of our memory (no `vfork` sharing it).
-fn vfork_hold(ms: u64) -> Result<(), String> {
-    extern "C" fn sleeper(arg: *mut libc::c_void) -> libc::c_int {
-        // SAFETY: `arg` is the parent's timespec, copied into this child.
-        let ts = unsafe { &*arg.cast::<libc::timespec>() };
-        // SAFETY: a valid timespec; no remainder wanted.
-        unsafe { libc::nanosleep(ts, std::ptr::null_mut()) };
+/// `--vfork-hold` ([module docs](self)): `clone(CLONE_VFORK)`, the child on
+/// a stack of its own in a copy of our memory (no `vfork` sharing it).
+fn vfork_hold() -> Result<(), String> {
+    extern "C" fn waiter(_: *mut libc::c_void) -> libc::c_int {
+        // Until a line or the end of stdin.
+        let mut b = 0u8;
+        // SAFETY: one byte into `b`, from fd 0.
+        while unsafe { libc::read(0, (&raw mut b).cast(), 1) } == 1 && b != b'\n' {}
         0
     }
     println!("vfork");
     std::io::stdout().flush().map_err(|e| e.to_string())?;
-    let mut ts = libc::timespec {
-        tv_sec: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
-        tv_nsec: i64::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
-    };
     let mut stack = vec![0u128; 4096];
     // SAFETY: the top of our 64 KiB stack buffer (16-byte aligned); the
-    // child runs `sleeper` on it, in its own copy of our memory, and exits.
+    // child runs `waiter` on it, in its own copy of our memory, and exits.
     let pid = unsafe {
         libc::clone(
-            sleeper,
+            waiter,
             stack.as_mut_ptr().add(stack.len()).cast(),
             libc::CLONE_VFORK | libc::SIGCHLD,
-            (&raw mut ts).cast(),
+            std::ptr::null_mut(),
         )
     };
     if pid < 0 {
@@ -1419,14 +1415,8 @@ fn vfork_hold(ms: u64) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    if args.next().as_deref() == Some("--vfork-hold") {
-        let done = args
-            .next()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("--vfork-hold needs milliseconds\n{USAGE}"))
-            .and_then(vfork_hold);
-        return match done {
+    if std::env::args().nth(1).as_deref() == Some("--vfork-hold") {
+        return match vfork_hold() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rmw-workload: {e}");

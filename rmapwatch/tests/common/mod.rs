@@ -410,6 +410,42 @@ impl Workload {
     }
 }
 
+/// `rmw-workload --vfork-hold`: a process inside a `CLONE_VFORK` clone
+/// until released, holding a fork window (and an entry of the fork
+/// window's map) open.
+pub struct VforkHold(Child);
+
+impl VforkHold {
+    pub fn start() -> Self {
+        let mut child = Command::new(&*WORKLOAD)
+            .arg("--vfork-hold")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut said = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut said)
+            .unwrap();
+        assert_eq!(said.trim(), "vfork");
+        // The clone's entry is in the map once the child runs (the parent
+        // then waits inside the system call); a moment for that.
+        std::thread::sleep(Duration::from_millis(300));
+        Self(child)
+    }
+
+    /// Whether it still holds.
+    pub fn holds(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+
+    /// Releases it and waits for it.
+    pub fn release(mut self) {
+        drop(self.0.stdin.take());
+        assert!(self.0.wait().unwrap().success());
+    }
+}
+
 /// Names of loaded BPF programs (from bpftool).
 pub fn loaded_programs() -> String {
     let out = Command::new("bpftool")
