@@ -342,17 +342,21 @@ fn without_lock_tracepoints_waits_are_said_unmeasured_and_nothing_else_is_lost()
 }
 
 /// A process that holds 64 written anonymous regions (each its own
-/// anon_vma), joins the cgroup at
-/// argv[1], sets its `pids.max` to 1 and forks three times (each fails in
-/// `cgroup_can_fork`, after `dup_mmap` copied its VMAs), then lifts the
-/// limit and forks once more; prints how many failed.
+/// anon_vma), joins the cgroup at argv[1], sets its `pids.max` to 1 and
+/// forks three times (each fails in `cgroup_can_fork`, after `dup_mmap`
+/// copied its VMAs), then lifts the limit. Without argv[2] it forks once
+/// more and prints how many failed. With `splits`, it splits its first 8
+/// regions in two instead (`mprotect` of their second page:
+/// `anon_vma_clone` allocates an AVC for each new half), prints `failed N
+/// ready` and waits for a line on stdin.
 const FAILING_FORKS: &str = r#"
-import os, mmap, sys
+import ctypes, os, mmap, sys
 cg = sys.argv[1]
 maps = []
 for i in range(64):
     m = mmap.mmap(-1, 8192, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     m[0] = 1
+    m[4096] = 1
     # A read-only guard after each: no two regions merge or share.
     g = mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=mmap.PROT_READ)
     maps += [m, g]
@@ -368,46 +372,20 @@ for _ in range(3):
     except BlockingIOError:
         failed += 1
 open(cg + "/pids.max", "w").write("max")
+if sys.argv[2:] == ["splits"]:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    for m in maps[0:16:2]:
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+        assert libc.mprotect(addr + 4096, 4096, mmap.PROT_READ) == 0
+    print("failed", failed, "ready", flush=True)
+    sys.stdin.readline()
+    sys.exit(0)
 pid = os.fork()
 if pid == 0:
     os._exit(0)
 os.waitpid(pid, 0)
 print("failed", failed)
-"#;
-
-/// Python: FAILING_FORKS's three failed forks (argv[1] the pids cgroup),
-/// then the first 8 regions split in two (`mprotect` of their second page:
-/// `anon_vma_clone` allocates an AVC for each new half), then `ready` and
-/// it waits for a line on stdin.
-const FAILING_FORKS_THEN_SPLITS: &str = r#"
-import ctypes, os, mmap, sys
-cg = sys.argv[1]
-regions = []
-for i in range(64):
-    m = mmap.mmap(-1, 8192, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    m[0] = 1
-    m[4096] = 1
-    g = mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=mmap.PROT_READ)
-    regions += [m, g]
-open(cg + "/cgroup.procs", "w").write(str(os.getpid()))
-open(cg + "/pids.max", "w").write("1")
-failed = 0
-for _ in range(3):
-    try:
-        pid = os.fork()
-        if pid == 0:
-            os._exit(0)
-        os.waitpid(pid, 0)
-    except BlockingIOError:
-        failed += 1
-open(cg + "/pids.max", "w").write("max")
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-for m in regions[0:16:2]:
-    addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
-    assert libc.mprotect(addr + 4096, 4096, mmap.PROT_READ) == 0
-print("failed", failed, "ready", flush=True)
-sys.stdin.readline()
 "#;
 
 /// Debian's python3, not a version manager's shim (pyenv's is a shell
@@ -472,8 +450,9 @@ fn a_failed_fork_not_timed_still_closes_its_window() {
     let rw = Rmapwatch::spawn(c, "attached; counting", Duration::from_secs(60));
     let mut holder = VforkHold::start();
     let mut py = Command::new(python3())
-        .args(["-c", FAILING_FORKS_THEN_SPLITS])
+        .args(["-c", FAILING_FORKS])
         .arg(&cg.0)
+        .arg("splits")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
