@@ -546,14 +546,18 @@ fn fork_storm(forks: u32) {
 /// storm makes the misses. They come in bursts (an interrupt whose RCU
 /// callbacks free a batch of objects), each seen whole or not at all: the
 /// watch cannot see one that begins while the kernel still counts ours as
-/// running outside its code (the clock reads of `bpf_stats`, left off
-/// here; the RCU unlock after it). A storm whose bursts were all unseen
-/// proves nothing and is retried.
+/// running outside its marked body (the clock reads of `bpf_stats`, left
+/// off here; the RCU unlock after it; the per-CPU lookup before the mark).
+/// A storm whose bursts were all unseen proves nothing and is retried.
+/// Since the body was inlined (it had been a bpf-to-bpf call, which the
+/// mark covered), the marked part of a non-matching run is shorter: in CI
+/// five storms in a row saw none (4 of them with 16-174 misses), so up to
+/// twelve are run.
 #[test]
 #[ignore = "needs root: run by cargo xtask test"]
 fn nested_slab_runs_are_never_at_rmap_sites() {
     require_root();
-    for attempt in 1..=5 {
+    for attempt in 1..=12 {
         // bpf_stats off: with them on, the kernel counts a run as ours
         // while it reads the clock around it too, where the watch cannot
         // see it (whole bursts of an RCU callback's frees went unseen).
@@ -588,5 +592,5 @@ fn nested_slab_runs_are_never_at_rmap_sites() {
             return;
         }
     }
-    panic!("no nested slab run seen in five fork storms: nothing was shown");
+    panic!("no nested slab run seen in twelve fork storms: nothing was shown");
 }
