@@ -340,7 +340,8 @@ fn raw_streams() -> bool {
 /// A slab program's run begins: said to the nest watch (when `on` and the
 /// watch is attached) as running on this CPU for `slot`; pass the result
 /// to [`watch_end`]. (Not a closure around the body: the compiler called
-/// such a body as a bpf-to-bpf subprogram, 2-3 ns a run, measured.)
+/// such a body as a bpf-to-bpf subprogram; inlined, ours over the cost
+/// split's reserve variant went from +19.6 to +9.9 ns a run, measured.)
 #[inline(always)]
 fn watch_begin(slot: u32, on: bool) -> bool {
     on && watched(slot, 1)
@@ -1207,12 +1208,7 @@ pub fn fork_enter(_ctx: TracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     // The window, for user space: the thread's later records come after.
-    emit(&ForkWindow {
-        tid,
-        tgid: (pid_tgid >> 32) as u32,
-        open: 1,
-        pad: 0,
-    });
+    emit_window(pid_tgid, 1);
     // SAFETY: a helper call without memory arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if FORKING.insert(tid, now, 0).is_err()
@@ -1226,6 +1222,18 @@ pub fn fork_enter(_ctx: TracePointContext) -> i32 {
         );
     }
     0
+}
+
+/// Streams the current thread's fork window opening (`open` 1) or closing
+/// (0) ([`ForkWindow`]).
+#[inline(always)]
+fn emit_window(pid_tgid: u64, open: u32) {
+    emit(&ForkWindow {
+        tid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        open,
+        pad: 0,
+    });
 }
 
 /// Attached to `syscalls:sys_exit_{clone,clone3,fork,vfork}` (the parent's
@@ -1243,12 +1251,7 @@ pub fn fork_exit(ctx: TracePointContext) -> i32 {
         // entry): its window still closes, for user space. (A new task's
         // own return, 0, opened none.)
         if ret != 0 {
-            emit(&ForkWindow {
-                tid,
-                tgid: (pid_tgid >> 32) as u32,
-                open: 0,
-                pad: 0,
-            });
+            emit_window(pid_tgid, 0);
         }
         return 0;
     };
