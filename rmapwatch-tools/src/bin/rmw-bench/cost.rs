@@ -1,13 +1,20 @@
 //! Where the slab programs' nanoseconds go (root): in one run, on the same
 //! two tracepoints (`kmem_cache_alloc`, `kmem_cache_free`), the object's
-//! empty raw tracepoint program (the floor), rmapwatch's programs, the cost
-//! split's variants (rmapwatch started with `RMAPWATCH_COST_SPLIT`: each
-//! stops at one stage of our path) and a bpftrace peer counting the same
-//! call sites, during a fork storm and then a fault storm. Per round and
-//! storm: ns per run of each, from `bpf_stats`; ratios are ours over the
-//! floor's and over the peer's. The floor is attached first on odd rounds
-//! and last on even ones (the first program on a tracepoint pays for what
-//! the tracepoint touches first).
+//! empty raw tracepoint program (the floor), rmapwatch's programs and a
+//! bpftrace peer counting the same call sites, during a fork storm and then
+//! a fault storm. Per round and storm: ns per run of each, from
+//! `bpf_stats`; ratios are ours over the floor's and over the peer's.
+//!
+//! Two kinds of rounds, interleaved: **ratio rounds** run rmapwatch as a
+//! user does, and give the ratios; **split rounds** start it with
+//! `RMAPWATCH_COST_SPLIT` (copies of our slab programs that each stop at
+//! one stage of the path), and give the stage table. The split's fourteen
+//! variants run on every slab event beside ours, and several reserve in
+//! our ring: they make ours dearer than it is without them, so the split
+//! rounds' ratio is printed apart and is not the one to judge by. The
+//! floor is attached first on odd rounds of each kind and last on even
+//! ones (the first program on a tracepoint pays for what the tracepoint
+//! touches first).
 use std::{
     collections::{BTreeMap, BTreeSet},
     process::{Command, Stdio},
@@ -61,11 +68,22 @@ fn kname(name: &str) -> &str {
 /// What one storm of one round measured: ns per run by row.
 #[derive(Default)]
 struct Storm {
+    /// The split rounds' rows (floor, variants, ours, peer).
     rows: BTreeMap<&'static str, Vec<f64>>,
+    /// The ratio rounds' floor, ours and peer.
+    plain: BTreeMap<&'static str, Vec<f64>>,
     ratio_floor: Vec<f64>,
     ratio_peer: Vec<f64>,
+    /// Ours over the floor in the split rounds (variants beside ours).
+    ratio_floor_split: Vec<f64>,
     /// Runs of our slab programs, all rounds.
     runs: u64,
+}
+
+/// Whether round `i` of `total` is a split round: `split` of them, spread
+/// evenly among the ratio rounds.
+fn is_split_round(i: usize, total: usize, split: usize) -> bool {
+    total > 0 && (i + 1) * split / total > i * split / total
 }
 
 /// The rows, in path order: the floor, the variants stage by stage, ours,
@@ -90,15 +108,17 @@ const ROWS: [&str; 17] = [
     "5q 5 + the fill queried for every record: free",
 ];
 
-/// `rounds` rounds of a fork storm (`forks` forks of a 64 MiB, 50-VMA
-/// process) and a fault storm (`fault_mib` MiB, 4 KiB pages); rmapwatch's
-/// ring buffer `ring_kb` KiB (`None`: its default).
+/// `rounds` ratio rounds and `split_rounds` split rounds of a fork storm
+/// (`forks` forks of a 64 MiB, 50-VMA process) and a fault storm
+/// (`fault_mib` MiB, 4 KiB pages); rmapwatch's ring buffer `ring_kb` KiB
+/// (`None`: its default).
 ///
 /// # Errors
 /// Not root, bpftrace or the binaries missing, a storm fails, or the
 /// kernel is on the perf slab path (the variants are raw programs).
 pub fn run(
     rounds: usize,
+    split_rounds: usize,
     forks: usize,
     fault_mib: usize,
     ring_kb: Option<usize>,
@@ -109,10 +129,11 @@ pub fn run(
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("BPF_ENABLE_STATS (root, kernel 5.8+)")?;
     println!(
-        "cost: the slab programs in one run: the empty raw program, rmapwatch, its cost split's \
-         variants and a bpftrace peer on kmem_cache_alloc/free; a fork storm ({forks} forks of a \
-         64 MiB, 50-VMA process) and a fault storm ({fault_mib} MiB of 4 KiB pages); {rounds} \
-         rounds"
+        "cost: the slab programs in one run: the empty raw program, rmapwatch and a bpftrace \
+         peer on kmem_cache_alloc/free; a fork storm ({forks} forks of a 64 MiB, 50-VMA process) \
+         and a fault storm ({fault_mib} MiB of 4 KiB pages); {rounds} ratio rounds (rmapwatch as \
+         a user runs it) and {split_rounds} split rounds (with its cost split's variants \
+         attached), interleaved"
     );
     let mut storms: [(&str, Storm); 2] = [
         ("fork storm", Storm::default()),
@@ -120,9 +141,23 @@ pub fn run(
     ];
     let (mut dropped, mut misses, mut events) = (0u64, 0u64, 0u64);
     let mut split_note = String::new();
-    for round in 0..rounds {
-        eprint!("\rrmw-bench: cost: round {}/{rounds} ", round + 1);
-        let floor_first = round % 2 == 1;
+    let total = rounds + split_rounds;
+    let mut of_kind = [0usize; 2];
+    for round in 0..total {
+        let split = is_split_round(round, total, split_rounds);
+        let nth = &mut of_kind[usize::from(split)];
+        let floor_first = *nth % 2 == 1;
+        *nth += 1;
+        eprint!(
+            "\rrmw-bench: cost: round {}/{total} ({}) ",
+            round + 1,
+            if split { "split" } else { "ratio" }
+        );
+        let env: &[(&str, &str)] = if split {
+            &[(loader::COST_SPLIT, "1")]
+        } else {
+            &[]
+        };
         let tps = ["kmem_cache_alloc", "kmem_cache_free"];
         let mut floor = floor_first
             .then(|| loader::attach_floor(&tps))
@@ -132,16 +167,15 @@ pub fn run(
         let ring_args: Vec<&str> = ring_kb
             .as_deref()
             .map_or_else(Vec::new, |kb| vec!["--ring-buffer-kb", kb]);
-        let rw =
-            crate::child::rmapwatch_report(&bin, &ring_args, &[(loader::COST_SPLIT, "1")], |l| {
-                if l.contains("cost split") {
-                    l.clone_into(&mut split_note);
-                }
-                if l.contains("not on the perf slab path") {
-                    bail!("{l}");
-                }
-                Ok(())
-            })?;
+        let rw = crate::child::rmapwatch_report(&bin, &ring_args, env, |l| {
+            if l.contains("cost split") {
+                l.clone_into(&mut split_note);
+            }
+            if l.contains("not on the perf slab path") {
+                bail!("{l}");
+            }
+            Ok(())
+        })?;
         let ours: BTreeSet<u32> = sample()
             .into_keys()
             .filter(|id| !before_rw.contains(id))
@@ -187,7 +221,7 @@ pub fn run(
             let ours_d = delta(&s0, &s1, named(&["kmem_cache_alloc", "kmem_cache_free"]));
             let ours_ns = per_run(ours_d);
             let peer_ns = per_run(delta(&s0, &s1, |id, _| peers.contains(&id)));
-            let split = [
+            let split_rows = [
                 ("1 site classified: alloc", "split_site_a"),
                 ("1 site classified: free", "split_site_f"),
                 ("2 + inlining detector: alloc", "split_detect_a"),
@@ -212,23 +246,34 @@ pub fn run(
                 (ROWS[15], "split_query_a"),
                 (ROWS[16], "split_query_f"),
             ];
+            let rows = if split {
+                &mut storm.rows
+            } else {
+                &mut storm.plain
+            };
             let mut put = |row: &'static str, v: Option<f64>| {
                 if let Some(v) = v {
-                    storm.rows.entry(row).or_default().push(v);
+                    rows.entry(row).or_default().push(v);
                 }
             };
             put(ROWS[0], floor_ns);
-            for (row, prog) in split {
-                let d = delta(&s0, &s1, |id, n| ours.contains(&id) && n == kname(prog));
-                put(row, per_run(d));
+            if split {
+                for (row, prog) in split_rows {
+                    let d = delta(&s0, &s1, |id, n| ours.contains(&id) && n == kname(prog));
+                    put(row, per_run(d));
+                }
             }
             put(ROWS[9], ours_ns);
             put(ROWS[10], peer_ns);
-            if let (Some(o), Some(f)) = (ours_ns, floor_ns) {
-                storm.ratio_floor.push(o / f);
-            }
-            if let (Some(o), Some(p)) = (ours_ns, peer_ns) {
-                storm.ratio_peer.push(o / p);
+            match (ours_ns, floor_ns, peer_ns) {
+                (Some(o), Some(f), _) if split => storm.ratio_floor_split.push(o / f),
+                (Some(o), Some(f), p) => {
+                    storm.ratio_floor.push(o / f);
+                    if let Some(p) = p {
+                        storm.ratio_peer.push(o / p);
+                    }
+                }
+                _ => {}
             }
             storm.runs += ours_d.0;
             s0 = s1;
@@ -247,8 +292,26 @@ pub fn run(
         println!("cost: {}", split_note.trim_start_matches("rmapwatch: "));
     }
     for (name, s) in &storms {
+        if !s.rows.is_empty() {
+            println!("cost: {name}: split rounds (the variants beside ours):");
+        }
         for row in ROWS {
             if let Some(v) = s.rows.get(row) {
+                line(&format!("cost: {name}: {row}"), "ns/run", stats(v.clone()));
+            }
+        }
+        if !s.ratio_floor_split.is_empty() {
+            line(
+                &format!("cost: {name}: split rounds: rmapwatch / floor"),
+                "x",
+                stats(s.ratio_floor_split.clone()),
+            );
+        }
+        if !s.plain.is_empty() {
+            println!("cost: {name}: ratio rounds (rmapwatch as a user runs it):");
+        }
+        for row in [ROWS[0], ROWS[9], ROWS[10]] {
+            if let Some(v) = s.plain.get(row) {
                 line(&format!("cost: {name}: {row}"), "ns/run", stats(v.clone()));
             }
         }
@@ -274,7 +337,14 @@ pub fn run(
     }
     // The fork storm's floor, kept for rmapwatch to show its live cost
     // against (this machine and kernel only).
-    if let Some(v) = storms[0].1.rows.get(ROWS[0]).filter(|v| !v.is_empty()) {
+    let floors: Vec<f64> = [&storms[0].1.rows, &storms[0].1.plain]
+        .iter()
+        .filter_map(|rows| rows.get(ROWS[0]))
+        .flatten()
+        .copied()
+        .collect();
+    if !floors.is_empty() {
+        let v = floors;
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .context("reading the kernel release")?;
         let floor = rmapwatch_engine::facts::Floor {
@@ -282,7 +352,7 @@ pub fn run(
             measured_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            by: format!("rmw-bench cost, fork storm median of {rounds} rounds"),
+            by: format!("rmw-bench cost, fork storm median of {total} rounds"),
         };
         let path = rmapwatch_live::floor::write(release.trim(), &floor)?;
         println!(
@@ -295,7 +365,7 @@ pub fn run(
     let runs: u64 = storms.iter().map(|(_, s)| s.runs).sum();
     println!(
         "{:<44} {events} events streamed ({:.2} % of the slab programs' runs in the storms), \
-         {dropped} dropped, {misses} recursion misses on our programs, over {rounds} rounds",
+         {dropped} dropped, {misses} recursion misses on our programs, over {total} rounds",
         "cost: rmapwatch",
         if runs > 0 {
             events as f64 / runs as f64 * 100.0

@@ -463,6 +463,7 @@ fn main() -> ExitCode {
             )?,
             "cost" => cost::run(
                 arg_num(&args, "--rounds", 5),
+                arg_num(&args, "--split-rounds", 3),
                 arg_num(&args, "--forks", 1000),
                 arg_num(&args, "--fault-mib", 512),
                 Some(arg_num(&args, "--ring-kb", 0)).filter(|&kb| kb > 0),
@@ -504,7 +505,7 @@ fn main() -> ExitCode {
                 record::record(5, 2000)?;
                 storm::idle(20)?;
                 locks::run(5, 200, 128)?;
-                cost::run(5, 1000, 512, None)?;
+                cost::run(5, 3, 1000, 512, None)?;
                 storm::run(&storm::Opts {
                     rounds: 9,
                     forks: 5000,
