@@ -109,9 +109,15 @@ static TIMING: HashMap<u32, ForkTiming> =
 #[map]
 static INLINED_SITES: HashMap<u64, u64> = HashMap::with_max_entries(64, 0);
 
-/// Set by the loader before load; read-only to the verifier.
+/// Set by the loader before load; read-only to the verifier (the loader
+/// freezes `.rodata`, so the verifier prunes on its values). `static mut`,
+/// in a `.rodata.*` section (a map of its own, frozen like `.rodata`;
+/// `.rodata` itself would then be two sections): the compiler cannot fold the zero
+/// initialiser into the code, and each read is one load from the map
+/// value, not the address laundered through the stack.
 #[unsafe(no_mangle)]
-static CONFIG: Config = Config {
+#[unsafe(link_section = ".rodata.config")]
+static mut CONFIG: Config = Config {
     range_start: [0; rmapwatch_common::MAX_SITE_RANGES],
     range_end: [0; rmapwatch_common::MAX_SITE_RANGES],
     range_site: [0; rmapwatch_common::MAX_SITE_RANGES],
@@ -186,9 +192,9 @@ static mut CACHES: [u64; 2] = [0; 2];
 
 #[inline(always)]
 fn config() -> &'static Config {
-    // SAFETY: CONFIG lives in .rodata; volatile keeps the compiler from
-    // folding the zero initialiser into the code.
-    unsafe { &*core::ptr::read_volatile(&&raw const CONFIG) }
+    let config = &raw const CONFIG;
+    // SAFETY: nothing writes CONFIG after load (a frozen map).
+    unsafe { &*config }
 }
 
 #[inline(always)]
@@ -1009,9 +1015,15 @@ fn inlined(call_site: u64, ptr: u64, arg2: &impl Fn() -> Arg2) {
     let hit = match arg2() {
         Arg2::Cache(cache) => {
             let caches = &raw const CACHES;
-            // SAFETY: a global of this program; volatile, as other CPUs write it.
-            let known: [u64; 2] = unsafe { core::ptr::read_volatile(caches) };
-            let av = known[rmapwatch_common::object::ANON_VMA as usize];
+            // SAFETY: a global of this program, in bounds; volatile, as
+            // other CPUs write it. Only the anon_vma's slot: one load.
+            let av = unsafe {
+                core::ptr::read_volatile(
+                    caches
+                        .cast::<u64>()
+                        .add(rmapwatch_common::object::ANON_VMA as usize),
+                )
+            };
             av != 0 && cache == av
         }
         Arg2::BytesReq(req, alloc) => {
