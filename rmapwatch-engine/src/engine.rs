@@ -527,7 +527,8 @@ impl Engine {
 
     fn counters_came(&mut self, c: Counters) {
         let suspect = self.suspect_misses(&c);
-        let lost = suspect > self.suspect_seen;
+        let lost = suspect > self.suspect_seen
+            || c.fork_windows_dropped > self.counters.fork_windows_dropped;
         self.suspect_seen = self.suspect_seen.max(suspect);
         if let Some(k) = &c.kernel
             && (k.dropped > self.dropped_seen || lost)
@@ -813,6 +814,7 @@ impl Engine {
                 rmap_vmas: self.rmap.as_ref(),
                 programs: self.counters.programs.as_ref(),
                 resync: self.resync,
+                fork_windows_dropped: self.counters.fork_windows_dropped,
             },
         );
         r.time = Some(self.time_report());

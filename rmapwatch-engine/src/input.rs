@@ -139,6 +139,11 @@ pub struct Counters {
     /// attach (its size is in the facts): how close it came to dropping.
     #[serde(default)]
     pub ring_peak_bytes: u64,
+    /// Fork windows user space dropped because too many were open at once
+    /// ([`crate::event::ForkWindows`]; only after closing records were
+    /// lost): a loss like a dropped event, re-seeded by the next walk.
+    #[serde(default)]
+    pub fork_windows_dropped: u64,
 }
 
 /// Slab object counters of the measured machine.

@@ -542,6 +542,8 @@ pub struct Context<'a> {
     pub rmap_vmas: Option<&'a RmapVmas>,
     /// Run statistics of rmapwatch's programs (null when the kernel keeps none).
     pub programs: Option<&'a BTreeMap<String, ProgramStats>>,
+    /// Fork windows user space dropped ([`crate::input::Counters`]).
+    pub fork_windows_dropped: u64,
     /// Lost events and recovery.
     pub resync: Resync,
 }
@@ -642,6 +644,10 @@ pub struct Report {
     /// Events lost in the ring buffer (null when the counters could not be
     /// read).
     pub dropped_events: Option<u64>,
+    /// Fork windows user space dropped, too many open at once (only after
+    /// closing records were lost; a loss like `dropped_events`).
+    #[serde(default)]
+    pub fork_windows_dropped: u64,
     /// Whether live figures are degraded by lost events, and the recoveries.
     pub resync: Resync,
     /// Events decoded.
@@ -1148,10 +1154,11 @@ pub const OBJECT_NAMES: [&str; object::COUNT] = ["anon_vma", "anon_vma_chain"];
 
 /// Fields added to `rmapwatch.report/1` since its first recordings, at
 /// any depth (`designs`: the report's and each process's).
-pub const ADDED_FIELDS: [&str; 10] = [
+pub const ADDED_FIELDS: [&str; 11] = [
     "by_holder",
     "designs",
     "floor",
+    "fork_windows_dropped",
     "kernel_memory",
     "nest_watch",
     "preemptible",
@@ -1313,6 +1320,7 @@ impl Report {
             duration_s: (ctx.duration_s * 1000.0).round() / 1000.0,
             t_ns: ctx.t_ns,
             dropped_events: ctx.counters.map(|c| c.dropped),
+            fork_windows_dropped: ctx.fork_windows_dropped,
             resync: ctx.resync,
             events: acct.events,
             done: ctx.done,
@@ -1496,6 +1504,15 @@ impl Report {
                 s,
                 "{n} process walks torn (a VMA list changed under the iter/task walk, which \
                  ended there): the snapshot missed the rest of those processes' VMAs"
+            );
+        }
+        if self.fork_windows_dropped > 0 {
+            let _ = writeln!(
+                s,
+                "lost state: {} fork windows dropped (more threads open in a fork than closing \
+                 records came for: records were lost); live counts re-seeded as for dropped \
+                 events",
+                self.fork_windows_dropped
             );
         }
         if let Some(e) = &self.snapshot_error {

@@ -248,6 +248,7 @@ fn script(sc: &Scenario) -> Vec<Input> {
             programs: Some(programs),
             undecodable: 0,
             ring_peak_bytes: 0,
+            fork_windows_dropped: 0,
         },
     });
     inputs.push(Input::Rmap(RmapUpdate {

@@ -331,6 +331,7 @@ impl Live {
                 programs: self.probes.program_stats(),
                 undecodable: ring.undecodable,
                 ring_peak_bytes: ring.peak_bytes,
+                fork_windows_dropped: ring.windows.overflowed,
             },
         })
     }

@@ -76,6 +76,7 @@ fn engine(secs: u64, detail: Option<u32>) -> Engine {
         counters: Counters {
             kernel: Some(KernelCounters::default()),
             ring_peak_bytes: 64 << 10,
+            fork_windows_dropped: 0,
             ..Counters::default()
         },
     })

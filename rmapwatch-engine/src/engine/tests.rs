@@ -464,6 +464,34 @@ fn lost_events_degrade_until_the_reseeding_walk_that_is_asked_for_at_once() {
     );
 }
 
+#[test]
+fn fork_windows_dropped_in_user_space_degrade_like_lost_events() {
+    let mut s = Script::new();
+    s.walk(&Snapshot::default()).dropped(0);
+    let mut e = s.run();
+    let _ = e.take_requests();
+    let counters = |t, windows| Input::Counters {
+        t,
+        counters: Counters {
+            kernel: Some(KernelCounters::default()),
+            fork_windows_dropped: windows,
+            ..Counters::default()
+        },
+    };
+    e.apply(counters(1_000_000, 0)).unwrap();
+    assert!(!e.report(false).resync.degraded);
+    e.apply(counters(2_000_000, 3)).unwrap();
+    let r = e.report(false);
+    assert!(r.resync.degraded);
+    assert_eq!(r.fork_windows_dropped, 3);
+    assert!(r.to_text(10).contains("3 fork windows dropped"));
+    assert!(
+        e.take_requests()
+            .iter()
+            .any(|r| matches!(r, Request::Walk { .. }))
+    );
+}
+
 /// Counters whose slab program `kmem_cache_free` missed `misses` runs,
 /// `seen` of them by the nest watch (`None`: no watch).
 fn missed(t: Nanos, misses: u64, seen: Option<u64>) -> Input {

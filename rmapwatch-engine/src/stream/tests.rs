@@ -137,6 +137,7 @@ pub fn every_input() -> Vec<Input> {
                 programs: None,
                 undecodable: 0,
                 ring_peak_bytes: 4096,
+                fork_windows_dropped: 0,
             },
         },
         Input::Rmap(RmapUpdate {
