@@ -572,12 +572,14 @@ impl ForkWindows {
     }
 
     /// Windows open now.
+    #[cfg(test)]
     #[must_use]
     pub fn len(&self) -> usize {
         self.open.len()
     }
 
     /// Whether none is open.
+    #[cfg(test)]
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.open.is_empty()

@@ -568,19 +568,6 @@ impl Probes {
         Ok(Box::new(file))
     }
 
-    /// The ring buffer, borrowed before the collector takes it (to apply
-    /// what the programs reported before a walk seeds the accounting).
-    ///
-    /// # Errors
-    /// Already taken.
-    pub fn ring(&mut self) -> anyhow::Result<RingBuf<&mut MapData>> {
-        let map = self
-            .ebpf
-            .map_mut("EVENTS")
-            .ok_or_else(|| anyhow!("ring buffer already taken"))?;
-        Ok(RingBuf::try_from(map)?)
-    }
-
     /// Takes the ring buffer (once).
     ///
     /// # Errors
