@@ -211,6 +211,8 @@ pub struct Engine {
     dropped_seen: u64,
     /// [`Self::suspect_misses`] at the last counters.
     suspect_seen: u64,
+    /// Fork windows user space dropped, at the last counters.
+    windows_seen: u64,
     resync: Resync,
     rmap: Option<RmapVmas>,
     slab: Option<SlabCounts>,
@@ -262,6 +264,7 @@ impl Engine {
             counters: Counters::default(),
             dropped_seen: 0,
             suspect_seen: 0,
+            windows_seen: 0,
             resync: Resync::default(),
             rmap: None,
             slab: None,
@@ -527,22 +530,24 @@ impl Engine {
 
     fn counters_came(&mut self, c: Counters) {
         let suspect = self.suspect_misses(&c);
+        let dropped = c.kernel.as_ref().map(|k| k.dropped);
+        // Each loss is told by its own high-water mark: a read without the
+        // kernel's counters neither hides a loss of fork windows nor counts
+        // one twice.
         let lost = suspect > self.suspect_seen
-            || c.fork_windows_dropped > self.counters.fork_windows_dropped;
+            || dropped.is_some_and(|d| d > self.dropped_seen)
+            || c.fork_windows_dropped > self.windows_seen;
         self.suspect_seen = self.suspect_seen.max(suspect);
-        if let Some(k) = &c.kernel
-            && (k.dropped > self.dropped_seen || lost)
-        {
-            self.dropped_seen = self.dropped_seen.max(k.dropped);
-            if self.seeded {
-                // Events were lost: the live counts become the kernel's
-                // again, at the next walk, which is asked for now.
-                self.reseed = true;
-                self.resync.degraded = true;
-                // At once if the walk budget allows, else at a tick.
-                if self.walk_due(false) {
-                    self.ask_walk(SlabRead::No);
-                }
+        self.dropped_seen = self.dropped_seen.max(dropped.unwrap_or(0));
+        self.windows_seen = self.windows_seen.max(c.fork_windows_dropped);
+        if lost && self.seeded {
+            // Events were lost: the live counts become the kernel's again,
+            // at the next walk, which is asked for now.
+            self.reseed = true;
+            self.resync.degraded = true;
+            // At once if the walk budget allows, else at a tick.
+            if self.walk_due(false) {
+                self.ask_walk(SlabRead::No);
             }
         }
         self.counters = c;

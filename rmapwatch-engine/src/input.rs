@@ -351,6 +351,7 @@ pub struct Order {
     last_t: Nanos,
     in_walk: Option<crate::hash::FastSet<u32>>,
     dropped: u64,
+    fork_windows_dropped: u64,
     ended: bool,
 }
 
@@ -401,6 +402,10 @@ impl Order {
                     }
                     self.dropped = k.dropped;
                 }
+                if counters.fork_windows_dropped < self.fork_windows_dropped {
+                    return Err(OrderError::CounterDown("fork_windows_dropped"));
+                }
+                self.fork_windows_dropped = counters.fork_windows_dropped;
             }
             Input::End { .. } => self.ended = true,
             _ => {}
@@ -486,6 +491,18 @@ mod tests {
         assert_eq!(
             o.check(&counters(2)),
             Err(OrderError::CounterDown("dropped"))
+        );
+        let windows = |n| Input::Counters {
+            t: 8,
+            counters: Counters {
+                fork_windows_dropped: n,
+                ..Counters::default()
+            },
+        };
+        o.check(&windows(4)).unwrap();
+        assert_eq!(
+            o.check(&windows(1)),
+            Err(OrderError::CounterDown("fork_windows_dropped"))
         );
         o.check(&Input::End {
             t: 9,

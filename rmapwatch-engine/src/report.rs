@@ -1506,15 +1506,6 @@ impl Report {
                  ended there): the snapshot missed the rest of those processes' VMAs"
             );
         }
-        if self.fork_windows_dropped > 0 {
-            let _ = writeln!(
-                s,
-                "lost state: {} fork windows dropped (more threads open in a fork than closing \
-                 records came for: records were lost); live counts re-seeded as for dropped \
-                 events",
-                self.fork_windows_dropped
-            );
-        }
         if let Some(e) = &self.snapshot_error {
             let _ = writeln!(
                 s,
@@ -1522,10 +1513,23 @@ impl Report {
                  than start-up are not seen), no lazy figures"
             );
         }
-        if let Some(dropped) = self.dropped_events.filter(|&d| d > 0) {
+        let dropped = self.dropped_events.unwrap_or(0);
+        if dropped > 0 || self.fork_windows_dropped > 0 {
+            let mut what = Vec::new();
+            if dropped > 0 {
+                what.push(format!("{dropped} dropped (ring buffer full)"));
+            }
+            if self.fork_windows_dropped > 0 {
+                what.push(format!(
+                    "{} fork windows dropped (over 65,536 threads seemed inside a fork at once: \
+                     their closing records were lost)",
+                    self.fork_windows_dropped
+                ));
+            }
             let _ = writeln!(
                 s,
-                "lost events: {dropped} dropped (ring buffer full); live counts re-seeded from snapshots {} times{}",
+                "lost events: {}; live counts re-seeded from snapshots {} times{}",
+                what.join(", "),
                 self.resync.resyncs,
                 if self.resync.degraded {
                     ", degraded until the next snapshot"

@@ -298,7 +298,7 @@ pub struct RecordArgs {
 
 const SERVE_HELP: &str = "Series (all prefixed rmapwatch_): objects and objects_bytes by type \
 (anon_vma, anon_vma_chain) and basis (live, lazy, snapshot); allocations_total and frees_total by \
-type and call site; dropped_events_total, reseeds_total, degraded, drift_objects, walks_total; \
+type and call site; dropped_events_total, fork_windows_dropped_total, reseeds_total, degraded, drift_objects, walks_total; \
 recursion_misses_total, bpf_run_seconds_total and bpf_runs_total by program (the cost in the \
 kernel) and process_cpu_seconds_total, process_resident_memory_bytes (the exporter's); \
 build_info (kernel, arch, hooks and their modes), hook by hook and mode; process_objects by pid and \

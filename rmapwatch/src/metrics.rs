@@ -460,6 +460,13 @@ fn encode_report(enc: &mut DescriptorEncoder<'_>, r: &Report, top: usize) -> std
     )?;
     counter(
         enc,
+        "rmapwatch_fork_windows_dropped",
+        "Fork windows user space dropped, over 65,536 threads seemingly inside a fork at once (their \
+         closing records were lost): a loss like dropped events, re-seeded from the next walk.",
+        &[(Vec::new(), r.fork_windows_dropped)],
+    )?;
+    counter(
+        enc,
         "rmapwatch_reseeds",
         "Re-seeds of the live counts from a walk after lost events.",
         &[(Vec::new(), r.resync.resyncs)],
