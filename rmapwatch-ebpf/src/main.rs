@@ -109,12 +109,14 @@ static TIMING: HashMap<u32, ForkTiming> =
 #[map]
 static INLINED_SITES: HashMap<u64, u64> = HashMap::with_max_entries(64, 0);
 
-/// Set by the loader before load; read-only to the verifier (the loader
-/// freezes `.rodata`, so the verifier prunes on its values). `static mut`,
-/// in a `.rodata.*` section (a map of its own, frozen like `.rodata`;
-/// `.rodata` itself would then be two sections): the compiler cannot fold the zero
-/// initialiser into the code, and each read is one load from the map
-/// value, not the address laundered through the stack.
+/// Set by the loader before load; read-only to the verifier (aya freezes
+/// every `.rodata*` map, so the verifier prunes on its values). A
+/// `static mut`, so that the compiler cannot fold the zero initialiser into
+/// the code: each read is one load from the map value, not the address
+/// passed through the stack. In a section of its own: placed in `.rodata`
+/// itself, the writable global made a second section of that name, which
+/// aya refused. (Read as zeros, no call site would classify: every root
+/// test that counts events would fail.)
 #[unsafe(no_mangle)]
 #[unsafe(link_section = ".rodata.config")]
 static mut CONFIG: Config = Config {
