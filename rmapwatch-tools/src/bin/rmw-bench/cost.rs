@@ -10,7 +10,8 @@
 //! `RMAPWATCH_COST_SPLIT` (copies of our slab programs that each stop at
 //! one stage of the path), and give the stage table. The split's fourteen
 //! variants run on every slab event beside ours, and several reserve in
-//! our ring: they make ours dearer than it is without them, so the split
+//! our ring: they could make ours dearer than it is without them (measured
+//! on the developers' machine: they did not, within 0.02x), so the split
 //! rounds' ratio is printed apart and is not the one to judge by. The
 //! floor is attached last on the first round of each kind, then first and
 //! last in turn (the first program on a tracepoint pays for what the
