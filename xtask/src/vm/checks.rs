@@ -20,6 +20,28 @@ pub fn kernel(log: &str) -> Option<&str> {
     log.lines().find_map(|l| l.split("RMW-KERNEL ").nth(1))
 }
 
+/// Where a boot's time went, from the guest's `RMW-T <uptime> <phase>`
+/// stamps (each phase runs until the next stamp; the first stamp's uptime
+/// is the kernel's boot): `"kernel 9 s, mode fentry 31 s, ..."`, for
+/// fitting the matrix into CI's budget. `None` without stamps.
+#[must_use]
+pub fn phases(log: &str) -> Option<String> {
+    let stamps: Vec<(f64, &str)> = log
+        .lines()
+        .filter_map(|l| {
+            // Anywhere in the line: the first follows the console's reset.
+            let (up, phase) = l.split("RMW-T ").nth(1)?.split_once(' ')?;
+            Some((up.parse::<f64>().ok()?, phase.trim()))
+        })
+        .collect();
+    let (first, _) = *stamps.first()?;
+    let mut out = format!("kernel {first:.0} s");
+    for w in stamps.windows(2) {
+        let _ = write!(out, ", {} {:.0} s", w[0].1, w[1].0 - w[0].0);
+    }
+    Some(out)
+}
+
 /// One cell per probe mode of a boot (`label` appended to each mode),
 /// each checked against the guest's ground truth (its `RMW-MODE` line),
 /// with the mode's fork storm.
@@ -1176,6 +1198,17 @@ fn time_check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phases_run_from_stamp_to_stamp() {
+        let log = "[ 1.0] x\n\x1b[2JRMW-T 8.50 start\nRMW-KERNEL 6.1 x\nRMW-T 10.00 mode fentry\n\
+                   RMW-T 40.25 time fentry\nRMW-TIME fentry rc=0\nRMW-T 52.00 end\n";
+        assert_eq!(
+            phases(log).as_deref(),
+            Some("kernel 8 s, start 2 s, mode fentry 30 s, time fentry 12 s")
+        );
+        assert_eq!(phases("RMW-T x y\nnothing\n"), None);
+    }
 
     /// A real time cell (Debian's arm64 7.3 under TCG, fentry mode; the
     /// report's processes left out): the guest's kprobe counted 306

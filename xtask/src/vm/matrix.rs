@@ -435,6 +435,9 @@ fn run_kernel(
         extra.join("-")
     ));
     let _ = std::fs::write(&saved, &log);
+    if let Some(p) = checks::phases(&log) {
+        eprintln!("xtask: {kernel}{}: guest time by phase: {p}", boot.label);
+    }
     if let Some(ksyms) = log
         .split("RMW-KSYMS-START\n")
         .nth(1)
