@@ -142,6 +142,10 @@ enum Cmd {
         /// --adb link), all (but adb).
         #[arg(default_value = "all")]
         which: String,
+        /// The benchmark's options, passed to rmw-bench (`cargo xtask bench
+        /// cost --rounds 7`; `target/release/rmw-bench NAME --help` lists them).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Replay every recording at hand (the matrix guests', kept by vm-test
     /// next to their serial logs, and this host's fixture) with the host's
@@ -265,7 +269,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             step(&format!("running {} {}", bin.display(), args.join(" ")));
             sh(&mut as_root(&bin, &args))
         }
-        Cmd::Bench { which } => {
+        Cmd::Bench { which, args } => {
             setup::prepare(Profile::Bench, &root, false)?;
             build_release("the benchmarks")?;
             if which == "adb" {
@@ -273,8 +277,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 build_static(&root, &vm::ARCHES[0])?;
             }
             let bin = root.join("target/release/rmw-bench");
-            step(&format!("running {} {which}", bin.display()));
-            sh(&mut as_root(&bin, &[which]))
+            let mut argv = vec![which];
+            argv.extend(args);
+            step(&format!("running {} {}", bin.display(), argv.join(" ")));
+            sh(&mut as_root(&bin, &argv))
         }
         Cmd::Cycles => {
             let graphs = cycles::workspace(&root)?;

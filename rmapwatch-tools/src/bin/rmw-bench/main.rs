@@ -425,74 +425,206 @@ fn bench_snapshot(procs: u32, regions: u32, repeat: usize) -> anyhow::Result<()>
     Ok(())
 }
 
-/// `--name N` from the command line, else `default`.
-fn arg_num(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// rmapwatch's benchmarks. Each measures its baseline in the same
+/// invocation and prints medians, min/max and ratios; none asserts a time.
+/// The kernel ones (idle, locks, cost, storms, adb, record, soak, snapshot)
+/// need root and a machine where nothing else runs.
+#[derive(clap::Parser)]
+#[command(
+    name = "rmw-bench",
+    version,
+    after_help = "Without a benchmark: all of them but adb and soak.\n\
+                  `cargo xtask bench NAME [OPTIONS]` builds them in release mode and runs one.\n\
+                  Exit status: 0 done, 1 a benchmark failed (said on stderr), 2 bad usage."
+)]
+struct Cli {
+    #[command(subcommand)]
+    bench: Option<Bench>,
+}
+
+/// A count of at least one.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Minutes: a positive, finite number.
+fn minutes(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(m) if m.is_finite() && m > 0.0 => Ok(m),
+        Ok(_) => Err("must be a positive number of minutes".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[derive(clap::Subcommand)]
+enum Bench {
+    /// The dashboard's render with 10,000 processes against an empty one.
+    Render,
+    /// Events per second through decode and the engine, one core.
+    Pipeline,
+    /// The UI thread's latency while events are ingested.
+    Ingest,
+    /// The state's memory with 1M VMAs (through the daemon's own code).
+    Footprint,
+    /// The iterator walk of 10,000 VMAs against reading /proc/PID/maps (root).
+    Snapshot,
+    /// The designs' model over a synthetic walk.
+    Designs {
+        /// VMAs of the synthetic system.
+        #[arg(long, default_value_t = 100_000, value_parser = at_least_one)]
+        vmas: usize,
+        /// Rounds (the median is printed).
+        #[arg(long, default_value_t = 9, value_parser = at_least_one)]
+        rounds: usize,
+    },
+    /// Reading pagemap for the designs' page counts.
+    Pagemap {
+        /// GiB mapped.
+        #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+        gib: usize,
+        /// VMAs they are mapped in.
+        #[arg(long, default_value_t = 1024, value_parser = at_least_one)]
+        vmas: usize,
+        /// Rounds.
+        #[arg(long, default_value_t = 9, value_parser = at_least_one)]
+        rounds: usize,
+    },
+    /// The designs' view rendered.
+    DesignsRender {
+        /// Rounds.
+        #[arg(long, default_value_t = 9, value_parser = at_least_one)]
+        rounds: usize,
+    },
+    /// Replaying a recording of 5M events.
+    Replay,
+    /// Recording during fork storms against not recording (root).
+    Record {
+        /// Rounds.
+        #[arg(long, default_value_t = 5, value_parser = at_least_one)]
+        rounds: usize,
+        /// Forks per storm.
+        #[arg(long, default_value_t = 2000, value_parser = at_least_one)]
+        forks: usize,
+    },
+    /// rmapwatch's CPU at idle, 20 s (root).
+    Idle,
+    /// contention_begin/end against empty programs on the same tracepoints
+    /// while siblings fork from a shared parent (root).
+    Locks {
+        /// Rounds.
+        #[arg(long, default_value_t = 5, value_parser = at_least_one)]
+        rounds: usize,
+        /// Forks of each of the 8 siblings.
+        #[arg(long, default_value_t = 200, value_parser = at_least_one)]
+        forks: usize,
+        /// Written VMAs the siblings share with their parent.
+        #[arg(long, default_value_t = 128, value_parser = at_least_one)]
+        regions: usize,
+    },
+    /// The slab programs' ns/run against the empty program and a bpftrace
+    /// peer in fork and fault storms, and the cost split's stage table
+    /// (root; issue 24's ratios). Keeps the floor for rmapwatch's live ratio.
+    Cost {
+        /// Ratio rounds: rmapwatch as a user runs it (the ratios).
+        #[arg(long, default_value_t = 5, value_parser = at_least_one)]
+        rounds: usize,
+        /// Split rounds: with the cost split's variants (the stage table); 0: none.
+        #[arg(long, default_value_t = 3)]
+        split_rounds: usize,
+        /// Forks per fork storm.
+        #[arg(long, default_value_t = 1000, value_parser = at_least_one)]
+        forks: usize,
+        /// MiB per fault storm.
+        #[arg(long, default_value_t = 512, value_parser = at_least_one)]
+        fault_mib: usize,
+        /// rmapwatch's ring buffer in KiB (default: rmapwatch's own).
+        #[arg(long, value_parser = at_least_one)]
+        ring_kb: Option<usize>,
+    },
+    /// The cost of --adb, through the adb stand-in on this host (root).
+    Adb {
+        /// Seconds of the idle phase.
+        #[arg(long, default_value_t = 20, value_parser = at_least_one)]
+        secs: usize,
+        /// Forks of the storm phase.
+        #[arg(long, default_value_t = 2000, value_parser = at_least_one)]
+        forks: usize,
+    },
+    /// Fork and fault storms: untraced, rmapwatch and bpftrace, rotated (root).
+    Storms {
+        /// Rounds.
+        #[arg(long, default_value_t = 9, value_parser = at_least_one)]
+        rounds: usize,
+        /// Forks per fork storm.
+        #[arg(long, default_value_t = 5000, value_parser = at_least_one)]
+        forks: usize,
+        /// MiB per fault storm.
+        #[arg(long, default_value_t = 2048, value_parser = at_least_one)]
+        fault_mib: usize,
+    },
+    /// Churn for minutes against 1M VMAs: RSS, drift and lag over time (root).
+    Soak {
+        /// How long to churn.
+        #[arg(long, default_value_t = 10.0, value_parser = minutes)]
+        minutes: f64,
+        /// VMAs the holder maps.
+        #[arg(long, default_value_t = 1_000_000, value_parser = at_least_one)]
+        vmas: usize,
+        /// Through the adb stand-in (`rmapwatch --adb SERIAL serve`).
+        #[arg(long)]
+        adb: bool,
+    },
+    /// All of them but adb and soak, with their defaults.
+    All,
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let which = args.first().map_or("all", String::as_str);
+    // Bad usage: clap's message and exit status 2, before anything runs.
+    let cli = <Cli as clap::Parser>::parse();
     let _ = std::io::stdout().flush();
     let result = (|| -> anyhow::Result<()> {
-        match which {
-            "render" => bench_render(10_000, 50),
-            "pipeline" => bench_pipeline(5_000_000, 5),
-            "ingest" => bench_ingest(400),
-            "footprint" => bench_footprint(),
-            "snapshot" => bench_snapshot(5, 10_000, 9)?,
-            "designs" => designs::walk_cost(
-                arg_num(&args, "--vmas", 100_000) as u64,
-                arg_num(&args, "--rounds", 9),
-            ),
-            "pagemap" => designs::pagemap_cost(
-                arg_num(&args, "--gib", 1) as u64,
-                arg_num(&args, "--vmas", 1024) as u64,
-                arg_num(&args, "--rounds", 9),
-            )?,
-            "designs-render" => designs::render_cost(10_000, 50, arg_num(&args, "--rounds", 9)),
-            "idle" => storm::idle(20)?,
-            "locks" => locks::run(
-                arg_num(&args, "--rounds", 5),
-                arg_num(&args, "--forks", 200),
-                arg_num(&args, "--regions", 128),
-            )?,
-            "cost" => cost::run(
-                arg_num(&args, "--rounds", 5),
-                arg_num(&args, "--split-rounds", 3),
-                arg_num(&args, "--forks", 1000),
-                arg_num(&args, "--fault-mib", 512),
-                Some(arg_num(&args, "--ring-kb", 0)).filter(|&kb| kb > 0),
-            )?,
-            "adb" => adb::run(
-                arg_num(&args, "--secs", 20),
-                arg_num(&args, "--forks", 2000),
-            )?,
-            "replay" => record::replay(5_000_000, 5)?,
-            "soak" => soak::run(&soak::Opts {
-                minutes: args
-                    .iter()
-                    .position(|a| a == "--minutes")
-                    .and_then(|i| args.get(i + 1))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(10.0),
-                vmas: arg_num(&args, "--vmas", 1_000_000),
-                adb: args.iter().any(|a| a == "--adb"),
+        match cli.bench.unwrap_or(Bench::All) {
+            Bench::Render => bench_render(10_000, 50),
+            Bench::Pipeline => bench_pipeline(5_000_000, 5),
+            Bench::Ingest => bench_ingest(400),
+            Bench::Footprint => bench_footprint(),
+            Bench::Snapshot => bench_snapshot(5, 10_000, 9)?,
+            Bench::Designs { vmas, rounds } => designs::walk_cost(vmas as u64, rounds),
+            Bench::Pagemap { gib, vmas, rounds } => {
+                designs::pagemap_cost(gib as u64, vmas as u64, rounds)?;
+            }
+            Bench::DesignsRender { rounds } => designs::render_cost(10_000, 50, rounds),
+            Bench::Idle => storm::idle(20)?,
+            Bench::Locks {
+                rounds,
+                forks,
+                regions,
+            } => locks::run(rounds, forks, regions)?,
+            Bench::Cost {
+                rounds,
+                split_rounds,
+                forks,
+                fault_mib,
+                ring_kb,
+            } => cost::run(rounds, split_rounds, forks, fault_mib, ring_kb)?,
+            Bench::Adb { secs, forks } => adb::run(secs, forks)?,
+            Bench::Replay => record::replay(5_000_000, 5)?,
+            Bench::Soak { minutes, vmas, adb } => soak::run(&soak::Opts { minutes, vmas, adb })?,
+            Bench::Record { rounds, forks } => record::record(rounds, forks)?,
+            Bench::Storms {
+                rounds,
+                forks,
+                fault_mib,
+            } => storm::run(&storm::Opts {
+                rounds,
+                forks,
+                fault_mib,
             })?,
-            "record" => record::record(
-                arg_num(&args, "--rounds", 5),
-                arg_num(&args, "--forks", 2000),
-            )?,
-            "storms" => storm::run(&storm::Opts {
-                rounds: arg_num(&args, "--rounds", 9),
-                forks: arg_num(&args, "--forks", 5000),
-                fault_mib: arg_num(&args, "--fault-mib", 2048),
-            })?,
-            "all" => {
+            Bench::All => {
                 bench_pipeline(5_000_000, 5);
                 bench_render(10_000, 50);
                 bench_ingest(400);
@@ -512,10 +644,6 @@ fn main() -> ExitCode {
                     fault_mib: 2048,
                 })?;
             }
-            other => anyhow::bail!(
-                "unknown benchmark {other}: \
-                 render|pipeline|ingest|footprint|snapshot|designs|pagemap|designs-render|replay|record|idle|locks|cost|adb|storms|all"
-            ),
         }
         Ok(())
     })();
