@@ -81,6 +81,9 @@ pub struct Live {
     /// Names of the inlining detector's call sites (kallsyms is read again
     /// only when a new one turns up: it is ~10 MiB).
     site_names: std::cell::RefCell<std::collections::HashMap<u64, String>>,
+    /// `/proc/kallsyms` as opened at start-up, where its addresses showed
+    /// (a fresh open after the capabilities were dropped reads zeros).
+    kallsyms: crate::kernel::kallsyms::Opened,
     probes: Probes,
     facts: Facts,
     notices: Vec<Notice>,
@@ -163,6 +166,7 @@ impl Live {
             rmap,
             said_shrink: false,
             site_names: std::cell::RefCell::default(),
+            kallsyms: kernel.kallsyms.clone(),
         })
     }
 
@@ -266,7 +270,7 @@ impl Live {
         let sites = self.probes.inlined_sites().unwrap_or_default();
         let mut names = self.site_names.borrow_mut();
         if sites.iter().any(|(a, _)| !names.contains_key(a))
-            && let Ok(k) = crate::kernel::kallsyms::read()
+            && let Ok(k) = self.kallsyms.read()
         {
             for (a, _) in &sites {
                 names.insert(*a, k.symbolize(*a));

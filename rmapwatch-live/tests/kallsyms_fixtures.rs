@@ -78,3 +78,31 @@ fn the_slab_path_follows_each_kernel() {
         }
     }
 }
+
+/// `RMAPWATCH_LEAVE_OUT_SITES`: a left-out site has no range in any
+/// kernel's `CONFIG`, and what is left still classifies the others.
+#[test]
+fn a_left_out_site_gets_no_range() {
+    use rmapwatch_common::site;
+    use rmapwatch_live::kernel::program_config;
+    for (name, text) in fixtures() {
+        let k = Kallsyms::parse(&text, "0").unwrap();
+        let layout = rmapwatch_parse::btf::Layout::default();
+        let all = program_config(&k, &layout, &[]).unwrap();
+        let less = program_config(&k, &layout, &["__anon_vma_prepare"]).unwrap();
+        let prepare = k.ranges("__anon_vma_prepare");
+        assert!(!prepare.is_empty(), "{name}");
+        assert_eq!(
+            less.nr_ranges as usize + prepare.len(),
+            all.nr_ranges as usize,
+            "{name}"
+        );
+        for (start, _) in prepare {
+            assert_eq!(all.classify(start), Some(site::PREPARE), "{name}");
+            assert_eq!(less.classify(start), None, "{name}");
+        }
+        for (start, _) in k.ranges("anon_vma_fork") {
+            assert_eq!(less.classify(start), Some(site::FORK), "{name}");
+        }
+    }
+}

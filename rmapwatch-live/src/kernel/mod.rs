@@ -50,6 +50,14 @@ pub enum EnvError {
          run as root or raise it (ulimit -l unlimited)"
     )]
     Memlock(u64, String),
+    /// `RMAPWATCH_LEAVE_OUT_SITES` names a function that is not an rmap
+    /// call site.
+    #[error(
+        "{LEAVE_OUT_ENV}={0:?}: {1:?} is not an rmap call-site function (give some of {sites}, \
+         comma-separated)",
+        sites = site::NAMES.join(", ")
+    )]
+    LeaveOut(String, String),
     /// The classic tracepoints' formats are not what the perf path reads.
     #[error(
         "cannot take slab events from classic tracepoints: {0} (tracefs \
@@ -154,6 +162,9 @@ pub struct KernelFacts {
     /// function (arm64 5.10: kallsyms has it; the positions, the same
     /// since 3.x, are assumed), `Err` another shape.
     pub rmap_walk_args: Result<bool, String>,
+    /// `/proc/kallsyms` kept open from start-up, to name call sites later
+    /// (after the capabilities were dropped).
+    pub kallsyms: kallsyms::Opened,
 }
 
 /// The time hooks' kernel functions: fork work (`dup_mmap`, else the
@@ -195,8 +206,20 @@ impl KernelFacts {
         raise_memlock(&mut notes)?;
         let btf = open_btf(btf_path)?;
         let layout = Layout::read(&btf)?;
-        let kallsyms = kallsyms::read_noting(&mut |n| notes.push(n))?;
-        let mut config = program_config(&kallsyms, &layout)?;
+        let (kallsyms, kallsyms_file) = kallsyms::read_noting(&mut |n| notes.push(n))?;
+        let left_out = match std::env::var(LEAVE_OUT_ENV) {
+            Ok(v) => leave_out_sites(&v)?,
+            Err(_) => Vec::new(),
+        };
+        if !left_out.is_empty() {
+            notes.push(format!(
+                "{LEAVE_OUT_ENV}: {} left out of the rmap call-site ranges, as if inlined \
+                 elsewhere: their allocations reach only the inlining detector, and are missing \
+                 from the counts",
+                left_out.join(", ")
+            ));
+        }
+        let mut config = program_config(&kallsyms, &layout, &left_out)?;
         let slab_size = |cache: &str, fallback: u32| {
             std::fs::read_to_string(format!("/sys/kernel/slab/{cache}/slab_size"))
                 .ok()
@@ -256,6 +279,7 @@ impl KernelFacts {
             rmap_one,
             time_symbols,
             rmap_walk_args,
+            kallsyms: kallsyms_file,
         })
     }
 }
@@ -490,11 +514,40 @@ pub fn ensure_tracefs() -> Result<bool, String> {
     }
 }
 
-/// Builds the programs' `CONFIG` from symbol ranges and layouts.
+/// The environment variable naming rmap call-site functions to leave out of
+/// the classifier's ranges, as if a compiler had inlined them elsewhere:
+/// their allocations then reach only the inlining detector. For the
+/// detector's own test (it finds nothing on any kernel tested).
+pub const LEAVE_OUT_ENV: &str = "RMAPWATCH_LEAVE_OUT_SITES";
+
+/// The call-site functions `RMAPWATCH_LEAVE_OUT_SITES` names (comma-separated,
+/// each one of `site::NAMES`).
+///
+/// # Errors
+/// A name that is not an rmap call-site function.
+pub fn leave_out_sites(v: &str) -> Result<Vec<&'static str>, EnvError> {
+    let mut out = Vec::new();
+    for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let Some(known) = site::NAMES.iter().find(|&&n| n == name) else {
+            return Err(EnvError::LeaveOut(v.to_owned(), name.to_owned()));
+        };
+        if !out.contains(known) {
+            out.push(*known);
+        }
+    }
+    Ok(out)
+}
+
+/// Builds the programs' `CONFIG` from symbol ranges and layouts; the sites
+/// in `left_out` get no range ([`LEAVE_OUT_ENV`]).
 ///
 /// # Errors
 /// A site function or `anon_vma_ctor` missing, or too many ranges.
-pub fn program_config(kallsyms: &Kallsyms, layout: &Layout) -> Result<Config, EnvError> {
+pub fn program_config(
+    kallsyms: &Kallsyms,
+    layout: &Layout,
+    left_out: &[&str],
+) -> Result<Config, EnvError> {
     let mut config = Config {
         kmem_cache_ctor_off: layout.kmem_cache_ctor,
         task_pid_off: layout.task_pid,
@@ -515,6 +568,9 @@ pub fn program_config(kallsyms: &Kallsyms, layout: &Layout) -> Result<Config, En
         if ranges.is_empty() {
             return Err(kallsyms::KallsymsError::Missing((*name).to_owned()).into());
         }
+        if left_out.contains(name) {
+            continue;
+        }
         for (start, end) in ranges {
             if n == MAX_SITE_RANGES {
                 return Err(EnvError::TooManyRanges(n + 1));
@@ -534,6 +590,18 @@ pub fn program_config(kallsyms: &Kallsyms, layout: &Layout) -> Result<Config, En
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn left_out_sites_are_rmap_call_sites_only() {
+        assert_eq!(
+            leave_out_sites(" __anon_vma_prepare,,anon_vma_fork,__anon_vma_prepare").unwrap(),
+            ["__anon_vma_prepare", "anon_vma_fork"]
+        );
+        assert!(leave_out_sites("").unwrap().is_empty());
+        let e = leave_out_sites("__anon_vma_prepare,kmalloc").unwrap_err();
+        assert!(matches!(&e, EnvError::LeaveOut(_, n) if n == "kmalloc"));
+        assert!(e.to_string().contains("anon_vma_clone"), "{e}");
+    }
 
     #[test]
     fn the_lockdown_mode_is_the_bracketed_one() {
