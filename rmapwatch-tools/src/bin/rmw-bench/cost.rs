@@ -377,5 +377,55 @@ pub fn run(
             0.0
         }
     );
+    let fork = &storms[0].1;
+    let median = |v: &Vec<f64>| (!v.is_empty()).then(|| stats(v.clone()).0);
+    for t in targets(
+        median(&fork.ratio_floor),
+        median(&fork.ratio_peer),
+        dropped,
+        misses,
+    ) {
+        println!("{:<44} {t}", "cost: target");
+    }
     Ok(())
+}
+
+/// Issue 24's targets against this invocation (the fork storm's ratio
+/// rounds, medians): one line each, met or missed, with the figure.
+fn targets(floor: Option<f64>, peer: Option<f64>, dropped: u64, misses: u64) -> Vec<String> {
+    let verdict = |met: bool| if met { "met" } else { "MISSED" };
+    let ratio = |name: &str, v: Option<f64>, at_most: f64| match v {
+        Some(v) => format!(
+            "{name} at most {at_most}x: {} ({v:.3}x)",
+            verdict(v <= at_most)
+        ),
+        None => format!("{name} at most {at_most}x: not measured (no ratio round)"),
+    };
+    vec![
+        ratio("rmapwatch / empty raw program, fork storm", floor, 1.6),
+        ratio("rmapwatch / bpftrace peer, fork storm", peer, 0.5),
+        format!("events dropped 0: {} ({dropped})", verdict(dropped == 0)),
+        format!(
+            "recursion misses on our programs 0: {} ({misses}; where they land: rmapwatch \
+             report --watch-nesting)",
+            verdict(misses == 0)
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod target_tests {
+    use super::targets;
+
+    #[test]
+    fn each_target_is_met_or_missed_by_its_figure() {
+        let t = targets(Some(1.6), Some(0.72), 0, 140);
+        assert!(t[0].ends_with(": met (1.600x)"), "{}", t[0]);
+        assert!(t[1].ends_with(": MISSED (0.720x)"), "{}", t[1]);
+        assert!(t[2].ends_with(": met (0)"), "{}", t[2]);
+        assert!(t[3].contains(": MISSED (140;"), "{}", t[3]);
+        let none = targets(None, None, 3, 0);
+        assert!(none[0].contains("not measured"), "{}", none[0]);
+        assert!(none[2].contains("MISSED (3)") && none[3].contains(": met (0;"));
+    }
 }
