@@ -1026,7 +1026,14 @@ fn inlined(call_site: u64, ptr: u64, arg2: &impl Fn() -> Arg2) {
                         .add(rmapwatch_common::object::ANON_VMA as usize),
                 )
             };
-            av != 0 && cache == av
+            if av != 0 {
+                cache == av
+            } else {
+                // Not learnt yet (only rmap sites teach it, and a kernel
+                // with its rmap functions inlined may never run one): the
+                // cache's ctor says, once per allocation until it is.
+                anon_vma_cache(cache)
+            }
         }
         Arg2::BytesReq(req, alloc) => {
             a.anon_vma_wait_list != ABSENT
@@ -1061,6 +1068,28 @@ fn inlined(call_site: u64, ptr: u64, arg2: &impl Fn() -> Arg2) {
         // SAFETY: a live map value.
         unsafe { atomic_add(n, 1) };
     }
+}
+
+/// Whether `cache` is the anon_vma cache, by its ctor; learnt into
+/// `CACHES` when it is (never the AVC slot: any other cache is not).
+#[inline(always)]
+fn anon_vma_cache(cache: u64) -> bool {
+    let cfg = config();
+    let ctor = read_or_zero(cache + u64::from(cfg.kmem_cache_ctor_off));
+    if ctor == 0 || ctor != cfg.anon_vma_ctor {
+        return false;
+    }
+    let caches = &raw mut CACHES;
+    // SAFETY: a global of this program, in bounds; an aligned 8-byte store.
+    unsafe {
+        core::ptr::write_volatile(
+            caches
+                .cast::<u64>()
+                .add(rmapwatch_common::object::ANON_VMA as usize),
+            cache,
+        );
+    }
+    true
 }
 
 /// `BPF_NOEXIST`: insert only a key that is absent.

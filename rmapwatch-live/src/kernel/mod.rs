@@ -53,9 +53,9 @@ pub enum EnvError {
     /// `RMAPWATCH_LEAVE_OUT_SITES` names a function that is not an rmap
     /// call site.
     #[error(
-        "{LEAVE_OUT_ENV}={0:?}: {1:?} is not an rmap call-site function (give some of {sites}, \
-         comma-separated)",
-        sites = site::NAMES.join(", ")
+        "{LEAVE_OUT_ENV}={0:?}: {1:?} is not an rmap function that allocates anon_vmas (give \
+         {sites}, comma-separated)",
+        sites = LEAVE_OUT_SITES.join(" and/or ")
     )]
     LeaveOut(String, String),
     /// The classic tracepoints' formats are not what the perf path reads.
@@ -214,8 +214,8 @@ impl KernelFacts {
         if !left_out.is_empty() {
             notes.push(format!(
                 "{LEAVE_OUT_ENV}: {} left out of the rmap call-site ranges, as if inlined \
-                 elsewhere: their allocations reach only the inlining detector, and are missing \
-                 from the counts",
+                 elsewhere: their anon_vmas reach only the inlining detector, and their objects \
+                 are missing from the counts",
                 left_out.join(", ")
             ));
         }
@@ -514,21 +514,28 @@ pub fn ensure_tracefs() -> Result<bool, String> {
     }
 }
 
-/// The environment variable naming rmap call-site functions to leave out of
-/// the classifier's ranges, as if a compiler had inlined them elsewhere:
-/// their allocations then reach only the inlining detector. For the
-/// detector's own test (it finds nothing on any kernel tested).
+/// The environment variable naming rmap functions that allocate anon_vmas
+/// ([`LEAVE_OUT_SITES`]) to leave out of the classifier's ranges, as if a
+/// compiler had inlined them elsewhere: their anon_vma allocations then
+/// reach only the inlining detector. For the detector's own test (it finds
+/// nothing on any kernel tested).
 pub const LEAVE_OUT_ENV: &str = "RMAPWATCH_LEAVE_OUT_SITES";
 
+/// The call sites that may be left out: those that allocate anon_vmas,
+/// which the detector then finds. (`anon_vma_clone` allocates AVCs only,
+/// which it does not look for; the other two only free: left out, their
+/// events would vanish without a trace.)
+pub const LEAVE_OUT_SITES: [&str; 2] = ["__anon_vma_prepare", "anon_vma_fork"];
+
 /// The call-site functions `RMAPWATCH_LEAVE_OUT_SITES` names (comma-separated,
-/// each one of `site::NAMES`).
+/// each one of [`LEAVE_OUT_SITES`]).
 ///
 /// # Errors
-/// A name that is not an rmap call-site function.
+/// A name that is not one of them.
 pub fn leave_out_sites(v: &str) -> Result<Vec<&'static str>, EnvError> {
     let mut out = Vec::new();
     for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        let Some(known) = site::NAMES.iter().find(|&&n| n == name) else {
+        let Some(known) = LEAVE_OUT_SITES.iter().find(|&&n| n == name) else {
             return Err(EnvError::LeaveOut(v.to_owned(), name.to_owned()));
         };
         if !out.contains(known) {
@@ -600,7 +607,14 @@ mod tests {
         assert!(leave_out_sites("").unwrap().is_empty());
         let e = leave_out_sites("__anon_vma_prepare,kmalloc").unwrap_err();
         assert!(matches!(&e, EnvError::LeaveOut(_, n) if n == "kmalloc"));
-        assert!(e.to_string().contains("anon_vma_clone"), "{e}");
+        assert!(e.to_string().contains("anon_vma_fork"), "{e}");
+        // Sites that allocate no anon_vma: their events would just vanish.
+        for s in ["anon_vma_clone", "unlink_anon_vmas", "__put_anon_vma"] {
+            assert!(leave_out_sites(s).is_err(), "{s}");
+        }
+        for s in LEAVE_OUT_SITES {
+            assert!(site::NAMES.contains(&s));
+        }
     }
 
     #[test]
