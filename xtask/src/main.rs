@@ -124,7 +124,7 @@ enum Cmd {
     /// toolchain, stress-ng and adb.
     Soak {
         /// Minutes of churn.
-        #[arg(long, default_value = "10")]
+        #[arg(long, default_value = "10", value_parser = positive_minutes)]
         minutes: f64,
         /// VMAs of state (half of them with an anon_vma).
         #[arg(long, default_value = "1000000")]
@@ -431,6 +431,15 @@ fn designs_table(root: &Path) -> anyhow::Result<()> {
 /// Where `vm-test --report` writes the matrix, between [`MATRIX_MARKERS`].
 const MATRIX_DOC: &str = "docs/kernels.md";
 /// The markers around the matrix table in [`MATRIX_DOC`].
+/// `--minutes`: positive and finite, refused before anything is built.
+fn positive_minutes(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(m) if m.is_finite() && m > 0.0 => Ok(m),
+        Ok(_) => Err("give a positive number of minutes".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 const MATRIX_MARKERS: (&str, &str) = ("<!-- vm-matrix:start -->", "<!-- vm-matrix:end -->");
 
 /// `text` with what lies between the `markers` replaced by `table`, or

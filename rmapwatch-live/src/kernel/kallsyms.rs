@@ -21,7 +21,9 @@ pub fn read() -> Result<Kallsyms, KallsymsError> {
 /// decides that once, at open (`kallsyms_open` caches the opener's
 /// credentials against `kptr_restrict`), so reading it again through this
 /// still shows them after rmapwatch dropped CAP_SYSLOG and set
-/// `kptr_restrict` back. A fresh open then would read zeros.
+/// `kptr_restrict` back. A fresh open then would read zeros. (Kernels
+/// before 5.8 decided at each read, and name no site after the drop.)
+/// One reader at a time: a read seeks the shared file to its start.
 #[derive(Clone, Debug)]
 pub struct Opened(Arc<File>);
 

@@ -39,6 +39,10 @@ pub fn phases(log: &str) -> Option<String> {
     for w in stamps.windows(2) {
         let _ = write!(out, ", {} {:.0} s", w[0].1, w[1].0 - w[0].0);
     }
+    // A boot that never finished: the phase it stopped in.
+    if let Some((_, last)) = stamps.last().filter(|(_, p)| *p != "end") {
+        let _ = write!(out, ", {last} (unfinished)");
+    }
     Some(out)
 }
 
@@ -1208,6 +1212,10 @@ mod tests {
             Some("kernel 8 s, start 2 s, mode fentry 30 s, time fentry 12 s")
         );
         assert_eq!(phases("RMW-T x y\nnothing\n"), None);
+        assert_eq!(
+            phases("RMW-T 3.0 start\nRMW-T 5.5 record\n").as_deref(),
+            Some("kernel 3 s, start 2 s, record (unfinished)")
+        );
     }
 
     /// A real time cell (Debian's arm64 7.3 under TCG, fentry mode; the

@@ -427,7 +427,8 @@ fn bench_snapshot(procs: u32, regions: u32, repeat: usize) -> anyhow::Result<()>
 
 /// rmapwatch's benchmarks. Each measures its baseline in the same
 /// invocation and prints medians, min/max and ratios; none asserts a time.
-/// The kernel ones (idle, locks, cost, storms, adb, record, soak, snapshot)
+/// The kernel ones (idle, locks, cost, storms, adb, record, soak, snapshot,
+/// pagemap)
 /// need root and a machine where nothing else runs.
 #[derive(clap::Parser)]
 #[command(
@@ -481,7 +482,7 @@ enum Bench {
         #[arg(long, default_value_t = 9, value_parser = at_least_one)]
         rounds: usize,
     },
-    /// Reading pagemap for the designs' page counts.
+    /// Reading pagemap for the designs' page counts (root).
     Pagemap {
         /// GiB mapped.
         #[arg(long, default_value_t = 1, value_parser = at_least_one)]
