@@ -641,18 +641,17 @@ fn left_out_is_found(args: &[&str], leave_out: &str) {
     let (r, errs) = rw.stop_with_stderr();
     let truth = bt.stop();
     let inlined = r.inlined.as_ref().expect("the detector's report");
-    let at_prepare: u64 = inlined
-        .sites
-        .iter()
-        .filter(|(s, _)| s.starts_with("__anon_vma_prepare"))
-        .map(|(_, n)| n)
-        .sum();
-    let at_left_out: u64 = inlined
-        .sites
-        .iter()
-        .filter(|(s, _)| leave_out.split(',').any(|f| s.starts_with(f)))
-        .map(|(_, n)| n)
-        .sum();
+    // The detector's count at sites in any of `functions` (split parts too).
+    let found_in = |functions: &[&str]| -> u64 {
+        inlined
+            .sites
+            .iter()
+            .filter(|(s, _)| functions.iter().any(|f| s.starts_with(f)))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let at_prepare = found_in(&["__anon_vma_prepare"]);
+    let at_left_out = found_in(&leave_out.split(',').collect::<Vec<_>>());
     assert_eq!(
         at_left_out, inlined.anon_vma_allocs,
         "every anon_vma the detector found is a left-out function's: {:?}",
