@@ -6,6 +6,7 @@
 pub mod caps;
 pub mod floor;
 pub mod kernel;
+pub mod kernel_log;
 pub mod loader;
 pub mod pagemap;
 pub mod procfs;

@@ -2,12 +2,7 @@
 //! program, choosing fentry, kprobe or the tracepoint path per hook.
 //!
 //! This and `daemon` are the only modules that know about aya.
-use std::{
-    collections::BTreeMap,
-    os::fd::AsFd as _,
-    path::Path,
-    sync::{Arc, Mutex},
-};
+use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
@@ -85,42 +80,15 @@ pub struct Probes {
     /// Keeps the kernel's run-time statistics on while we run
     /// (`BPF_ENABLE_STATS`, 5.8+; dropped = off again unless others hold it).
     stats_fd: Option<std::os::fd::OwnedFd>,
-    /// The programs' log (aya-log) of rare conditions, and where its
-    /// records wait; `None` when it could not be set up (said once).
-    kernel_log: Option<(aya_log::EbpfLogger<KernelLog>, KernelLog)>,
+    /// The programs' log (aya-log's ring) of rare conditions; `None` when
+    /// it could not be set up (said once).
+    kernel_log: Option<RingBuf<MapData>>,
 }
 
-/// Lines of the programs' log not yet taken, at most [`KernelLog::MAX`]:
-/// the programs already say each condition sparingly (`rmapwatch_common::rare`).
-#[derive(Clone, Default)]
-struct KernelLog(Arc<Mutex<Vec<String>>>);
-
-impl KernelLog {
-    const MAX: usize = 256;
-
-    fn take(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .map(|mut q| std::mem::take(&mut *q))
-            .unwrap_or_default()
-    }
-}
-
-impl log::Log for KernelLog {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if let Ok(mut q) = self.0.lock()
-            && q.len() < Self::MAX
-        {
-            q.push(record.args().to_string());
-        }
-    }
-
-    fn flush(&self) {}
-}
+/// Lines of the programs' log taken at once, at most: the programs already
+/// say each condition sparingly (`rmapwatch_common::rare`); the rest of a
+/// burst stays in the ring for the next call.
+const KERNEL_LOG_LINES: usize = 256;
 
 /// The programs' log level when their log is off (`AYA_LOG_LEVEL`: no
 /// level enabled, so the verifier never sees the logging code).
@@ -205,12 +173,10 @@ impl Probes {
         };
         let kernel_log = match log_refused {
             Some(why) => Err(why),
-            None => {
-                let queue = KernelLog::default();
-                aya_log::EbpfLogger::init_with_logger(&mut ebpf, queue.clone())
-                    .map(|logger| (logger, queue))
-                    .map_err(|e| short(&e))
-            }
+            None => match ebpf.take_map("AYA_LOGS") {
+                Some(map) => RingBuf::try_from(map).map_err(|e| short(&e)),
+                None => Err("no AYA_LOGS map in the object".to_owned()),
+            },
         };
         let kernel_log = kernel_log
             .map_err(|why| {
@@ -427,12 +393,24 @@ impl Probes {
 
     /// What the programs logged since the last call (rare conditions,
     /// each line already rate-limited in the kernel).
+    /// A record that cannot be decoded is a line that says so (and the
+    /// record's bytes), never a panic.
     pub fn kernel_log(&mut self) -> Vec<String> {
-        let Some((logger, queue)) = &mut self.kernel_log else {
+        let Some(ring) = &mut self.kernel_log else {
             return Vec::new();
         };
-        logger.flush();
-        queue.take()
+        let mut lines = Vec::new();
+        while lines.len() < KERNEL_LOG_LINES {
+            let Some(record) = ring.next() else { break };
+            lines.push(match crate::kernel_log::decode(&record) {
+                Ok(line) => line,
+                Err(why) => format!(
+                    "a record of the programs' log could not be decoded ({why}; {} bytes)",
+                    record.len()
+                ),
+            });
+        }
+        lines
     }
 
     /// Whether the kernel keeps the programs' run-time statistics for us.
