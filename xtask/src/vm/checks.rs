@@ -105,6 +105,36 @@ fn object<'a>(
     r.objects.get(name).ok_or(format!("no {name} block"))
 }
 
+/// What the slab programs saw between two reports, for a drift's failure:
+/// runs of ours and of the empty program beside them (`RMAPWATCH_FLOOR`;
+/// on both tracepoints), allocations and frees seen, and the rmap hooks'
+/// calls. Seen once on arm64 7.3 under TCG (fentry mode): our alloc
+/// program and the empty one ran ~3,500 times where the frees ran 59,000,
+/// so the kernel, not our program, skipped the alloc tracepoint.
+fn slab_runs(a: &Report, b: &Report) -> String {
+    let runs = |r: &Report, p: &str| {
+        r.cost
+            .as_ref()
+            .and_then(|c| c.programs.get(p))
+            .map_or(0, |s| s.runs)
+    };
+    let d = |p: &str| runs(b, p).saturating_sub(runs(a, p));
+    let objects = |r: &Report, f: fn(&rmapwatch_engine::report::ObjectReport) -> u64| -> u64 {
+        r.objects.values().map(f).sum()
+    };
+    let calls = |r: &Report| -> u64 { r.hooks.values().filter_map(|h| h.calls).sum() };
+    format!(
+        "between the two reports: runs of kmem_cache_alloc {}, kmem_cache_free {}, the empty \
+         program (both) {}; allocations seen {}, frees {}; rmap hook calls {}",
+        d("kmem_cache_alloc"),
+        d("kmem_cache_free"),
+        d("empty"),
+        objects(b, |o| o.allocs).saturating_sub(objects(a, |o| o.allocs)),
+        objects(b, |o| o.frees).saturating_sub(objects(a, |o| o.frees)),
+        calls(b).saturating_sub(calls(a))
+    )
+}
+
 /// Checks one mode's output against the VM's ground truth.
 pub fn check(
     mode: &str,
@@ -224,8 +254,10 @@ pub fn check(
         let drift = model(hold, "at the hold point")?.drift;
         if drift.anon_vma != 0 || drift.anon_vma_chain != 0 {
             return Err(format!(
-                "events vs a fresh walk at the hold point: drift {drift:?} (before the workload {:?})",
-                model(pre, "before the workload")?.drift
+                "events vs a fresh walk at the hold point: drift {drift:?} (before the workload \
+                 {:?}); {}",
+                model(pre, "before the workload")?.drift,
+                slab_runs(pre, hold)
             ));
         }
         for &pid in &workload_pids(meta)? {
@@ -1271,6 +1303,42 @@ mod tests {
         assert_eq!(result, Ok(()), "{detail}");
         assert!(detail.contains("1 runs missed by recursion"), "{detail}");
         assert!(detail.contains("(within [-1, 4])"), "{detail}");
+    }
+
+    #[test]
+    fn a_drift_names_what_the_slab_programs_saw() {
+        // As seen once on arm64 7.3 (fentry): the alloc tracepoint ran for
+        // neither program while the frees went on.
+        let mut a = report();
+        let mut b = report();
+        for r in [&mut a, &mut b] {
+            // The fixture's run had no floor program beside ours.
+            if let Some(c) = r.cost.as_mut()
+                && let Some(mut empty) = c.programs.get("kmem_cache_free").cloned()
+            {
+                empty.runs = 1_000;
+                c.programs.insert("empty".to_owned(), empty);
+            }
+        }
+        if let Some(c) = b.cost.as_mut() {
+            for (name, more) in [
+                ("kmem_cache_alloc", 3_119),
+                ("kmem_cache_free", 54_221),
+                ("empty", 57_354),
+            ] {
+                if let Some(p) = c.programs.get_mut(name) {
+                    p.runs += more;
+                }
+            }
+        }
+        if let Some(o) = b.objects.get_mut("anon_vma") {
+            o.frees += 9_536;
+        }
+        let s = slab_runs(&a, &b);
+        assert!(
+            s.contains("runs of kmem_cache_alloc 3119, kmem_cache_free 54221, the empty program (both) 57354; allocations seen 0, frees 9536"),
+            "{s}"
+        );
     }
 
     /// The fixture's walks: 126 + 126 by compaction, 3 by DAMON (2 + 1).
