@@ -296,15 +296,24 @@ fn retry_reason(e: &anyhow::Error) -> Option<(&'static str, &'static str)> {
 /// Why a boot whose cells came back is booted once more, or `None`: a
 /// mode failed because the guest kernel's `kmem_cache_alloc` tracepoint ran
 /// for no program ([`checks::ALLOC_TRACEPOINT_SILENT`]), a guest fluke of
-/// the same kind as [`PATCH_RACE`]. Its cells are printed first, as they
-/// were.
+/// the same kind as [`PATCH_RACE`], and every failed cell is one of those
+/// (another failure is no reason to boot again). Its failed cells are
+/// printed first, as they were.
 fn cells_retry_reason(cells: &[Cell]) -> Option<(&'static str, &'static str)> {
-    let silent = cells.iter().find(|c| {
+    let failed: Vec<&Cell> = cells.iter().filter(|c| c.result.is_err()).collect();
+    // Only when every failure is this fluke: a boot once more must not
+    // hide another mode's failure.
+    let silent = |c: &Cell| {
         c.result
             .as_ref()
             .is_err_and(|e| e.starts_with(checks::ALLOC_TRACEPOINT_SILENT))
-    })?;
-    eprintln!("{}", table(std::slice::from_ref(silent)));
+    };
+    if failed.is_empty() || !failed.iter().all(|c| silent(c)) {
+        return None;
+    }
+    for c in failed {
+        eprintln!("{}", table(std::slice::from_ref(c)));
+    }
     Some((
         "the guest kernel's kmem_cache_alloc tracepoint ran for none of its programs (ours and \
          the empty one beside it alike) while its frees ran: most likely a stale translation of \
@@ -573,7 +582,10 @@ mod tests {
         assert!(cells_retry_reason(&[cell(Ok(())), cell(Err(silent))]).is_some());
         assert!(cells_retry_reason(&[cell(Ok(()))]).is_none());
         let ours = "events vs a fresh walk at the hold point: drift ...".to_owned();
-        assert!(cells_retry_reason(&[cell(Err(ours))]).is_none());
+        assert!(cells_retry_reason(&[cell(Err(ours.clone()))]).is_none());
+        // Another failure beside the fluke: no second boot to hide it.
+        let silent = format!("{}...", checks::ALLOC_TRACEPOINT_SILENT);
+        assert!(cells_retry_reason(&[cell(Err(silent)), cell(Err(ours))]).is_none());
     }
 
     #[test]

@@ -123,6 +123,10 @@ time_check() {
   grep -q ' rwsem_down_read_slowpath$' /proc/kallsyms && echo "p:rmwcheck/sr rwsem_down_read_slowpath" >> $T/kprobe_events && EV="$EV sr"
   grep -q ' rwsem_down_write_slowpath$' /proc/kallsyms && echo "p:rmwcheck/sw rwsem_down_write_slowpath" >> $T/kprobe_events && EV="$EV sw"
   echo 16384 > $T/buffer_size_kb
+  # The trace names each line's task from a cache of 128 pids by default:
+  # after the storm's forks kdamond's name could be gone (shown "<...>"),
+  # and its hits (RWD) uncounted.
+  [ -e $T/saved_cmdlines_size ] && echo 8192 > $T/saved_cmdlines_size
   echo > $T/trace
   rm -f /tmp/t.json /tmp/t.err /tmp/tw.out /tmp/ts.out /tmp/tc.out /tmp/hold5
   mkfifo /tmp/hold5
