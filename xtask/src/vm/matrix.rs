@@ -221,34 +221,27 @@ pub fn matrix(
             arch.qemu
         );
         let t = std::time::Instant::now();
-        let booted = match run_kernel(cache_root, arch, &vmlinuz, &initrd, host_bin, &boot) {
+        let boot_once = || run_kernel(cache_root, arch, &vmlinuz, &initrd, host_bin, &boot);
+        // A guest fluke (said, and noted in every row): booted once more.
+        let again = |why: &str, note: &str| {
+            eprintln!("xtask: {why}; booting it once more");
+            boot_once().map(|mut cells| {
+                for c in &mut cells {
+                    c.detail.push_str(&format!("; booted twice ({note})"));
+                }
+                cells
+            })
+        };
+        let booted = match boot_once() {
             Err(e) => match retry_reason(&e) {
                 Some((why, note)) => {
                     eprintln!("xtask: {e:#}");
-                    eprintln!("xtask: {why}; booting it once more");
-                    run_kernel(cache_root, arch, &vmlinuz, &initrd, host_bin, &boot).map(
-                        |mut cells| {
-                            for c in &mut cells {
-                                c.detail.push_str(&format!("; booted twice ({note})"));
-                            }
-                            cells
-                        },
-                    )
+                    again(why, note)
                 }
                 None => Err(e),
             },
             Ok(cells) => match cells_retry_reason(&cells) {
-                Some((why, note)) => {
-                    eprintln!("xtask: {why}; booting it once more");
-                    run_kernel(cache_root, arch, &vmlinuz, &initrd, host_bin, &boot).map(
-                        |mut cells| {
-                            for c in &mut cells {
-                                c.detail.push_str(&format!("; booted twice ({note})"));
-                            }
-                            cells
-                        },
-                    )
-                }
+                Some((why, note)) => again(why, note),
                 None => Ok(cells),
             },
         };
