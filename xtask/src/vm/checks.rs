@@ -6,7 +6,7 @@
 //! and the host phase's cells.
 use std::{fmt::Write as _, path::Path, process::Command};
 
-use rmapwatch_engine::report::{ProcessReport, Report};
+use rmapwatch_engine::report::{FLOOR_PROGRAM, ProcessReport, Report};
 
 use super::{
     Cell,
@@ -116,19 +116,28 @@ fn object<'a>(
 pub const ALLOC_TRACEPOINT_SILENT: &str =
     "the guest kernel ran its kmem_cache_alloc tracepoint for no program: ";
 
+/// Runs of `program` (kernel-counted, `bpf_stats`) from report `a` to `b`.
+fn runs_between(a: &Report, b: &Report, program: &str) -> u64 {
+    let runs = |r: &Report| {
+        r.cost
+            .as_ref()
+            .and_then(|c| c.programs.get(program))
+            .map_or(0, |s| s.runs)
+    };
+    runs(b).saturating_sub(runs(a))
+}
+
 /// [`ALLOC_TRACEPOINT_SILENT`]'s test between reports `a` and `b`: our
 /// alloc program ran less than a quarter as often as our free program, and
 /// the empty program's runs on alloc (its runs less our free program's)
 /// are ours within 10 % (or 16 runs): both were skipped alike.
 fn alloc_tracepoint_silent(a: &Report, b: &Report) -> bool {
-    let runs = |r: &Report, p: &str| {
-        r.cost
-            .as_ref()
-            .and_then(|c| c.programs.get(p))
-            .map_or(0, |s| s.runs)
-    };
-    let d = |p: &str| runs(b, p).saturating_sub(runs(a, p));
-    let (alloc, free, empty) = (d("kmem_cache_alloc"), d("kmem_cache_free"), d("empty"));
+    let d = |p: &str| runs_between(a, b, p);
+    let (alloc, free, empty) = (
+        d("kmem_cache_alloc"),
+        d("kmem_cache_free"),
+        d(FLOOR_PROGRAM),
+    );
     let empty_alloc = empty.saturating_sub(free);
     empty > 0
         && free >= 100
@@ -143,13 +152,7 @@ fn alloc_tracepoint_silent(a: &Report, b: &Report) -> bool {
 /// program and the empty one ran ~3,500 times where the frees ran 59,000,
 /// so the kernel, not our program, skipped the alloc tracepoint.
 fn slab_runs(a: &Report, b: &Report) -> String {
-    let runs = |r: &Report, p: &str| {
-        r.cost
-            .as_ref()
-            .and_then(|c| c.programs.get(p))
-            .map_or(0, |s| s.runs)
-    };
-    let d = |p: &str| runs(b, p).saturating_sub(runs(a, p));
+    let d = |p: &str| runs_between(a, b, p);
     let objects = |r: &Report, f: fn(&rmapwatch_engine::report::ObjectReport) -> u64| -> u64 {
         r.objects.values().map(f).sum()
     };
@@ -159,7 +162,7 @@ fn slab_runs(a: &Report, b: &Report) -> String {
          program (both) {}; allocations seen {}, frees {}; rmap hook calls {}",
         d("kmem_cache_alloc"),
         d("kmem_cache_free"),
-        d("empty"),
+        d(FLOOR_PROGRAM),
         objects(b, |o| o.allocs).saturating_sub(objects(a, |o| o.allocs)),
         objects(b, |o| o.frees).saturating_sub(objects(a, |o| o.frees)),
         calls(b).saturating_sub(calls(a))
@@ -1354,7 +1357,7 @@ mod tests {
                 for (name, n) in [
                     ("kmem_cache_alloc", alloc),
                     ("kmem_cache_free", free),
-                    ("empty", empty),
+                    (FLOOR_PROGRAM, empty),
                 ] {
                     base.runs = 1_000 + k * n;
                     c.programs.insert(name.to_owned(), base);
@@ -1393,14 +1396,14 @@ mod tests {
                 && let Some(mut empty) = c.programs.get("kmem_cache_free").cloned()
             {
                 empty.runs = 1_000;
-                c.programs.insert("empty".to_owned(), empty);
+                c.programs.insert(FLOOR_PROGRAM.to_owned(), empty);
             }
         }
         if let Some(c) = b.cost.as_mut() {
             for (name, more) in [
                 ("kmem_cache_alloc", 3_119),
                 ("kmem_cache_free", 54_221),
-                ("empty", 57_354),
+                (FLOOR_PROGRAM, 57_354),
             ] {
                 if let Some(p) = c.programs.get_mut(name) {
                     p.runs += more;
@@ -1418,11 +1421,11 @@ mod tests {
     }
 
     /// The fixture's walks: 126 + 126 by compaction, 3 by DAMON (2 + 1).
-    fn with_damon(r: &mut Report, walks: u64) {
+    fn set_walks(r: &mut Report, caller: &str, walks: impl Fn(u64) -> u64) {
         if let Some(t) = r.time.as_mut() {
             for c in &mut t.rmap_walks.by_caller {
-                if c.caller == "damon_folio_young_one" {
-                    c.walks = walks;
+                if c.caller == caller {
+                    c.walks = walks(c.walks);
                 }
             }
         }
@@ -1434,7 +1437,7 @@ mod tests {
         // rmapwatch was watching. Without the guest's kdamond count the
         // cell fails as it did there; with it, the rest is exact.
         let mut r = report();
-        with_damon(&mut r, 22);
+        set_walks(&mut r, "damon_folio_young_one", |_| 22);
         let (result, _) = time_check("fentry", META, &[], Some(&r));
         let e = result.expect_err("275 vs 253 without kdamond's count");
         assert!(
@@ -1464,13 +1467,7 @@ mod tests {
     #[test]
     fn a_compaction_walk_too_many_still_fails_beside_damon() {
         let mut r = report();
-        if let Some(t) = r.time.as_mut() {
-            for c in &mut t.rmap_walks.by_caller {
-                if c.caller == "try_to_migrate_one" {
-                    c.walks += 10;
-                }
-            }
-        }
+        set_walks(&mut r, "try_to_migrate_one", |w| w + 10);
         let meta = META.replace("rw=253", "rw=253 rwd=1");
         let (result, _) = time_check("fentry", &meta, &[], Some(&r));
         let e = result.expect_err("262 vs 252 with slack 6");
