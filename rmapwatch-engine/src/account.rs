@@ -259,6 +259,8 @@ struct Pending {
     seen_in: Option<u32>,
     /// Walks begun when it was allocated.
     epoch: u64,
+    /// The process whose thread allocated it (the forking parent).
+    tgid: u32,
 }
 
 /// What a walk does besides comparing.
@@ -519,6 +521,7 @@ impl Accounting {
                 obj: s.object,
                 seen_in: None,
                 epoch,
+                tgid: s.tgid,
             });
         } else {
             self.touch(s.ptr);
@@ -574,13 +577,11 @@ impl Accounting {
         // live): freed during the walk, it is no one's live object to drop.
         let seen_only = entry.filter(|v| v & bits::PROVISIONAL != 0).map(owner_of);
         let owned = entry.filter(|v| v & bits::PROVISIONAL == 0).map(owner_of);
-        let pending = self.pending.get_mut(&s.tid).and_then(|v| {
-            let pos = v.iter().position(|p| p.ptr == s.ptr)?;
-            (owned.is_none()).then(|| v.swap_remove(pos))
-        });
-        if pending.is_some() && self.pending.get(&s.tid).is_some_and(Vec::is_empty) {
-            self.pending.remove(&s.tid);
-        }
+        let pending = if owned.is_none() {
+            self.take_pending(s.tid, s.ptr)
+        } else {
+            None
+        };
         let obj = owned
             .map(|(_, o)| o)
             .or(pending.as_ref().map(|p| p.obj))
@@ -598,8 +599,8 @@ impl Accounting {
                 self.drop_live(owner, owned_obj);
             }
             // An allocation still pending (fork failed after dup_mmap).
-            (None, Some(_), _) => {
-                let p = self.process(s.tgid);
+            (None, Some(Pending { tgid, .. }), _) => {
+                let p = self.process(tgid);
                 p.flows[obj].allocs += 1;
                 p.flows[obj].frees += 1;
             }
@@ -615,6 +616,30 @@ impl Accounting {
             // An object older than start-up.
             (None, None, None) => self.objects[obj].frees_of_preexisting += 1,
         }
+    }
+
+    /// Takes the fork allocation waiting at `ptr` for its fork's end: from
+    /// thread `tid`'s list when it holds it (recordings before ABI 10 name
+    /// the freeing thread), else from whichever thread's does. Frees carry
+    /// no task since ABI 10; a fork that fails frees what it allocated in
+    /// the same thread, and an address waits in one list at a time, as a
+    /// free takes it out before it can be allocated again. A scan of what
+    /// waits (the forks in progress), only for a free of an address no
+    /// process owns.
+    fn take_pending(&mut self, tid: u32, ptr: u64) -> Option<Pending> {
+        let holds = |l: &Vec<Pending>| l.iter().any(|p| p.ptr == ptr);
+        let holder = if self.pending.get(&tid).is_some_and(holds) {
+            tid
+        } else {
+            *self.pending.iter().find(|(_, l)| holds(l))?.0
+        };
+        let list = self.pending.get_mut(&holder)?;
+        let pos = list.iter().position(|p| p.ptr == ptr)?;
+        let taken = list.swap_remove(pos);
+        if list.is_empty() {
+            self.pending.remove(&holder);
+        }
+        Some(taken)
     }
 
     fn fork(&mut self, tid: u32, parent: u32, child_tgid: u32, comm: String) {
@@ -1046,6 +1071,39 @@ mod tests {
         // An object older than start-up keeps the guess.
         a.apply(&free(AV, site::PUT, 11, 0xc0));
         assert_eq!(a.objects[AV as usize].frees_of_preexisting, 1);
+    }
+
+    #[test]
+    fn a_failed_forks_allocations_freed_without_a_task_stay_the_parents() {
+        // Frees carry no task since ABI 10 (tid and tgid 0); recordings
+        // before it name the freeing thread. Either way a fork that failed
+        // after dup_mmap hands what it freed to the thread that forked, and
+        // another thread's fork in progress keeps its own.
+        for freeing in [0, 10] {
+            let mut a = Accounting::default();
+            a.apply(&alloc(AV, site::FORK, 10, 0x40, true));
+            a.apply(&alloc(AVC, site::FORK, 10, 0x80, true));
+            a.apply(&alloc(AVC, site::FORK, 20, 0xc0, true));
+            a.apply(&free(AV, site::PUT, freeing, 0x40));
+            a.apply(&free(AVC, site::FORK, freeing, 0x80));
+            let parent = &a.processes[&10];
+            assert_eq!(parent.flows[AV as usize].allocs, 1, "tid {freeing}");
+            assert_eq!(parent.flows[AV as usize].frees, 1, "tid {freeing}");
+            assert_eq!(parent.flows[AVC as usize].allocs, 1, "tid {freeing}");
+            assert_eq!(parent.flows[AVC as usize].frees, 1, "tid {freeing}");
+            assert!(!a.processes.contains_key(&0), "tid {freeing}");
+            assert_eq!(a.objects[AV as usize].frees_of_preexisting, 0);
+            assert_eq!(a.objects[AVC as usize].frees_of_preexisting, 0);
+            a.apply(&fork(20, 21));
+            a.apply(&fork(10, 11));
+            assert_eq!(a.processes[&21].flows[AVC as usize].allocs, 1);
+            assert_eq!(
+                a.processes[&11].flows[AV as usize].allocs
+                    + a.processes[&11].flows[AVC as usize].allocs,
+                0
+            );
+            assert_eq!(a.live(), [0, 1], "tid {freeing}");
+        }
     }
 
     #[test]

@@ -59,9 +59,11 @@ pub struct Slab {
     /// Allocated inside a fork of the current task, before
     /// `sched_process_fork`: it belongs to the child named next.
     pub in_fork: bool,
-    /// Current thread.
+    /// Current thread; on a free 0 (unknown) since ABI 10, whose programs
+    /// no longer ask the kernel for it (the engine knows a freed object by
+    /// its address).
     pub tid: u32,
-    /// Current process.
+    /// Current process; on a free 0 since ABI 10, as `tid`.
     pub tgid: u32,
     /// The object's address.
     pub ptr: u64,
