@@ -139,6 +139,12 @@ impl Lines {
     }
 
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        self.try_wait_for(needle, timeout)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::wait_for`], the failure said instead of raised.
+    pub fn try_wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -146,7 +152,7 @@ impl Lines {
                 Ok(line) => {
                     self.seen.push(line.clone());
                     if line.contains(needle) {
-                        return line;
+                        return Ok(line);
                     }
                 }
                 Err(e) => {
@@ -156,10 +162,10 @@ impl Lines {
                         "timed out"
                     };
                     let other = self.other.as_mut().map(|o| o.rest()).unwrap_or_default();
-                    panic!(
+                    return Err(format!(
                         "{what} waiting for {needle:?}; saw {:#?}; its other stream said {other:#?}",
                         self.seen
-                    );
+                    ));
                 }
             }
         }
@@ -184,6 +190,12 @@ impl Lines {
     }
 }
 
+/// What bpftrace prints (on stderr) once its last probe is attached, when
+/// this variable is set: bpftrace's own runtime tests wait for it.
+/// ("Attaching N probes" comes before the first attach: waiting for it and
+/// half a second was a guess.)
+const BPFTRACE_ATTACHED: &str = "__BPFTRACE_NOTIFY_PROBES_ATTACHED";
+
 /// A running bpftrace script (the independent count), attached.
 pub struct Bpftrace {
     child: Child,
@@ -197,15 +209,28 @@ impl Bpftrace {
         ensure_tracefs();
         let mut child = Command::new("bpftrace")
             .args(["-e", script])
+            .env(BPFTRACE_ATTACHED, "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("bpftrace is installed by cargo xtask setup");
-        let stderr = Lines::new(child.stderr.take().unwrap());
-        let mut stdout = Lines::with_other(child.stdout.take().unwrap(), stderr);
-        stdout.wait_for("Attaching", Duration::from_secs(60));
-        // bpftrace prints "Attaching" just before it attaches.
-        std::thread::sleep(Duration::from_millis(500));
+        let stdout = Lines::new(child.stdout.take().unwrap());
+        let mut stderr = Lines::with_other(child.stderr.take().unwrap(), stdout);
+        if let Err(e) = stderr.try_wait_for(BPFTRACE_ATTACHED, Duration::from_secs(60)) {
+            // Not left attached beside the next test's counts.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("bpftrace did not attach: {e}");
+        }
+        // Its stdout (the maps at the exit), with its stderr shown on a failure.
+        let stdout = stderr.other.take().expect("set above");
+        let stdout = Lines {
+            other: Some(Box::new(Lines {
+                other: None,
+                ..stderr
+            })),
+            ..*stdout
+        };
         Self { child, stdout }
     }
 

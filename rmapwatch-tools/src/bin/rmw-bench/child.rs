@@ -14,27 +14,36 @@ use anyhow::Context as _;
 /// lock file the bench was started under).
 pub(crate) struct Stop(pub(crate) std::process::Child);
 
-impl Drop for Stop {
-    /// SIGINT, again each second (bpftrace can lose one: taken between its
-    /// check of the flag and its `epoll_wait`, with no event to wake it,
-    /// it waited forever), and SIGKILL after 30 s.
-    fn drop(&mut self) {
-        let Ok(pid) = i32::try_from(self.0.id()) else {
-            return;
-        };
+impl Stop {
+    /// Stops the child: SIGINT, again each second (bpftrace can lose one:
+    /// taken between its check of the flag and its `epoll_wait`, with no
+    /// event to wake it, it waited forever), and SIGKILL after 30 s.
+    ///
+    /// # Errors
+    /// The child cannot be waited for.
+    pub(crate) fn stop(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let pid = i32::try_from(self.0.id()).ok();
         for tick in 0..300 {
-            match self.0.try_wait() {
-                Ok(None) => {}
-                _ => return,
+            if let Some(st) = self.0.try_wait()? {
+                return Ok(st);
             }
-            if tick % 10 == 0 {
+            if tick % 10 == 0
+                && let Some(pid) = pid
+            {
                 // SAFETY: kill(2) on our child, not yet reaped.
                 unsafe { libc::kill(pid, libc::SIGINT) };
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         let _ = self.0.kill();
-        let _ = self.0.wait();
+        self.0.wait()
+    }
+}
+
+impl Drop for Stop {
+    /// [`Stop::stop`], unless the child was waited for already.
+    fn drop(&mut self) {
+        let _ = self.stop();
     }
 }
 

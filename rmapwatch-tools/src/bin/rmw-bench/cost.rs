@@ -16,11 +16,7 @@
 //! floor is attached last on the first round of each kind, then first and
 //! last in turn (the first program on a tracepoint pays for what the
 //! tracepoint touches first).
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context as _, bail};
 use rmapwatch_live::{kernel::kallsyms, loader};
@@ -183,21 +179,7 @@ pub fn run(
             .filter(|id| !before_rw.contains(id))
             .collect();
         let before_bt: BTreeSet<u32> = sample().into_keys().collect();
-        let mut bt = crate::child::Stop(
-            Command::new("bpftrace")
-                .args(["-e", &peer])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("starting bpftrace (cargo xtask setup installs it)")?,
-        );
-        let out = crate::storm::lines_of(bt.0.stdout.take().context("no stdout")?);
-        while !out
-            .recv_timeout(Duration::from_secs(60))
-            .context("bpftrace never attached")?
-            .contains("Attaching")
-        {}
-        std::thread::sleep(Duration::from_millis(500));
+        let (bt, _out) = crate::storm::bpftrace(&peer)?;
         let peers: BTreeSet<u32> = sample()
             .into_keys()
             .filter(|id| !before_bt.contains(id))

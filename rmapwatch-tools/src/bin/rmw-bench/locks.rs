@@ -9,7 +9,6 @@
 use std::{
     collections::BTreeSet,
     process::{Command, Stdio},
-    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -88,24 +87,7 @@ pub fn run(rounds: usize, forks: usize, regions: usize) -> anyhow::Result<()> {
         let rw =
             crate::child::rmapwatch_report(&bin, &["--ring-buffer-kb", "131072"], &[], |_| Ok(()))?;
         let before = ids();
-        let mut bt = crate::child::Stop(
-            Command::new("bpftrace")
-                .args(["-e", EMPTY])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("starting bpftrace (cargo xtask setup installs it)")?,
-        );
-        let out = crate::storm::lines_of(bt.0.stdout.take().context("no stdout")?);
-        loop {
-            if out
-                .recv_timeout(Duration::from_secs(60))?
-                .contains("Attaching")
-            {
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(500));
+        let (bt, _out) = crate::storm::bpftrace(EMPTY)?;
         if !floor_first {
             floor = Some(rmapwatch_live::loader::attach_floor(&[
                 "contention_begin",

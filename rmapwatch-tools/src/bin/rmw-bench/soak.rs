@@ -5,7 +5,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -24,24 +24,6 @@ pub struct Opts {
     /// `rmapwatch --adb SERIAL serve`, the agent's RSS and the link's lag
     /// watched too.
     pub adb: bool,
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        // SAFETY: kill has no memory preconditions.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn get(addr: SocketAddr) -> anyhow::Result<(Duration, String)> {
@@ -212,7 +194,7 @@ pub fn run(o: &Opts) -> anyhow::Result<()> {
             break;
         }
     }
-    let holder = Killed(holder);
+    let holder = crate::child::Stop(holder);
     println!("holder ready in {:.1} s", t0.elapsed().as_secs_f64());
     let stand_in = if o.adb {
         let adbd = bin.with_file_name("rmw-adbd");
@@ -239,7 +221,7 @@ pub fn run(o: &Opts) -> anyhow::Result<()> {
         .context("starting rmapwatch serve")?;
     let err = lines_of(serve.stderr.take().context("no stderr")?);
     let pid = serve.id();
-    let serve = Killed(serve);
+    let serve = crate::child::Stop(serve);
     let addr: SocketAddr = loop {
         let l = err
             .recv_timeout(Duration::from_secs(300))
@@ -286,7 +268,7 @@ pub fn run(o: &Opts) -> anyhow::Result<()> {
         ])
         .spawn()
         .context("starting stress-ng (Debian's package; cargo xtask setup installs it)")?;
-    let stress = Killed(stress);
+    let stress = crate::child::Stop(stress);
     let start = Instant::now();
     let mut rss: Vec<(f64, f64)> = Vec::new();
     let mut latencies: Vec<f64> = Vec::new();

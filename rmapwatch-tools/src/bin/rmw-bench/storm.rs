@@ -6,7 +6,7 @@ use std::{
     collections::BTreeSet,
     io::{BufRead as _, BufReader, Read as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -41,7 +41,7 @@ impl Tracer {
 /// A running tracer.
 struct Attached {
     tracer: Tracer,
-    child: Child,
+    child: crate::child::Stop,
     lines: mpsc::Receiver<String>,
     before: BTreeSet<u32>,
 }
@@ -89,6 +89,32 @@ fn wait_for(rx: &mpsc::Receiver<String>, what: &str) -> anyhow::Result<()> {
     bail!("the tracer never printed {what:?}")
 }
 
+/// What bpftrace prints on stderr once its last probe is attached, when
+/// this variable is set (bpftrace's own runtime tests wait for it;
+/// "Attaching N probes" comes before the first attach).
+pub(crate) const BPFTRACE_ATTACHED: &str = "__BPFTRACE_NOTIFY_PROBES_ATTACHED";
+
+/// bpftrace running `script`, returned once all its probes are attached,
+/// with its stdout's lines (its maps, at exit); stopped (SIGINT) if it
+/// never says so.
+pub(crate) fn bpftrace(
+    script: &str,
+) -> anyhow::Result<(crate::child::Stop, mpsc::Receiver<String>)> {
+    let mut child = crate::child::Stop(
+        Command::new("bpftrace")
+            .args(["-e", script])
+            .env(BPFTRACE_ATTACHED, "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting bpftrace (cargo xtask setup installs it)")?,
+    );
+    let out = lines_of(child.0.stdout.take().context("no stdout")?);
+    let err = lines_of(child.0.stderr.take().context("no stderr")?);
+    wait_for(&err, BPFTRACE_ATTACHED)?;
+    Ok((child, out))
+}
+
 /// The bpftrace peer: kmem_cache_alloc/free counted by call site, for the
 /// call sites rmapwatch classifies (the rmap functions' text ranges).
 pub(crate) fn peer_script(k: &kallsyms::Kallsyms) -> String {
@@ -119,6 +145,7 @@ fn start(tracer: Tracer, rmapwatch: &Path, peer: &str) -> anyhow::Result<Option<
                 .with_context(|| format!("starting {}", rmapwatch.display()))?;
             let err = child.stderr.take().context("no stderr")?;
             let lines = lines_of(err);
+            let child = crate::child::Stop(child);
             wait_for(&lines, "attached")?;
             (child, lines)
         }
@@ -128,18 +155,7 @@ fn start(tracer: Tracer, rmapwatch: &Path, peer: &str) -> anyhow::Result<Option<
             } else {
                 peer
             };
-            let mut child = Command::new("bpftrace")
-                .args(["-e", script])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("starting bpftrace (cargo xtask setup installs it)")?;
-            let out = child.stdout.take().context("no stdout")?;
-            let lines = lines_of(out);
-            wait_for(&lines, "Attaching")?;
-            // bpftrace prints "Attaching" just before it attaches.
-            std::thread::sleep(Duration::from_millis(500));
-            (child, lines)
+            bpftrace(script)?
         }
     };
     Ok(Some(Attached {
@@ -161,18 +177,21 @@ fn stop(a: Attached) -> anyhow::Result<Outcome> {
             }
         }
     }
-    // SAFETY: plain kill(2) on our child.
-    unsafe { libc::kill(i32::try_from(a.child.id())?, libc::SIGINT) };
     let mut child = a.child;
     let mut stdout = String::new();
     if a.tracer == Tracer::Rmapwatch {
+        // SAFETY: plain kill(2) on our child; rmapwatch prints its report
+        // and closes stdout at the exit.
+        unsafe { libc::kill(i32::try_from(child.0.id())?, libc::SIGINT) };
         child
+            .0
             .stdout
             .take()
             .context("no stdout")?
             .read_to_string(&mut stdout)?;
     }
-    let st = child.wait()?;
+    // bpftrace can lose a SIGINT: said again until it exits.
+    let st = child.stop()?;
     if !st.success() && a.tracer == Tracer::Rmapwatch {
         let err: Vec<String> = a.lines.try_iter().collect();
         bail!("rmapwatch exited {st}: {}", err.join(" | "));
