@@ -135,19 +135,29 @@ time_check() {
   exec 7>/tmp/hold5
   i=0
   while ! grep -q ready /tmp/tw.out 2>/dev/null; do sleep 0.1; i=$((i+1)); [ $i -gt 600 ] && break; done
-  # rmapwatch's stderr through a fifo, read by the shell's builtin read:
-  # no fork of the shell between rmapwatch's "attached" and the events'
-  # enabling (a polling loop's grep and sleep would be counted by
-  # rmapwatch only; seen: 5 more on arm64 TCG). Drained after it stops.
-  rm -f /tmp/t.fifo; mkfifo /tmp/t.fifo
+  # rmapwatch's stderr through a fifo, kept by a subshell started before
+  # rmapwatch (builtin read and echo only) for as long as rmapwatch runs,
+  # so that the pipe never fills. It passes the first "attached" (or
+  # error) line on through a second fifo, which this shell reads with its
+  # builtin read: no fork of the shell between rmapwatch's "attached" and
+  # the events' enabling (a polling loop's grep and sleep would be counted
+  # by rmapwatch only; seen: 5 more on arm64 TCG).
+  rm -f /tmp/t.fifo /tmp/t.sig; mkfifo /tmp/t.fifo /tmp/t.sig
+  : > /tmp/t.err
+  (
+    said=
+    while IFS= read -r line; do
+      echo "$line" >> /tmp/t.err
+      if [ -z "$said" ]; then
+        case "$line" in *attached*|*error*) said=1; echo "$line" > /tmp/t.sig ;; esac
+      fi
+    done
+    [ -n "$said" ] || echo "exited before attaching" > /tmp/t.sig
+  ) < /tmp/t.fifo &
+  TD=$!
   rmapwatch --probe-mode "$1" report --json > /tmp/t.json 2>/tmp/t.fifo &
   TP=$!
-  exec 8</tmp/t.fifo
-  : > /tmp/t.err
-  while IFS= read -r line <&8; do
-    echo "$line" >> /tmp/t.err
-    case "$line" in *attached*|*error*) break ;; esac
-  done
+  IFS= read -r _ < /tmp/t.sig
   for e in $EV; do echo 1 > "$T/events/rmwcheck/$e/enable"; done
   rmw-workload --regions "$RMW_K" --noise 0 --storm "$RMW_STORM" > /tmp/ts.out
   # Siblings forking at once from a shared parent's anon_vmas: waits on
@@ -156,8 +166,7 @@ time_check() {
   echo 1 > /proc/sys/vm/compact_memory
   for e in $EV; do echo 0 > "$T/events/rmwcheck/$e/enable"; done
   kill -INT "$TP"; wait "$TP"; RC=$?
-  cat <&8 >> /tmp/t.err
-  exec 8<&-
+  wait "$TD"
   exec 7>&-
   wait "$TW"
   DMH=-1; RWH=-1; RWD=-1; SRH=-1; SWH=-1
