@@ -653,7 +653,8 @@ mod stage {
     pub const SITE: u32 = 0;
     /// And the inlining detector on the other sites' allocations.
     pub const DETECT: u32 = 1;
-    /// And, at an rmap site, the object's kind and the current task.
+    /// And, at an rmap site, the object's kind and, on an allocation, the
+    /// current task (a free asks none since ABI 10).
     pub const MATCH: u32 = 2;
     /// And the fork flag (`anon_vma_fork`'s allocations, by site; the
     /// window's hash lookup for `anon_vma_clone`'s, here until ABI 9, is

@@ -623,9 +623,10 @@ impl Accounting {
     /// the freeing thread), else from whichever thread's does. Frees carry
     /// no task since ABI 10; a fork that fails frees what it allocated in
     /// the same thread, and an address waits in one list at a time, as a
-    /// free takes it out before it can be allocated again. A scan of what
-    /// waits (the forks in progress), only for a free of an address no
-    /// process owns.
+    /// free takes it out before it can be allocated again (after lost
+    /// events two lists may hold it until the re-seed, as for the walk's
+    /// `pending_at`: then either is taken). A scan of what waits (the forks
+    /// in progress), only for a free of an address no process owns.
     fn take_pending(&mut self, tid: u32, ptr: u64) -> Option<Pending> {
         let holds = |l: &Vec<Pending>| l.iter().any(|p| p.ptr == ptr);
         let holder = if self.pending.get(&tid).is_some_and(holds) {

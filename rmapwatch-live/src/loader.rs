@@ -783,7 +783,7 @@ pub fn attach_floor(tracepoints: &[&str]) -> anyhow::Result<Floor> {
 
 /// Set (to anything) to also attach the cost split's variants of the slab
 /// programs (`rmw-bench cost`): each stops at one stage of the path
-/// (classified, detector, object and task, fork window, record reserved and
+/// (classified, detector, object and, on allocations, task, fork window, record reserved and
 /// discarded) or takes another road from the fork window (per-CPU batches,
 /// with and without a time per record: the batching lever, measured), so
 /// that `bpf_stats` of all of them and of ours in one run tells what each

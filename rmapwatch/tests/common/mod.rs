@@ -190,11 +190,56 @@ impl Lines {
     }
 }
 
-/// What bpftrace prints (on stderr) once its last probe is attached, when
+/// What bpftrace prints (stderr before 0.23, stdout after) once its last probe is attached, when
 /// this variable is set: bpftrace's own runtime tests wait for it.
 /// ("Attaching N probes" comes before the first attach: waiting for it and
 /// half a second was a guess.)
 const BPFTRACE_ATTACHED: &str = "__BPFTRACE_NOTIFY_PROBES_ATTACHED";
+
+/// Waits until either of a child's streams prints a line with `needle`
+/// (bpftrace says its notices on stderr before 0.23, on stdout from 0.23
+/// on); fails when it does not within `timeout`, or both streams end.
+fn wait_either(
+    stdout: &mut Lines,
+    stderr: &mut Lines,
+    needle: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut ended = 0;
+        for l in [&mut *stdout, &mut *stderr] {
+            loop {
+                match l.rx.try_recv() {
+                    Ok(line) => {
+                        let hit = line.contains(needle);
+                        l.seen.push(line);
+                        if hit {
+                            return Ok(());
+                        }
+                    }
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        ended += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        let what = if ended == 2 {
+            "both streams ended (it exited?)"
+        } else if Instant::now() >= deadline {
+            "timed out"
+        } else {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        };
+        return Err(format!(
+            "{what} waiting for {needle:?}; stdout said {:#?}; stderr said {:#?}",
+            stdout.seen, stderr.seen
+        ));
+    }
+}
 
 /// A running bpftrace script (the independent count), attached.
 pub struct Bpftrace {
@@ -214,22 +259,23 @@ impl Bpftrace {
             .stderr(Stdio::piped())
             .spawn()
             .expect("bpftrace is installed by cargo xtask setup");
-        let stdout = Lines::new(child.stdout.take().unwrap());
-        let mut stderr = Lines::with_other(child.stderr.take().unwrap(), stdout);
-        if let Err(e) = stderr.try_wait_for(BPFTRACE_ATTACHED, Duration::from_secs(60)) {
+        let mut stdout = Lines::new(child.stdout.take().unwrap());
+        let mut stderr = Lines::new(child.stderr.take().unwrap());
+        if let Err(e) = wait_either(
+            &mut stdout,
+            &mut stderr,
+            BPFTRACE_ATTACHED,
+            Duration::from_secs(60),
+        ) {
             // Not left attached beside the next test's counts.
             let _ = child.kill();
             let _ = child.wait();
             panic!("bpftrace did not attach: {e}");
         }
         // Its stdout (the maps at the exit), with its stderr shown on a failure.
-        let stdout = stderr.other.take().expect("set above");
         let stdout = Lines {
-            other: Some(Box::new(Lines {
-                other: None,
-                ..stderr
-            })),
-            ..*stdout
+            other: Some(Box::new(stderr)),
+            ..stdout
         };
         Self { child, stdout }
     }

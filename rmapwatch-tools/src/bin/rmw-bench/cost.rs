@@ -92,7 +92,7 @@ const ROWS: [&str; 17] = [
     "1 site classified: free",
     "2 + inlining detector: alloc",
     "3 + object, task: alloc",
-    "3 + object, task: free",
+    "3 + object (a free asks no task): free",
     "4 + fork flag (site only since ABI 9): alloc",
     "5 + record reserved, written, discarded: alloc",
     "5 + record reserved, written, discarded: free",
@@ -210,7 +210,7 @@ pub fn run(
                 ("1 site classified: free", "split_site_f"),
                 ("2 + inlining detector: alloc", "split_detect_a"),
                 ("3 + object, task: alloc", "split_match_a"),
-                ("3 + object, task: free", "split_match_f"),
+                ("3 + object (a free asks no task): free", "split_match_f"),
                 (
                     "4 + fork flag (site only since ABI 9): alloc",
                     "split_fork_a",

@@ -5,7 +5,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -24,6 +24,24 @@ pub struct Opts {
     /// `rmapwatch --adb SERIAL serve`, the agent's RSS and the link's lag
     /// watched too.
     pub adb: bool,
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn get(addr: SocketAddr) -> anyhow::Result<(Duration, String)> {
@@ -194,7 +212,7 @@ pub fn run(o: &Opts) -> anyhow::Result<()> {
             break;
         }
     }
-    let holder = crate::child::Stop(holder);
+    let holder = Killed(holder);
     println!("holder ready in {:.1} s", t0.elapsed().as_secs_f64());
     let stand_in = if o.adb {
         let adbd = bin.with_file_name("rmw-adbd");
@@ -221,7 +239,7 @@ pub fn run(o: &Opts) -> anyhow::Result<()> {
         .context("starting rmapwatch serve")?;
     let err = lines_of(serve.stderr.take().context("no stderr")?);
     let pid = serve.id();
-    let serve = crate::child::Stop(serve);
+    let serve = Killed(serve);
     let addr: SocketAddr = loop {
         let l = err
             .recv_timeout(Duration::from_secs(300))
@@ -268,7 +286,7 @@ pub fn run(o: &Opts) -> anyhow::Result<()> {
         ])
         .spawn()
         .context("starting stress-ng (Debian's package; cargo xtask setup installs it)")?;
-    let stress = crate::child::Stop(stress);
+    let stress = Killed(stress);
     let start = Instant::now();
     let mut rss: Vec<(f64, f64)> = Vec::new();
     let mut latencies: Vec<f64> = Vec::new();

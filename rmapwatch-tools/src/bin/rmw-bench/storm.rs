@@ -89,9 +89,10 @@ fn wait_for(rx: &mpsc::Receiver<String>, what: &str) -> anyhow::Result<()> {
     bail!("the tracer never printed {what:?}")
 }
 
-/// What bpftrace prints on stderr once its last probe is attached, when
-/// this variable is set (bpftrace's own runtime tests wait for it;
-/// "Attaching N probes" comes before the first attach).
+/// What bpftrace prints once its last probe is attached, when this
+/// variable is set (on stderr before 0.23, on stdout from 0.23 on;
+/// bpftrace's own runtime tests wait for it; "Attaching N probes" comes
+/// before the first attach).
 pub(crate) const BPFTRACE_ATTACHED: &str = "__BPFTRACE_NOTIFY_PROBES_ATTACHED";
 
 /// bpftrace running `script`, returned once all its probes are attached,
@@ -111,7 +112,33 @@ pub(crate) fn bpftrace(
     );
     let out = lines_of(child.0.stdout.take().context("no stdout")?);
     let err = lines_of(child.0.stderr.take().context("no stderr")?);
-    wait_for(&err, BPFTRACE_ATTACHED)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    'attached: loop {
+        let mut ended = 0;
+        for rx in [&out, &err] {
+            loop {
+                match rx.try_recv() {
+                    Ok(l) if l.contains(BPFTRACE_ATTACHED) => break 'attached,
+                    Ok(_) => {}
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        ended += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        if ended == 2 {
+            bail!("bpftrace exited before it attached");
+        }
+        if Instant::now() >= deadline {
+            bail!("bpftrace never printed {BPFTRACE_ATTACHED:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Its stderr read to the end: a closed pipe would kill it (SIGPIPE)
+    // at its next line.
+    std::thread::spawn(move || err.iter().for_each(drop));
     Ok((child, out))
 }
 
