@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::storm::{cpu_ticks, lines_of};
+use crate::{child::lines_of, storm::cpu_ticks};
 
 /// A USB 2 link's practical rate for adb (bytes/s).
 const USB2: f64 = 4.0e6;

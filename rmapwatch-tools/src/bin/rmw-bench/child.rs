@@ -1,13 +1,16 @@
 //! The tracers a benchmark starts: a child stopped with SIGINT when
-//! dropped, and `rmapwatch report --json` started until it has attached and
-//! stopped for its report.
+//! dropped, `rmapwatch report --json` started until it has attached and
+//! stopped for its report, bpftrace started until its probes are attached,
+//! and a child's output read line by line.
 use std::{
+    io::{BufRead as _, BufReader},
     path::Path,
     process::{Command, Stdio},
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 
 /// A child stopped with SIGINT (and reaped) when dropped: an error in a
 /// round leaves no tracer running (it would hold the programs, and any
@@ -68,7 +71,7 @@ pub(crate) fn rmapwatch_report(
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?,
     );
-    let err = crate::storm::lines_of(rw.0.stderr.take().context("no stderr")?);
+    let err = lines_of(rw.0.stderr.take().context("no stderr")?);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let left = deadline
@@ -99,4 +102,70 @@ pub(crate) fn report_of(mut rw: Stop) -> anyhow::Result<rmapwatch_engine::report
             .last()
             .context("rmapwatch printed no report")?,
     )?)
+}
+
+/// Lines of a child's stream, read on a thread.
+pub(crate) fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// What bpftrace prints once its last probe is attached, when this
+/// variable is set (on stderr before 0.23, on stdout from 0.23 on;
+/// bpftrace's own runtime tests wait for it; "Attaching N probes" comes
+/// before the first attach).
+pub(crate) const BPFTRACE_ATTACHED: &str = "__BPFTRACE_NOTIFY_PROBES_ATTACHED";
+
+/// bpftrace running `script`, returned once all its probes are attached,
+/// with its stdout's lines (its maps, at exit); stopped (SIGINT) if it
+/// never says so.
+pub(crate) fn bpftrace(
+    script: &str,
+) -> anyhow::Result<(crate::child::Stop, mpsc::Receiver<String>)> {
+    let mut child = crate::child::Stop(
+        Command::new("bpftrace")
+            .args(["-e", script])
+            .env(BPFTRACE_ATTACHED, "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting bpftrace (cargo xtask setup installs it)")?,
+    );
+    let out = lines_of(child.0.stdout.take().context("no stdout")?);
+    let err = lines_of(child.0.stderr.take().context("no stderr")?);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    'attached: loop {
+        let mut ended = 0;
+        for rx in [&out, &err] {
+            loop {
+                match rx.try_recv() {
+                    Ok(l) if l.contains(BPFTRACE_ATTACHED) => break 'attached,
+                    Ok(_) => {}
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        ended += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        if ended == 2 {
+            bail!("bpftrace exited before it attached");
+        }
+        if Instant::now() >= deadline {
+            bail!("bpftrace never printed {BPFTRACE_ATTACHED:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Its stderr read to the end: a closed pipe would kill it (SIGPIPE)
+    // at its next line.
+    std::thread::spawn(move || err.iter().for_each(drop));
+    Ok((child, out))
 }

@@ -179,7 +179,7 @@ pub fn run(
             .filter(|id| !before_rw.contains(id))
             .collect();
         let before_bt: BTreeSet<u32> = sample().into_keys().collect();
-        let (bt, _out) = crate::storm::bpftrace(&peer)?;
+        let (bt, _out) = crate::child::bpftrace(&peer)?;
         let peers: BTreeSet<u32> = sample()
             .into_keys()
             .filter(|id| !before_bt.contains(id))

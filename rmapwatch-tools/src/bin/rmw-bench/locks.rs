@@ -87,7 +87,7 @@ pub fn run(rounds: usize, forks: usize, regions: usize) -> anyhow::Result<()> {
         let rw =
             crate::child::rmapwatch_report(&bin, &["--ring-buffer-kb", "131072"], &[], |_| Ok(()))?;
         let before = ids();
-        let (bt, _out) = crate::storm::bpftrace(EMPTY)?;
+        let (bt, _out) = crate::child::bpftrace(EMPTY)?;
         if !floor_first {
             floor = Some(rmapwatch_live::loader::attach_floor(&[
                 "contention_begin",

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::storm::lines_of;
+use crate::child::lines_of;
 
 /// What the soak was asked.
 pub struct Opts {

@@ -4,7 +4,7 @@
 //! tracer's per-event cost from the kernel's `bpf_stats`.
 use std::{
     collections::BTreeSet,
-    io::{BufRead as _, BufReader, Read as _},
+    io::Read as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
@@ -15,7 +15,10 @@ use anyhow::{Context as _, bail};
 use rmapwatch_common::site;
 use rmapwatch_live::kernel::kallsyms;
 
-use crate::stats::{line, stats};
+use crate::{
+    child::lines_of,
+    stats::{line, stats},
+};
 
 /// What runs alongside the storm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,18 +68,6 @@ fn program_ids() -> BTreeSet<u32> {
         .collect()
 }
 
-pub(crate) fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(r).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 fn wait_for(rx: &mpsc::Receiver<String>, what: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
@@ -87,59 +78,6 @@ fn wait_for(rx: &mpsc::Receiver<String>, what: &str) -> anyhow::Result<()> {
         }
     }
     bail!("the tracer never printed {what:?}")
-}
-
-/// What bpftrace prints once its last probe is attached, when this
-/// variable is set (on stderr before 0.23, on stdout from 0.23 on;
-/// bpftrace's own runtime tests wait for it; "Attaching N probes" comes
-/// before the first attach).
-pub(crate) const BPFTRACE_ATTACHED: &str = "__BPFTRACE_NOTIFY_PROBES_ATTACHED";
-
-/// bpftrace running `script`, returned once all its probes are attached,
-/// with its stdout's lines (its maps, at exit); stopped (SIGINT) if it
-/// never says so.
-pub(crate) fn bpftrace(
-    script: &str,
-) -> anyhow::Result<(crate::child::Stop, mpsc::Receiver<String>)> {
-    let mut child = crate::child::Stop(
-        Command::new("bpftrace")
-            .args(["-e", script])
-            .env(BPFTRACE_ATTACHED, "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting bpftrace (cargo xtask setup installs it)")?,
-    );
-    let out = lines_of(child.0.stdout.take().context("no stdout")?);
-    let err = lines_of(child.0.stderr.take().context("no stderr")?);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    'attached: loop {
-        let mut ended = 0;
-        for rx in [&out, &err] {
-            loop {
-                match rx.try_recv() {
-                    Ok(l) if l.contains(BPFTRACE_ATTACHED) => break 'attached,
-                    Ok(_) => {}
-                    Err(mpsc::TryRecvError::Empty) => break,
-                    Err(mpsc::TryRecvError::Disconnected) => {
-                        ended += 1;
-                        break;
-                    }
-                }
-            }
-        }
-        if ended == 2 {
-            bail!("bpftrace exited before it attached");
-        }
-        if Instant::now() >= deadline {
-            bail!("bpftrace never printed {BPFTRACE_ATTACHED:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // Its stderr read to the end: a closed pipe would kill it (SIGPIPE)
-    // at its next line.
-    std::thread::spawn(move || err.iter().for_each(drop));
-    Ok((child, out))
 }
 
 /// The bpftrace peer: kmem_cache_alloc/free counted by call site, for the
@@ -182,7 +120,7 @@ fn start(tracer: Tracer, rmapwatch: &Path, peer: &str) -> anyhow::Result<Option<
             } else {
                 peer
             };
-            bpftrace(script)?
+            crate::child::bpftrace(script)?
         }
     };
     Ok(Some(Attached {
