@@ -628,14 +628,12 @@ impl Accounting {
     /// `pending_at`: then either is taken). A scan of what waits (the forks
     /// in progress), only for a free of an address no process owns.
     fn take_pending(&mut self, tid: u32, ptr: u64) -> Option<Pending> {
-        let holds = |l: &Vec<Pending>| l.iter().any(|p| p.ptr == ptr);
-        let holder = if self.pending.get(&tid).is_some_and(holds) {
-            tid
-        } else {
-            *self.pending.iter().find(|(_, l)| holds(l))?.0
+        let at = |l: &Vec<Pending>| l.iter().position(|p| p.ptr == ptr);
+        let (holder, pos) = match self.pending.get(&tid).and_then(at) {
+            Some(pos) => (tid, pos),
+            None => self.pending.iter().find_map(|(&t, l)| Some((t, at(l)?)))?,
         };
         let list = self.pending.get_mut(&holder)?;
-        let pos = list.iter().position(|p| p.ptr == ptr)?;
         let taken = list.swap_remove(pos);
         if list.is_empty() {
             self.pending.remove(&holder);

@@ -139,12 +139,6 @@ impl Lines {
     }
 
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
-        self.try_wait_for(needle, timeout)
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// [`Self::wait_for`], the failure said instead of raised.
-    pub fn try_wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -152,7 +146,7 @@ impl Lines {
                 Ok(line) => {
                     self.seen.push(line.clone());
                     if line.contains(needle) {
-                        return Ok(line);
+                        return line;
                     }
                 }
                 Err(e) => {
@@ -162,10 +156,10 @@ impl Lines {
                         "timed out"
                     };
                     let other = self.other.as_mut().map(|o| o.rest()).unwrap_or_default();
-                    return Err(format!(
+                    panic!(
                         "{what} waiting for {needle:?}; saw {:#?}; its other stream said {other:#?}",
                         self.seen
-                    ));
+                    );
                 }
             }
         }

@@ -126,10 +126,8 @@ pub(crate) const BPFTRACE_ATTACHED: &str = "__BPFTRACE_NOTIFY_PROBES_ATTACHED";
 /// bpftrace running `script`, returned once all its probes are attached,
 /// with its stdout's lines (its maps, at exit); stopped (SIGINT) if it
 /// never says so.
-pub(crate) fn bpftrace(
-    script: &str,
-) -> anyhow::Result<(crate::child::Stop, mpsc::Receiver<String>)> {
-    let mut child = crate::child::Stop(
+pub(crate) fn bpftrace(script: &str) -> anyhow::Result<(Stop, mpsc::Receiver<String>)> {
+    let mut child = Stop(
         Command::new("bpftrace")
             .args(["-e", script])
             .env(BPFTRACE_ATTACHED, "1")
