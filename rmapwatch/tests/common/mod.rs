@@ -481,7 +481,26 @@ impl Workload {
 pub struct VforkHold(Child);
 
 impl VforkHold {
+    /// A holder whose fork is in the fork window's map: the test's
+    /// rmapwatch runs with a map of one entry (`RMAPWATCH_FORK_WINDOW_ENTRIES`
+    /// 1), so the holder's entry is what makes every other fork find it
+    /// full. A fork elsewhere (a thread rmapwatch or the system starts)
+    /// inside its own system call when the holder enters takes the one
+    /// entry, and the holder then holds nothing: that is checked in the
+    /// map itself, and such a holder is released and another started.
     pub fn start() -> Self {
+        for attempt in 1..=10 {
+            let mut h = Self::spawn();
+            if h.in_fork_window_map() {
+                return h;
+            }
+            eprintln!("vfork hold {attempt}: another fork had the map's one entry; again");
+            h.release();
+        }
+        panic!("10 vfork holders in a row found the fork window's map taken");
+    }
+
+    fn spawn() -> Self {
         let mut child = Command::new(&*WORKLOAD)
             .arg("--vfork-hold")
             .stdin(Stdio::piped())
@@ -493,10 +512,24 @@ impl VforkHold {
             .read_line(&mut said)
             .unwrap();
         assert_eq!(said.trim(), "vfork");
-        // The clone's entry is in the map once the child runs (the parent
-        // then waits inside the system call); a moment for that.
-        std::thread::sleep(Duration::from_millis(300));
         Self(child)
+    }
+
+    /// Whether the holder's thread (the process's only one) has its entry
+    /// in the map: it says `vfork` just before its clone, so this waits a
+    /// moment for the entry; an entry of another thread, or none, once the
+    /// clone's child runs (the parent then waits inside the system call),
+    /// is a miss.
+    fn in_fork_window_map(&mut self) -> bool {
+        let key = self.0.id().to_ne_bytes();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if fork_window_keys().contains(&key) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// Whether it still holds.
@@ -509,6 +542,37 @@ impl VforkHold {
         drop(self.0.stdin.take());
         assert!(self.0.wait().unwrap().success());
     }
+}
+
+/// The keys (thread ids, in the kernel's byte order) of the fork window's
+/// map `FORKING`, read with bpftool (no BTF for the map: bytes, as
+/// `["0x88","0x2f","0x00","0x00"]`).
+fn fork_window_keys() -> Vec<[u8; 4]> {
+    let out = Command::new("bpftool")
+        .args(["--json", "map", "dump", "name", "FORKING"])
+        .output()
+        .expect("bpftool is installed by cargo xtask setup");
+    assert!(
+        out.status.success(),
+        "bpftool map dump name FORKING: {out:?}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
+    let byte = |b: &serde_json::Value| {
+        b.as_str()
+            .and_then(|s| s.strip_prefix("0x"))
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .unwrap_or_else(|| panic!("bpftool's key byte {b}"))
+    };
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["key"].as_array())
+        .map(|k| {
+            let b: Vec<u8> = k.iter().map(byte).collect();
+            b.try_into()
+                .unwrap_or_else(|b| panic!("a 4-byte key, not {b:?}"))
+        })
+        .collect()
 }
 
 /// Names of loaded BPF programs (from bpftool).
