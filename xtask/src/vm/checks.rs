@@ -1151,14 +1151,20 @@ fn time_check(
         // A fork whose syscall entry or exit program the kernel skipped (7.x
         // runs syscall tracepoint programs preemptible: seen once on arm64
         // 7.3, fork_exit 1 miss, 305 forks vs 306 dup_mmaps) is no timed
-        // fork either.
-        let missed = misses_of("dup_mmap") + misses_of("fork_enter") + misses_of("fork_exit");
+        // fork either; nor is one whose `sched_process_fork` run was skipped
+        // (a raw tracepoint, preemptible on 7.x): its record names the child,
+        // and the engine counts the dup_mmap only at a fork to a child it
+        // saw (x86_64 7.3 once: 303 vs 306, 2 misses of the others counted).
+        let missed = misses_of("dup_mmap")
+            + misses_of("fork_enter")
+            + misses_of("fork_exit")
+            + misses_of("sched_process_fork");
         let extra = n.cast_signed() - dm;
         if !(-missed.cast_signed()..=TIME_SLACK.cast_signed()).contains(&extra) {
             return Err(format!(
                 "dup_mmap: rmapwatch {n} vs the guest's kprobe event {dm}: not within \
-                 [-{missed} (recursion misses of its dup_mmap and fork syscall programs), \
-                 {TIME_SLACK}] more"
+                 [-{missed} (recursion misses of its dup_mmap, fork syscall and \
+                 sched_process_fork programs), {TIME_SLACK}] more"
             ));
         }
         if missed > 0 {
@@ -1474,6 +1480,25 @@ mod tests {
         assert!(
             e.contains("rmap walks but DAMON's: rmapwatch 262 vs the guest's kprobe event 252"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_fork_whose_sched_process_fork_run_was_missed_is_counted_as_missed() {
+        let mut r = report();
+        if let Some(c) = r.cost.as_mut() {
+            for p in c.programs.values_mut() {
+                p.recursion_misses = 0;
+            }
+            if let Some(p) = c.programs.get_mut("sched_process_fork") {
+                p.recursion_misses = 1;
+            }
+        }
+        let (result, detail) = time_check("fentry", META, &[], Some(&r));
+        assert_eq!(result, Ok(()), "{detail}");
+        assert!(
+            detail.contains("(1 runs missed by recursion, counted)"),
+            "{detail}"
         );
     }
 
