@@ -49,9 +49,9 @@
 //! for a child at fork, the child frees on another CPU.
 //!
 //! `--vfork-hold` instead says `vfork` and clones a child with
-//! `CLONE_VFORK` that waits for a line (or the end) on stdin and exits: the
-//! parent stays inside its fork system call (a fork window held open) until
-//! then; it then says `done`.
+//! `CLONE_VFORK` that says `in`, waits for a line (or the end) on stdin and
+//! exits: the parent stays inside its fork system call (a fork window held
+//! open) until then; it then says `done`.
 //!
 //! `--zygote` instead builds an Android-like tree whose numbers are known by
 //! construction (the other options are ignored, but `--hold`). The process,
@@ -1385,6 +1385,10 @@ fn pin(cpu: usize) -> Result<(), String> {
 /// a stack of its own in a copy of our memory (no `vfork` sharing it).
 fn vfork_hold() -> Result<(), String> {
     extern "C" fn waiter(_: *mut libc::c_void) -> libc::c_int {
+        // The parent is inside its system call (its entry's programs ran):
+        // said without a buffer (this is a copy of the parent's memory).
+        // SAFETY: 3 bytes from a static string, to fd 1.
+        unsafe { libc::write(1, b"in\n".as_ptr().cast(), 3) };
         // Until a line or the end of stdin.
         let mut b = 0u8;
         // SAFETY: one byte into `b`, from fd 0.

@@ -490,16 +490,24 @@ impl VforkHold {
     /// map itself, and such a holder is released and another started.
     pub fn start() -> Self {
         for attempt in 1..=10 {
-            let mut h = Self::spawn();
-            if h.in_fork_window_map() {
+            let h = Self::spawn();
+            let keys = fork_window_keys();
+            if keys.contains(&h.0.id()) {
                 return h;
             }
-            eprintln!("vfork hold {attempt}: another fork had the map's one entry; again");
+            eprintln!(
+                "vfork hold {attempt}: the fork window's one entry was another thread's \
+                 ({keys:?}) when the holder {} forked; again",
+                h.0.id()
+            );
             h.release();
         }
         panic!("10 vfork holders in a row found the fork window's map taken");
     }
 
+    /// The holder, once its clone's child runs: the parent is then inside
+    /// its system call, and the entry program has run (the test forks
+    /// nothing before, not even bpftool, which would take the entry).
     fn spawn() -> Self {
         let mut child = Command::new(&*WORKLOAD)
             .arg("--vfork-hold")
@@ -507,29 +515,14 @@ impl VforkHold {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut said = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut said)
-            .unwrap();
-        assert_eq!(said.trim(), "vfork");
-        Self(child)
-    }
-
-    /// Whether the holder's thread (the process's only one) has its entry
-    /// in the map: it says `vfork` just before its clone, so this waits a
-    /// moment for the entry; an entry of another thread, or none, once the
-    /// clone's child runs (the parent then waits inside the system call),
-    /// is a miss.
-    fn in_fork_window_map(&mut self) -> bool {
-        let key = self.0.id().to_ne_bytes();
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            if fork_window_keys().contains(&key) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        for want in ["vfork", "in"] {
+            let mut said = String::new();
+            out.read_line(&mut said).unwrap();
+            assert_eq!(said.trim(), want, "rmw-workload --vfork-hold said {said:?}");
         }
-        false
+        child.stdout = Some(out.into_inner());
+        Self(child)
     }
 
     /// Whether it still holds.
@@ -544,33 +537,48 @@ impl VforkHold {
     }
 }
 
-/// The keys (thread ids, in the kernel's byte order) of the fork window's
-/// map `FORKING`, read with bpftool (no BTF for the map: bytes, as
+/// The keys (thread ids) of the fork window's map of one entry: the one
+/// map named `FORKING` with `max_entries` 1 (the test's rmapwatch), read
+/// with bpftool (no BTF for the map: key bytes in memory order, as
 /// `["0x88","0x2f","0x00","0x00"]`).
-fn fork_window_keys() -> Vec<[u8; 4]> {
-    let out = Command::new("bpftool")
-        .args(["--json", "map", "dump", "name", "FORKING"])
-        .output()
-        .expect("bpftool is installed by cargo xtask setup");
-    assert!(
-        out.status.success(),
-        "bpftool map dump name FORKING: {out:?}"
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
+fn fork_window_keys() -> Vec<u32> {
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new("bpftool")
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("bpftool is installed by cargo xtask setup");
+        assert!(out.status.success(), "bpftool {args:?}: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("bpftool's JSON")
+    };
+    let maps = json(&["map", "show"]);
+    let ids: Vec<u64> = maps
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["name"] == "FORKING" && m["max_entries"] == 1)
+        .filter_map(|m| m["id"].as_u64())
+        .collect();
+    let [id] = ids[..] else {
+        panic!("one fork window map of one entry expected (this test's rmapwatch), found {ids:?}");
+    };
     let byte = |b: &serde_json::Value| {
         b.as_str()
             .and_then(|s| s.strip_prefix("0x"))
             .and_then(|h| u8::from_str_radix(h, 16).ok())
             .unwrap_or_else(|| panic!("bpftool's key byte {b}"))
     };
-    v.as_array()
+    json(&["map", "dump", "id", &id.to_string()])
+        .as_array()
         .into_iter()
         .flatten()
         .filter_map(|e| e["key"].as_array())
         .map(|k| {
             let b: Vec<u8> = k.iter().map(byte).collect();
-            b.try_into()
-                .unwrap_or_else(|b| panic!("a 4-byte key, not {b:?}"))
+            let b: [u8; 4] = b
+                .try_into()
+                .unwrap_or_else(|b| panic!("a 4-byte key, not {b:?}"));
+            u32::from_ne_bytes(b)
         })
         .collect()
 }
