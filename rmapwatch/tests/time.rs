@@ -490,31 +490,45 @@ fn a_failed_fork_not_timed_still_closes_its_window() {
 #[ignore = "needs root: run by cargo xtask test"]
 fn failed_forks_are_counted_and_are_no_forks() {
     require_root();
-    let cg = PidsCgroup::new();
-    let rw = Rmapwatch::start(&["--ring-buffer-kb", RING_KB]);
-    let out = Command::new(python3())
-        .args(["-c", FAILING_FORKS])
-        .arg(&cg.0)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("running python3");
-    assert!(out.status.success(), "python3: {:?}", out.status);
-    let said = String::from_utf8_lossy(&out.stdout);
-    let failed: u64 = said
-        .trim()
-        .strip_prefix("failed ")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("python3 said {said:?}"));
-    assert_eq!(failed, 3, "the cgroup's pids.max made no fork fail");
-    std::thread::sleep(Duration::from_millis(500));
-    let r = rw.stop();
-    assert_eq!(r.dropped_events, Some(0), "the count needs every event");
-    let fork = &r.time.as_ref().unwrap().fork;
-    assert_eq!(fork.failed, failed, "{fork:?}");
-    // Each failed fork allocated an anon_vma per written region (64, and
-    // python's own) in its dup_mmap; the fork that made a process, as many.
-    // Had the failed ones joined it, that fork alone would hold 4 x 64 or
-    // more; the test's own spawn of python is the only other fork here.
-    assert!(fork.forks >= 2, "{fork:?}");
-    assert!(fork.objects.anon_vma < 4 * 64, "{fork:?}");
+    // The fork counts are the whole machine's: a fork elsewhere (a daemon
+    // of many anon_vmas) adds its objects. The bound is asserted on a run
+    // with no other fork (the test's spawn of python and python's own, 2).
+    for attempt in 1..=3 {
+        let cg = PidsCgroup::new();
+        let rw = Rmapwatch::start(&["--ring-buffer-kb", RING_KB]);
+        let out = Command::new(python3())
+            .args(["-c", FAILING_FORKS])
+            .arg(&cg.0)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running python3");
+        assert!(out.status.success(), "python3: {:?}", out.status);
+        let said = String::from_utf8_lossy(&out.stdout);
+        let failed: u64 = said
+            .trim()
+            .strip_prefix("failed ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("python3 said {said:?}"));
+        assert_eq!(failed, 3, "the cgroup's pids.max made no fork fail");
+        std::thread::sleep(Duration::from_millis(500));
+        let r = rw.stop();
+        assert_eq!(r.dropped_events, Some(0), "the count needs every event");
+        let fork = &r.time.as_ref().unwrap().fork;
+        assert_eq!(fork.failed, failed, "{fork:?}");
+        assert!(fork.forks >= 2, "{fork:?}");
+        if fork.forks > 2 {
+            eprintln!(
+                "attempt {attempt}: {} forks, not only the test's 2: again",
+                fork.forks
+            );
+            continue;
+        }
+        // Each failed fork allocated an anon_vma per written region (64,
+        // and python's own) in its dup_mmap; the fork that made a process,
+        // as many. Had the failed ones joined it, that fork alone would
+        // hold 4 x 64 or more.
+        assert!(fork.objects.anon_vma < 4 * 64, "{fork:?}");
+        return;
+    }
+    panic!("3 runs in a row saw forks other than the test's: the machine is not quiet");
 }
