@@ -11,8 +11,9 @@ use std::{
 
 use common::*;
 
-/// An agent command that never begins its stream.
-const HANGS: &str = "sleep 60";
+/// An agent command that never begins its stream (a duration no other
+/// process on the machine sleeps: the test looks for it by command line).
+const HANGS: &str = "sleep 60.0427";
 
 /// Waits for `child` at most `limit`; its status, or `None` (then killed).
 fn wait_at_most(
