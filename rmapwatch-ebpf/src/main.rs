@@ -1210,12 +1210,15 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
 fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let task: u64 = ctx.arg(0);
     let (tid, tgid) = task_ids(task)?;
-    // A thread that dies with a wait or a dup_mmap whose end was missed (a
-    // dropped kretprobe, a recursion miss) leaves no entry behind.
+    // A thread that dies with a wait, a dup_mmap or a fork system call
+    // whose end was missed (a dropped kretprobe, a recursion miss of
+    // fork_exit) leaves no entry behind: a fork window's entry would
+    // otherwise hold one of the map's entries for good.
     if open_waits(tid) != 0 && WAITING.remove(tid).is_ok() {
         open_wait(tid, u32::MAX);
     }
     let _ = TIMING.remove(tid);
+    let _ = FORKING.remove(tid);
     if !group_dead(task, tid == tgid) {
         return Ok(());
     }
