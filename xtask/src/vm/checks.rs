@@ -1483,17 +1483,24 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_fork_whose_sched_process_fork_run_was_missed_is_counted_as_missed() {
+    /// The fixture's report with the programs' recursion misses set: those
+    /// of `missed`, and 0 for every other program.
+    fn with_misses(missed: &[(&str, u64)]) -> Report {
         let mut r = report();
         if let Some(c) = r.cost.as_mut() {
-            for p in c.programs.values_mut() {
-                p.recursion_misses = 0;
-            }
-            if let Some(p) = c.programs.get_mut("sched_process_fork") {
-                p.recursion_misses = 1;
+            for (name, p) in &mut c.programs {
+                p.recursion_misses = missed
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or(0, |&(_, m)| m);
             }
         }
+        r
+    }
+
+    #[test]
+    fn a_fork_whose_sched_process_fork_run_was_missed_is_counted_as_missed() {
+        let r = with_misses(&[("sched_process_fork", 1)]);
         let (result, detail) = time_check("fentry", META, &[], Some(&r));
         assert_eq!(result, Ok(()), "{detail}");
         assert!(
@@ -1504,12 +1511,7 @@ mod tests {
 
     #[test]
     fn a_fork_missed_without_a_counted_recursion_miss_fails() {
-        let mut r = report();
-        if let Some(c) = r.cost.as_mut() {
-            for p in c.programs.values_mut() {
-                p.recursion_misses = 0;
-            }
-        }
+        let r = with_misses(&[]);
         let (result, _) = time_check("fentry", META, &[], Some(&r));
         let e = result.expect_err("one dup_mmap short with no miss counted");
         assert!(

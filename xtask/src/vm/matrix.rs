@@ -316,7 +316,8 @@ fn cells_retry_reason(cells: &[Cell]) -> Option<(&'static str, &'static str)> {
     ))
 }
 
-/// How a boot that died of an `int3` oops starts its error. Seen once (6.12
+/// How a boot that died of its own live code patching ([`patch_race`]: an
+/// `int3` oops, or a call to 0) starts its error. The int3, seen once (6.12
 /// x86_64, attaching in kprobe mode, RIP in `syscall_exit_to_user_mode_prepare`,
 /// a static branch that enabling a syscall tracepoint patches): the guest
 /// kernel patches live code through a temporary int3, and a vCPU executed
