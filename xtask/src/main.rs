@@ -10,6 +10,7 @@
 //! matrix's host phase over adb, wired in here), `cycles` (the import-cycle
 //! check), `fixtures`, `btf` and `cpio`.
 use std::{
+    fmt::Write as _,
     path::{Path, PathBuf},
     process::{Command, ExitCode},
 };
@@ -515,8 +516,17 @@ fn vm_test(
         step(&format!("vm-test: {} passed, 0 failed", cells.len()));
         Ok(())
     } else {
+        // Said last, where a log's tail shows it (the table above can be
+        // longer than the tail): each failed cell, its error cut short.
+        let mut why = String::new();
+        for c in &failed {
+            let e = c.result.as_ref().err().map_or("", String::as_str);
+            let short: String = e.chars().take(600).collect();
+            let more = if short.len() < e.len() { " ..." } else { "" };
+            let _ = write!(why, "\n  {} {}: {short}{more}", c.kernel, c.mode);
+        }
         bail!(
-            "vm-test: {} passed, {} failed",
+            "vm-test: {} passed, {} failed:{why}",
             cells.len() - failed.len(),
             failed.len()
         )

@@ -46,6 +46,20 @@ pub fn phases(log: &str) -> Option<String> {
     Some(out)
 }
 
+/// What the guest's watchdog said of a phase that hung (its `RMW-HUNG`
+/// lines): the phase, then each user process (pid, command line, state,
+/// wait channel), without the threads' stacks and the kernel's messages,
+/// which stay in the saved log. `None`: no phase hung.
+#[must_use]
+pub fn hung(log: &str) -> Option<String> {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split("RMW-HUNG ").nth(1))
+        .filter(|l| l.starts_with("phase ") || l.starts_with("pid "))
+        .collect();
+    (!lines.is_empty()).then(|| lines.join("\n"))
+}
+
 /// One cell per probe mode of a boot (`label` appended to each mode),
 /// each checked against the guest's ground truth (its `RMW-MODE` line),
 /// with the mode's fork storm.
@@ -1311,6 +1325,25 @@ fn time_check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hung_phase_is_said_with_its_processes_not_their_stacks() {
+        let log = "RMW-T 8.5 start\nRMW-T 20.1 mode kprobe\n\
+                   RMW-HUNG phase 'mode kprobe' ran past its 300 s\n\
+                   RMW-HUNG pid 1: /bin/sh /init ; state S, wchan do_wait\n\
+                   RMW-HUNG   task 1: [<0>] do_wait+0x5c/0x70\n\
+                   RMW-HUNG pid 97: rmapwatch --probe-mode kprobe report ; state D, wchan rwsem\n\
+                   RMW-HUNG dmesg: [  340.1] INFO: task rmapwatch:97 blocked\n";
+        assert_eq!(
+            hung(log).as_deref(),
+            Some(
+                "phase 'mode kprobe' ran past its 300 s\n\
+                 pid 1: /bin/sh /init ; state S, wchan do_wait\n\
+                 pid 97: rmapwatch --probe-mode kprobe report ; state D, wchan rwsem"
+            )
+        );
+        assert_eq!(hung("RMW-T 8.5 start\nRMW-END\n"), None);
+    }
 
     #[test]
     fn phases_run_from_stamp_to_stamp() {

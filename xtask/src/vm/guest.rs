@@ -51,6 +51,11 @@ pub const STORM: u64 = 200;
 /// release it (below the boot's 900 s, so the log still ends).
 const HOST_PHASE_SECS: u64 = 600;
 
+/// The guest's watchdog budget of any other phase (its `RMW-T` stamp to the
+/// next): past it the phase hung, and the guest says what hung and powers
+/// off. The longest phase seen: 99 s (arm64's fentry mode under TCG).
+const PHASE_SECS: u64 = 300;
+
 /// The VM's /init, a busybox sh script: for each mode, attach, take the
 /// anon_vma slab count, run the workload to its hold point, take the count
 /// again, let interim reports come, release, stop, print everything between
@@ -69,6 +74,7 @@ fn config() -> String {
         ("RMW_STORM", STORM.to_string()),
         ("RMW_WORKLOAD", crate::fixtures::WORKLOAD.join(" ")),
         ("RMW_HOST_PHASE_SECS", HOST_PHASE_SECS.to_string()),
+        ("RMW_PHASE_SECS", PHASE_SECS.to_string()),
     ];
     let mut s = String::from(
         "# The matrix guest's parameters (xtask/src/vm/guest.rs), sourced by /init.\n",
@@ -199,7 +205,7 @@ mod tests {
         std::fs::write(&conf, config()).expect("writing the config");
         let out = Command::new("sh")
             .arg("-c")
-            .arg(r#". "$1"; printf '%s\n' "$RMW_MODES" "$RMW_KSYMS" "$RMW_K" "$RMW_F" "$RMW_STORM" "$RMW_WORKLOAD" "$RMW_HOST_PHASE_SECS""#)
+            .arg(r#". "$1"; printf '%s\n' "$RMW_MODES" "$RMW_KSYMS" "$RMW_K" "$RMW_F" "$RMW_STORM" "$RMW_WORKLOAD" "$RMW_HOST_PHASE_SECS" "$RMW_PHASE_SECS""#)
             .arg("sh")
             .arg(&conf)
             .output()
@@ -214,6 +220,7 @@ mod tests {
             STORM.to_string(),
             crate::fixtures::WORKLOAD.join(" "),
             HOST_PHASE_SECS.to_string(),
+            PHASE_SECS.to_string(),
         ]
         .join("\n")
             + "\n";

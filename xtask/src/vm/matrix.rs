@@ -340,6 +340,12 @@ fn patch_race(log: &str) -> bool {
             && log.contains("RIP: 0010:0x0\n"))
 }
 
+/// How a boot whose guest watchdog fired starts its error: a phase ran
+/// past its budget (`guest::PHASE_SECS`), and the guest said what hung
+/// ([`checks::hung`]) and powered off. Not booted again: a hang is ours
+/// until shown otherwise.
+const HUNG: &str = "a phase of the guest hung: ";
+
 /// How a boot that never reached /init starts its error (seen once in 20
 /// boots: 7.3 x86_64 ended after 6 s with no line from the guest, and
 /// booted normally the next time). Booted once more, and said.
@@ -503,6 +509,9 @@ fn run_kernel(
         );
     }
     if !log.contains("RMW-END") {
+        if let Some(h) = checks::hung(&log) {
+            bail!("{HUNG}{h}\n(full log: {})", saved.display());
+        }
         bail!(
             "{}the VM did not finish (full log: {}):\n{}",
             if patch_race(log.as_str()) {

@@ -7,14 +7,53 @@
 # by xtask/src/vm/guest.rs: RMW_MODES (the default probe modes), RMW_KSYMS
 # (the kallsyms fixtures' symbols, an awk alternation), RMW_K, RMW_F and
 # RMW_STORM (regions, children, storm forks), RMW_WORKLOAD (the recording's
-# workload arguments) and RMW_HOST_PHASE_SECS.
+# workload arguments), RMW_HOST_PHASE_SECS and RMW_PHASE_SECS (the
+# watchdog's budget of any other phase).
 # shellcheck source=/dev/null # written into the initramfs by xtask
 . /etc/rmw.conf
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mount -t tracefs nodev /sys/kernel/tracing; mount -t bpf bpf /sys/fs/bpf
+# A hung phase, said before the guest powers off (the watchdog's last
+# act, so its forks no longer matter): the phase, every user process (pid,
+# command line, state, wait channel, each thread's kernel stack) and the
+# kernel's blocked tasks and last messages, as RMW-HUNG lines
+# (checks::hung).
+hung() {
+  echo "RMW-HUNG phase '$1' ran past its $2 s"
+  for d in /proc/[0-9]*; do
+    c=$(tr '\0' ' ' < "$d/cmdline" 2>/dev/null | cut -c1-120)
+    [ -n "$c" ] || continue
+    echo "RMW-HUNG pid ${d#/proc/}: $c; state $(cut -d' ' -f3 "$d/stat" 2>/dev/null), wchan $(cat "$d/wchan" 2>/dev/null)"
+    for t in "$d"/task/*; do
+      sed "s|^|RMW-HUNG   task ${t##*/}: |" "$t/stack" 2>/dev/null | head -12
+    done
+  done
+  echo w > /proc/sysrq-trigger 2>/dev/null
+  dmesg | tail -40 | sed 's/^/RMW-HUNG dmesg: /'
+}
+# The watchdog: one background shell that forks nothing until it fires
+# (builtin read with a timeout on a fifo it holds open both ways). Each
+# stamp re-arms it with the new phase's name; a phase that runs past
+# RMW_PHASE_SECS (the host phase: RMW_HOST_PHASE_SECS + 60) is a hang,
+# said (hung) before the guest powers off: the host fails the boot at once
+# with what hung, not at its 900 s timeout with the console's last lines.
+mkfifo /tmp/wd.fifo
+(
+  exec 9<> /tmp/wd.fifo
+  what=start
+  while :; do
+    lim=$RMW_PHASE_SECS
+    [ "$what" = "host phase" ] && lim=$((RMW_HOST_PHASE_SECS + 60))
+    # shellcheck disable=SC3045 # busybox sh has read -t (POSIX leaves it undefined)
+    if read -r -t "$lim" line <&9; then what=$line; continue; fi
+    hung "$what" "$lim"
+    poweroff -f
+  done
+) &
 # RMW-T <uptime> <phase>: where the boot's time goes (checks::phases),
-# read without a fork.
-stamp() { read -r up _ < /proc/uptime; echo "RMW-T $up $*"; }
+# read without a fork; the watchdog re-armed (a write that never blocks:
+# the watchdog holds the fifo open).
+stamp() { read -r up _ < /proc/uptime; echo "RMW-T $up $*"; echo "$*" 1<> /tmp/wd.fifo; }
 stamp start
 slab() { echo 1 > /sys/kernel/slab/anon_vma/shrink; cut -d' ' -f1 /sys/kernel/slab/anon_vma/objects; }
 cpuslabs() { cut -d' ' -f1 /sys/kernel/slab/anon_vma/cpu_slabs; }
