@@ -556,10 +556,13 @@ impl ForkWindows {
     }
 
     /// Flags an `anon_vma_clone` allocation inside its thread's window;
-    /// closes windows at a fork's end, an exec, a process's exit.
+    /// closes windows at a fork's end, an exec, a process's exit. A window
+    /// is its thread's in its process: a thread id reused in another
+    /// process (its window's close lost, its process's exit too) does not
+    /// inherit it.
     pub fn apply(&mut self, e: &mut Event) {
         match e {
-            Event::Alloc(s) if s.site == site::CLONE && self.open.contains_key(&s.tid) => {
+            Event::Alloc(s) if s.site == site::CLONE && self.open.get(&s.tid) == Some(&s.tgid) => {
                 s.in_fork = true;
             }
             Event::Fork { tid, .. } | Event::ForkTime { tid, .. } | Event::Exec { tid, .. } => {
@@ -801,5 +804,23 @@ mod tests {
         }
         assert_eq!(w.len(), 1);
         assert_eq!(w.overflowed, WINDOWS_MAX as u64);
+    }
+
+    #[test]
+    fn a_window_left_open_is_not_inherited_by_a_reused_thread_id() {
+        let mut w = ForkWindows::default();
+        // 50 (of process 50) forks; its close and its process's exit are
+        // lost. Thread id 50 comes back as a thread of process 60, splits.
+        assert_eq!(w.decode(&window(50, 50, 1)).unwrap(), None);
+        let split = |tgid: u32| {
+            let mut e = Event::alloc(object::AVC, site::CLONE, 50, 0x40, false);
+            if let Event::Alloc(s) = &mut e {
+                s.tgid = tgid;
+            }
+            encode(&e)
+        };
+        let in_fork = |e: Option<Event>| matches!(e, Some(Event::Alloc(s)) if s.in_fork);
+        assert!(!in_fork(w.decode(&split(60)).unwrap()), "60's own split");
+        assert!(in_fork(w.decode(&split(50)).unwrap()), "50's fork's clone");
     }
 }
