@@ -13,6 +13,15 @@
 . /etc/rmw.conf
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mount -t tracefs nodev /sys/kernel/tracing; mount -t bpf bpf /sys/fs/bpf
+# The kernel's messages off the console (console loglevel 1: KERN_EMERG
+# only) while the guest prints its lines: printk writes to the serial port
+# between any two bytes of a line of ours (a report a few KB long), which
+# the host could then not parse. An oops or a panic still prints whole (they
+# make the console verbose); everything else is in the kernel's buffer,
+# printed after the marker below as RMW-KMSG lines before the end (kmsg).
+echo 1 > /proc/sys/kernel/printk
+echo "rmw: init starts" > /dev/kmsg
+kmsg() { dmesg | sed -n '/rmw: init starts/,$p' | sed '1d; s/^/RMW-KMSG /'; }
 # A hung phase, said before the guest powers off (the watchdog's last
 # act, so its forks no longer matter): the phase, every user process (pid,
 # command line, state, wait channel, each thread's kernel stack) and the
@@ -227,10 +236,12 @@ time_check() {
   sed 's/^/RMW-TIME-ERR /' /tmp/t.err
   sed 's/^/RMW-TIME-JSON /' /tmp/t.json
 }
-# rmw.modes=a,b on the command line picks the modes; rmw.record=0 skips
-# the recording.
+# rmw.modes=a,b on the command line picks the modes (none: no mode, as
+# arm64's 6.12, whose host phase is its check); rmw.zombie=0 skips the
+# zombie-leader check, rmw.record=0 the recording and the replays.
 MODES=$(sed -n 's/.*rmw\.modes=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')
 [ -n "$MODES" ] || MODES="$RMW_MODES"
+[ "$MODES" = none ] && MODES=
 # rmw.split=MODE: that mode's run also attaches the cost split's variants.
 SPLIT=$(sed -n 's/.*rmw\.split=\([a-z]*\).*/\1/p' /proc/cmdline)
 for mode in $MODES; do
@@ -270,82 +281,88 @@ for mode in $MODES; do
   T=$(sed -n 's/.*rmw\.time=\([a-z0-9]*\).*/\1/p' /proc/cmdline)
   if [ -z "$T" ] || [ "$T" = "$mode" ]; then stamp time "$mode"; time_check "$mode"; fi
 done
-if grep -q 'rmw\.record=0' /proc/cmdline; then stamp host phase; host_phase; stamp refusals; refusals; stamp end; echo RMW-END; poweroff -f; fi
 # A process whose main thread exited (rmw-workload --zombie-leader): its
 # leader is a zombie without an mm, its other thread holds every VMA.
 # rmapwatch attaches first (the leader's exit is among its events), inspect
 # reads the process while it holds; the host checks both (checks::zombie).
-stamp zombie
-rm -f /tmp/z.json /tmp/z.err /tmp/zw.out /tmp/hold3 /tmp/zi.json /tmp/zi.err
-rmapwatch report --json > /tmp/z.json 2>/tmp/z.err &
-Z=$!
-i=0
-while ! grep -q -e attached -e error /tmp/z.err 2>/dev/null; do sleep 0.2; i=$((i+1)); [ $i -gt 600 ] && break; done
-mkfifo /tmp/hold3
-rmw-workload --regions "$RMW_K" --children "$RMW_F" --noise 0 --zombie-leader --hold < /tmp/hold3 > /tmp/zw.out &
-W=$!
-exec 5>/tmp/hold3
-i=0
-while ! grep -q ready /tmp/zw.out 2>/dev/null; do sleep 0.1; i=$((i+1)); [ $i -gt 600 ] && break; done
-ZP=$(sed -n 's/^ready \([0-9]*\).*/\1/p' /tmp/zw.out)
-LEADER=$(cut -d' ' -f3 "/proc/$ZP/task/$ZP/stat" 2>/dev/null)
-rmapwatch inspect "$ZP" --json > /tmp/zi.json 2>/tmp/zi.err; IRC=$?
-sleep 1.5
-kill -INT "$Z"; wait "$Z"; RC=$?
-exec 5>&-
-wait "$W"
-echo "RMW-ZOMBIE rc=$RC inspect=$IRC leader=$LEADER $(grep -e regions -e ready /tmp/zw.out | tr '\n' ' ')"
-cat /tmp/z.err /tmp/zi.err | sed 's/^/RMW-ZOMBIE-ERR /'
-sed 's/^/RMW-ZOMBIE-JSON /' /tmp/z.json
-echo "RMW-ZOMBIE-INSPECT $(tr -d '\n' < /tmp/zi.json)"
+zombie_check() {
+  stamp zombie
+  rm -f /tmp/z.json /tmp/z.err /tmp/zw.out /tmp/hold3 /tmp/zi.json /tmp/zi.err
+  rmapwatch report --json > /tmp/z.json 2>/tmp/z.err &
+  Z=$!
+  i=0
+  while ! grep -q -e attached -e error /tmp/z.err 2>/dev/null; do sleep 0.2; i=$((i+1)); [ $i -gt 600 ] && break; done
+  mkfifo /tmp/hold3
+  rmw-workload --regions "$RMW_K" --children "$RMW_F" --noise 0 --zombie-leader --hold < /tmp/hold3 > /tmp/zw.out &
+  W=$!
+  exec 5>/tmp/hold3
+  i=0
+  while ! grep -q ready /tmp/zw.out 2>/dev/null; do sleep 0.1; i=$((i+1)); [ $i -gt 600 ] && break; done
+  ZP=$(sed -n 's/^ready \([0-9]*\).*/\1/p' /tmp/zw.out)
+  LEADER=$(cut -d' ' -f3 "/proc/$ZP/task/$ZP/stat" 2>/dev/null)
+  rmapwatch inspect "$ZP" --json > /tmp/zi.json 2>/tmp/zi.err; IRC=$?
+  sleep 1.5
+  kill -INT "$Z"; wait "$Z"; RC=$?
+  exec 5>&-
+  wait "$W"
+  echo "RMW-ZOMBIE rc=$RC inspect=$IRC leader=$LEADER $(grep -e regions -e ready /tmp/zw.out | tr '\n' ' ')"
+  cat /tmp/z.err /tmp/zi.err | sed 's/^/RMW-ZOMBIE-ERR /'
+  sed 's/^/RMW-ZOMBIE-JSON /' /tmp/z.json
+  echo "RMW-ZOMBIE-INSPECT $(tr -d '\n' < /tmp/zi.json)"
+}
 # A recording made here, for the host to replay (another architecture on
 # arm64), and the host's fixtures replayed here.
-stamp record
-rm -f /tmp/rec.rmw /tmp/hold2
-rmapwatch record -o /tmp/rec.rmw --json --interval 0.5 > /tmp/rec.json 2>/tmp/rec.err &
-R=$!
-i=0
-while ! grep -q -e attached -e error /tmp/rec.err 2>/dev/null; do sleep 0.2; i=$((i+1)); [ $i -gt 600 ] && break; done
-sleep 0.8
-mkfifo /tmp/hold2
-# shellcheck disable=SC2086 # RMW_WORKLOAD is split into its arguments on purpose
-rmw-workload $RMW_WORKLOAD --hold < /tmp/hold2 > /tmp/w2.out &
-W=$!
-exec 4>/tmp/hold2
-while ! grep -q ready /tmp/w2.out 2>/dev/null; do sleep 0.1; done
-# Beside it, an Android-like tree (rmw-workload --zygote): the designs'
-# numbers for it are known by construction (checks::recording). Its lines
-# (proc, libs, heap, own, moved, zygote, ready) go to the host as RMW-ZYG.
-rm -f /tmp/hold4 /tmp/zg.out
-mkfifo /tmp/hold4
-rmw-workload --zygote --hold < /tmp/hold4 > /tmp/zg.out 2>/tmp/zg.err &
-G=$!
-exec 6>/tmp/hold4
-i=0
-while ! grep -q '^ready' /tmp/zg.out 2>/dev/null; do sleep 0.1; i=$((i+1)); [ $i -gt 600 ] && break; done
-sleep 1.5
-kill -INT "$R"; wait "$R"; RC=$?
-exec 4>&-
-exec 6>&-
-wait "$W"
-wait "$G"
-echo "RMW-REC rc=$RC $(grep -e regions -e ready /tmp/w2.out | tr '\n' ' ')"
-sed 's/^/RMW-ZYG /' /tmp/zg.out
-sed 's/^/RMW-ZYG-ERR /' /tmp/zg.err
-sed 's/^/RMW-REC-ERR /' /tmp/rec.err
-sed 's/^/RMW-REC-JSON /' /tmp/rec.json
-echo RMW-REC-B64-START
-base64 /tmp/rec.rmw
-echo RMW-REC-B64-END
-stamp replays
-for f in /fixtures/*.rmw; do
-  [ -e "$f" ] || continue
-  echo "RMW-REPLAY $(basename "$f") $(rmapwatch report --from "$f" --json 2>/tmp/replay.err | tr '\n' ' ')"
-done
+record_check() {
+  stamp record
+  rm -f /tmp/rec.rmw /tmp/hold2
+  rmapwatch record -o /tmp/rec.rmw --json --interval 0.5 > /tmp/rec.json 2>/tmp/rec.err &
+  R=$!
+  i=0
+  while ! grep -q -e attached -e error /tmp/rec.err 2>/dev/null; do sleep 0.2; i=$((i+1)); [ $i -gt 600 ] && break; done
+  sleep 0.8
+  mkfifo /tmp/hold2
+  # shellcheck disable=SC2086 # RMW_WORKLOAD is split into its arguments on purpose
+  rmw-workload $RMW_WORKLOAD --hold < /tmp/hold2 > /tmp/w2.out &
+  W=$!
+  exec 4>/tmp/hold2
+  while ! grep -q ready /tmp/w2.out 2>/dev/null; do sleep 0.1; done
+  # Beside it, an Android-like tree (rmw-workload --zygote): the designs'
+  # numbers for it are known by construction (checks::recording). Its lines
+  # (proc, libs, heap, own, moved, zygote, ready) go to the host as RMW-ZYG.
+  rm -f /tmp/hold4 /tmp/zg.out
+  mkfifo /tmp/hold4
+  rmw-workload --zygote --hold < /tmp/hold4 > /tmp/zg.out 2>/tmp/zg.err &
+  G=$!
+  exec 6>/tmp/hold4
+  i=0
+  while ! grep -q '^ready' /tmp/zg.out 2>/dev/null; do sleep 0.1; i=$((i+1)); [ $i -gt 600 ] && break; done
+  sleep 1.5
+  kill -INT "$R"; wait "$R"; RC=$?
+  exec 4>&-
+  exec 6>&-
+  wait "$W"
+  wait "$G"
+  echo "RMW-REC rc=$RC $(grep -e regions -e ready /tmp/w2.out | tr '\n' ' ')"
+  sed 's/^/RMW-ZYG /' /tmp/zg.out
+  sed 's/^/RMW-ZYG-ERR /' /tmp/zg.err
+  sed 's/^/RMW-REC-ERR /' /tmp/rec.err
+  sed 's/^/RMW-REC-JSON /' /tmp/rec.json
+  echo RMW-REC-B64-START
+  base64 /tmp/rec.rmw
+  echo RMW-REC-B64-END
+  stamp replays
+  for f in /fixtures/*.rmw; do
+    [ -e "$f" ] || continue
+    echo "RMW-REPLAY $(basename "$f") $(rmapwatch report --from "$f" --json 2>/tmp/replay.err | tr '\n' ' ')"
+  done
+}
+grep -q 'rmw\.zombie=0' /proc/cmdline || zombie_check
+grep -q 'rmw\.record=0' /proc/cmdline || record_check
 stamp host phase
 host_phase
 stamp refusals
 refusals
 stamp end
+kmsg
 echo RMW-END
 poweroff -f
