@@ -74,14 +74,52 @@ const WAITS_FOR_CPUS: &[&str] = &[
     "ftrace_modify_all",
 ];
 
-/// The first kernel stack frame of a hung guest's threads (its
-/// `RMW-HUNG   task` lines) that waits for every other CPU
-/// ([`WAITS_FOR_CPUS`]), or `None`.
+/// Frames of a sleeping lock's wait: a thread whose stack reaches one
+/// before any of [`WAITS_FOR_CPUS`] waits for a lock (perhaps one of
+/// ours), not for other CPUs.
+const LOCK_WAITS: &[&str] = &[
+    "mutex_lock",
+    "rwsem_down",
+    "percpu_rwsem",
+    "down_read",
+    "down_write",
+];
+
+/// Spinning waits for other CPUs, as a running CPU's backtrace shows them
+/// (`sysrq l`, in the kernel's messages): a running thread's own stack is
+/// empty in procfs.
+const SPINS_FOR_CPUS: &[&str] = &["csd_lock_wait", "multi_cpu_stop"];
+
+/// The frame of a hung guest that waits for every other CPU, or `None`: a
+/// sleeping thread's (its `RMW-HUNG   task TID:` lines, top frame first)
+/// whose stack reaches one of [`WAITS_FOR_CPUS`] before any lock wait
+/// ([`LOCK_WAITS`]), or a running CPU's backtrace spinning in one of
+/// [`SPINS_FOR_CPUS`] (`RMW-HUNG dmesg:` lines).
 #[must_use]
 pub fn hung_waiting_for_cpus(log: &str) -> Option<&str> {
-    log.lines()
-        .filter_map(|l| l.split("RMW-HUNG   task ").nth(1))
-        .find(|l| WAITS_FOR_CPUS.iter().any(|f| l.contains(f)))
+    let mut task = "";
+    let mut locked = false;
+    for l in log.lines() {
+        if let Some(frame) = l.split("RMW-HUNG   task ").nth(1) {
+            let tid = frame.split(':').next().unwrap_or("");
+            if tid != task {
+                (task, locked) = (tid, false);
+            }
+            if locked {
+                continue;
+            }
+            if LOCK_WAITS.iter().any(|f| frame.contains(f)) {
+                locked = true;
+            } else if WAITS_FOR_CPUS.iter().any(|f| frame.contains(f)) {
+                return Some(frame);
+            }
+        } else if let Some(m) = l.split("RMW-HUNG dmesg: ").nth(1)
+            && SPINS_FOR_CPUS.iter().any(|f| m.contains(f))
+        {
+            return Some(m);
+        }
+    }
+    None
 }
 
 /// One cell per probe mode of a boot (`label` appended to each mode),
@@ -1415,6 +1453,25 @@ mod tests {
             hung_waiting_for_cpus(&patching),
             Some("97: [<0>] smp_text_poke_batch_finish+0x2f0/0x3a0")
         );
+        // Waiting for a lock taken on the way to patching: a lock's wait.
+        let locked = format!(
+            "{log}RMW-HUNG   task 98: [<0>] __mutex_lock.constprop.0+0x1/0x2\n\
+             RMW-HUNG   task 98: [<0>] text_poke_copy+0x1/0x2\n\
+             RMW-HUNG   task 99: [<0>] do_wait+0x1/0x2\n"
+        );
+        assert_eq!(hung_waiting_for_cpus(&locked), None);
+        // A running CPU spinning for the others' answers (sysrq l).
+        let spinning = format!(
+            "{log}RMW-HUNG dmesg: [  400.1]  csd_lock_wait+0x1/0x2\n\
+             RMW-HUNG dmesg: [  400.1]  smp_call_function_many_cond+0x1/0x2\n"
+        );
+        assert_eq!(
+            hung_waiting_for_cpus(&spinning),
+            Some("[  400.1]  csd_lock_wait+0x1/0x2")
+        );
+        // The sysrq's own cross-CPU call in the messages is no spin.
+        let sysrq = format!("{log}RMW-HUNG dmesg: [  400.1]  on_each_cpu_cond_mask+0x1/0x2\n");
+        assert_eq!(hung_waiting_for_cpus(&sysrq), None);
     }
 
     #[test]

@@ -21,7 +21,14 @@ mount -t tracefs nodev /sys/kernel/tracing; mount -t bpf bpf /sys/fs/bpf
 # printed after the marker below as RMW-KMSG lines before the end (kmsg).
 echo 1 > /proc/sys/kernel/printk
 echo "rmw: init starts" > /dev/kmsg
-kmsg() { dmesg | sed -n '/rmw: init starts/,$p' | sed '1d; s/^/RMW-KMSG /'; }
+# (All of it when the marker is gone: the buffer wrapped.)
+kmsg() {
+  if dmesg | grep -q 'rmw: init starts'; then
+    dmesg | sed -n '/rmw: init starts/,$p' | sed '1d; s/^/RMW-KMSG /'
+  else
+    dmesg | sed 's/^/RMW-KMSG /'
+  fi
+}
 # A hung phase, said before the guest powers off (the watchdog's last
 # act, so its forks no longer matter): the phase, every user process (pid,
 # command line, state, wait channel, each thread's kernel stack) and the
@@ -37,8 +44,11 @@ hung() {
       sed "s|^|RMW-HUNG   task ${t##*/}: |" "$t/stack" 2>/dev/null | head -12
     done
   done
+  # The running CPUs' backtraces (a running thread's stack is empty
+  # above), then the blocked tasks.
+  echo l > /proc/sysrq-trigger 2>/dev/null
   echo w > /proc/sysrq-trigger 2>/dev/null
-  dmesg | tail -40 | sed 's/^/RMW-HUNG dmesg: /'
+  dmesg | tail -80 | sed 's/^/RMW-HUNG dmesg: /'
 }
 # The watchdog: one background shell that forks nothing until it fires
 # (builtin read with a timeout on a fifo it holds open both ways). Each
