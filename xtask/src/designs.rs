@@ -21,15 +21,43 @@ const DESIGNS: [&str; 4] = ["today", "lazy", "cow_context", "ideal"];
 const SERIES_ANON_VMA: (f64, f64) = (-0.97, -0.92);
 const SERIES_AVC: (f64, f64) = (-0.57, -0.50);
 
-/// The recordings: the guests' (`.cache/vm/DEB-ARCH/rec-*.rmw`), then this
-/// host's fixture(s) (`rmapwatch/tests/fixtures/host-*.rmw`).
+/// The recordings: the guests' (`.cache/vm/DEB-ARCH/rec-*.rmw`), the
+/// committed guest fixtures (`vm-ARCH-SERIES.rmw`) of kernels no guest
+/// recorded here (the matrix no longer records on arm64's 6.12 and 6.1),
+/// then this host's fixture(s) (`rmapwatch/tests/fixtures/host-*.rmw`).
 pub fn recordings(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for dir in [root.join(".cache/vm/arm64"), root.join(".cache/vm/amd64")] {
         out.extend(rmw_files(&dir, "rec-")?);
     }
-    out.extend(rmw_files(&root.join("rmapwatch/tests/fixtures"), "host-")?);
+    let fixtures = root.join("rmapwatch/tests/fixtures");
+    let recorded: Vec<String> = out.iter().filter_map(|p| file_name(p)).collect();
+    for f in rmw_files(&fixtures, "vm-")? {
+        if !file_name(&f).is_some_and(|n| recorded_here(&recorded, &n)) {
+            out.push(f);
+        }
+    }
+    out.extend(rmw_files(&fixtures, "host-")?);
     Ok(out)
+}
+
+fn file_name(p: &Path) -> Option<String> {
+    p.file_name().and_then(|n| n.to_str()).map(str::to_owned)
+}
+
+/// Whether a guest fixture `vm-ARCH-SERIES.rmw` has a recording of its own
+/// among `recorded` (`rec-RELEASE-ARCH.rmw`, RELEASE of that series).
+fn recorded_here(recorded: &[String], fixture: &str) -> bool {
+    let Some((arch, series)) = fixture
+        .strip_prefix("vm-")
+        .and_then(|r| r.strip_suffix(".rmw"))
+        .and_then(|r| r.split_once('-'))
+    else {
+        return false;
+    };
+    recorded
+        .iter()
+        .any(|r| r.starts_with(&format!("rec-{series}.")) && r.ends_with(&format!("-{arch}.rmw")))
 }
 
 fn rmw_files(dir: &Path, prefix: &str) -> anyhow::Result<Vec<PathBuf>> {
@@ -326,6 +354,24 @@ mod tests {
                     RMW-ZYG ready 20 21 22\n";
         assert_eq!(zygote_pids(meta), BTreeSet::from([20, 21, 22]));
         assert!(zygote_pids("regions 0x1 0x2\nready 10 11\n").is_empty());
+    }
+
+    #[test]
+    fn a_guest_fixture_stands_in_only_for_a_kernel_not_recorded_here() {
+        let recorded = [
+            "rec-6.12.118+deb12-cloud-amd64-x86_64.rmw".to_owned(),
+            "rec-5.10.0-32-cloud-arm64-aarch64.rmw".to_owned(),
+        ];
+        assert!(recorded_here(&recorded, "vm-x86_64-6.12.rmw"));
+        assert!(recorded_here(&recorded, "vm-aarch64-5.10.rmw"));
+        assert!(!recorded_here(&recorded, "vm-aarch64-6.12.rmw"));
+        assert!(!recorded_here(&recorded, "vm-x86_64-6.1.rmw"));
+        // 6.1 is no prefix of 6.12's release.
+        assert!(!recorded_here(
+            &["rec-6.12.1-cloud-amd64-x86_64.rmw".to_owned()],
+            "vm-x86_64-6.1.rmw"
+        ));
+        assert!(!recorded_here(&recorded, "host-x86_64.rmw"));
     }
 
     #[test]
