@@ -82,36 +82,59 @@ impl Prometheus {
             .status()
             .unwrap();
         assert!(status.success(), "promtool check config:\n{config}");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.0.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.0.join("log")).unwrap())
-            .spawn()
-            .expect("prometheus (Debian's package; cargo xtask setup installs it)");
-        let p = Self {
-            child,
-            addr,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        // Ready, not only listening: until its database is open the query API
-        // answers 503.
-        while !ready(addr) {
-            assert!(
-                Instant::now() < deadline,
-                "prometheus did not start: {}",
-                p.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
+        // The port is free when read, not reserved: another process can
+        // bind it before Prometheus does (it then exits, "address already
+        // in use"), and a new port is tried, up to three.
+        let mut dir = Some(dir);
+        for attempt in 1..=3 {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let d = dir.take().unwrap();
+            let child = Command::new("prometheus")
+                .arg(format!("--config.file={}", config_path.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    d.0.join("data").display()
+                ))
+                .arg(format!("--web.listen-address={addr}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(d.0.join("log")).unwrap())
+                .spawn()
+                .expect("prometheus (Debian's package; cargo xtask setup installs it)");
+            let mut p = Self {
+                child,
+                addr,
+                _dir: d,
+            };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            // Ready, not only listening: until its database is open the
+            // query API answers 503.
+            let mut taken = false;
+            while !ready(addr) {
+                if p.child.try_wait().unwrap().is_some() {
+                    let log = p.log();
+                    assert!(
+                        log.contains("address already in use") && attempt < 3,
+                        "prometheus exited: {log}"
+                    );
+                    taken = true;
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "prometheus did not start: {}",
+                    p.log()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            if !taken {
+                return p;
+            }
+            eprintln!("prometheus: {addr} was taken before it bound it; another port");
+            // Its directory goes to the next attempt (not dropped with it).
+            dir = Some(TempDir(std::mem::take(&mut p._dir.0)));
         }
-        p
+        unreachable!("the third attempt returns or panics")
     }
 
     fn log(&self) -> String {
