@@ -122,6 +122,15 @@ pub fn hung_waiting_for_cpus(log: &str) -> Option<&str> {
     None
 }
 
+/// The seconds of a guest kernel's soft lockup line (`watchdog: BUG: soft
+/// lockup - CPU#1 stuck for 164s! [init:1]`), or `None`.
+#[must_use]
+pub fn soft_lockup_secs(line: &str) -> Option<u64> {
+    let rest = line.split("soft lockup - CPU#").nth(1)?;
+    let secs = rest.split(" stuck for ").nth(1)?.split('s').next()?;
+    secs.parse().ok()
+}
+
 /// One cell per probe mode of a boot (`label` appended to each mode),
 /// each checked against the guest's ground truth (its `RMW-MODE` line),
 /// with the mode's fork storm. A mode whose report does not parse fails
@@ -1423,6 +1432,18 @@ mod tests {
             "{:?}",
             cells[1].result
         );
+    }
+
+    #[test]
+    fn a_soft_lockup_line_says_how_long_its_cpu_was_stuck() {
+        assert_eq!(
+            soft_lockup_secs(
+                "[  280.700483] watchdog: BUG: soft lockup - CPU#1 stuck for 164s! [init:1]"
+            ),
+            Some(164)
+        );
+        assert_eq!(soft_lockup_secs("RMW-T 98.52 time tracepoint"), None);
+        assert_eq!(soft_lockup_secs("soft lockup - CPU#0 stuck for xs!"), None);
     }
 
     #[test]

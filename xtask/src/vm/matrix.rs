@@ -300,6 +300,12 @@ fn retry_reason(e: &anyhow::Error) -> Option<(&'static str, &'static str)> {
              multi-threaded TCG)",
             "the first boot: guest oops of live code patching",
         ))
+    } else if e.starts_with(WEDGED) {
+        Some((
+            "the guest kernel wedged (a CPU stuck in the kernel for minutes, the guest's own \
+             watchdog unable to run; most likely multi-threaded TCG, as the int3 oops)",
+            "the first boot: the guest kernel wedged",
+        ))
     } else if e.starts_with(HUNG_FOR_CPUS) {
         Some((
             "a guest thread hung in the kernel waiting for the other vCPUs (live code \
@@ -375,6 +381,18 @@ fn patch_race(log: &str) -> bool {
 /// ([`checks::hung`]) and powered off. Not booted again: a hang is ours
 /// until shown otherwise.
 const HUNG: &str = "a phase of the guest hung: ";
+
+/// How a boot starts its error whose guest kernel reported a CPU stuck for
+/// [`WEDGED_SECS`] or more (soft lockups): seen once, 6.1 x86_64 in its
+/// tracepoint mode's time check, CPU#1 stuck in `/init` (pid 1) from 9 s
+/// into the phase until QEMU's 900 s timeout, and the guest's watchdog
+/// never ran (the other vCPU stuck too). Booted once more, as the other
+/// flukes of multi-threaded TCG.
+const WEDGED: &str = "the guest kernel wedged: ";
+
+/// Seconds of a CPU stuck in the kernel after which the guest counts as
+/// wedged (a loaded host can stall a vCPU for tens of seconds).
+const WEDGED_SECS: u64 = 120;
 
 /// How a boot starts its error whose guest hung with a thread waiting for
 /// every other CPU in the kernel ([`checks::hung_waiting_for_cpus`]: live
@@ -487,8 +505,19 @@ fn run_kernel(
     });
     let mut raw = Vec::new();
     let mut phase: Option<Vec<Cell>> = None;
+    let mut wedged = None;
     for line in lines {
         raw.extend_from_slice(&line);
+        // A CPU stuck in the kernel this long: the guest is wedged (its
+        // watchdog cannot run either); QEMU is stopped (`timeout` passes
+        // the TERM on) rather than left to its 900 s.
+        if wedged.is_none()
+            && let Some(secs) = checks::soft_lockup_secs(&String::from_utf8_lossy(&line))
+            && secs >= WEDGED_SECS
+        {
+            wedged = Some(String::from_utf8_lossy(&line).trim().to_owned());
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+        }
         if let Some((port, release)) = ports
             && phase.is_none()
             && String::from_utf8_lossy(&line).contains("RMW-NET-READY")
@@ -511,6 +540,16 @@ fn run_kernel(
     }
     let _ = reader.join();
     let status = child.wait().context("waiting for qemu")?;
+    if let Some(w) = wedged {
+        let log = String::from_utf8_lossy(&raw).replace('\r', "");
+        let saved = initrd.with_file_name("serial-wedged.log");
+        let _ = std::fs::write(&saved, &log);
+        bail!(
+            "{WEDGED}{w}; stopped (full log: {}; phases: {})",
+            saved.display(),
+            checks::phases(&log).unwrap_or_default()
+        );
+    }
     let stderr = errs.join().unwrap_or_default();
     let log = String::from_utf8_lossy(&raw).replace('\r', "");
     let kernel = checks::kernel(&log).map(str::to_owned).ok_or_else(|| {
@@ -685,6 +724,8 @@ mod tests {
         assert!(retry_reason(&ours).is_none());
         let cpus = anyhow::anyhow!("{HUNG_FOR_CPUS}task 97: [<0>] text_poke_bp_batch+0x1");
         assert!(retry_reason(&cpus).is_some());
+        let wedged = anyhow::anyhow!("{WEDGED}soft lockup - CPU#1 stuck for 130s! [init:1]");
+        assert!(retry_reason(&wedged).is_some());
     }
 
     #[test]
