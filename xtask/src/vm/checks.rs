@@ -146,7 +146,7 @@ pub fn modes(log: &str, kernel: &str, modes: &[&str], label: &str) -> Vec<Cell> 
         let errs: Vec<&str> = section(log, mode, "RMW-ERR ");
         // A report that does not parse fails its mode's cell, not the boot:
         // the other modes' cells still say what they measured.
-        let json: Vec<Report> = match section(log, mode, "RMW-JSON ")
+        let json: Result<Vec<Report>, String> = section(log, mode, "RMW-JSON ")
             .into_iter()
             .map(|l| {
                 serde_json::from_str(l).map_err(|e| {
@@ -154,19 +154,7 @@ pub fn modes(log: &str, kernel: &str, modes: &[&str], label: &str) -> Vec<Cell> 
                     format!("a report that does not parse ({e}): {start}")
                 })
             })
-            .collect::<Result<_, _>>()
-        {
-            Ok(j) => j,
-            Err(e) => {
-                cells.push(Cell {
-                    kernel: kernel.to_owned(),
-                    mode: format!("{mode}{label}"),
-                    result: Err(e),
-                    detail: String::new(),
-                });
-                continue;
-            }
-        };
+            .collect();
         let hold_lines = log
             .lines()
             .find_map(|l| l.split(&format!("RMW-HOLD {mode} ")).nth(1))
@@ -177,10 +165,16 @@ pub fn modes(log: &str, kernel: &str, modes: &[&str], label: &str) -> Vec<Cell> 
             .find_map(|l| l.split(&format!("RMW-PRE {mode} ")).nth(1))
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0);
-        let (result, mut detail) = check(mode, meta, pre_lines, hold_lines, &errs, &json);
-        if result.is_ok() {
-            detail.push_str(&storm_detail(log, mode, json.last()));
-        }
+        let (result, detail) = match json {
+            Err(e) => (Err(e), String::new()),
+            Ok(json) => {
+                let (result, mut detail) = check(mode, meta, pre_lines, hold_lines, &errs, &json);
+                if result.is_ok() {
+                    detail.push_str(&storm_detail(log, mode, json.last()));
+                }
+                (result, detail)
+            }
+        };
         cells.push(Cell {
             kernel: kernel.to_owned(),
             mode: format!("{mode}{label}"),

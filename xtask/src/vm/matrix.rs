@@ -508,19 +508,20 @@ fn run_kernel(
     let mut wedged = None;
     for line in lines {
         raw.extend_from_slice(&line);
+        let text = String::from_utf8_lossy(&line);
         // A CPU stuck in the kernel this long: the guest is wedged (its
         // watchdog cannot run either); QEMU is stopped (`timeout` passes
         // the TERM on) rather than left to its 900 s.
         if wedged.is_none()
-            && let Some(secs) = checks::soft_lockup_secs(&String::from_utf8_lossy(&line))
+            && let Some(secs) = checks::soft_lockup_secs(&text)
             && secs >= WEDGED_SECS
         {
-            wedged = Some(String::from_utf8_lossy(&line).trim().to_owned());
+            wedged = Some(text.trim().to_owned());
             let _ = Command::new("kill").arg(child.id().to_string()).status();
         }
         if let Some((port, release)) = ports
             && phase.is_none()
-            && String::from_utf8_lossy(&line).contains("RMW-NET-READY")
+            && text.contains("RMW-NET-READY")
         {
             let so_far = String::from_utf8_lossy(&raw).replace('\r', "");
             let kernel = checks::kernel(&so_far).unwrap_or("").trim().to_owned();
@@ -540,8 +541,9 @@ fn run_kernel(
     }
     let _ = reader.join();
     let status = child.wait().context("waiting for qemu")?;
+    let stderr = errs.join().unwrap_or_default();
+    let log = String::from_utf8_lossy(&raw).replace('\r', "");
     if let Some(w) = wedged {
-        let log = String::from_utf8_lossy(&raw).replace('\r', "");
         let saved = initrd.with_file_name("serial-wedged.log");
         let _ = std::fs::write(&saved, &log);
         bail!(
@@ -550,8 +552,6 @@ fn run_kernel(
             checks::phases(&log).unwrap_or_default()
         );
     }
-    let stderr = errs.join().unwrap_or_default();
-    let log = String::from_utf8_lossy(&raw).replace('\r', "");
     let kernel = checks::kernel(&log).map(str::to_owned).ok_or_else(|| {
         // Kept whole: an early oops is only useful with all of it.
         let saved = initrd.with_file_name("serial-noboot.log");

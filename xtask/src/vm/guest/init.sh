@@ -23,10 +23,11 @@ echo 1 > /proc/sys/kernel/printk
 echo "rmw: init starts" > /dev/kmsg
 # (All of it when the marker is gone: the buffer wrapped.)
 kmsg() {
-  if dmesg | grep -q 'rmw: init starts'; then
-    dmesg | sed -n '/rmw: init starts/,$p' | sed '1d; s/^/RMW-KMSG /'
+  dmesg > /tmp/kmsg
+  if grep -q 'rmw: init starts' /tmp/kmsg; then
+    sed -n '/rmw: init starts/,$p' /tmp/kmsg | sed '1d; s/^/RMW-KMSG /'
   else
-    dmesg | sed 's/^/RMW-KMSG /'
+    sed 's/^/RMW-KMSG /' /tmp/kmsg
   fi
 }
 # A hung phase, said before the guest powers off (the watchdog's last
